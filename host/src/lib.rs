@@ -1,0 +1,16 @@
+//! `dtx`: transfer pretrained diffusion models to small target datasets.
+//!
+//! The host owns manifests, plugin loading, tensors and the engine; transfer
+//! methods are plugins built against `dtx-plugin-api`. See `docs/` for the user
+//! guide and DESIGN.md for the architecture.
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod diffusion;
+pub mod manifest;
+pub mod model;
+pub mod plugins;
+pub mod registry;
+pub mod tensor_abi;
+pub mod train;
+pub mod util;

@@ -1,0 +1,488 @@
+//! The resolved plan: what a manifest will do, with every plugin found, checked
+//! and built against the model, so that every mistake is reported before any
+//! work starts. `dtx plan` prints it ([`Plan::render`]).
+
+use super::{LoadedManifest, ManifestDiagnostic, ManifestError};
+use crate::model::{self, ModelDescription};
+use crate::plugins::{self, Instance, LoadError, PluginLibrary};
+use crate::tensor_abi::{CpuBackend, Session, vtables};
+use dtx_plugin_api::abi::{ErrorKind, Hook, ModelInfo};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A plugin as the plan binds it.
+#[derive(Debug, Clone)]
+pub struct PlannedPlugin {
+    /// Instance name from the manifest (`[[plugin]] name`): names its loss
+    /// terms, logs and parameters. Two instances of one plugin need two names.
+    pub name: String,
+    /// The checked library.
+    pub library: Arc<PluginLibrary>,
+    /// Hooks bound (the plugin's, restricted by `hooks = [...]`).
+    pub hooks: Vec<Hook>,
+    /// Injection points it injects at.
+    pub points: Vec<String>,
+    /// Number of trainable scalars it registered.
+    pub parameters: usize,
+    /// Its config as JSON, as it is handed to the plugin.
+    pub config_json: String,
+}
+
+/// A stage of the run, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stage {
+    /// `prepare`, `train`, `sample`, `filter` or `eval`.
+    pub name: &'static str,
+    /// What it does, one line.
+    pub detail: String,
+}
+
+/// Everything `dtx plan` shows and the engine runs from.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The manifest it came from.
+    pub manifest: LoadedManifest,
+    /// The source model, when the manifest has one.
+    pub model: Option<ModelDescription>,
+    /// Plugins in manifest order.
+    pub plugins: Vec<PlannedPlugin>,
+    /// Stages in order.
+    pub stages: Vec<Stage>,
+}
+
+fn config_json(table: &toml::Table) -> String {
+    serde_json::to_string(table).expect("a TOML table is valid JSON")
+}
+
+/// Resolves a loaded manifest: describes the model, finds, checks and builds
+/// every plugin, and checks hooks and injection points. All problems are
+/// collected into one error.
+pub fn resolve(loaded: LoadedManifest) -> Result<Plan, ManifestError> {
+    let m = &loaded.manifest;
+    let mut diags: Vec<ManifestDiagnostic> = Vec::new();
+
+    let model = match &m.source {
+        Some(src) => {
+            let path = src.path.as_ref().map(|p| loaded.resolve_path(p));
+            match model::describe(src.kind.as_str(), path.as_deref(), &src.config) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    let key = if src.path.is_some() {
+                        "source.path"
+                    } else {
+                        "source.kind"
+                    };
+                    diags.push(loaded.diagnostic(
+                        key,
+                        format!("cannot describe the source model: {e}"),
+                        None,
+                    ));
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let model_info = model
+        .as_ref()
+        .map(ModelDescription::to_model_info)
+        .unwrap_or_default();
+
+    // Plugins are built in a planning session: their parameters are counted,
+    // their configs and injection points checked, and nothing else runs.
+    let _session = Session::<CpuBackend>::install(Default::default(), m.run.seed);
+    let dirs = plugins::search_dirs(Some(&loaded.base_dir()));
+    let mut planned = Vec::new();
+    for (i, spec) in m.plugins.iter().enumerate() {
+        match plan_plugin(&loaded, i, &dirs, &model_info) {
+            Ok(p) => planned.push(p),
+            Err(mut d) => diags.append(&mut d),
+        }
+        let _ = spec;
+    }
+
+    if !diags.is_empty() {
+        return Err(ManifestError::from_diagnostics(diags));
+    }
+    let stages = stages(&loaded, &planned);
+    Ok(Plan {
+        model,
+        plugins: planned,
+        stages,
+        manifest: loaded,
+    })
+}
+
+fn load_diagnostic(loaded: &LoadedManifest, i: usize, e: &LoadError) -> ManifestDiagnostic {
+    let (key, help) = match e {
+        LoadError::NotFound { .. } => (
+            "library",
+            Some(format!(
+                "build the plugin (`cargo build --release --workspace` puts workspace plugins next to `dtx`), give a path, or add its folder to {}",
+                plugins::PLUGIN_PATH_VAR
+            )),
+        ),
+        LoadError::MissingFile { .. } => (
+            "library",
+            Some("check the path: relative paths are relative to the manifest's folder".into()),
+        ),
+        LoadError::Sha256Mismatch { .. } => ("sha256", None),
+        _ => ("library", None),
+    };
+    loaded.diagnostic(&format!("plugin[{i}].{key}"), e.to_string(), help)
+}
+
+fn plan_plugin(
+    loaded: &LoadedManifest,
+    i: usize,
+    dirs: &[PathBuf],
+    model: &ModelInfo,
+) -> Result<PlannedPlugin, Vec<ManifestDiagnostic>> {
+    let spec = &loaded.manifest.plugins[i];
+    let path = plugins::resolve_library(&spec.library, dirs, Some(&loaded.base_dir()))
+        .map_err(|e| vec![load_diagnostic(loaded, i, &e)])?;
+    let library = plugins::load_library(&path, spec.sha256.as_deref(), vtables::<CpuBackend>())
+        .map_err(|e| vec![load_diagnostic(loaded, i, &e)])?;
+    let desc = &library.description;
+    let mut diags = Vec::new();
+    let implemented: Vec<Hook> = desc.hooks.iter().collect();
+    let hooks = match &spec.hooks {
+        None => implemented.clone(),
+        Some(names) => {
+            let mut bound = Vec::new();
+            for (j, n) in names.iter().enumerate() {
+                match Hook::from_name(n) {
+                    Some(h) if implemented.contains(&h) => bound.push(h),
+                    Some(h) => diags.push(loaded.diagnostic(
+                        &format!("plugin[{i}].hooks[{j}]"),
+                        format!("plugin `{}` does not implement hook `{h}`", desc.name),
+                        Some(format!("it implements: {}", hook_list(&implemented))),
+                    )),
+                    // Unknown hook names are reported by validation.
+                    None => {}
+                }
+            }
+            bound
+        }
+    };
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    let json = config_json(&spec.config);
+    let instance =
+        Instance::<CpuBackend>::new(&spec.name, library.clone(), &json, model).map_err(|e| {
+            let key_path = e.error.key_path.to_string();
+            let (key, point_at_key) = if key_path.is_empty() {
+                (format!("plugin[{i}].config"), false)
+            } else {
+                let key = format!("plugin[{i}].config.{key_path}");
+                // An unknown key has no value of its own to point at: point at the key.
+                let unknown = e.error.message.contains("unknown field");
+                (key, unknown)
+            };
+            let msg = if e.error.kind == ErrorKind::CONFIG || !key_path.is_empty() {
+                format!(
+                    "plugin `{}` rejected its config: {}",
+                    spec.name, e.error.message
+                )
+            } else {
+                e.to_string()
+            };
+            let help = (e.error.kind == ErrorKind::CONFIG)
+                .then(|| format!("`dtx plugins inspect {}` lists its config keys", spec.name));
+            let d = if point_at_key {
+                loaded.key_diagnostic(&key, msg, help)
+            } else {
+                loaded.diagnostic(&key, msg, help)
+            };
+            vec![d]
+        })?;
+    let parameters = instance
+        .parameters()
+        .iter()
+        .map(|p| p.shape.iter().product::<usize>())
+        .sum();
+    let points = if hooks.contains(&Hook::Inject) {
+        instance.points()
+    } else {
+        Vec::new()
+    };
+    Ok(PlannedPlugin {
+        name: spec.name.clone(),
+        library,
+        hooks,
+        points,
+        parameters,
+        config_json: json,
+    })
+}
+
+fn hook_list(hooks: &[Hook]) -> String {
+    if hooks.is_empty() {
+        return "no hooks".into();
+    }
+    hooks
+        .iter()
+        .map(|h| h.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn with_hook(plugins: &[PlannedPlugin], hook: Hook) -> Vec<&str> {
+    plugins
+        .iter()
+        .filter(|p| p.hooks.contains(&hook))
+        .map(|p| p.name.as_str())
+        .collect()
+}
+
+fn stages(loaded: &LoadedManifest, plugins: &[PlannedPlugin]) -> Vec<Stage> {
+    let m = &loaded.manifest;
+    let mut out = Vec::new();
+    let names = |v: Vec<&str>| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    let preparing = with_hook(plugins, Hook::Prepare);
+    if !preparing.is_empty() {
+        out.push(Stage {
+            name: "prepare",
+            detail: format!("auxiliary training by {}", preparing.join(", ")),
+        });
+    }
+    if let Some(t) = &m.train {
+        let mut terms = vec!["L_simple".to_string()];
+        terms.extend(
+            with_hook(plugins, Hook::Loss)
+                .iter()
+                .map(|p| format!("{p}.*")),
+        );
+        out.push(Stage {
+            name: "train",
+            detail: format!(
+                "{} steps, batch {}, {} lr {}, {} schedule over {} timesteps; objective {}",
+                t.steps,
+                t.batch,
+                t.optimizer.as_str(),
+                t.lr,
+                t.schedule.as_str(),
+                t.timesteps,
+                terms.join(" + ")
+            ),
+        });
+    }
+    if let Some(s) = &m.sample {
+        out.push(Stage {
+            name: "sample",
+            detail: format!(
+                "{}, {} steps, eta {}, {} samples in batches of {}; score corrections: {}",
+                s.sampler.as_str(),
+                s.steps,
+                s.eta,
+                s.count,
+                s.batch,
+                names(with_hook(plugins, Hook::Score))
+            ),
+        });
+        let filters = with_hook(plugins, Hook::Filter);
+        if !filters.is_empty() {
+            out.push(Stage {
+                name: "filter",
+                detail: format!("keep samples accepted by all of: {}", filters.join(", ")),
+            });
+        }
+    }
+    if let Some(e) = &m.eval {
+        if !e.metrics.is_empty() {
+            out.push(Stage {
+                name: "eval",
+                detail: format!(
+                    "{} with the `{}` extractor",
+                    e.metrics.join(", "),
+                    e.extractor
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// `1234567` → `1,234,567`.
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Plan {
+    /// Trainable base parameters: `None` when the model's parameters are not
+    /// known without its checkpoint.
+    pub fn base_trainable(&self) -> Option<usize> {
+        use super::schema::Trainable;
+        let model = self.model.as_ref()?;
+        let trainable = self
+            .manifest
+            .manifest
+            .train
+            .as_ref()
+            .map(|t| t.trainable.clone())
+            .unwrap_or_default();
+        match trainable {
+            Trainable::None => Some(0),
+            _ if !model.parameters_known() => None,
+            Trainable::All => Some(model.total_parameters()),
+            Trainable::Globs(g) => Some(model.count_matching(&g)),
+        }
+    }
+
+    /// The plan as text: stages, hook bindings, injection points, parameter
+    /// counts and plugin files.
+    pub fn render(&self) -> String {
+        let m = &self.manifest.manifest;
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "plan for run `{}` (backend {}, seed {})",
+            m.run.name,
+            m.run.backend.as_str(),
+            m.run.seed
+        );
+        let _ = writeln!(o, "manifest: {}", self.manifest.file.display());
+        match &self.model {
+            Some(d) => {
+                let _ = writeln!(
+                    o,
+                    "model: {} ({} data channels{}, time embedding {}), {} injection points",
+                    d.kind,
+                    d.data_channels,
+                    if d.resolution > 0 {
+                        format!(", {0}x{0}", d.resolution)
+                    } else {
+                        String::new()
+                    },
+                    d.temb_channels,
+                    d.points.len()
+                );
+            }
+            None => o.push_str("model: none ([source] not given)\n"),
+        }
+        if let Some(t) = &m.target {
+            let limit = t.limit.map(|l| format!(", {l}-shot")).unwrap_or_default();
+            let _ = writeln!(o, "target: {}{limit}", t.dataset);
+        }
+
+        o.push_str("\nstages:\n");
+        if self.stages.is_empty() {
+            o.push_str("  (none: add [train] or [sample])\n");
+        }
+        for (i, s) in self.stages.iter().enumerate() {
+            let _ = writeln!(o, "  {}. {:<8} {}", i + 1, s.name, s.detail);
+        }
+
+        o.push_str("\nhooks:\n");
+        for hook in Hook::ALL {
+            let bound = with_hook(&self.plugins, hook);
+            let _ = writeln!(
+                o,
+                "  {:<8} {}",
+                hook.name(),
+                if bound.is_empty() {
+                    "-".into()
+                } else {
+                    bound.join(" -> ")
+                }
+            );
+        }
+
+        if let Some(d) = &self.model {
+            o.push_str("\ninjection points:\n");
+            let width = d.points.iter().map(|p| p.name.len()).max().unwrap_or(0);
+            for p in &d.points {
+                let size = if p.height > 0 {
+                    format!("{}x{}x{}", p.channels, p.height, p.width)
+                } else {
+                    format!("{}", p.channels)
+                };
+                let here: Vec<&str> = self
+                    .plugins
+                    .iter()
+                    .filter(|pl| pl.points.contains(&p.name))
+                    .map(|pl| pl.name.as_str())
+                    .collect();
+                let _ = writeln!(
+                    o,
+                    "  {:<width$}  {:<12} {}",
+                    p.name,
+                    size,
+                    if here.is_empty() {
+                        "-".into()
+                    } else {
+                        here.join(" -> ")
+                    }
+                );
+            }
+        }
+
+        o.push_str("\ntrainable parameters:\n");
+        let base_total = self
+            .model
+            .as_ref()
+            .filter(|d| d.parameters_known())
+            .map(|d| d.total_parameters());
+        let base = match (self.base_trainable(), base_total) {
+            (Some(n), Some(t)) => format!("{} of {}", thousands(n), thousands(t)),
+            (Some(0), None) => "0 (frozen)".into(),
+            (Some(n), None) => thousands(n),
+            (None, _) => "unknown until the checkpoint is read".into(),
+        };
+        let _ = writeln!(o, "  {:<12} {}", "base", base);
+        let mut plugin_total = 0;
+        for p in &self.plugins {
+            plugin_total += p.parameters;
+            let _ = writeln!(o, "  {:<12} {}", p.name, thousands(p.parameters));
+        }
+        if !self.plugins.is_empty() {
+            let _ = writeln!(o, "  {:<12} {}", "plugins", thousands(plugin_total));
+        }
+
+        if !self.plugins.is_empty() {
+            o.push_str("\nplugins:\n");
+            for p in &self.plugins {
+                let d = &p.library.description;
+                let _ = writeln!(
+                    o,
+                    "  {}: {} {} (dtx-plugin-api {}) {}",
+                    p.name,
+                    d.name,
+                    d.version,
+                    d.api_version,
+                    p.library.path.display()
+                );
+            }
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thousands;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+}

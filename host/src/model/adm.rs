@@ -1,0 +1,589 @@
+//! Describes a guided-diffusion / improved-diffusion ADM U-Net from the
+//! manifest's `[source.config]` (flags named as guided-diffusion's
+//! `model_and_diffusion_defaults`) and, for a `.safetensors` checkpoint, its
+//! header.
+//!
+//! Layout as `UNetModel.__init__` in guided-diffusion (`guided_diffusion/unet.py`,
+//! Dhariwal & Nichol, "Diffusion Models Beat GANs on Image Synthesis", 2021,
+//! arXiv:2105.05233): `input_blocks.0` is the input conv; input level `l`
+//! holds `num_res_blocks` ResBlocks (each `input_blocks.{k}.0`, an attention
+//! block at `.1` where the level's downsampling factor is in
+//! `attention_resolutions`), then a downsampler except on the last level;
+//! `middle_block` is ResBlock, attention, ResBlock; output level `i` (lowest
+//! resolution first) holds `num_res_blocks + 1` ResBlocks (`output_blocks.{k}.0`)
+//! with an upsampler after the last one except on the last level.
+
+use super::config::{ConfigReader, check_keys, found, table_to_json};
+use super::describe::{Point, header_parameters};
+use super::{KeyLocation, ModelDescription, ModelError, Origin};
+use serde_json::Value;
+use std::path::Path;
+
+/// Every `[source.config]` key an `adm` source reads.
+pub const KEYS: &[&str] = &[
+    "image_size",
+    "num_channels",
+    "num_res_blocks",
+    "channel_mult",
+    "attention_resolutions",
+    "num_heads",
+    "num_head_channels",
+    "num_heads_upsample",
+    "use_scale_shift_norm",
+    "resblock_updown",
+    "learn_sigma",
+    "class_cond",
+    "num_classes",
+    "in_channels",
+    "dropout",
+    "use_fp16",
+    "use_checkpoint",
+    "use_new_attention_order",
+];
+
+/// ADM normalizes with `GroupNorm32(32, channels)`.
+const GROUPS: usize = 32;
+
+/// Where guided-diffusion's diffusion flags belong in a dtx manifest.
+fn diffusion_flag_hint(key: &str) -> Option<String> {
+    let place = match key {
+        "diffusion_steps" => "set `train.timesteps`",
+        "noise_schedule" => "set `train.schedule`",
+        "timestep_respacing" => "set `sample.steps`",
+        "predict_xstart" => "set `source.prediction = \"sample\"`",
+        "use_kl" | "rescale_timesteps" | "rescale_learned_sigmas" | "learn_sigma_loss" => {
+            "dtx's diffusion settings live in [train] and [sample]"
+        }
+        _ => return None,
+    };
+    Some(format!(
+        "`{key}` is a diffusion flag, not a model hyperparameter: {place}"
+    ))
+}
+
+/// guided-diffusion's `channel_mult` for `image_size` when the flag is empty
+/// (`create_model` in `guided_diffusion/script_util.py`).
+fn default_channel_mult(image_size: usize) -> Option<Vec<f64>> {
+    Some(match image_size {
+        512 => vec![0.5, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0],
+        256 => vec![1.0, 1.0, 2.0, 2.0, 4.0, 4.0],
+        128 => vec![1.0, 1.0, 2.0, 3.0, 4.0],
+        64 => vec![1.0, 2.0, 3.0, 4.0],
+        _ => return None,
+    })
+}
+
+fn number_text(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        format!("{x:?}")
+    }
+}
+
+/// A list flag written as a comma-separated string (`"16,8"`, as on
+/// guided-diffusion's command line) or as an array of numbers. `None` when
+/// absent or empty.
+fn number_list(r: &ConfigReader, key: &str) -> Result<Option<Vec<f64>>, ModelError> {
+    let at = r.at(key);
+    let bad = |at: KeyLocation, v: &Value| ModelError::WrongType {
+        at,
+        expected: "a positive number".into(),
+        found: found(v),
+    };
+    let values: Vec<f64> = match r.raw(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => return Ok(None),
+        Some(Value::String(s)) => s
+            .split(',')
+            .enumerate()
+            .map(|(i, part)| {
+                part.trim()
+                    .parse::<f64>()
+                    .map_err(|_| ModelError::WrongType {
+                        at: at.index(i),
+                        expected: "a positive number".into(),
+                        found: format!("{:?}", part.trim()),
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v.as_f64().ok_or_else(|| bad(at.index(i), v)))
+            .collect::<Result<_, _>>()?,
+        Some(v) => {
+            return Err(r.wrong_type(
+                key,
+                "a comma-separated string such as \"1,2,2,2\" or an array",
+                v,
+            ));
+        }
+    };
+    if let Some(i) = values.iter().position(|&x| x <= 0.0 || !x.is_finite()) {
+        return Err(ModelError::Invalid {
+            at: at.index(i),
+            reason: format!("must be positive, found {}", number_text(values[i])),
+        });
+    }
+    if values.is_empty() {
+        Ok(None)
+    } else {
+        Ok(Some(values))
+    }
+}
+
+/// Describes the ADM U-Net at `path` (a `.pt` or `.safetensors` checkpoint)
+/// with hyperparameters from `config`.
+pub fn describe(path: &Path, config: &toml::Table) -> Result<ModelDescription, ModelError> {
+    let mut description = describe_config(config)?;
+    if !path.exists() {
+        return Err(ModelError::MissingFile {
+            path: path.to_owned(),
+            expected: "a guided-diffusion checkpoint (.pt or .safetensors)".into(),
+        });
+    }
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    match ext {
+        _ if path.is_dir() => Err(ModelError::BadPath {
+            path: path.to_owned(),
+            reason: "an `adm` source is a checkpoint file (.pt or .safetensors), not a folder"
+                .into(),
+        }),
+        "safetensors" => {
+            description.parameters = header_parameters(path)?;
+            Ok(description)
+        }
+        // A torch pickle: its names are read when the weights are loaded.
+        "pt" | "pth" | "ckpt" => Ok(description),
+        _ => Err(ModelError::BadPath {
+            path: path.to_owned(),
+            reason:
+                "an `adm` checkpoint ends in .pt (guided-diffusion's torch.save) or .safetensors"
+                    .into(),
+        }),
+    }
+}
+
+/// Describes the ADM U-Net that `[source.config]` defines.
+pub fn describe_config(config: &toml::Table) -> Result<ModelDescription, ModelError> {
+    let map = table_to_json(config);
+    check_keys(&map, KEYS, diffusion_flag_hint)?;
+    let mut r = ConfigReader::new(Origin::SourceConfig, &map);
+    let invalid = |r: &ConfigReader, key: &str, reason: String| ModelError::Invalid {
+        at: r.at(key),
+        reason,
+    };
+
+    let image_size = r.usize("image_size", None)?;
+    let nc = r.usize("num_channels", None)?;
+    let nrb = r.usize("num_res_blocks", None)?;
+    let mult = match number_list(&r, "channel_mult")? {
+        Some(m) => m,
+        None => default_channel_mult(image_size).ok_or_else(|| ModelError::MissingKey {
+            at: r.at("channel_mult"),
+            hint: Some(format!(
+                "guided-diffusion picks it only for image_size 64, 128, 256 and 512, not {image_size}; \
+                 improved-diffusion's 32x32 models use \"1,2,2,2\""
+            )),
+        })?,
+    };
+    let mult_text: Vec<String> = mult.iter().map(|&m| number_text(m)).collect();
+    r.record("channel_mult", format!("[{}]", mult_text.join(", ")));
+    let attn_res = number_list(&r, "attention_resolutions")?;
+    let attn_res: Vec<usize> = match (r.raw("attention_resolutions"), attn_res) {
+        (None, _) => vec![16, 8],
+        (_, None) => Vec::new(),
+        (_, Some(list)) => {
+            if let Some(i) = list.iter().position(|x| x.fract() != 0.0) {
+                return Err(ModelError::Invalid {
+                    at: r.at("attention_resolutions").index(i),
+                    reason: format!("must be a whole number of pixels, found {}", list[i]),
+                });
+            }
+            list.iter().map(|&x| x as usize).collect()
+        }
+    };
+    r.record(
+        "attention_resolutions",
+        format!(
+            "[{}]",
+            attn_res
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    let num_heads = r.i64("num_heads", Some(4))?;
+    let num_head_channels = r.i64("num_head_channels", Some(-1))?;
+    let num_heads_upsample = r.i64("num_heads_upsample", Some(-1))?;
+    r.bool("use_scale_shift_norm", Some(true))?;
+    r.bool("resblock_updown", Some(false))?;
+    let learn_sigma = r.bool("learn_sigma", Some(false))?;
+    r.bool("class_cond", Some(false))?;
+    let num_classes = r.usize("num_classes", Some(1000))?;
+    let in_channels = r.usize("in_channels", Some(3))?;
+    let dropout = r.f64("dropout", Some(0.0))?;
+    r.bool("use_fp16", Some(false))?;
+    r.bool("use_checkpoint", Some(false))?;
+    // Changes how the qkv projection is split into heads, not any name or
+    // shape: the engine honours it (`QKVAttention` vs `QKVAttentionLegacy`).
+    r.bool("use_new_attention_order", Some(false))?;
+
+    // Consistency.
+    for (key, n) in [
+        ("image_size", image_size),
+        ("num_channels", nc),
+        ("num_res_blocks", nrb),
+        ("in_channels", in_channels),
+        ("num_classes", num_classes),
+    ] {
+        if n == 0 {
+            return Err(invalid(&r, key, "must be at least 1".into()));
+        }
+    }
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(invalid(
+            &r,
+            "dropout",
+            format!("must be in [0, 1), found {dropout:?}"),
+        ));
+    }
+    let levels = mult.len();
+    let scale = 1usize << (levels - 1).min(63);
+    if image_size % scale != 0 {
+        return Err(invalid(
+            &r,
+            "image_size",
+            format!(
+                "{image_size} cannot be halved {} times ({levels} levels in channel_mult); use a multiple of {scale}",
+                levels - 1
+            ),
+        ));
+    }
+    // `int(mult * model_channels)`, as unet.py computes it.
+    let channels: Vec<usize> = mult.iter().map(|&m| (m * nc as f64) as usize).collect();
+    if let Some(l) = channels.iter().position(|&c| c == 0 || c % GROUPS != 0) {
+        return Err(invalid(
+            &r,
+            "num_channels",
+            format!(
+                "{nc} x channel_mult[{l}] = {} channels, not a positive multiple of {GROUPS} (ADM normalizes with GroupNorm(32))",
+                channels[l]
+            ),
+        ));
+    }
+    let attention_ds: Vec<usize> = attn_res
+        .iter()
+        .enumerate()
+        .map(|(i, &res)| match res {
+            0 => Err(ModelError::Invalid {
+                at: r.at("attention_resolutions").index(i),
+                reason: "must be at least 1".into(),
+            }),
+            res => Ok(image_size / res),
+        })
+        .collect::<Result<_, _>>()?;
+    let heads = |ch: usize, n: i64, key: &str| -> Result<(), ModelError> {
+        let ok = if num_head_channels == -1 {
+            n > 0 && ch.is_multiple_of(n as usize)
+        } else {
+            num_head_channels > 0 && ch.is_multiple_of(num_head_channels as usize)
+        };
+        if ok {
+            return Ok(());
+        }
+        let (key, what) = if num_head_channels == -1 {
+            (key, format!("{n} heads"))
+        } else {
+            (
+                "num_head_channels",
+                format!("heads of {num_head_channels} channels"),
+            )
+        };
+        Err(invalid(
+            &r,
+            key,
+            format!("an attention block with {ch} channels cannot be split into {what}"),
+        ))
+    };
+    let up_heads = if num_heads_upsample == -1 {
+        num_heads
+    } else {
+        num_heads_upsample
+    };
+    for (l, &ch) in channels.iter().enumerate() {
+        if attention_ds.contains(&(1 << l)) {
+            heads(ch, num_heads, "num_heads")?;
+            heads(ch, up_heads, "num_heads_upsample")?;
+        }
+    }
+    heads(channels[levels - 1], num_heads, "num_heads")?;
+
+    // Injection points, in forward order, with their ADM modules.
+    let temb_channels = nc * 4;
+    let mut points = vec![Point::vector("temb", temb_channels, "time_embed")];
+    for (l, &ch) in channels.iter().enumerate() {
+        for j in 0..nrb {
+            points.push(Point::image(
+                format!("down.{l}.res.{j}"),
+                ch,
+                image_size >> l,
+                format!("input_blocks.{}.0", 1 + l * (nrb + 1) + j),
+            ));
+        }
+    }
+    for (j, module) in [(0, "middle_block.0"), (1, "middle_block.2")] {
+        points.push(Point::image(
+            format!("mid.res.{j}"),
+            channels[levels - 1],
+            image_size >> (levels - 1),
+            module.into(),
+        ));
+    }
+    for (i, &ch) in channels.iter().rev().enumerate() {
+        for j in 0..=nrb {
+            points.push(Point::image(
+                format!("up.{i}.res.{j}"),
+                ch,
+                image_size >> (levels - 1 - i),
+                format!("output_blocks.{}.0", i * (nrb + 1) + j),
+            ));
+        }
+    }
+
+    Ok(ModelDescription {
+        kind: "adm".into(),
+        data_channels: in_channels,
+        out_channels: if learn_sigma {
+            in_channels * 2
+        } else {
+            in_channels
+        },
+        resolution: image_size,
+        temb_channels,
+        points,
+        parameters: Vec::new(),
+        config: r.finish(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::safetensors_header::tests::{temp_dir, write_safetensors};
+    use super::*;
+
+    fn table(text: &str) -> toml::Table {
+        text.parse().unwrap()
+    }
+
+    const SMALL: &str = r#"
+        image_size = 32
+        num_channels = 64
+        num_res_blocks = 1
+        channel_mult = "1,2,2"
+        attention_resolutions = "16"
+        learn_sigma = true
+    "#;
+
+    #[test]
+    fn small_config_with_learned_sigma() {
+        let d = describe_config(&table(SMALL)).unwrap();
+        assert_eq!(
+            (
+                d.data_channels,
+                d.out_channels,
+                d.resolution,
+                d.temb_channels
+            ),
+            (3, 6, 32, 256)
+        );
+        let got: Vec<(&str, usize, usize, &str)> = d
+            .points
+            .iter()
+            .map(|p| (p.name.as_str(), p.channels, p.height, p.module.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("temb", 256, 0, "time_embed"),
+                ("down.0.res.0", 64, 32, "input_blocks.1.0"),
+                ("down.1.res.0", 128, 16, "input_blocks.3.0"),
+                ("down.2.res.0", 128, 8, "input_blocks.5.0"),
+                ("mid.res.0", 128, 8, "middle_block.0"),
+                ("mid.res.1", 128, 8, "middle_block.2"),
+                ("up.0.res.0", 128, 8, "output_blocks.0.0"),
+                ("up.0.res.1", 128, 8, "output_blocks.1.0"),
+                ("up.1.res.0", 128, 16, "output_blocks.2.0"),
+                ("up.1.res.1", 128, 16, "output_blocks.3.0"),
+                ("up.2.res.0", 64, 32, "output_blocks.4.0"),
+                ("up.2.res.1", 64, 32, "output_blocks.5.0"),
+            ]
+        );
+        assert!(d.points.iter().all(|p| p.width == p.height));
+        assert_eq!(d.config_value("channel_mult"), Some("[1, 2, 2]"));
+        assert_eq!(d.config_value("attention_resolutions"), Some("[16]"));
+        assert_eq!(d.config_value("use_scale_shift_norm"), Some("true"));
+        assert_eq!(d.config_value("num_heads"), Some("4"));
+        assert_eq!(d.config.len(), KEYS.len());
+    }
+
+    #[test]
+    fn channel_mult_defaults_by_image_size() {
+        let d = describe_config(&table(
+            "image_size = 256\nnum_channels = 256\nnum_res_blocks = 2",
+        ))
+        .unwrap();
+        assert_eq!(d.config_value("channel_mult"), Some("[1, 1, 2, 2, 4, 4]"));
+        assert_eq!(d.point("mid.res.0").unwrap().height, 8);
+        let d = describe_config(&table(
+            "image_size = 512\nnum_channels = 256\nnum_res_blocks = 2",
+        ))
+        .unwrap();
+        assert_eq!(d.point("down.0.res.0").unwrap().channels, 128);
+        let err = describe_config(&table(
+            "image_size = 32\nnum_channels = 64\nnum_res_blocks = 2",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(
+                "[source.config].channel_mult: missing required key (guided-diffusion picks it only"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn released_guided_diffusion_flags_are_accepted() {
+        // MODEL_FLAGS of the 64x64 ImageNet and 256x256 unconditional
+        // checkpoints (guided-diffusion README), model flags only.
+        let d = describe_config(&table(
+            r#"attention_resolutions = "32,16,8"
+               class_cond = true
+               dropout = 0.1
+               image_size = 64
+               learn_sigma = true
+               num_channels = 192
+               num_head_channels = 64
+               num_res_blocks = 3
+               resblock_updown = true
+               use_new_attention_order = true
+               use_fp16 = true
+               use_scale_shift_norm = true"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            (d.points.len(), d.temb_channels, d.out_channels),
+            (1 + 12 + 2 + 16, 768, 6)
+        );
+        assert_eq!(d.point("up.0.res.3").unwrap().module, "output_blocks.3.0");
+        let d = describe_config(&table(
+            r#"attention_resolutions = "32,16,8"
+               image_size = 256
+               learn_sigma = true
+               num_channels = 256
+               num_head_channels = 64
+               num_res_blocks = 2
+               resblock_updown = true"#,
+        ))
+        .unwrap();
+        assert_eq!(d.point("down.5.res.1").unwrap().module, "input_blocks.17.0");
+        assert_eq!(d.point("down.5.res.1").unwrap().channels, 1024);
+    }
+
+    #[test]
+    fn arrays_work_like_flag_strings() {
+        let a = describe_config(&table(SMALL)).unwrap();
+        let b = describe_config(&table(
+            &SMALL
+                .replace("\"1,2,2\"", "[1, 2, 2]")
+                .replace("\"16\"", "[16]"),
+        ))
+        .unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn unknown_keys_suggest_and_redirect() {
+        let err = describe_config(&table("image_size = 32\nnum_chanels = 64"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("[source.config].num_chanels: unknown key (did you mean `num_channels`?); valid keys: attention_resolutions, channel_mult,"),
+            "{err}"
+        );
+        let err = describe_config(&table("diffusion_steps = 1000"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown key; `diffusion_steps` is a diffusion flag, not a model hyperparameter: set `train.timesteps`"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_located() {
+        let err = describe_config(&table("num_channels = 64\nnum_res_blocks = 1"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "[source.config].image_size: missing required key");
+        let err = describe_config(&table(&SMALL.replace("\"1,2,2\"", "\"1,x,2\"")))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "[source.config].channel_mult[1]: expected a positive number, found \"x\""
+        );
+        let err = describe_config(&table(&SMALL.replace("64", "48")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("48 x channel_mult[0] = 48 channels, not a positive multiple of 32"),
+            "{err}"
+        );
+        let err = describe_config(&table(&format!("{SMALL}\nnum_heads = 3")))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "[source.config].num_heads: an attention block with 128 channels cannot be split into 3 heads"
+        );
+        let err = describe_config(&table(&SMALL.replace("true", "\"True\"")))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "[source.config].learn_sigma: expected a boolean, found a string \"True\""
+        );
+    }
+
+    #[test]
+    fn checkpoint_files() {
+        let dir = temp_dir("adm");
+        let err = describe(&dir.join("model.pt"), &table(SMALL))
+            .unwrap_err()
+            .to_string();
+        assert!(err.ends_with("model.pt: no such file or folder; expected a guided-diffusion checkpoint (.pt or .safetensors)"), "{err}");
+
+        std::fs::write(dir.join("model.pt"), b"not read").unwrap();
+        let d = describe(&dir.join("model.pt"), &table(SMALL)).unwrap();
+        assert!(!d.parameters_known());
+
+        let file = dir.join("model.safetensors");
+        write_safetensors(
+            &file,
+            r#"{"time_embed.0.weight":{"dtype":"F16","shape":[256,64],"data_offsets":[0,32768]}}"#,
+            32768,
+        );
+        let d = describe(&file, &table(SMALL)).unwrap();
+        assert_eq!(
+            d.parameters,
+            [("time_embed.0.weight".to_owned(), vec![256, 64])]
+        );
+
+        std::fs::write(dir.join("model.bin"), b"").unwrap();
+        let err = describe(&dir.join("model.bin"), &table(SMALL))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ends in .pt"), "{err}");
+    }
+}

@@ -1,0 +1,281 @@
+//! [`ModelDescription`]: what a denoiser looks like (data shape, time
+//! embedding, injection points, base parameters, config in force), built from
+//! its config and checkpoint header by [`describe`] without running it.
+
+use super::{ModelError, adm, diffusers, mlp};
+use abi_stable::std_types::{RString, RVec};
+use dtx_plugin_api::{ModelInfo, PointInfo};
+use std::path::Path;
+
+/// One injection point: the output of a residual block, or the time embedding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Point {
+    /// DESIGN.md's name: `temb`, `down.{i}.res.{j}`, `mid.res.{j}`, `up.{i}.res.{j}`.
+    pub name: String,
+    /// Channels of the activation (`D` at `temb` and for vector models).
+    pub channels: usize,
+    /// Spatial height at the model's resolution; 0 for vector activations.
+    pub height: usize,
+    /// Spatial width at the model's resolution; 0 for vector activations.
+    pub width: usize,
+    /// Checkpoint key prefix of the module whose output this is
+    /// (`down_blocks.1.resnets.0`, `input_blocks.4.0`, `time_embed`): the
+    /// loader's table from point names to its own layout.
+    pub module: String,
+}
+
+impl Point {
+    /// A point on a `channels × size × size` feature map.
+    pub(crate) fn image(name: String, channels: usize, size: usize, module: String) -> Self {
+        Self {
+            name,
+            channels,
+            height: size,
+            width: size,
+            module,
+        }
+    }
+
+    /// A point on a vector of width `channels`.
+    pub(crate) fn vector(
+        name: impl Into<String>,
+        channels: usize,
+        module: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            channels,
+            height: 0,
+            width: 0,
+            module: module.into(),
+        }
+    }
+}
+
+/// A denoiser, described from its config and checkpoint header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelDescription {
+    /// `diffusers`, `adm` or `mlp`.
+    pub kind: String,
+    /// Channels of the data: image `C` (`in_channels`) or vector `D`.
+    pub data_channels: usize,
+    /// Channels of the network output (`2 C` for ADM with `learn_sigma`).
+    pub out_channels: usize,
+    /// Image side (`sample_size`, `image_size`); 0 for vector models.
+    pub resolution: usize,
+    /// Width of the time embedding.
+    pub temb_channels: usize,
+    /// Every injection point, in forward order.
+    pub points: Vec<Point>,
+    /// Every base parameter with its shape, under its checkpoint key, when
+    /// known (empty when the checkpoint's names cannot be read without loading
+    /// it, e.g. a `.pt` pickle or a diffusers folder without safetensors).
+    pub parameters: Vec<(String, Vec<usize>)>,
+    /// Every config value in force (defaults included), `(key, value as
+    /// text)`, sorted by key.
+    pub config: Vec<(String, String)>,
+}
+
+impl ModelDescription {
+    /// Whether [`Self::parameters`] lists the checkpoint's parameters.
+    pub fn parameters_known(&self) -> bool {
+        !self.parameters.is_empty()
+    }
+
+    /// Number of scalars in all base parameters; 0 when they are unknown
+    /// (see [`Self::parameters_known`]).
+    pub fn total_parameters(&self) -> usize {
+        self.parameters.iter().map(|(_, shape)| numel(shape)).sum()
+    }
+
+    /// Number of scalars in the parameters whose names match any of `globs`
+    /// (`*` matches any run of characters, as in `train.trainable`).
+    pub fn count_matching(&self, globs: &[String]) -> usize {
+        self.parameters
+            .iter()
+            .filter(|(name, _)| {
+                globs
+                    .iter()
+                    .any(|g| dtx_plugin_api::points::matches(g, name))
+            })
+            .map(|(_, shape)| numel(shape))
+            .sum()
+    }
+
+    /// The point called `name`.
+    pub fn point(&self, name: &str) -> Option<&Point> {
+        self.points.iter().find(|p| p.name == name)
+    }
+
+    /// The value in force of config key `key`, as text.
+    pub fn config_value(&self, key: &str) -> Option<&str> {
+        self.config
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// What plugins receive when they are built.
+    pub fn to_model_info(&self) -> ModelInfo {
+        ModelInfo {
+            kind: RString::from(self.kind.as_str()),
+            data_channels: self.data_channels,
+            resolution: self.resolution,
+            temb_channels: self.temb_channels,
+            points: self
+                .points
+                .iter()
+                .map(|p| PointInfo {
+                    name: RString::from(p.name.as_str()),
+                    channels: p.channels,
+                    height: p.height,
+                    width: p.width,
+                })
+                .collect::<RVec<_>>(),
+        }
+    }
+}
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// Describes the source model of kind `kind` (`diffusers`, `adm`, `mlp`) from
+/// `path` (already resolved against the manifest's folder) and the
+/// manifest's `[source.config]` table. Reads config files and checkpoint
+/// headers only, never tensor data.
+pub fn describe(
+    kind: &str,
+    path: Option<&Path>,
+    config: &toml::Table,
+) -> Result<ModelDescription, ModelError> {
+    match kind {
+        "diffusers" => {
+            let path = path.ok_or_else(|| ModelError::MissingPath {
+                kind: kind.into(),
+                expected: "a diffusers `UNet2DModel` folder with config.json".into(),
+            })?;
+            if !config.is_empty() {
+                let key = config.keys().next().cloned().unwrap_or_default();
+                return Err(ModelError::UnknownKey {
+                    at: super::KeyLocation {
+                        origin: super::Origin::SourceConfig,
+                        key,
+                    },
+                    suggestion: None,
+                    hint: Some("a diffusers model is configured by its config.json".into()),
+                    valid: Vec::new(),
+                });
+            }
+            diffusers::describe(path)
+        }
+        "adm" => {
+            let path = path.ok_or_else(|| ModelError::MissingPath {
+                kind: kind.into(),
+                expected: "a guided-diffusion `.pt` or `.safetensors` checkpoint".into(),
+            })?;
+            adm::describe(path, config)
+        }
+        "mlp" => mlp::describe(path, config),
+        "dtx" => Err(ModelError::UnsupportedKind {
+            kind: kind.into(),
+            reason: "dtx checkpoints are described from their own metadata, which this version \
+                     does not read yet; use the run's original `[source]`"
+                .into(),
+        }),
+        other => Err(ModelError::UnsupportedKind {
+            kind: other.into(),
+            reason: "supported kinds are `diffusers`, `adm` and `mlp`".into(),
+        }),
+    }
+}
+
+/// Parameters from a safetensors checkpoint header, as `(name, shape)`.
+pub(crate) fn header_parameters(file: &Path) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
+    Ok(super::read_safetensors_header(file)?
+        .into_iter()
+        .map(|t| (t.name, t.shape))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> toml::Table {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn counts_and_model_info_follow_the_parameters_and_points() {
+        let d = describe("mlp", None, &table("hidden = 4\nblocks = 1")).unwrap();
+        assert!(d.parameters_known());
+        let all = d.total_parameters();
+        let up = d.count_matching(&["up.*".into()]);
+        // One block: norm 2·4, fc1 4·8 + 8, temb_proj 4·8 + 8, fc2 8·4 + 4.
+        assert_eq!(up, 8 + 40 + 40 + 36);
+        assert_eq!(
+            d.count_matching(&["up.*".into(), "*.fc1.*".into()]),
+            up + 2 * 40
+        );
+        assert_eq!(d.count_matching(&["nothing".into()]), 0);
+        assert!(all > up);
+
+        let info = d.to_model_info();
+        assert_eq!(info.kind.as_str(), "mlp");
+        assert_eq!(info.data_channels, 2);
+        assert_eq!(info.temb_channels, 4);
+        assert_eq!(info.points.len(), d.points.len());
+        assert_eq!(info.points[1].name.as_str(), "down.0.res.0");
+    }
+
+    #[test]
+    fn unknown_parameters_count_zero() {
+        let d = ModelDescription {
+            kind: "adm".into(),
+            data_channels: 3,
+            out_channels: 3,
+            resolution: 32,
+            temb_channels: 512,
+            points: Vec::new(),
+            parameters: Vec::new(),
+            config: Vec::new(),
+        };
+        assert!(!d.parameters_known());
+        assert_eq!(d.total_parameters(), 0);
+        assert_eq!(d.count_matching(&["*".into()]), 0);
+    }
+
+    #[test]
+    fn kinds_without_a_describer_are_named() {
+        let err = describe("dtx", None, &toml::Table::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("cannot describe a `dtx` model"), "{err}");
+        let err = describe("diffusers", None, &toml::Table::new())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "a `diffusers` source needs `path` (a diffusers `UNet2DModel` folder with config.json)"
+        );
+        let err = describe("vae", None, &toml::Table::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("supported kinds are `diffusers`, `adm` and `mlp`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn diffusers_rejects_a_source_config_table() {
+        let err = describe("diffusers", Some(Path::new("x")), &table("hidden = 4"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("[source.config].hidden: unknown key; a diffusers model is configured by its config.json"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,21 @@
+//! Denoisers, as far as they can be known without running them: [`describe`]
+//! reads a model's config (a diffusers `config.json`, or the manifest's
+//! `[source.config]`) and its checkpoint header, and returns a
+//! [`ModelDescription`]: data shape, time-embedding width, every injection
+//! point with its shape and checkpoint module, and every base parameter with
+//! its shape. `dtx plan` prints it and plugins receive it as `ModelInfo`. One
+//! file per kind (`diffusers`, `adm`, `mlp`), one reader for safetensors
+//! headers; the forward passes and weight loading come later. The user guide
+//! is `docs/models.md`.
+
+pub mod adm;
+mod config;
+mod describe;
+pub mod diffusers;
+mod error;
+pub mod mlp;
+mod safetensors_header;
+
+pub use describe::{ModelDescription, Point, describe};
+pub use error::{KeyLocation, ModelError, Origin};
+pub use safetensors_header::{TensorHeader, read_safetensors_header};

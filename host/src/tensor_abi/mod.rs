@@ -1,0 +1,45 @@
+//! The host side of the tensor ABI: a per-thread [`Session`] holding every
+//! tensor a plugin can name, and the two vtables ([`tensor_ops`],
+//! [`host_services`]) implemented over burn primitives of an autodiff backend.
+//!
+//! burn 0.21's backend API works on rank-free primitives (`FloatTensor<B>`), so
+//! a handle is just an index into the session's table; autodiff tracks those
+//! primitives, which is how gradients flow through plugin code.
+
+mod ops;
+mod params;
+mod services;
+mod session;
+
+pub use ops::tensor_ops;
+pub use params::{ParamEntry, ParamStore};
+pub use services::{DataService, DenoiseService, RunServices, host_services};
+pub use session::{Session, SessionGuard, Stored};
+
+use burn::tensor::backend::AutodiffBackend;
+use dtx_plugin_api::abi::HostVtables;
+use std::any::TypeId;
+use std::sync::Mutex;
+
+/// The vtables for backend `B`, built on first use and shared afterwards.
+pub fn vtables<B: AutodiffBackend>() -> HostVtables {
+    static CACHE: Mutex<Vec<(TypeId, HostVtables)>> = Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let key = TypeId::of::<B>();
+    if let Some((_, v)) = cache.iter().find(|(k, _)| *k == key) {
+        return *v;
+    }
+    ops::install_quiet_panic_hook();
+    let v = HostVtables {
+        tensor: tensor_ops::<B>(),
+        services: host_services::<B>(),
+    };
+    cache.push((key, v));
+    v
+}
+
+/// The CPU backend: burn's `flex` backend with autodiff.
+pub type CpuBackend = burn::backend::Autodiff<burn::backend::Flex>;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,296 @@
+//! The host side of [`HostServices`]: parameters, logging, and the run's
+//! denoiser, data and schedule, which the engine plugs in through
+//! [`RunServices`].
+
+use super::session::{Session, Stored};
+use crate::train::optim::AdamConfig;
+use abi_stable::prefix_type::PrefixTypeTrait;
+use abi_stable::std_types::{RNone, ROption, RSlice, RStr, RString, RVec};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{DType as BurnDType, TensorData};
+use dtx_plugin_api::abi::{
+    AbiError, AbiResult, DataBatch, ErrorKind, HostServices, HostServicesRef, ParamId, ParamInit,
+    TensorId, Which,
+};
+use rand_distr::{Distribution as _, Normal, Uniform};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// A denoiser the host exposes to plugins (`denoise` and `features`).
+pub trait DenoiseService<B: AutodiffBackend> {
+    /// ε prediction of `which` for `x_t` at timesteps `t`.
+    fn denoise(
+        &self,
+        x_t: FloatTensor<B>,
+        t: Stored<B>,
+        which: Which,
+        labels: Option<IntTensor<B>>,
+    ) -> Result<FloatTensor<B>, AbiError>;
+
+    /// Activations of `which` at `points` for input `x` at timesteps `t`.
+    fn features(
+        &self,
+        x: FloatTensor<B>,
+        t: Stored<B>,
+        points: &[String],
+        which: Which,
+    ) -> Result<Vec<FloatTensor<B>>, AbiError>;
+}
+
+/// Datasets the host exposes to plugins (`dataset_batch`).
+pub trait DataService<B: AutodiffBackend> {
+    /// The next `batch` samples of `split`, with labels when the set has them.
+    fn batch(
+        &mut self,
+        split: &str,
+        batch: usize,
+    ) -> Result<(FloatTensor<B>, Option<IntTensor<B>>), AbiError>;
+}
+
+/// What a run plugs into the session. Missing services answer plugins with an
+/// [`ErrorKind::UNSUPPORTED`] error that says what the run lacks.
+pub struct RunServices<B: AutodiffBackend> {
+    /// The student and source denoisers.
+    pub denoiser: Option<Rc<dyn DenoiseService<B>>>,
+    /// The run's datasets.
+    pub data: Option<Rc<RefCell<dyn DataService<B>>>>,
+    /// ᾱ_t for t = 0..T−1 of the run's noise schedule.
+    pub alpha_bar: Option<Vec<f32>>,
+    /// Scalars logged since the last [`RunServices::take_logs`].
+    pub logs: Vec<(String, f64)>,
+    /// Optimizer used by `optimizer_step` (the `prepare` hook's training).
+    pub prepare_optimizer: AdamConfig,
+}
+
+impl<B: AutodiffBackend> Default for RunServices<B> {
+    fn default() -> Self {
+        RunServices {
+            denoiser: None,
+            data: None,
+            alpha_bar: None,
+            logs: Vec::new(),
+            prepare_optimizer: AdamConfig::default(),
+        }
+    }
+}
+
+impl<B: AutodiffBackend> RunServices<B> {
+    /// Takes the scalars logged so far.
+    pub fn take_logs(&mut self) -> Vec<(String, f64)> {
+        std::mem::take(&mut self.logs)
+    }
+}
+
+fn unsupported(what: &str) -> AbiError {
+    AbiError::new(ErrorKind::UNSUPPORTED, what.to_owned())
+}
+
+fn guarded<T>(f: impl FnOnce() -> Result<T, AbiError>) -> AbiResult<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r.into(),
+        Err(_) => Err(AbiError::other("dtx host: a host service panicked")).into(),
+    }
+}
+
+extern "C" fn host_version() -> RString {
+    env!("CARGO_PKG_VERSION").into()
+}
+
+/// Draws an initial value for a parameter from the session's RNG.
+fn init_values(
+    rng: &mut rand::rngs::StdRng,
+    n: usize,
+    init: ParamInit,
+) -> Result<Vec<f32>, AbiError> {
+    Ok(match init.kind {
+        ParamInit::ZEROS => vec![0.0; n],
+        ParamInit::CONSTANT => vec![init.a; n],
+        ParamInit::UNIFORM => {
+            let d = Uniform::new(init.a, init.b)
+                .map_err(|e| AbiError::other(format!("uniform init: {e}")))?;
+            (0..n).map(|_| d.sample(rng)).collect()
+        }
+        ParamInit::NORMAL => {
+            let d = Normal::new(0.0, init.a)
+                .map_err(|e| AbiError::other(format!("normal init: {e}")))?;
+            (0..n).map(|_| d.sample(rng)).collect()
+        }
+        other => return Err(unsupported(&format!("unknown parameter init law {other}"))),
+    })
+}
+
+extern "C" fn param_new<B: AutodiffBackend>(
+    name: RStr<'_>,
+    shape: RSlice<'_, usize>,
+    init: ParamInit,
+) -> AbiResult<ParamId> {
+    guarded(|| {
+        Session::<B>::with(|s| {
+            let owner = s.current_plugin.clone().ok_or_else(|| {
+                AbiError::other("param_new is only available while a plugin is being constructed")
+            })?;
+            let n: usize = shape.iter().product();
+            let values = init_values(&mut s.rng, n, init)?;
+            let data = TensorData::new(values, shape.to_vec())
+                .convert_dtype(BurnDType::from(s.float_dtype()));
+            let value = B::float_from_data(data, &s.device);
+            s.params.register(&owner, name.as_str(), value)
+        })?
+    })
+}
+
+extern "C" fn param_value<B: AutodiffBackend>(id: ParamId) -> AbiResult<TensorId> {
+    guarded(|| {
+        Session::<B>::with(|s| {
+            let v = s.params.get(id)?.value.clone();
+            Ok(s.insert(Stored::Float(v)))
+        })?
+    })
+}
+
+extern "C" fn log_scalar<B: AutodiffBackend>(name: RStr<'_>, value: f64) {
+    let _ = Session::<B>::with(|s| {
+        let plugin = s.current_plugin.clone().unwrap_or_else(|| "host".into());
+        s.services.logs.push((format!("{plugin}.{name}"), value));
+    });
+}
+
+extern "C" fn denoise<B: AutodiffBackend>(
+    x_t: TensorId,
+    t: TensorId,
+    which: Which,
+    labels: ROption<TensorId>,
+) -> AbiResult<TensorId> {
+    guarded(|| {
+        // Take what we need and release the session: the denoiser calls plugins.
+        let (svc, x, t, labels) = Session::<B>::with(|s| -> Result<_, AbiError> {
+            let svc = s.services.denoiser.clone().ok_or_else(|| {
+                unsupported(
+                    "denoise: this run has no denoiser (add a [source] section to the manifest)",
+                )
+            })?;
+            let labels = labels.into_option().map(|l| s.int(l)).transpose()?;
+            Ok((svc, s.float(x_t)?, s.get(t)?, labels))
+        })??;
+        let eps = svc.denoise(x, t, which, labels)?;
+        Session::<B>::with(|s| s.insert(Stored::Float(eps)))
+    })
+}
+
+extern "C" fn features<B: AutodiffBackend>(
+    x: TensorId,
+    t: TensorId,
+    points: RSlice<'_, RStr<'_>>,
+    which: Which,
+) -> AbiResult<RVec<TensorId>> {
+    guarded(|| {
+        let (svc, x, t) = Session::<B>::with(|s| -> Result<_, AbiError> {
+            let svc = s.services.denoiser.clone().ok_or_else(|| {
+                unsupported(
+                    "features: this run has no denoiser (add a [source] section to the manifest)",
+                )
+            })?;
+            Ok((svc, s.float(x)?, s.get(t)?))
+        })??;
+        let points: Vec<String> = points.iter().map(|p| p.as_str().to_owned()).collect();
+        let feats = svc.features(x, t, &points, which)?;
+        Session::<B>::with(|s| {
+            feats
+                .into_iter()
+                .map(|f| s.insert(Stored::Float(f)))
+                .collect()
+        })
+    })
+}
+
+extern "C" fn alpha_bar<B: AutodiffBackend>(t: TensorId) -> AbiResult<TensorId> {
+    guarded(|| {
+        Session::<B>::with(|s| {
+            let table = s.services.alpha_bar.clone().ok_or_else(|| {
+                unsupported(
+                    "alpha_bar: this run has no noise schedule (add a [train] or [sample] section)",
+                )
+            })?;
+            let v = s.get(t)?;
+            let shape = v.shape();
+            let data = match v {
+                Stored::Float(x) => burn::tensor::read_sync(B::float_into_data(x)),
+                Stored::Int(x) => burn::tensor::read_sync(B::int_into_data(x)),
+                Stored::Bool(_) => {
+                    return Err(AbiError::other("alpha_bar: timesteps must be numbers"));
+                }
+            }
+            .map_err(|e| AbiError::other(format!("alpha_bar: {e:?}")))?;
+            let out = data
+                .iter::<f64>()
+                .map(|ti| {
+                    let i = ti.round();
+                    if i < 0.0 || i as usize >= table.len() {
+                        Err(AbiError::other(format!(
+                            "alpha_bar: timestep {ti} is outside 0..{}",
+                            table.len()
+                        )))
+                    } else {
+                        Ok(table[i as usize])
+                    }
+                })
+                .collect::<Result<Vec<f32>, _>>()?;
+            let d = TensorData::new(out, shape).convert_dtype(BurnDType::from(s.float_dtype()));
+            let a = B::float_from_data(d, &s.device);
+            Ok(s.insert(Stored::Float(a)))
+        })?
+    })
+}
+
+extern "C" fn dataset_batch<B: AutodiffBackend>(
+    split: RStr<'_>,
+    batch: usize,
+) -> AbiResult<DataBatch> {
+    guarded(|| {
+        let data = Session::<B>::with(|s| s.services.data.clone())?.ok_or_else(|| {
+            unsupported("dataset_batch: this run has no datasets (add a [target] section)")
+        })?;
+        let (x, labels) = data.borrow_mut().batch(split.as_str(), batch)?;
+        Session::<B>::with(|s| DataBatch {
+            x: s.insert(Stored::Float(x)),
+            labels: match labels {
+                Some(l) => ROption::RSome(s.insert(Stored::Int(l))),
+                None => RNone,
+            },
+        })
+    })
+}
+
+extern "C" fn optimizer_step<B: AutodiffBackend>(
+    params: RSlice<'_, ParamId>,
+    loss: TensorId,
+    lr: f32,
+) -> AbiResult<()> {
+    guarded(|| {
+        Session::<B>::with(|s| {
+            let loss = s.float(loss)?;
+            let config = AdamConfig {
+                lr,
+                ..s.services.prepare_optimizer
+            };
+            s.params.step(loss, &params, config)
+        })?
+    })
+}
+
+/// The host-services vtable over backend `B`.
+pub fn host_services<B: AutodiffBackend>() -> HostServicesRef {
+    HostServices {
+        host_version,
+        param_new: param_new::<B>,
+        param_value: param_value::<B>,
+        log_scalar: log_scalar::<B>,
+        denoise: denoise::<B>,
+        features: features::<B>,
+        alpha_bar: alpha_bar::<B>,
+        dataset_batch: dataset_batch::<B>,
+        optimizer_step: optimizer_step::<B>,
+    }
+    .leak_into_prefix()
+}

@@ -1,0 +1,154 @@
+//! [`Host`]: the services the host offers a plugin, and [`Param`]: a trainable
+//! parameter the host owns.
+
+use crate::abi::{AbiError, ParamId, ParamInit, Which};
+use crate::tensor::{Tensor, check, vtables};
+use abi_stable::std_types::{RNone, ROption, RSome, RStr};
+use std::cell::RefCell;
+
+thread_local! {
+    /// Parameters registered while a plugin is being constructed, so the adapter
+    /// can list them without the author doing so.
+    static REGISTERED: RefCell<Vec<Param>> = const { RefCell::new(Vec::new()) };
+}
+
+pub(crate) fn take_registered() -> Vec<Param> {
+    REGISTERED.with(|r| std::mem::take(&mut *r.borrow_mut()))
+}
+
+/// A trainable parameter. The host owns its value: it trains it (plugin
+/// parameters always train), keeps its EMA and saves it in checkpoints as
+/// `plugin.<plugin>.<name>`.
+#[derive(Debug, Clone)]
+pub struct Param {
+    id: ParamId,
+    name: String,
+    shape: Vec<usize>,
+}
+
+impl Param {
+    /// The current value; operations on it are tracked for the host's optimizer.
+    pub fn value(&self) -> Tensor {
+        let id = check((vtables().services.param_value())(self.id));
+        // SAFETY: the host hands out a fresh owned handle.
+        unsafe { Tensor::from_raw(id) }
+    }
+    /// The name the plugin gave it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Its shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    /// The host's id.
+    pub fn id(&self) -> ParamId {
+        self.id
+    }
+}
+
+/// The host's services. A zero-sized handle: copy it freely.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Host {
+    _private: (),
+}
+
+impl Host {
+    /// The host, once its vtables are installed (always true inside a plugin).
+    pub fn get() -> Host {
+        let _ = vtables();
+        Host { _private: () }
+    }
+
+    /// The host's version.
+    pub fn version(&self) -> String {
+        (vtables().services.host_version())().into()
+    }
+
+    /// Registers a trainable parameter named `name` (unique within the plugin).
+    pub fn param(&self, name: &str, shape: &[usize], init: ParamInit) -> Result<Param, AbiError> {
+        let id =
+            (vtables().services.param_new())(RStr::from(name), shape.into(), init).into_result()?;
+        let p = Param {
+            id,
+            name: name.to_owned(),
+            shape: shape.to_vec(),
+        };
+        REGISTERED.with(|r| r.borrow_mut().push(p.clone()));
+        Ok(p)
+    }
+
+    /// Logs a scalar as `<plugin>.<name>` at the current step.
+    pub fn log_scalar(&self, name: &str, value: f64) {
+        (vtables().services.log_scalar())(RStr::from(name), value)
+    }
+
+    /// Runs a denoiser and returns its ε prediction.
+    pub fn denoise(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        which: Which,
+        labels: Option<&Tensor>,
+    ) -> Result<Tensor, AbiError> {
+        let labels = match labels {
+            Some(l) => RSome(l.id()),
+            None => RNone,
+        };
+        let id = (vtables().services.denoise())(x_t.id(), t.id(), which, labels).into_result()?;
+        // SAFETY: owned handle from the host.
+        Ok(unsafe { Tensor::from_raw(id) })
+    }
+
+    /// Activations of a denoiser at named injection points.
+    pub fn features(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        points: &[&str],
+        which: Which,
+    ) -> Result<Vec<Tensor>, AbiError> {
+        let points: Vec<RStr<'_>> = points.iter().map(|p| RStr::from(*p)).collect();
+        let ids = (vtables().services.features())(x.id(), t.id(), points.as_slice().into(), which)
+            .into_result()?;
+        // SAFETY: owned handles from the host.
+        Ok(ids
+            .into_iter()
+            .map(|id| unsafe { Tensor::from_raw(id) })
+            .collect())
+    }
+
+    /// `ᾱ_t` of the run's noise schedule at integer timesteps `t`.
+    pub fn alpha_bar(&self, t: &Tensor) -> Result<Tensor, AbiError> {
+        let id = (vtables().services.alpha_bar())(t.id()).into_result()?;
+        // SAFETY: owned handle from the host.
+        Ok(unsafe { Tensor::from_raw(id) })
+    }
+
+    /// The next batch of a dataset split (`source`, `target`, `validation`):
+    /// samples and, when the set has them, labels.
+    pub fn dataset_batch(
+        &self,
+        split: &str,
+        batch: usize,
+    ) -> Result<(Tensor, Option<Tensor>), AbiError> {
+        let b = (vtables().services.dataset_batch())(RStr::from(split), batch).into_result()?;
+        // SAFETY: owned handles from the host.
+        let x = unsafe { Tensor::from_raw(b.x) };
+        let labels: Option<_> = b.labels.into_option();
+        Ok((x, labels.map(|id| unsafe { Tensor::from_raw(id) })))
+    }
+
+    /// One optimizer step on `params` for the scalar `loss` (for `prepare`).
+    pub fn optimizer_step(&self, params: &[&Param], loss: Tensor, lr: f32) -> Result<(), AbiError> {
+        let ids: Vec<ParamId> = params.iter().map(|p| p.id).collect();
+        (vtables().services.optimizer_step())(ids.as_slice().into(), loss.id(), lr).into_result()
+    }
+}
+
+/// An optional handle, for hook contexts.
+pub(crate) fn opt_ref(id: ROption<crate::abi::TensorId>) -> Option<crate::TensorRef> {
+    // SAFETY: context handles stay valid for the duration of the hook.
+    id.into_option()
+        .map(|id| unsafe { crate::TensorRef::from_raw(id) })
+}

@@ -1,0 +1,321 @@
+//! `test`: a plugin for the host's tests. It implements all five hooks and,
+//! across them, calls every entry of the tensor-op and host-service vtables.
+//!
+//! - `inject`: `h + gain · tanh(h)`, `gain` a parameter initialised to 0.
+//! - `loss`: `fit = mean((pred · softplus(s) + b − noise)²)` with parameters
+//!   `s` `[1]` and `b` `[1]` (a closed form the tests recompute in burn), plus
+//!   `exercise`, a scalar built from every tensor op (weight 0 by default).
+//! - `score`: `eps + guidance · ∇_x (½ Σ x²)`, the gradient taken with the
+//!   host's `grad` entry (so it equals `eps + guidance · x_t`).
+//! - `filter`: score = per-sample mean; keep when above `threshold`.
+//! - `prepare`: trains `w` `[4]` towards 1 with `optimizer_step`.
+//! - `panic_in = "<hook>"` panics in that hook, to test the guard.
+
+use dtx_plugin_api::DType;
+use dtx_plugin_api::abi::{CompareOp, InterpolateMode, SliceRange};
+use dtx_plugin_api::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// `[plugin.config]` of the test plugin.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Injection points.
+    pub points: Vec<String>,
+    /// Hook to panic in ("" for none).
+    pub panic_in: String,
+    /// Weight of the `exercise` loss term.
+    pub exercise_weight: f32,
+    /// Guidance scale of `score`.
+    pub guidance: f32,
+    /// Filter threshold on the per-sample mean.
+    pub threshold: f32,
+    /// Steps of `prepare`.
+    pub prepare_steps: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            points: vec!["mid.*".into()],
+            panic_in: String::new(),
+            exercise_weight: 0.0,
+            guidance: 0.0,
+            threshold: f32::NEG_INFINITY,
+            prepare_steps: 20,
+        }
+    }
+}
+
+/// The test plugin.
+pub struct TestPlugin {
+    cfg: Config,
+    gain: Param,
+    s: Param,
+    b: Param,
+    w: Param,
+    calls: u64,
+}
+
+impl TestPlugin {
+    fn maybe_panic(&mut self, hook: &str) {
+        self.calls += 1;
+        if self.cfg.panic_in == hook {
+            panic!("deliberate panic in {hook}");
+        }
+    }
+}
+
+/// A scalar computed with every tensor op; finite for finite `x`. Its value is
+/// `mean(x)`-dependent so gradients reach `x`.
+pub fn exercise(x: &Tensor) -> Tensor {
+    let flat = x.reshape(&[-1]);
+    let n = flat.dim(0);
+    let m = Tensor::from_f32(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]);
+    assert_eq!(m.shape(), vec![2, 3]);
+    assert_eq!(m.dtype(), DType::F32);
+    assert!(!m.device().is_empty());
+    assert_eq!(m.clone().to_f32_vec()[5], 6.0);
+    let idx = Tensor::from_i64(&[2, 0], &[2]);
+    assert_eq!(idx.to_i64_vec(), vec![2, 0]);
+    let sel = m.index_select(1, &idx); // [2, 2]
+    let gidx = Tensor::full(&[2, 1], 1.0, DType::I64);
+    let gat = m.gather(1, &gidx); // [2, 1]
+    let noise = Tensor::randn(&[2, 3]) * 0.0 + Tensor::rand(&[2, 3], 0.0, 1.0) * 0.0;
+    let casted = m.cast(DType::I64).cast(DType::F32);
+    let un = [
+        m.exp(),
+        m.log(),
+        m.sqrt(),
+        m.abs(),
+        m.tanh(),
+        m.sigmoid(),
+        m.relu(),
+        m.silu(),
+        m.gelu(),
+        m.sin(),
+        m.cos(),
+        m.recip(),
+        m.softplus(),
+        m.square(),
+        -&m,
+    ];
+    let mut acc = Tensor::zeros(&[2, 3]);
+    for u in &un {
+        acc = acc + u;
+    }
+    let bin = m.pow(&Tensor::ones(&[2, 3]))
+        + m.maximum(&casted)
+        + m.minimum(&noise)
+        + (&m / &m)
+        + (&m - &m);
+    let sc = m.powf(2.0).rsub(100.0).rdiv(1.0) + (m.clamp(2.0, 5.0) + 1.0) * 2.0 - 1.0;
+    let mask = m.compare(CompareOp::GT, &casted).cast(DType::F32)
+        + m.compare_scalar(CompareOp::LE, 3.0).cast(DType::F32);
+    let wh = m
+        .compare_scalar(CompareOp::GE, 3.0)
+        .where_(&m, &Tensor::zeros(&[1]));
+    let mm = m.matmul(&m.transpose(0, 1)); // [2, 2]
+    let red = m.sum_dims(&[1], true)
+        + m.mean_dims(&[1], true)
+        + m.max_dims(&[1], true)
+        + m.min_dims(&[1], true);
+    let am = m.argmax(1).cast(DType::F32); // [2, 1]
+    let sm = m.softmax(-1) + m.log_softmax(-1);
+    let pe = m.permute(&[1, 0]).reshape(&[2, 3]);
+    let sl = m
+        .slice(&[SliceRange {
+            start: 0,
+            end: 1,
+            step: 1,
+        }])
+        .narrow(1, 1, 2); // [1, 2]
+    let ca = Tensor::cat(&[&m, &m], 0).narrow(0, 0, 2);
+    let st = Tensor::stack(&[&m, &m], 0).mean_dims(&[0], false);
+    let ex = Tensor::ones(&[1, 3]).expand(&[2, 3]);
+    let img = Tensor::from_f32(
+        &(0..16).map(|i| i as f32 / 16.0).collect::<Vec<_>>(),
+        &[1, 1, 4, 4],
+    );
+    let k = Tensor::ones(&[2, 1, 3, 3]) * 0.1;
+    let conv = img.conv2d(
+        &k,
+        Some(&Tensor::zeros(&[2])),
+        Conv2dOptions {
+            padding: [1, 1],
+            ..Default::default()
+        },
+    ); // [1, 2, 4, 4]
+    let kt = Tensor::ones(&[2, 1, 2, 2]) * 0.1;
+    let convt = conv.conv_transpose2d(
+        &kt,
+        None,
+        Conv2dOptions {
+            stride: [2, 2],
+            ..Default::default()
+        },
+    ); // [1, 1, 8, 8]
+    let up = img.interpolate([8, 8], InterpolateMode::BILINEAR)
+        + img.interpolate([8, 8], InterpolateMode::NEAREST);
+    let gn = conv.group_norm(
+        2,
+        Some(&Tensor::ones(&[2])),
+        Some(&Tensor::zeros(&[2])),
+        1e-5,
+    );
+    let ln = m.layer_norm(Some(&Tensor::ones(&[3])), None, 1e-5);
+    let leaf = m.require_grad();
+    let g = (&leaf * &leaf).sum().grad(&[&leaf]).remove(0); // 2m
+    let parts = [
+        acc.mean(),
+        bin.mean(),
+        sc.mean(),
+        mask.mean(),
+        wh.mean(),
+        mm.mean(),
+        red.mean(),
+        am.mean(),
+        sm.mean(),
+        pe.mean(),
+        sl.mean(),
+        ca.mean(),
+        st.mean(),
+        ex.mean(),
+        sel.mean(),
+        gat.mean(),
+        convt.mean(),
+        up.mean(),
+        gn.mean(),
+        ln.mean(),
+        g.mean(),
+        m.detach().mean(),
+    ];
+    let mut total = flat.sum() * (1.0 / n as f32);
+    for p in &parts {
+        total = total + p.detach() * 1e-3;
+    }
+    total
+}
+
+impl Plugin for TestPlugin {
+    type Config = Config;
+    const NAME: &'static str = "test";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const DESCRIPTION: &'static str =
+        "Implements all five hooks and touches every tensor op (for the host's tests)";
+    const HOOKS: &'static [Hook] = &[
+        Hook::Prepare,
+        Hook::Inject,
+        Hook::Loss,
+        Hook::Score,
+        Hook::Filter,
+    ];
+
+    fn injection_points() -> Vec<String> {
+        Config::default().points
+    }
+
+    fn config_keys() -> Vec<ConfigKey> {
+        vec![
+            ConfigKey::new("points", "[string]", "injection points"),
+            ConfigKey::new("panic_in", "string", "hook to panic in"),
+            ConfigKey::new("exercise_weight", "float", "weight of the exercise term"),
+            ConfigKey::new("guidance", "float", "score guidance scale"),
+            ConfigKey::new(
+                "threshold",
+                "float",
+                "filter threshold on the per-sample mean",
+            ),
+            ConfigKey::new("prepare_steps", "integer", "optimizer steps in prepare"),
+        ]
+    }
+
+    fn new(cfg: Config, host: &Host, _model: &ModelInfo) -> Result<Self, AbiError> {
+        if cfg.panic_in == "new" {
+            panic!("deliberate panic in new");
+        }
+        Ok(TestPlugin {
+            gain: host.param("gain", &[1], ParamInit::zeros())?,
+            s: host.param("s", &[1], ParamInit::constant(0.5))?,
+            b: host.param("b", &[1], ParamInit::constant(0.1))?,
+            w: host.param("w", &[4], ParamInit::uniform(-1.0, 1.0))?,
+            cfg,
+            calls: 0,
+        })
+    }
+
+    fn points(&self) -> Vec<String> {
+        self.cfg.points.clone()
+    }
+
+    fn inject(&mut self, ctx: &Inject<'_>) -> Result<Tensor, AbiError> {
+        self.maybe_panic("inject");
+        Ok(&*ctx.h + self.gain.value() * ctx.h.tanh())
+    }
+
+    fn loss(&mut self, ctx: &Loss<'_>) -> Result<Vec<(String, Tensor)>, AbiError> {
+        self.maybe_panic("loss");
+        let fit = (ctx.pred.clone() * self.s.value().softplus() + self.b.value() - &*ctx.noise)
+            .square()
+            .mean();
+        ctx.host.log_scalar("fit_value", fit.item() as f64);
+        let mut terms = vec![("fit".to_string(), fit)];
+        if self.cfg.exercise_weight != 0.0 {
+            terms.push((
+                "exercise".into(),
+                exercise(&ctx.pred) * self.cfg.exercise_weight,
+            ));
+        }
+        Ok(terms)
+    }
+
+    fn score(&mut self, ctx: &Score<'_>) -> Result<Tensor, AbiError> {
+        self.maybe_panic("score");
+        let x = ctx.x_t.require_grad();
+        let g = (x.square().sum() * 0.5).grad(&[&x]).remove(0);
+        Ok(&*ctx.eps + g * self.cfg.guidance)
+    }
+
+    fn filter(&mut self, ctx: &Filter<'_>) -> Result<FilterOutput, AbiError> {
+        self.maybe_panic("filter");
+        let b = ctx.samples.dim(0) as i64;
+        let means = ctx
+            .samples
+            .reshape(&[b, -1])
+            .mean_dims(&[1], false)
+            .to_f32_vec();
+        let keep = means
+            .iter()
+            .map(|&m| m > self.cfg.threshold)
+            .collect::<Vec<_>>();
+        Ok(FilterOutput {
+            scores: means.into(),
+            keep: keep.into(),
+        })
+    }
+
+    fn prepare(&mut self, ctx: &Prepare<'_>) -> Result<(), AbiError> {
+        self.maybe_panic("prepare");
+        for _ in 0..self.cfg.prepare_steps {
+            let loss = (self.w.value().mean() - 1.0).square().sum();
+            ctx.host.optimizer_step(&[&self.w], loss, 0.05)?;
+        }
+        ctx.host
+            .log_scalar("w_mean", self.w.value().mean().item() as f64);
+        Ok(())
+    }
+
+    fn state_save(&self) -> Result<Vec<u8>, AbiError> {
+        Ok(self.calls.to_le_bytes().to_vec())
+    }
+
+    fn state_load(&mut self, state: &[u8]) -> Result<(), AbiError> {
+        let bytes: [u8; 8] = state
+            .try_into()
+            .map_err(|_| AbiError::other("state must be 8 bytes"))?;
+        self.calls = u64::from_le_bytes(bytes);
+        Ok(())
+    }
+}
+
+export_plugin!(TestPlugin);

@@ -1,0 +1,129 @@
+//! Support for the end-to-end tests and benchmarks: build the workspace's
+//! plugins and the `dtx` binary (a nested `cargo build`, once per test
+//! process, into the same target folder and profile as the running test), then
+//! load them through the real loader or run the real binary.
+//!
+//! `cargo test --workspace` needs no manual build step first: the first test
+//! that asks for a plugin builds them.
+
+pub mod block;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Crates built for the tests: the example plugin, the test plugins and `dtx`.
+pub const PLUGIN_CRATES: &[&str] = &[
+    "dtx-plugin-example",
+    "dtx-test-plugin",
+    "dtx-test-plugin-incompatible",
+    "dtx-test-plugin-block",
+];
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_path_buf()
+}
+
+/// The folder of the running test's profile (`target/debug`, `target/release`):
+/// test executables live in `<profile>/deps`.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let deps = exe.parent().expect("exe folder");
+    let dir = if deps.file_name().is_some_and(|n| n == "deps") {
+        deps.parent().unwrap()
+    } else {
+        deps
+    };
+    dir.to_path_buf()
+}
+
+/// Builds the plugins and the `dtx` binary once per process; returns the folder
+/// holding them. Panics with cargo's output when the build fails.
+pub fn build_plugins() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let profile = profile_dir();
+        let target = profile.parent().expect("target folder").to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace_root())
+            .arg("build")
+            .arg("--target-dir")
+            .arg(&target);
+        if profile.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        for c in PLUGIN_CRATES {
+            cmd.args(["-p", c]);
+        }
+        cmd.args(["-p", "dtx", "--bin", "dtx"]);
+        let out = cmd
+            .output()
+            .expect("running cargo build for the test plugins");
+        assert!(
+            out.status.success(),
+            "building the test plugins failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        profile
+    })
+}
+
+/// Path of the built library of `crate_name` (`dtx-test-plugin` →
+/// `target/debug/libdtx_test_plugin.so`).
+pub fn plugin_path(crate_name: &str) -> PathBuf {
+    build_plugins().join(dtx::plugins::library_file_name(crate_name))
+}
+
+/// Path of the built `dtx` binary.
+pub fn dtx_bin() -> PathBuf {
+    build_plugins().join(format!("dtx{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// What a command printed.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Exit code.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs the real `dtx` binary with `args` in `cwd`, plugins found through
+/// `DTX_PLUGIN_PATH`.
+pub fn run_dtx(args: &[&str], cwd: &Path) -> Output {
+    let dir = build_plugins();
+    let out = Command::new(dtx_bin())
+        .args(args)
+        .current_dir(cwd)
+        .env("DTX_PLUGIN_PATH", dir)
+        .output()
+        .expect("running dtx");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `dtx` in-process (same code as the binary) with `args`.
+pub fn run_in_process(args: &[&str]) -> Output {
+    build_plugins();
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let argv = std::iter::once("dtx")
+        .chain(args.iter().copied())
+        .map(Into::into);
+    let code = dtx::cli::main_with(argv, &mut out, &mut err);
+    Output {
+        code,
+        stdout: String::from_utf8_lossy(&out).into_owned(),
+        stderr: String::from_utf8_lossy(&err).into_owned(),
+    }
+}

@@ -1,0 +1,84 @@
+//! The real `dtx` binary: exit codes, no panics, plugin discovery.
+
+use dtx_tests::{run_dtx, workspace_root};
+
+#[test]
+fn help_and_version_exit_zero() {
+    let out = run_dtx(&["--help"], &workspace_root());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for cmd in ["plan", "plugins", "list"] {
+        assert!(out.stdout.contains(cmd), "{}", out.stdout);
+    }
+    let out = run_dtx(&["plugins", "inspect", "--help"], &workspace_root());
+    assert_eq!(out.code, 0);
+    assert!(out.stdout.contains("config keys"), "{}", out.stdout);
+}
+
+#[test]
+fn a_broken_manifest_exits_non_zero_with_one_clear_error() {
+    let root = workspace_root();
+    let out = run_dtx(
+        &["plan", "tests/manifests/broken/sha256-mismatch.toml"],
+        &root,
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("sha256"), "{}", out.stderr);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    let out = run_dtx(&["plan", "no/such/manifest.toml"], &root);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("no/such/manifest.toml"),
+        "{}",
+        out.stderr
+    );
+    let out = run_dtx(&["plan"], &root);
+    assert_eq!(out.code, 2, "usage error");
+}
+
+#[test]
+fn plugins_list_finds_workspace_plugins_and_reports_refused_ones() {
+    let out = run_dtx(&["plugins", "list"], &workspace_root());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for name in ["example", "test", "block"] {
+        assert!(
+            out.stdout.lines().any(|l| l.starts_with(name)),
+            "{name} missing:\n{}",
+            out.stdout
+        );
+    }
+    assert!(
+        out.stdout.contains("(refused)") && out.stdout.contains("9.0.0"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn plugins_inspect_shows_hooks_and_config_keys() {
+    let out = run_dtx(&["plugins", "inspect", "example"], &workspace_root());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("hooks: inject,loss"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("lambda") && out.stdout.contains("default 0.0"),
+        "{}",
+        out.stdout
+    );
+    let out = run_dtx(&["plugins", "inspect", "exampel"], &workspace_root());
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("did you mean `example`"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn list_shows_registered_components() {
+    let out = run_dtx(&["list"], &workspace_root());
+    assert_eq!(out.code, 0);
+    assert!(
+        out.stdout.contains("schedule:") && out.stdout.contains("cosine"),
+        "{}",
+        out.stdout
+    );
+}

@@ -76,14 +76,14 @@ impl Deref for TensorRef {
 impl Drop for Tensor {
     fn drop(&mut self) {
         if let Some(v) = VTABLES.get() {
-            (v.tensor.drop())(self.id)
+            (v.tensor.release())(self.id)
         }
     }
 }
 
 impl Clone for Tensor {
     fn clone(&self) -> Tensor {
-        Tensor::wrap((ops().clone())(self.id))
+        Tensor::wrap((ops().clone_handle())(self.id))
     }
 }
 

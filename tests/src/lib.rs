@@ -60,10 +60,15 @@ pub fn build_plugins() -> &'static Path {
         for c in PLUGIN_CRATES {
             cmd.args(["-p", c]);
         }
-        cmd.args(["-p", "dtx", "--bin", "dtx"]);
+        // No target filter (`--bin` would apply to every package and build no
+        // plugin at all): each package's default targets.
+        cmd.args(["-p", "dtx"]);
         let out = cmd
             .output()
             .expect("running cargo build for the test plugins");
+        if std::env::var_os("DTX_TESTS_VERBOSE").is_some() {
+            eprintln!("{cmd:?}\n{}", String::from_utf8_lossy(&out.stderr));
+        }
         assert!(
             out.status.success(),
             "building the test plugins failed:\n{}",

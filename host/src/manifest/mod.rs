@@ -19,7 +19,7 @@ mod serde_errors;
 mod spans;
 mod validate;
 
-pub use error::{ManifestDiagnostic, ManifestError, diagnostic, edit_distance, line_col, nearest};
+pub use error::{ManifestDiagnostic, ManifestError, diagnostic, line_col};
 pub use load::{LoadedManifest, load, load_str};
 pub use overrides::Override;
 pub use schema::{
@@ -46,6 +46,7 @@ mod tests {
         "hook-not-implemented.toml",
         "bad-injection-point.toml",
         "sha256-mismatch.toml",
+        "cuda-not-built.toml",
     ];
 
     fn manifests(kind: &str) -> Vec<PathBuf> {

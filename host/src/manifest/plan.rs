@@ -62,6 +62,13 @@ pub fn resolve(loaded: LoadedManifest) -> Result<Plan, ManifestError> {
     let m = &loaded.manifest;
     let mut diags: Vec<ManifestDiagnostic> = Vec::new();
 
+    if m.run.backend.as_str() == "cuda" && !crate::tensor_abi::HAS_CUDA {
+        diags.push(loaded.diagnostic(
+            "run.backend",
+            "this dtx was built without the CUDA backend",
+            Some("rebuild with `cargo build --release -p dtx --features cuda`, or use `backend = \"cpu\"`".into()),
+        ));
+    }
     let model = match &m.source {
         Some(src) => {
             let path = src.path.as_ref().map(|p| loaded.resolve_path(p));
@@ -189,8 +196,12 @@ fn plan_plugin(
             } else {
                 e.to_string()
             };
-            let help = (e.error.kind == ErrorKind::CONFIG)
-                .then(|| format!("`dtx plugins inspect {}` lists its config keys", spec.name));
+            let help = (e.error.kind == ErrorKind::CONFIG).then(|| {
+                format!(
+                    "`dtx plugins inspect {}` lists its config keys",
+                    library.description.name
+                )
+            });
             let d = if point_at_key {
                 loaded.key_diagnostic(&key, msg, help)
             } else {
@@ -296,17 +307,15 @@ fn stages(loaded: &LoadedManifest, plugins: &[PlannedPlugin]) -> Vec<Stage> {
             });
         }
     }
-    if let Some(e) = &m.eval {
-        if !e.metrics.is_empty() {
-            out.push(Stage {
-                name: "eval",
-                detail: format!(
-                    "{} with the `{}` extractor",
-                    e.metrics.join(", "),
-                    e.extractor
-                ),
-            });
-        }
+    if let Some(e) = m.eval.as_ref().filter(|e| !e.metrics.is_empty()) {
+        out.push(Stage {
+            name: "eval",
+            detail: format!(
+                "{} with the `{}` extractor",
+                e.metrics.join(", "),
+                e.extractor
+            ),
+        });
     }
     out
 }
@@ -316,7 +325,7 @@ fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

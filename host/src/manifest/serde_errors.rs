@@ -4,10 +4,11 @@
 
 use std::collections::HashSet;
 
-use super::error::{ManifestDiagnostic, nearest};
+use super::error::ManifestDiagnostic;
 use super::load::Context;
 use super::schema::SECTION_KEYS;
 use super::spans::{KeyPath, Segment};
+use crate::util::nearest;
 
 /// Turns serde's first error into a diagnostic at its key path.
 /// `root_tables` are the top-level keys holding tables or arrays (sections),

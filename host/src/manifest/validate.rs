@@ -10,10 +10,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::error::{ManifestDiagnostic, nearest};
+use super::error::ManifestDiagnostic;
 use super::load::Context;
 use super::schema::{HOOK_NAMES, Manifest, PluginSpec, SourceKind, Trainable};
 use super::spans::KeyPath;
+use crate::util::nearest;
 
 /// Integer keys and whether 0 is allowed (seeds, labels) or not (counts).
 const COUNTS: &[(&str, &str, Sign)] = &[

@@ -328,8 +328,8 @@ pub fn load_library(
             });
         }
     }
-    static LOADED: Mutex<Option<HashMap<PathBuf, Result<Arc<PluginLibrary>, LoadError>>>> =
-        Mutex::new(None);
+    type Loaded = HashMap<PathBuf, Result<Arc<PluginLibrary>, LoadError>>;
+    static LOADED: Mutex<Option<Loaded>> = Mutex::new(None);
     let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
     let cache = loaded.get_or_insert_with(HashMap::new);

@@ -41,5 +41,12 @@ pub fn vtables<B: AutodiffBackend>() -> HostVtables {
 /// The CPU backend: burn's `flex` backend with autodiff.
 pub type CpuBackend = burn::backend::Autodiff<burn::backend::Flex>;
 
+/// The CUDA backend (feature `cuda`): `burn-cuda` with autodiff.
+#[cfg(feature = "cuda")]
+pub type CudaBackend = burn::backend::Autodiff<burn::backend::Cuda>;
+
+/// Whether this build of dtx has the CUDA backend.
+pub const HAS_CUDA: bool = cfg!(feature = "cuda");
+
 #[cfg(test)]
 mod tests;

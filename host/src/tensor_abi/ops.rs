@@ -161,7 +161,7 @@ fn check_len(len: usize, shape: &[usize]) -> Result<(), AbiError> {
 
 // --- handles and data ---------------------------------------------------------
 
-extern "C" fn drop_<B: AutodiffBackend>(x: TensorId) {
+extern "C" fn release_<B: AutodiffBackend>(x: TensorId) {
     let _ = with::<B, _>(|s| s.remove(x));
 }
 
@@ -995,8 +995,8 @@ extern "C" fn grad_<B: AutodiffBackend>(
 /// The tensor-op vtable over backend `B`, built once per backend and leaked.
 pub fn tensor_ops<B: AutodiffBackend>() -> TensorOpsRef {
     TensorOps {
-        drop: drop_::<B>,
-        clone: clone_::<B>,
+        release: release_::<B>,
+        clone_handle: clone_::<B>,
         shape: shape_::<B>,
         dtype: dtype_::<B>,
         device: device_::<B>,

@@ -271,9 +271,9 @@ pub struct DataBatch {
 #[sabi(missing_field(option))]
 pub struct TensorOps {
     /// Releases a handle.
-    pub drop: extern "C" fn(x: TensorId),
+    pub release: extern "C" fn(x: TensorId),
     /// A second handle to the same tensor (no copy).
-    pub clone: extern "C" fn(x: TensorId) -> AbiResult<TensorId>,
+    pub clone_handle: extern "C" fn(x: TensorId) -> AbiResult<TensorId>,
     /// Shape.
     pub shape: extern "C" fn(x: TensorId) -> AbiResult<RVec<usize>>,
     /// Element type.

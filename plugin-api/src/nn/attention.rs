@@ -48,7 +48,7 @@ impl MultiHeadAttentionConfig {
 
     /// Registers `<prefix>.{q,k,v,out}`.
     pub fn init(&self, host: &Host, prefix: &str) -> Result<MultiHeadAttention, AbiError> {
-        if self.heads == 0 || self.d_attn % self.heads != 0 {
+        if self.heads == 0 || !self.d_attn.is_multiple_of(self.heads) {
             return Err(AbiError::other(format!(
                 "{prefix}: d_attn {} is not divisible by heads {}",
                 self.d_attn, self.heads

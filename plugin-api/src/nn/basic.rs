@@ -153,7 +153,7 @@ impl Conv2dConfig {
     /// uniform on ±1/sqrt(fan_in) (PyTorch's law).
     pub fn init(&self, host: &Host, prefix: &str) -> Result<Conv2d, AbiError> {
         let groups = self.options.groups.max(1);
-        if self.channels_in % groups != 0 || self.channels_out % groups != 0 {
+        if !self.channels_in.is_multiple_of(groups) || !self.channels_out.is_multiple_of(groups) {
             return Err(AbiError::other(format!(
                 "{prefix}: channels {} → {} are not divisible by groups {groups}",
                 self.channels_in, self.channels_out
@@ -229,7 +229,7 @@ impl GroupNorm {
         channels: usize,
         eps: f32,
     ) -> Result<Self, AbiError> {
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             return Err(AbiError::other(format!(
                 "{prefix}: {channels} channels are not divisible into {groups} groups"
             )));

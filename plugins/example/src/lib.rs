@@ -87,7 +87,7 @@ impl Plugin for Example {
     }
 
     fn new(config: Config, host: &Host, model: &ModelInfo) -> Result<Self, AbiError> {
-        if !(config.lambda >= 0.0) {
+        if config.lambda.is_nan() || config.lambda < 0.0 {
             return Err(AbiError::config(
                 "lambda",
                 format!("must be >= 0, got {}", config.lambda),

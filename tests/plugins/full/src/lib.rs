@@ -107,8 +107,8 @@ pub fn exercise(x: &Tensor) -> Tensor {
     let bin = m.pow(&Tensor::ones(&[2, 3]))
         + m.maximum(&casted)
         + m.minimum(&noise)
-        + (&m / &m)
-        + (&m - &m);
+        + (&m / &casted)
+        + (&m - &casted);
     let sc = m.powf(2.0).rsub(100.0).rdiv(1.0) + (m.clamp(2.0, 5.0) + 1.0) * 2.0 - 1.0;
     let mask = m.compare(CompareOp::GT, &casted).cast(DType::F32)
         + m.compare_scalar(CompareOp::LE, 3.0).cast(DType::F32);

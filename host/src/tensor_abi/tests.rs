@@ -410,3 +410,151 @@ fn stored_dtypes_are_reported() {
         Stored::Int(_)
     ));
 }
+
+// --- host services -------------------------------------------------------------
+
+/// A stand-in denoiser: ε = 0.5 · x (student) or 0.25 · x (source); features
+/// are `x` at every point.
+struct Halver;
+
+impl super::DenoiseService<B> for Halver {
+    fn denoise(
+        &self,
+        x_t: burn::tensor::ops::FloatTensor<B>,
+        _t: Stored<B>,
+        which: dtx_plugin_api::Which,
+        _labels: Option<burn::tensor::ops::IntTensor<B>>,
+    ) -> Result<burn::tensor::ops::FloatTensor<B>, dtx_plugin_api::AbiError> {
+        let k = if which == dtx_plugin_api::Which::Student {
+            0.5
+        } else {
+            0.25
+        };
+        let x = BTensor::<B, 2>::from_primitive(TensorPrimitive::Float(x_t));
+        Ok((x * k).into_primitive().tensor())
+    }
+
+    fn features(
+        &self,
+        x: burn::tensor::ops::FloatTensor<B>,
+        _t: Stored<B>,
+        points: &[String],
+        _which: dtx_plugin_api::Which,
+    ) -> Result<Vec<burn::tensor::ops::FloatTensor<B>>, dtx_plugin_api::AbiError> {
+        Ok(points.iter().map(|_| x.clone()).collect())
+    }
+}
+
+/// A stand-in dataset: batches of ones with label 3.
+struct Ones;
+
+impl super::DataService<B> for Ones {
+    fn batch(
+        &mut self,
+        split: &str,
+        n: usize,
+    ) -> Result<
+        (
+            burn::tensor::ops::FloatTensor<B>,
+            Option<burn::tensor::ops::IntTensor<B>>,
+        ),
+        dtx_plugin_api::AbiError,
+    > {
+        if split != "target" {
+            return Err(dtx_plugin_api::AbiError::other(format!(
+                "no split `{split}`"
+            )));
+        }
+        let dev = Default::default();
+        let x = BTensor::<B, 2>::ones([n, 2], &dev)
+            .into_primitive()
+            .tensor();
+        let y = BTensor::<B, 1, burn::tensor::Int>::full([n], 3, &dev).into_primitive();
+        Ok((x, Some(y)))
+    }
+}
+
+#[test]
+fn services_reach_the_run_and_say_what_is_missing() {
+    let _s = session(0);
+    let host = Host::get();
+    let x = Tensor::from_f32(&[2.0, -4.0], &[1, 2]);
+    let t = Tensor::from_i64(&[10], &[1]);
+    // Without a denoiser, data or schedule: clear errors naming the manifest section.
+    let err = host
+        .denoise(&x, &t, dtx_plugin_api::Which::Source, None)
+        .unwrap_err();
+    assert!(err.message.contains("[source]"), "{}", err.message);
+    assert!(
+        host.dataset_batch("target", 2)
+            .unwrap_err()
+            .message
+            .contains("[target]")
+    );
+    assert!(
+        host.alpha_bar(&t)
+            .unwrap_err()
+            .message
+            .contains("noise schedule")
+    );
+
+    Session::<B>::with(|s| {
+        s.services.denoiser = Some(std::rc::Rc::new(Halver));
+        s.services.data = Some(std::rc::Rc::new(std::cell::RefCell::new(Ones)));
+        s.services.alpha_bar = Some(vec![0.9, 0.8, 0.7]);
+    })
+    .unwrap();
+    let eps = host
+        .denoise(&x, &t, dtx_plugin_api::Which::Source, None)
+        .unwrap();
+    close(&eps.to_f32_vec(), &[0.5, -1.0], 0.0);
+    let eps = host
+        .denoise(&x, &t, dtx_plugin_api::Which::Student, None)
+        .unwrap();
+    close(&eps.to_f32_vec(), &[1.0, -2.0], 0.0);
+    // Gradients flow through the service: d(sum(0.5 x))/dx = 0.5.
+    let leaf = x.require_grad();
+    let g = host
+        .denoise(&leaf, &t, dtx_plugin_api::Which::Student, None)
+        .unwrap()
+        .sum()
+        .grad(&[&leaf]);
+    close(&g[0].to_f32_vec(), &[0.5, 0.5], 0.0);
+    let feats = host
+        .features(
+            &x,
+            &t,
+            &["mid.res.0", "up.0.res.0"],
+            dtx_plugin_api::Which::Source,
+        )
+        .unwrap();
+    assert_eq!(feats.len(), 2);
+    let (batch, labels) = host.dataset_batch("target", 3).unwrap();
+    assert_eq!(batch.shape(), vec![3, 2]);
+    assert_eq!(labels.unwrap().to_i64_vec(), vec![3, 3, 3]);
+    assert!(
+        host.dataset_batch("source", 3)
+            .unwrap_err()
+            .message
+            .contains("no split `source`")
+    );
+    let a = host.alpha_bar(&Tensor::from_i64(&[0, 2], &[2])).unwrap();
+    close(&a.to_f32_vec(), &[0.9, 0.7], 0.0);
+    let err = host.alpha_bar(&Tensor::from_i64(&[3], &[1])).unwrap_err();
+    assert!(err.message.contains("outside 0..3"), "{}", err.message);
+}
+
+#[test]
+fn optimizer_step_trains_registered_parameters() {
+    let _s = session(0);
+    let host = Host::get();
+    let p = host
+        .param("w", &[3], dtx_plugin_api::abi::ParamInit::constant(2.0))
+        .unwrap();
+    // loss = Σ w², one Adam step of lr 0.1 moves each entry by lr · sign(g) = 0.1.
+    host.optimizer_step(&[&p], p.value().square().sum(), 0.1)
+        .unwrap();
+    close(&p.value().to_f32_vec(), &[1.9, 1.9, 1.9], 1e-6);
+    let err = host.optimizer_step(&[&p], p.value(), 0.1).unwrap_err();
+    assert!(err.message.contains("scalar"), "{}", err.message);
+}

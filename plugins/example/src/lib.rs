@@ -47,6 +47,20 @@ enum Adapter {
     Dense(Linear, Linear),
 }
 
+impl Adapter {
+    /// Its parameters, for the L2 penalty.
+    fn params(&self) -> Vec<Param> {
+        let (w, b): (Vec<&Param>, Vec<&Option<Param>>) = match self {
+            Adapter::Conv(d, u) => (vec![&d.weight, &u.weight], vec![&d.bias, &u.bias]),
+            Adapter::Dense(d, u) => (vec![&d.weight, &u.weight], vec![&d.bias, &u.bias]),
+        };
+        w.into_iter()
+            .chain(b.into_iter().flatten())
+            .cloned()
+            .collect()
+    }
+}
+
 /// The example plugin.
 pub struct Example {
     adapters: Vec<(String, Adapter)>,
@@ -119,28 +133,15 @@ impl Plugin for Example {
                 let up = Conv2dConfig::new(d, c, 1)
                     .with_zero_init(true)
                     .init(host, &up)?; // [c, d, 1, 1]
-                params.extend(
-                    [&down.weight, &up.weight]
-                        .into_iter()
-                        .chain(&down.bias)
-                        .chain(&up.bias)
-                        .cloned(),
-                );
                 Adapter::Conv(down, up)
             } else {
                 let down = LinearConfig::new(c, d).init(host, &down)?; // [c, d]
                 let up = LinearConfig::new(d, c)
                     .with_zero_init(true)
                     .init(host, &up)?; // [d, c]
-                params.extend(
-                    [&down.weight, &up.weight]
-                        .into_iter()
-                        .chain(&down.bias)
-                        .chain(&up.bias)
-                        .cloned(),
-                );
                 Adapter::Dense(down, up)
             };
+            params.extend(adapter.params());
             adapters.push((name.clone(), adapter));
         }
         Ok(Example {

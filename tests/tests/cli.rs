@@ -86,11 +86,37 @@ fn list_shows_registered_components() {
 #[test]
 fn set_overrides_reach_the_plan_and_the_plugin() {
     let root = workspace_root();
-    let out = run_dtx(&["plan", "manifests/example.toml", "--set", "train.steps=7", "--set", "plugin[0].config.bottleneck=0.5"], &root);
+    let out = run_dtx(
+        &[
+            "plan",
+            "manifests/example.toml",
+            "--set",
+            "train.steps=7",
+            "--set",
+            "plugin[0].config.bottleneck=0.5",
+        ],
+        &root,
+    );
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.contains("7 steps"), "{}", out.stdout);
-    let out = run_dtx(&["plan", "manifests/example.toml", "--set", "plugin[0].config.lambda=-2"], &root);
+    let out = run_dtx(
+        &[
+            "plan",
+            "manifests/example.toml",
+            "--set",
+            "plugin[0].config.lambda=-2",
+        ],
+        &root,
+    );
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("must be >= 0, got -2"), "{}", out.stderr);
-    assert!(out.stderr.contains("--set"), "the note names the override: {}", out.stderr);
+    assert!(
+        out.stderr.contains("must be >= 0, got -2"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("--set"),
+        "the note names the override: {}",
+        out.stderr
+    );
 }

@@ -6,7 +6,7 @@
 //! a handle is just an index into the session's table; autodiff tracks those
 //! primitives, which is how gradients flow through plugin code.
 
-mod ops;
+pub(crate) mod ops;
 mod params;
 mod services;
 mod session;

@@ -86,11 +86,8 @@ fn unsupported(what: &str) -> AbiError {
     AbiError::new(ErrorKind::UNSUPPORTED, what.to_owned())
 }
 
-fn guarded<T>(f: impl FnOnce() -> Result<T, AbiError>) -> AbiResult<T> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(r) => r.into(),
-        Err(_) => Err(AbiError::other("dtx host: a host service panicked")).into(),
-    }
+fn guarded<T>(service: &str, f: impl FnOnce() -> Result<T, AbiError>) -> AbiResult<T> {
+    super::ops::guard(|| format!("host service `{service}`"), f)
 }
 
 extern "C" fn host_version() -> RString {
@@ -125,7 +122,7 @@ extern "C" fn param_new<B: AutodiffBackend>(
     shape: RSlice<'_, usize>,
     init: ParamInit,
 ) -> AbiResult<ParamId> {
-    guarded(|| {
+    guarded("param_new", || {
         Session::<B>::with(|s| {
             let owner = s.current_plugin.clone().ok_or_else(|| {
                 AbiError::other("param_new is only available while a plugin is being constructed")
@@ -141,7 +138,7 @@ extern "C" fn param_new<B: AutodiffBackend>(
 }
 
 extern "C" fn param_value<B: AutodiffBackend>(id: ParamId) -> AbiResult<TensorId> {
-    guarded(|| {
+    guarded("param_value", || {
         Session::<B>::with(|s| {
             let v = s.params.get(id)?.value.clone();
             Ok(s.insert(Stored::Float(v)))
@@ -162,7 +159,7 @@ extern "C" fn denoise<B: AutodiffBackend>(
     which: Which,
     labels: ROption<TensorId>,
 ) -> AbiResult<TensorId> {
-    guarded(|| {
+    guarded("denoise", || {
         // Take what we need and release the session: the denoiser calls plugins.
         let (svc, x, t, labels) = Session::<B>::with(|s| -> Result<_, AbiError> {
             let svc = s.services.denoiser.clone().ok_or_else(|| {
@@ -184,7 +181,7 @@ extern "C" fn features<B: AutodiffBackend>(
     points: RSlice<'_, RStr<'_>>,
     which: Which,
 ) -> AbiResult<RVec<TensorId>> {
-    guarded(|| {
+    guarded("features", || {
         let (svc, x, t) = Session::<B>::with(|s| -> Result<_, AbiError> {
             let svc = s.services.denoiser.clone().ok_or_else(|| {
                 unsupported(
@@ -205,7 +202,7 @@ extern "C" fn features<B: AutodiffBackend>(
 }
 
 extern "C" fn alpha_bar<B: AutodiffBackend>(t: TensorId) -> AbiResult<TensorId> {
-    guarded(|| {
+    guarded("alpha_bar", || {
         Session::<B>::with(|s| {
             let table = s.services.alpha_bar.clone().ok_or_else(|| {
                 unsupported(
@@ -247,7 +244,7 @@ extern "C" fn dataset_batch<B: AutodiffBackend>(
     split: RStr<'_>,
     batch: usize,
 ) -> AbiResult<DataBatch> {
-    guarded(|| {
+    guarded("dataset_batch", || {
         let data = Session::<B>::with(|s| s.services.data.clone())?.ok_or_else(|| {
             unsupported("dataset_batch: this run has no datasets (add a [target] section)")
         })?;
@@ -267,7 +264,7 @@ extern "C" fn optimizer_step<B: AutodiffBackend>(
     loss: TensorId,
     lr: f32,
 ) -> AbiResult<()> {
-    guarded(|| {
+    guarded("optimizer_step", || {
         Session::<B>::with(|s| {
             let loss = s.float(loss)?;
             let config = AdamConfig {

@@ -563,7 +563,17 @@ fn optimizer_step_trains_registered_parameters() {
 fn sinusoidal_embedding_matches_its_formula() {
     let _s = session(0);
     // dim 4: frequencies 10000^(-i/2) for i = 0, 1 are 1 and 0.01.
-    let e = dtx_plugin_api::nn::sinusoidal_embedding(&Tensor::from_i64(&[0, 1], &[2]), 4).to_f32_vec();
-    let expected = [1.0, 1.0, 0.0, 0.0, 1f32.cos(), 0.01f32.cos(), 1f32.sin(), 0.01f32.sin()];
+    let e =
+        dtx_plugin_api::nn::sinusoidal_embedding(&Tensor::from_i64(&[0, 1], &[2]), 4).to_f32_vec();
+    let expected = [
+        1.0,
+        1.0,
+        0.0,
+        0.0,
+        1f32.cos(),
+        0.01f32.cos(),
+        1f32.sin(),
+        0.01f32.sin(),
+    ];
     close(&e, &expected, 1e-6);
 }

@@ -63,8 +63,12 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "panic".into())
 }
 
-/// Runs one op: errors pass through; a panic becomes a shape error naming `op`.
-fn run<T>(op: &str, f: impl FnOnce() -> Result<T, AbiError>) -> AbiResult<T> {
+/// Runs `f` and never lets a panic out: errors pass through; a panic becomes
+/// a [`ErrorKind::SHAPE`] error saying what failed (`what` is only called then).
+pub(crate) fn guard<T>(
+    what: impl FnOnce() -> String,
+    f: impl FnOnce() -> Result<T, AbiError>,
+) -> AbiResult<T> {
     let was = IN_OP.with(|c| c.replace(true));
     let result = catch_unwind(AssertUnwindSafe(f));
     IN_OP.with(|c| c.set(was));
@@ -72,10 +76,15 @@ fn run<T>(op: &str, f: impl FnOnce() -> Result<T, AbiError>) -> AbiResult<T> {
         Ok(r) => r.into(),
         Err(payload) => Err(AbiError::new(
             ErrorKind::SHAPE,
-            format!("tensor op `{op}` failed: {}", panic_message(payload)),
+            format!("{} failed: {}", what(), panic_message(payload)),
         ))
         .into(),
     }
+}
+
+/// Runs one tensor op under [`guard`].
+fn run<T>(op: &str, f: impl FnOnce() -> Result<T, AbiError>) -> AbiResult<T> {
+    guard(|| format!("tensor op `{op}`"), f)
 }
 
 fn with<B: AutodiffBackend, R>(f: impl FnOnce(&mut Session<B>) -> R) -> Result<R, AbiError> {

@@ -417,3 +417,40 @@ fn the_block_plugin_computes_what_burn_computes() {
         assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
     }
 }
+
+#[test]
+fn a_plugin_named_in_a_manifest_is_planned_and_its_parameters_train() {
+    let _s = session();
+    // Resolve a manifest the way `dtx plan` does: find, check and build plugins.
+    let file = dtx_tests::workspace_root().join("tests/manifests/ok/two-plugins.toml");
+    let loaded = dtx::manifest::load(&file, &[]).unwrap();
+    let plan = dtx::manifest::plan::resolve(loaded).unwrap();
+    let probe = plan
+        .plugins
+        .iter()
+        .find(|p| p.name == "probe")
+        .expect("planned");
+    assert_eq!(probe.library.description.name, "test");
+    assert_eq!(probe.points, vec!["mid.res.0".to_string()]);
+    // Build it for a run (planning left this test's session in place) and
+    // train it through the host.
+    let model = plan.model.as_ref().unwrap().to_model_info();
+    let mut inst = Instance::<B>::new(
+        &probe.name,
+        Arc::clone(&probe.library),
+        &probe.config_json,
+        &model,
+    )
+    .unwrap();
+    let ids = Session::<B>::with(|s| s.params.ids_of("probe")).unwrap();
+    let before = param("plugin.probe.b");
+    let terms = loss_terms(&mut inst, &batch(), 0);
+    assert_eq!(terms[0].0, "probe.fit");
+    Session::<B>::with(|s| {
+        s.params
+            .step(terms[0].1.clone(), &ids, AdamConfig::default())
+    })
+    .unwrap()
+    .unwrap();
+    assert_ne!(param("plugin.probe.b"), before);
+}

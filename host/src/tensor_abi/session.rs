@@ -77,21 +77,24 @@ thread_local! {
     static SESSION: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
 }
 
-/// Uninstalls the session when dropped.
+/// Uninstalls the session when dropped, putting back the one it replaced (so a
+/// planning session inside a run leaves the run's session as it was).
 #[must_use = "the session is uninstalled when the guard drops"]
 pub struct SessionGuard {
-    _private: (),
+    previous: Option<Box<dyn Any>>,
 }
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        SESSION.with(|s| s.borrow_mut().take());
+        let previous = self.previous.take();
+        SESSION.with(|s| *s.borrow_mut() = previous);
     }
 }
 
 impl<B: AutodiffBackend> Session<B> {
-    /// Installs a fresh session on this thread (replacing any other), with tensors
-    /// on `device` and the RNG seeded by `seed`.
+    /// Installs a fresh session on this thread, with tensors on `device` and the
+    /// RNG seeded by `seed`; the session it replaces comes back when the guard
+    /// drops.
     pub fn install(device: B::Device, seed: u64) -> SessionGuard {
         let settings = get_device_settings::<B>(&device);
         let session = Session::<B> {
@@ -105,8 +108,8 @@ impl<B: AutodiffBackend> Session<B> {
             services: RunServices::default(),
             current_plugin: None,
         };
-        SESSION.with(|s| *s.borrow_mut() = Some(Box::new(session)));
-        SessionGuard { _private: () }
+        let previous = SESSION.with(|s| s.borrow_mut().replace(Box::new(session)));
+        SessionGuard { previous }
     }
 
     /// Runs `f` with this thread's session. Errors when none is installed (or one

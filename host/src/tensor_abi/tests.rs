@@ -577,3 +577,15 @@ fn sinusoidal_embedding_matches_its_formula() {
     ];
     close(&e, &expected, 1e-6);
 }
+
+#[test]
+fn a_nested_session_gives_the_outer_one_back() {
+    let _outer = session(0);
+    let t = Tensor::ones(&[2]);
+    {
+        let _inner = Session::<B>::install(Default::default(), 1);
+        assert_eq!(Session::<B>::with(|s| s.live_handles()).unwrap(), 0);
+    }
+    // The outer session, with its handle, is back.
+    assert_eq!(t.to_f32_vec(), vec![1.0, 1.0]);
+}

@@ -6,11 +6,13 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod data;
 pub mod diffusion;
 pub mod manifest;
 pub mod model;
 pub mod plugins;
 pub mod registry;
+pub mod run;
 pub mod tensor_abi;
 pub mod train;
 pub mod util;

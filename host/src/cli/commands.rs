@@ -32,6 +32,26 @@ pub enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
+    /// Run a manifest: prepare, train, sample and filter, writing
+    /// `runs/<name>/` (resolved manifest, metrics.jsonl, checkpoints, samples,
+    /// report.md). Runs `kind = "mlp"` sources so far.
+    Run {
+        /// The manifest (TOML).
+        manifest: PathBuf,
+        /// Override a manifest value, `key.path=value`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Continue from the run folder's latest checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// Stop after this many training steps in total (checkpoint written,
+        /// no sampling); `--resume` continues.
+        #[arg(long, value_name = "STEPS")]
+        stop_after: Option<u64>,
+        /// No progress lines.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Find and describe plugins.
     Plugins {
         /// What to do.
@@ -70,6 +90,26 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             let loaded = manifest::load(&manifest, &set)?;
             let plan = plan::resolve(loaded)?;
             out.write_all(plan.render().as_bytes())?;
+        }
+        Command::Run {
+            manifest,
+            set,
+            resume,
+            stop_after,
+            quiet,
+        } => {
+            let loaded = manifest::load(&manifest, &set)?;
+            let plan = plan::resolve(loaded)?;
+            if plan.manifest.manifest.run.backend.as_str() != "cpu" {
+                bail!("`dtx run` runs on the CPU backend so far (run.backend = \"cpu\")");
+            }
+            let opts = crate::run::RunOptions {
+                resume,
+                stop_after,
+                quiet,
+            };
+            let summary = crate::run::run::<CpuBackend>(&plan, &opts, out)?;
+            writeln!(out, "run folder: {}", summary.dir.display())?;
         }
         Command::Plugins {
             command: PluginsCommand::List { dir },

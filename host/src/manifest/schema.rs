@@ -27,7 +27,14 @@ pub const SECTION_KEYS: &[(&str, &[&str])] = &[
     ("source", &["kind", "path", "prediction", "config"]),
     (
         "target",
-        &["dataset", "limit", "resolution", "split_seed", "labels"],
+        &[
+            "dataset",
+            "limit",
+            "resolution",
+            "split_seed",
+            "labels",
+            "config",
+        ],
     ),
     (
         "train",
@@ -145,6 +152,10 @@ pub struct Target {
     /// Default: false.
     #[serde(default)]
     pub labels: bool,
+    /// Options of a built-in set (`preset = "target"` for `builtin:gmm`, shape
+    /// families for `builtin:shapes`; docs/data.md). Default: empty.
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub config: toml::Table,
 }
 
 impl Target {

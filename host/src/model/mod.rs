@@ -14,6 +14,7 @@ mod describe;
 pub mod diffusers;
 mod error;
 pub mod mlp;
+pub mod mlp_net;
 mod safetensors_header;
 
 pub use describe::{ModelDescription, Point, describe};

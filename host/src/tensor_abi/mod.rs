@@ -12,7 +12,7 @@ mod services;
 mod session;
 
 pub use ops::tensor_ops;
-pub use params::{ParamEntry, ParamStore};
+pub use params::{BASE_OWNER, ParamEntry, ParamStore};
 pub use services::{DataService, DenoiseService, RunServices, host_services};
 pub use session::{Session, SessionGuard, Stored};
 

@@ -1,5 +1,6 @@
-//! Plugin parameters held by the host: their values (autodiff leaves), owners
-//! and optimizer state.
+//! Parameters held by the host — the base model's and every plugin's — with
+//! their values (autodiff leaves), owners, whether they train, and optimizer
+//! state. One store serves the optimizer, the EMA and checkpoints alike.
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::FloatTensor;
@@ -9,15 +10,21 @@ use crate::train::optim::{Adam, AdamConfig, AdamState};
 
 /// One registered parameter.
 pub struct ParamEntry<B: AutodiffBackend> {
-    /// Full name: `plugin.<plugin>.<name>`.
+    /// Full name: `plugin.<plugin>.<name>`, or the checkpoint key for base
+    /// parameters (`down.0.res.0.fc1.weight`).
     pub name: String,
-    /// The plugin that registered it.
+    /// The plugin that registered it, or [`BASE_OWNER`].
     pub owner: String,
-    /// Current value: a leaf that requires gradients.
+    /// Current value: a leaf that requires gradients when it trains.
     pub value: FloatTensor<B>,
+    /// Whether the optimizer updates it.
+    pub trainable: bool,
     /// Adam moments, once it has been stepped.
     pub adam: Option<AdamState<B>>,
 }
+
+/// Owner of the base model's parameters.
+pub const BASE_OWNER: &str = "base";
 
 /// Every parameter registered in a session, in registration order.
 pub struct ParamStore<B: AutodiffBackend> {
@@ -33,27 +40,73 @@ impl<B: AutodiffBackend> Default for ParamStore<B> {
 }
 
 impl<B: AutodiffBackend> ParamStore<B> {
-    /// Adds a parameter; names are unique.
+    /// Adds a plugin parameter, named `plugin.<owner>.<name>`; it trains.
     pub fn register(
         &mut self,
         owner: &str,
         name: &str,
         value: FloatTensor<B>,
     ) -> Result<ParamId, AbiError> {
-        let full = format!("plugin.{owner}.{name}");
+        self.insert(format!("plugin.{owner}.{name}"), owner, value, true)
+    }
+
+    /// Adds a base-model parameter under its checkpoint key.
+    pub fn register_base(
+        &mut self,
+        name: &str,
+        value: FloatTensor<B>,
+        trainable: bool,
+    ) -> Result<ParamId, AbiError> {
+        self.insert(name.to_owned(), BASE_OWNER, value, trainable)
+    }
+
+    fn insert(
+        &mut self,
+        full: String,
+        owner: &str,
+        value: FloatTensor<B>,
+        trainable: bool,
+    ) -> Result<ParamId, AbiError> {
         if self.entries.iter().any(|e| e.name == full) {
             return Err(AbiError::other(format!(
                 "parameter `{full}` is registered twice"
             )));
         }
-        let value = B::float_set_require_grad(value, true);
+        let value = B::float_set_require_grad(B::float_detach(value), trainable);
         self.entries.push(ParamEntry {
             name: full,
             owner: owner.to_owned(),
             value,
+            trainable,
             adam: None,
         });
         Ok(ParamId(self.entries.len() as u64 - 1))
+    }
+
+    /// The id of the parameter called `name` (full name).
+    pub fn by_name(&self, name: &str) -> Option<ParamId> {
+        self.entries
+            .iter()
+            .position(|e| e.name == name)
+            .map(|i| ParamId(i as u64))
+    }
+
+    /// Every entry, in registration order.
+    pub fn entries(&self) -> &[ParamEntry<B>] {
+        &self.entries
+    }
+
+    /// Mutable entries.
+    pub fn entries_mut(&mut self) -> &mut [ParamEntry<B>] {
+        &mut self.entries
+    }
+
+    /// Ids of the parameters that train.
+    pub fn trainable_ids(&self) -> Vec<ParamId> {
+        (0..self.entries.len())
+            .filter(|&i| self.entries[i].trainable)
+            .map(|i| ParamId(i as u64))
+            .collect()
     }
 
     /// The entry behind `id`.

@@ -1,4 +1,6 @@
-//! Training: the optimizer and the step that trains plugin parameters through
-//! the host's autodiff.
+//! Training: the optimizer, the EMA, checkpoints, and the loop that trains the
+//! base model and plugin parameters through the host's autodiff.
 
+pub mod checkpoint;
+pub mod ema;
 pub mod optim;

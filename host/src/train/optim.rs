@@ -48,9 +48,12 @@ impl Default for AdamConfig {
 
 /// Moments of one parameter.
 pub struct AdamState<B: AutodiffBackend> {
-    m: FloatTensor<B::InnerBackend>,
-    v: FloatTensor<B::InnerBackend>,
-    k: i32,
+    /// First moment.
+    pub m: FloatTensor<B::InnerBackend>,
+    /// Second moment.
+    pub v: FloatTensor<B::InnerBackend>,
+    /// Steps taken.
+    pub k: i32,
 }
 
 /// The optimizer.
@@ -68,6 +71,9 @@ impl Adam {
     /// Updates `p` from its gradient in `grads`; a parameter without a gradient
     /// (not used in the loss) is left as it is.
     pub fn step_param<B: AutodiffBackend>(&self, p: &mut ParamEntry<B>, grads: &B::Gradients) {
+        if !p.trainable {
+            return;
+        }
         let Some(g) = B::grad(&p.value, grads) else {
             return;
         };

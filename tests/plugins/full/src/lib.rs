@@ -32,6 +32,9 @@ pub struct Config {
     pub threshold: f32,
     /// Steps of `prepare`.
     pub prepare_steps: usize,
+    /// Training step at which `loss` returns NaN (-1: never), to test the
+    /// host's stop.
+    pub nan_at_step: i64,
 }
 
 impl Default for Config {
@@ -43,6 +46,7 @@ impl Default for Config {
             guidance: 0.0,
             threshold: f32::NEG_INFINITY,
             prepare_steps: 20,
+            nan_at_step: -1,
         }
     }
 }
@@ -227,6 +231,11 @@ impl Plugin for TestPlugin {
                 "filter threshold on the per-sample mean",
             ),
             ConfigKey::new("prepare_steps", "integer", "optimizer steps in prepare"),
+            ConfigKey::new(
+                "nan_at_step",
+                "integer",
+                "training step whose loss is NaN (-1: never)",
+            ),
         ]
     }
 
@@ -258,6 +267,11 @@ impl Plugin for TestPlugin {
         let fit = (ctx.pred.clone() * self.s.value().softplus() + self.b.value() - &*ctx.noise)
             .square()
             .mean();
+        let fit = if ctx.step as i64 == self.cfg.nan_at_step {
+            fit * f32::NAN
+        } else {
+            fit
+        };
         ctx.host.log_scalar("fit_value", fit.item() as f64);
         let mut terms = vec![("fit".to_string(), fit)];
         if self.cfg.exercise_weight != 0.0 {

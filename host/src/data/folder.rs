@@ -1,0 +1,379 @@
+//! Image folders: PNG and JPEG files loaded as `[3, R, R]` samples in
+//! [-1, 1], optionally labelled by class sub-folder; and the inverse, a grid
+//! of samples as an RGB image for previews.
+//!
+//! Rules (docs/data.md repeats them for users):
+//! - files and folders whose name starts with `.` are skipped; any other
+//!   file that is not `.png`, `.jpg` or `.jpeg` (any case) is an error;
+//! - every image is converted to RGB: grey is replicated to three channels,
+//!   alpha is dropped (not composited), 16-bit is scaled to 8-bit;
+//! - the shorter side is resized to `resolution` with a triangle (bilinear,
+//!   antialiased when shrinking) filter, then the centre `resolution` ×
+//!   `resolution` square is cropped;
+//! - without labels every image under the folder is loaded, sub-folders
+//!   included; with labels each sub-folder is a class, classes are numbered
+//!   in sorted name order, and images directly in the folder are an error;
+//! - files load in sorted path order, so a folder always gives the same
+//!   dataset.
+
+use super::DataError;
+use super::dataset::Dataset;
+use image::imageops::{self, FilterType};
+use image::{ImageReader, RgbImage};
+use std::path::{Path, PathBuf};
+
+/// Resize filter: bilinear, widened when shrinking so it averages every
+/// source pixel (what PIL's `BILINEAR` and torchvision's `Resize` with
+/// antialias do).
+pub const RESIZE_FILTER: FilterType = FilterType::Triangle;
+
+/// Loads every image under `path` as `[3, resolution, resolution]` in
+/// [-1, 1]; with `labels`, class labels from its sub-folders. See the
+/// module doc for the rules.
+pub fn load_folder(path: &Path, resolution: usize, labels: bool) -> Result<Dataset, DataError> {
+    if resolution == 0 {
+        return Err(DataError::Invalid {
+            source_name: path.display().to_string(),
+            reason: "resolution must be at least 1 pixel".into(),
+        });
+    }
+    let (files, class_names): (Vec<(PathBuf, Option<i64>)>, Vec<String>) = if labels {
+        let (images, folders) = list(path)?;
+        if let Some(stray) = images.into_iter().next() {
+            return Err(if folders.is_empty() {
+                DataError::NoClassFolders { path: path.into() }
+            } else {
+                DataError::UnlabelledImage {
+                    path: stray,
+                    folder: path.into(),
+                }
+            });
+        }
+        if folders.is_empty() {
+            return Err(DataError::NoClassFolders { path: path.into() });
+        }
+        let mut files = Vec::new();
+        let mut names = Vec::new();
+        for (class, folder) in folders.iter().enumerate() {
+            let found = images_under(folder)?;
+            if found.is_empty() {
+                return Err(DataError::EmptyFolder {
+                    path: folder.clone(),
+                });
+            }
+            files.extend(found.into_iter().map(|f| (f, Some(class as i64))));
+            names.push(
+                folder
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+        (files, names)
+    } else {
+        let found = images_under(path)?;
+        if found.is_empty() {
+            return Err(DataError::EmptyFolder { path: path.into() });
+        }
+        (found.into_iter().map(|f| (f, None)).collect(), Vec::new())
+    };
+
+    let mut samples = Vec::with_capacity(files.len() * 3 * resolution * resolution);
+    for (file, _) in &files {
+        let img = ImageReader::open(file)
+            .map_err(|source| DataError::Io {
+                path: file.clone(),
+                source,
+            })?
+            .with_guessed_format()
+            .map_err(|source| DataError::Io {
+                path: file.clone(),
+                source,
+            })?
+            .decode()
+            .map_err(|e| DataError::CorruptImage {
+                path: file.clone(),
+                reason: e.to_string(),
+            })?;
+        let rgb = resize_crop(img.to_rgb8(), resolution as u32);
+        samples.extend(chw_from_rgb(&rgb));
+    }
+    Ok(Dataset {
+        samples,
+        sample_shape: vec![3, resolution, resolution],
+        labels: labels.then(|| files.iter().map(|(_, l)| l.unwrap_or(0)).collect()),
+        class_names,
+        source: path.display().to_string(),
+    })
+}
+
+/// Resizes the shorter side to `r` (the longer one in proportion, rounded)
+/// with [`RESIZE_FILTER`], then crops the centre `r` × `r` square.
+pub fn resize_crop(img: RgbImage, r: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let scale = r as f64 / w.min(h) as f64;
+    let (nw, nh) = (
+        ((w as f64 * scale).round() as u32).max(r),
+        ((h as f64 * scale).round() as u32).max(r),
+    );
+    let resized = if (nw, nh) == (w, h) {
+        img
+    } else {
+        imageops::resize(&img, nw, nh, RESIZE_FILTER)
+    };
+    let (x, y) = ((nw - r) / 2, (nh - r) / 2);
+    imageops::crop_imm(&resized, x, y, r, r).to_image()
+}
+
+/// An 8-bit RGB image as `[3, H, W]` values in [-1, 1] (v / 127.5 − 1).
+pub fn chw_from_rgb(img: &RgbImage) -> Vec<f32> {
+    let (w, h) = img.dimensions();
+    let mut out = vec![0.0; 3 * (w * h) as usize];
+    for (x, y, p) in img.enumerate_pixels() {
+        for c in 0..3 {
+            out[(c * h as usize + y as usize) * w as usize + x as usize] =
+                p[c] as f32 / 127.5 - 1.0;
+        }
+    }
+    out
+}
+
+/// `[3, H, W]` samples in [-1, 1], one after another in `values`, tiled
+/// `cols` to a row with a 2-pixel black border, as an RGB image (values
+/// clamped, then (v + 1) · 127.5 rounded).
+pub fn grid(values: &[f32], shape: [usize; 3], cols: usize) -> RgbImage {
+    let [c, h, w] = shape;
+    assert_eq!(c, 3, "grid wants RGB samples, got {c} channels");
+    let n = values.len() / (c * h * w);
+    let cols = cols.clamp(1, n.max(1));
+    let rows = n.div_ceil(cols);
+    const PAD: usize = 2;
+    let mut img = RgbImage::new(
+        (PAD + cols * (w + PAD)) as u32,
+        (PAD + rows * (h + PAD)) as u32,
+    );
+    for (i, sample) in values.chunks_exact(c * h * w).enumerate() {
+        let (x0, y0) = (PAD + (i % cols) * (w + PAD), PAD + (i / cols) * (h + PAD));
+        for y in 0..h {
+            for x in 0..w {
+                let px = std::array::from_fn(|k| {
+                    ((sample[(k * h + y) * w + x].clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8
+                });
+                img.put_pixel((x0 + x) as u32, (y0 + y) as u32, image::Rgb(px));
+            }
+        }
+    }
+    img
+}
+
+/// The image files and the sub-folders directly in `dir`, each sorted;
+/// dotfiles skipped, other files an error.
+fn list(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), DataError> {
+    let io = |source| DataError::Io {
+        path: dir.into(),
+        source,
+    };
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        entries.push(entry.map_err(io)?.path());
+    }
+    entries.sort();
+    let (mut images, mut folders) = (Vec::new(), Vec::new());
+    for p in entries {
+        let name = p.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with('.') {
+            continue;
+        }
+        if p.is_dir() {
+            folders.push(p);
+        } else if is_image(&p) {
+            images.push(p);
+        } else {
+            return Err(DataError::UnsupportedFile { path: p });
+        }
+    }
+    Ok((images, folders))
+}
+
+/// Every image under `dir`, sub-folders included, in sorted path order.
+fn images_under(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let (mut images, folders) = list(dir)?;
+    for f in folders {
+        images.extend(images_under(&f)?);
+    }
+    images.sort();
+    Ok(images)
+}
+
+fn is_image(p: &Path) -> bool {
+    p.extension()
+        .map(|e| e.to_ascii_lowercase())
+        .is_some_and(|e| e == "png" || e == "jpg" || e == "jpeg")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayImage, Luma, Rgb};
+
+    /// A fresh, empty folder under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let p = std::env::temp_dir().join(format!("dtx-data-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn solid(w: u32, h: u32, rgb: [u8; 3]) -> RgbImage {
+        RgbImage::from_pixel(w, h, Rgb(rgb))
+    }
+
+    #[test]
+    fn loads_resizes_and_crops_to_chw() {
+        let dir = TempDir::new("plain");
+        // 8 × 4: left half red, right half blue. Shorter side 4 → 4: no
+        // resize; centre crop keeps x = 2..6, so columns 0–1 red, 2–3 blue.
+        let mut img = solid(8, 4, [255, 0, 0]);
+        for y in 0..4 {
+            for x in 4..8 {
+                img.put_pixel(x, y, Rgb([0, 0, 255]));
+            }
+        }
+        img.save(dir.0.join("b.png")).unwrap();
+        // Grey 16 × 16 → 4 × 4, converted to RGB.
+        GrayImage::from_pixel(16, 16, Luma([255]))
+            .save(dir.0.join("a.png"))
+            .unwrap();
+        std::fs::write(dir.0.join(".DS_Store"), b"junk").unwrap();
+
+        let d = load_folder(&dir.0, 4, false).unwrap();
+        assert_eq!((d.len(), d.sample_shape.as_slice()), (2, &[3, 4, 4][..]));
+        assert!(
+            d.sample(0).iter().all(|&v| v == 1.0),
+            "a.png: white, grey → RGB"
+        );
+        let b = d.sample(1);
+        let at = |c: usize, y: usize, x: usize| b[(c * 4 + y) * 4 + x];
+        assert_eq!([at(0, 1, 0), at(2, 1, 0)], [1.0, -1.0], "red on the left");
+        assert_eq!([at(0, 1, 3), at(2, 1, 3)], [-1.0, 1.0], "blue on the right");
+        assert_eq!(d.labels, None);
+    }
+
+    #[test]
+    fn labels_come_from_sorted_sub_folders() {
+        let dir = TempDir::new("labels");
+        for (class, n) in [("zebra", 2), ("ant", 1)] {
+            std::fs::create_dir(dir.0.join(class)).unwrap();
+            for i in 0..n {
+                solid(6, 6, [10, 20, 30])
+                    .save(dir.0.join(class).join(format!("{i}.png")))
+                    .unwrap();
+            }
+        }
+        let d = load_folder(&dir.0, 3, true).unwrap();
+        assert_eq!(d.class_names, ["ant", "zebra"]);
+        assert_eq!(d.labels, Some(vec![0, 1, 1]));
+        assert_eq!(load_folder(&dir.0, 3, false).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn jpeg_loads() {
+        let dir = TempDir::new("jpeg");
+        solid(10, 10, [200, 200, 200])
+            .save(dir.0.join("x.JPG"))
+            .unwrap();
+        let d = load_folder(&dir.0, 5, false).unwrap();
+        assert!(
+            d.samples
+                .iter()
+                .all(|v| (v - (200.0 / 127.5 - 1.0)).abs() < 0.05)
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_or_folder() {
+        let dir = TempDir::new("errors");
+        let err = load_folder(&dir.0, 4, false).unwrap_err();
+        assert!(
+            matches!(&err, DataError::EmptyFolder { path } if *path == dir.0),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .ends_with("no .png, .jpg or .jpeg images in this folder")
+        );
+
+        std::fs::write(dir.0.join("broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+        let err = load_folder(&dir.0, 4, false).unwrap_err();
+        assert!(
+            matches!(&err, DataError::CorruptImage { path, .. } if path.ends_with("broken.png")),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("broken.png: not a readable image"),
+            "{err}"
+        );
+        std::fs::remove_file(dir.0.join("broken.png")).unwrap();
+
+        std::fs::write(dir.0.join("notes.txt"), b"hi").unwrap();
+        let err = load_folder(&dir.0, 4, false).unwrap_err();
+        assert!(
+            matches!(&err, DataError::UnsupportedFile { path } if path.ends_with("notes.txt")),
+            "{err}"
+        );
+        std::fs::remove_file(dir.0.join("notes.txt")).unwrap();
+
+        solid(4, 4, [0, 0, 0]).save(dir.0.join("img.png")).unwrap();
+        let err = load_folder(&dir.0, 4, true).unwrap_err();
+        assert!(matches!(err, DataError::NoClassFolders { .. }), "{err}");
+
+        std::fs::create_dir(dir.0.join("cats")).unwrap();
+        let err = load_folder(&dir.0, 4, true).unwrap_err();
+        assert!(
+            matches!(&err, DataError::UnlabelledImage { path, .. } if path.ends_with("img.png")),
+            "{err}"
+        );
+        std::fs::remove_file(dir.0.join("img.png")).unwrap();
+        let err = load_folder(&dir.0, 4, true).unwrap_err();
+        assert!(
+            matches!(&err, DataError::EmptyFolder { path } if path.ends_with("cats")),
+            "{err}"
+        );
+
+        let d = load_folder(&dir.0.join("missing"), 4, false).unwrap_err();
+        assert!(matches!(d, DataError::Io { .. }));
+    }
+
+    #[test]
+    fn limit_past_a_folder_names_it() {
+        let dir = TempDir::new("limit");
+        for i in 0..3 {
+            solid(4, 4, [i * 50, 0, 0])
+                .save(dir.0.join(format!("{i}.png")))
+                .unwrap();
+        }
+        let err = load_folder(&dir.0, 4, false)
+            .unwrap()
+            .limit(5, 0)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{}: has 3 samples, fewer than the 5 asked for by `limit`",
+                dir.0.display()
+            )
+        );
+    }
+}

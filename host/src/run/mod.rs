@@ -1,0 +1,8 @@
+//! Runs: the run folder (manifest, metrics, checkpoints, samples, report) and
+//! the engine that fills it (`dtx run`).
+
+pub mod dir;
+pub mod engine;
+pub mod report;
+
+pub use engine::{RunOptions, RunSummary, run};

@@ -1,0 +1,99 @@
+//! What a run leaves for a person: its samples (`samples.json`, and a scatter
+//! plot over the target for 2-D data) and `report.md`.
+
+use super::dir::RunDir;
+use super::engine::RunSummary;
+use crate::data::{Dataset, Gmm};
+use crate::manifest::plan::Plan;
+use anyhow::Result;
+use image::{Rgb, RgbImage};
+use std::fmt::Write as _;
+
+const SIZE: u32 = 320;
+const RANGE: f32 = 7.0;
+
+fn to_px(v: f32) -> Option<u32> {
+    let p = ((v + RANGE) / (2.0 * RANGE) * SIZE as f32).floor();
+    (p >= 0.0 && p < SIZE as f32).then_some(p as u32)
+}
+
+fn dot(img: &mut RgbImage, x: f32, y: f32, colour: Rgb<u8>) {
+    if let (Some(px), Some(py)) = (to_px(x), to_px(-y)) {
+        for dx in 0..2 {
+            for dy in 0..2 {
+                if px + dx < SIZE && py + dy < SIZE {
+                    img.put_pixel(px + dx, py + dy, colour);
+                }
+            }
+        }
+    }
+}
+
+/// Writes `samples.json` and, for 2-D points, `samples.png`: target points in
+/// grey, samples in blue, on [−7, 7]².
+pub fn write_samples(
+    dir: &RunDir,
+    samples: &[f32],
+    dim: usize,
+    target: Option<&Dataset>,
+) -> Result<()> {
+    let rows: Vec<&[f32]> = samples.chunks(dim).collect();
+    dir.write("samples.json", serde_json::to_string(&rows)?.as_bytes())?;
+    if dim == 2 {
+        let mut img = RgbImage::from_pixel(SIZE, SIZE, Rgb([255, 255, 255]));
+        if let Some(t) = target.filter(|t| t.sample_shape == [2]) {
+            for p in t.samples.chunks(2) {
+                dot(&mut img, p[0], p[1], Rgb([190, 190, 190]));
+            }
+        }
+        for p in samples.chunks(2) {
+            dot(&mut img, p[0], p[1], Rgb([30, 80, 200]));
+        }
+        img.save(dir.path.join("samples.png"))?;
+    }
+    Ok(())
+}
+
+/// Writes `report.md`: what ran, the final loss, and for a `builtin:gmm`
+/// target the samples' mean density and log-density under the exact target.
+pub fn write_report(dir: &RunDir, plan: &Plan, s: &RunSummary) -> Result<()> {
+    let m = &plan.manifest.manifest;
+    let mut o = String::new();
+    let _ = writeln!(o, "# Run `{}`\n", m.run.name);
+    let _ = writeln!(o, "- seed: {}", m.run.seed);
+    let _ = writeln!(o, "- steps trained: {}", s.steps);
+    if let Some(l) = s.final_loss {
+        let _ = writeln!(o, "- final training loss: {l:.6}");
+    }
+    let plugins: Vec<&str> = plan.plugins.iter().map(|p| p.name.as_str()).collect();
+    let _ = writeln!(
+        o,
+        "- plugins: {}",
+        if plugins.is_empty() {
+            "none".into()
+        } else {
+            plugins.join(", ")
+        }
+    );
+    let _ = writeln!(o, "- metrics per step: `metrics.jsonl`");
+    if let Some((samples, shape)) = &s.samples {
+        let _ = writeln!(o, "\n## Samples\n\n{} samples (`samples.json`).", shape[0]);
+        if shape[1] == 2 {
+            let _ = writeln!(o, "\n![samples over the target](samples.png)");
+            if let Some(t) = m.target.as_ref().filter(|t| t.builtin() == Some("gmm")) {
+                let gmm = Gmm::from_config(&t.config)?;
+                let dens = gmm.density(samples);
+                let logd = gmm.log_density(samples);
+                let n = dens.len().max(1) as f64;
+                let _ = writeln!(
+                    o,
+                    "\nUnder the exact target density: mean density {:.4}, mean log-density {:.4}.",
+                    dens.iter().sum::<f64>() / n,
+                    logd.iter().sum::<f64>() / n
+                );
+            }
+        }
+    }
+    dir.write("report.md", o.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! Checkpoints: one safetensors file holding every parameter, the EMA, the
+//! optimizer moments and each plugin's state, with the step and the data
+//! position in its metadata — everything a run needs to continue
+//! bit-identically. Written atomically (temp file, fsync, rename), so a run
+//! killed mid-write keeps its previous checkpoint.
+
+use super::ema::Ema;
+use super::optim::AdamState;
+use crate::tensor_abi::ParamStore;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{TensorData, TensorMetadata, read_sync};
+use safetensors::tensor::{Dtype, TensorView};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Format tag written in every checkpoint's metadata.
+pub const FORMAT: &str = "dtx-checkpoint-1";
+
+/// Checkpoint errors name the file.
+#[derive(Debug, Error)]
+pub enum CheckpointError {
+    /// Reading or writing failed.
+    #[error("checkpoint `{}`: {message}", .path.display())]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// What happened.
+        message: String,
+    },
+    /// The file is not a dtx checkpoint, or does not fit this run.
+    #[error("checkpoint `{}` does not fit this run: {message}", .path.display())]
+    Mismatch {
+        /// File.
+        path: PathBuf,
+        /// What differs.
+        message: String,
+    },
+}
+
+/// Where training stood, besides tensors.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Progress {
+    /// Steps completed.
+    pub step: u64,
+    /// Data iterator epoch.
+    pub epoch: u64,
+    /// Data iterator index within the epoch.
+    pub index: usize,
+}
+
+fn bytes_of<B: Backend>(t: FloatTensor<B>) -> (Vec<usize>, Vec<u8>) {
+    let shape = t.shape().to_vec();
+    let data: TensorData = read_sync(B::float_into_data(t))
+        .expect("reading tensor data")
+        .convert::<f32>();
+    (shape, data.as_bytes().to_vec())
+}
+
+fn tensor_of<B: Backend>(view: &TensorView<'_>, device: &B::Device) -> FloatTensor<B> {
+    let values: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    B::float_from_data(TensorData::new(values, view.shape().to_vec()), device)
+}
+
+/// Each plugin instance's saved state, by instance name.
+pub type PluginStates = Vec<(String, Vec<u8>)>;
+
+/// Writes a checkpoint of `store`, `ema`, plugin states and `progress` to
+/// `path` atomically.
+pub fn save<B: AutodiffBackend>(
+    path: &Path,
+    store: &ParamStore<B>,
+    ema: Option<&Ema<B>>,
+    plugin_states: &[(String, Vec<u8>)],
+    progress: &Progress,
+) -> Result<(), CheckpointError> {
+    let io = |e: &dyn std::fmt::Display| CheckpointError::Io {
+        path: path.into(),
+        message: e.to_string(),
+    };
+    let mut blobs: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = BTreeMap::new();
+    let mut adam_k: BTreeMap<String, i32> = BTreeMap::new();
+    for e in store.entries() {
+        let (shape, bytes) = bytes_of::<B>(e.value.clone());
+        blobs.insert(format!("param/{}", e.name), (Dtype::F32, shape, bytes));
+        if let Some(AdamState { m, v, k }) = &e.adam {
+            let (s, b) = bytes_of::<B::InnerBackend>(m.clone());
+            blobs.insert(format!("adam_m/{}", e.name), (Dtype::F32, s, b));
+            let (s, b) = bytes_of::<B::InnerBackend>(v.clone());
+            blobs.insert(format!("adam_v/{}", e.name), (Dtype::F32, s, b));
+            adam_k.insert(e.name.clone(), *k);
+        }
+    }
+    if let Some(ema) = ema {
+        for (name, t) in &ema.shadow {
+            let (s, b) = bytes_of::<B::InnerBackend>(t.clone());
+            blobs.insert(format!("ema/{name}"), (Dtype::F32, s, b));
+        }
+    }
+    for (plugin, state) in plugin_states {
+        blobs.insert(
+            format!("plugin_state/{plugin}"),
+            (Dtype::U8, vec![state.len()], state.clone()),
+        );
+    }
+    let views: Vec<(String, TensorView<'_>)> = blobs
+        .iter()
+        .map(|(k, (dt, s, b))| {
+            Ok((
+                k.clone(),
+                TensorView::new(*dt, s.clone(), b).map_err(|e| io(&e))?,
+            ))
+        })
+        .collect::<Result<_, CheckpointError>>()?;
+    let mut meta = HashMap::new();
+    meta.insert("format".to_owned(), FORMAT.to_owned());
+    meta.insert(
+        "progress".to_owned(),
+        serde_json::to_string(progress).expect("serialisable"),
+    );
+    meta.insert(
+        "adam_k".to_owned(),
+        serde_json::to_string(&adam_k).expect("serialisable"),
+    );
+    meta.insert(
+        "ema".to_owned(),
+        ema.map(|e| e.decay.to_string()).unwrap_or_default(),
+    );
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| io(&e))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io(&e))?;
+    }
+    let tmp = path.with_extension("safetensors.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| io(&e))?;
+        f.write_all(&bytes).map_err(|e| io(&e))?;
+        f.sync_all().map_err(|e| io(&e))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| io(&e))
+}
+
+/// Restores a checkpoint into `store` (every parameter must exist with the same
+/// shape), `ema`, and returns the plugin states and progress.
+pub fn load<B: AutodiffBackend>(
+    path: &Path,
+    store: &mut ParamStore<B>,
+    ema: Option<&mut Ema<B>>,
+    device: &B::Device,
+) -> Result<(PluginStates, Progress), CheckpointError> {
+    let io = |e: &dyn std::fmt::Display| CheckpointError::Io {
+        path: path.into(),
+        message: e.to_string(),
+    };
+    let mismatch = |m: String| CheckpointError::Mismatch {
+        path: path.into(),
+        message: m,
+    };
+    let bytes = std::fs::read(path).map_err(|e| io(&e))?;
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| io(&e))?;
+    let meta = metadata.metadata().clone().unwrap_or_default();
+    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(mismatch(format!("not a {FORMAT} file")));
+    }
+    let progress: Progress =
+        serde_json::from_str(meta.get("progress").map(String::as_str).unwrap_or(""))
+            .map_err(|e| mismatch(format!("bad progress record: {e}")))?;
+    let adam_k: BTreeMap<String, i32> =
+        serde_json::from_str(meta.get("adam_k").map(String::as_str).unwrap_or("{}"))
+            .map_err(|e| mismatch(e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| io(&e))?;
+    for e in store.entries_mut() {
+        let view = st
+            .tensor(&format!("param/{}", e.name))
+            .map_err(|_| mismatch(format!("it has no parameter `{}`", e.name)))?;
+        if view.shape() != e.value.shape().to_vec().as_slice() {
+            return Err(mismatch(format!(
+                "parameter `{}` has shape {:?}, this run expects {:?}",
+                e.name,
+                view.shape(),
+                e.value.shape().to_vec()
+            )));
+        }
+        e.value = B::float_set_require_grad(tensor_of::<B>(&view, device), e.trainable);
+        e.adam = match (
+            st.tensor(&format!("adam_m/{}", e.name)),
+            st.tensor(&format!("adam_v/{}", e.name)),
+        ) {
+            (Ok(m), Ok(v)) => Some(AdamState {
+                m: tensor_of::<B::InnerBackend>(&m, device),
+                v: tensor_of::<B::InnerBackend>(&v, device),
+                k: *adam_k
+                    .get(&e.name)
+                    .ok_or_else(|| mismatch(format!("no Adam step count for `{}`", e.name)))?,
+            }),
+            _ => None,
+        };
+    }
+    if let Some(ema) = ema {
+        for (name, t) in ema.shadow.iter_mut() {
+            let view = st
+                .tensor(&format!("ema/{name}"))
+                .map_err(|_| mismatch(format!("it has no EMA of `{name}`")))?;
+            *t = tensor_of::<B::InnerBackend>(&view, device);
+        }
+    }
+    let states = st
+        .names()
+        .into_iter()
+        .filter_map(|n| {
+            n.strip_prefix("plugin_state/")
+                .map(|p| (p.to_owned(), n.to_owned()))
+        })
+        .map(|(p, n)| {
+            (
+                p,
+                st.tensor(&n).map(|v| v.data().to_vec()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    Ok((states, progress))
+}

@@ -1,0 +1,106 @@
+//! Exponential moving average of the trained parameters (base and plugins):
+//! `θ̄ ← d · θ̄ + (1 − d) · θ` after every optimizer step; sampling uses θ̄ by
+//! default. ("Denoising Diffusion Probabilistic Models", Ho et al. 2020,
+//! Appendix B, uses d = 0.9999.)
+
+use crate::tensor_abi::ParamStore;
+use burn::tensor::Scalar;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ops::{FloatTensor, FloatTensorOps};
+use std::collections::BTreeMap;
+
+/// The averaged values, by parameter name.
+pub struct Ema<B: AutodiffBackend> {
+    /// Decay `d`.
+    pub decay: f32,
+    /// θ̄ per trained parameter (inner backend: no graph).
+    pub shadow: BTreeMap<String, FloatTensor<B::InnerBackend>>,
+}
+
+impl<B: AutodiffBackend> Ema<B> {
+    /// Starts at the current values of the trained parameters.
+    pub fn new(decay: f32, store: &ParamStore<B>) -> Self {
+        let shadow = store
+            .entries()
+            .iter()
+            .filter(|e| e.trainable)
+            .map(|e| (e.name.clone(), B::inner(e.value.clone())))
+            .collect();
+        Ema { decay, shadow }
+    }
+
+    /// One update from the store's current values.
+    pub fn update(&mut self, store: &ParamStore<B>) {
+        type I<B> = <B as AutodiffBackend>::InnerBackend;
+        for e in store.entries().iter().filter(|e| e.trainable) {
+            let theta = B::inner(e.value.clone());
+            let next = match self.shadow.remove(&e.name) {
+                Some(avg) => I::<B>::float_add(
+                    I::<B>::float_mul_scalar(avg, Scalar::from(self.decay)),
+                    I::<B>::float_mul_scalar(theta, Scalar::from(1.0 - self.decay)),
+                ),
+                None => theta,
+            };
+            self.shadow.insert(e.name.clone(), next);
+        }
+    }
+
+    /// The store's values with the trained ones replaced by their averages
+    /// (for sampling), by name.
+    pub fn values(&self, store: &ParamStore<B>) -> Vec<(String, FloatTensor<B>)> {
+        store
+            .entries()
+            .iter()
+            .map(|e| match self.shadow.get(&e.name) {
+                Some(avg) => (e.name.clone(), B::from_inner(avg.clone())),
+                None => (e.name.clone(), B::float_detach(e.value.clone())),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor_abi::CpuBackend as B;
+    use burn::tensor::{Tensor, TensorPrimitive};
+
+    #[test]
+    fn ema_follows_its_recurrence() {
+        let dev = Default::default();
+        let mut store = ParamStore::<B>::default();
+        let id = store
+            .register_base(
+                "w",
+                Tensor::<B, 1>::from_floats([1.0, 2.0], &dev)
+                    .into_primitive()
+                    .tensor(),
+                true,
+            )
+            .unwrap();
+        store
+            .register_base(
+                "frozen",
+                Tensor::<B, 1>::from_floats([5.0], &dev)
+                    .into_primitive()
+                    .tensor(),
+                false,
+            )
+            .unwrap();
+        let mut ema = Ema::new(0.9, &store);
+        assert_eq!(ema.shadow.len(), 1, "only trained parameters are averaged");
+        store.get_mut(id).unwrap().value = Tensor::<B, 1>::from_floats([3.0, 4.0], &dev)
+            .into_primitive()
+            .tensor();
+        ema.update(&store);
+        let avg = Tensor::<<B as AutodiffBackend>::InnerBackend, 1>::from_primitive(
+            TensorPrimitive::Float(ema.shadow["w"].clone()),
+        );
+        // 0.9·[1, 2] + 0.1·[3, 4] = [1.2, 2.2]
+        let v = avg.into_data().to_vec::<f32>().unwrap();
+        assert!(
+            (v[0] - 1.2).abs() < 1e-6 && (v[1] - 2.2).abs() < 1e-6,
+            "{v:?}"
+        );
+    }
+}

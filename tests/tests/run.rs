@@ -1,0 +1,189 @@
+//! `dtx run` end to end on the MLP source: a run folder with everything in
+//! it, bit-identical resume, and a clean stop on a non-finite loss.
+
+use dtx_tests::{run_in_process, workspace_root};
+use std::path::PathBuf;
+
+fn out_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dtx-run-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// A safetensors file's metadata and tensors (name → raw bytes).
+fn tensors(
+    path: &std::path::Path,
+) -> (
+    serde_json::Value,
+    std::collections::BTreeMap<String, Vec<u8>>,
+) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let mut out = std::collections::BTreeMap::new();
+    let mut meta = serde_json::Value::Null;
+    for (k, v) in header {
+        if k == "__metadata__" {
+            meta = v;
+            continue;
+        }
+        let off = v["data_offsets"].as_array().unwrap();
+        let (s, e) = (
+            off[0].as_u64().unwrap() as usize,
+            off[1].as_u64().unwrap() as usize,
+        );
+        out.insert(k, data[s..e].to_vec());
+    }
+    (meta, out)
+}
+
+fn manifest(name: &str) -> String {
+    workspace_root()
+        .join("tests/manifests/ok")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn a_run_writes_its_folder() {
+    let out = out_dir("folder");
+    let r = run_in_process(&[
+        "run",
+        &manifest("two-plugins.toml"),
+        "--quiet",
+        "--set",
+        &format!("run.output_dir=\"{}\"", out.display()),
+        "--set",
+        "train.steps=6",
+        "--set",
+        "sample.count=8",
+        "--set",
+        "sample.steps=5",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let dir = out.join("two-plugins");
+    for f in [
+        "manifest.toml",
+        "metrics.jsonl",
+        "report.md",
+        "samples.json",
+        "samples.png",
+        "checkpoints/latest.safetensors",
+    ] {
+        assert!(dir.join(f).exists(), "{f} missing in {}", dir.display());
+    }
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    // Every loss term by name, each plugin's included, and what plugins logged.
+    for key in [
+        "loss",
+        "loss.simple",
+        "adapter.l2",
+        "probe.fit",
+        "probe.fit_value",
+        "lr",
+        "samples_per_s",
+        "step",
+    ] {
+        assert!(first.get(key).is_some(), "{key} missing in {first}");
+    }
+    assert_eq!(
+        metrics.lines().filter(|l| l.contains("\"step\"")).count(),
+        6
+    );
+    // A second run into the same folder is refused: no work is overwritten.
+    let again = run_in_process(&[
+        "run",
+        &manifest("two-plugins.toml"),
+        "--quiet",
+        "--set",
+        &format!("run.output_dir=\"{}\"", out.display()),
+    ]);
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("--resume"), "{}", again.stderr);
+}
+
+#[test]
+fn resume_continues_bit_identically() {
+    let common = |out: &PathBuf| {
+        vec![
+            "--quiet".to_string(),
+            "--set".into(),
+            format!("run.output_dir=\"{}\"", out.display()),
+            "--set".into(),
+            "train.steps=20".into(),
+            "--set".into(),
+            "sample.count=4".into(),
+        ]
+    };
+    let run = |extra: &[&str], out: &PathBuf| {
+        let mut args = vec!["run".to_string(), manifest("gmm-mlp.toml")];
+        args.extend(common(out));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = run_in_process(&refs);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r
+    };
+    let straight = out_dir("straight");
+    run(&[], &straight);
+    let split = out_dir("split");
+    run(&["--stop-after", "10"], &split);
+    let r = run(&["--resume"], &split);
+    assert!(
+        r.stdout.contains("resumed `gmm-mlp` at step 10"),
+        "{}",
+        r.stdout
+    );
+    let (ma, a) = tensors(&straight.join("gmm-mlp/checkpoints/latest.safetensors"));
+    let (mb, b) = tensors(&split.join("gmm-mlp/checkpoints/latest.safetensors"));
+    // Every weight, EMA value and Adam moment byte for byte, and the same
+    // progress record (step, data position) and Adam step counts.
+    assert_eq!(a.len(), b.len());
+    assert!(a.keys().any(|k| k.starts_with("ema/")) && a.keys().any(|k| k.starts_with("adam_m/")));
+    for (name, bytes) in &a {
+        assert!(
+            b.get(name) == Some(bytes),
+            "`{name}` differs after 10 + resume + 10 steps"
+        );
+    }
+    assert_eq!(ma["progress"], mb["progress"]);
+    assert_eq!(ma["adam_k"], mb["adam_k"]);
+    let sa = std::fs::read(straight.join("gmm-mlp/samples.json")).unwrap();
+    let sb = std::fs::read(split.join("gmm-mlp/samples.json")).unwrap();
+    assert_eq!(sa, sb, "samples differ");
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_naming_step_and_terms() {
+    let out = out_dir("nan");
+    let r = run_in_process(&[
+        "run",
+        &manifest("two-plugins.toml"),
+        "--quiet",
+        "--set",
+        &format!("run.output_dir=\"{}\"", out.display()),
+        "--set",
+        "train.steps=8",
+        "--set",
+        "train.checkpoint_every=2",
+        "--set",
+        "plugin[1].config.nan_at_step=5",
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("training stopped at step 5: loss term `probe.fit` is NaN"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("loss.simple = "), "{}", r.stderr);
+    // The last good checkpoint (after step 4) is kept.
+    assert!(
+        out.join("two-plugins/checkpoints/latest.safetensors")
+            .exists()
+    );
+}

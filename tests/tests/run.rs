@@ -187,3 +187,41 @@ fn a_non_finite_loss_stops_the_run_naming_step_and_terms() {
             .exists()
     );
 }
+
+#[test]
+fn prediction_types_and_clipping_run_and_unsupported_settings_are_refused() {
+    for prediction in ["v_prediction", "sample"] {
+        let out = out_dir(prediction);
+        let r = run_in_process(&[
+            "run",
+            &manifest("gmm-mlp.toml"),
+            "--quiet",
+            "--set",
+            &format!("run.output_dir=\"{}\"", out.display()),
+            "--set",
+            &format!("source.prediction=\"{prediction}\""),
+            "--set",
+            "train.steps=3",
+            "--set",
+            "train.grad_clip=0.5",
+            "--set",
+            "train.optimizer=\"sgd\"",
+            "--set",
+            "sample.count=4",
+        ]);
+        assert_eq!(r.code, 0, "{prediction}: {}", r.stderr);
+        let metrics = std::fs::read_to_string(out.join("gmm-mlp/metrics.jsonl")).unwrap();
+        assert!(metrics.contains("grad_norm"), "{metrics}");
+    }
+    let out = out_dir("unsupported");
+    let r = run_in_process(&[
+        "run",
+        &manifest("gmm-mlp.toml"),
+        "--set",
+        &format!("run.output_dir=\"{}\"", out.display()),
+        "--set",
+        "sample.guidance=2.0",
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("sample.guidance"), "{}", r.stderr);
+}

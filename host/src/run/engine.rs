@@ -10,7 +10,7 @@
 
 use super::dir::RunDir;
 use crate::data::{self, BatchIter, Dataset};
-use crate::diffusion::prediction::q_sample;
+use crate::diffusion::prediction::{BatchScalar, Prediction, q_sample, to_epsilon, v_from_eps_x0};
 use crate::diffusion::sampler::{Sampler, SamplerConfig, sample};
 use crate::diffusion::schedule::Schedule;
 use crate::manifest::plan::Plan;
@@ -20,7 +20,7 @@ use crate::plugins::{InjectArgs, Instance, LossArgs};
 use crate::tensor_abi::{DataService, DenoiseService, Session, Stored};
 use crate::train::checkpoint::{self, Progress};
 use crate::train::ema::Ema;
-use crate::train::optim::AdamConfig;
+use crate::train::optim::{AdamConfig, Rule};
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
@@ -273,6 +273,36 @@ fn schedule(kind: ScheduleKind) -> Schedule {
     }
 }
 
+/// Settings a manifest may hold that this engine does not carry out yet: an
+/// error naming each, rather than a run that silently ignores it.
+fn unsupported_settings(plan: &Plan) -> Result<()> {
+    let m = &plan.manifest.manifest;
+    let mut problems = Vec::new();
+    if let Some(s) = &m.sample {
+        if s.guidance != 0.0 {
+            problems.push("`sample.guidance` (classifier-free guidance needs a class-conditional model; set it to 0)");
+        }
+        if s.label.is_some() {
+            problems.push("`sample.label` (class-conditional sampling)");
+        }
+    }
+    if m.eval.as_ref().is_some_and(|e| !e.metrics.is_empty()) {
+        problems.push(
+            "`[eval] metrics` (evaluation comes with the evaluation issue; remove them to run)",
+        );
+    }
+    if m.target.as_ref().is_some_and(|t| t.labels) {
+        problems.push("`target.labels` (class-conditional training)");
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "`dtx run` does not carry out these settings yet: {}",
+        problems.join("; ")
+    )
+}
+
 /// Runs a plan (CPU backend `B`) into its run folder.
 pub fn run<B: AutodiffBackend>(
     plan: &Plan,
@@ -290,6 +320,12 @@ pub fn run<B: AutodiffBackend>(
             desc.kind
         )
     })?;
+    let prediction = match m.source.as_ref().map(|s| s.prediction.as_str()) {
+        Some("sample") => Prediction::Sample,
+        Some("v_prediction") => Prediction::VPrediction,
+        _ => Prediction::Epsilon,
+    };
+    unsupported_settings(plan)?;
     let device: B::Device = Default::default();
     let _session = Session::<B>::install(device.clone(), m.run.seed);
     let mut dir = RunDir::open(
@@ -409,7 +445,13 @@ pub fn run<B: AutodiffBackend>(
             start = progress.step;
             writeln!(log, "resumed `{}` at step {start}", m.run.name)?;
         }
+        let rule = match t.optimizer.as_str() {
+            "sgd" => Rule::Sgd,
+            "adam" => Rule::Adam,
+            _ => Rule::AdamW,
+        };
         let adam = AdamConfig {
+            rule,
             lr: t.lr as f32,
             weight_decay: t.weight_decay as f32,
             ..Default::default()
@@ -431,21 +473,29 @@ pub fn run<B: AutodiffBackend>(
                 .collect();
             let noise: Tensor<B, 2> = normal(&mut rng, dims, &device);
             let ab: Vec<f32> = ts.iter().map(|&i| alpha_bars[i as usize] as f32).collect();
-            let ab = Tensor::<B, 1>::from_data(TensorData::new(ab, [n]), &device);
-            let x_t = q_sample(x0r, noise.clone(), ab);
+            let ab_t = Tensor::<B, 1>::from_data(TensorData::new(ab, [n]), &device);
+            let x_t = q_sample(x0r, noise.clone(), ab_t.clone());
             let tf =
                 Tensor::<B, 1, Int>::from_data(TensorData::new(ts.clone(), [n]), &device).float();
             let params = engine.params();
-            let pred = engine.student(
+            let out = ranked::<B, 2>(engine.student(
                 &params,
                 prim_f(x_t.clone()),
                 prim_f(tf.clone()),
                 labels.clone(),
                 true,
-            )?;
-            let simple = (ranked::<B, 2>(pred.clone()) - noise.clone())
-                .powf_scalar(2.0)
-                .mean();
+            )?);
+            // L_simple on what the network predicts; plugins see ε.
+            let ab_b = BatchScalar::PerSample(ab_t.clone());
+            let target = match prediction {
+                Prediction::Epsilon => noise.clone(),
+                Prediction::Sample => ranked::<B, 2>(x0.clone()),
+                Prediction::VPrediction => {
+                    v_from_eps_x0(noise.clone(), ranked::<B, 2>(x0.clone()), &ab_b)
+                }
+            };
+            let simple = (out.clone() - target).powf_scalar(2.0).mean();
+            let pred = prim_f(to_epsilon(out, x_t.clone(), &ab_b, prediction));
             let mut terms: Vec<(String, P<B>)> = vec![("loss.simple".into(), prim_f(simple))];
             let t_stored = Stored::Float(prim_f(tf));
             for inst in engine
@@ -491,10 +541,12 @@ pub fn run<B: AutodiffBackend>(
             }
             let total = total.expect("L_simple is always there");
             let total_v = scalar(&total);
-            Session::<B>::with(|s| {
+            let grad_norm = Session::<B>::with(|s| {
                 let ids = s.params.trainable_ids();
-                s.params.step(prim_f(total), &ids, adam)
+                s.params
+                    .step_clipped(prim_f(total), &ids, adam, t.grad_clip.map(|c| c as f32))
             })??;
+            values.insert("grad_norm".into(), serde_json::json!(grad_norm));
             if let Some(e) = ema.as_mut() {
                 Session::<B>::with(|s| e.update(&s.params))?;
             }
@@ -582,13 +634,23 @@ pub fn run<B: AutodiffBackend>(
                         &device,
                     )
                     .float();
-                    let mut eps = eng.student(
+                    let out = eng.student(
                         &weights,
                         B::float_detach(prim_f(x.clone())),
                         prim_f(tf.clone()),
                         None,
                         false,
                     )?;
+                    let ab_s = BatchScalar::Shared(crate::diffusion::sampler::alpha_bar_at(
+                        &alpha_bars,
+                        ts[0],
+                    ));
+                    let mut eps = prim_f(to_epsilon(
+                        ranked::<B, 2>(out),
+                        x.clone(),
+                        &ab_s,
+                        prediction,
+                    ));
                     let t_stored = Stored::Float(prim_f(tf));
                     for inst in eng
                         .plugins

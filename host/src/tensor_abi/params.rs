@@ -3,7 +3,7 @@
 //! state. One store serves the optimizer, the EMA and checkpoints alike.
 
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use dtx_plugin_api::abi::{AbiError, ParamId};
 
 use crate::train::optim::{Adam, AdamConfig, AdamState};
@@ -154,12 +154,51 @@ impl<B: AutodiffBackend> ParamStore<B> {
                 ),
             ));
         }
+        self.step_clipped(loss, ids, config, None).map(|_| ())
+    }
+
+    /// [`ParamStore::step`] with the gradient's global L2 norm over `ids`
+    /// clipped to `max_norm` (PyTorch's `clip_grad_norm_`: every gradient
+    /// scaled by `min(1, max_norm / (norm + 1e-6))`). Returns the norm before
+    /// clipping.
+    pub fn step_clipped(
+        &mut self,
+        loss: FloatTensor<B>,
+        ids: &[ParamId],
+        config: AdamConfig,
+        max_norm: Option<f32>,
+    ) -> Result<f32, AbiError> {
+        use burn::tensor::TensorMetadata;
+        if loss.shape().num_elements() != 1 {
+            return Err(AbiError::new(
+                dtx_plugin_api::abi::ErrorKind::SHAPE,
+                format!(
+                    "the loss must be a scalar, got shape {:?}",
+                    loss.shape().to_vec()
+                ),
+            ));
+        }
         let grads = B::backward(loss);
+        type I<B> = <B as AutodiffBackend>::InnerBackend;
+        let mut sq = 0f64;
+        for &id in ids {
+            if let Some(g) = B::grad(&self.get(id)?.value, &grads) {
+                let s = I::<B>::float_sum(I::<B>::float_mul(g.clone(), g));
+                let d = burn::tensor::read_sync(I::<B>::float_into_data(s))
+                    .map_err(|e| AbiError::other(format!("reading a gradient norm: {e:?}")))?;
+                sq += d.iter::<f64>().next().unwrap_or(0.0);
+            }
+        }
+        let norm = sq.sqrt() as f32;
+        let scale = match max_norm {
+            Some(m) if norm > m => m / (norm + 1e-6),
+            _ => 1.0,
+        };
         let adam = Adam::new(config);
         for &id in ids {
-            adam.step_param(self.get_mut(id)?, &grads);
+            adam.step_param(self.get_mut(id)?, &grads, scale);
         }
-        Ok(())
+        Ok(norm)
     }
 
     /// Number of scalars owned by `owner`.

@@ -19,9 +19,23 @@ use burn::tensor::Scalar;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 
-/// Adam(W) hyperparameters.
+/// Which update rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rule {
+    /// Adam with decoupled weight decay (default).
+    #[default]
+    AdamW,
+    /// Adam with L2 weight decay added to the gradient (PyTorch's `Adam`).
+    Adam,
+    /// Plain SGD: θ ← θ − lr (g + λ θ).
+    Sgd,
+}
+
+/// Optimizer hyperparameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamConfig {
+    /// Update rule (default AdamW).
+    pub rule: Rule,
     /// Learning rate (default 3e-4).
     pub lr: f32,
     /// First-moment decay β1 (default 0.9).
@@ -37,6 +51,7 @@ pub struct AdamConfig {
 impl Default for AdamConfig {
     fn default() -> Self {
         AdamConfig {
+            rule: Rule::AdamW,
             lr: 3e-4,
             beta1: 0.9,
             beta2: 0.999,
@@ -70,7 +85,14 @@ impl Adam {
 
     /// Updates `p` from its gradient in `grads`; a parameter without a gradient
     /// (not used in the loss) is left as it is.
-    pub fn step_param<B: AutodiffBackend>(&self, p: &mut ParamEntry<B>, grads: &B::Gradients) {
+    ///
+    /// `scale` multiplies the gradient first (global-norm clipping).
+    pub fn step_param<B: AutodiffBackend>(
+        &self,
+        p: &mut ParamEntry<B>,
+        grads: &B::Gradients,
+        scale: f32,
+    ) {
         if !p.trainable {
             return;
         }
@@ -80,6 +102,23 @@ impl Adam {
         type I<B> = <B as AutodiffBackend>::InnerBackend;
         let c = self.config;
         let theta = B::inner(p.value.clone());
+        let mut g = if scale != 1.0 {
+            I::<B>::float_mul_scalar(g, Scalar::from(scale))
+        } else {
+            g
+        };
+        if c.rule != Rule::AdamW && c.weight_decay != 0.0 {
+            // Coupled (L2) decay: λθ joins the gradient.
+            g = I::<B>::float_add(
+                g,
+                I::<B>::float_mul_scalar(theta.clone(), Scalar::from(c.weight_decay)),
+            );
+        }
+        if c.rule == Rule::Sgd {
+            let theta = I::<B>::float_sub(theta, I::<B>::float_mul_scalar(g, Scalar::from(c.lr)));
+            p.value = B::float_set_require_grad(B::from_inner(theta), true);
+            return;
+        }
         let (m, v, k) = match p.adam.take() {
             Some(s) => (s.m, s.v, s.k + 1),
             None => {
@@ -102,7 +141,7 @@ impl Adam {
         let v_hat = I::<B>::float_div_scalar(v.clone(), Scalar::from(bc2));
         let denom = I::<B>::float_add_scalar(I::<B>::float_sqrt(v_hat), Scalar::from(c.eps));
         let mut update = I::<B>::float_div(m_hat, denom);
-        if c.weight_decay != 0.0 {
+        if c.rule == Rule::AdamW && c.weight_decay != 0.0 {
             update = I::<B>::float_add(
                 update,
                 I::<B>::float_mul_scalar(theta.clone(), Scalar::from(c.weight_decay)),

@@ -52,6 +52,31 @@ pub enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Sample from a run folder's latest checkpoint (EMA weights when the run
+    /// keeps them), with its plugins' score corrections and filters; writes
+    /// samples.json (and samples.png for 2-D data) to `--out`.
+    Sample {
+        /// The run folder (`runs/<name>`).
+        run_dir: PathBuf,
+        /// Number of samples (default: the run's `sample.count`, or 16).
+        #[arg(long)]
+        count: Option<usize>,
+        /// Sampler steps (default: the run's `sample.steps`, or 50).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// `ddim` or `ddpm`.
+        #[arg(long)]
+        sampler: Option<String>,
+        /// DDIM η.
+        #[arg(long)]
+        eta: Option<f64>,
+        /// Seed of the initial noise (default: the run's seed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Output folder (default: `<run_dir>/samples-<seed>`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Find and describe plugins.
     Plugins {
         /// What to do.
@@ -107,9 +132,61 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                 resume,
                 stop_after,
                 quiet,
+                sample_from: None,
             };
             let summary = crate::run::run::<CpuBackend>(&plan, &opts, out)?;
             writeln!(out, "run folder: {}", summary.dir.display())?;
+        }
+        Command::Sample {
+            run_dir,
+            count,
+            steps,
+            sampler,
+            eta,
+            seed,
+            out: out_dir,
+        } => {
+            let manifest_path = run_dir.join("manifest.toml");
+            let ckpt = run_dir.join("checkpoints").join("latest.safetensors");
+            if !ckpt.exists() {
+                bail!(
+                    "`{}` has no checkpoint (expected `{}`): is it a run folder?",
+                    run_dir.display(),
+                    ckpt.display()
+                );
+            }
+            let mut set = Vec::new();
+            if let Some(c) = count {
+                set.push(format!("sample.count={c}"));
+            }
+            if let Some(s) = steps {
+                set.push(format!("sample.steps={s}"));
+            }
+            if let Some(s) = &sampler {
+                set.push(format!("sample.sampler=\"{s}\""));
+            }
+            if let Some(e) = eta {
+                set.push(format!("sample.eta={e}"));
+            }
+            if let Some(s) = seed {
+                set.push(format!("run.seed={s}"));
+            }
+            let loaded = manifest::load(&manifest_path, &set)?;
+            if loaded.manifest.sample.is_none() {
+                bail!(
+                    "the run has no [sample] section: give `--count` (and `--steps`) to sample from it"
+                );
+            }
+            let seed = loaded.manifest.run.seed;
+            let plan = plan::resolve(loaded)?;
+            let dest = out_dir.unwrap_or_else(|| run_dir.join(format!("samples-{seed}")));
+            let opts = crate::run::RunOptions {
+                sample_from: Some((ckpt, dest.clone())),
+                quiet: true,
+                ..Default::default()
+            };
+            crate::run::run::<CpuBackend>(&plan, &opts, out)?;
+            writeln!(out, "samples: {}", dest.display())?;
         }
         Command::Plugins {
             command: PluginsCommand::List { dir },

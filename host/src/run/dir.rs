@@ -40,6 +40,19 @@ impl RunDir {
         Ok(RunDir { path, metrics })
     }
 
+    /// A folder for the output of `dtx sample` (created; its metrics file
+    /// replaced).
+    pub fn at(path: &Path) -> Result<RunDir> {
+        std::fs::create_dir_all(path).with_context(|| format!("creating `{}`", path.display()))?;
+        let metrics_path = path.join("metrics.jsonl");
+        let metrics = File::create(&metrics_path)
+            .with_context(|| format!("creating `{}`", metrics_path.display()))?;
+        Ok(RunDir {
+            path: path.to_path_buf(),
+            metrics,
+        })
+    }
+
     /// The latest checkpoint's path.
     pub fn latest_checkpoint(&self) -> PathBuf {
         self.path.join("checkpoints").join("latest.safetensors")

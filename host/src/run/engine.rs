@@ -42,6 +42,9 @@ pub struct RunOptions {
     pub stop_after: Option<u64>,
     /// No progress lines.
     pub quiet: bool,
+    /// Sample only (`dtx sample`): load weights from this checkpoint, skip
+    /// `prepare` and training, and write the samples to `.1`.
+    pub sample_from: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// What a run produced.
@@ -328,12 +331,15 @@ pub fn run<B: AutodiffBackend>(
     unsupported_settings(plan)?;
     let device: B::Device = Default::default();
     let _session = Session::<B>::install(device.clone(), m.run.seed);
-    let mut dir = RunDir::open(
-        &plan.manifest.output_dir(),
-        &m.run.name,
-        opts.resume,
-        &plan.manifest.to_toml_string(),
-    )?;
+    let mut dir = match &opts.sample_from {
+        Some((_, out)) => RunDir::at(out)?,
+        None => RunDir::open(
+            &plan.manifest.output_dir(),
+            &m.run.name,
+            opts.resume,
+            &plan.manifest.to_toml_string(),
+        )?,
+    };
 
     // 1. base model: fresh weights from the run's seed (MLP sources have no file)
     let trainable = m
@@ -402,13 +408,14 @@ pub fn run<B: AutodiffBackend>(
         }
     })?;
 
-    // 4. prepare
+    // 4. prepare (what it trains is in the checkpoint when resuming or sampling)
     let run_dir = dir.path.display().to_string();
+    let fresh = opts.sample_from.is_none() && !opts.resume;
     for inst in engine
         .plugins
         .borrow_mut()
         .iter_mut()
-        .filter(|p| p.implements(Hook::Prepare))
+        .filter(|p| fresh && p.implements(Hook::Prepare))
     {
         inst.prepare(if m.train.is_some() { "train" } else { "sample" }, &run_dir)?;
     }
@@ -426,7 +433,18 @@ pub fn run<B: AutodiffBackend>(
         final_loss: None,
         samples: None,
     };
-    if let (Some(t), Some(d)) = (&m.train, &data) {
+    if let Some((ckpt, _)) = &opts.sample_from {
+        let (states, progress) = Session::<B>::with(|s| {
+            checkpoint::load::<B>(ckpt, &mut s.params, ema.as_mut(), &device)
+        })??;
+        for inst in engine.plugins.borrow_mut().iter_mut() {
+            if let Some((_, st)) = states.iter().find(|(n, _)| *n == inst.name) {
+                inst.state_load(st)?;
+            }
+        }
+        summary.steps = progress.step;
+        writeln!(log, "loaded `{}` (step {})", ckpt.display(), progress.step)?;
+    } else if let (Some(t), Some(d)) = (&m.train, &data) {
         let mut start = 0u64;
         if opts.resume {
             let path = dir.latest_checkpoint();

@@ -78,6 +78,23 @@ fn scalar<B: AutodiffBackend>(t: &Tensor<B, 1>) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// A progress bar on stderr when it is a terminal (and not `quiet`).
+fn progress_bar(quiet: bool, len: u64, what: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    (!quiet && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(len);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} {msg} ({eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b.set_prefix(what.to_owned());
+        b
+    })
+}
+
 /// The RNG of step `s`: independent streams per step, the same on resume.
 fn step_rng(seed: u64, step: u64) -> StdRng {
     StdRng::seed_from_u64(seed ^ step.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
@@ -477,6 +494,8 @@ pub fn run<B: AutodiffBackend>(
         let end = opts.stop_after.map(|s| s.min(t.steps)).unwrap_or(t.steps);
         let every = t.checkpoint_every.unwrap_or(t.steps.max(1));
         let report_every = (t.steps / 10).max(1);
+        // A bar on a terminal; plain lines otherwise; nothing with --quiet.
+        let bar = progress_bar(opts.quiet, end.saturating_sub(start), "train");
         for step in start..end {
             let timer = std::time::Instant::now();
             let mut rng = step_rng(m.run.seed, step);
@@ -582,8 +601,15 @@ pub fn run<B: AutodiffBackend>(
             dir.log(&serde_json::Value::Object(values))?;
             summary.final_loss = Some(total_v);
             let done = step + 1;
-            if !opts.quiet && (done % report_every == 0 || done == end) {
-                writeln!(log, "step {done}/{}: loss {total_v:.5}", t.steps)?;
+            match &bar {
+                Some(b) => {
+                    b.inc(1);
+                    b.set_message(format!("loss {total_v:.4}"));
+                }
+                None if !opts.quiet && (done % report_every == 0 || done == end) => {
+                    writeln!(log, "step {done}/{}: loss {total_v:.5}", t.steps)?;
+                }
+                None => {}
             }
             if done % every == 0 || done == end {
                 let states: Vec<(String, Vec<u8>)> = engine
@@ -609,6 +635,9 @@ pub fn run<B: AutodiffBackend>(
                 })??;
             }
             summary.steps = done;
+        }
+        if let Some(b) = &bar {
+            b.finish();
         }
         if opts.stop_after.is_some_and(|s| s < t.steps) {
             return Ok(summary);
@@ -638,6 +667,7 @@ pub fn run<B: AutodiffBackend>(
         let mut rejected: HashMap<String, usize> = HashMap::new();
         let mut attempts = 0usize;
         let mut rng = step_rng(m.run.seed, u64::MAX - 1);
+        let bar = progress_bar(opts.quiet, sm.count as u64, "sample");
         while accepted.len() / dim < sm.count && attempts < 10 * sm.count {
             let n = sm.batch.min(sm.count - accepted.len() / dim).max(1);
             attempts += n;
@@ -716,10 +746,16 @@ pub fn run<B: AutodiffBackend>(
             for (i, chunk) in values.chunks(dim).enumerate() {
                 if keep[i] && accepted.len() / dim < sm.count {
                     accepted.extend_from_slice(chunk);
+                    if let Some(b) = &bar {
+                        b.inc(1);
+                    }
                 }
             }
         }
         let got = accepted.len() / dim;
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
         writeln!(log, "sampled {got} of {} ({} drawn)", sm.count, attempts)?;
         for (p, r) in &rejected {
             writeln!(log, "  filter `{p}` rejected {r}")?;

@@ -9,23 +9,24 @@
 //! the uninterrupted one bit for bit.
 
 use super::dir::RunDir;
-use crate::data::{self, BatchIter, Dataset};
+use super::model::{Data, Engine, load_target};
+use crate::data::BatchIter;
 use crate::diffusion::prediction::{BatchScalar, Prediction, q_sample, to_epsilon, v_from_eps_x0};
 use crate::diffusion::sampler::{Sampler, SamplerConfig, sample};
 use crate::diffusion::schedule::Schedule;
 use crate::manifest::plan::Plan;
 use crate::manifest::{Sampler as SamplerKind, Schedule as ScheduleKind, Trainable};
 use crate::model::mlp_net::MlpNet;
-use crate::plugins::{InjectArgs, Instance, LossArgs};
-use crate::tensor_abi::{DataService, DenoiseService, Session, Stored};
+use crate::plugins::{Instance, LossArgs};
+use crate::tensor_abi::{DataService, Session, Stored};
 use crate::train::checkpoint::{self, Progress};
 use crate::train::ema::Ema;
 use crate::train::optim::{AdamConfig, Rule};
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
-use dtx_plugin_api::abi::{AbiError, ErrorKind, Hook, Which};
+use dtx_plugin_api::abi::Hook;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -109,180 +110,6 @@ fn normal<B: AutodiffBackend, const D: usize>(
     let d = rand_distr::StandardNormal;
     let v: Vec<f32> = (0..n).map(|_| rng.sample::<f32, _>(d)).collect();
     Tensor::from_data(TensorData::new(v, shape), dev)
-}
-
-/// The model and plugins of a run, shared with the host services.
-struct Engine<B: AutodiffBackend> {
-    net: MlpNet,
-    plugins: RefCell<Vec<Instance<B>>>,
-    /// Frozen copy of the source weights, for `denoise(source)`.
-    source: HashMap<String, P<B>>,
-}
-
-impl<B: AutodiffBackend> Engine<B> {
-    fn params(&self) -> HashMap<String, P<B>> {
-        Session::<B>::with(|s| {
-            s.params
-                .entries()
-                .iter()
-                .filter(|e| e.owner == crate::tensor_abi::BASE_OWNER)
-                .map(|e| (e.name.clone(), e.value.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
-    }
-
-    /// The student's forward: base weights `params` with every plugin's
-    /// `inject` at its points, in manifest order.
-    fn student(
-        &self,
-        params: &HashMap<String, P<B>>,
-        x: P<B>,
-        t: P<B>,
-        labels: Option<IntTensor<B>>,
-        training: bool,
-    ) -> Result<P<B>, AbiError> {
-        let mut plugins = self.plugins.try_borrow_mut().map_err(|_| {
-            AbiError::new(
-                ErrorKind::UNSUPPORTED,
-                "denoise(student) cannot be called from inside a hook yet",
-            )
-        })?;
-        let t_stored = Stored::Float(t.clone());
-        let labels2 = labels.clone();
-        self.net
-            .forward::<B, AbiError>(params, x, t, labels, &mut |point, h, temb| {
-                let mut h = h;
-                for inst in plugins
-                    .iter_mut()
-                    .filter(|p| p.implements(Hook::Inject) && p.points().iter().any(|q| q == point))
-                {
-                    h = inst
-                        .inject(InjectArgs {
-                            point,
-                            h: &h,
-                            t: &t_stored,
-                            temb,
-                            cond: None,
-                            labels: labels2.as_ref(),
-                            training,
-                        })
-                        .map_err(|e| AbiError::new(e.error.kind, e.to_string()))?;
-                }
-                Ok(h)
-            })
-    }
-
-    fn source_forward(
-        &self,
-        x: P<B>,
-        t: P<B>,
-        labels: Option<IntTensor<B>>,
-    ) -> Result<P<B>, AbiError> {
-        let out = self
-            .net
-            .forward::<B, AbiError>(&self.source, x, t, labels, &mut |_, h, _| Ok(h))?;
-        Ok(B::float_detach(out))
-    }
-}
-
-fn t_float<B: AutodiffBackend>(t: &Stored<B>) -> Result<P<B>, AbiError> {
-    Ok(match t {
-        Stored::Float(t) => t.clone(),
-        Stored::Int(t) => B::int_into_float(t.clone(), burn::tensor::FloatDType::F32),
-        Stored::Bool(_) => return Err(AbiError::other("timesteps must be numbers")),
-    })
-}
-
-impl<B: AutodiffBackend> DenoiseService<B> for Rc<Engine<B>> {
-    fn denoise(
-        &self,
-        x_t: P<B>,
-        t: Stored<B>,
-        which: Which,
-        labels: Option<IntTensor<B>>,
-    ) -> Result<P<B>, AbiError> {
-        let t = t_float(&t)?;
-        match which {
-            Which::Source => self.source_forward(x_t, t, labels),
-            Which::Student => self.student(&self.params(), x_t, t, labels, false),
-        }
-    }
-
-    fn features(
-        &self,
-        x: P<B>,
-        t: Stored<B>,
-        points: &[String],
-        which: Which,
-    ) -> Result<Vec<P<B>>, AbiError> {
-        let t = t_float(&t)?;
-        let params = match which {
-            Which::Source => self.source.clone(),
-            Which::Student => self.params(),
-        };
-        let mut found: HashMap<String, P<B>> = HashMap::new();
-        self.net
-            .forward::<B, AbiError>(&params, x, t, None, &mut |point, h, _| {
-                if points.iter().any(|p| p == point) {
-                    found.insert(point.to_owned(), h.clone());
-                }
-                Ok(h)
-            })?;
-        points
-            .iter()
-            .map(|p| {
-                found.remove(p).ok_or_else(|| {
-                    AbiError::other(format!("`{p}` is not an injection point of this model"))
-                })
-            })
-            .collect()
-    }
-}
-
-struct Data {
-    target: Dataset,
-    iter: BatchIter,
-}
-
-impl<B: AutodiffBackend> DataService<B> for Rc<RefCell<(Data, B::Device)>> {
-    fn batch(&mut self, split: &str, n: usize) -> Result<(P<B>, Option<IntTensor<B>>), AbiError> {
-        let (d, dev) = &mut *self.borrow_mut();
-        if split != "target" {
-            return Err(AbiError::new(
-                ErrorKind::UNSUPPORTED,
-                format!("dataset split `{split}`: this run has only `target`"),
-            ));
-        }
-        // Drawn from the session's RNG, which the trainer re-seeds every step.
-        let len = d.target.len();
-        let idx: Vec<usize> =
-            Session::<B>::with(|s| (0..n).map(|_| s.rng.random_range(0..len)).collect())?;
-        Ok(d.target.to_tensor::<B>(&idx, dev))
-    }
-}
-
-fn load_target(plan: &Plan) -> Result<Dataset> {
-    let m = &plan.manifest.manifest;
-    let t = m
-        .target
-        .as_ref()
-        .ok_or_else(|| anyhow!("training needs a [target] section"))?;
-    let ds = match t.builtin() {
-        Some(name) => data::builtin(name, &t.config, m.run.seed, t.limit.unwrap_or(1000))?,
-        None => {
-            let path = plan.manifest.resolve_path(std::path::Path::new(&t.dataset));
-            let res = t
-                .resolution
-                .or(plan.model.as_ref().map(|d| d.resolution))
-                .unwrap_or(32);
-            data::load_folder(&path, res, t.labels)?
-        }
-    };
-    Ok(match t.limit {
-        Some(n) if n < ds.len() => ds.limit(n, t.split_seed.unwrap_or(m.run.seed))?,
-        _ => ds,
-    })
 }
 
 fn schedule(kind: ScheduleKind) -> Schedule {

@@ -3,6 +3,7 @@
 
 pub mod dir;
 pub mod engine;
+mod model;
 pub mod report;
 
 pub use engine::{RunOptions, RunSummary, run};

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 fn no_plugin_crate_depends_on_burn() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = std::process::Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline"])
+        .args(["metadata", "--format-version", "1"])
         .current_dir(dtx_tests::workspace_root())
         .output()
         .expect("cargo metadata");

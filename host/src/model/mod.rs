@@ -16,6 +16,7 @@ mod error;
 pub mod mlp;
 pub mod mlp_net;
 mod safetensors_header;
+pub mod unet;
 
 pub use describe::{ModelDescription, Point, describe};
 pub use error::{KeyLocation, ModelError, Origin};

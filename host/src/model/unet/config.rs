@@ -1,0 +1,362 @@
+//! [`UNet2D`]: the architecture of a diffusers `UNet2DModel`, read from the
+//! config values a [`ModelDescription`] holds (diffusers' defaults already
+//! filled in by `model::diffusers`), and the list of its parameters under
+//! their checkpoint keys with their PyTorch shapes.
+
+use super::UNetError;
+use crate::model::ModelDescription;
+use serde_json::Value;
+
+/// Kind of a down or up block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockKind {
+    /// `DownBlock2D` / `UpBlock2D`: resnets only.
+    Plain,
+    /// `AttnDownBlock2D` / `AttnUpBlock2D`: a self-attention after each resnet.
+    Attn,
+}
+
+/// How a resnet adds the time embedding (`resnet_time_scale_shift`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeShift {
+    /// `"default"`: `h = norm2(conv1(..) + proj(temb))`.
+    Default,
+    /// `"scale_shift"`: `h = norm2(conv1(..)) · (1 + scale) + shift`, with
+    /// `[scale, shift] = proj(temb)` (twice the channels).
+    ScaleShift,
+}
+
+/// A diffusers `UNet2DModel`, as far as its forward pass needs. Field names
+/// are the `config.json` keys; defaults are diffusers' (`UNet2DModel.__init__`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UNet2D {
+    /// `sample_size`: image side.
+    pub sample_size: usize,
+    /// `in_channels`.
+    pub in_channels: usize,
+    /// `out_channels`.
+    pub out_channels: usize,
+    /// `block_out_channels`: channels of each level, full resolution first.
+    pub block_out_channels: Vec<usize>,
+    /// `layers_per_block`: resnets per down level (up levels have one more).
+    pub layers_per_block: usize,
+    /// `down_block_types`.
+    pub down: Vec<BlockKind>,
+    /// `up_block_types` (lowest resolution first).
+    pub up: Vec<BlockKind>,
+    /// `mid_block_type` is `UNetMidBlock2D` (not null).
+    pub mid_block: bool,
+    /// `add_attention`: the mid block has its attention.
+    pub add_attention: bool,
+    /// Width of the time embedding (`time_embedding_dim`, or `4 · block_out_channels[0]`).
+    pub temb_channels: usize,
+    /// `flip_sin_to_cos`.
+    pub flip_sin_to_cos: bool,
+    /// `freq_shift`.
+    pub freq_shift: f64,
+    /// `norm_num_groups`.
+    pub norm_num_groups: usize,
+    /// `attn_norm_num_groups` (mid block attention only).
+    pub attn_norm_num_groups: Option<usize>,
+    /// `norm_eps`.
+    pub norm_eps: f64,
+    /// `attention_head_dim` (null: one head as wide as the block).
+    pub attention_head_dim: Option<usize>,
+    /// `resnet_time_scale_shift`.
+    pub time_shift: TimeShift,
+    /// `num_class_embeds` (rows of `class_embedding.weight`).
+    pub num_class_embeds: Option<usize>,
+    /// `downsample_padding`: 1 (symmetric), or 0 (pad right and bottom by one).
+    pub downsample_padding: usize,
+    /// `mid_block_scale_factor`: the mid block's resnets and attention divide
+    /// their output by it.
+    pub mid_block_scale_factor: f64,
+    /// `center_input_sample`: the input is mapped `x -> 2x - 1` first.
+    pub center_input_sample: bool,
+}
+
+/// A config value parsed from its text in the description.
+fn value(d: &ModelDescription, key: &str) -> Result<Value, UNetError> {
+    let text = d.config_value(key).ok_or_else(|| UNetError::Config {
+        key: key.into(),
+        reason: "not in the model description".into(),
+    })?;
+    serde_json::from_str(text).map_err(|e| UNetError::Config {
+        key: key.into(),
+        reason: format!("cannot read value {text}: {e}"),
+    })
+}
+
+fn bad(key: &str, v: &Value, expected: &str) -> UNetError {
+    UNetError::Config {
+        key: key.into(),
+        reason: format!("expected {expected}, found {v}"),
+    }
+}
+
+fn usize_of(d: &ModelDescription, key: &str) -> Result<usize, UNetError> {
+    let v = value(d, key)?;
+    v.as_u64()
+        .map(|n| n as usize)
+        .ok_or_else(|| bad(key, &v, "a non-negative integer"))
+}
+
+fn opt_usize_of(d: &ModelDescription, key: &str) -> Result<Option<usize>, UNetError> {
+    match value(d, key)? {
+        Value::Null => Ok(None),
+        v => v
+            .as_u64()
+            .map(|n| Some(n as usize))
+            .ok_or_else(|| bad(key, &v, "a non-negative integer or null")),
+    }
+}
+
+fn f64_of(d: &ModelDescription, key: &str) -> Result<f64, UNetError> {
+    let v = value(d, key)?;
+    v.as_f64().ok_or_else(|| bad(key, &v, "a number"))
+}
+
+fn bool_of(d: &ModelDescription, key: &str) -> Result<bool, UNetError> {
+    let v = value(d, key)?;
+    v.as_bool().ok_or_else(|| bad(key, &v, "a boolean"))
+}
+
+fn strings_of(d: &ModelDescription, key: &str) -> Result<Vec<String>, UNetError> {
+    let v = value(d, key)?;
+    v.as_array()
+        .and_then(|a| {
+            a.iter()
+                .map(|s| s.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+        })
+        .ok_or_else(|| bad(key, &v, "an array of strings"))
+}
+
+fn kinds(
+    d: &ModelDescription,
+    key: &str,
+    plain: &str,
+    attn: &str,
+) -> Result<Vec<BlockKind>, UNetError> {
+    strings_of(d, key)?
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match t.as_str() {
+            t if t == plain => Ok(BlockKind::Plain),
+            t if t == attn => Ok(BlockKind::Attn),
+            other => Err(UNetError::Config {
+                key: format!("{key}[{i}]"),
+                reason: format!("unsupported value {other:?}; dtx supports {plain}, {attn}"),
+            }),
+        })
+        .collect()
+}
+
+impl UNet2D {
+    /// The U-Net a `diffusers` description defines.
+    pub fn from_description(d: &ModelDescription) -> Result<UNet2D, UNetError> {
+        if d.kind != "diffusers" {
+            return Err(UNetError::Config {
+                key: "kind".into(),
+                reason: format!("a `{}` model is not a diffusers UNet2DModel", d.kind),
+            });
+        }
+        let channels: Vec<usize> = {
+            let v = value(d, "block_out_channels")?;
+            v.as_array()
+                .and_then(|a| a.iter().map(|n| n.as_u64().map(|n| n as usize)).collect())
+                .ok_or_else(|| bad("block_out_channels", &v, "an array of integers"))?
+        };
+        let shift = match value(d, "resnet_time_scale_shift")?.as_str() {
+            Some("default") => TimeShift::Default,
+            Some("scale_shift") => TimeShift::ScaleShift,
+            other => {
+                return Err(UNetError::Config {
+                    key: "resnet_time_scale_shift".into(),
+                    reason: format!(
+                        "unsupported value {other:?}; dtx supports \"default\", \"scale_shift\""
+                    ),
+                });
+            }
+        };
+        let net = UNet2D {
+            sample_size: usize_of(d, "sample_size")?,
+            in_channels: usize_of(d, "in_channels")?,
+            out_channels: usize_of(d, "out_channels")?,
+            layers_per_block: usize_of(d, "layers_per_block")?,
+            down: kinds(d, "down_block_types", "DownBlock2D", "AttnDownBlock2D")?,
+            up: kinds(d, "up_block_types", "UpBlock2D", "AttnUpBlock2D")?,
+            mid_block: !value(d, "mid_block_type")?.is_null(),
+            add_attention: bool_of(d, "add_attention")?,
+            temb_channels: d.temb_channels,
+            flip_sin_to_cos: bool_of(d, "flip_sin_to_cos")?,
+            freq_shift: f64_of(d, "freq_shift")?,
+            norm_num_groups: usize_of(d, "norm_num_groups")?,
+            attn_norm_num_groups: opt_usize_of(d, "attn_norm_num_groups")?,
+            norm_eps: f64_of(d, "norm_eps")?,
+            attention_head_dim: opt_usize_of(d, "attention_head_dim")?,
+            time_shift: shift,
+            num_class_embeds: opt_usize_of(d, "num_class_embeds")?,
+            downsample_padding: usize_of(d, "downsample_padding")?,
+            mid_block_scale_factor: f64_of(d, "mid_block_scale_factor")?,
+            center_input_sample: bool_of(d, "center_input_sample")?,
+            block_out_channels: channels,
+        };
+        if net.downsample_padding > 1 {
+            return Err(UNetError::Config {
+                key: "downsample_padding".into(),
+                reason: format!(
+                    "unsupported value {}; dtx supports 0 and 1",
+                    net.downsample_padding
+                ),
+            });
+        }
+        if let Some(0) = net.attention_head_dim {
+            return Err(UNetError::Config {
+                key: "attention_head_dim".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(net)
+    }
+
+    /// Number of levels.
+    pub fn levels(&self) -> usize {
+        self.block_out_channels.len()
+    }
+
+    /// `(heads, head_dim)` of an attention over `channels` channels:
+    /// diffusers' `heads = channels // attention_head_dim`.
+    pub fn heads(&self, channels: usize) -> (usize, usize) {
+        let d = self.attention_head_dim.unwrap_or(channels);
+        (channels / d, d)
+    }
+
+    /// Groups of the mid block attention's norm: `attn_norm_num_groups`, else
+    /// `norm_num_groups` with the default time shift and no norm with
+    /// `scale_shift` (diffusers `UNetMidBlock2D.__init__`).
+    pub fn mid_attn_groups(&self) -> Option<usize> {
+        self.attn_norm_num_groups.or(match self.time_shift {
+            TimeShift::Default => Some(self.norm_num_groups),
+            TimeShift::ScaleShift => None,
+        })
+    }
+
+    /// Input channels of resnet `j` of up level `i`, with the skip it
+    /// concatenates (diffusers `UNet2DModel.__init__` and `AttnUpBlock2D`).
+    pub(crate) fn up_resnet_in(&self, i: usize, j: usize) -> usize {
+        let rc: Vec<usize> = self.block_out_channels.iter().rev().copied().collect();
+        let levels = rc.len();
+        let prev = rc[i.saturating_sub(1)];
+        let out = rc[i];
+        let input = rc[(i + 1).min(levels - 1)];
+        let skip = if j == self.layers_per_block {
+            input
+        } else {
+            out
+        };
+        let resnet_in = if j == 0 { prev } else { out };
+        resnet_in + skip
+    }
+
+    /// Every parameter with its PyTorch shape, under its checkpoint key.
+    pub fn parameters(&self) -> Vec<(String, Vec<usize>)> {
+        let mut p: Vec<(String, Vec<usize>)> = Vec::new();
+        let c = &self.block_out_channels;
+        let t = self.temb_channels;
+        let conv = |p: &mut Vec<_>, name: String, o: usize, i: usize, k: usize| {
+            p.push((format!("{name}.weight"), vec![o, i, k, k]));
+            p.push((format!("{name}.bias"), vec![o]));
+        };
+        let lin = |p: &mut Vec<_>, name: String, o: usize, i: usize| {
+            p.push((format!("{name}.weight"), vec![o, i]));
+            p.push((format!("{name}.bias"), vec![o]));
+        };
+        let norm = |p: &mut Vec<(String, Vec<usize>)>, name: String, n: usize| {
+            p.push((format!("{name}.weight"), vec![n]));
+            p.push((format!("{name}.bias"), vec![n]));
+        };
+        let proj = match self.time_shift {
+            TimeShift::Default => 1,
+            TimeShift::ScaleShift => 2,
+        };
+        let resnet = |p: &mut Vec<_>, pre: String, i: usize, o: usize| {
+            norm(p, format!("{pre}.norm1"), i);
+            conv(p, format!("{pre}.conv1"), o, i, 3);
+            lin(p, format!("{pre}.time_emb_proj"), proj * o, t);
+            norm(p, format!("{pre}.norm2"), o);
+            conv(p, format!("{pre}.conv2"), o, o, 3);
+            if i != o {
+                conv(p, format!("{pre}.conv_shortcut"), o, i, 1);
+            }
+        };
+        let attn = |p: &mut Vec<_>, pre: String, ch: usize, groups: bool| {
+            let (h, d) = self.heads(ch);
+            if groups {
+                norm(p, format!("{pre}.group_norm"), ch);
+            }
+            for q in ["to_q", "to_k", "to_v"] {
+                lin(p, format!("{pre}.{q}"), h * d, ch);
+            }
+            lin(p, format!("{pre}.to_out.0"), ch, h * d);
+        };
+        conv(&mut p, "conv_in".into(), c[0], self.in_channels, 3);
+        lin(&mut p, "time_embedding.linear_1".into(), t, c[0]);
+        lin(&mut p, "time_embedding.linear_2".into(), t, t);
+        if let Some(k) = self.num_class_embeds {
+            p.push(("class_embedding.weight".into(), vec![k, t]));
+        }
+        let levels = self.levels();
+        for (i, &o) in c.iter().enumerate() {
+            for j in 0..self.layers_per_block {
+                let input = if j > 0 { o } else { c[i.saturating_sub(1)] };
+                resnet(&mut p, format!("down_blocks.{i}.resnets.{j}"), input, o);
+                if self.down[i] == BlockKind::Attn {
+                    attn(&mut p, format!("down_blocks.{i}.attentions.{j}"), o, true);
+                }
+            }
+            if i + 1 < levels {
+                conv(
+                    &mut p,
+                    format!("down_blocks.{i}.downsamplers.0.conv"),
+                    o,
+                    o,
+                    3,
+                );
+            }
+        }
+        if self.mid_block {
+            let m = c[levels - 1];
+            resnet(&mut p, "mid_block.resnets.0".into(), m, m);
+            if self.add_attention {
+                attn(
+                    &mut p,
+                    "mid_block.attentions.0".into(),
+                    m,
+                    self.mid_attn_groups().is_some(),
+                );
+            }
+            resnet(&mut p, "mid_block.resnets.1".into(), m, m);
+        }
+        for i in 0..levels {
+            let o = c[levels - 1 - i];
+            for j in 0..=self.layers_per_block {
+                resnet(
+                    &mut p,
+                    format!("up_blocks.{i}.resnets.{j}"),
+                    self.up_resnet_in(i, j),
+                    o,
+                );
+                if self.up[i] == BlockKind::Attn {
+                    attn(&mut p, format!("up_blocks.{i}.attentions.{j}"), o, true);
+                }
+            }
+            if i + 1 < levels {
+                conv(&mut p, format!("up_blocks.{i}.upsamplers.0.conv"), o, o, 3);
+            }
+        }
+        norm(&mut p, "conv_norm_out".into(), c[0]);
+        conv(&mut p, "conv_out".into(), self.out_channels, c[0], 3);
+        p
+    }
+}

@@ -1,0 +1,290 @@
+//! Parity with diffusers and the injection behaviour of [`UNet2D::forward`].
+//!
+//! Reference: `tests/fixtures/unet/<name>/io.safetensors`, written by
+//! `tests/fixtures/unet/make_fixtures.py` (torch 2.15, diffusers 0.42.1, f32 on
+//! CPU) from the model saved beside it. Tolerance: 1e-4 max abs error on the
+//! output and at every injection point.
+
+use super::*;
+use crate::model::describe;
+use crate::tensor_abi::{CpuBackend as B, ParamStore};
+use burn::tensor::TensorData;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+const TOLERANCE: f32 = 1e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/unet")
+        .join(name)
+}
+
+fn net_and_params(dir: &Path) -> (UNet2D, HashMap<String, P<B>>) {
+    let d = describe("diffusers", Some(dir), &toml::Table::new()).unwrap();
+    let net = UNet2D::from_description(&d).unwrap();
+    let mut store = ParamStore::<B>::default();
+    load_safetensors(&net, dir, &mut store, &Default::default(), &|_| false).unwrap();
+    let params = store
+        .entries()
+        .iter()
+        .map(|e| (e.name.clone(), e.value.clone()))
+        .collect();
+    (net, params)
+}
+
+/// `(shape, values)` of every tensor in `io.safetensors` (ints as f32).
+fn io(dir: &Path) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(dir.join("io.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(k, v)| {
+            let d = v.data();
+            let vals = match v.dtype() {
+                safetensors::Dtype::F32 => d
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+                safetensors::Dtype::I64 => d
+                    .chunks_exact(8)
+                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
+                    .collect(),
+                other => panic!("{k}: unexpected dtype {other:?}"),
+            };
+            (k, (v.shape().to_vec(), vals))
+        })
+        .collect()
+}
+
+fn prim(shape: &[usize], values: &[f32]) -> P<B> {
+    let t: Tensor<B, 1> = Tensor::from_data(
+        TensorData::new(values.to_vec(), [values.len()]),
+        &Default::default(),
+    );
+    match shape.len() {
+        1 => t.into_primitive().tensor(),
+        4 => t
+            .reshape([shape[0], shape[1], shape[2], shape[3]])
+            .into_primitive()
+            .tensor(),
+        n => panic!("rank {n}"),
+    }
+}
+
+fn values(p: &P<B>) -> Vec<f32> {
+    use burn::tensor::ops::FloatTensorOps;
+    burn::tensor::read_sync(B::float_into_data(p.clone()))
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap()
+}
+
+fn max_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Runs the fixture's forward, recording every point; returns the output.
+fn run(
+    net: &UNet2D,
+    params: &HashMap<String, P<B>>,
+    io: &HashMap<String, (Vec<usize>, Vec<f32>)>,
+    zero: Option<&str>,
+    seen: &mut Vec<(String, Vec<f32>)>,
+) -> Vec<f32> {
+    let (xs, xv) = &io["x"];
+    let (ts, tv) = &io["timesteps"];
+    let labels = io.get("class_labels").map(|(_, v)| {
+        let ints: Vec<i64> = v.iter().map(|&f| f as i64).collect();
+        Tensor::<B, 1, Int>::from_data(TensorData::new(ints, [v.len()]), &Default::default())
+            .into_primitive()
+    });
+    let out = net
+        .forward::<B, ()>(
+            params,
+            prim(xs, xv),
+            prim(ts, tv),
+            labels,
+            &mut |point, h, _| {
+                seen.push((point.to_owned(), values(&h)));
+                Ok(if Some(point) == zero {
+                    tensor::<B, 4>(&h).mul_scalar(0.0).into_primitive().tensor()
+                } else {
+                    h
+                })
+            },
+        )
+        .unwrap();
+    values(&out)
+}
+
+fn parity(name: &str) {
+    let dir = fixture(name);
+    let (net, params) = net_and_params(&dir);
+    let io = io(&dir);
+    let mut seen = Vec::new();
+    let out = run(&net, &params, &io, None, &mut seen);
+    let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "temb",
+            "down.0.res.0",
+            "down.1.res.0",
+            "mid.res.0",
+            "mid.res.1",
+            "up.0.res.0",
+            "up.0.res.1",
+            "up.1.res.0",
+            "up.1.res.1"
+        ]
+    );
+    let mut report = Vec::new();
+    for (point, got) in &seen {
+        report.push((point.clone(), max_err(got, &io[point].1)));
+    }
+    report.push(("output".into(), max_err(&out, &io["output"].1)));
+    eprintln!("{name}: max abs errors {report:?}");
+    for (what, err) in report {
+        assert!(
+            err <= TOLERANCE,
+            "{name}: {what}: max abs error {err} > {TOLERANCE}"
+        );
+    }
+}
+
+#[test]
+fn matches_diffusers_on_the_small_unet() {
+    parity("small");
+}
+
+#[test]
+fn matches_diffusers_with_class_embedding_and_scale_shift() {
+    parity("class-scale-shift");
+}
+
+#[test]
+fn zeroing_mid_res_0_changes_the_output() {
+    let dir = fixture("small");
+    let (net, params) = net_and_params(&dir);
+    let io = io(&dir);
+    let plain = run(&net, &params, &io, None, &mut Vec::new());
+    let zeroed = run(&net, &params, &io, Some("mid.res.0"), &mut Vec::new());
+    assert!(max_err(&plain, &zeroed) > 1e-3);
+}
+
+#[test]
+fn parameters_match_the_checkpoint_header() {
+    for name in ["small", "class-scale-shift"] {
+        let dir = fixture(name);
+        let d = describe("diffusers", Some(&dir), &toml::Table::new()).unwrap();
+        let mut want = d.parameters.clone();
+        let mut got = UNet2D::from_description(&d).unwrap().parameters();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[test]
+fn a_missing_key_is_named_with_its_file() {
+    let src = fixture("small");
+    let dir = std::env::temp_dir().join(format!("dtx-unet-missing-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let bytes = std::fs::read(weights_file(&src)).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .filter(|(k, _)| k != "mid_block.resnets.1.conv2.weight")
+        .collect();
+    let file = dir.join(crate::model::diffusers::WEIGHTS_FILE);
+    std::fs::write(&file, safetensors::serialize(kept, None).unwrap()).unwrap();
+
+    let d = describe("diffusers", Some(&dir), &toml::Table::new()).unwrap();
+    let net = UNet2D::from_description(&d).unwrap();
+    let mut store = ParamStore::<B>::default();
+    let err = load_safetensors(&net, &dir, &mut store, &Default::default(), &|_| true)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "{}: the weights do not fit config.json (1 problem):\n  missing key `mid_block.resnets.1.conv2.weight` (expected shape [64, 64, 3, 3])",
+            file.display()
+        )
+    );
+    assert!(store.entries().is_empty(), "nothing is registered on error");
+}
+
+#[test]
+fn unsupported_downsample_padding_names_the_key() {
+    let d = describe("diffusers", Some(&fixture("small")), &toml::Table::new()).unwrap();
+    let mut d2 = d.clone();
+    for (k, v) in d2.config.iter_mut() {
+        if k == "downsample_padding" {
+            *v = "2".into();
+        }
+    }
+    let err = UNet2D::from_description(&d2).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "config.json: downsample_padding: unsupported value 2; dtx supports 0 and 1"
+    );
+}
+
+#[test]
+fn gradients_reach_the_weights_through_every_stage() {
+    use burn::tensor::backend::AutodiffBackend;
+    let dir = fixture("class-scale-shift");
+    let d = describe("diffusers", Some(&dir), &toml::Table::new()).unwrap();
+    let net = UNet2D::from_description(&d).unwrap();
+    let mut store = ParamStore::<B>::default();
+    load_safetensors(&net, &dir, &mut store, &Default::default(), &|_| true).unwrap();
+    let params: HashMap<String, P<B>> = store
+        .entries()
+        .iter()
+        .map(|e| (e.name.clone(), e.value.clone()))
+        .collect();
+    let io = io(&dir);
+    let (xs, xv) = &io["x"];
+    let (ts, tv) = &io["timesteps"];
+    let labels = Tensor::<B, 1, Int>::from_ints([1, 3], &Default::default()).into_primitive();
+    let out = net
+        .forward::<B, ()>(
+            &params,
+            prim(xs, xv),
+            prim(ts, tv),
+            Some(labels),
+            &mut |_, h, _| Ok(h),
+        )
+        .unwrap();
+    let loss = tensor::<B, 4>(&out).powf_scalar(2.0).sum();
+    let grads = loss.backward();
+    for key in [
+        "class_embedding.weight",
+        "time_embedding.linear_1.weight",
+        "down_blocks.0.downsamplers.0.conv.weight",
+        "down_blocks.1.attentions.0.to_q.weight",
+        "mid_block.attentions.0.to_k.weight",
+        "up_blocks.0.upsamplers.0.conv.weight",
+        "up_blocks.1.resnets.1.conv_shortcut.weight",
+        "conv_in.weight",
+    ] {
+        let g = B::grad(&params[key], &grads).unwrap_or_else(|| panic!("no gradient for {key}"));
+        use burn::tensor::ops::FloatTensorOps;
+        type I = <B as AutodiffBackend>::InnerBackend;
+        let n = burn::tensor::read_sync(I::float_into_data(I::float_abs(g)))
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap()
+            .iter()
+            .sum::<f32>();
+        assert!(n > 0.0, "{key}: zero gradient");
+    }
+}

@@ -116,36 +116,55 @@ impl UNet2D {
             )?))
         };
 
+        // One layer of a down or up block: resnet -> injection point ->
+        // attention (Attn blocks).
+        let spec = self.spec(1.0);
+        type At<'h, B, E> = dyn FnMut(&str, Tensor<B, 4>, &P<B>) -> Result<Tensor<B, 4>, E> + 'h;
+        let layer = |at: &mut At<'_, B, E>,
+                     block: &str,
+                     j: usize,
+                     point: &str,
+                     kind: BlockKind,
+                     ch: usize,
+                     h: Tensor<B, 4>|
+         -> Result<Tensor<B, 4>, E> {
+            let h = resnet(params, &format!("{block}.resnets.{j}"), h, &temb_act, &spec);
+            let h = at(point, h, &temb)?;
+            Ok(if kind == BlockKind::Attn {
+                let (heads, d) = self.heads(ch);
+                let pre = format!("{block}.attentions.{j}");
+                attention(
+                    params,
+                    &pre,
+                    h,
+                    heads,
+                    d,
+                    Some(self.norm_num_groups),
+                    self.norm_eps,
+                    1.0,
+                )
+            } else {
+                h
+            })
+        };
+
         // 2. pre-process
         h = conv(params, "conv_in", h, 1, 1);
         let mut skips = vec![h.clone()];
 
         // 3. down: resnet -> point -> attention, skip after each; downsampler
-        let spec = self.spec(1.0);
         for (i, &ch) in c.iter().enumerate() {
             for j in 0..self.layers_per_block {
-                h = resnet(
-                    params,
-                    &format!("down_blocks.{i}.resnets.{j}"),
+                let block = format!("down_blocks.{i}");
+                h = layer(
+                    &mut at,
+                    &block,
+                    j,
+                    &format!("down.{i}.res.{j}"),
+                    self.down[i],
+                    ch,
                     h,
-                    &temb_act,
-                    &spec,
-                );
-                h = at(&format!("down.{i}.res.{j}"), h, &temb)?;
-                if self.down[i] == BlockKind::Attn {
-                    let (heads, d) = self.heads(ch);
-                    let pre = format!("down_blocks.{i}.attentions.{j}");
-                    h = attention(
-                        params,
-                        &pre,
-                        h,
-                        heads,
-                        d,
-                        Some(self.norm_num_groups),
-                        self.norm_eps,
-                        1.0,
-                    );
-                }
+                )?;
                 skips.push(h.clone());
             }
             if i + 1 < levels {
@@ -187,28 +206,16 @@ impl UNet2D {
                     .pop()
                     .expect("one skip per up resnet (diffusers' layout)");
                 h = Tensor::cat(vec![h, skip], 1);
-                h = resnet(
-                    params,
-                    &format!("up_blocks.{i}.resnets.{j}"),
+                let block = format!("up_blocks.{i}");
+                h = layer(
+                    &mut at,
+                    &block,
+                    j,
+                    &format!("up.{i}.res.{j}"),
+                    self.up[i],
+                    ch,
                     h,
-                    &temb_act,
-                    &spec,
-                );
-                h = at(&format!("up.{i}.res.{j}"), h, &temb)?;
-                if self.up[i] == BlockKind::Attn {
-                    let (heads, d) = self.heads(ch);
-                    let pre = format!("up_blocks.{i}.attentions.{j}");
-                    h = attention(
-                        params,
-                        &pre,
-                        h,
-                        heads,
-                        d,
-                        Some(self.norm_num_groups),
-                        self.norm_eps,
-                        1.0,
-                    );
-                }
+                )?;
             }
             if i + 1 < levels {
                 h = upsample(params, &format!("up_blocks.{i}.upsamplers.0"), h);

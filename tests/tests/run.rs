@@ -1,7 +1,7 @@
 //! `dtx run` end to end on the MLP source: a run folder with everything in
 //! it, bit-identical resume, and a clean stop on a non-finite loss.
 
-use dtx_tests::{run_in_process, workspace_root};
+use dtx_tests::{Output, run_in_process, workspace_root};
 use std::path::PathBuf;
 
 fn out_dir(name: &str) -> PathBuf {
@@ -47,22 +47,33 @@ fn manifest(name: &str) -> String {
         .to_string()
 }
 
+/// `dtx run tests/manifests/ok/<manifest> --quiet` into `out`, each of `sets`
+/// as a `--set`, then `extra` arguments.
+fn dtx_run(manifest_name: &str, out: &std::path::Path, sets: &[&str], extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run".to_string(),
+        manifest(manifest_name),
+        "--quiet".into(),
+        "--set".into(),
+        format!("run.output_dir=\"{}\"", out.display()),
+    ];
+    for s in sets {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_in_process(&refs)
+}
+
 #[test]
 fn a_run_writes_its_folder() {
     let out = out_dir("folder");
-    let r = run_in_process(&[
-        "run",
-        &manifest("two-plugins.toml"),
-        "--quiet",
-        "--set",
-        &format!("run.output_dir=\"{}\"", out.display()),
-        "--set",
-        "train.steps=6",
-        "--set",
-        "sample.count=8",
-        "--set",
-        "sample.steps=5",
-    ]);
+    let r = dtx_run(
+        "two-plugins.toml",
+        &out,
+        &["train.steps=6", "sample.count=8", "sample.steps=5"],
+        &[],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let dir = out.join("two-plugins");
     for f in [
@@ -94,37 +105,39 @@ fn a_run_writes_its_folder() {
         metrics.lines().filter(|l| l.contains("\"step\"")).count(),
         6
     );
-    // A second run into the same folder is refused: no work is overwritten.
-    let again = run_in_process(&[
-        "run",
-        &manifest("two-plugins.toml"),
-        "--quiet",
-        "--set",
-        &format!("run.output_dir=\"{}\"", out.display()),
+    // `dtx sample` from the folder's checkpoint, with its plugins.
+    let more = out.join("more");
+    let (d, m) = (dir.display().to_string(), more.display().to_string());
+    let s = run_in_process(&[
+        "sample", &d, "--count", "5", "--steps", "4", "--seed", "9", "--out", &m,
     ]);
+    assert_eq!(s.code, 0, "{}", s.stderr);
+    let rows: Vec<Vec<f32>> =
+        serde_json::from_str(&std::fs::read_to_string(more.join("samples.json")).unwrap()).unwrap();
+    assert_eq!(rows.len(), 5);
+    let nope = out.join("nope").display().to_string();
+    let missing = run_in_process(&["sample", &nope]);
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing.stderr.contains("has no checkpoint"),
+        "{}",
+        missing.stderr
+    );
+    // A second run into the same folder is refused: no work is overwritten.
+    let again = dtx_run("two-plugins.toml", &out, &[], &[]);
     assert_eq!(again.code, 1);
     assert!(again.stderr.contains("--resume"), "{}", again.stderr);
 }
 
 #[test]
 fn resume_continues_bit_identically() {
-    let common = |out: &PathBuf| {
-        vec![
-            "--quiet".to_string(),
-            "--set".into(),
-            format!("run.output_dir=\"{}\"", out.display()),
-            "--set".into(),
-            "train.steps=20".into(),
-            "--set".into(),
-            "sample.count=4".into(),
-        ]
-    };
     let run = |extra: &[&str], out: &PathBuf| {
-        let mut args = vec!["run".to_string(), manifest("gmm-mlp.toml")];
-        args.extend(common(out));
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let r = run_in_process(&refs);
+        let r = dtx_run(
+            "gmm-mlp.toml",
+            out,
+            &["train.steps=20", "sample.count=4"],
+            extra,
+        );
         assert_eq!(r.code, 0, "{}", r.stderr);
         r
     };
@@ -160,19 +173,16 @@ fn resume_continues_bit_identically() {
 #[test]
 fn a_non_finite_loss_stops_the_run_naming_step_and_terms() {
     let out = out_dir("nan");
-    let r = run_in_process(&[
-        "run",
-        &manifest("two-plugins.toml"),
-        "--quiet",
-        "--set",
-        &format!("run.output_dir=\"{}\"", out.display()),
-        "--set",
-        "train.steps=8",
-        "--set",
-        "train.checkpoint_every=2",
-        "--set",
-        "plugin[1].config.nan_at_step=5",
-    ]);
+    let r = dtx_run(
+        "two-plugins.toml",
+        &out,
+        &[
+            "train.steps=8",
+            "train.checkpoint_every=2",
+            "plugin[1].config.nan_at_step=5",
+        ],
+        &[],
+    );
     assert_eq!(r.code, 1);
     assert!(
         r.stderr
@@ -192,36 +202,25 @@ fn a_non_finite_loss_stops_the_run_naming_step_and_terms() {
 fn prediction_types_and_clipping_run_and_unsupported_settings_are_refused() {
     for prediction in ["v_prediction", "sample"] {
         let out = out_dir(prediction);
-        let r = run_in_process(&[
-            "run",
-            &manifest("gmm-mlp.toml"),
-            "--quiet",
-            "--set",
-            &format!("run.output_dir=\"{}\"", out.display()),
-            "--set",
-            &format!("source.prediction=\"{prediction}\""),
-            "--set",
-            "train.steps=3",
-            "--set",
-            "train.grad_clip=0.5",
-            "--set",
-            "train.optimizer=\"sgd\"",
-            "--set",
-            "sample.count=4",
-        ]);
+        let prediction_set = format!("source.prediction=\"{prediction}\"");
+        let r = dtx_run(
+            "gmm-mlp.toml",
+            &out,
+            &[
+                &prediction_set,
+                "train.steps=3",
+                "train.grad_clip=0.5",
+                "train.optimizer=\"sgd\"",
+                "sample.count=4",
+            ],
+            &[],
+        );
         assert_eq!(r.code, 0, "{prediction}: {}", r.stderr);
         let metrics = std::fs::read_to_string(out.join("gmm-mlp/metrics.jsonl")).unwrap();
         assert!(metrics.contains("grad_norm"), "{metrics}");
     }
     let out = out_dir("unsupported");
-    let r = run_in_process(&[
-        "run",
-        &manifest("gmm-mlp.toml"),
-        "--set",
-        &format!("run.output_dir=\"{}\"", out.display()),
-        "--set",
-        "sample.guidance=2.0",
-    ]);
+    let r = dtx_run("gmm-mlp.toml", &out, &["sample.guidance=2.0"], &[]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("sample.guidance"), "{}", r.stderr);
 }

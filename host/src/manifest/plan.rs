@@ -215,7 +215,7 @@ fn plan_plugin(
         .map(|p| p.shape.iter().product::<usize>())
         .sum();
     let points = if hooks.contains(&Hook::Inject) {
-        instance.points()
+        instance.points().to_vec()
     } else {
         Vec::new()
     };

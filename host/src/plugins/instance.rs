@@ -42,6 +42,9 @@ pub struct Instance<B: AutodiffBackend> {
     /// Its library.
     pub library: Arc<PluginLibrary>,
     inner: PluginInstanceBox,
+    /// Its injection points, read once at construction (they are fixed then,
+    /// and the forward asks at every point of every step).
+    points: Vec<String>,
     _backend: PhantomData<fn() -> B>,
 }
 
@@ -173,10 +176,16 @@ impl<B: AutodiffBackend> Instance<B> {
         let inner = (library.module.new())(RStr::from(config_json), model)
             .into_result()
             .map_err(err)?;
+        let points = inner
+            .points()
+            .into_iter()
+            .map(|p| p.into_string())
+            .collect();
         Ok(Instance {
             name: name.to_owned(),
             library,
             inner,
+            points,
             _backend: PhantomData,
         })
     }
@@ -196,12 +205,8 @@ impl<B: AutodiffBackend> Instance<B> {
     }
 
     /// The injection points it injects at (exact names).
-    pub fn points(&self) -> Vec<String> {
-        self.inner
-            .points()
-            .into_iter()
-            .map(|p| p.into_string())
-            .collect()
+    pub fn points(&self) -> &[String] {
+        &self.points
     }
 
     /// The parameters it registered.

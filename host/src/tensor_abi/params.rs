@@ -144,16 +144,6 @@ impl<B: AutodiffBackend> ParamStore<B> {
         ids: &[ParamId],
         config: AdamConfig,
     ) -> Result<(), AbiError> {
-        use burn::tensor::TensorMetadata;
-        if loss.shape().num_elements() != 1 {
-            return Err(AbiError::new(
-                dtx_plugin_api::abi::ErrorKind::SHAPE,
-                format!(
-                    "the loss must be a scalar, got shape {:?}",
-                    loss.shape().to_vec()
-                ),
-            ));
-        }
         self.step_clipped(loss, ids, config, None).map(|_| ())
     }
 

@@ -1,4 +1,4 @@
-//! `dtx run` end to end on the MLP source: a run folder with everything in
+//! `dtx run` end to end on the MLP and U-Net sources: a run folder with everything in
 //! it, bit-identical resume, and a clean stop on a non-finite loss.
 
 use dtx_tests::{Output, run_in_process, workspace_root};
@@ -131,43 +131,103 @@ fn a_run_writes_its_folder() {
 
 #[test]
 fn resume_continues_bit_identically() {
-    let run = |extra: &[&str], out: &PathBuf| {
-        let r = dtx_run(
-            "gmm-mlp.toml",
-            out,
-            &["train.steps=20", "sample.count=4"],
-            extra,
-        );
-        assert_eq!(r.code, 0, "{}", r.stderr);
-        r
-    };
-    let straight = out_dir("straight");
-    run(&[], &straight);
-    let split = out_dir("split");
-    run(&["--stop-after", "10"], &split);
-    let r = run(&["--resume"], &split);
-    assert!(
-        r.stdout.contains("resumed `gmm-mlp` at step 10"),
-        "{}",
-        r.stdout
-    );
-    let (ma, a) = tensors(&straight.join("gmm-mlp/checkpoints/latest.safetensors"));
-    let (mb, b) = tensors(&split.join("gmm-mlp/checkpoints/latest.safetensors"));
-    // Every weight, EMA value and Adam moment byte for byte, and the same
-    // progress record (step, data position) and Adam step counts.
-    assert_eq!(a.len(), b.len());
-    assert!(a.keys().any(|k| k.starts_with("ema/")) && a.keys().any(|k| k.starts_with("adam_m/")));
-    for (name, bytes) in &a {
+    // The MLP on points, and the U-Net on images (flips, EMA, warmup).
+    for (name, steps, half, samples) in [
+        ("gmm-mlp", 20, 10, "samples.json"),
+        ("shapes-unet", 4, 2, "samples/00003.png"),
+    ] {
+        let run = |extra: &[&str], out: &PathBuf| {
+            let r = dtx_run(
+                &format!("{name}.toml"),
+                out,
+                &[&format!("train.steps={steps}"), "sample.count=4"],
+                extra,
+            );
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            r
+        };
+        let straight = out_dir(&format!("straight-{name}"));
+        run(&[], &straight);
+        let split = out_dir(&format!("split-{name}"));
+        run(&["--stop-after", &half.to_string()], &split);
+        let r = run(&["--resume"], &split);
         assert!(
-            b.get(name) == Some(bytes),
-            "`{name}` differs after 10 + resume + 10 steps"
+            r.stdout
+                .contains(&format!("resumed `{name}` at step {half}")),
+            "{}",
+            r.stdout
         );
+        let ckpt = format!("{name}/checkpoints/latest.safetensors");
+        let (ma, a) = tensors(&straight.join(&ckpt));
+        let (mb, b) = tensors(&split.join(&ckpt));
+        // Every weight, EMA value and Adam moment byte for byte, and the same
+        // progress record (step, data position) and Adam step counts.
+        assert_eq!(a.len(), b.len());
+        assert!(
+            a.keys().any(|k| k.starts_with("ema/")) && a.keys().any(|k| k.starts_with("adam_m/"))
+        );
+        for (key, bytes) in &a {
+            assert!(
+                b.get(key) == Some(bytes),
+                "{name}: `{key}` differs after {half} + resume + {half} steps"
+            );
+        }
+        assert_eq!(ma["progress"], mb["progress"]);
+        assert_eq!(ma["adam_k"], mb["adam_k"]);
+        let sa = std::fs::read(straight.join(name).join(samples)).unwrap();
+        let sb = std::fs::read(split.join(name).join(samples)).unwrap();
+        assert_eq!(sa, sb, "{name}: samples differ");
     }
-    assert_eq!(ma["progress"], mb["progress"]);
-    assert_eq!(ma["adam_k"], mb["adam_k"]);
-    let sa = std::fs::read(straight.join("gmm-mlp/samples.json")).unwrap();
-    let sb = std::fs::read(split.join("gmm-mlp/samples.json")).unwrap();
-    assert_eq!(sa, sb, "samples differ");
+}
+
+#[test]
+fn an_image_run_validates_warms_up_and_writes_png_samples() {
+    let out = out_dir("image");
+    let r = dtx_run("shapes-unet.toml", &out, &[], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let dir = out.join("shapes-unet");
+    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v.get("step").is_some())
+        .collect();
+    assert_eq!(metrics.len(), 4);
+    // warmup = 2: lr 0.5e-3, 1e-3, then constant
+    let lrs: Vec<f64> = metrics.iter().map(|m| m["lr"].as_f64().unwrap()).collect();
+    assert_eq!(lrs, [0.5e-3, 1e-3, 1e-3, 1e-3]);
+    // validate_every = 2: steps 2 and 4 carry the held-out loss
+    let val: Vec<bool> = metrics
+        .iter()
+        .map(|m| m.get("val.simple").is_some())
+        .collect();
+    assert_eq!(val, [false, true, false, true]);
+    for i in 0..4 {
+        let png = image::open(dir.join(format!("samples/{i:05}.png"))).unwrap();
+        assert_eq!((png.width(), png.height()), (16, 16));
+    }
+    assert!(dir.join("samples.png").exists());
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(report.contains("samples.png"), "{report}");
+}
+
+#[test]
+fn image_data_that_does_not_fit_the_model_is_refused_before_the_run_starts() {
+    let out = out_dir("misfit");
+    let r = dtx_run("shapes-unet.toml", &out, &["target.resolution=32"], &[]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("[3, 32, 32]") && r.stderr.contains("[3, 16, 16]"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !out.join("shapes-unet").exists(),
+        "a failed start left a run folder"
+    );
+    let r = dtx_run("shapes-unet.toml", &out, &["target.holdout=0"], &[]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("target.holdout"), "{}", r.stderr);
 }
 
 #[test]

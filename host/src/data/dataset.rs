@@ -94,6 +94,30 @@ impl Dataset {
         Ok(self.subset(&chosen))
     }
 
+    /// The same samples without their labels (an unconditional run).
+    pub fn without_labels(mut self) -> Dataset {
+        self.labels = None;
+        self
+    }
+
+    /// Splits into `(rest, held_out)` with exactly `n` samples held out,
+    /// chosen by a shuffle seeded with `seed`; both keep their original
+    /// order. Errors when fewer than `n + 1` samples are there.
+    pub fn hold_out(&self, n: usize, seed: u64) -> Result<(Dataset, Dataset), DataError> {
+        if n >= self.len() {
+            return Err(DataError::TooFewSamples {
+                source_name: self.source.clone(),
+                have: self.len(),
+                want: n + 1,
+            });
+        }
+        let order = shuffled(self.len(), seed);
+        let (mut held, mut rest) = (order[..n].to_vec(), order[n..].to_vec());
+        held.sort_unstable();
+        rest.sort_unstable();
+        Ok((self.subset(&rest), self.subset(&held)))
+    }
+
     /// Splits into `(train, held_out)`: `round(len × held_out_fraction)`
     /// samples chosen by a shuffle seeded with `seed` are held out; both
     /// parts keep their original order. `held_out_fraction` must lie in

@@ -139,6 +139,26 @@ pub fn chw_from_rgb(img: &RgbImage) -> Vec<f32> {
     out
 }
 
+/// One `[C, H, W]` sample in [-1, 1] as an 8-bit RGB image (the inverse of
+/// [`chw_from_rgb`]: values clamped, then (v + 1) · 127.5 rounded); one
+/// channel is shown as grey. `None` for other channel counts.
+pub fn rgb_from_chw(values: &[f32], c: usize, h: usize, w: usize) -> Option<RgbImage> {
+    if !(c == 1 || c == 3) || values.len() != c * h * w {
+        return None;
+    }
+    let mut img = RgbImage::new(w as u32, h as u32);
+    for y in 0..h {
+        for x in 0..w {
+            let px = std::array::from_fn(|k| {
+                let ch = if c == 1 { 0 } else { k };
+                ((values[(ch * h + y) * w + x].clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8
+            });
+            img.put_pixel(x as u32, y as u32, image::Rgb(px));
+        }
+    }
+    Some(img)
+}
+
 /// `[3, H, W]` samples in [-1, 1], one after another in `values`, tiled
 /// `cols` to a row with a 2-pixel black border, as an RGB image (values
 /// clamped, then (v + 1) · 127.5 rounded).

@@ -8,6 +8,7 @@ pub mod prediction;
 pub mod sampler;
 pub mod schedule;
 pub mod spacing;
+pub mod weighting;
 
 #[cfg(test)]
 mod diffusers_parity;
@@ -16,3 +17,4 @@ pub use prediction::{BatchScalar, Prediction, q_sample, to_epsilon};
 pub use sampler::{Sampler, SamplerConfig, SamplerError, VarianceType, sample};
 pub use schedule::Schedule;
 pub use spacing::{Spacing, timesteps};
+pub use weighting::Weighting;

@@ -73,7 +73,16 @@ pub fn resolve(loaded: LoadedManifest) -> Result<Plan, ManifestError> {
         Some(src) => {
             let path = src.path.as_ref().map(|p| loaded.resolve_path(p));
             match model::describe(src.kind.as_str(), path.as_deref(), &src.config) {
-                Ok(d) => Some(d),
+                Ok(mut d) => {
+                    // A folder without weights (random init): the architecture
+                    // still names every parameter.
+                    if !d.parameters_known()
+                        && let Ok(net) = model::net::Net::from_description(&d)
+                    {
+                        d.parameters = net.parameters();
+                    }
+                    Some(d)
+                }
                 Err(e) => {
                     let key = if src.path.is_some() {
                         "source.path"
@@ -266,7 +275,12 @@ fn stages(loaded: &LoadedManifest, plugins: &[PlannedPlugin]) -> Vec<Stage> {
         });
     }
     if let Some(t) = &m.train {
-        let mut terms = vec!["L_simple".to_string()];
+        let simple = match t.loss_weight.as_str() {
+            "p2" => format!("P2(k={}, γ={})-weighted L_simple", t.p2_k, t.p2_gamma),
+            "min_snr" => format!("min-SNR-{}-weighted L_simple", t.snr_gamma),
+            _ => "L_simple".to_string(),
+        };
+        let mut terms = vec![simple];
         terms.extend(
             with_hook(plugins, Hook::Loss)
                 .iter()
@@ -275,14 +289,22 @@ fn stages(loaded: &LoadedManifest, plugins: &[PlannedPlugin]) -> Vec<Stage> {
         out.push(Stage {
             name: "train",
             detail: format!(
-                "{} steps, batch {}, {} lr {}, {} schedule over {} timesteps; objective {}",
+                "{} steps, batch {}, {} lr {}{}, {} schedule over {} timesteps; objective {}{}",
                 t.steps,
                 t.batch,
                 t.optimizer.as_str(),
                 t.lr,
+                if t.warmup > 0 {
+                    format!(" (warmup {} steps)", t.warmup)
+                } else {
+                    String::new()
+                },
                 t.schedule.as_str(),
                 t.timesteps,
-                terms.join(" + ")
+                terms.join(" + "),
+                t.validate_every
+                    .map(|v| format!("; validation loss every {v} steps"))
+                    .unwrap_or_default()
             ),
         });
     }
@@ -371,8 +393,14 @@ impl Plan {
             Some(d) => {
                 let _ = writeln!(
                     o,
-                    "model: {} ({} data channels{}, time embedding {}), {} injection points",
+                    "model: {}{} ({} data channels{}, time embedding {}), {} injection points",
                     d.kind,
+                    match &self.manifest.manifest.source {
+                        Some(s) if s.init == crate::manifest::Init::Random && d.kind != "mlp" => {
+                            ", random init"
+                        }
+                        _ => "",
+                    },
                     d.data_channels,
                     if d.resolution > 0 {
                         format!(", {0}x{0}", d.resolution)
@@ -387,7 +415,13 @@ impl Plan {
         }
         if let Some(t) = &m.target {
             let limit = t.limit.map(|l| format!(", {l}-shot")).unwrap_or_default();
-            let _ = writeln!(o, "target: {}{limit}", t.dataset);
+            let held = if t.holdout > 0 {
+                format!(", {} held out", t.holdout)
+            } else {
+                String::new()
+            };
+            let flip = if t.flip { ", random flips" } else { "" };
+            let _ = writeln!(o, "target: {}{limit}{held}{flip}", t.dataset);
         }
 
         o.push_str("\nstages:\n");

@@ -24,7 +24,7 @@ pub const HOOK_NAMES: &[&str] = &["prepare", "inject", "loss", "score", "filter"
 /// `[train]`"); a test checks them against the structs below.
 pub const SECTION_KEYS: &[(&str, &[&str])] = &[
     ("run", &["name", "seed", "backend", "output_dir"]),
-    ("source", &["kind", "path", "prediction", "config"]),
+    ("source", &["kind", "path", "prediction", "config", "init"]),
     (
         "target",
         &[
@@ -32,6 +32,8 @@ pub const SECTION_KEYS: &[(&str, &[&str])] = &[
             "limit",
             "resolution",
             "split_seed",
+            "holdout",
+            "flip",
             "labels",
             "config",
         ],
@@ -50,6 +52,12 @@ pub const SECTION_KEYS: &[(&str, &[&str])] = &[
             "checkpoint_every",
             "schedule",
             "timesteps",
+            "warmup",
+            "loss_weight",
+            "p2_gamma",
+            "p2_k",
+            "snr_gamma",
+            "validate_every",
         ],
     ),
     ("plugin", &["name", "library", "sha256", "hooks", "config"]),
@@ -127,6 +135,13 @@ pub struct Source {
     /// `num_res_blocks`, MLP sizes such as `hidden`). Default: empty.
     #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
     pub config: toml::Table,
+    /// Where the weights come from: the checkpoint (`pretrained`), or fresh
+    /// random weights from `run.seed` in the checkpoint's architecture
+    /// (`random`: training from scratch, the baseline every transfer method
+    /// is compared with). Default: `pretrained` (MLP sources are always
+    /// random).
+    #[serde(default)]
+    pub init: Init,
 }
 
 /// `[target]`: the small dataset the model is transferred to.
@@ -148,6 +163,15 @@ pub struct Target {
     /// Seed of the train / held-out split shuffle. Default: `run.seed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split_seed: Option<u64>,
+    /// Hold this many examples out of training, for the validation loss
+    /// (`train.validate_every`). Chosen by `split_seed`, before `limit`.
+    /// Default: 0.
+    #[serde(default)]
+    pub holdout: usize,
+    /// Mirror training images left–right with probability ½ (images only).
+    /// Default: false.
+    #[serde(default)]
+    pub flip: bool,
     /// Read class labels (sub-folder names, or the built-in's labels).
     /// Default: false.
     #[serde(default)]
@@ -205,6 +229,26 @@ pub struct Train {
     /// Number of diffusion timesteps T of the schedule. Default: 1000.
     #[serde(default = "default_timesteps")]
     pub timesteps: usize,
+    /// Linear learning-rate warmup from 0 over this many steps. Default: 0.
+    #[serde(default)]
+    pub warmup: u64,
+    /// Per-timestep weight of the denoising loss. Default: `none`.
+    #[serde(default)]
+    pub loss_weight: LossWeight,
+    /// γ of `loss_weight = "p2"`: w(t) = 1 / (k + SNR(t))^γ. Default: 1.0.
+    #[serde(default = "default_one")]
+    pub p2_gamma: f64,
+    /// k of `loss_weight = "p2"`. Default: 1.0.
+    #[serde(default = "default_one")]
+    pub p2_k: f64,
+    /// γ of `loss_weight = "min_snr"`: w(t) = min(SNR(t), γ) / SNR(t) for
+    /// ε-prediction. Default: 5.0.
+    #[serde(default = "default_snr_gamma")]
+    pub snr_gamma: f64,
+    /// Compute the loss on the held-out split (`target.holdout`) every this
+    /// many steps (and at the end). Default: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validate_every: Option<u64>,
 }
 
 /// `train.ema`: exponential moving average of the trained weights.
@@ -521,6 +565,33 @@ string_enum! {
 }
 
 string_enum! {
+    /// `source.init`: pretrained weights or a fresh random init.
+    #[derive(Default)]
+    pub enum Init {
+        /// `"pretrained"`: the checkpoint's weights.
+        #[default]
+        Pretrained => "pretrained",
+        /// `"random"`: PyTorch's default initialisation, seeded by `run.seed`.
+        Random => "random",
+    }
+}
+
+string_enum! {
+    /// `train.loss_weight`: the per-timestep weight of the denoising loss.
+    #[derive(Default)]
+    pub enum LossWeight {
+        /// `"none"`: L_simple (Ho et al., 2020).
+        #[default]
+        None => "none",
+        /// `"p2"`: perception-prioritised weighting, 1 / (k + SNR(t))^γ
+        /// (Choi et al., 2022).
+        P2 => "p2",
+        /// `"min_snr"`: min-SNR-γ weighting (Hang et al., 2023).
+        MinSnr => "min_snr",
+    }
+}
+
+string_enum! {
     /// `train.schedule`: the noise schedule β_t.
     #[derive(Default)]
     pub enum Schedule {
@@ -552,6 +623,14 @@ fn default_output_dir() -> PathBuf {
 
 fn default_batch() -> usize {
     16
+}
+
+fn default_one() -> f64 {
+    1.0
+}
+
+fn default_snr_gamma() -> f64 {
+    5.0
 }
 
 fn default_lr() -> f64 {

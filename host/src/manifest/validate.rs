@@ -259,6 +259,43 @@ impl Checks<'_> {
             true,
             "use 0.0 to disable weight decay",
         );
+        self.number(
+            &path("train.p2_gamma"),
+            train.p2_gamma,
+            true,
+            "P2 uses γ = 1 (or 0.5); the default is 1.0",
+        );
+        self.number(
+            &path("train.p2_k"),
+            train.p2_k,
+            false,
+            "P2 uses k = 1; the default is 1.0",
+        );
+        self.number(
+            &path("train.snr_gamma"),
+            train.snr_gamma,
+            false,
+            "min-SNR uses γ = 5; the default is 5.0",
+        );
+        if train.validate_every == Some(0) {
+            self.report(
+                &path("train.validate_every"),
+                "manifest::out-of-range",
+                "`train.validate_every` must be a positive number of steps, got 0".to_owned(),
+                Some("remove it to skip validation".to_owned()),
+            );
+        }
+        if train.validate_every.is_some()
+            && manifest.target.as_ref().is_some_and(|t| t.holdout == 0)
+        {
+            self.report(
+                &path("train.validate_every"),
+                "manifest::no-holdout",
+                "`train.validate_every` needs held-out examples, but `target.holdout` is 0"
+                    .to_owned(),
+                Some("set `holdout = N` in [target] to keep N examples out of training".to_owned()),
+            );
+        }
         if let Some(clip) = train.grad_clip {
             self.number(
                 &path("train.grad_clip"),

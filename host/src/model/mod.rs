@@ -15,6 +15,7 @@ pub mod diffusers;
 mod error;
 pub mod mlp;
 pub mod mlp_net;
+pub mod net;
 mod safetensors_header;
 pub mod unet;
 

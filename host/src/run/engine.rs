@@ -10,13 +10,14 @@
 
 use super::dir::RunDir;
 use super::model::{Data, Engine, load_target};
+use super::objective::{Draw, Objective};
 use crate::data::BatchIter;
-use crate::diffusion::prediction::{BatchScalar, Prediction, q_sample, to_epsilon, v_from_eps_x0};
-use crate::diffusion::sampler::{Sampler, SamplerConfig, sample};
+use crate::diffusion::Weighting;
+use crate::diffusion::prediction::Prediction;
 use crate::diffusion::schedule::Schedule;
 use crate::manifest::plan::Plan;
-use crate::manifest::{Sampler as SamplerKind, Schedule as ScheduleKind, Trainable};
-use crate::model::mlp_net::MlpNet;
+use crate::manifest::{Init, Schedule as ScheduleKind, Trainable};
+use crate::model::net::Net;
 use crate::plugins::{Instance, LossArgs};
 use crate::tensor_abi::{DataService, Session, Stored};
 use crate::train::checkpoint::{self, Progress};
@@ -25,7 +26,7 @@ use crate::train::optim::{AdamConfig, Rule};
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use dtx_plugin_api::abi::Hook;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::cell::RefCell;
@@ -63,15 +64,15 @@ pub struct RunSummary {
 
 type P<B> = FloatTensor<B>;
 
-fn prim_f<B: AutodiffBackend, const D: usize>(t: Tensor<B, D>) -> P<B> {
+pub(super) fn prim_f<B: AutodiffBackend, const D: usize>(t: Tensor<B, D>) -> P<B> {
     t.into_primitive().tensor()
 }
 
-fn ranked<B: AutodiffBackend, const D: usize>(p: P<B>) -> Tensor<B, D> {
+pub(super) fn ranked<B: AutodiffBackend, const D: usize>(p: P<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
 }
 
-fn scalar<B: AutodiffBackend>(t: &Tensor<B, 1>) -> f64 {
+pub(super) fn scalar<B: AutodiffBackend>(t: &Tensor<B, 1>) -> f64 {
     t.clone()
         .into_data()
         .iter::<f64>()
@@ -80,7 +81,7 @@ fn scalar<B: AutodiffBackend>(t: &Tensor<B, 1>) -> f64 {
 }
 
 /// A progress bar on stderr when it is a terminal (and not `quiet`).
-fn progress_bar(quiet: bool, len: u64, what: &str) -> Option<indicatif::ProgressBar> {
+pub(super) fn progress_bar(quiet: bool, len: u64, what: &str) -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
     (!quiet && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(len);
@@ -97,11 +98,11 @@ fn progress_bar(quiet: bool, len: u64, what: &str) -> Option<indicatif::Progress
 }
 
 /// The RNG of step `s`: independent streams per step, the same on resume.
-fn step_rng(seed: u64, step: u64) -> StdRng {
+pub(super) fn step_rng(seed: u64, step: u64) -> StdRng {
     StdRng::seed_from_u64(seed ^ step.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
-fn normal<B: AutodiffBackend, const D: usize>(
+pub(super) fn normal<B: AutodiffBackend, const D: usize>(
     rng: &mut StdRng,
     shape: [usize; D],
     dev: &B::Device,
@@ -122,30 +123,34 @@ fn schedule(kind: ScheduleKind) -> Schedule {
 
 /// Settings a manifest may hold that this engine does not carry out yet: an
 /// error naming each, rather than a run that silently ignores it.
-fn unsupported_settings(plan: &Plan) -> Result<()> {
+fn unsupported_settings(plan: &Plan, net: &Net) -> Result<()> {
     let m = &plan.manifest.manifest;
     let mut problems = Vec::new();
     if let Some(s) = &m.sample {
         if s.guidance != 0.0 {
-            problems.push("`sample.guidance` (classifier-free guidance needs a class-conditional model; set it to 0)");
+            problems.push(
+                "`sample.guidance` (classifier-free guidance is not implemented; set it to 0)"
+                    .to_owned(),
+            );
         }
-        if s.label.is_some() {
-            problems.push("`sample.label` (class-conditional sampling)");
+        if s.label.is_some() && net.num_classes() == 0 {
+            problems.push("`sample.label` (the source model is not class-conditional)".to_owned());
         }
     }
     if m.eval.as_ref().is_some_and(|e| !e.metrics.is_empty()) {
         problems.push(
-            "`[eval] metrics` (evaluation comes with the evaluation issue; remove them to run)",
+            "`[eval] metrics` (evaluation comes with the evaluation issue; remove them to run)"
+                .to_owned(),
         );
     }
-    if m.target.as_ref().is_some_and(|t| t.labels) {
-        problems.push("`target.labels` (class-conditional training)");
+    if m.target.as_ref().is_some_and(|t| t.labels) && net.num_classes() == 0 {
+        problems.push("`target.labels` (the source model has no class embedding)".to_owned());
     }
     if problems.is_empty() {
         return Ok(());
     }
     bail!(
-        "`dtx run` does not carry out these settings yet: {}",
+        "`dtx run` does not carry out these settings: {}",
         problems.join("; ")
     )
 }
@@ -156,23 +161,71 @@ pub fn run<B: AutodiffBackend>(
     opts: &RunOptions,
     log: &mut dyn Write,
 ) -> Result<RunSummary> {
-    let m = &plan.manifest.manifest;
     let desc = plan
         .model
         .as_ref()
         .ok_or_else(|| anyhow!("`dtx run` needs a [source] model"))?;
-    let net = MlpNet::from_description(desc).ok_or_else(|| {
-        anyhow!(
-            "`dtx run` runs `kind = \"mlp\"` sources so far; the {} forward pass comes with the diffusion engine (its description, injection points and plan work today)",
-            desc.kind
-        )
-    })?;
+    let net = Net::from_description(desc).map_err(|e| anyhow!("[source]: {e}"))?;
+    match net.data_shape().len() {
+        1 => run_ranked::<B, 2>(plan, opts, log, net),
+        3 => run_ranked::<B, 4>(plan, opts, log, net),
+        n => bail!("[source]: examples of rank {n} are not supported"),
+    }
+}
+
+/// `[n, …example shape]` as an array of rank `D`.
+pub(super) fn batch_shape<const D: usize>(n: usize, example: &[usize]) -> [usize; D] {
+    std::array::from_fn(|i| if i == 0 { n } else { example[i - 1] })
+}
+
+/// Registers the base weights: the checkpoint's (`init = "pretrained"`), or
+/// a fresh init from `run.seed` (`init = "random"`, and MLP sources).
+fn base_weights<B: AutodiffBackend>(
+    plan: &Plan,
+    net: &Net,
+    device: &B::Device,
+    is_trainable: &dyn Fn(&str) -> bool,
+) -> Result<()> {
+    let m = &plan.manifest.manifest;
+    let src = m.source.as_ref().ok_or_else(|| anyhow!("no [source]"))?;
+    let random = matches!(net, Net::Mlp(_)) || src.init == Init::Random;
+    if random {
+        let mut init_rng = StdRng::seed_from_u64(m.run.seed);
+        Session::<B>::with(|s| net.init(&mut s.params, &mut init_rng, device, is_trainable))?
+            .map_err(|e| anyhow!("[source]: {e}"))
+    } else {
+        let path = src
+            .path
+            .as_ref()
+            .map(|p| plan.manifest.resolve_path(p))
+            .ok_or_else(|| anyhow!("[source]: `path` is required to load pretrained weights"))?;
+        Session::<B>::with(|s| net.load(&path, &mut s.params, device, is_trainable))?
+            .map_err(|e| anyhow!("[source] `{}`: {e}", path.display()))
+    }
+}
+
+fn run_ranked<B: AutodiffBackend, const D: usize>(
+    plan: &Plan,
+    opts: &RunOptions,
+    log: &mut dyn Write,
+    net: Net,
+) -> Result<RunSummary> {
+    let m = &plan.manifest.manifest;
+    let desc = plan.model.as_ref().expect("checked by run");
     let prediction = match m.source.as_ref().map(|s| s.prediction.as_str()) {
         Some("sample") => Prediction::Sample,
         Some("v_prediction") => Prediction::VPrediction,
         _ => Prediction::Epsilon,
     };
-    unsupported_settings(plan)?;
+    unsupported_settings(plan, &net)?;
+    let example = net.data_shape();
+    // Targets load before the run folder exists, so bad data leaves nothing behind.
+    let (target, held_out) = if m.target.is_some() {
+        let (t, h) = load_target(plan, &example)?;
+        (Some(t), Some(h).filter(|h| !h.is_empty()))
+    } else {
+        (None, None)
+    };
     let device: B::Device = Default::default();
     let _session = Session::<B>::install(device.clone(), m.run.seed);
     let mut dir = match &opts.sample_from {
@@ -185,7 +238,7 @@ pub fn run<B: AutodiffBackend>(
         )?,
     };
 
-    // 1. base model: fresh weights from the run's seed (MLP sources have no file)
+    // 1. base model
     let trainable = m
         .train
         .as_ref()
@@ -196,8 +249,7 @@ pub fn run<B: AutodiffBackend>(
         Trainable::All => true,
         Trainable::Globs(g) => g.iter().any(|p| dtx_plugin_api::points::matches(p, name)),
     };
-    let mut init_rng = StdRng::seed_from_u64(m.run.seed);
-    Session::<B>::with(|s| net.init(&mut s.params, &mut init_rng, &device, &is_trainable))??;
+    base_weights::<B>(plan, &net, &device, &is_trainable)?;
     let source: HashMap<String, P<B>> = Session::<B>::with(|s| {
         s.params
             .entries()
@@ -227,17 +279,13 @@ pub fn run<B: AutodiffBackend>(
     let timesteps = m.train.as_ref().map(|t| t.timesteps).unwrap_or(1000);
     let sched = schedule(m.train.as_ref().map(|t| t.schedule).unwrap_or_default());
     let alpha_bars = sched.alpha_bars(timesteps);
-    let target = if m.target.is_some() {
-        Some(load_target(plan)?)
-    } else {
-        None
-    };
     let batch = m.train.as_ref().map(|t| t.batch).unwrap_or(16);
+    let flip = m.target.as_ref().is_some_and(|t| t.flip);
     let data = match &target {
         Some(ds) => Some(Rc::new(RefCell::new((
             Data {
                 target: ds.clone(),
-                iter: BatchIter::for_dataset(ds, batch, m.run.seed, false)?,
+                iter: BatchIter::for_dataset(ds, batch, m.run.seed, flip)?,
             },
             device.clone(),
         )))),
@@ -277,29 +325,24 @@ pub fn run<B: AutodiffBackend>(
         final_loss: None,
         samples: None,
     };
+    let objective = Objective {
+        alpha_bars: &alpha_bars,
+        prediction,
+        weighting: m
+            .train
+            .as_ref()
+            .map(|t| Weighting::from_manifest(t.loss_weight, t.p2_k, t.p2_gamma, t.snr_gamma))
+            .unwrap_or(Weighting::None),
+        data_channels: example[0],
+    };
     if let Some((ckpt, _)) = &opts.sample_from {
-        let (states, progress) = Session::<B>::with(|s| {
-            checkpoint::load::<B>(ckpt, &mut s.params, ema.as_mut(), &device)
-        })??;
-        for inst in engine.plugins.borrow_mut().iter_mut() {
-            if let Some((_, st)) = states.iter().find(|(n, _)| *n == inst.name) {
-                inst.state_load(st)?;
-            }
-        }
+        let progress = restore(&engine, ckpt, ema.as_mut(), &device)?;
         summary.steps = progress.step;
         writeln!(log, "loaded `{}` (step {})", ckpt.display(), progress.step)?;
     } else if let (Some(t), Some(d)) = (&m.train, &data) {
         let mut start = 0u64;
         if opts.resume {
-            let path = dir.latest_checkpoint();
-            let (states, progress) = Session::<B>::with(|s| {
-                checkpoint::load::<B>(&path, &mut s.params, ema.as_mut(), &device)
-            })??;
-            for inst in engine.plugins.borrow_mut().iter_mut() {
-                if let Some((_, st)) = states.iter().find(|(n, _)| *n == inst.name) {
-                    inst.state_load(st)?;
-                }
-            }
+            let progress = restore(&engine, &dir.latest_checkpoint(), ema.as_mut(), &device)?;
             d.borrow_mut().0.iter.restore(crate::data::BatchPosition {
                 epoch: progress.epoch,
                 index: progress.index,
@@ -312,12 +355,6 @@ pub fn run<B: AutodiffBackend>(
             "adam" => Rule::Adam,
             _ => Rule::AdamW,
         };
-        let adam = AdamConfig {
-            rule,
-            lr: t.lr as f32,
-            weight_decay: t.weight_decay as f32,
-            ..Default::default()
-        };
         let end = opts.stop_after.map(|s| s.min(t.steps)).unwrap_or(t.steps);
         let every = t.checkpoint_every.unwrap_or(t.steps.max(1));
         let report_every = (t.steps / 10).max(1);
@@ -328,83 +365,52 @@ pub fn run<B: AutodiffBackend>(
             let mut rng = step_rng(m.run.seed, step);
             Session::<B>::with(|s| s.rng = StdRng::seed_from_u64(rng.random()))?;
             let b = { d.borrow_mut().0.iter.next_batch() };
-            let (x0, labels) = d.borrow().0.target.to_tensor::<B>(&b.indices, &device);
-            let n = b.indices.len();
-            let x0r: Tensor<B, 2> = ranked(x0.clone());
-            let dims = x0r.dims();
-            let ts: Vec<i64> = (0..n)
-                .map(|_| rng.random_range(0..timesteps as i64))
-                .collect();
-            let noise: Tensor<B, 2> = normal(&mut rng, dims, &device);
-            let ab: Vec<f32> = ts.iter().map(|&i| alpha_bars[i as usize] as f32).collect();
-            let ab_t = Tensor::<B, 1>::from_data(TensorData::new(ab, [n]), &device);
-            let x_t = q_sample(x0r, noise.clone(), ab_t.clone());
-            let tf =
-                Tensor::<B, 1, Int>::from_data(TensorData::new(ts.clone(), [n]), &device).float();
+            let flips = flip.then_some(b.flips.as_slice());
+            let (x0, labels) = d
+                .borrow()
+                .0
+                .target
+                .to_tensor_flipped::<B>(&b.indices, flips, &device);
+            let draw = Draw::new::<D>(&mut rng, &x0, timesteps, &device);
             let params = engine.params();
-            let out = ranked::<B, 2>(engine.student(
-                &params,
-                prim_f(x_t.clone()),
-                prim_f(tf.clone()),
-                labels.clone(),
-                true,
-            )?);
-            // L_simple on what the network predicts; plugins see ε.
-            let ab_b = BatchScalar::PerSample(ab_t.clone());
-            let target = match prediction {
-                Prediction::Epsilon => noise.clone(),
-                Prediction::Sample => ranked::<B, 2>(x0.clone()),
-                Prediction::VPrediction => {
-                    v_from_eps_x0(noise.clone(), ranked::<B, 2>(x0.clone()), &ab_b)
-                }
-            };
-            let simple = (out.clone() - target).powf_scalar(2.0).mean();
-            let pred = prim_f(to_epsilon(out, x_t.clone(), &ab_b, prediction));
-            let mut terms: Vec<(String, P<B>)> = vec![("loss.simple".into(), prim_f(simple))];
-            let t_stored = Stored::Float(prim_f(tf));
+            let (mut terms, pred, x_t) =
+                objective.simple::<B, D>(&engine, &params, &x0, labels.clone(), &draw, true)?;
+            let t_stored = Stored::Float(draw.t_float());
             for inst in engine
                 .plugins
                 .borrow_mut()
                 .iter_mut()
                 .filter(|p| p.implements(Hook::Loss))
             {
-                let (xt_p, noise_p) = (prim_f(x_t.clone()), prim_f(noise.clone()));
+                let noise_p = prim_f(draw.noise::<D>());
                 terms.extend(inst.loss(LossArgs {
                     x0: &x0,
                     noise: &noise_p,
                     t: &t_stored,
-                    x_t: &xt_p,
+                    x_t: &x_t,
                     pred: &pred,
                     labels: labels.as_ref(),
                     step,
                 })?);
             }
             let mut values = serde_json::Map::new();
-            let mut total: Option<Tensor<B, 1>> = None;
-            for (name, term) in &terms {
-                let t1: Tensor<B, 1> = ranked::<B, 1>(term.clone()).reshape([1]);
-                let v = scalar(&t1);
-                if !f64::is_finite(v) {
-                    let all: Vec<String> = terms
-                        .iter()
-                        .map(|(n, t)| {
-                            format!("{n} = {}", scalar(&ranked::<B, 1>(t.clone()).reshape([1])))
-                        })
-                        .collect();
-                    bail!(
-                        "training stopped at step {step}: loss term `{name}` is {v} ({}); the last good checkpoint is `{}`",
-                        all.join(", "),
+            let total = sum_terms::<B>(&terms, &mut values, || {
+                (
+                    format!("training stopped at step {step}"),
+                    format!(
+                        "the last good checkpoint is `{}`",
                         dir.latest_checkpoint().display()
-                    );
-                }
-                values.insert(name.clone(), serde_json::json!(v));
-                total = Some(match total {
-                    Some(acc) => acc + t1,
-                    None => t1,
-                });
-            }
-            let total = total.expect("L_simple is always there");
+                    ),
+                )
+            })?;
             let total_v = scalar(&total);
+            let lr = warmup_lr(t.lr, t.warmup, step);
+            let adam = AdamConfig {
+                rule,
+                lr: lr as f32,
+                weight_decay: t.weight_decay as f32,
+                ..Default::default()
+            };
             let grad_norm = Session::<B>::with(|s| {
                 let ids = s.params.trainable_ids();
                 s.params
@@ -418,16 +424,25 @@ pub fn run<B: AutodiffBackend>(
             for (k, v) in logs {
                 values.insert(k, serde_json::json!(v));
             }
-            values.insert("step".into(), serde_json::json!(step + 1));
+            let done = step + 1;
+            values.insert("step".into(), serde_json::json!(done));
             values.insert("loss".into(), serde_json::json!(total_v));
-            values.insert("lr".into(), serde_json::json!(t.lr));
+            values.insert("lr".into(), serde_json::json!(lr));
             values.insert(
                 "samples_per_s".into(),
-                serde_json::json!(n as f64 / timer.elapsed().as_secs_f64().max(1e-9)),
+                serde_json::json!(b.indices.len() as f64 / timer.elapsed().as_secs_f64().max(1e-9)),
             );
+            if let (Some(v_every), Some(h)) = (t.validate_every, &held_out)
+                && (done % v_every == 0 || done == t.steps)
+            {
+                let v = objective.validation::<B, D>(&engine, h, m.run.seed, batch, &device)?;
+                values.insert("val.simple".into(), serde_json::json!(v));
+                if bar.is_none() && !opts.quiet {
+                    writeln!(log, "step {done}: validation loss {v:.5}")?;
+                }
+            }
             dir.log(&serde_json::Value::Object(values))?;
             summary.final_loss = Some(total_v);
-            let done = step + 1;
             match &bar {
                 Some(b) => {
                     b.inc(1);
@@ -439,27 +454,8 @@ pub fn run<B: AutodiffBackend>(
                 None => {}
             }
             if done % every == 0 || done == end {
-                let states: Vec<(String, Vec<u8>)> = engine
-                    .plugins
-                    .borrow()
-                    .iter()
-                    .map(|p| Ok((p.name.clone(), p.state_save()?)))
-                    .collect::<Result<_, crate::plugins::HookError>>()?;
                 let pos = d.borrow().0.iter.position();
-                let progress = Progress {
-                    step: done,
-                    epoch: pos.epoch,
-                    index: pos.index,
-                };
-                Session::<B>::with(|s| {
-                    checkpoint::save::<B>(
-                        &dir.latest_checkpoint(),
-                        &s.params,
-                        ema.as_ref(),
-                        &states,
-                        &progress,
-                    )
-                })??;
+                save(&engine, &dir, ema.as_ref(), pos, done)?;
             }
             summary.steps = done;
         }
@@ -473,124 +469,115 @@ pub fn run<B: AutodiffBackend>(
 
     // 6. sample (EMA weights when there are some) and filter
     if let Some(sm) = &m.sample {
-        let cfg = SamplerConfig {
-            sampler: match sm.sampler {
-                SamplerKind::Ddpm => Sampler::Ddpm {
-                    variance: crate::diffusion::sampler::VarianceType::FixedSmall,
-                },
-                _ => Sampler::Ddim { eta: sm.eta },
-            },
-            steps: sm.steps,
-            ..Default::default()
-        };
         let weights: HashMap<String, P<B>> = match &ema {
             Some(e) => Session::<B>::with(|s| e.values(&s.params))?
                 .into_iter()
                 .collect(),
             None => engine.params(),
         };
-        let dim = engine.net.data_dim;
-        let mut accepted: Vec<f32> = Vec::new();
-        let mut rejected: HashMap<String, usize> = HashMap::new();
-        let mut attempts = 0usize;
-        let mut rng = step_rng(m.run.seed, u64::MAX - 1);
-        let bar = progress_bar(opts.quiet, sm.count as u64, "sample");
-        while accepted.len() / dim < sm.count && attempts < 10 * sm.count {
-            let n = sm.batch.min(sm.count - accepted.len() / dim).max(1);
-            attempts += n;
-            let x_big_t: Tensor<B, 2> = normal(&mut rng, [n, dim], &device);
-            let mut step_index = 0u64;
-            let num_steps = sm.steps as u64;
-            let eng = engine.clone();
-            let samples = sample::<B, 2, anyhow::Error>(
-                |x, ts| {
-                    let tf = Tensor::<B, 1, Int>::from_data(
-                        TensorData::new(ts.to_vec(), [ts.len()]),
-                        &device,
-                    )
-                    .float();
-                    let out = eng.student(
-                        &weights,
-                        B::float_detach(prim_f(x.clone())),
-                        prim_f(tf.clone()),
-                        None,
-                        false,
-                    )?;
-                    let ab_s = BatchScalar::Shared(crate::diffusion::sampler::alpha_bar_at(
-                        &alpha_bars,
-                        ts[0],
-                    ));
-                    let mut eps = prim_f(to_epsilon(
-                        ranked::<B, 2>(out),
-                        x.clone(),
-                        &ab_s,
-                        prediction,
-                    ));
-                    let t_stored = Stored::Float(prim_f(tf));
-                    for inst in eng
-                        .plugins
-                        .borrow_mut()
-                        .iter_mut()
-                        .filter(|p| p.implements(Hook::Score))
-                    {
-                        eps = inst.score(
-                            &prim_f(x.clone()),
-                            &t_stored,
-                            &eps,
-                            None,
-                            step_index,
-                            num_steps,
-                        )?;
-                    }
-                    step_index += 1;
-                    Ok(ranked::<B, 2>(B::float_detach(eps)))
-                },
-                x_big_t,
-                &alpha_bars,
-                &cfg,
-                |shape| normal(&mut rng, shape, &device),
-            )?;
-            let sp = prim_f(samples.clone());
-            let mut keep = vec![true; n];
-            for inst in engine
-                .plugins
-                .borrow_mut()
-                .iter_mut()
-                .filter(|p| p.implements(Hook::Filter))
-            {
-                let out = inst.filter(&sp, None)?;
-                for (i, k) in out.keep.iter().enumerate() {
-                    if !k && keep[i] {
-                        *rejected.entry(inst.name.clone()).or_default() += 1;
-                    }
-                    keep[i] &= *k;
-                }
-            }
-            let values = samples
-                .into_data()
-                .to_vec::<f32>()
-                .map_err(|e| anyhow!("{e:?}"))?;
-            for (i, chunk) in values.chunks(dim).enumerate() {
-                if keep[i] && accepted.len() / dim < sm.count {
-                    accepted.extend_from_slice(chunk);
-                    if let Some(b) = &bar {
-                        b.inc(1);
-                    }
-                }
-            }
-        }
-        let got = accepted.len() / dim;
-        if let Some(b) = &bar {
-            b.finish_and_clear();
-        }
-        writeln!(log, "sampled {got} of {} ({} drawn)", sm.count, attempts)?;
-        for (p, r) in &rejected {
+        let drawn = super::sampling::draw::<B, D>(
+            &engine, &weights, &objective, sm, m.run.seed, &device, opts.quiet,
+        )?;
+        writeln!(
+            log,
+            "sampled {} of {} ({} drawn)",
+            drawn.accepted_count(),
+            sm.count,
+            drawn.attempts
+        )?;
+        for (p, r) in &drawn.rejected {
             writeln!(log, "  filter `{p}` rejected {r}")?;
         }
-        dir.log(&serde_json::json!({"sample": {"requested": sm.count, "accepted": got, "drawn": attempts, "rejected": rejected}}))?;
-        super::report::write_samples(&dir, &accepted, dim, target.as_ref())?;
-        summary.samples = Some((accepted, vec![got, dim]));
+        dir.log(&serde_json::json!({"sample": {"requested": sm.count, "accepted": drawn.accepted_count(), "drawn": drawn.attempts, "rejected": drawn.rejected}}))?;
+        super::report::write_samples(&dir, &drawn.accepted, &example, target.as_ref())?;
+        let mut shape = vec![drawn.accepted_count()];
+        shape.extend_from_slice(&example);
+        summary.samples = Some((drawn.accepted, shape));
     }
     super::report::write_report(&dir, plan, &summary)?;
     Ok(summary)
+}
+
+/// The learning rate of step `step` (0-based): linear warmup from 0 to `lr`
+/// over `warmup` steps, then constant.
+pub(super) fn warmup_lr(lr: f64, warmup: u64, step: u64) -> f64 {
+    if warmup == 0 {
+        lr
+    } else {
+        lr * ((step + 1) as f64 / warmup as f64).min(1.0)
+    }
+}
+
+/// Adds up named scalar loss terms into `values` (by name); a NaN or
+/// infinite term is an error naming it and every term's value, between the
+/// two parts of `context()` (where it happened, what is kept).
+fn sum_terms<B: AutodiffBackend>(
+    terms: &[(String, P<B>)],
+    values: &mut serde_json::Map<String, serde_json::Value>,
+    context: impl Fn() -> (String, String),
+) -> Result<Tensor<B, 1>> {
+    let mut total: Option<Tensor<B, 1>> = None;
+    for (name, term) in terms {
+        let t1: Tensor<B, 1> = ranked::<B, 1>(term.clone()).reshape([1]);
+        let v = scalar(&t1);
+        if !f64::is_finite(v) {
+            let all: Vec<String> = terms
+                .iter()
+                .map(|(n, t)| format!("{n} = {}", scalar(&ranked::<B, 1>(t.clone()).reshape([1]))))
+                .collect();
+            let (head, tail) = context();
+            bail!(
+                "{head}: loss term `{name}` is {v} ({}); {tail}",
+                all.join(", ")
+            );
+        }
+        values.insert(name.clone(), serde_json::json!(v));
+        total = Some(match total {
+            Some(acc) => acc + t1,
+            None => t1,
+        });
+    }
+    total.ok_or_else(|| anyhow!("no loss terms"))
+}
+
+/// Restores a checkpoint (weights, EMA, plugin states) and returns its progress.
+fn restore<B: AutodiffBackend>(
+    engine: &Engine<B>,
+    path: &std::path::Path,
+    ema: Option<&mut Ema<B>>,
+    device: &B::Device,
+) -> Result<Progress> {
+    let (states, progress) =
+        Session::<B>::with(|s| checkpoint::load::<B>(path, &mut s.params, ema, device))??;
+    for inst in engine.plugins.borrow_mut().iter_mut() {
+        if let Some((_, st)) = states.iter().find(|(n, _)| *n == inst.name) {
+            inst.state_load(st)?;
+        }
+    }
+    Ok(progress)
+}
+
+/// Writes the run's checkpoint after `done` steps, data position `pos`.
+fn save<B: AutodiffBackend>(
+    engine: &Engine<B>,
+    dir: &RunDir,
+    ema: Option<&Ema<B>>,
+    pos: crate::data::BatchPosition,
+    done: u64,
+) -> Result<()> {
+    let states: Vec<(String, Vec<u8>)> = engine
+        .plugins
+        .borrow()
+        .iter()
+        .map(|p| Ok((p.name.clone(), p.state_save()?)))
+        .collect::<Result<_, crate::plugins::HookError>>()?;
+    let progress = Progress {
+        step: done,
+        epoch: pos.epoch,
+        index: pos.index,
+    };
+    Session::<B>::with(|s| {
+        checkpoint::save::<B>(&dir.latest_checkpoint(), &s.params, ema, &states, &progress)
+    })??;
+    Ok(())
 }

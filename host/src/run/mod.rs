@@ -4,6 +4,8 @@
 pub mod dir;
 pub mod engine;
 mod model;
+mod objective;
 pub mod report;
+mod sampling;
 
 pub use engine::{RunOptions, RunSummary, run};

@@ -4,10 +4,10 @@
 
 use crate::data::{self, BatchIter, Dataset};
 use crate::manifest::plan::Plan;
-use crate::model::mlp_net::MlpNet;
+use crate::model::net::Net;
 use crate::plugins::{InjectArgs, Instance};
 use crate::tensor_abi::{DataService, DenoiseService, Session, Stored};
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use dtx_plugin_api::abi::{AbiError, ErrorKind, Hook, Which};
@@ -20,7 +20,7 @@ type P<B> = FloatTensor<B>;
 
 /// The model and plugins of a run, shared with the host services.
 pub(super) struct Engine<B: AutodiffBackend> {
-    pub(super) net: MlpNet,
+    pub(super) net: Net,
     pub(super) plugins: RefCell<Vec<Instance<B>>>,
     /// Frozen copy of the source weights, for `denoise(source)`.
     pub(super) source: HashMap<String, P<B>>,
@@ -169,25 +169,68 @@ impl<B: AutodiffBackend> DataService<B> for Rc<RefCell<(Data, B::Device)>> {
     }
 }
 
-pub(super) fn load_target(plan: &Plan) -> Result<Dataset> {
+/// The target set of a run, split into `(train, held_out)` (`target.holdout`
+/// examples held out first, then `limit` chosen from the rest), checked
+/// against the shape the model takes.
+pub(super) fn load_target(plan: &Plan, data_shape: &[usize]) -> Result<(Dataset, Dataset)> {
     let m = &plan.manifest.manifest;
     let t = m
         .target
         .as_ref()
         .ok_or_else(|| anyhow!("training needs a [target] section"))?;
+    let model_res = plan.model.as_ref().map(|d| d.resolution).filter(|&r| r > 0);
     let ds = match t.builtin() {
-        Some(name) => data::builtin(name, &t.config, m.run.seed, t.limit.unwrap_or(1000))?,
+        Some(name) => {
+            let mut config = t.config.clone();
+            // procedural images at the model's side unless the manifest says otherwise
+            if let (Some(res), false) = (
+                t.resolution.or(model_res),
+                config.contains_key("resolution"),
+            ) && name == "shapes"
+            {
+                config.insert("resolution".into(), toml::Value::Integer(res as i64));
+            }
+            let count = t.limit.unwrap_or(1000) + t.holdout;
+            data::builtin(name, &config, m.run.seed, count)?
+        }
         None => {
             let path = plan.manifest.resolve_path(std::path::Path::new(&t.dataset));
-            let res = t
-                .resolution
-                .or(plan.model.as_ref().map(|d| d.resolution))
-                .unwrap_or(32);
+            let res = t.resolution.or(model_res).unwrap_or(32);
             data::load_folder(&path, res, t.labels)?
         }
     };
-    Ok(match t.limit {
-        Some(n) if n < ds.len() => ds.limit(n, t.split_seed.unwrap_or(m.run.seed))?,
-        _ => ds,
-    })
+    let split_seed = t.split_seed.unwrap_or(m.run.seed);
+    let (rest, held) = ds.hold_out(t.holdout, split_seed)?;
+    let train = match t.limit {
+        Some(n) if n < rest.len() => rest.limit(n, split_seed)?,
+        Some(n) if n > rest.len() => rest.limit(n, split_seed)?, // the error names the set
+        _ => rest,
+    };
+    if train.sample_shape != data_shape {
+        bail!(
+            "target `{}` gives examples of shape {:?}, but the source model takes {:?}{}",
+            t.dataset,
+            train.sample_shape,
+            data_shape,
+            if data_shape.len() == 3 {
+                "; set `target.resolution` to the model's side, or use a model of this size"
+            } else {
+                ""
+            }
+        );
+    }
+    if t.labels && train.labels.is_none() {
+        bail!("`target.labels = true` but `{}` has no labels", t.dataset);
+    }
+    let train = if t.labels {
+        train
+    } else {
+        train.without_labels()
+    };
+    let held = if t.labels {
+        held
+    } else {
+        held.without_labels()
+    };
+    Ok((train, held))
 }

@@ -29,14 +29,34 @@ fn dot(img: &mut RgbImage, x: f32, y: f32, colour: Rgb<u8>) {
     }
 }
 
-/// Writes `samples.json` and, for 2-D points, `samples.png`: target points in
-/// grey, samples in blue, on [−7, 7]².
+/// Writes the samples (flat, `example` scalars each). Vectors: `samples.json`
+/// and, for 2-D points, `samples.png` (target points in grey, samples in
+/// blue, on [−7, 7]²). Images `[C, H, W]` in [−1, 1]: one PNG each under
+/// `samples/` and a grid of them, `samples.png`.
 pub fn write_samples(
     dir: &RunDir,
     samples: &[f32],
-    dim: usize,
+    example: &[usize],
     target: Option<&Dataset>,
 ) -> Result<()> {
+    if let [c, h, w] = *example {
+        let sub = dir.path.join("samples");
+        std::fs::create_dir_all(&sub)?;
+        let mut rgb = Vec::with_capacity(samples.len() / c.max(1) * 3);
+        for (i, one) in samples.chunks(c * h * w).enumerate() {
+            let img = crate::data::rgb_from_chw(one, c, h, w).ok_or_else(|| {
+                anyhow::anyhow!("cannot write {c}-channel samples as images (1 or 3 channels)")
+            })?;
+            img.save(sub.join(format!("{i:05}.png")))?;
+            rgb.extend(crate::data::chw_from_rgb(&img));
+        }
+        // a square-ish grid, at most 16 to a row
+        let n = samples.len() / (c * h * w);
+        let cols = ((n as f64).sqrt().ceil() as usize).clamp(1, 16);
+        crate::data::grid(&rgb, [3, h, w], cols).save(dir.path.join("samples.png"))?;
+        return Ok(());
+    }
+    let dim = example.iter().product::<usize>().max(1);
     let rows: Vec<&[f32]> = samples.chunks(dim).collect();
     dir.write("samples.json", serde_json::to_string(&rows)?.as_bytes())?;
     if dim == 2 {
@@ -77,8 +97,16 @@ pub fn write_report(dir: &RunDir, plan: &Plan, s: &RunSummary) -> Result<()> {
     );
     let _ = writeln!(o, "- metrics per step: `metrics.jsonl`");
     if let Some((samples, shape)) = &s.samples {
-        let _ = writeln!(o, "\n## Samples\n\n{} samples (`samples.json`).", shape[0]);
-        if shape[1] == 2 {
+        if shape.len() == 4 {
+            let _ = writeln!(
+                o,
+                "\n## Samples\n\n{} samples (`samples/`).\n\n![samples](samples.png)",
+                shape[0]
+            );
+        } else {
+            let _ = writeln!(o, "\n## Samples\n\n{} samples (`samples.json`).", shape[0]);
+        }
+        if shape.len() == 2 && shape[1] == 2 {
             let _ = writeln!(o, "\n![samples over the target](samples.png)");
             if let Some(t) = m.target.as_ref().filter(|t| t.builtin() == Some("gmm")) {
                 let gmm = Gmm::from_config(&t.config)?;

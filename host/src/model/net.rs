@@ -1,0 +1,168 @@
+//! [`Net`]: the one denoiser type the run engine holds, over every forward
+//! pass dtx has (the residual MLP for vectors, diffusers' `UNet2DModel` for
+//! images). All share one calling convention — rank-free host tensors, float
+//! timesteps, optional labels, and the injection-point hook — so training,
+//! sampling, `denoise`, `features` and plugins' `inject` do not depend on
+//! which one runs.
+
+use super::ModelDescription;
+use super::mlp_net::{MlpNet, PointHook};
+use super::unet::{UNet2D, load_safetensors};
+use crate::tensor_abi::ParamStore;
+use burn::tensor::TensorData;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use rand::Rng;
+use rand_distr::{Distribution, Normal, Uniform};
+use std::collections::HashMap;
+use std::path::Path;
+
+type P<B> = FloatTensor<B>;
+
+/// A denoiser the engine can run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Net {
+    /// Residual MLP over `[B, D]`.
+    Mlp(MlpNet),
+    /// diffusers `UNet2DModel` over `[B, C, S, S]`.
+    UNet(UNet2D),
+}
+
+impl Net {
+    /// The net a description defines, or an error saying why it cannot run.
+    pub fn from_description(d: &ModelDescription) -> Result<Net, String> {
+        match d.kind.as_str() {
+            "mlp" => MlpNet::from_description(d)
+                .map(Net::Mlp)
+                .ok_or_else(|| "the MLP description lacks a size".to_owned()),
+            "diffusers" => UNet2D::from_description(d)
+                .map(Net::UNet)
+                .map_err(|e| e.to_string()),
+            other => Err(format!(
+                "`dtx run` cannot run `kind = \"{other}\"` sources yet (its description, \
+                 injection points and plan work); use a diffusers or mlp source"
+            )),
+        }
+    }
+
+    /// The shape of one example: `[D]` or `[C, S, S]`.
+    pub fn data_shape(&self) -> Vec<usize> {
+        match self {
+            Net::Mlp(m) => vec![m.data_dim],
+            Net::UNet(u) => vec![u.in_channels, u.sample_size, u.sample_size],
+        }
+    }
+
+    /// Channels of the output (twice the data's for a learned-variance net).
+    pub fn out_channels(&self) -> usize {
+        match self {
+            Net::Mlp(m) => m.data_dim,
+            Net::UNet(u) => u.out_channels,
+        }
+    }
+
+    /// Classes of a class-conditional net (0: unconditional).
+    pub fn num_classes(&self) -> usize {
+        match self {
+            Net::Mlp(m) => m.num_classes,
+            Net::UNet(u) => u.num_class_embeds.unwrap_or(0),
+        }
+    }
+
+    /// Every base parameter with its shape, under its checkpoint key.
+    pub fn parameters(&self) -> Vec<(String, Vec<usize>)> {
+        match self {
+            Net::Mlp(m) => m.parameters(),
+            Net::UNet(u) => u.parameters(),
+        }
+    }
+
+    /// The forward pass (see [`MlpNet::forward`] and [`UNet2D::forward`]):
+    /// `x` `[B, …]`, `t` `[B]` float, `labels` `[B]`; `hook(point, h, temb)`
+    /// at every injection point.
+    pub fn forward<B: AutodiffBackend, E>(
+        &self,
+        params: &HashMap<String, P<B>>,
+        x: P<B>,
+        t: P<B>,
+        labels: Option<IntTensor<B>>,
+        hook: &mut PointHook<'_, B, E>,
+    ) -> Result<P<B>, E> {
+        match self {
+            Net::Mlp(m) => m.forward::<B, E>(params, x, t, labels, hook),
+            Net::UNet(u) => u.forward::<B, E>(params, x, t, labels, hook),
+        }
+    }
+
+    /// Registers freshly initialised parameters (training from scratch):
+    /// PyTorch's default laws — a weight of rank ≥ 2 and its bias uniform on
+    /// ±1/sqrt(fan_in) (fan_in = input channels × kernel area), rank-1
+    /// weights (norms) 1 with bias 0, class embeddings standard normal.
+    pub fn init<B: AutodiffBackend>(
+        &self,
+        store: &mut ParamStore<B>,
+        rng: &mut impl Rng,
+        device: &B::Device,
+        trainable: &dyn Fn(&str) -> bool,
+    ) -> Result<(), String> {
+        if let Net::Mlp(m) = self {
+            return m
+                .init(store, rng, device, trainable)
+                .map_err(|e| e.to_string());
+        }
+        let params = self.parameters();
+        let shapes: HashMap<&str, &Vec<usize>> =
+            params.iter().map(|(n, s)| (n.as_str(), s)).collect();
+        for (name, shape) in &params {
+            let n: usize = shape.iter().product();
+            let weight_of_bias = name
+                .strip_suffix(".bias")
+                .and_then(|stem| shapes.get(format!("{stem}.weight").as_str()).copied());
+            let values: Vec<f32> =
+                if name.ends_with("embedding.weight") || name == "label_emb.weight" {
+                    let d = Normal::new(0.0f32, 1.0).expect("valid normal");
+                    (0..n).map(|_| d.sample(rng)).collect()
+                } else {
+                    let layer = if name.ends_with(".weight") {
+                        Some(shape)
+                    } else {
+                        weight_of_bias
+                    };
+                    match layer {
+                        Some(w) if w.len() >= 2 => {
+                            let fan_in: usize = w[1..].iter().product();
+                            let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
+                            let d = Uniform::new_inclusive(-bound, bound).expect("valid bounds");
+                            (0..n).map(|_| d.sample(rng)).collect()
+                        }
+                        _ if name.ends_with(".weight") => vec![1.0; n],
+                        _ => vec![0.0; n],
+                    }
+                };
+            let prim = B::float_from_data(TensorData::new(values, shape.clone()), device);
+            store
+                .register_base(name, prim, trainable(name))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Loads the checkpoint at `path` (a diffusers folder) into `store`.
+    pub fn load<B: AutodiffBackend>(
+        &self,
+        path: &Path,
+        store: &mut ParamStore<B>,
+        device: &B::Device,
+        trainable: &dyn Fn(&str) -> bool,
+    ) -> Result<(), String> {
+        match self {
+            Net::UNet(u) => {
+                load_safetensors::<B>(u, path, store, device, trainable).map_err(|e| e.to_string())
+            }
+            Net::Mlp(_) => Err(format!(
+                "{}: MLP sources are built from [source.config] and have no weights file",
+                path.display()
+            )),
+        }
+    }
+}

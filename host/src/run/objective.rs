@@ -1,0 +1,183 @@
+//! The denoising objective of a training step: the random draw (timesteps
+//! and noise), the forward process, the student's prediction and the
+//! (weighted) simple loss; the same on a held-out set for validation.
+
+use super::engine::{normal, prim_f, ranked, step_rng};
+use super::model::Engine;
+use crate::data::Dataset;
+use crate::diffusion::Weighting;
+use crate::diffusion::prediction::{
+    BatchScalar, Prediction, q_sample, split_learned_sigma, to_epsilon, v_from_eps_x0,
+};
+use crate::diffusion::schedule::snr;
+use anyhow::Result;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{Int, Tensor, TensorData, TensorMetadata};
+use rand::Rng;
+use rand::rngs::StdRng;
+use std::collections::HashMap;
+
+type P<B> = FloatTensor<B>;
+
+/// The random part of one training step: a timestep per example, drawn
+/// uniformly from `0..T`, then standard normal noise of the batch's shape.
+pub(super) struct Draw<B: AutodiffBackend> {
+    pub(super) ts: Vec<i64>,
+    noise: P<B>,
+    device: B::Device,
+}
+
+impl<B: AutodiffBackend> Draw<B> {
+    /// Draws for the batch `x0` (timesteps first, then noise, from `rng`).
+    pub(super) fn new<const D: usize>(
+        rng: &mut StdRng,
+        x0: &P<B>,
+        timesteps: usize,
+        device: &B::Device,
+    ) -> Self {
+        let dims: [usize; D] = x0
+            .shape()
+            .to_vec()
+            .try_into()
+            .expect("the batch has the run's rank");
+        let ts: Vec<i64> = (0..dims[0])
+            .map(|_| rng.random_range(0..timesteps as i64))
+            .collect();
+        let noise = prim_f(normal::<B, D>(rng, dims, device));
+        Draw {
+            ts,
+            noise,
+            device: device.clone(),
+        }
+    }
+
+    /// The noise, ranked.
+    pub(super) fn noise<const D: usize>(&self) -> Tensor<B, D> {
+        ranked(self.noise.clone())
+    }
+
+    /// The timesteps as floats `[B]`, as the denoisers take them.
+    pub(super) fn t_float(&self) -> P<B> {
+        let n = self.ts.len();
+        prim_f(
+            Tensor::<B, 1, Int>::from_data(TensorData::new(self.ts.clone(), [n]), &self.device)
+                .float(),
+        )
+    }
+}
+
+/// What the base model is trained to do.
+pub(super) struct Objective<'a> {
+    /// ᾱ_t for t = 0..T−1.
+    pub(super) alpha_bars: &'a [f64],
+    /// What the network predicts.
+    pub(super) prediction: Prediction,
+    /// Per-timestep loss weight.
+    pub(super) weighting: Weighting,
+    /// Channels of the data (a learned-variance net outputs twice as many).
+    pub(super) data_channels: usize,
+}
+
+impl Objective<'_> {
+    /// The network's mean output: the first `C` channels of a learned-sigma
+    /// output (2C channels), else all of it. The variance channels get no
+    /// loss here (see docs/runs.md, "Learned variance").
+    pub(super) fn mean_output<B: AutodiffBackend, const D: usize>(
+        &self,
+        out: Tensor<B, D>,
+    ) -> Tensor<B, D> {
+        if D > 2 && out.dims()[1] == 2 * self.data_channels {
+            split_learned_sigma(out, self.data_channels).0
+        } else {
+            out
+        }
+    }
+
+    /// The forward process and the student's loss on it:
+    /// x_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε, L = mean_i w(t_i) · mean ‖target_i − out_i‖²
+    /// (target ε, x0 or v as the network predicts; w from the weighting,
+    /// 1 for `none`). Returns the term `loss.simple`, the prediction
+    /// converted to ε (what plugins see) and x_t.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn simple<B: AutodiffBackend, const D: usize>(
+        &self,
+        engine: &Engine<B>,
+        params: &HashMap<String, P<B>>,
+        x0: &P<B>,
+        labels: Option<IntTensor<B>>,
+        draw: &Draw<B>,
+        training: bool,
+    ) -> Result<(Vec<(String, P<B>)>, P<B>, P<B>)> {
+        let n = draw.ts.len();
+        let dev = &draw.device;
+        let ab: Vec<f32> = draw
+            .ts
+            .iter()
+            .map(|&i| self.alpha_bars[i as usize] as f32)
+            .collect();
+        let ab_t = Tensor::<B, 1>::from_data(TensorData::new(ab, [n]), dev);
+        let x0r: Tensor<B, D> = ranked(x0.clone());
+        let noise = draw.noise::<D>();
+        let x_t = q_sample(x0r.clone(), noise.clone(), ab_t.clone());
+        let out = ranked::<B, D>(engine.student(
+            params,
+            prim_f(x_t.clone()),
+            draw.t_float(),
+            labels,
+            training,
+        )?);
+        let out = self.mean_output(out);
+        let ab_b = BatchScalar::PerSample(ab_t);
+        let target = match self.prediction {
+            Prediction::Epsilon => noise,
+            Prediction::Sample => x0r,
+            Prediction::VPrediction => v_from_eps_x0(noise, x0r, &ab_b),
+        };
+        let sq = (out.clone() - target).powf_scalar(2.0);
+        let simple: Tensor<B, 1> = match self.weighting {
+            Weighting::None => sq.mean(),
+            w => {
+                let weights: Vec<f32> = draw
+                    .ts
+                    .iter()
+                    .map(|&i| w.weight(snr(self.alpha_bars[i as usize]), self.prediction) as f32)
+                    .collect();
+                let w = Tensor::<B, 1>::from_data(TensorData::new(weights, [n]), dev);
+                let per_example: Tensor<B, 1> = sq.reshape([n as i32, -1]).mean_dim(1).reshape([n]);
+                (per_example * w).mean()
+            }
+        };
+        let pred = prim_f(to_epsilon(out, x_t.clone(), &ab_b, self.prediction));
+        Ok((
+            vec![("loss.simple".to_owned(), prim_f(simple))],
+            pred,
+            prim_f(x_t),
+        ))
+    }
+
+    /// The weighted simple loss of the current student on every example of
+    /// `held` (no plugin losses, no gradients kept), with timesteps and
+    /// noise from a fixed seed so values at different steps compare.
+    pub(super) fn validation<B: AutodiffBackend, const D: usize>(
+        &self,
+        engine: &Engine<B>,
+        held: &Dataset,
+        seed: u64,
+        batch: usize,
+        device: &B::Device,
+    ) -> Result<f64> {
+        let params = engine.params();
+        let mut rng = step_rng(seed, u64::MAX - 2);
+        let idx: Vec<usize> = (0..held.len()).collect();
+        let mut sum = 0.0;
+        for chunk in idx.chunks(batch.max(1)) {
+            let (x0, labels) = held.to_tensor::<B>(chunk, device);
+            let draw = Draw::new::<D>(&mut rng, &x0, self.alpha_bars.len(), device);
+            let (terms, _, _) = self.simple::<B, D>(engine, &params, &x0, labels, &draw, false)?;
+            let v: Tensor<B, 1> = ranked(B::float_detach(terms[0].1.clone()));
+            sum += super::engine::scalar(&v.reshape([1])) * chunk.len() as f64;
+        }
+        Ok(sum / held.len().max(1) as f64)
+    }
+}

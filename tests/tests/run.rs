@@ -209,6 +209,12 @@ fn an_image_run_validates_warms_up_and_writes_png_samples() {
     assert!(dir.join("samples.png").exists());
     let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(report.contains("samples.png"), "{report}");
+    // `dtx sample` works from the run folder (its manifest copy has absolute paths).
+    let more = out.join("more");
+    let (d, m) = (dir.display().to_string(), more.display().to_string());
+    let s = run_in_process(&["sample", &d, "--count", "2", "--steps", "2", "--out", &m]);
+    assert_eq!(s.code, 0, "{}", s.stderr);
+    assert!(more.join("samples/00001.png").exists());
 }
 
 #[test]
@@ -283,4 +289,59 @@ fn prediction_types_and_clipping_run_and_unsupported_settings_are_refused() {
     let r = dtx_run("gmm-mlp.toml", &out, &["sample.guidance=2.0"], &[]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("sample.guidance"), "{}", r.stderr);
+}
+
+#[test]
+fn pretrain_exports_a_diffusers_folder_that_runs_as_a_pretrained_source() {
+    let out = out_dir("pretrain");
+    let model = out.join("model");
+    let (o, m) = (out.display().to_string(), model.display().to_string());
+    let r = run_in_process(&[
+        "pretrain",
+        &manifest("shapes-unet.toml"),
+        "--quiet",
+        "--set",
+        &format!("run.output_dir=\"{o}\""),
+        "--set",
+        "train.steps=2",
+        "--out",
+        &m,
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("model: "), "{}", r.stdout);
+    // The folder holds the config and the EMA weights, under their own keys.
+    assert!(model.join("config.json").exists());
+    let (_, exported) = tensors(&model.join("diffusion_pytorch_model.safetensors"));
+    let (_, ckpt) = tensors(&out.join("shapes-unet/checkpoints/latest.safetensors"));
+    assert!(exported.contains_key("conv_in.weight"));
+    for (k, v) in &exported {
+        assert_eq!(
+            Some(v),
+            ckpt.get(&format!("ema/{k}")),
+            "`{k}` is not the EMA value"
+        );
+    }
+    // ... and a run loads it as a pretrained source.
+    let again = dtx_run(
+        "shapes-unet.toml",
+        &out.join("second"),
+        &[
+            &format!("source.path=\"{m}\""),
+            "source.init=\"pretrained\"",
+            "train.steps=1",
+        ],
+        &[],
+    );
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    // Plugins and non-diffusers sources are refused before any work.
+    let mlp = run_in_process(&["pretrain", &manifest("gmm-mlp.toml")]);
+    assert_eq!(mlp.code, 1);
+    assert!(
+        mlp.stderr.contains("kind = \"diffusers\""),
+        "{}",
+        mlp.stderr
+    );
+    let plugins = run_in_process(&["pretrain", &manifest("two-plugins.toml")]);
+    assert_eq!(plugins.code, 1);
+    assert!(plugins.stderr.contains("[[plugin]]"), "{}", plugins.stderr);
 }

@@ -34,7 +34,7 @@ pub enum Command {
     },
     /// Run a manifest: prepare, train, sample and filter, writing
     /// `runs/<name>/` (resolved manifest, metrics.jsonl, checkpoints, samples,
-    /// report.md). Runs `kind = "mlp"` sources so far.
+    /// report.md). Runs diffusers U-Net and MLP sources.
     Run {
         /// The manifest (TOML).
         manifest: PathBuf,
@@ -48,6 +48,28 @@ pub enum Command {
         /// no sampling); `--resume` continues.
         #[arg(long, value_name = "STEPS")]
         stop_after: Option<u64>,
+        /// No progress lines.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Train a denoiser from scratch on a dataset and export it as a
+    /// diffusers model folder (config.json + diffusion_pytorch_model.safetensors,
+    /// EMA weights when the manifest keeps an EMA). The manifest is a run
+    /// manifest with a diffusers `[source]` whose config.json gives the
+    /// architecture; `source.init = "random"` and `train.trainable = "all"`
+    /// are forced. This made dtx's shipped source model.
+    Pretrain {
+        /// The manifest (TOML).
+        manifest: PathBuf,
+        /// Override a manifest value, `key.path=value`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Model folder to write (default: `runs/<name>/model`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue from the run folder's latest checkpoint.
+        #[arg(long)]
+        resume: bool,
         /// No progress lines.
         #[arg(long)]
         quiet: bool,
@@ -137,6 +159,13 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             let summary = crate::run::run::<CpuBackend>(&plan, &opts, out)?;
             writeln!(out, "run folder: {}", summary.dir.display())?;
         }
+        Command::Pretrain {
+            manifest,
+            set,
+            out: model_out,
+            resume,
+            quiet,
+        } => pretrain(&manifest, set, model_out, resume, quiet, out)?,
         Command::Sample {
             run_dir,
             count,
@@ -205,6 +234,69 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// `dtx pretrain`: a run from random weights, then the model folder.
+fn pretrain(
+    manifest_path: &std::path::Path,
+    set: Vec<String>,
+    model_out: Option<PathBuf>,
+    resume: bool,
+    quiet: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let mut all = vec![
+        "source.init=\"random\"".to_owned(),
+        "train.trainable=\"all\"".to_owned(),
+    ];
+    all.extend(set);
+    let loaded = manifest::load(manifest_path, &all)?;
+    let m = &loaded.manifest;
+    let what = manifest_path.display();
+    if !m.plugins.is_empty() {
+        bail!("{what}: `dtx pretrain` trains the base model alone; remove the [[plugin]] entries");
+    }
+    if m.train.is_none() || m.target.is_none() {
+        bail!("{what}: `dtx pretrain` needs [train] and [target] (the data to train on)");
+    }
+    let config = match &m.source {
+        Some(s) if s.kind.as_str() == "diffusers" => s
+            .path
+            .as_ref()
+            .map(|p| loaded.resolve_path(p).join("config.json"))
+            .ok_or_else(|| {
+                anyhow::anyhow!("{what}: `source.path` names the folder with config.json")
+            })?,
+        _ => bail!(
+            "{what}: `dtx pretrain` exports a diffusers model folder, so `[source]` must be `kind = \"diffusers\"` with a config.json"
+        ),
+    };
+    let plan = plan::resolve(loaded)?;
+    let opts = crate::run::RunOptions {
+        resume,
+        quiet,
+        ..Default::default()
+    };
+    let summary = crate::run::run::<CpuBackend>(&plan, &opts, out)?;
+    let folder = model_out.unwrap_or_else(|| summary.dir.join("model"));
+    std::fs::create_dir_all(&folder).with_context(|| format!("creating `{}`", folder.display()))?;
+    let dest = folder.join("config.json");
+    let same = matches!(
+        (config.canonicalize(), dest.canonicalize()),
+        (Ok(a), Ok(b)) if a == b
+    );
+    if !same {
+        std::fs::copy(&config, &dest)
+            .with_context(|| format!("copying `{}` to `{}`", config.display(), dest.display()))?;
+    }
+    let ckpt = summary.dir.join("checkpoints").join("latest.safetensors");
+    let n = crate::train::checkpoint::export_base(
+        &ckpt,
+        &folder.join(crate::model::diffusers::WEIGHTS_FILE),
+        true,
+    )?;
+    writeln!(out, "model: {} ({n} tensors)", folder.display())?;
     Ok(())
 }
 

@@ -112,6 +112,32 @@ impl LoadedManifest {
     pub fn to_toml_string(&self) -> String {
         toml::to_string(&self.manifest).expect("a Manifest always serialises to TOML")
     }
+
+    /// The resolved manifest with every file path made absolute (source,
+    /// target folder, plugin library files, output folder), so the copy a
+    /// run folder keeps works from there (`dtx sample`, `--resume`).
+    pub fn to_portable_toml_string(&self) -> String {
+        let abs = |p: &Path| {
+            let joined = self.resolve_path(p);
+            std::path::absolute(&joined).unwrap_or(joined)
+        };
+        let mut m = self.manifest.clone();
+        m.run.output_dir = abs(&m.run.output_dir);
+        if let Some(s) = m.source.as_mut() {
+            s.path = s.path.as_deref().map(abs);
+        }
+        if let Some(t) = m.target.as_mut()
+            && t.builtin().is_none()
+        {
+            t.dataset = abs(Path::new(&t.dataset)).display().to_string();
+        }
+        for p in &mut m.plugins {
+            if p.library_is_path() {
+                p.library = abs(Path::new(&p.library)).display().to_string();
+            }
+        }
+        toml::to_string(&m).expect("a Manifest always serialises to TOML")
+    }
 }
 
 fn base_dir(file: &Path) -> PathBuf {

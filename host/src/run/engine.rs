@@ -234,7 +234,7 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
             &plan.manifest.output_dir(),
             &m.run.name,
             opts.resume,
-            &plan.manifest.to_toml_string(),
+            &plan.manifest.to_portable_toml_string(),
         )?,
     };
 

@@ -133,16 +133,72 @@ pub fn save<B: AutodiffBackend>(
         ema.map(|e| e.decay.to_string()).unwrap_or_default(),
     );
     let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| io(&e))?;
+    write_atomically(path, &bytes)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder:
+/// write, fsync, rename, so a reader never sees half a file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let io = |e: &dyn std::fmt::Display| CheckpointError::Io {
+        path: path.into(),
+        message: e.to_string(),
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| io(&e))?;
     }
-    let tmp = path.with_extension("safetensors.tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     {
         let mut f = std::fs::File::create(&tmp).map_err(|e| io(&e))?;
-        f.write_all(&bytes).map_err(|e| io(&e))?;
+        f.write_all(bytes).map_err(|e| io(&e))?;
         f.sync_all().map_err(|e| io(&e))?;
     }
     std::fs::rename(&tmp, path).map_err(|e| io(&e))
+}
+
+/// Writes the base model's weights from checkpoint `ckpt` to `out` as a
+/// plain safetensors file under their checkpoint keys (what diffusers'
+/// `diffusion_pytorch_model.safetensors` holds): the EMA value of each
+/// parameter when `prefer_ema` and the checkpoint keeps one, else the
+/// trained value. Plugin parameters (`plugin.*`) are left out. Returns the
+/// number of tensors written.
+pub fn export_base(ckpt: &Path, out: &Path, prefer_ema: bool) -> Result<usize, CheckpointError> {
+    let io = |e: &dyn std::fmt::Display| CheckpointError::Io {
+        path: ckpt.into(),
+        message: e.to_string(),
+    };
+    let bytes = std::fs::read(ckpt).map_err(|e| io(&e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| io(&e))?;
+    let mut views: BTreeMap<String, TensorView<'_>> = BTreeMap::new();
+    for name in st.names() {
+        let Some(key) = name.strip_prefix("param/") else {
+            continue;
+        };
+        if key.starts_with("plugin.") {
+            continue;
+        }
+        let ema = prefer_ema
+            .then(|| st.tensor(&format!("ema/{key}")).ok())
+            .flatten();
+        let view = match ema {
+            Some(v) => v,
+            None => st.tensor(name).map_err(|e| io(&e))?,
+        };
+        views.insert(key.to_owned(), view);
+    }
+    if views.is_empty() {
+        return Err(CheckpointError::Mismatch {
+            path: ckpt.into(),
+            message: "it holds no base-model parameters".into(),
+        });
+    }
+    let n = views.len();
+    let mut meta = HashMap::new();
+    meta.insert("format".to_owned(), "pt".to_owned());
+    let data = safetensors::serialize(views, Some(meta)).map_err(|e| io(&e))?;
+    write_atomically(out, &data)?;
+    Ok(n)
 }
 
 /// Restores a checkpoint into `store` (every parameter must exist with the same

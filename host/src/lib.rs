@@ -5,6 +5,7 @@
 //! guide and DESIGN.md for the architecture.
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod diffusion;

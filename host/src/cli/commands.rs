@@ -99,6 +99,14 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Benchmarks: `dtx bench engine` times a U-Net training step (forward,
+    /// backward, AdamW) and a DDIM step and reports peak memory, to compare
+    /// with `benches/python/unet_bench.py` (docs/performance.md).
+    Bench {
+        /// What to time.
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Find and describe plugins.
     Plugins {
         /// What to do.
@@ -107,6 +115,35 @@ pub enum Command {
     },
     /// List the built-in components (noise schedules, model kinds, …).
     List,
+}
+
+/// `dtx bench <command>`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// A diffusers UNet2DModel training step and DDIM step on random data.
+    Engine {
+        /// Examples per step.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Image side.
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        /// `block_out_channels`, comma-separated.
+        #[arg(long, default_value = "64,128,128", value_delimiter = ',')]
+        channels: Vec<usize>,
+        /// `layers_per_block`.
+        #[arg(long, default_value_t = 2)]
+        layers: usize,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Timed steps (the median is reported).
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `dtx plugins <command>`.
@@ -216,6 +253,51 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             };
             crate::run::run::<CpuBackend>(&plan, &opts, out)?;
             writeln!(out, "samples: {}", dest.display())?;
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Engine {
+                    batch,
+                    size,
+                    channels,
+                    layers,
+                    warmup,
+                    iters,
+                    json,
+                },
+        } => {
+            if batch == 0 || size < 4 || channels.is_empty() || layers == 0 || iters == 0 {
+                bail!(
+                    "dtx bench engine: batch, layers and iters must be positive, size at least 4, channels non-empty"
+                );
+            }
+            let cfg = crate::bench::EngineBench {
+                batch,
+                size,
+                channels,
+                layers,
+                warmup,
+                iters,
+            };
+            let r = crate::bench::engine::<CpuBackend>(&cfg)?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&r)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "U-Net {:?} x{} layers, {} parameters, batch {} at {}x{}, {} threads\n  training step (fwd+bwd+AdamW): {:.3} s\n  DDIM step:                     {:.3} s\n  peak memory:                   {:.0} MiB",
+                    cfg.channels,
+                    cfg.layers,
+                    r.parameters,
+                    cfg.batch,
+                    cfg.size,
+                    cfg.size,
+                    r.threads,
+                    r.train_step_s,
+                    r.ddim_step_s,
+                    r.peak_rss_mib
+                )?;
+            }
         }
         Command::Plugins {
             command: PluginsCommand::List { dir },

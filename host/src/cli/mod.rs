@@ -4,7 +4,7 @@
 
 mod commands;
 
-pub use commands::{Cli, Command, PluginsCommand, execute};
+pub use commands::{BenchCommand, Cli, Command, PluginsCommand, execute};
 
 use std::ffi::OsString;
 use std::io::Write;

@@ -473,7 +473,12 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
             Some(e) => Session::<B>::with(|s| e.values(&s.params))?
                 .into_iter()
                 .collect(),
-            None => engine.params(),
+            // no graph through the weights while sampling
+            None => engine
+                .params()
+                .into_iter()
+                .map(|(k, v)| (k, B::float_detach(v)))
+                .collect(),
         };
         let drawn = super::sampling::draw::<B, D>(
             &engine, &weights, &objective, sm, m.run.seed, &device, opts.quiet,

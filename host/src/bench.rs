@@ -1,0 +1,201 @@
+//! `dtx bench engine`: times the engine's two hot loops on a diffusers
+//! `UNet2DModel` — one training step (forward, ε-MSE, backward, AdamW) and
+//! one DDIM sampling step (forward without a graph, the DDIM update) — and
+//! reads the process's peak resident memory. `benches/python/unet_bench.py`
+//! does the same in PyTorch + diffusers with the same architecture, batch
+//! and thread count; docs/performance.md has both and how to reproduce.
+
+use crate::diffusion::sampler::ddim_step;
+use crate::diffusion::schedule::Schedule;
+use crate::model::net::Net;
+use crate::tensor_abi::Session;
+use crate::train::optim::AdamConfig;
+use anyhow::{Result, anyhow};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use rand::SeedableRng;
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// What to time.
+#[derive(Debug, Clone)]
+pub struct EngineBench {
+    /// Examples per step.
+    pub batch: usize,
+    /// Image side.
+    pub size: usize,
+    /// `block_out_channels`.
+    pub channels: Vec<usize>,
+    /// `layers_per_block`.
+    pub layers: usize,
+    /// Untimed steps first.
+    pub warmup: usize,
+    /// Timed steps (the median is reported).
+    pub iters: usize,
+}
+
+/// Timings in seconds (median over the timed steps) and peak memory.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    /// Base parameters of the U-Net.
+    pub parameters: usize,
+    /// Median seconds per training step.
+    pub train_step_s: f64,
+    /// Median seconds per DDIM step.
+    pub ddim_step_s: f64,
+    /// Peak resident set size of the process, MiB (Linux `VmHWM`; 0 elsewhere).
+    pub peak_rss_mib: f64,
+    /// Compute threads the backend may use (`RAYON_NUM_THREADS` or all cores).
+    pub threads: usize,
+}
+
+/// The diffusers config of the benchmark U-Net: attention at every level
+/// but the first, as diffusers' `google/ddpm-cifar10-32` layout.
+pub fn unet_config(b: &EngineBench) -> serde_json::Value {
+    let n = b.channels.len();
+    let down: Vec<&str> = (0..n)
+        .map(|i| {
+            if i == 0 {
+                "DownBlock2D"
+            } else {
+                "AttnDownBlock2D"
+            }
+        })
+        .collect();
+    let up: Vec<&str> = (0..n)
+        .map(|i| {
+            if i + 1 == n {
+                "UpBlock2D"
+            } else {
+                "AttnUpBlock2D"
+            }
+        })
+        .collect();
+    serde_json::json!({
+        "_class_name": "UNet2DModel",
+        "sample_size": b.size,
+        "in_channels": 3,
+        "out_channels": 3,
+        "block_out_channels": b.channels,
+        "layers_per_block": b.layers,
+        "down_block_types": down,
+        "up_block_types": up,
+        "norm_num_groups": 32,
+        "attention_head_dim": 32,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Peak resident memory of this process in MiB (`VmHWM`), 0 when unknown.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Runs the benchmark on backend `B`.
+pub fn engine<B: AutodiffBackend>(b: &EngineBench) -> Result<BenchReport> {
+    let dir = std::env::temp_dir().join(format!("dtx-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("config.json"), unet_config(b).to_string())?;
+    let desc = crate::model::describe("diffusers", Some(&dir), &toml::Table::new())?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let net = Net::from_description(&desc).map_err(|e| anyhow!(e))?;
+    let device: B::Device = Default::default();
+    let _session = Session::<B>::install(device.clone(), 0);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    Session::<B>::with(|s| net.init(&mut s.params, &mut rng, &device, &|_| true))?
+        .map_err(|e| anyhow!(e))?;
+    let parameters = net
+        .parameters()
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum();
+    let shape = [b.batch, 3, b.size, b.size];
+    let normal = || Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    let t =
+        Tensor::<B, 1, Int>::from_data(TensorData::new(vec![500i64; b.batch], [b.batch]), &device)
+            .float();
+    let params = || -> Result<HashMap<String, _>> {
+        Ok(Session::<B>::with(|s| {
+            s.params
+                .entries()
+                .iter()
+                .map(|e| (e.name.clone(), e.value.clone()))
+                .collect::<HashMap<_, _>>()
+        })?)
+    };
+    let adam = AdamConfig {
+        lr: 1e-4,
+        ..Default::default()
+    };
+
+    let mut train = Vec::new();
+    for i in 0..b.warmup + b.iters {
+        let (x, eps) = (normal(), normal());
+        let start = Instant::now();
+        let p = params()?;
+        let out = net.forward::<B, anyhow::Error>(
+            &p,
+            x.into_primitive().tensor(),
+            t.clone().into_primitive().tensor(),
+            None,
+            &mut |_, h, _| Ok(h),
+        )?;
+        let out: Tensor<B, 4> = Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(out));
+        let loss = (out - eps).powf_scalar(2.0).mean();
+        Session::<B>::with(|s| {
+            let ids = s.params.trainable_ids();
+            s.params
+                .step_clipped(loss.into_primitive().tensor(), &ids, adam, None)
+        })??;
+        if i >= b.warmup {
+            train.push(start.elapsed().as_secs_f64());
+        }
+    }
+
+    let alpha_bars = Schedule::Linear.alpha_bars(1000);
+    let weights: HashMap<String, _> = params()?
+        .into_iter()
+        .map(|(k, v)| (k, B::float_detach(v)))
+        .collect();
+    let mut x = normal();
+    let mut ddim = Vec::new();
+    for i in 0..b.warmup + b.iters {
+        let start = Instant::now();
+        let out = net.forward::<B, anyhow::Error>(
+            &weights,
+            x.clone().detach().into_primitive().tensor(),
+            t.clone().into_primitive().tensor(),
+            None,
+            &mut |_, h, _| Ok(h),
+        )?;
+        let eps: Tensor<B, 4> = Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(out));
+        x = ddim_step(eps, x, 500, 480, &alpha_bars, 0.0, None, None).x_prev;
+        // force the computation before stopping the clock
+        let _ = x.clone().sum().into_scalar();
+        if i >= b.warmup {
+            ddim.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(BenchReport {
+        parameters,
+        train_step_s: median(train),
+        ddim_step_s: median(ddim),
+        peak_rss_mib: peak_rss_mib(),
+        threads: std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+    })
+}

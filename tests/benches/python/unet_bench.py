@@ -1,0 +1,100 @@
+"""PyTorch + diffusers side of `dtx bench engine` (docs/performance.md).
+
+Times, on the CPU with the same thread count as dtx, a diffusers
+UNet2DModel with the configuration `dtx bench engine` builds
+(host/src/bench.rs, `unet_config`):
+
+- a training step: forward, ε-MSE, backward, AdamW step (lr 1e-4);
+- a DDIM sampling step: forward under no_grad, then DDIMScheduler.step;
+
+median over --iters steps after --warmup untimed ones, and the peak resident
+memory of the process (ru_maxrss). Run by hand, never in CI:
+
+    python tests/benches/python/unet_bench.py --threads 2
+    target/release/dtx bench engine        # with RAYON_NUM_THREADS=2
+
+Needs torch and diffusers (pip install torch diffusers).
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import torch
+from diffusers import DDIMScheduler, UNet2DModel
+
+
+def unet_config(channels, layers, size):
+    n = len(channels)
+    return dict(
+        sample_size=size,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=tuple(channels),
+        layers_per_block=layers,
+        down_block_types=tuple("DownBlock2D" if i == 0 else "AttnDownBlock2D" for i in range(n)),
+        up_block_types=tuple("UpBlock2D" if i == n - 1 else "AttnUpBlock2D" for i in range(n)),
+        norm_num_groups=32,
+        attention_head_dim=32,
+    )
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--channels", default="64,128,128")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    channels = [int(c) for c in a.channels.split(",")]
+    model = UNet2DModel(**unet_config(channels, a.layers, a.size))
+    params = sum(t.numel() for t in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    shape = (a.batch, 3, a.size, a.size)
+    t = torch.full((a.batch,), 500, dtype=torch.long)
+
+    model.train()
+    train = []
+    for i in range(a.warmup + a.iters):
+        x, eps = torch.randn(shape), torch.randn(shape)
+        start = time.perf_counter()
+        out = model(x, t).sample
+        loss = ((out - eps) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= a.warmup:
+            train.append(time.perf_counter() - start)
+
+    model.eval()
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    sched.set_timesteps(50)
+    x = torch.randn(shape)
+    ddim = []
+    with torch.no_grad():
+        for i in range(a.warmup + a.iters):
+            start = time.perf_counter()
+            eps = model(x, t).sample
+            x = sched.step(eps, 500, x, eta=0.0).prev_sample
+            if i >= a.warmup:
+                ddim.append(time.perf_counter() - start)
+
+    print(json.dumps(dict(
+        parameters=params,
+        train_step_s=statistics.median(train),
+        ddim_step_s=statistics.median(ddim),
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        threads=a.threads,
+        torch=torch.__version__,
+    )))
+
+
+if __name__ == "__main__":
+    main()

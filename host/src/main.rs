@@ -1,9 +1,20 @@
 //! The `dtx` binary: parses arguments, runs the command, prints any error
 //! once (with the manifest excerpt when there is one) and exits non-zero.
+//!
+//! Diagnostics go through `tracing` to stderr, filtered by `DTX_LOG` (an
+//! `EnvFilter` directive such as `info` or `dtx=debug`; default `warn`).
+//! What a command reports to the user goes to stdout.
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DTX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let code = dtx::cli::main_with(
         std::env::args_os(),
         &mut std::io::stdout(),

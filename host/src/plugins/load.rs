@@ -337,6 +337,10 @@ pub fn load_library(
         return r.clone();
     }
     let r = load_uncached(path, vtables).map(Arc::new);
+    match &r {
+        Ok(lib) => tracing::info!(file = %lib.path.display(), "plugin library loaded"),
+        Err(e) => tracing::debug!(file = %path.display(), "plugin library refused: {e}"),
+    }
     cache.insert(key, r.clone());
     r
 }

@@ -250,6 +250,12 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         Trainable::Globs(g) => g.iter().any(|p| dtx_plugin_api::points::matches(p, name)),
     };
     base_weights::<B>(plan, &net, &device, &is_trainable)?;
+    tracing::info!(
+        kind = %desc.kind,
+        parameters = net.parameters().iter().map(|(_, s)| s.iter().product::<usize>()).sum::<usize>(),
+        trainable = Session::<B>::with(|s| s.params.trainable_ids().len())?,
+        "base model ready"
+    );
     let source: HashMap<String, P<B>> = Session::<B>::with(|s| {
         s.params
             .entries()
@@ -300,6 +306,16 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         }
     })?;
 
+    if let Some(t) = &target {
+        tracing::info!(
+            examples = t.len(),
+            held_out = held_out.as_ref().map_or(0, |h| h.len()),
+            shape = ?t.sample_shape,
+            "target set loaded from {}",
+            t.source
+        );
+    }
+
     // 4. prepare (what it trains is in the checkpoint when resuming or sampling)
     let run_dir = dir.path.display().to_string();
     let fresh = opts.sample_from.is_none() && !opts.resume;
@@ -309,7 +325,9 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         .iter_mut()
         .filter(|p| fresh && p.implements(Hook::Prepare))
     {
+        let started = std::time::Instant::now();
         inst.prepare(if m.train.is_some() { "train" } else { "sample" }, &run_dir)?;
+        tracing::info!(plugin = %inst.name, seconds = started.elapsed().as_secs_f64(), "prepare done");
     }
 
     // 5. train
@@ -441,6 +459,7 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
                     writeln!(log, "step {done}: validation loss {v:.5}")?;
                 }
             }
+            tracing::debug!(step = done, loss = total_v, lr, grad_norm, "step");
             dir.log(&serde_json::Value::Object(values))?;
             summary.final_loss = Some(total_v);
             match &bar {
@@ -456,6 +475,11 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
             if done % every == 0 || done == end {
                 let pos = d.borrow().0.iter.position();
                 save(&engine, &dir, ema.as_ref(), pos, done)?;
+                tracing::info!(
+                    step = done,
+                    "checkpoint written to {}",
+                    dir.latest_checkpoint().display()
+                );
             }
             summary.steps = done;
         }

@@ -13,10 +13,12 @@ mod config;
 mod describe;
 pub mod diffusers;
 mod error;
+pub(crate) mod layers;
 pub mod mlp;
 pub mod mlp_net;
 mod safetensors_header;
 pub mod unet;
+pub mod weights;
 
 pub use describe::{ModelDescription, Point, describe};
 pub use error::{KeyLocation, ModelError, Origin};

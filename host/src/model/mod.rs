@@ -17,6 +17,7 @@ pub(crate) mod layers;
 pub mod mlp;
 pub mod mlp_net;
 mod safetensors_header;
+mod torch_file;
 pub mod unet;
 pub mod weights;
 

@@ -17,11 +17,13 @@ pub(crate) mod layers;
 pub mod mlp;
 pub mod mlp_net;
 mod safetensors_header;
+#[cfg(test)]
+mod test_io;
 mod torch_file;
 pub mod unet;
 pub mod weights;
 
-pub use describe::{ModelDescription, Point, describe};
+pub use describe::{ConfigProblem, ModelDescription, Point, describe};
 pub use error::{KeyLocation, ModelError, Origin};
 pub use safetensors_header::{TensorHeader, read_safetensors_header};
 

@@ -5,7 +5,7 @@
 //! host's [`ParamStore`]. All missing keys, unexpected keys, shape and dtype
 //! mismatches are reported together. The checkpoint readers
 //! (`safetensors`, `model::torch_file` for `torch.save` archives) hand their
-//! tensors over as [`StoredTensor`]s.
+//! tensors over as `StoredTensor`s.
 
 use crate::tensor_abi::ParamStore;
 use burn::tensor::TensorData;

@@ -5,6 +5,7 @@
 use super::{ModelError, adm, diffusers, mlp};
 use abi_stable::std_types::{RString, RVec};
 use dtx_plugin_api::{ModelInfo, PointInfo};
+use serde_json::Value;
 use std::path::Path;
 
 /// One injection point: the output of a residual block, or the time embedding.
@@ -133,6 +134,90 @@ impl ModelDescription {
                 })
                 .collect::<RVec<_>>(),
         }
+    }
+}
+
+/// A config value of a [`ModelDescription`] that a network cannot be built
+/// from; each network's error renders it with where the value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The config key.
+    pub key: String,
+    /// What is wrong, naming the value.
+    pub reason: String,
+}
+
+impl ConfigProblem {
+    /// `key` holds `v`, which is not `expected`.
+    pub(crate) fn expected(key: &str, v: &Value, expected: &str) -> ConfigProblem {
+        ConfigProblem {
+            key: key.into(),
+            reason: format!("expected {expected}, found {v}"),
+        }
+    }
+}
+
+/// Typed reads of the config values in force, which `describe` records as
+/// JSON text (`4`, `true`, `[1, 2, 2]`, `null`).
+impl ModelDescription {
+    /// The value of `key`, parsed.
+    pub(crate) fn value(&self, key: &str) -> Result<Value, ConfigProblem> {
+        let text = self.config_value(key).ok_or_else(|| ConfigProblem {
+            key: key.into(),
+            reason: "not in the model description".into(),
+        })?;
+        serde_json::from_str(text).map_err(|e| ConfigProblem {
+            key: key.into(),
+            reason: format!("cannot read value {text}: {e}"),
+        })
+    }
+
+    /// A non-negative integer.
+    pub(crate) fn usize_value(&self, key: &str) -> Result<usize, ConfigProblem> {
+        let v = self.value(key)?;
+        v.as_u64()
+            .map(|n| n as usize)
+            .ok_or_else(|| ConfigProblem::expected(key, &v, "a non-negative integer"))
+    }
+
+    /// A non-negative integer or null.
+    pub(crate) fn opt_usize_value(&self, key: &str) -> Result<Option<usize>, ConfigProblem> {
+        match self.value(key)? {
+            Value::Null => Ok(None),
+            v => v
+                .as_u64()
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| ConfigProblem::expected(key, &v, "a non-negative integer or null")),
+        }
+    }
+
+    /// An integer.
+    pub(crate) fn i64_value(&self, key: &str) -> Result<i64, ConfigProblem> {
+        let v = self.value(key)?;
+        v.as_i64()
+            .ok_or_else(|| ConfigProblem::expected(key, &v, "an integer"))
+    }
+
+    /// A number.
+    pub(crate) fn f64_value(&self, key: &str) -> Result<f64, ConfigProblem> {
+        let v = self.value(key)?;
+        v.as_f64()
+            .ok_or_else(|| ConfigProblem::expected(key, &v, "a number"))
+    }
+
+    /// A boolean.
+    pub(crate) fn bool_value(&self, key: &str) -> Result<bool, ConfigProblem> {
+        let v = self.value(key)?;
+        v.as_bool()
+            .ok_or_else(|| ConfigProblem::expected(key, &v, "a boolean"))
+    }
+
+    /// An array of numbers.
+    pub(crate) fn numbers_value(&self, key: &str) -> Result<Vec<f64>, ConfigProblem> {
+        let v = self.value(key)?;
+        v.as_array()
+            .and_then(|a| a.iter().map(Value::as_f64).collect())
+            .ok_or_else(|| ConfigProblem::expected(key, &v, "an array of numbers"))
     }
 }
 

@@ -5,21 +5,30 @@
 //! point with its shape and checkpoint module, and every base parameter with
 //! its shape. `dtx plan` prints it and plugins receive it as `ModelInfo`. One
 //! file per kind (`diffusers`, `adm`, `mlp`), one reader for safetensors
-//! headers; the forward passes and weight loading come later. The user guide
-//! is `docs/models.md`.
+//! headers. The forward passes and their weight loading: `unet` (diffusers),
+//! `adm_net` (guided-diffusion), `mlp_net`, sharing `layers`; `weights`
+//! fits a checkpoint to a network, `torch_file` reads `torch.save` archives.
+//! The user guide is `docs/models.md`.
 
 pub mod adm;
+pub mod adm_net;
 mod config;
 mod describe;
 pub mod diffusers;
 mod error;
+pub(crate) mod layers;
 pub mod mlp;
 pub mod mlp_net;
 pub mod net;
 mod safetensors_header;
+#[cfg(test)]
+mod test_io;
+mod torch_file;
 pub mod unet;
+pub mod weights;
 
-pub use describe::{ModelDescription, Point, describe};
+pub use adm_net::{AdmNet, load_weights};
+pub use describe::{ConfigProblem, ModelDescription, Point, describe};
 pub use error::{KeyLocation, ModelError, Origin};
 pub use safetensors_header::{TensorHeader, read_safetensors_header};
 

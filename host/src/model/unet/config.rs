@@ -4,8 +4,7 @@
 //! their checkpoint keys with their PyTorch shapes.
 
 use super::UNetError;
-use crate::model::ModelDescription;
-use serde_json::Value;
+use crate::model::{ConfigProblem, ModelDescription};
 
 /// Kind of a down or up block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,61 +74,24 @@ pub struct UNet2D {
     pub center_input_sample: bool,
 }
 
-/// A config value parsed from its text in the description.
-fn value(d: &ModelDescription, key: &str) -> Result<Value, UNetError> {
-    let text = d.config_value(key).ok_or_else(|| UNetError::Config {
-        key: key.into(),
-        reason: "not in the model description".into(),
-    })?;
-    serde_json::from_str(text).map_err(|e| UNetError::Config {
-        key: key.into(),
-        reason: format!("cannot read value {text}: {e}"),
-    })
-}
-
-fn bad(key: &str, v: &Value, expected: &str) -> UNetError {
-    UNetError::Config {
-        key: key.into(),
-        reason: format!("expected {expected}, found {v}"),
+impl From<ConfigProblem> for UNetError {
+    fn from(p: ConfigProblem) -> Self {
+        UNetError::Config {
+            key: p.key,
+            reason: p.reason,
+        }
     }
-}
-
-fn usize_of(d: &ModelDescription, key: &str) -> Result<usize, UNetError> {
-    let v = value(d, key)?;
-    v.as_u64()
-        .map(|n| n as usize)
-        .ok_or_else(|| bad(key, &v, "a non-negative integer"))
-}
-
-fn opt_usize_of(d: &ModelDescription, key: &str) -> Result<Option<usize>, UNetError> {
-    match value(d, key)? {
-        Value::Null => Ok(None),
-        v => v
-            .as_u64()
-            .map(|n| Some(n as usize))
-            .ok_or_else(|| bad(key, &v, "a non-negative integer or null")),
-    }
-}
-
-fn f64_of(d: &ModelDescription, key: &str) -> Result<f64, UNetError> {
-    let v = value(d, key)?;
-    v.as_f64().ok_or_else(|| bad(key, &v, "a number"))
-}
-
-fn bool_of(d: &ModelDescription, key: &str) -> Result<bool, UNetError> {
-    let v = value(d, key)?;
-    v.as_bool().ok_or_else(|| bad(key, &v, "a boolean"))
 }
 
 fn strings_of(d: &ModelDescription, key: &str) -> Result<Vec<String>, UNetError> {
-    let v = value(d, key)?;
+    let v = d.value(key)?;
     v.as_array()
         .and_then(|a| {
             a.iter()
                 .map(|s| s.as_str().map(str::to_owned))
                 .collect::<Option<Vec<_>>>()
         })
-        .ok_or_else(|| bad(key, &v, "an array of strings"))
+        .ok_or_else(|| ConfigProblem::expected(key, &v, "an array of strings").into())
 }
 
 fn kinds(
@@ -162,12 +124,14 @@ impl UNet2D {
             });
         }
         let channels: Vec<usize> = {
-            let v = value(d, "block_out_channels")?;
+            let v = d.value("block_out_channels")?;
             v.as_array()
                 .and_then(|a| a.iter().map(|n| n.as_u64().map(|n| n as usize)).collect())
-                .ok_or_else(|| bad("block_out_channels", &v, "an array of integers"))?
+                .ok_or_else(|| {
+                    ConfigProblem::expected("block_out_channels", &v, "an array of integers")
+                })?
         };
-        let shift = match value(d, "resnet_time_scale_shift")?.as_str() {
+        let shift = match d.value("resnet_time_scale_shift")?.as_str() {
             Some("default") => TimeShift::Default,
             Some("scale_shift") => TimeShift::ScaleShift,
             other => {
@@ -180,26 +144,26 @@ impl UNet2D {
             }
         };
         let net = UNet2D {
-            sample_size: usize_of(d, "sample_size")?,
-            in_channels: usize_of(d, "in_channels")?,
-            out_channels: usize_of(d, "out_channels")?,
-            layers_per_block: usize_of(d, "layers_per_block")?,
+            sample_size: d.usize_value("sample_size")?,
+            in_channels: d.usize_value("in_channels")?,
+            out_channels: d.usize_value("out_channels")?,
+            layers_per_block: d.usize_value("layers_per_block")?,
             down: kinds(d, "down_block_types", "DownBlock2D", "AttnDownBlock2D")?,
             up: kinds(d, "up_block_types", "UpBlock2D", "AttnUpBlock2D")?,
-            mid_block: !value(d, "mid_block_type")?.is_null(),
-            add_attention: bool_of(d, "add_attention")?,
+            mid_block: !d.value("mid_block_type")?.is_null(),
+            add_attention: d.bool_value("add_attention")?,
             temb_channels: d.temb_channels,
-            flip_sin_to_cos: bool_of(d, "flip_sin_to_cos")?,
-            freq_shift: f64_of(d, "freq_shift")?,
-            norm_num_groups: usize_of(d, "norm_num_groups")?,
-            attn_norm_num_groups: opt_usize_of(d, "attn_norm_num_groups")?,
-            norm_eps: f64_of(d, "norm_eps")?,
-            attention_head_dim: opt_usize_of(d, "attention_head_dim")?,
+            flip_sin_to_cos: d.bool_value("flip_sin_to_cos")?,
+            freq_shift: d.f64_value("freq_shift")?,
+            norm_num_groups: d.usize_value("norm_num_groups")?,
+            attn_norm_num_groups: d.opt_usize_value("attn_norm_num_groups")?,
+            norm_eps: d.f64_value("norm_eps")?,
+            attention_head_dim: d.opt_usize_value("attention_head_dim")?,
             time_shift: shift,
-            num_class_embeds: opt_usize_of(d, "num_class_embeds")?,
-            downsample_padding: usize_of(d, "downsample_padding")?,
-            mid_block_scale_factor: f64_of(d, "mid_block_scale_factor")?,
-            center_input_sample: bool_of(d, "center_input_sample")?,
+            num_class_embeds: d.opt_usize_value("num_class_embeds")?,
+            downsample_padding: d.usize_value("downsample_padding")?,
+            mid_block_scale_factor: d.f64_value("mid_block_scale_factor")?,
+            center_input_sample: d.bool_value("center_input_sample")?,
             block_out_channels: channels,
         };
         if net.downsample_padding > 1 {

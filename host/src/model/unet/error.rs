@@ -2,67 +2,8 @@
 //! the forward pass cannot run, an unreadable weights file, or weights that do
 //! not fit the config (every problem listed at once, each naming its key).
 
-use std::fmt;
+pub use crate::model::weights::WeightProblem;
 use std::path::PathBuf;
-
-/// One way a checkpoint does not fit the config.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WeightProblem {
-    /// The config needs `key`, the file lacks it.
-    Missing {
-        /// Checkpoint key.
-        key: String,
-        /// Shape the config implies.
-        expected: Vec<usize>,
-    },
-    /// The file holds `key`, which the config does not use.
-    Unexpected {
-        /// Checkpoint key.
-        key: String,
-        /// Its shape in the file.
-        found: Vec<usize>,
-    },
-    /// `key` is in both, with different shapes.
-    Shape {
-        /// Checkpoint key.
-        key: String,
-        /// Shape the config implies.
-        expected: Vec<usize>,
-        /// Shape in the file.
-        found: Vec<usize>,
-    },
-    /// `key` is stored in a dtype dtx does not convert (it reads F32, F16,
-    /// BF16 and F64).
-    Dtype {
-        /// Checkpoint key.
-        key: String,
-        /// The dtype, as safetensors names it.
-        dtype: String,
-    },
-}
-
-impl fmt::Display for WeightProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WeightProblem::Missing { key, expected } => {
-                write!(f, "missing key `{key}` (expected shape {expected:?})")
-            }
-            WeightProblem::Unexpected { key, found } => write!(
-                f,
-                "unexpected key `{key}` (shape {found:?}); the config has no such parameter"
-            ),
-            WeightProblem::Shape {
-                key,
-                expected,
-                found,
-            } => write!(f, "`{key}`: expected shape {expected:?}, found {found:?}"),
-            WeightProblem::Dtype { key, dtype } => write!(
-                f,
-                "`{key}`: dtype {dtype} is not supported (F32, F16, BF16, F64 are)"
-            ),
-        }
-    }
-}
 
 /// An error building a [`super::UNet2D`] or loading its weights.
 #[derive(Debug, thiserror::Error)]

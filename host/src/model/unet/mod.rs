@@ -6,8 +6,9 @@
 //!
 //! - `config.rs`: [`UNet2D`], the architecture read from a `diffusers`
 //!   [`ModelDescription`](crate::model::ModelDescription), and its parameter list.
-//! - `blocks.rs`: the layers (`ResnetBlock2D`, `Attention`, down/upsamplers,
-//!   group norm, the positional time embedding).
+//! - the layers (`ResnetBlock2D`, `Attention`, down/upsamplers, group norm,
+//!   the positional time embedding) are `model::layers`, shared with the ADM
+//!   U-Net.
 //! - `weights.rs`: [`load_safetensors`], reading
 //!   `diffusion_pytorch_model.safetensors` into the store.
 //!
@@ -29,7 +30,6 @@
 //! changes what the decoder receives through the skip. Every resnet gets the
 //! hooked `temb`.
 
-mod blocks;
 mod config;
 mod error;
 mod weights;
@@ -37,15 +37,16 @@ mod weights;
 #[cfg(test)]
 mod tests;
 
-pub use blocks::timestep_embedding;
+pub use crate::model::layers::timestep_embedding;
 pub use config::{BlockKind, TimeShift, UNet2D};
 pub use error::{UNetError, WeightProblem};
 pub use weights::{load_safetensors, weights_file};
 
-use crate::model::mlp_net::PointHook;
-use blocks::{
-    ResnetSpec, attention, conv, downsample, group_norm, linear, param, resnet, tensor, upsample,
+use crate::model::layers::{
+    DIFFUSERS_RESNET, Resample, ResnetSpec, attention, conv, downsample, group_norm, linear, param,
+    resnet, tensor, upsample,
 };
+use crate::model::mlp_net::PointHook;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Int, Tensor, activation};
@@ -56,6 +57,7 @@ type P<B> = FloatTensor<B>;
 impl UNet2D {
     fn spec(&self, output_scale: f64) -> ResnetSpec {
         ResnetSpec {
+            keys: &DIFFUSERS_RESNET,
             groups: self.norm_num_groups,
             eps: self.norm_eps,
             scale_shift: self.time_shift == TimeShift::ScaleShift,
@@ -128,7 +130,14 @@ impl UNet2D {
                      ch: usize,
                      h: Tensor<B, 4>|
          -> Result<Tensor<B, 4>, E> {
-            let h = resnet(params, &format!("{block}.resnets.{j}"), h, &temb_act, &spec);
+            let h = resnet(
+                params,
+                &format!("{block}.resnets.{j}"),
+                h,
+                &temb_act,
+                &spec,
+                Resample::None,
+            );
             let h = at(point, h, &temb)?;
             Ok(if kind == BlockKind::Attn {
                 let (heads, d) = self.heads(ch);
@@ -178,7 +187,14 @@ impl UNet2D {
         if self.mid_block {
             let m = self.mid_block_scale_factor;
             let mid = self.spec(m);
-            h = resnet(params, "mid_block.resnets.0", h, &temb_act, &mid);
+            h = resnet(
+                params,
+                "mid_block.resnets.0",
+                h,
+                &temb_act,
+                &mid,
+                Resample::None,
+            );
             h = at("mid.res.0", h, &temb)?;
             if self.add_attention {
                 let (heads, d) = self.heads(c[levels - 1]);
@@ -194,7 +210,14 @@ impl UNet2D {
                     m,
                 );
             }
-            h = resnet(params, "mid_block.resnets.1", h, &temb_act, &mid);
+            h = resnet(
+                params,
+                "mid_block.resnets.1",
+                h,
+                &temb_act,
+                &mid,
+                Resample::None,
+            );
             h = at("mid.res.1", h, &temb)?;
         }
 

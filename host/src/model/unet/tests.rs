@@ -7,6 +7,7 @@
 
 use super::*;
 use crate::model::describe;
+use crate::model::test_io::{Io, io, max_err, prim, values};
 use crate::tensor_abi::{CpuBackend as B, ParamStore};
 use burn::tensor::TensorData;
 use std::collections::HashMap;
@@ -33,66 +34,11 @@ fn net_and_params(dir: &Path) -> (UNet2D, HashMap<String, P<B>>) {
     (net, params)
 }
 
-/// `(shape, values)` of every tensor in `io.safetensors` (ints as f32).
-fn io(dir: &Path) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(dir.join("io.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(k, v)| {
-            let d = v.data();
-            let vals = match v.dtype() {
-                safetensors::Dtype::F32 => d
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                    .collect(),
-                safetensors::Dtype::I64 => d
-                    .chunks_exact(8)
-                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
-                    .collect(),
-                other => panic!("{k}: unexpected dtype {other:?}"),
-            };
-            (k, (v.shape().to_vec(), vals))
-        })
-        .collect()
-}
-
-fn prim(shape: &[usize], values: &[f32]) -> P<B> {
-    let t: Tensor<B, 1> = Tensor::from_data(
-        TensorData::new(values.to_vec(), [values.len()]),
-        &Default::default(),
-    );
-    match shape.len() {
-        1 => t.into_primitive().tensor(),
-        4 => t
-            .reshape([shape[0], shape[1], shape[2], shape[3]])
-            .into_primitive()
-            .tensor(),
-        n => panic!("rank {n}"),
-    }
-}
-
-fn values(p: &P<B>) -> Vec<f32> {
-    use burn::tensor::ops::FloatTensorOps;
-    burn::tensor::read_sync(B::float_into_data(p.clone()))
-        .unwrap()
-        .to_vec::<f32>()
-        .unwrap()
-}
-
-fn max_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 /// Runs the fixture's forward, recording every point; returns the output.
 fn run(
     net: &UNet2D,
     params: &HashMap<String, P<B>>,
-    io: &HashMap<String, (Vec<usize>, Vec<f32>)>,
+    io: &Io,
     zero: Option<&str>,
     seen: &mut Vec<(String, Vec<f32>)>,
 ) -> Vec<f32> {

@@ -1,19 +1,16 @@
 //! Loads a diffusers `UNet2DModel`'s weights
 //! (`diffusion_pytorch_model.safetensors`) into the host's
-//! [`ParamStore`](crate::tensor_abi::ParamStore), as f32 (F16, BF16 and F64
-//! tensors are converted), under their checkpoint keys. Every key the config
-//! needs is checked against the file first (older checkpoints' attention
-//! names `query`/`key`/`value`/`proj_attn` are read as
-//! `to_q`/`to_k`/`to_v`/`to_out.0`); all missing keys, unexpected keys, shape
-//! and dtype mismatches are reported together.
+//! [`ParamStore`](crate::tensor_abi::ParamStore), as f32, under their
+//! checkpoint keys, through `model::weights` (every key checked first, all
+//! problems reported together). Older checkpoints' attention names
+//! `query`/`key`/`value`/`proj_attn` are read as
+//! `to_q`/`to_k`/`to_v`/`to_out.0`.
 
-use super::{UNet2D, UNetError, WeightProblem};
+use super::{UNet2D, UNetError};
 use crate::model::diffusers::WEIGHTS_FILE;
+use crate::model::weights::{LoadFailure, load_safetensors_file};
 use crate::tensor_abi::ParamStore;
-use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
-use safetensors::tensor::{Dtype, TensorView};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The weights file of the model in `folder`: `folder/WEIGHTS_FILE`, or
@@ -27,52 +24,6 @@ pub fn weights_file(folder: &Path) -> PathBuf {
     } else {
         direct
     }
-}
-
-/// IEEE half to single precision (exact: every f16 is an f32).
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = u32::from(h >> 15) << 31;
-    let exp = u32::from((h >> 10) & 0x1f);
-    let frac = u32::from(h & 0x3ff);
-    let bits = match (exp, frac) {
-        (0, 0) => sign,
-        (0, _) => {
-            // subnormal: frac · 2^-24, renormalised
-            let (mut e, mut f) = (127 - 15 + 1, frac);
-            while f & 0x400 == 0 {
-                f <<= 1;
-                e -= 1;
-            }
-            sign | (e << 23) | ((f & 0x3ff) << 13)
-        }
-        (0x1f, _) => sign | 0x7f80_0000 | (frac << 13),
-        _ => sign | ((exp + 127 - 15) << 23) | (frac << 13),
-    };
-    f32::from_bits(bits)
-}
-
-/// The values of `view` as f32, or `None` for a dtype dtx does not convert.
-fn to_f32(view: &TensorView<'_>) -> Option<Vec<f32>> {
-    let d = view.data();
-    Some(match view.dtype() {
-        Dtype::F32 => d
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => d
-            .chunks_exact(2)
-            .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
-            .collect(),
-        Dtype::BF16 => d
-            .chunks_exact(2)
-            .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
-            .collect(),
-        Dtype::F64 => d
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
-            .collect(),
-        _ => return None,
-    })
 }
 
 /// Reads the weights of `net` from the model folder `folder` (see
@@ -90,59 +41,19 @@ pub fn load_safetensors<B: AutodiffBackend>(
     trainable: &dyn Fn(&str) -> bool,
 ) -> Result<(), UNetError> {
     let file = weights_file(folder);
-    let read = |reason: String| UNetError::Read {
-        file: file.clone(),
-        reason,
-    };
-    let bytes = std::fs::read(&file).map_err(|e| read(e.to_string()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| read(format!("not a safetensors file: {e}")))?;
-    let expected = net.parameters();
-    let mut found: BTreeMap<String, TensorView<'_>> = st
-        .tensors()
-        .into_iter()
-        .map(|(k, v)| (current_name(&k), v))
-        .collect();
-
-    let mut problems = Vec::new();
-    let mut values = Vec::with_capacity(expected.len());
-    for (key, shape) in &expected {
-        match found.remove(key) {
-            None => problems.push(WeightProblem::Missing {
-                key: key.clone(),
-                expected: shape.clone(),
-            }),
-            Some(view) if view.shape() != shape.as_slice() => problems.push(WeightProblem::Shape {
-                key: key.clone(),
-                expected: shape.clone(),
-                found: view.shape().to_vec(),
-            }),
-            Some(view) => match to_f32(&view) {
-                Some(v) => values.push((key, shape, v)),
-                None => problems.push(WeightProblem::Dtype {
-                    key: key.clone(),
-                    dtype: format!("{:?}", view.dtype()),
-                }),
-            },
-        }
-    }
-    for (key, view) in found {
-        problems.push(WeightProblem::Unexpected {
-            key,
-            found: view.shape().to_vec(),
-        });
-    }
-    if !problems.is_empty() {
-        problems.sort_by(|a, b| problem_key(a).cmp(problem_key(b)));
-        return Err(UNetError::Weights { file, problems });
-    }
-    for (key, shape, v) in values {
-        let prim = B::float_from_data(TensorData::new(v, shape.clone()), device);
-        store
-            .register_base(key, prim, trainable(key))
-            .map_err(|e| UNetError::Store(format!("{e:?}")))?;
-    }
-    Ok(())
+    load_safetensors_file(
+        &file,
+        &current_name,
+        &net.parameters(),
+        store,
+        device,
+        trainable,
+    )
+    .map_err(|failure| match failure {
+        LoadFailure::Read(reason) => UNetError::Read { file, reason },
+        LoadFailure::Problems(problems) => UNetError::Weights { file, problems },
+        LoadFailure::Store(e) => UNetError::Store(e),
+    })
 }
 
 /// The current diffusers name of checkpoint key `key`: older checkpoints
@@ -166,18 +77,9 @@ fn current_name(key: &str) -> String {
     key.to_owned()
 }
 
-fn problem_key(p: &WeightProblem) -> &str {
-    match p {
-        WeightProblem::Missing { key, .. }
-        | WeightProblem::Unexpected { key, .. }
-        | WeightProblem::Shape { key, .. }
-        | WeightProblem::Dtype { key, .. } => key,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{current_name, f16_to_f32};
+    use super::current_name;
 
     #[test]
     fn deprecated_attention_names_are_renamed() {
@@ -197,19 +99,5 @@ mod tests {
             current_name("down_blocks.1.resnets.0.conv1.weight"),
             "down_blocks.1.resnets.0.conv1.weight"
         );
-    }
-
-    #[test]
-    fn f16_conversion_covers_normal_subnormal_and_special_values() {
-        // Bit patterns from IEEE 754 binary16 tables.
-        assert_eq!(f16_to_f32(0x3c00), 1.0);
-        assert_eq!(f16_to_f32(0xc000), -2.0);
-        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
-        assert_eq!(f16_to_f32(0x7bff), 65504.0);
-        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
-        assert_eq!(f16_to_f32(0x0200), 2f32.powi(-15));
-        assert_eq!(f16_to_f32(0x8000), -0.0);
-        assert_eq!(f16_to_f32(0x7c00), f32::INFINITY);
-        assert!(f16_to_f32(0x7e00).is_nan());
     }
 }

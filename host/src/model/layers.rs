@@ -1,17 +1,20 @@
-//! The U-Net's layers as functions of the parameter map: convolutions,
-//! group norm, the positional time embedding, `ResnetBlock2D`, `Attention`,
-//! `Downsample2D` and `Upsample2D`. Each takes the module's checkpoint key
-//! prefix (`down_blocks.1.resnets.0`) and reads `<prefix>.<param>`; PyTorch
-//! layouts are kept (`[out, in, kh, kw]` convolutions, `[out, in]` linears).
+//! The layers the U-Nets share, as functions of the parameter map:
+//! convolutions, group norm, the positional time embedding, the residual
+//! block, scaled dot-product attention, and the resamplers. Each takes the
+//! module's checkpoint key prefix (`down_blocks.1.resnets.0`,
+//! `input_blocks.4.0`) and reads `<prefix>.<param>`; PyTorch layouts are kept
+//! (`[out, in, kh, kw]` convolutions, `[out, in]` linears).
 //!
 //! Behaviour follows diffusers 0.42.1 (`src/diffusers/models/`):
 //! `resnet.py` `ResnetBlock2D.forward`, `attention_processor.py`
 //! `AttnProcessor2_0.__call__`, `downsampling.py` `Downsample2D.forward`,
 //! `upsampling.py` `Upsample2D.forward`, `embeddings.py`
-//! `get_timestep_embedding`.
+//! `get_timestep_embedding`; guided-diffusion's `ResBlock` and `nn.py`
+//! `timestep_embedding` are the same computations under other names
+//! (`model::adm_net`).
 
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::module::{conv2d, interpolate};
+use burn::tensor::module::{avg_pool2d, conv2d, interpolate};
 use burn::tensor::ops::{ConvOptions, FloatTensor, InterpolateMode, InterpolateOptions, PadMode};
 use burn::tensor::{Tensor, TensorData, TensorPrimitive, activation};
 use std::collections::HashMap;
@@ -24,8 +27,8 @@ pub(crate) fn tensor<B: AutodiffBackend, const D: usize>(p: &FloatTensor<B>) -> 
     Tensor::from_primitive(TensorPrimitive::Float(p.clone()))
 }
 
-/// Parameter `name` as a rank-`D` tensor, or a panic naming it (the loader
-/// checked every key against the config, so a miss is a host bug).
+/// Parameter `name` as a rank-`D` tensor, or a panic naming it (the loaders
+/// check every key against the config, so a miss is a host bug).
 pub(crate) fn param<B: AutodiffBackend, const D: usize>(
     params: &Params<B>,
     name: &str,
@@ -33,7 +36,7 @@ pub(crate) fn param<B: AutodiffBackend, const D: usize>(
     tensor(
         params
             .get(name)
-            .unwrap_or_else(|| panic!("U-Net parameter `{name}` is missing from the store")),
+            .unwrap_or_else(|| panic!("parameter `{name}` is missing from the store")),
     )
 }
 
@@ -132,51 +135,109 @@ pub fn timestep_embedding<B: AutodiffBackend>(
     Tensor::cat(parts, 1)
 }
 
+/// The names of a residual block's layers under its prefix.
+pub(crate) struct ResnetKeys {
+    /// First group norm.
+    pub norm1: &'static str,
+    /// First 3×3 convolution.
+    pub conv1: &'static str,
+    /// Linear projection of `silu(temb)`.
+    pub emb_proj: &'static str,
+    /// Second group norm.
+    pub norm2: &'static str,
+    /// Second 3×3 convolution.
+    pub conv2: &'static str,
+    /// 1×1 convolution of the input when channels change.
+    pub shortcut: &'static str,
+}
+
+/// diffusers' `ResnetBlock2D` names.
+pub(crate) const DIFFUSERS_RESNET: ResnetKeys = ResnetKeys {
+    norm1: "norm1",
+    conv1: "conv1",
+    emb_proj: "time_emb_proj",
+    norm2: "norm2",
+    conv2: "conv2",
+    shortcut: "conv_shortcut",
+};
+
 /// How a [`resnet`] is set up.
 pub(crate) struct ResnetSpec {
+    /// Layer names.
+    pub keys: &'static ResnetKeys,
     /// `norm1` / `norm2` groups.
     pub groups: usize,
     /// Group-norm epsilon.
     pub eps: f64,
-    /// `resnet_time_scale_shift == "scale_shift"`.
+    /// `resnet_time_scale_shift == "scale_shift"` (`use_scale_shift_norm`).
     pub scale_shift: bool,
     /// `output_scale_factor` (1, or the mid block's `mid_block_scale_factor`).
     pub output_scale: f64,
 }
 
-/// `ResnetBlock2D` (He et al., *Deep Residual Learning for Image
-/// Recognition*, 2015, arXiv:1512.03385, with the time conditioning of Ho et
-/// al., *Denoising Diffusion Probabilistic Models*, 2020, arXiv:2006.11239):
+/// A resolution change inside a residual block (guided-diffusion's
+/// `ResBlock(up=True)` / `ResBlock(down=True)`, used with `resblock_updown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resample {
+    /// Same resolution.
+    None,
+    /// Nearest 2× upsampling ([`upsample_nearest`]).
+    Up,
+    /// 2×2 average pooling ([`avg_pool`]).
+    Down,
+}
+
+impl Resample {
+    fn apply<B: AutodiffBackend>(self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self {
+            Resample::None => x,
+            Resample::Up => upsample_nearest(x),
+            Resample::Down => avg_pool(x),
+        }
+    }
+}
+
+/// The residual block of diffusers' `ResnetBlock2D` and guided-diffusion's
+/// `ResBlock` (He et al., *Deep Residual Learning for Image Recognition*,
+/// 2015, arXiv:1512.03385, with the time conditioning of Ho et al.,
+/// *Denoising Diffusion Probabilistic Models*, 2020, arXiv:2006.11239, and
+/// the scale-shift norm of Dhariwal & Nichol, *Diffusion Models Beat GANs on
+/// Image Synthesis*, 2021, arXiv:2105.05233, Section 3):
 ///
 /// ```text
-/// h = conv1(silu(norm1(x)))
-/// p = time_emb_proj(silu(temb))                      (temb_act is silu(temb))
+/// u = silu(norm1(x)); with a resample r: u, x = r(u), r(x)
+/// h = conv1(u)
+/// p = emb_proj(silu(temb))                           (temb_act is silu(temb))
 /// default:     h = norm2(h + p)
 /// scale_shift: h = norm2(h) · (1 + p[:C]) + p[C:]
 /// h = conv2(silu(h))
-/// out = (conv_shortcut(x) or x + h) / output_scale
+/// out = (shortcut(x) or x + h) / output_scale
 /// ```
 ///
 /// # Shapes
-/// - x: `[B, C_in, H, W]`, temb_act: `[B, T]`; output: `[B, C_out, H, W]`
+/// - x: `[B, C_in, H, W]`, temb_act: `[B, T]`; output: `[B, C_out, H', W']`
+///   (`H' = H`, `2H` or `H/2` with the resample)
 pub(crate) fn resnet<B: AutodiffBackend>(
     params: &Params<B>,
     pre: &str,
     x: Tensor<B, 4>,
     temb_act: &Tensor<B, 2>,
     s: &ResnetSpec,
+    resample: Resample,
 ) -> Tensor<B, 4> {
-    let h = activation::silu(group_norm(
+    let k = s.keys;
+    let u = activation::silu(group_norm(
         params,
-        &format!("{pre}.norm1"),
+        &format!("{pre}.{}", k.norm1),
         x.clone(),
         s.groups,
         s.eps,
     ));
-    let h = conv(params, &format!("{pre}.conv1"), h, 1, 1); // [B, C, H, W]
+    let (u, x) = (resample.apply(u), resample.apply(x));
+    let h = conv(params, &format!("{pre}.{}", k.conv1), u, 1, 1); // [B, C, H, W]
     let [b, c, _, _] = h.dims();
-    let p = linear(params, &format!("{pre}.time_emb_proj"), temb_act.clone()); // [B, C or 2C]
-    let norm2 = format!("{pre}.norm2");
+    let p = linear(params, &format!("{pre}.{}", k.emb_proj), temb_act.clone()); // [B, C or 2C]
+    let norm2 = format!("{pre}.{}", k.norm2);
     let h = if s.scale_shift {
         let scale = p.clone().slice([0..b, 0..c]).reshape([b, c, 1, 1]);
         let shift = p.slice([0..b, c..2 * c]).reshape([b, c, 1, 1]);
@@ -184,8 +245,14 @@ pub(crate) fn resnet<B: AutodiffBackend>(
     } else {
         group_norm(params, &norm2, h + p.reshape([b, c, 1, 1]), s.groups, s.eps)
     };
-    let h = conv(params, &format!("{pre}.conv2"), activation::silu(h), 1, 1);
-    let shortcut = format!("{pre}.conv_shortcut");
+    let h = conv(
+        params,
+        &format!("{pre}.{}", k.conv2),
+        activation::silu(h),
+        1,
+        1,
+    );
+    let shortcut = format!("{pre}.{}", k.shortcut);
     let x = if params.contains_key(&format!("{shortcut}.weight")) {
         conv(params, &shortcut, x, 1, 0)
     } else {
@@ -197,6 +264,24 @@ pub(crate) fn resnet<B: AutodiffBackend>(
     } else {
         out.div_scalar(s.output_scale)
     }
+}
+
+/// Scaled dot-product attention (Vaswani et al., *Attention Is All You
+/// Need*, 2017, arXiv:1706.03762, eq. 1): `softmax(q kᵀ / sqrt(d)) v`, per
+/// sample and head.
+///
+/// # Shapes
+/// - q, k, v: `[B, heads, N, d]`; output: `[B, heads, N, d]`
+pub(crate) fn attend<B: AutodiffBackend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let d = q.dims()[3];
+    let scores = q
+        .matmul(k.swap_dims(2, 3))
+        .mul_scalar(1.0 / (d as f64).sqrt()); // [B, heads, N, N]
+    activation::softmax(scores, 3).matmul(v)
 }
 
 /// diffusers' `Attention` as U-Net blocks build it (self-attention over the
@@ -236,11 +321,7 @@ pub(crate) fn attention<B: AutodiffBackend>(
             .reshape([b, n, heads, head_dim])
             .swap_dims(1, 2) // [B, heads, HW, d]
     };
-    let (q, k, v) = (split("to_q"), split("to_k"), split("to_v"));
-    let scores = q
-        .matmul(k.swap_dims(2, 3))
-        .mul_scalar(1.0 / (head_dim as f64).sqrt()); // [B, heads, HW, HW]
-    let a = activation::softmax(scores, 3).matmul(v); // [B, heads, HW, d]
+    let a = attend(split("to_q"), split("to_k"), split("to_v")); // [B, heads, HW, d]
     let a = a.swap_dims(1, 2).reshape([b * n, inner]);
     let o = linear(params, &format!("{pre}.to_out.0"), a) // [B·HW, C]
         .reshape([b, n, c])
@@ -275,8 +356,8 @@ pub(crate) fn downsample<B: AutodiffBackend>(
     conv(params, &format!("{pre}.conv"), x, 2, padding)
 }
 
-/// `Upsample2D` with `use_conv`: nearest 2× upsampling, then a 3×3
-/// convolution.
+/// `Upsample2D` with `use_conv` (guided-diffusion's `Upsample` with
+/// `conv_resample`): nearest 2× upsampling, then a 3×3 convolution.
 ///
 /// # Shapes
 /// - x: `[B, C, H, W]`; output: `[B, C, 2H, 2W]`
@@ -285,13 +366,28 @@ pub(crate) fn upsample<B: AutodiffBackend>(
     pre: &str,
     x: Tensor<B, 4>,
 ) -> Tensor<B, 4> {
+    conv(params, &format!("{pre}.conv"), upsample_nearest(x), 1, 1)
+}
+
+/// `F.interpolate(x, scale_factor=2, mode="nearest")`.
+///
+/// # Shapes
+/// - x: `[B, C, H, W]`; output: `[B, C, 2H, 2W]`
+pub(crate) fn upsample_nearest<B: AutodiffBackend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [_, _, h, w] = x.dims();
-    let x = interpolate(
+    interpolate(
         x,
         [2 * h, 2 * w],
         InterpolateOptions::new(InterpolateMode::Nearest),
-    );
-    conv(params, &format!("{pre}.conv"), x, 1, 1)
+    )
+}
+
+/// `F.avg_pool2d(x, 2, 2)`: the mean of each 2×2 block.
+///
+/// # Shapes
+/// - x: `[B, C, H, W]`; output: `[B, C, H/2, W/2]`
+pub(crate) fn avg_pool<B: AutodiffBackend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    avg_pool2d(x, [2, 2], [2, 2], [0, 0], true, false)
 }
 
 #[cfg(test)]

@@ -1,0 +1,518 @@
+//! The pickle virtual machine, for the opcodes `torch.save` emits for a
+//! state dict (protocols 2 to 5): no Python objects are created; a global is
+//! a name, a storage is its archive key and dtype, a tensor rebuild is a
+//! [`TensorRef`], and any other call is an opaque value.
+
+use std::collections::HashMap;
+
+/// A tensor as the pickle describes it: a strided view of a storage.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct TensorRef {
+    /// The storage's key: its entry is `<name>/data/<key>`.
+    pub storage: String,
+    /// The storage's dtype, named as safetensors names them.
+    pub dtype: &'static str,
+    /// First element, in elements of the storage.
+    pub offset: usize,
+    /// `size`.
+    pub shape: Vec<usize>,
+    /// `stride()`, in elements.
+    pub stride: Vec<usize>,
+}
+
+/// The safetensors name of a torch storage class.
+fn storage_dtype(class: &str) -> Result<&'static str, String> {
+    Ok(match class {
+        "FloatStorage" => "F32",
+        "HalfStorage" => "F16",
+        "BFloat16Storage" => "BF16",
+        "DoubleStorage" => "F64",
+        "LongStorage" => "I64",
+        "IntStorage" => "I32",
+        "ShortStorage" => "I16",
+        "CharStorage" => "I8",
+        "ByteStorage" => "U8",
+        "BoolStorage" => "BOOL",
+        other => return Err(format!("unsupported storage type torch.{other}")),
+    })
+}
+
+/// A value on the unpickler's stack.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    Tuple(Vec<Value>),
+    List(Vec<Value>),
+    Dict(Vec<(Value, Value)>),
+    /// A class or function, `module.name`.
+    Global(String, String),
+    /// A storage reference (persistent id): its archive key and dtype.
+    Storage {
+        key: String,
+        dtype: &'static str,
+    },
+    Tensor(TensorRef),
+    /// The result of a call dtx does not model, named by the callee.
+    Object(String),
+}
+
+impl Value {
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Value::None => "None".into(),
+            Value::Bool(_) => "a bool".into(),
+            Value::Int(_) => "an int".into(),
+            Value::Float(_) => "a float".into(),
+            Value::Str(_) => "a string".into(),
+            Value::Bytes(_) => "bytes".into(),
+            Value::Tuple(_) => "a tuple".into(),
+            Value::List(_) => "a list".into(),
+            Value::Dict(_) => "a dict".into(),
+            Value::Global(m, n) => format!("the global {m}.{n}"),
+            Value::Storage { .. } => "a storage".into(),
+            Value::Tensor(_) => "a tensor".into(),
+            Value::Object(name) => format!("a {name} object"),
+        }
+    }
+
+    fn usize(&self, what: &str) -> Result<usize, String> {
+        match self {
+            Value::Int(n) if *n >= 0 => Ok(*n as usize),
+            v => Err(format!(
+                "expected a non-negative int for {what}, found {}",
+                v.describe()
+            )),
+        }
+    }
+
+    fn usizes(&self, what: &str) -> Result<Vec<usize>, String> {
+        match self {
+            Value::Tuple(items) | Value::List(items) => {
+                items.iter().map(|v| v.usize(what)).collect()
+            }
+            v => Err(format!(
+                "expected a tuple for {what}, found {}",
+                v.describe()
+            )),
+        }
+    }
+}
+
+/// The pickle virtual machine, for the opcodes `torch.save` emits (protocols
+/// 2 to 5). Memoised values are copies: a state dict never refers back to a
+/// container it is still filling.
+pub(super) struct Unpickler<'a> {
+    data: &'a [u8],
+    pos: usize,
+    stack: Vec<Value>,
+    marks: Vec<usize>,
+    memo: HashMap<u32, Value>,
+}
+
+impl<'a> Unpickler<'a> {
+    pub(super) fn new(data: &'a [u8]) -> Self {
+        Unpickler {
+            data,
+            pos: 0,
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: HashMap::new(),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or("the pickle ends early")?;
+        let bytes = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, String> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes([
+            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+        ]))
+    }
+
+    fn line(&mut self) -> Result<String, String> {
+        let rest = &self.data[self.pos..];
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("the pickle ends early")?;
+        self.pos += end + 1;
+        Ok(String::from_utf8_lossy(&rest[..end]).into_owned())
+    }
+
+    fn string(&mut self, n: usize) -> Result<String, String> {
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "a string is not UTF-8".to_owned())
+    }
+
+    fn pop(&mut self) -> Result<Value, String> {
+        self.stack
+            .pop()
+            .ok_or_else(|| "the pickle stack underflows".to_owned())
+    }
+
+    fn pop_mark(&mut self) -> Result<Vec<Value>, String> {
+        let mark = self.marks.pop().ok_or("a pickle opcode expects a MARK")?;
+        if mark > self.stack.len() {
+            return Err("the pickle stack underflows".into());
+        }
+        Ok(self.stack.split_off(mark))
+    }
+
+    fn top(&mut self) -> Result<&mut Value, String> {
+        self.stack
+            .last_mut()
+            .ok_or_else(|| "the pickle stack underflows".to_owned())
+    }
+
+    fn memo_get(&self, i: u32) -> Result<Value, String> {
+        self.memo
+            .get(&i)
+            .cloned()
+            .ok_or_else(|| format!("the pickle refers to memo entry {i}, never stored"))
+    }
+
+    fn memo_put(&mut self, i: u32) -> Result<(), String> {
+        let v = self
+            .stack
+            .last()
+            .cloned()
+            .ok_or("the pickle stack underflows")?;
+        self.memo.insert(i, v);
+        Ok(())
+    }
+
+    fn set_items(&mut self, items: Vec<Value>) -> Result<(), String> {
+        if !items.len().is_multiple_of(2) {
+            return Err("SETITEMS with an odd number of values".into());
+        }
+        let mut pairs = Vec::with_capacity(items.len() / 2);
+        let mut it = items.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            pairs.push((k, v));
+        }
+        match self.top()? {
+            Value::Dict(d) => {
+                for (k, v) in pairs {
+                    match d.iter_mut().find(|(old, _)| *old == k) {
+                        Some(slot) => slot.1 = v,
+                        None => d.push((k, v)),
+                    }
+                }
+                Ok(())
+            }
+            // setting items on an opaque object: ignored
+            Value::Object(_) => Ok(()),
+            v => Err(format!("SETITEMS on {}", v.describe())),
+        }
+    }
+
+    /// The persistent id `('storage', torch.<Type>Storage, key, location, numel)`.
+    fn persistent(&self, pid: Value) -> Result<Value, String> {
+        if let Value::Tuple(items) = &pid
+            && let [Value::Str(tag), Value::Global(_, class), key, ..] = items.as_slice()
+            && tag == "storage"
+        {
+            let key = match key {
+                Value::Str(s) => s.clone(),
+                Value::Int(n) => n.to_string(),
+                v => return Err(format!("a storage key is {}", v.describe())),
+            };
+            return Ok(Value::Storage {
+                key,
+                dtype: storage_dtype(class)?,
+            });
+        }
+        Err(format!(
+            "unsupported persistent id {}: not a torch storage",
+            pid.describe()
+        ))
+    }
+
+    /// `func(*args)` for the callables a state dict uses.
+    fn call(&self, func: Value, args: Value) -> Result<Value, String> {
+        let Value::Global(module, name) = &func else {
+            return Ok(Value::Object("call".into()));
+        };
+        let args = match args {
+            Value::Tuple(a) => a,
+            v => return Err(format!("{module}.{name} called with {}", v.describe())),
+        };
+        Ok(match (module.as_str(), name.as_str()) {
+            ("torch._utils", "_rebuild_tensor" | "_rebuild_tensor_v2") => {
+                let [storage, offset, size, stride, ..] = args.as_slice() else {
+                    return Err(format!("torch._utils.{name} with {} arguments", args.len()));
+                };
+                let Value::Storage { key, dtype } = storage else {
+                    return Err(format!(
+                        "torch._utils.{name} of {}, not a storage",
+                        storage.describe()
+                    ));
+                };
+                Value::Tensor(TensorRef {
+                    storage: key.clone(),
+                    dtype,
+                    offset: offset.usize("a storage offset")?,
+                    shape: size.usizes("a size")?,
+                    stride: stride.usizes("a stride")?,
+                })
+            }
+            // nn.Parameter(tensor, requires_grad, hooks)
+            ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => args
+                .into_iter()
+                .next()
+                .ok_or("torch._utils._rebuild_parameter without arguments")?,
+            ("collections", "OrderedDict") | ("builtins", "dict") => Value::Dict(Vec::new()),
+            _ => Value::Object(format!("{module}.{name}")),
+        })
+    }
+
+    /// Runs the pickle to its STOP and returns the value it built.
+    pub(super) fn run(mut self) -> Result<Value, String> {
+        loop {
+            let at = self.pos;
+            let op = self.u8()?;
+            self.step(op)
+                .map_err(|e| format!("data.pkl, opcode 0x{op:02x} at byte {at}: {e}"))?;
+            if op == b'.' {
+                return self.pop();
+            }
+        }
+    }
+
+    fn step(&mut self, op: u8) -> Result<(), String> {
+        match op {
+            0x80 => {
+                self.u8()?; // PROTO
+            }
+            0x95 => {
+                self.u64()?; // FRAME
+            }
+            b'.' => {} // STOP
+            b'(' => self.marks.push(self.stack.len()),
+            b'N' => self.stack.push(Value::None),
+            0x88 => self.stack.push(Value::Bool(true)),
+            0x89 => self.stack.push(Value::Bool(false)),
+            b'J' => {
+                let n = self.u32()? as i32;
+                self.stack.push(Value::Int(i64::from(n)));
+            }
+            b'K' => {
+                let n = self.u8()?;
+                self.stack.push(Value::Int(i64::from(n)));
+            }
+            b'M' => {
+                let n = self.u16()?;
+                self.stack.push(Value::Int(i64::from(n)));
+            }
+            0x8a => {
+                // LONG1: n-byte little-endian two's complement
+                let n = usize::from(self.u8()?);
+                let bytes = self.take(n)?;
+                if n > 8 {
+                    return Err(format!("an integer of {n} bytes"));
+                }
+                let mut v: i64 = 0;
+                for (i, &b) in bytes.iter().enumerate() {
+                    v |= i64::from(b) << (8 * i);
+                }
+                if n > 0 && n < 8 && bytes[n - 1] & 0x80 != 0 {
+                    v -= 1i64 << (8 * n);
+                }
+                self.stack.push(Value::Int(v));
+            }
+            b'G' => {
+                let b = self.take(8)?;
+                let v = f64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+                self.stack.push(Value::Float(v));
+            }
+            b'X' => {
+                let n = self.u32()? as usize;
+                let s = self.string(n)?;
+                self.stack.push(Value::Str(s));
+            }
+            0x8c => {
+                let n = usize::from(self.u8()?);
+                let s = self.string(n)?;
+                self.stack.push(Value::Str(s));
+            }
+            0x8d => {
+                let n = usize::try_from(self.u64()?).map_err(|_| "a string too long")?;
+                let s = self.string(n)?;
+                self.stack.push(Value::Str(s));
+            }
+            b'C' | b'B' | 0x8e => {
+                let n = match op {
+                    b'C' => usize::from(self.u8()?),
+                    b'B' => self.u32()? as usize,
+                    _ => usize::try_from(self.u64()?).map_err(|_| "bytes too long")?,
+                };
+                let b = self.take(n)?.to_vec();
+                self.stack.push(Value::Bytes(b));
+            }
+            b'}' => self.stack.push(Value::Dict(Vec::new())),
+            b']' => self.stack.push(Value::List(Vec::new())),
+            b')' => self.stack.push(Value::Tuple(Vec::new())),
+            b't' => {
+                let items = self.pop_mark()?;
+                self.stack.push(Value::Tuple(items));
+            }
+            0x85..=0x87 => {
+                let n = usize::from(op - 0x84);
+                if self.stack.len() < n {
+                    return Err("the pickle stack underflows".into());
+                }
+                let items = self.stack.split_off(self.stack.len() - n);
+                self.stack.push(Value::Tuple(items));
+            }
+            b'l' => {
+                let items = self.pop_mark()?;
+                self.stack.push(Value::List(items));
+            }
+            b'd' => {
+                let items = self.pop_mark()?;
+                self.stack.push(Value::Dict(Vec::new()));
+                self.set_items(items)?;
+            }
+            b'a' => {
+                let v = self.pop()?;
+                if let Value::List(l) = self.top()? {
+                    l.push(v);
+                }
+            }
+            b'e' => {
+                let items = self.pop_mark()?;
+                if let Value::List(l) = self.top()? {
+                    l.extend(items);
+                }
+            }
+            b's' => {
+                let v = self.pop()?;
+                let k = self.pop()?;
+                self.set_items(vec![k, v])?;
+            }
+            b'u' => {
+                let items = self.pop_mark()?;
+                self.set_items(items)?;
+            }
+            b'c' => {
+                let module = self.line()?;
+                let name = self.line()?;
+                self.stack.push(Value::Global(module, name));
+            }
+            0x93 => {
+                let name = self.pop()?;
+                let module = self.pop()?;
+                match (module, name) {
+                    (Value::Str(m), Value::Str(n)) => self.stack.push(Value::Global(m, n)),
+                    _ => return Err("STACK_GLOBAL of non-strings".into()),
+                }
+            }
+            b'Q' => {
+                let pid = self.pop()?;
+                let v = self.persistent(pid)?;
+                self.stack.push(v);
+            }
+            b'R' => {
+                let args = self.pop()?;
+                let func = self.pop()?;
+                let v = self.call(func, args)?;
+                self.stack.push(v);
+            }
+            0x81 => {
+                // NEWOBJ cls args
+                self.pop()?;
+                let cls = self.pop()?;
+                let name = match cls {
+                    Value::Global(m, n) => format!("{m}.{n}"),
+                    v => v.describe(),
+                };
+                self.stack.push(Value::Object(name));
+            }
+            b'b' => {
+                // BUILD: the state (an OrderedDict's `_metadata`, a
+                // parameter's attributes) does not change any tensor.
+                self.pop()?;
+            }
+            b'q' => {
+                let i = self.u8()?;
+                self.memo_put(u32::from(i))?;
+            }
+            b'r' => {
+                let i = self.u32()?;
+                self.memo_put(i)?;
+            }
+            0x94 => {
+                let i = u32::try_from(self.memo.len()).map_err(|_| "memo too large")?;
+                self.memo_put(i)?;
+            }
+            b'h' => {
+                let i = self.u8()?;
+                let v = self.memo_get(u32::from(i))?;
+                self.stack.push(v);
+            }
+            b'j' => {
+                let i = self.u32()?;
+                let v = self.memo_get(i)?;
+                self.stack.push(v);
+            }
+            other => return Err(format!("unsupported pickle opcode 0x{other:02x}")),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncated_and_unknown_pickles_are_errors_not_panics() {
+        // PROTO 2, EMPTY_DICT, then the pickle stops short.
+        let err = Unpickler::new(b"\x80\x02}(X\x05\x00\x00\x00ab")
+            .run()
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "data.pkl, opcode 0x58 at byte 4: the pickle ends early"
+        );
+        let err = Unpickler::new(b"\x80\x02\xff").run().unwrap_err();
+        assert_eq!(
+            err,
+            "data.pkl, opcode 0xff at byte 2: unsupported pickle opcode 0xff"
+        );
+        let err = Unpickler::new(b"s").run().unwrap_err();
+        assert!(err.contains("underflows"), "{err}");
+        // LONG1 of -2 (one byte 0xfe), then STOP.
+        assert_eq!(
+            Unpickler::new(b"\x8a\x01\xfe.").run().unwrap(),
+            Value::Int(-2)
+        );
+    }
+}

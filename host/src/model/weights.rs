@@ -1,0 +1,280 @@
+//! Fitting a checkpoint to a network: every tensor the network needs is
+//! looked up under its checkpoint key, its shape checked, and its values
+//! converted to f32 (F16, BF16 and F64 are converted exactly or rounded to
+//! nearest); only when every key fits are the tensors registered in the
+//! host's [`ParamStore`]. All missing keys, unexpected keys, shape and dtype
+//! mismatches are reported together. The checkpoint readers
+//! (`safetensors`, `model::torch_file` for `torch.save` archives) hand their
+//! tensors over as `StoredTensor`s.
+
+use crate::tensor_abi::ParamStore;
+use burn::tensor::TensorData;
+use burn::tensor::backend::AutodiffBackend;
+use safetensors::tensor::{Dtype, TensorView};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+/// One way a checkpoint does not fit the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightProblem {
+    /// The config needs `key`, the file lacks it.
+    Missing {
+        /// Checkpoint key.
+        key: String,
+        /// Shape the config implies.
+        expected: Vec<usize>,
+    },
+    /// The file holds `key`, which the config does not use.
+    Unexpected {
+        /// Checkpoint key.
+        key: String,
+        /// Its shape in the file.
+        found: Vec<usize>,
+    },
+    /// `key` is in both, with different shapes.
+    Shape {
+        /// Checkpoint key.
+        key: String,
+        /// Shape the config implies.
+        expected: Vec<usize>,
+        /// Shape in the file.
+        found: Vec<usize>,
+    },
+    /// `key` is stored in a dtype dtx does not convert (it reads F32, F16,
+    /// BF16 and F64).
+    Dtype {
+        /// Checkpoint key.
+        key: String,
+        /// The dtype, as safetensors names it (`I64`).
+        dtype: String,
+    },
+}
+
+impl WeightProblem {
+    /// The checkpoint key the problem is about.
+    pub fn key(&self) -> &str {
+        match self {
+            WeightProblem::Missing { key, .. }
+            | WeightProblem::Unexpected { key, .. }
+            | WeightProblem::Shape { key, .. }
+            | WeightProblem::Dtype { key, .. } => key,
+        }
+    }
+}
+
+impl fmt::Display for WeightProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WeightProblem::Missing { key, expected } => {
+                write!(f, "missing key `{key}` (expected shape {expected:?})")
+            }
+            WeightProblem::Unexpected { key, found } => write!(
+                f,
+                "unexpected key `{key}` (shape {found:?}); the config has no such parameter"
+            ),
+            WeightProblem::Shape {
+                key,
+                expected,
+                found,
+            } => write!(f, "`{key}`: expected shape {expected:?}, found {found:?}"),
+            WeightProblem::Dtype { key, dtype } => write!(
+                f,
+                "`{key}`: dtype {dtype} is not supported (F32, F16, BF16, F64 are)"
+            ),
+        }
+    }
+}
+
+/// Why a checkpoint could not be loaded; each loader wraps it in its own
+/// error with the file.
+#[derive(Debug)]
+pub(crate) enum LoadFailure {
+    /// The file is absent, unreadable or not in the expected format.
+    Read(String),
+    /// The tensors do not fit the config; every problem, in key order.
+    Problems(Vec<WeightProblem>),
+    /// Registering a parameter in the store failed (a name registered twice).
+    Store(String),
+}
+
+/// A tensor as a checkpoint stores it.
+pub(crate) trait StoredTensor {
+    /// Its shape.
+    fn shape(&self) -> Vec<usize>;
+    /// Its dtype, named as safetensors names them (`F32`, `BF16`, `I64`).
+    fn dtype(&self) -> String;
+    /// Its values in row-major order as f32, or `None` for a dtype dtx does
+    /// not convert.
+    fn to_f32(&self) -> Option<Vec<f32>>;
+}
+
+/// IEEE half to single precision (exact: every f16 is an f32).
+pub(crate) fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h >> 15) << 31;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let frac = u32::from(h & 0x3ff);
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        (0, _) => {
+            // subnormal: frac · 2^-24, renormalised
+            let (mut e, mut f) = (127 - 15 + 1, frac);
+            while f & 0x400 == 0 {
+                f <<= 1;
+                e -= 1;
+            }
+            sign | (e << 23) | ((f & 0x3ff) << 13)
+        }
+        (0x1f, _) => sign | 0x7f80_0000 | (frac << 13),
+        _ => sign | ((exp + 127 - 15) << 23) | (frac << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// bfloat16 to single precision (exact: a bf16 is the top half of an f32).
+pub(crate) fn bf16_to_f32(h: u16) -> f32 {
+    f32::from_bits(u32::from(h) << 16)
+}
+
+/// Little-endian `bytes` of the float dtype `dtype` (`F32`, `F16`, `BF16`,
+/// `F64`) as f32; `None` for another dtype.
+pub(crate) fn le_bytes_to_f32(dtype: &str, d: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        "F32" => d
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        "F16" => d
+            .chunks_exact(2)
+            .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+            .collect(),
+        "BF16" => d
+            .chunks_exact(2)
+            .map(|b| bf16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+            .collect(),
+        "F64" => d
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
+            .collect(),
+        _ => return None,
+    })
+}
+
+impl StoredTensor for TensorView<'_> {
+    fn shape(&self) -> Vec<usize> {
+        TensorView::shape(self).to_vec()
+    }
+
+    fn dtype(&self) -> String {
+        format!("{:?}", TensorView::dtype(self))
+    }
+
+    fn to_f32(&self) -> Option<Vec<f32>> {
+        match TensorView::dtype(self) {
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64 => {
+                le_bytes_to_f32(&StoredTensor::dtype(self), self.data())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Checks `found` (checkpoint key → tensor) against `expected` (every
+/// parameter the network needs, with its PyTorch shape) and, when every key
+/// fits, registers each as a base parameter of `store` in `expected` order,
+/// `trainable(key)` deciding which train. Nothing is registered otherwise.
+pub(crate) fn register_fitting<B: AutodiffBackend, T: StoredTensor>(
+    expected: &[(String, Vec<usize>)],
+    mut found: BTreeMap<String, T>,
+    store: &mut ParamStore<B>,
+    device: &B::Device,
+    trainable: &dyn Fn(&str) -> bool,
+) -> Result<(), LoadFailure> {
+    let mut problems = Vec::new();
+    let mut values = Vec::with_capacity(expected.len());
+    for (key, shape) in expected {
+        match found.remove(key) {
+            None => problems.push(WeightProblem::Missing {
+                key: key.clone(),
+                expected: shape.clone(),
+            }),
+            Some(t) if t.shape() != *shape => problems.push(WeightProblem::Shape {
+                key: key.clone(),
+                expected: shape.clone(),
+                found: t.shape(),
+            }),
+            Some(t) => match t.to_f32() {
+                Some(v) => values.push((key, shape, v)),
+                None => problems.push(WeightProblem::Dtype {
+                    key: key.clone(),
+                    dtype: t.dtype(),
+                }),
+            },
+        }
+    }
+    for (key, t) in found {
+        problems.push(WeightProblem::Unexpected {
+            key,
+            found: t.shape(),
+        });
+    }
+    if !problems.is_empty() {
+        problems.sort_by(|a, b| a.key().cmp(b.key()));
+        return Err(LoadFailure::Problems(problems));
+    }
+    for (key, shape, v) in values {
+        let prim = B::float_from_data(TensorData::new(v, shape.clone()), device);
+        store
+            .register_base(key, prim, trainable(key))
+            .map_err(|e| LoadFailure::Store(format!("{e:?}")))?;
+    }
+    Ok(())
+}
+
+/// Loads the safetensors file `file` into `store` as [`register_fitting`]
+/// does, reading each checkpoint key `k` as `rename(k)`.
+pub(crate) fn load_safetensors_file<B: AutodiffBackend>(
+    file: &Path,
+    rename: &dyn Fn(&str) -> String,
+    expected: &[(String, Vec<usize>)],
+    store: &mut ParamStore<B>,
+    device: &B::Device,
+    trainable: &dyn Fn(&str) -> bool,
+) -> Result<(), LoadFailure> {
+    let bytes = std::fs::read(file).map_err(|e| LoadFailure::Read(e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| LoadFailure::Read(format!("not a safetensors file: {e}")))?;
+    let found: BTreeMap<String, TensorView<'_>> = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (rename(&k), v))
+        .collect();
+    register_fitting(expected, found, store, device, trainable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{bf16_to_f32, f16_to_f32};
+
+    #[test]
+    fn f16_conversion_covers_normal_subnormal_and_special_values() {
+        // Bit patterns from IEEE 754 binary16 tables.
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
+        assert_eq!(f16_to_f32(0x7bff), 65504.0);
+        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
+        assert_eq!(f16_to_f32(0x0200), 2f32.powi(-15));
+        assert_eq!(f16_to_f32(0x8000), -0.0);
+        assert_eq!(f16_to_f32(0x7c00), f32::INFINITY);
+        assert!(f16_to_f32(0x7e00).is_nan());
+    }
+
+    #[test]
+    fn bf16_is_the_top_half_of_an_f32() {
+        // 0x3f80 = 1.0, 0xc040 = -3.0, 0x3e80 = 0.25 (bfloat16 tables).
+        assert_eq!(bf16_to_f32(0x3f80), 1.0);
+        assert_eq!(bf16_to_f32(0xc040), -3.0);
+        assert_eq!(bf16_to_f32(0x3e80), 0.25);
+    }
+}

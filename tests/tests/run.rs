@@ -345,3 +345,31 @@ fn pretrain_exports_a_diffusers_folder_that_runs_as_a_pretrained_source() {
     assert_eq!(plugins.code, 1);
     assert!(plugins.stderr.contains("[[plugin]]"), "{}", plugins.stderr);
 }
+
+#[test]
+fn an_adm_checkpoint_fine_tunes_class_conditionally_and_samples_with_learned_variance() {
+    let out = out_dir("adm");
+    let r = dtx_run("adm-pt.toml", &out, &[], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for i in 0..2 {
+        let png = image::open(out.join(format!("adm-pt/samples/{i:05}.png"))).unwrap();
+        assert_eq!((png.width(), png.height()), (8, 8));
+    }
+    // Labels the model has no embedding for are refused, naming the numbers.
+    let r = dtx_run(
+        "adm-pt.toml",
+        &out_dir("adm-label"),
+        &["sample.label=7"],
+        &[],
+    );
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("`sample.label = 7`"), "{}", r.stderr);
+    let r = dtx_run(
+        "adm-pt.toml",
+        &out_dir("adm-target"),
+        &["target.config={preset=\"all\"}"],
+        &[],
+    );
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("has class label 5"), "{}", r.stderr);
+}

@@ -1,11 +1,12 @@
 //! [`Net`]: the one denoiser type the run engine holds, over every forward
-//! pass dtx has (the residual MLP for vectors, diffusers' `UNet2DModel` for
-//! images). All share one calling convention — rank-free host tensors, float
+//! pass dtx has (the residual MLP for vectors, diffusers' `UNet2DModel` and
+//! guided-diffusion's ADM U-Net for images). All share one calling convention — rank-free host tensors, float
 //! timesteps, optional labels, and the injection-point hook — so training,
 //! sampling, `denoise`, `features` and plugins' `inject` do not depend on
 //! which one runs.
 
 use super::ModelDescription;
+use super::adm_net::{AdmNet, load_weights};
 use super::mlp_net::{MlpNet, PointHook};
 use super::unet::{UNet2D, load_safetensors};
 use crate::tensor_abi::ParamStore;
@@ -26,6 +27,8 @@ pub enum Net {
     Mlp(MlpNet),
     /// diffusers `UNet2DModel` over `[B, C, S, S]`.
     UNet(UNet2D),
+    /// guided-diffusion ADM U-Net over `[B, C, S, S]`.
+    Adm(AdmNet),
 }
 
 impl Net {
@@ -38,9 +41,11 @@ impl Net {
             "diffusers" => UNet2D::from_description(d)
                 .map(Net::UNet)
                 .map_err(|e| e.to_string()),
+            "adm" => AdmNet::from_description(d)
+                .map(Net::Adm)
+                .map_err(|e| e.to_string()),
             other => Err(format!(
-                "`dtx run` cannot run `kind = \"{other}\"` sources yet (its description, \
-                 injection points and plan work); use a diffusers or mlp source"
+                "`dtx run` cannot run `kind = \"{other}\"` sources; use a diffusers, adm or mlp source"
             )),
         }
     }
@@ -50,6 +55,7 @@ impl Net {
         match self {
             Net::Mlp(m) => vec![m.data_dim],
             Net::UNet(u) => vec![u.in_channels, u.sample_size, u.sample_size],
+            Net::Adm(a) => vec![a.in_channels, a.image_size, a.image_size],
         }
     }
 
@@ -58,6 +64,7 @@ impl Net {
         match self {
             Net::Mlp(m) => m.data_dim,
             Net::UNet(u) => u.out_channels,
+            Net::Adm(a) => a.out_channels,
         }
     }
 
@@ -66,6 +73,7 @@ impl Net {
         match self {
             Net::Mlp(m) => m.num_classes,
             Net::UNet(u) => u.num_class_embeds.unwrap_or(0),
+            Net::Adm(a) => a.num_classes.unwrap_or(0),
         }
     }
 
@@ -74,6 +82,7 @@ impl Net {
         match self {
             Net::Mlp(m) => m.parameters(),
             Net::UNet(u) => u.parameters(),
+            Net::Adm(a) => a.parameters(),
         }
     }
 
@@ -91,6 +100,7 @@ impl Net {
         match self {
             Net::Mlp(m) => m.forward::<B, E>(params, x, t, labels, hook),
             Net::UNet(u) => u.forward::<B, E>(params, x, t, labels, hook),
+            Net::Adm(a) => a.forward::<B, E>(params, x, t, labels, hook),
         }
     }
 
@@ -147,7 +157,8 @@ impl Net {
         Ok(())
     }
 
-    /// Loads the checkpoint at `path` (a diffusers folder) into `store`.
+    /// Loads the checkpoint at `path` (a diffusers folder, or an ADM `.pt` /
+    /// `.safetensors` file) into `store`.
     pub fn load<B: AutodiffBackend>(
         &self,
         path: &Path,
@@ -159,6 +170,8 @@ impl Net {
             Net::UNet(u) => {
                 load_safetensors::<B>(u, path, store, device, trainable).map_err(|e| e.to_string())
             }
+            Net::Adm(a) => load_weights::<B>(path, store, device, trainable, a.parameters())
+                .map_err(|e| e.to_string()),
             Net::Mlp(_) => Err(format!(
                 "{}: MLP sources are built from [source.config] and have no weights file",
                 path.display()

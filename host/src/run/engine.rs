@@ -133,8 +133,15 @@ fn unsupported_settings(plan: &Plan, net: &Net) -> Result<()> {
                     .to_owned(),
             );
         }
-        if s.label.is_some() && net.num_classes() == 0 {
-            problems.push("`sample.label` (the source model is not class-conditional)".to_owned());
+        match s.label {
+            Some(_) if net.num_classes() == 0 => problems
+                .push("`sample.label` (the source model is not class-conditional)".to_owned()),
+            Some(l) if l as usize >= net.num_classes() => problems.push(format!(
+                "`sample.label = {l}` (the source model has {} classes, 0 to {})",
+                net.num_classes(),
+                net.num_classes() - 1
+            )),
+            _ => {}
         }
     }
     if m.eval.as_ref().is_some_and(|e| !e.metrics.is_empty()) {
@@ -222,6 +229,16 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
     // Targets load before the run folder exists, so bad data leaves nothing behind.
     let (target, held_out) = if m.target.is_some() {
         let (t, h) = load_target(plan, &example)?;
+        let k = net.num_classes();
+        if let Some(&top) = t.labels.iter().chain(h.labels.iter()).flatten().max()
+            && top as usize >= k
+        {
+            bail!(
+                "target `{}` has class label {top}, but the source model has {k} classes (labels 0 to {})",
+                t.source,
+                k.saturating_sub(1)
+            );
+        }
         (Some(t), Some(h).filter(|h| !h.is_empty()))
     } else {
         (None, None)

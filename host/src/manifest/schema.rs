@@ -64,7 +64,15 @@ pub const SECTION_KEYS: &[(&str, &[&str])] = &[
     (
         "sample",
         &[
-            "sampler", "steps", "count", "eta", "batch", "guidance", "label",
+            "sampler",
+            "steps",
+            "count",
+            "eta",
+            "batch",
+            "guidance",
+            "label",
+            "clip_sample",
+            "clip_range",
         ],
     ),
     ("eval", &["metrics", "reference", "extractor"]),
@@ -322,6 +330,13 @@ pub struct Sample {
     /// Class to sample for a class-conditional model. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<u64>,
+    /// Clip each step's predicted x0 to [−clip_range, clip_range] (diffusers'
+    /// `clip_sample`). Default: true for images, false for vector data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_sample: Option<bool>,
+    /// The range of `clip_sample`, > 0. Default: 1.0 (data in [−1, 1]).
+    #[serde(default = "default_one")]
+    pub clip_range: f64,
 }
 
 /// `[eval]`: metrics computed over the samples.

@@ -353,6 +353,12 @@ impl Checks<'_> {
             "0 gives deterministic DDIM, 1 matches DDPM's noise",
         );
         self.number(
+            &path("sample.clip_range"),
+            sample.clip_range,
+            false,
+            "data scaled to [-1, 1] uses 1.0; set `clip_sample = false` to disable clipping",
+        );
+        self.number(
             &path("sample.guidance"),
             sample.guidance,
             true,

@@ -351,6 +351,11 @@ fn an_adm_checkpoint_fine_tunes_class_conditionally_and_samples_with_learned_var
     let out = out_dir("adm");
     let r = dtx_run("adm-pt.toml", &out, &[], &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
+    // the hybrid objective: L_simple on the mean, L_vlb on the variance
+    let metrics = std::fs::read_to_string(out.join("adm-pt/metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    let vlb = first["loss.vlb"].as_f64().unwrap();
+    assert!(vlb.is_finite() && vlb > 0.0, "{first}");
     for i in 0..2 {
         let png = image::open(out.join(format!("adm-pt/samples/{i:05}.png"))).unwrap();
         assert_eq!((png.width(), png.height()), (8, 8));

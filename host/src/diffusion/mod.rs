@@ -8,6 +8,7 @@ pub mod prediction;
 pub mod sampler;
 pub mod schedule;
 pub mod spacing;
+pub mod vlb;
 pub mod weighting;
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use crate::diffusion::prediction::{
     BatchScalar, Prediction, q_sample, split_learned_sigma, to_epsilon, v_from_eps_x0,
 };
 use crate::diffusion::schedule::snr;
+use crate::diffusion::vlb::vlb_terms;
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
@@ -80,25 +81,26 @@ pub(super) struct Objective<'a> {
 }
 
 impl Objective<'_> {
-    /// The network's mean output: the first `C` channels of a learned-sigma
-    /// output (2C channels), else all of it. The variance channels get no
-    /// loss here (see docs/runs.md, "Learned variance").
-    pub(super) fn mean_output<B: AutodiffBackend, const D: usize>(
+    /// The network's mean output and, for a learned-sigma output (2C
+    /// channels), its variance channels.
+    pub(super) fn split_output<B: AutodiffBackend, const D: usize>(
         &self,
         out: Tensor<B, D>,
-    ) -> Tensor<B, D> {
+    ) -> (Tensor<B, D>, Option<Tensor<B, D>>) {
         if D > 2 && out.dims()[1] == 2 * self.data_channels {
-            split_learned_sigma(out, self.data_channels).0
+            let (mean, v) = split_learned_sigma(out, self.data_channels);
+            (mean, Some(v))
         } else {
-            out
+            (out, None)
         }
     }
 
     /// The forward process and the student's loss on it:
     /// x_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε, L = mean_i w(t_i) · mean ‖target_i − out_i‖²
     /// (target ε, x0 or v as the network predicts; w from the weighting,
-    /// 1 for `none`). Returns the term `loss.simple`, the prediction
-    /// converted to ε (what plugins see) and x_t.
+    /// 1 for `none`). Returns the terms — `loss.simple`, and `loss.vlb` for a
+    /// learned-variance net (the hybrid objective, docs/runs.md) — the
+    /// prediction converted to ε (what plugins see) and x_t.
     #[allow(clippy::type_complexity)]
     pub(super) fn simple<B: AutodiffBackend, const D: usize>(
         &self,
@@ -127,12 +129,12 @@ impl Objective<'_> {
             labels,
             training,
         )?);
-        let out = self.mean_output(out);
+        let (out, variance) = self.split_output(out);
         let ab_b = BatchScalar::PerSample(ab_t);
         let target = match self.prediction {
             Prediction::Epsilon => noise,
-            Prediction::Sample => x0r,
-            Prediction::VPrediction => v_from_eps_x0(noise, x0r, &ab_b),
+            Prediction::Sample => x0r.clone(),
+            Prediction::VPrediction => v_from_eps_x0(noise, x0r.clone(), &ab_b),
         };
         let sq = (out.clone() - target).powf_scalar(2.0);
         let simple: Tensor<B, 1> = match self.weighting {
@@ -148,15 +150,28 @@ impl Objective<'_> {
                 (per_example * w).mean()
             }
         };
-        let pred = prim_f(to_epsilon(out, x_t.clone(), &ab_b, self.prediction));
-        Ok((
-            vec![("loss.simple".to_owned(), prim_f(simple))],
-            pred,
-            prim_f(x_t),
-        ))
+        let eps = to_epsilon(out, x_t.clone(), &ab_b, self.prediction);
+        let mut terms = vec![("loss.simple".to_owned(), prim_f(simple))];
+        if let Some(v_raw) = variance {
+            // hybrid objective: (T / 1000) · L_t, the mean behind a stop-gradient
+            let t_count = self.alpha_bars.len() as f64;
+            let vb = vlb_terms(
+                x0r,
+                x_t.clone(),
+                eps.clone().detach(),
+                v_raw,
+                &draw.ts,
+                self.alpha_bars,
+            )
+            .mean()
+            .mul_scalar(t_count / 1000.0);
+            terms.push(("loss.vlb".to_owned(), prim_f(vb)));
+        }
+        Ok((terms, prim_f(eps), prim_f(x_t)))
     }
 
-    /// The weighted simple loss of the current student on every example of
+    /// The base objective (weighted L_simple, plus L_vlb for a learned
+    /// variance) of the current student on every example of
     /// `held` (no plugin losses, no gradients kept), with timesteps and
     /// noise from a fixed seed so values at different steps compare.
     pub(super) fn validation<B: AutodiffBackend, const D: usize>(
@@ -175,7 +190,13 @@ impl Objective<'_> {
             let (x0, labels) = held.to_tensor::<B>(chunk, device);
             let draw = Draw::new::<D>(&mut rng, &x0, self.alpha_bars.len(), device);
             let (terms, _, _) = self.simple::<B, D>(engine, &params, &x0, labels, &draw, false)?;
-            let v: Tensor<B, 1> = ranked(B::float_detach(terms[0].1.clone()));
+            // the base objective: L_simple (+ L_vlb for a learned variance)
+            let total = terms
+                .iter()
+                .map(|(_, t)| ranked::<B, 1>(B::float_detach(t.clone())).reshape([1]))
+                .reduce(|a, b| a + b)
+                .expect("L_simple is always there");
+            let v: Tensor<B, 1> = total;
             sum += super::engine::scalar(&v.reshape([1])) * chunk.len() as f64;
         }
         Ok(sum / held.len().max(1) as f64)

@@ -83,10 +83,7 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
         },
         steps: sm.steps,
         // images live in [-1, 1]: clip x̂0 there unless told otherwise
-        clip_sample: sm
-            .clip_sample
-            .unwrap_or(D > 2)
-            .then_some(sm.clip_range),
+        clip_sample: sm.clip_sample.unwrap_or(D > 2).then_some(sm.clip_range),
         ..Default::default()
     };
     let alpha_bars = objective.alpha_bars;

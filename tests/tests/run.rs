@@ -378,3 +378,58 @@ fn an_adm_checkpoint_fine_tunes_class_conditionally_and_samples_with_learned_var
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("has class label 5"), "{}", r.stderr);
 }
+
+#[test]
+fn a_finished_run_is_a_source_for_the_next_one() {
+    // Train the MLP, then start a second run from its folder (`kind = "dtx"`):
+    // the second run's base weights are the first run's EMA weights.
+    let out = out_dir("dtx-source");
+    let r = dtx_run(
+        "gmm-mlp.toml",
+        &out,
+        &["train.steps=5", "sample.count=4"],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let first = out.join("gmm-mlp");
+    let r = dtx_run(
+        "gmm-mlp.toml",
+        &out,
+        &[
+            "run.name=\"second\"",
+            "source.kind=\"dtx\"",
+            &format!("source.path=\"{}\"", first.display()),
+            "source.config={}",
+            // a step too small to move any weight: the checkpoint shows what was loaded
+            "train.steps=1",
+            "train.lr=1e-30",
+            "sample.count=4",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let (_, a) = tensors(&first.join("checkpoints/latest.safetensors"));
+    let (_, b) = tensors(&out.join("second/checkpoints/latest.safetensors"));
+    let mut n = 0;
+    for (k, v) in &b {
+        if let Some(name) = k.strip_prefix("param/") {
+            assert_eq!(Some(v), a.get(&format!("ema/{name}")), "`{name}`");
+            n += 1;
+        }
+    }
+    assert!(n > 0);
+    // A folder that is not a run is named.
+    let r = dtx_run(
+        "gmm-mlp.toml",
+        &out,
+        &[
+            "run.name=\"third\"",
+            "source.kind=\"dtx\"",
+            &format!("source.path=\"{}\"", out.display()),
+            "source.config={}",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("latest.safetensors"), "{}", r.stderr);
+}

@@ -6,7 +6,7 @@ use super::{ModelError, adm, diffusers, mlp};
 use abi_stable::std_types::{RString, RVec};
 use dtx_plugin_api::{ModelInfo, PointInfo};
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One injection point: the output of a residual block, or the time embedding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,17 +262,100 @@ pub fn describe(
             adm::describe(path, config)
         }
         "mlp" => mlp::describe(path, config),
-        "dtx" => Err(ModelError::UnsupportedKind {
-            kind: kind.into(),
-            reason: "dtx checkpoints are described from their own metadata, which this version \
-                     does not read yet; use the run's original `[source]`"
-                .into(),
-        }),
+        "dtx" => {
+            let path = path.ok_or_else(|| ModelError::MissingPath {
+                kind: kind.into(),
+                expected: "a dtx run folder (with manifest.toml and checkpoints/)".into(),
+            })?;
+            if !config.is_empty() {
+                return Err(ModelError::BadPath {
+                    path: path.into(),
+                    reason: "a `dtx` source takes its architecture from the run's manifest; \
+                             remove [source.config]"
+                        .into(),
+                });
+            }
+            describe_dtx(path, 0)
+        }
         other => Err(ModelError::UnsupportedKind {
             kind: other.into(),
             reason: "supported kinds are `diffusers`, `adm` and `mlp`".into(),
         }),
     }
+}
+
+/// The run folder of a `dtx` source: the folder itself, or the run folder
+/// of a checkpoint file inside its `checkpoints/`.
+pub fn dtx_run_folder(path: &Path) -> PathBuf {
+    if path.is_file() {
+        path.parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// The checkpoint a `dtx` source reads: the file given, or the run
+/// folder's `checkpoints/latest.safetensors`.
+pub fn dtx_checkpoint(path: &Path) -> PathBuf {
+    if path.is_file() {
+        path.to_path_buf()
+    } else {
+        path.join("checkpoints").join("latest.safetensors")
+    }
+}
+
+/// Describes the model a dtx run trained, from the `[source]` of the
+/// manifest its folder keeps (paths there are absolute). A run whose
+/// source was itself a dtx run is followed, up to 8 deep.
+fn describe_dtx(path: &Path, depth: usize) -> Result<ModelDescription, ModelError> {
+    let folder = dtx_run_folder(path);
+    let manifest = folder.join("manifest.toml");
+    let ckpt = dtx_checkpoint(path);
+    if !ckpt.is_file() {
+        return Err(ModelError::MissingFile {
+            path: ckpt,
+            expected: "the checkpoint of a dtx run".into(),
+        });
+    }
+    let text = std::fs::read_to_string(&manifest).map_err(|source| ModelError::Io {
+        path: manifest.clone(),
+        source,
+    })?;
+    let bad = |reason: String| ModelError::BadPath {
+        path: manifest.clone(),
+        reason,
+    };
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| bad(format!("not a dtx run manifest: {e}")))?;
+    let src = table
+        .get("source")
+        .and_then(toml::Value::as_table)
+        .ok_or_else(|| bad("the run has no [source]".into()))?;
+    let kind = src.get("kind").and_then(toml::Value::as_str).unwrap_or("");
+    let inner_path = src
+        .get("path")
+        .and_then(toml::Value::as_str)
+        .map(PathBuf::from);
+    let config = src
+        .get("config")
+        .and_then(toml::Value::as_table)
+        .cloned()
+        .unwrap_or_default();
+    let mut d = match kind {
+        "dtx" if depth < 8 => {
+            let p = inner_path.ok_or_else(|| bad("its `dtx` source has no path".into()))?;
+            describe_dtx(&p, depth + 1)?
+        }
+        "dtx" => return Err(bad("dtx sources nest more than 8 deep".into())),
+        _ => describe(kind, inner_path.as_deref(), &config)?,
+    };
+    d.config
+        .push(("dtx_checkpoint".into(), ckpt.display().to_string()));
+    d.config.sort();
+    Ok(d)
 }
 
 /// Parameters from a safetensors checkpoint header, as `(name, shape)`.
@@ -336,7 +419,11 @@ mod tests {
         let err = describe("dtx", None, &toml::Table::new())
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("cannot describe a `dtx` model"), "{err}");
+        assert!(err.starts_with("a `dtx` source needs `path`"), "{err}");
+        let err = describe("onnx", None, &toml::Table::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("cannot describe a `onnx` model"), "{err}");
         let err = describe("diffusers", None, &toml::Table::new())
             .unwrap_err()
             .to_string();

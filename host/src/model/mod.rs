@@ -28,7 +28,9 @@ pub mod unet;
 pub mod weights;
 
 pub use adm_net::{AdmNet, load_weights};
-pub use describe::{ConfigProblem, ModelDescription, Point, describe};
+pub use describe::{
+    ConfigProblem, ModelDescription, Point, describe, dtx_checkpoint, dtx_run_folder,
+};
 pub use error::{KeyLocation, ModelError, Origin};
 pub use safetensors_header::{TensorHeader, read_safetensors_header};
 

@@ -16,7 +16,7 @@ use crate::diffusion::Weighting;
 use crate::diffusion::prediction::Prediction;
 use crate::diffusion::schedule::Schedule;
 use crate::manifest::plan::Plan;
-use crate::manifest::{Init, Schedule as ScheduleKind, Trainable};
+use crate::manifest::{Init, Schedule as ScheduleKind, SourceKind, Trainable};
 use crate::model::net::Net;
 use crate::plugins::{Instance, LossArgs};
 use crate::tensor_abi::{DataService, Session, Stored};
@@ -195,8 +195,25 @@ fn base_weights<B: AutodiffBackend>(
 ) -> Result<()> {
     let m = &plan.manifest.manifest;
     let src = m.source.as_ref().ok_or_else(|| anyhow!("no [source]"))?;
-    let random = matches!(net, Net::Mlp(_)) || src.init == Init::Random;
-    if random {
+    let random =
+        src.init == Init::Random || (matches!(net, Net::Mlp(_)) && src.kind != SourceKind::Dtx);
+    if !random && src.kind == SourceKind::Dtx {
+        let path = src
+            .path
+            .as_ref()
+            .map(|p| crate::model::dtx_checkpoint(&plan.manifest.resolve_path(p)))
+            .ok_or_else(|| anyhow!("[source]: `path` names the dtx run folder"))?;
+        Session::<B>::with(|s| {
+            checkpoint::load_base::<B>(
+                &path,
+                &net.parameters(),
+                &mut s.params,
+                device,
+                is_trainable,
+            )
+        })??;
+        Ok(())
+    } else if random {
         let mut init_rng = StdRng::seed_from_u64(m.run.seed);
         Session::<B>::with(|s| net.init(&mut s.params, &mut init_rng, device, is_trainable))?
             .map_err(|e| anyhow!("[source]: {e}"))

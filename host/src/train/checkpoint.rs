@@ -157,6 +157,85 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     std::fs::rename(&tmp, path).map_err(|e| io(&e))
 }
 
+/// The base model's tensors in a checkpoint, by parameter name: the EMA
+/// value when `prefer_ema` and there is one, else the trained value;
+/// plugin parameters (`plugin.*`) left out.
+fn base_views<'a>(
+    ckpt: &Path,
+    st: &'a safetensors::SafeTensors<'a>,
+    prefer_ema: bool,
+) -> Result<BTreeMap<String, TensorView<'a>>, CheckpointError> {
+    let mut views = BTreeMap::new();
+    for name in st.names() {
+        let Some(key) = name.strip_prefix("param/") else {
+            continue;
+        };
+        if key.starts_with("plugin.") {
+            continue;
+        }
+        let ema = prefer_ema
+            .then(|| st.tensor(&format!("ema/{key}")).ok())
+            .flatten();
+        let view = match ema {
+            Some(v) => v,
+            None => st.tensor(name).map_err(|e| CheckpointError::Io {
+                path: ckpt.into(),
+                message: e.to_string(),
+            })?,
+        };
+        views.insert(key.to_owned(), view);
+    }
+    if views.is_empty() {
+        return Err(CheckpointError::Mismatch {
+            path: ckpt.into(),
+            message: "it holds no base-model parameters".into(),
+        });
+    }
+    Ok(views)
+}
+
+/// Registers the base model's weights from the dtx checkpoint `ckpt` (EMA
+/// values when it keeps them) as base parameters of `store`, one per entry
+/// of `expected` (name, shape), `trainable(name)` deciding which train: a
+/// `kind = "dtx"` source. Every missing or misshaped parameter is an error
+/// naming the checkpoint and the key.
+pub fn load_base<B: AutodiffBackend>(
+    ckpt: &Path,
+    expected: &[(String, Vec<usize>)],
+    store: &mut ParamStore<B>,
+    device: &B::Device,
+    trainable: &dyn Fn(&str) -> bool,
+) -> Result<(), CheckpointError> {
+    let mismatch = |message: String| CheckpointError::Mismatch {
+        path: ckpt.into(),
+        message,
+    };
+    let bytes = std::fs::read(ckpt).map_err(|e| CheckpointError::Io {
+        path: ckpt.into(),
+        message: e.to_string(),
+    })?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| CheckpointError::Io {
+        path: ckpt.into(),
+        message: e.to_string(),
+    })?;
+    let views = base_views(ckpt, &st, true)?;
+    for (name, shape) in expected {
+        let view = views
+            .get(name)
+            .ok_or_else(|| mismatch(format!("it has no parameter `{name}`")))?;
+        if view.shape() != shape.as_slice() {
+            return Err(mismatch(format!(
+                "parameter `{name}` has shape {:?}, the model expects {shape:?}",
+                view.shape()
+            )));
+        }
+        store
+            .register_base(name, tensor_of::<B>(view, device), trainable(name))
+            .map_err(|e| mismatch(e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// Writes the base model's weights from checkpoint `ckpt` to `out` as a
 /// plain safetensors file under their checkpoint keys (what diffusers'
 /// `diffusion_pytorch_model.safetensors` holds): the EMA value of each
@@ -170,29 +249,7 @@ pub fn export_base(ckpt: &Path, out: &Path, prefer_ema: bool) -> Result<usize, C
     };
     let bytes = std::fs::read(ckpt).map_err(|e| io(&e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| io(&e))?;
-    let mut views: BTreeMap<String, TensorView<'_>> = BTreeMap::new();
-    for name in st.names() {
-        let Some(key) = name.strip_prefix("param/") else {
-            continue;
-        };
-        if key.starts_with("plugin.") {
-            continue;
-        }
-        let ema = prefer_ema
-            .then(|| st.tensor(&format!("ema/{key}")).ok())
-            .flatten();
-        let view = match ema {
-            Some(v) => v,
-            None => st.tensor(name).map_err(|e| io(&e))?,
-        };
-        views.insert(key.to_owned(), view);
-    }
-    if views.is_empty() {
-        return Err(CheckpointError::Mismatch {
-            path: ckpt.into(),
-            message: "it holds no base-model parameters".into(),
-        });
-    }
+    let views = base_views(ckpt, &st, prefer_ema)?;
     let n = views.len();
     let mut meta = HashMap::new();
     meta.insert("format".to_owned(), "pt".to_owned());

@@ -433,3 +433,28 @@ fn a_finished_run_is_a_source_for_the_next_one() {
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("latest.safetensors"), "{}", r.stderr);
 }
+
+#[test]
+fn a_loss_hook_can_ask_for_the_students_prediction() {
+    // The probe calls denoise(student) inside its own `loss`: the forward runs
+    // (the adapter's modules in, the probe's own left out) and its term trains.
+    let out = out_dir("student-in-loss");
+    let r = dtx_run(
+        "two-plugins.toml",
+        &out,
+        &[
+            "train.steps=3",
+            "train.trainable=\"all\"",
+            "plugin[1].config.student_weight=1.0",
+            "sample.count=4",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let metrics = std::fs::read_to_string(out.join("two-plugins/metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    for key in ["probe.student", "probe.student_gap"] {
+        let v = first[key].as_f64().unwrap_or(f64::NAN);
+        assert!(v.is_finite(), "{key} in {first}");
+    }
+}

@@ -48,19 +48,30 @@ pub struct Instance<B: AutodiffBackend> {
     _backend: PhantomData<fn() -> B>,
 }
 
-/// Sets the session's running plugin for the duration of a call.
-struct Running<B: AutodiffBackend>(PhantomData<B>);
+/// Sets the session's running plugin for the duration of a call, and puts
+/// back the one before it on drop (a hook may call a host service that runs
+/// other plugins' hooks: `denoise(student)` runs their `inject`).
+struct Running<B: AutodiffBackend> {
+    previous: Option<String>,
+    _b: PhantomData<B>,
+}
 
 impl<B: AutodiffBackend> Running<B> {
     fn start(name: &str) -> Self {
-        let _ = Session::<B>::with(|s| s.current_plugin = Some(name.to_owned()));
-        Running(PhantomData)
+        let previous = Session::<B>::with(|s| s.current_plugin.replace(name.to_owned()))
+            .ok()
+            .flatten();
+        Running {
+            previous,
+            _b: PhantomData,
+        }
     }
 }
 
 impl<B: AutodiffBackend> Drop for Running<B> {
     fn drop(&mut self) {
-        let _ = Session::<B>::with(|s| s.current_plugin = None);
+        let previous = self.previous.take();
+        let _ = Session::<B>::with(|s| s.current_plugin = previous);
     }
 }
 

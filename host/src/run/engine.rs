@@ -298,6 +298,10 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
             .collect()
     })?;
 
+    let timesteps = m.train.as_ref().map(|t| t.timesteps).unwrap_or(1000);
+    let sched = schedule(m.train.as_ref().map(|t| t.schedule).unwrap_or_default());
+    let alpha_bars = sched.alpha_bars(timesteps);
+
     // 2. plugins, built against the model, in manifest order
     let model_info = desc.to_model_info();
     let mut instances = Vec::new();
@@ -311,14 +315,14 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
     }
     let engine = Rc::new(Engine {
         net,
-        plugins: RefCell::new(instances),
+        plugins: instances.into_iter().map(RefCell::new).collect(),
         source,
+        prediction,
+        alpha_bars: alpha_bars.clone(),
+        data_channels: example[0],
     });
 
-    // 3. services: schedule, data, denoisers
-    let timesteps = m.train.as_ref().map(|t| t.timesteps).unwrap_or(1000);
-    let sched = schedule(m.train.as_ref().map(|t| t.schedule).unwrap_or_default());
-    let alpha_bars = sched.alpha_bars(timesteps);
+    // 3. services: data, denoisers
     let batch = m.train.as_ref().map(|t| t.batch).unwrap_or(16);
     let flip = m.target.as_ref().is_some_and(|t| t.flip);
     let data = match &target {
@@ -353,12 +357,7 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
     // 4. prepare (what it trains is in the checkpoint when resuming or sampling)
     let run_dir = dir.path.display().to_string();
     let fresh = opts.sample_from.is_none() && !opts.resume;
-    for inst in engine
-        .plugins
-        .borrow_mut()
-        .iter_mut()
-        .filter(|p| fresh && p.implements(Hook::Prepare))
-    {
+    for mut inst in engine.hooked(|p| fresh && p.implements(Hook::Prepare)) {
         let started = std::time::Instant::now();
         inst.prepare(if m.train.is_some() { "train" } else { "sample" }, &run_dir)?;
         tracing::info!(plugin = %inst.name, seconds = started.elapsed().as_secs_f64(), "prepare done");
@@ -428,12 +427,7 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
             let (mut terms, pred, x_t) =
                 objective.simple::<B, D>(&engine, &params, &x0, labels.clone(), &draw, true)?;
             let t_stored = Stored::Float(draw.t_float());
-            for inst in engine
-                .plugins
-                .borrow_mut()
-                .iter_mut()
-                .filter(|p| p.implements(Hook::Loss))
-            {
+            for mut inst in engine.hooked(|p| p.implements(Hook::Loss)) {
                 let noise_p = prim_f(draw.noise::<D>());
                 terms.extend(inst.loss(LossArgs {
                     x0: &x0,
@@ -612,7 +606,7 @@ fn restore<B: AutodiffBackend>(
 ) -> Result<Progress> {
     let (states, progress) =
         Session::<B>::with(|s| checkpoint::load::<B>(path, &mut s.params, ema, device))??;
-    for inst in engine.plugins.borrow_mut().iter_mut() {
+    for mut inst in engine.plugins.iter().map(|p| p.borrow_mut()) {
         if let Some((_, st)) = states.iter().find(|(n, _)| *n == inst.name) {
             inst.state_load(st)?;
         }
@@ -630,9 +624,11 @@ fn save<B: AutodiffBackend>(
 ) -> Result<()> {
     let states: Vec<(String, Vec<u8>)> = engine
         .plugins
-        .borrow()
         .iter()
-        .map(|p| Ok((p.name.clone(), p.state_save()?)))
+        .map(|p| {
+            let p = p.borrow();
+            Ok((p.name.clone(), p.state_save()?))
+        })
         .collect::<Result<_, crate::plugins::HookError>>()?;
     let progress = Progress {
         step: done,

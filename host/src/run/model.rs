@@ -3,6 +3,7 @@
 //! target data for `dataset_batch`.
 
 use crate::data::{self, BatchIter, Dataset};
+use crate::diffusion::prediction::{BatchScalar, Prediction, to_epsilon};
 use crate::manifest::plan::Plan;
 use crate::model::net::Net;
 use crate::plugins::{InjectArgs, Instance};
@@ -10,6 +11,7 @@ use crate::tensor_abi::{DataService, DenoiseService, Session, Stored};
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use dtx_plugin_api::abi::{AbiError, ErrorKind, Hook, Which};
 use rand::Rng;
 use std::cell::RefCell;
@@ -21,9 +23,78 @@ type P<B> = FloatTensor<B>;
 /// The model and plugins of a run, shared with the host services.
 pub(super) struct Engine<B: AutodiffBackend> {
     pub(super) net: Net,
-    pub(super) plugins: RefCell<Vec<Instance<B>>>,
+    /// Each plugin in its own cell: a hook that calls `denoise(student)` or
+    /// `features(student)` holds its own, and the forward it asks for runs
+    /// every other plugin's `inject`.
+    pub(super) plugins: Vec<RefCell<Instance<B>>>,
     /// Frozen copy of the source weights, for `denoise(source)`.
     pub(super) source: HashMap<String, P<B>>,
+    /// What the network predicts, ᾱ_t and the data's channels: `denoise`
+    /// answers ε of the data's channels whatever the network outputs.
+    pub(super) prediction: Prediction,
+    pub(super) alpha_bars: Vec<f64>,
+    pub(super) data_channels: usize,
+}
+
+/// The network output `out` as ε: the mean channels of a learned-variance
+/// output, converted from x0 or v with ᾱ at each example's `t`.
+fn as_eps<B: AutodiffBackend, const D: usize>(
+    out: P<B>,
+    x_t: P<B>,
+    t: P<B>,
+    prediction: Prediction,
+    alpha_bars: &[f64],
+    channels: usize,
+) -> Result<P<B>, AbiError> {
+    let out: Tensor<B, D> = Tensor::from_primitive(TensorPrimitive::Float(out));
+    let out = if D > 2 && out.dims()[1] == 2 * channels {
+        out.narrow(1, 0, channels)
+    } else {
+        out
+    };
+    if prediction == Prediction::Epsilon {
+        return Ok(out.into_primitive().tensor());
+    }
+    let ts: Vec<f32> = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t))
+        .into_data()
+        .to_vec::<f32>()
+        .map_err(|e| AbiError::other(format!("reading timesteps: {e:?}")))?;
+    let ab: Vec<f32> = ts
+        .iter()
+        .map(|&t| {
+            let i = (t.round().max(0.0) as usize).min(alpha_bars.len() - 1);
+            alpha_bars[i] as f32
+        })
+        .collect();
+    let n = ab.len();
+    let ab = BatchScalar::PerSample(Tensor::<B, 1>::from_data(
+        TensorData::new(ab, [n]),
+        &out.device(),
+    ));
+    let x_t: Tensor<B, D> = Tensor::from_primitive(TensorPrimitive::Float(x_t));
+    Ok(to_epsilon(out, x_t, &ab, prediction)
+        .into_primitive()
+        .tensor())
+}
+
+impl<B: AutodiffBackend> Engine<B> {
+    /// [`as_eps`] at the rank of `x_t`.
+    fn eps_of(&self, out: P<B>, x_t: P<B>, t: P<B>) -> Result<P<B>, AbiError> {
+        use burn::tensor::TensorMetadata;
+        let (p, ab, c) = (
+            self.prediction,
+            self.alpha_bars.as_slice(),
+            self.data_channels,
+        );
+        match x_t.shape().num_dims() {
+            2 => as_eps::<B, 2>(out, x_t, t, p, ab, c),
+            4 => as_eps::<B, 4>(out, x_t, t, p, ab, c),
+            r => Err(AbiError::new(
+                ErrorKind::SHAPE,
+                format!("denoise: x_t of rank {r}; this model takes rank 2 or 4"),
+            )),
+        }
+    }
 }
 
 impl<B: AutodiffBackend> Engine<B> {
@@ -39,8 +110,21 @@ impl<B: AutodiffBackend> Engine<B> {
         .unwrap_or_default()
     }
 
+    /// The plugins `select` picks, each borrowed in turn (manifest order).
+    pub(super) fn hooked<'a>(
+        &'a self,
+        select: impl Fn(&Instance<B>) -> bool + 'a,
+    ) -> impl Iterator<Item = std::cell::RefMut<'a, Instance<B>>> + 'a {
+        self.plugins
+            .iter()
+            .filter(move |p| select(&p.borrow()))
+            .map(|p| p.borrow_mut())
+    }
+
     /// The student's forward: base weights `params` with every plugin's
-    /// `inject` at its points, in manifest order.
+    /// `inject` at its points, in manifest order — except a plugin calling
+    /// this from inside one of its own hooks, whose modules are left out of
+    /// that call (docs/plugin-authoring.md, "Host services").
     pub(super) fn student(
         &self,
         params: &HashMap<String, P<B>>,
@@ -49,19 +133,16 @@ impl<B: AutodiffBackend> Engine<B> {
         labels: Option<IntTensor<B>>,
         training: bool,
     ) -> Result<P<B>, AbiError> {
-        let mut plugins = self.plugins.try_borrow_mut().map_err(|_| {
-            AbiError::new(
-                ErrorKind::UNSUPPORTED,
-                "denoise(student) cannot be called from inside a hook yet",
-            )
-        })?;
         let t_stored = Stored::Float(t.clone());
         let labels2 = labels.clone();
         self.net
             .forward::<B, AbiError>(params, x, t, labels, &mut |point, h, temb| {
                 let mut h = h;
-                for inst in plugins
-                    .iter_mut()
+                // a plugin whose hook is running (its cell is taken) is skipped
+                for mut inst in self
+                    .plugins
+                    .iter()
+                    .filter_map(|p| p.try_borrow_mut().ok())
                     .filter(|p| p.implements(Hook::Inject) && p.points().iter().any(|q| q == point))
                 {
                     h = inst
@@ -110,10 +191,13 @@ impl<B: AutodiffBackend> DenoiseService<B> for Rc<Engine<B>> {
         labels: Option<IntTensor<B>>,
     ) -> Result<P<B>, AbiError> {
         let t = t_float(&t)?;
-        match which {
-            Which::Source => self.source_forward(x_t, t, labels),
-            Which::Student => self.student(&self.params(), x_t, t, labels, false),
-        }
+        let out = match which {
+            Which::Source => self.source_forward(x_t.clone(), t.clone(), labels)?,
+            Which::Student => {
+                self.student(&self.params(), x_t.clone(), t.clone(), labels, false)?
+            }
+        };
+        self.eps_of(out, x_t, t)
     }
 
     fn features(

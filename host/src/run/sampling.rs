@@ -125,12 +125,7 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
                 let ab_s = BatchScalar::Shared(alpha_bar_at(alpha_bars, ts[0]));
                 let mut eps = prim_f(to_epsilon(mean, x.clone(), &ab_s, objective.prediction));
                 let t_stored = Stored::Float(prim_f(tf));
-                for inst in engine
-                    .plugins
-                    .borrow_mut()
-                    .iter_mut()
-                    .filter(|p| p.implements(Hook::Score))
-                {
+                for mut inst in engine.hooked(|p| p.implements(Hook::Score)) {
                     eps = inst.score(
                         &prim_f(x.clone()),
                         &t_stored,
@@ -154,12 +149,7 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
         )?;
         let sp = prim_f(samples.clone());
         let mut keep = vec![true; n];
-        for inst in engine
-            .plugins
-            .borrow_mut()
-            .iter_mut()
-            .filter(|p| p.implements(Hook::Filter))
-        {
+        for mut inst in engine.hooked(|p| p.implements(Hook::Filter)) {
             let decision = inst.filter(&sp, labels.as_ref())?;
             for (i, k) in decision.keep.iter().enumerate() {
                 if !k && keep[i] {

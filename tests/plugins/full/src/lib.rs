@@ -26,6 +26,10 @@ pub struct Config {
     pub panic_in: String,
     /// Weight of the `exercise` loss term.
     pub exercise_weight: f32,
+    /// Weight of the `student` term: the squared difference between the
+    /// host's `denoise(student)` on the step's x_t (asked for inside `loss`)
+    /// and the step's prediction.
+    pub student_weight: f32,
     /// Guidance scale of `score`.
     pub guidance: f32,
     /// Filter threshold on the per-sample mean.
@@ -43,6 +47,7 @@ impl Default for Config {
             points: vec!["mid.*".into()],
             panic_in: String::new(),
             exercise_weight: 0.0,
+            student_weight: 0.0,
             guidance: 0.0,
             threshold: f32::NEG_INFINITY,
             prepare_steps: 20,
@@ -224,6 +229,11 @@ impl Plugin for TestPlugin {
             ConfigKey::new("points", "[string]", "injection points"),
             ConfigKey::new("panic_in", "string", "hook to panic in"),
             ConfigKey::new("exercise_weight", "float", "weight of the exercise term"),
+            ConfigKey::new(
+                "student_weight",
+                "float",
+                "weight of the denoise(student)-in-loss term",
+            ),
             ConfigKey::new("guidance", "float", "score guidance scale"),
             ConfigKey::new(
                 "threshold",
@@ -274,6 +284,12 @@ impl Plugin for TestPlugin {
         };
         ctx.host.log_scalar("fit_value", fit.item() as f64);
         let mut terms = vec![("fit".to_string(), fit)];
+        if self.cfg.student_weight != 0.0 {
+            let again = ctx.host.denoise(&ctx.x_t, &ctx.t, Which::Student, None)?;
+            let gap = (again - &*ctx.pred).square().mean();
+            ctx.host.log_scalar("student_gap", gap.item() as f64);
+            terms.push(("student".into(), gap * self.cfg.student_weight));
+        }
         if self.cfg.exercise_weight != 0.0 {
             terms.push((
                 "exercise".into(),

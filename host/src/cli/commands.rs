@@ -183,17 +183,13 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             quiet,
         } => {
             let loaded = manifest::load(&manifest, &set)?;
-            let plan = plan::resolve(loaded)?;
-            if plan.manifest.manifest.run.backend.as_str() != "cpu" {
-                bail!("`dtx run` runs on the CPU backend so far (run.backend = \"cpu\")");
-            }
             let opts = crate::run::RunOptions {
                 resume,
                 stop_after,
                 quiet,
                 sample_from: None,
             };
-            let summary = crate::run::run::<CpuBackend>(&plan, &opts, out)?;
+            let summary = plan_and_run(loaded, &opts, out)?;
             writeln!(out, "run folder: {}", summary.dir.display())?;
         }
         Command::Pretrain {
@@ -244,14 +240,13 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                 );
             }
             let seed = loaded.manifest.run.seed;
-            let plan = plan::resolve(loaded)?;
             let dest = out_dir.unwrap_or_else(|| run_dir.join(format!("samples-{seed}")));
             let opts = crate::run::RunOptions {
                 sample_from: Some((ckpt, dest.clone())),
                 quiet: true,
                 ..Default::default()
             };
-            crate::run::run::<CpuBackend>(&plan, &opts, out)?;
+            plan_and_run(loaded, &opts, out)?;
             writeln!(out, "samples: {}", dest.display())?;
         }
         Command::Bench {
@@ -319,6 +314,24 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Resolves and runs a manifest on the backend it names (`run.backend`):
+/// the CPU, or CUDA in a build with the `cuda` feature (without it,
+/// resolving reports the missing backend).
+fn plan_and_run(
+    loaded: manifest::LoadedManifest,
+    opts: &crate::run::RunOptions,
+    out: &mut dyn Write,
+) -> anyhow::Result<crate::run::RunSummary> {
+    #[cfg(feature = "cuda")]
+    if loaded.manifest.run.backend.as_str() == "cuda" {
+        use crate::tensor_abi::CudaBackend;
+        let plan = plan::resolve_on::<CudaBackend>(loaded)?;
+        return crate::run::run::<CudaBackend>(&plan, opts, out);
+    }
+    let plan = plan::resolve(loaded)?;
+    crate::run::run::<CpuBackend>(&plan, opts, out)
+}
+
 /// `dtx pretrain`: a run from random weights, then the model folder.
 fn pretrain(
     manifest_path: &std::path::Path,
@@ -354,13 +367,12 @@ fn pretrain(
             "{what}: `dtx pretrain` exports a diffusers model folder, so `[source]` must be `kind = \"diffusers\"` with a config.json"
         ),
     };
-    let plan = plan::resolve(loaded)?;
     let opts = crate::run::RunOptions {
         resume,
         quiet,
         ..Default::default()
     };
-    let summary = crate::run::run::<CpuBackend>(&plan, &opts, out)?;
+    let summary = plan_and_run(loaded, &opts, out)?;
     let folder = model_out.unwrap_or_else(|| summary.dir.join("model"));
     std::fs::create_dir_all(&folder).with_context(|| format!("creating `{}`", folder.display()))?;
     let dest = folder.join("config.json");

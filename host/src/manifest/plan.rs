@@ -6,6 +6,7 @@ use super::{LoadedManifest, ManifestDiagnostic, ManifestError};
 use crate::model::{self, ModelDescription};
 use crate::plugins::{self, Instance, LoadError, PluginLibrary};
 use crate::tensor_abi::{CpuBackend, Session, vtables};
+use burn::tensor::backend::AutodiffBackend;
 use dtx_plugin_api::abi::{ErrorKind, Hook, ModelInfo};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -59,6 +60,13 @@ fn config_json(table: &toml::Table) -> String {
 /// every plugin, and checks hooks and injection points. All problems are
 /// collected into one error.
 pub fn resolve(loaded: LoadedManifest) -> Result<Plan, ManifestError> {
+    resolve_on::<CpuBackend>(loaded)
+}
+
+/// [`resolve`] with plugins loaded against backend `B`'s vtables. A plugin
+/// library keeps the first vtables it is given, so a process plans with the
+/// backend it will run on (`dtx run` with `backend = "cuda"`).
+pub fn resolve_on<B: AutodiffBackend>(loaded: LoadedManifest) -> Result<Plan, ManifestError> {
     let m = &loaded.manifest;
     let mut diags: Vec<ManifestDiagnostic> = Vec::new();
 
@@ -107,11 +115,11 @@ pub fn resolve(loaded: LoadedManifest) -> Result<Plan, ManifestError> {
 
     // Plugins are built in a planning session: their parameters are counted,
     // their configs and injection points checked, and nothing else runs.
-    let _session = Session::<CpuBackend>::install(Default::default(), m.run.seed);
+    let _session = Session::<B>::install(Default::default(), m.run.seed);
     let dirs = plugins::search_dirs(Some(&loaded.base_dir()));
     let mut planned = Vec::new();
     for (i, spec) in m.plugins.iter().enumerate() {
-        match plan_plugin(&loaded, i, &dirs, &model_info) {
+        match plan_plugin::<B>(&loaded, i, &dirs, &model_info) {
             Ok(p) => planned.push(p),
             Err(mut d) => diags.append(&mut d),
         }
@@ -149,7 +157,7 @@ fn load_diagnostic(loaded: &LoadedManifest, i: usize, e: &LoadError) -> Manifest
     loaded.diagnostic(&format!("plugin[{i}].{key}"), e.to_string(), help)
 }
 
-fn plan_plugin(
+fn plan_plugin<B: AutodiffBackend>(
     loaded: &LoadedManifest,
     i: usize,
     dirs: &[PathBuf],
@@ -158,7 +166,7 @@ fn plan_plugin(
     let spec = &loaded.manifest.plugins[i];
     let path = plugins::resolve_library(&spec.library, dirs, Some(&loaded.base_dir()))
         .map_err(|e| vec![load_diagnostic(loaded, i, &e)])?;
-    let library = plugins::load_library(&path, spec.sha256.as_deref(), vtables::<CpuBackend>())
+    let library = plugins::load_library(&path, spec.sha256.as_deref(), vtables::<B>())
         .map_err(|e| vec![load_diagnostic(loaded, i, &e)])?;
     let desc = &library.description;
     let mut diags = Vec::new();
@@ -186,38 +194,37 @@ fn plan_plugin(
         return Err(diags);
     }
     let json = config_json(&spec.config);
-    let instance =
-        Instance::<CpuBackend>::new(&spec.name, library.clone(), &json, model).map_err(|e| {
-            let key_path = e.error.key_path.to_string();
-            let (key, point_at_key) = if key_path.is_empty() {
-                (format!("plugin[{i}].config"), false)
-            } else {
-                let key = format!("plugin[{i}].config.{key_path}");
-                // An unknown key has no value of its own to point at: point at the key.
-                let unknown = e.error.message.contains("unknown field");
-                (key, unknown)
-            };
-            let msg = if e.error.kind == ErrorKind::CONFIG || !key_path.is_empty() {
-                format!(
-                    "plugin `{}` rejected its config: {}",
-                    spec.name, e.error.message
-                )
-            } else {
-                e.to_string()
-            };
-            let help = (e.error.kind == ErrorKind::CONFIG).then(|| {
-                format!(
-                    "`dtx plugins inspect {}` lists its config keys",
-                    library.description.name
-                )
-            });
-            let d = if point_at_key {
-                loaded.key_diagnostic(&key, msg, help)
-            } else {
-                loaded.diagnostic(&key, msg, help)
-            };
-            vec![d]
-        })?;
+    let instance = Instance::<B>::new(&spec.name, library.clone(), &json, model).map_err(|e| {
+        let key_path = e.error.key_path.to_string();
+        let (key, point_at_key) = if key_path.is_empty() {
+            (format!("plugin[{i}].config"), false)
+        } else {
+            let key = format!("plugin[{i}].config.{key_path}");
+            // An unknown key has no value of its own to point at: point at the key.
+            let unknown = e.error.message.contains("unknown field");
+            (key, unknown)
+        };
+        let msg = if e.error.kind == ErrorKind::CONFIG || !key_path.is_empty() {
+            format!(
+                "plugin `{}` rejected its config: {}",
+                spec.name, e.error.message
+            )
+        } else {
+            e.to_string()
+        };
+        let help = (e.error.kind == ErrorKind::CONFIG).then(|| {
+            format!(
+                "`dtx plugins inspect {}` lists its config keys",
+                library.description.name
+            )
+        });
+        let d = if point_at_key {
+            loaded.key_diagnostic(&key, msg, help)
+        } else {
+            loaded.diagnostic(&key, msg, help)
+        };
+        vec![d]
+    })?;
     let parameters = instance
         .parameters()
         .iter()

@@ -103,9 +103,10 @@ impl LoadedManifest {
         self.base_dir().join(path)
     }
 
-    /// `run.output_dir` resolved against the manifest's folder.
+    /// `run.output_dir` resolved against the manifest's folder, with `.`
+    /// and `dir/..` steps folded away (`manifests/../runs` is `runs`).
     pub fn output_dir(&self) -> PathBuf {
-        self.resolve_path(&self.manifest.run.output_dir)
+        lexically_normal(&self.resolve_path(&self.manifest.run.output_dir))
     }
 
     /// The resolved manifest (defaults and overrides included) as TOML.
@@ -137,6 +138,27 @@ impl LoadedManifest {
             }
         }
         toml::to_string(&m).expect("a Manifest always serialises to TOML")
+    }
+}
+
+/// `path` without `.` components and with each `name/..` pair removed,
+/// by text alone (no file system access; a leading `..` stays).
+fn lexically_normal(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component<'_>> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.last(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.is_empty() {
+        PathBuf::from(".")
+    } else {
+        out.iter().collect()
     }
 }
 
@@ -351,6 +373,17 @@ fn syntax_error(file: &Path, text: Arc<str>, err: &toml::de::Error) -> ManifestD
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn output_paths_are_folded_lexically() {
+        use super::lexically_normal as n;
+        use std::path::Path;
+        assert_eq!(n(Path::new("manifests/../runs")), Path::new("runs"));
+        assert_eq!(n(Path::new("./a/./b/../c")), Path::new("a/c"));
+        assert_eq!(n(Path::new("../runs")), Path::new("../runs"));
+        assert_eq!(n(Path::new("/x/y/../../z")), Path::new("/z"));
+        assert_eq!(n(Path::new("a/..")), Path::new("."));
+    }
+
     use super::*;
     use crate::manifest::schema::{Backend, Optimizer, Trainable};
 

@@ -90,17 +90,27 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// Peak resident memory of this process in MiB (`VmHWM`), 0 when unknown.
-pub fn peak_rss_mib() -> f64 {
+/// A `/proc/self/status` memory field in MiB, 0 when unknown (not Linux).
+fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map(|kib| kib / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// Peak resident memory of this process in MiB (`VmHWM`), 0 when unknown.
+pub fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM:")
+}
+
+/// Resident memory of this process now, MiB (`VmRSS`).
+pub fn current_rss_mib() -> f64 {
+    status_mib("VmRSS:")
 }
 
 /// Runs the benchmark on backend `B`.
@@ -162,12 +172,13 @@ pub fn engine<B: AutodiffBackend>(b: &EngineBench) -> Result<BenchReport> {
         if i >= b.warmup {
             train.push(start.elapsed().as_secs_f64());
         }
+        tracing::debug!(step = i, rss_mib = current_rss_mib(), "bench train step");
     }
 
     let alpha_bars = Schedule::Linear.alpha_bars(1000);
     let weights: HashMap<String, _> = params()?
         .into_iter()
-        .map(|(k, v)| (k, B::float_detach(v)))
+        .map(|(k, v)| (k, crate::tensor_abi::untracked::<B>(v)))
         .collect();
     let mut x = normal();
     let mut ddim = Vec::new();
@@ -187,6 +198,7 @@ pub fn engine<B: AutodiffBackend>(b: &EngineBench) -> Result<BenchReport> {
         if i >= b.warmup {
             ddim.push(start.elapsed().as_secs_f64());
         }
+        tracing::debug!(step = i, rss_mib = current_rss_mib(), "bench ddim step");
     }
     Ok(BenchReport {
         parameters,

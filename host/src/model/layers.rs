@@ -95,8 +95,12 @@ pub(crate) fn group_norm<B: AutodiffBackend>(
     let centered = g - mean;
     let var = centered.clone().powf_scalar(2.0).mean_dim(2);
     let y = (centered / (var + eps).sqrt()).reshape([n, c, h, w]);
-    let gamma = param::<B, 1>(params, &format!("{name}.weight")).reshape([1, c, 1, 1]);
-    let beta = param::<B, 1>(params, &format!("{name}.bias")).reshape([1, c, 1, 1]);
+    // The affine as [N, C, 1, 1] tensors (C·N values, copied): burn-flex
+    // runs `[N, C, H, W] ∘ [N, C, 1, 1]` on its SIMD per-row path, while a
+    // `[1, C, 1, 1]` operand falls back to a scalar strided loop.
+    let per_sample = |v: Tensor<B, 1>| v.reshape([1, c]).repeat_dim(0, n).reshape([n, c, 1, 1]);
+    let gamma = per_sample(param::<B, 1>(params, &format!("{name}.weight")));
+    let beta = per_sample(param::<B, 1>(params, &format!("{name}.bias")));
     y * gamma + beta
 }
 

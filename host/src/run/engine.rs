@@ -294,7 +294,12 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         s.params
             .entries()
             .iter()
-            .map(|e| (e.name.clone(), B::float_detach(e.value.clone())))
+            .map(|e| {
+                (
+                    e.name.clone(),
+                    crate::tensor_abi::untracked::<B>(e.value.clone()),
+                )
+            })
             .collect()
     })?;
 
@@ -529,7 +534,7 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
             None => engine
                 .params()
                 .into_iter()
-                .map(|(k, v)| (k, B::float_detach(v)))
+                .map(|(k, v)| (k, crate::tensor_abi::untracked::<B>(v)))
                 .collect(),
         };
         let drawn = super::sampling::draw::<B, D>(

@@ -193,7 +193,9 @@ impl Objective<'_> {
             // the base objective: L_simple (+ L_vlb for a learned variance)
             let total = terms
                 .iter()
-                .map(|(_, t)| ranked::<B, 1>(B::float_detach(t.clone())).reshape([1]))
+                .map(|(_, t)| {
+                    ranked::<B, 1>(crate::tensor_abi::untracked::<B>(t.clone())).reshape([1])
+                })
                 .reduce(|a, b| a + b)
                 .expect("L_simple is always there");
             let v: Tensor<B, 1> = total;

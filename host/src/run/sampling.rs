@@ -111,7 +111,7 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
                 .float();
                 let raw = ranked::<B, D>(engine.student(
                     weights,
-                    B::float_detach(prim_f(x.clone())),
+                    crate::tensor_abi::untracked::<B>(prim_f(x.clone())),
                     prim_f(tf.clone()),
                     labels.clone(),
                     false,
@@ -136,7 +136,7 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
                     )?;
                 }
                 step_index += 1;
-                let eps = ranked::<B, D>(B::float_detach(eps));
+                let eps = ranked::<B, D>(crate::tensor_abi::untracked::<B>(eps));
                 Ok(match (variance, cfg.sampler) {
                     (Some(v), Sampler::Ddpm { .. }) => Tensor::cat(vec![eps, v.detach()], 1),
                     _ => eps,

@@ -38,6 +38,16 @@ pub fn vtables<B: AutodiffBackend>() -> HostVtables {
     v
 }
 
+/// `p`'s values as a tensor outside every autodiff graph: no history and no
+/// gradient requirement, so nothing computed from it is recorded. (burn's
+/// `float_detach` keeps a parameter's `require_grad`, so ops on a detached
+/// parameter still build a graph.)
+pub fn untracked<B: AutodiffBackend>(
+    p: burn::tensor::ops::FloatTensor<B>,
+) -> burn::tensor::ops::FloatTensor<B> {
+    B::from_inner(B::inner(p))
+}
+
 /// The CPU backend: burn's `flex` backend with autodiff.
 pub type CpuBackend = burn::backend::Autodiff<burn::backend::Flex>;
 

@@ -53,7 +53,10 @@ impl<B: AutodiffBackend> Ema<B> {
             .iter()
             .map(|e| match self.shadow.get(&e.name) {
                 Some(avg) => (e.name.clone(), B::from_inner(avg.clone())),
-                None => (e.name.clone(), B::float_detach(e.value.clone())),
+                None => (
+                    e.name.clone(),
+                    crate::tensor_abi::untracked::<B>(e.value.clone()),
+                ),
             })
             .collect()
     }

@@ -3,7 +3,9 @@
 use super::*;
 
 pub(super) extern "C" fn detach_<B: AutodiffBackend>(x: TensorId) -> AbiResult<TensorId> {
-    run("detach", || out::<B>(B::float_detach(float::<B>(x)?)))
+    run("detach", || {
+        out::<B>(crate::tensor_abi::untracked::<B>(float::<B>(x)?))
+    })
 }
 
 pub(super) extern "C" fn require_grad_<B: AutodiffBackend>(x: TensorId) -> AbiResult<TensorId> {

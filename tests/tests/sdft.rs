@@ -204,7 +204,9 @@ fn the_loss_terms_are_eq_3_and_5_on_the_steps_sample() {
     let _s = session_with(mock.clone());
     let s = step();
     // γ = 2 and γ_a = 1 keep both terms well above f32 rounding
-    let mut inst = sdft(r#"{"lambda_distill": 0.3, "gamma": 2.0, "lambda_aux": 0.7, "gamma_aux": 1.0, "k": 1.5}"#);
+    let mut inst = sdft(
+        r#"{"lambda_distill": 0.3, "gamma": 2.0, "lambda_aux": 0.7, "gamma_aux": 1.0, "k": 1.5}"#,
+    );
     let terms = run_loss(&mut inst, &s);
     let logs = logs();
     // L_distill: the step's `pred` against the source on the step's x_t and t.
@@ -358,7 +360,12 @@ fn dtx_run(manifest_name: &str, out: &Path, sets: &[&str], extra: &[&str]) -> Ou
 }
 
 /// A safetensors file's tensors (name → raw bytes) and metadata.
-fn tensors(path: &Path) -> (serde_json::Value, std::collections::BTreeMap<String, Vec<u8>>) {
+fn tensors(
+    path: &Path,
+) -> (
+    serde_json::Value,
+    std::collections::BTreeMap<String, Vec<u8>>,
+) {
     let bytes = std::fs::read(path).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: serde_json::Map<String, serde_json::Value> =
@@ -430,7 +437,12 @@ fn the_source_stays_frozen_while_the_student_moves_away_from_it() {
     // The source is a finished run on disk (kind = "dtx"); SDFT fine-tunes
     // from it for a few steps.
     let out = out_dir("frozen");
-    dtx_run("gmm-mlp.toml", &out, &["train.steps=3", "sample.count=4"], &[]);
+    dtx_run(
+        "gmm-mlp.toml",
+        &out,
+        &["train.steps=3", "sample.count=4"],
+        &[],
+    );
     let first = out.join("gmm-mlp");
     let source_file = first.join("checkpoints/latest.safetensors");
     let before = std::fs::read(&source_file).unwrap();
@@ -466,7 +478,10 @@ fn the_source_stays_frozen_while_the_student_moves_away_from_it() {
     // The weighted terms are λ · the logged values.
     for m in &ms {
         let d = metric(m, "sdft.distill") - 0.1 * metric(m, "sdft.l_distill");
-        assert!(d.abs() <= 1e-6 * metric(m, "sdft.distill").abs() + 1e-12, "{m}");
+        assert!(
+            d.abs() <= 1e-6 * metric(m, "sdft.distill").abs() + 1e-12,
+            "{m}"
+        );
     }
     let l: Vec<f64> = ms.iter().map(|m| metric(m, "sdft.l_distill")).collect();
     println!("l_distill per step: {l:?}");

@@ -426,7 +426,25 @@ fn with_both_lambdas_zero_training_is_bit_identical_to_naive_fine_tuning() {
     assert_eq!(extra, ["plugin_state/sdft"]);
     assert!(b["plugin_state/sdft"].is_empty());
     assert_eq!(ma["progress"], mb["progress"]);
-    // ... and no SDFT value was computed or logged.
+    // The auxiliary term alone (γ_a = 0) does move the weights: its student
+    // forward carries the gradient. (At step 0 student = source, so its
+    // gradient is 0; from step 1 on it is not.)
+    let aux_only = [
+        steps[0],
+        steps[1],
+        "run.name=\"aux-only\"",
+        "plugin[0].config.lambda_distill=0.0",
+        "plugin[0].config.lambda_aux=1.0",
+        "plugin[0].config.gamma_aux=0.0",
+    ];
+    dtx_run("sdft-mlp.toml", &out, &aux_only, &[]);
+    let (_, c) = tensors(&out.join("aux-only/checkpoints/latest.safetensors"));
+    let moved = a
+        .iter()
+        .filter(|(k, v)| k.starts_with("param/") && c.get(*k) != Some(*v))
+        .count();
+    assert!(moved > 0, "the auxiliary term trained nothing");
+    // ... and with both λ = 0 no SDFT value was computed or logged.
     for m in metrics(&out.join("sdft-mlp")) {
         assert!(m.get("sdft.l_distill").is_none() && m.get("sdft.aux").is_none());
     }

@@ -12,9 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// Crates built for the tests: the example plugin, the test plugins and `dtx`.
+/// Crates built for the tests: the workspace's method plugins, the test
+/// plugins and `dtx`.
 pub const PLUGIN_CRATES: &[&str] = &[
     "dtx-plugin-example",
+    "dtx-plugin-sdft",
     "dtx-test-plugin",
     "dtx-test-plugin-incompatible",
     "dtx-test-plugin-block",

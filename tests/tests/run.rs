@@ -458,3 +458,27 @@ fn a_loss_hook_can_ask_for_the_students_prediction() {
         assert!(v.is_finite(), "{key} in {first}");
     }
 }
+
+#[test]
+fn prepare_reports_the_optimizer_steps_a_plugin_took() {
+    // The probe's `prepare` takes 7 optimizer steps through the host.
+    let out = out_dir("prepare-progress");
+    let r = run_in_process(&[
+        "run",
+        &manifest("two-plugins.toml"),
+        "--set",
+        &format!("run.output_dir=\"{}\"", out.display()),
+        "--set",
+        "train.steps=1",
+        "--set",
+        "plugin[1].config.prepare_steps=7",
+        "--set",
+        "sample.count=2",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("prepare `probe`: 7 optimizer steps in "),
+        "{}",
+        r.stdout
+    );
+}

@@ -97,6 +97,22 @@ pub(super) fn progress_bar(quiet: bool, len: u64, what: &str) -> Option<indicati
     })
 }
 
+/// A spinner on stderr when it is a terminal (and not `quiet`), for loops
+/// whose length the host does not know (a plugin's `prepare`).
+fn progress_spinner(quiet: bool, what: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    (!quiet && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {prefix}: {msg} ({elapsed})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        b.set_prefix(what.to_owned());
+        b.enable_steady_tick(std::time::Duration::from_millis(200));
+        b
+    })
+}
+
 /// The RNG of step `s`: independent streams per step, the same on resume.
 pub(super) fn step_rng(seed: u64, step: u64) -> StdRng {
     StdRng::seed_from_u64(seed ^ step.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
@@ -364,8 +380,35 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
     let fresh = opts.sample_from.is_none() && !opts.resume;
     for mut inst in engine.hooked(|p| fresh && p.implements(Hook::Prepare)) {
         let started = std::time::Instant::now();
-        inst.prepare(if m.train.is_some() { "train" } else { "sample" }, &run_dir)?;
-        tracing::info!(plugin = %inst.name, seconds = started.elapsed().as_secs_f64(), "prepare done");
+        // The host sees prepare's progress through `optimizer_step`: a
+        // spinner counting steps on a terminal, nothing otherwise.
+        let spinner = progress_spinner(opts.quiet, &format!("prepare `{}`", inst.name));
+        if let Some(sp) = spinner.clone() {
+            Session::<B>::with(|s| {
+                s.services.prepare_steps = 0;
+                s.services.on_prepare_step = Some(Box::new(move |n| {
+                    sp.set_message(format!("{n} optimizer steps"));
+                }));
+            })?;
+        }
+        let result = inst.prepare(if m.train.is_some() { "train" } else { "sample" }, &run_dir);
+        let steps = Session::<B>::with(|s| {
+            s.services.on_prepare_step = None;
+            s.services.prepare_steps
+        })?;
+        if let Some(sp) = spinner {
+            sp.finish_and_clear();
+        }
+        result?;
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(plugin = %inst.name, seconds, steps, "prepare done");
+        if !opts.quiet {
+            writeln!(
+                log,
+                "prepare `{}`: {steps} optimizer steps in {seconds:.1} s",
+                inst.name
+            )?;
+        }
     }
 
     // 5. train

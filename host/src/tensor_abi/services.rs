@@ -61,6 +61,12 @@ pub struct RunServices<B: AutodiffBackend> {
     pub logs: Vec<(String, f64)>,
     /// Optimizer used by `optimizer_step` (the `prepare` hook's training).
     pub prepare_optimizer: AdamConfig,
+    /// Optimizer steps taken through `optimizer_step` since the run began:
+    /// the progress of a plugin's `prepare`, which the host shows.
+    pub prepare_steps: u64,
+    /// Called after each `optimizer_step` with the step count (a progress
+    /// bar or line).
+    pub on_prepare_step: Option<Box<dyn FnMut(u64)>>,
 }
 
 impl<B: AutodiffBackend> Default for RunServices<B> {
@@ -71,6 +77,8 @@ impl<B: AutodiffBackend> Default for RunServices<B> {
             alpha_bar: None,
             logs: Vec::new(),
             prepare_optimizer: AdamConfig::default(),
+            prepare_steps: 0,
+            on_prepare_step: None,
         }
     }
 }
@@ -271,7 +279,13 @@ extern "C" fn optimizer_step<B: AutodiffBackend>(
                 lr,
                 ..s.services.prepare_optimizer
             };
-            s.params.step(loss, &params, config)
+            s.params.step(loss, &params, config)?;
+            s.services.prepare_steps += 1;
+            let n = s.services.prepare_steps;
+            if let Some(f) = s.services.on_prepare_step.as_mut() {
+                f(n);
+            }
+            Ok(())
         })?
     })
 }

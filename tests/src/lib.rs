@@ -8,6 +8,8 @@
 
 pub mod block;
 
+pub mod runs;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;

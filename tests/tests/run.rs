@@ -1,68 +1,16 @@
 //! `dtx run` end to end on the MLP and U-Net sources: a run folder with everything in
 //! it, bit-identical resume, and a clean stop on a non-finite loss.
 
-use dtx_tests::{Output, run_in_process, workspace_root};
+use dtx_tests::run_in_process;
+use dtx_tests::runs::{self, dtx_run, tensors};
 use std::path::PathBuf;
 
 fn out_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dtx-run-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-/// A safetensors file's metadata and tensors (name → raw bytes).
-fn tensors(
-    path: &std::path::Path,
-) -> (
-    serde_json::Value,
-    std::collections::BTreeMap<String, Vec<u8>>,
-) {
-    let bytes = std::fs::read(path).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let data = &bytes[8 + n..];
-    let mut out = std::collections::BTreeMap::new();
-    let mut meta = serde_json::Value::Null;
-    for (k, v) in header {
-        if k == "__metadata__" {
-            meta = v;
-            continue;
-        }
-        let off = v["data_offsets"].as_array().unwrap();
-        let (s, e) = (
-            off[0].as_u64().unwrap() as usize,
-            off[1].as_u64().unwrap() as usize,
-        );
-        out.insert(k, data[s..e].to_vec());
-    }
-    (meta, out)
+    runs::out_dir("run", name)
 }
 
 fn manifest(name: &str) -> String {
-    workspace_root()
-        .join("tests/manifests/ok")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-/// `dtx run tests/manifests/ok/<manifest> --quiet` into `out`, each of `sets`
-/// as a `--set`, then `extra` arguments.
-fn dtx_run(manifest_name: &str, out: &std::path::Path, sets: &[&str], extra: &[&str]) -> Output {
-    let mut args = vec![
-        "run".to_string(),
-        manifest(manifest_name),
-        "--quiet".into(),
-        "--set".into(),
-        format!("run.output_dir=\"{}\"", out.display()),
-    ];
-    for s in sets {
-        args.extend(["--set".to_string(), s.to_string()]);
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    run_in_process(&refs)
+    runs::ok_manifest(name)
 }
 
 #[test]

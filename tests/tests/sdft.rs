@@ -9,7 +9,8 @@ use dtx::plugins::{Instance, LossArgs, load_library};
 use dtx::tensor_abi::{CpuBackend, DenoiseService, Session, SessionGuard, Stored, vtables};
 use dtx_plugin_api::ModelInfo;
 use dtx_plugin_api::abi::{AbiError, Which};
-use dtx_tests::{Output, plugin_path, run_in_process, workspace_root};
+use dtx_tests::runs::{self, tensors};
+use dtx_tests::{Output, plugin_path};
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -328,64 +329,14 @@ fn bad_config_values_are_errors_naming_the_key() {
 // --- dtx run end to end -----------------------------------------------------
 
 fn out_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dtx-sdft-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    runs::out_dir("sdft", name)
 }
 
-fn manifest(name: &str) -> String {
-    workspace_root()
-        .join("tests/manifests/ok")
-        .join(name)
-        .display()
-        .to_string()
-}
-
+/// [`runs::dtx_run`], which must succeed.
 fn dtx_run(manifest_name: &str, out: &Path, sets: &[&str], extra: &[&str]) -> Output {
-    let mut args = vec![
-        "run".to_string(),
-        manifest(manifest_name),
-        "--quiet".into(),
-        "--set".into(),
-        format!("run.output_dir=\"{}\"", out.display()),
-    ];
-    for s in sets {
-        args.extend(["--set".to_string(), s.to_string()]);
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let r = run_in_process(&refs);
+    let r = runs::dtx_run(manifest_name, out, sets, extra);
     assert_eq!(r.code, 0, "{manifest_name}: {}", r.stderr);
     r
-}
-
-/// A safetensors file's tensors (name → raw bytes) and metadata.
-fn tensors(
-    path: &Path,
-) -> (
-    serde_json::Value,
-    std::collections::BTreeMap<String, Vec<u8>>,
-) {
-    let bytes = std::fs::read(path).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let data = &bytes[8 + n..];
-    let mut out = std::collections::BTreeMap::new();
-    let mut meta = serde_json::Value::Null;
-    for (k, v) in header {
-        if k == "__metadata__" {
-            meta = v;
-            continue;
-        }
-        let off = v["data_offsets"].as_array().unwrap();
-        let (s, e) = (
-            off[0].as_u64().unwrap() as usize,
-            off[1].as_u64().unwrap() as usize,
-        );
-        out.insert(k, data[s..e].to_vec());
-    }
-    (meta, out)
 }
 
 fn metrics(dir: &Path) -> Vec<serde_json::Value> {

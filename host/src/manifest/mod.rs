@@ -13,6 +13,7 @@
 mod error;
 mod load;
 mod overrides;
+mod paths;
 pub mod plan;
 mod schema;
 mod serde_errors;

@@ -104,6 +104,31 @@ pub(crate) fn group_norm<B: AutodiffBackend>(
     y * gamma + beta
 }
 
+/// The U-Nets' embedding MLP and the `temb` injection point:
+/// `temb = lin2(silu(lin1(e)))`, plus row `labels` of the class table when
+/// both are given, then `hook("temb", temb, temb)`. Returns the hooked
+/// `temb` (what later hooks receive) and `silu(temb)`, which every residual
+/// block projects. `names` are the two linear layers' and the class table's
+/// checkpoint names.
+pub(crate) fn embed_time<B: AutodiffBackend, E>(
+    params: &Params<B>,
+    e: Tensor<B, 2>,
+    names: [&str; 3],
+    labels: Option<burn::tensor::ops::IntTensor<B>>,
+    hook: &mut crate::model::mlp_net::PointHook<'_, B, E>,
+) -> Result<(FloatTensor<B>, Tensor<B, 2>), E> {
+    let [lin1, lin2, classes] = names;
+    let mut temb = linear(params, lin2, activation::silu(linear(params, lin1, e))); // [B, T]
+    if let Some(y) = labels {
+        let table = param::<B, 2>(params, classes); // [K, T]
+        temb = temb + table.select(0, Tensor::<B, 1, burn::tensor::Int>::from_primitive(y));
+    }
+    let temb0 = temb.into_primitive().tensor();
+    let temb = hook("temb", temb0.clone(), &temb0)?;
+    let act = activation::silu(tensor::<B, 2>(&temb));
+    Ok((temb, act))
+}
+
 /// diffusers' `get_timestep_embedding(t, dim, flip_sin_to_cos, freq_shift)`
 /// (scale 1, max period 10 000): with `half = dim / 2` and
 /// `f_k = exp(−ln(10000) · k / (half − freq_shift))`,

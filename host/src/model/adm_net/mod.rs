@@ -52,14 +52,14 @@ pub use error::AdmError;
 pub use weights::load_weights;
 
 use crate::model::layers::{
-    Resample, ResnetKeys, ResnetSpec, conv, group_norm, linear, param, resnet, tensor,
+    Resample, ResnetKeys, ResnetSpec, conv, embed_time, group_norm, resnet, tensor,
     timestep_embedding, upsample,
 };
 use crate::model::mlp_net::PointHook;
 use attention::attention;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
-use burn::tensor::{Int, Tensor, activation};
+use burn::tensor::{Tensor, activation};
 use config::{EPS, GROUPS};
 use std::collections::HashMap;
 
@@ -117,18 +117,13 @@ impl AdmNet {
         // 1. time (and class) embedding -> `temb`:
         //    emb = time_embed(timestep_embedding(t, num_channels)) (+ label_emb(y))
         let e = timestep_embedding(tensor::<B, 1>(&t), self.model_channels, true, 0.0);
-        let mut temb = linear(
+        let (temb, temb_act) = embed_time(
             params,
-            "time_embed.2",
-            activation::silu(linear(params, "time_embed.0", e)),
-        ); // [B, T]
-        if let (Some(_), Some(y)) = (self.num_classes, labels) {
-            let table = param::<B, 2>(params, "label_emb.weight"); // [K, T]
-            temb = temb + table.select(0, Tensor::<B, 1, Int>::from_primitive(y));
-        }
-        let temb0 = temb.into_primitive().tensor();
-        let temb = hook("temb", temb0.clone(), &temb0)?;
-        let temb_act = activation::silu(tensor::<B, 2>(&temb)); // every ResBlock's silu(emb)
+            e,
+            ["time_embed.0", "time_embed.2", "label_emb.weight"],
+            labels.filter(|_| self.num_classes.is_some()),
+            hook,
+        )?; // temb_act: every ResBlock's silu(emb)
         let mut at = |point: &str, h: Tensor<B, 4>| -> Result<Tensor<B, 4>, E> {
             Ok(tensor::<B, 4>(&hook(
                 point,

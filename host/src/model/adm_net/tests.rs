@@ -19,6 +19,7 @@ use crate::model::test_io::{Io, io, max_err, prim, values};
 use crate::model::torch_file::read_state_dict;
 use crate::model::{ModelDescription, describe};
 use crate::tensor_abi::{CpuBackend as B, ParamStore};
+use burn::tensor::Int;
 use burn::tensor::TensorData;
 use std::path::{Path, PathBuf};
 

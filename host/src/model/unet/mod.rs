@@ -43,13 +43,13 @@ pub use error::{UNetError, WeightProblem};
 pub use weights::{load_safetensors, weights_file};
 
 use crate::model::layers::{
-    DIFFUSERS_RESNET, Resample, ResnetSpec, attention, conv, downsample, group_norm, linear, param,
+    DIFFUSERS_RESNET, Resample, ResnetSpec, attention, conv, downsample, embed_time, group_norm,
     resnet, tensor, upsample,
 };
 use crate::model::mlp_net::PointHook;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
-use burn::tensor::{Int, Tensor, activation};
+use burn::tensor::{Tensor, activation};
 use std::collections::HashMap;
 
 type P<B> = FloatTensor<B>;
@@ -98,18 +98,17 @@ impl UNet2D {
             self.flip_sin_to_cos,
             self.freq_shift,
         );
-        let mut temb = linear(
+        let (temb, temb_act) = embed_time(
             params,
-            "time_embedding.linear_2",
-            activation::silu(linear(params, "time_embedding.linear_1", e)),
-        ); // [B, T]
-        if let (Some(_), Some(y)) = (self.num_class_embeds, labels) {
-            let table = param::<B, 2>(params, "class_embedding.weight"); // [K, T]
-            temb = temb + table.select(0, Tensor::<B, 1, Int>::from_primitive(y));
-        }
-        let temb0 = temb.into_primitive().tensor();
-        let temb = hook("temb", temb0.clone(), &temb0)?;
-        let temb_act = activation::silu(tensor::<B, 2>(&temb)); // every resnet's silu(temb)
+            e,
+            [
+                "time_embedding.linear_1",
+                "time_embedding.linear_2",
+                "class_embedding.weight",
+            ],
+            labels.filter(|_| self.num_class_embeds.is_some()),
+            hook,
+        )?; // temb_act: every resnet's silu(temb)
         let mut at = |point: &str, h: Tensor<B, 4>, temb: &P<B>| -> Result<Tensor<B, 4>, E> {
             Ok(tensor::<B, 4>(&hook(
                 point,

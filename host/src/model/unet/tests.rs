@@ -9,6 +9,7 @@ use super::*;
 use crate::model::describe;
 use crate::model::test_io::{Io, io, max_err, prim, values};
 use crate::tensor_abi::{CpuBackend as B, ParamStore};
+use burn::tensor::Int;
 use burn::tensor::TensorData;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

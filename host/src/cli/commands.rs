@@ -99,6 +99,12 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Compares generated images with reference images: KID and FD on
+    /// features of the embedded `dtx` extractor (`KID_dtx`, `FD_dtx`) or of
+    /// the FID Inception-v3 (`--extractor inception --inception-weights
+    /// pt_inception-2015-12-05-*.pth`); with `--train`, the mean distance
+    /// from each sample to its nearest training image.
+    Eval(super::eval_cmd::EvalArgs),
     /// Benchmarks: `dtx bench engine` times a U-Net training step (forward,
     /// backward, AdamW) and a DDIM step and reports peak memory, to compare
     /// with `benches/python/unet_bench.py` (docs/performance.md).
@@ -294,6 +300,7 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                 )?;
             }
         }
+        Command::Eval(args) => super::eval_cmd::run(&args, out)?,
         Command::Plugins {
             command: PluginsCommand::List { dir },
         } => plugins_list(&dir, out)?,

@@ -3,6 +3,7 @@
 //! in-process and snapshot what a user would see.
 
 mod commands;
+mod eval_cmd;
 
 pub use commands::{BenchCommand, Cli, Command, PluginsCommand, execute};
 

@@ -24,7 +24,7 @@ pub use error::{ManifestDiagnostic, ManifestError, diagnostic, line_col};
 pub use load::{LoadedManifest, load, load_str};
 pub use overrides::Override;
 pub use schema::{
-    Backend, Ema, Eval, HOOK_NAMES, Init, LossWeight, Manifest, Optimizer, PluginSpec, Prediction,
+    Backend, EXTRACTORS, Ema, Eval, HOOK_NAMES, METRICS, Init, LossWeight, Manifest, Optimizer, PluginSpec, Prediction,
     Reference, Run, SECTION_KEYS, Sample, Sampler, Schedule, Source, SourceKind, Target, Train,
     Trainable,
 };

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 impl LoadedManifest {
     /// The resolved manifest with every file path made absolute (source,
-    /// target folder, plugin library files, output folder), so the copy a
+    /// target folder, plugin library files, output folder, evaluation
+    /// reference folder and Inception weights), so the copy a
     /// run folder keeps works from there (`dtx sample`, `--resume`).
     pub fn to_portable_toml_string(&self) -> String {
         let abs = |p: &Path| {
@@ -23,6 +24,12 @@ impl LoadedManifest {
             && t.builtin().is_none()
         {
             t.dataset = abs(Path::new(&t.dataset)).display().to_string();
+        }
+        if let Some(e) = m.eval.as_mut() {
+            e.inception_weights = e.inception_weights.as_deref().map(abs);
+            if let Some(super::Reference::Folder(f)) = e.reference.as_mut() {
+                *f = abs(f);
+            }
         }
         for p in &mut m.plugins {
             if p.library_is_path() {

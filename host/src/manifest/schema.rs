@@ -77,7 +77,17 @@ pub const SECTION_KEYS: &[(&str, &[&str])] = &[
             "clip_range",
         ],
     ),
-    ("eval", &["metrics", "reference", "extractor"]),
+    (
+        "eval",
+        &[
+            "metrics",
+            "reference",
+            "extractor",
+            "inception_weights",
+            "kid_subsets",
+            "kid_subset_size",
+        ],
+    ),
 ];
 
 /// A whole manifest: one run, from a pretrained source to samples and metrics.
@@ -345,17 +355,39 @@ pub struct Sample {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Eval {
-    /// Metric names (for example `fid`, `kid`, `intra_lpips`). Default: none.
+    /// Metrics computed over the run's samples at its end: `kid`, `fd`,
+    /// `nearest` (mean distance from each sample to its nearest training
+    /// image) and `source_distance` (mean distance between the fine-tuned
+    /// model's and the source model's samples from the same noise).
+    /// Default: none.
     #[serde(default)]
     pub metrics: Vec<String>,
     /// Reference set: `target`, `held_out`, or a folder. Default: none (the
     /// engine picks `held_out` when the target has one, else `target`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<Reference>,
-    /// Feature extractor for distribution metrics. Default: `dtx`.
+    /// Feature extractor: `dtx` (embedded, trained on procedural shapes;
+    /// metrics read `KID_dtx`, `FD_dtx`) or `inception` (the FID
+    /// Inception-v3, weights from `inception_weights`). Default: `dtx`.
     #[serde(default = "default_extractor")]
     pub extractor: String,
+    /// pytorch-fid's FID Inception weights (`pt_inception-2015-12-05-*.pth`
+    /// or a `.safetensors` with the same keys), relative to the manifest.
+    /// Required with `extractor = "inception"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inception_weights: Option<PathBuf>,
+    /// KID subsets (clean-fid: 100). Default 100.
+    #[serde(default = "default_kid_subsets")]
+    pub kid_subsets: usize,
+    /// Largest KID subset (clean-fid: 1000). Default 1000.
+    #[serde(default = "default_kid_subset_size")]
+    pub kid_subset_size: usize,
 }
+
+/// Metric names `eval.metrics` accepts.
+pub const METRICS: [&str; 4] = ["kid", "fd", "nearest", "source_distance"];
+/// Extractor names `eval.extractor` accepts.
+pub const EXTRACTORS: [&str; 2] = ["dtx", "inception"];
 
 /// `eval.reference`: which images the samples are compared to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -473,6 +505,14 @@ fn default_sample_steps() -> usize {
 
 fn default_extractor() -> String {
     "dtx".to_owned()
+}
+
+fn default_kid_subsets() -> usize {
+    100
+}
+
+fn default_kid_subset_size() -> usize {
+    1000
 }
 
 #[cfg(test)]

@@ -60,6 +60,8 @@ pub struct RunSummary {
     pub final_loss: Option<f64>,
     /// Accepted samples (flat) and their shape.
     pub samples: Option<(Vec<f32>, Vec<usize>)>,
+    /// The `[eval]` metrics, when the manifest asks for some.
+    pub evaluation: Option<crate::eval::Evaluation>,
 }
 
 type P<B> = FloatTensor<B>;
@@ -160,9 +162,9 @@ fn unsupported_settings(plan: &Plan, net: &Net) -> Result<()> {
             _ => {}
         }
     }
-    if m.eval.as_ref().is_some_and(|e| !e.metrics.is_empty()) {
+    if m.eval.as_ref().is_some_and(|e| !e.metrics.is_empty()) && net.data_shape().len() != 3 {
         problems.push(
-            "`[eval] metrics` (evaluation comes with the evaluation issue; remove them to run)"
+            "`[eval] metrics` (feature metrics need image samples; this model makes vectors)"
                 .to_owned(),
         );
     }
@@ -277,6 +279,15 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         (None, None)
     };
     let device: B::Device = Default::default();
+    // The extractor and the reference images load before anything trains,
+    // so a bad weights file or folder costs nothing.
+    let eval_setup = super::evaluation::prepare::<B::InnerBackend>(
+        plan,
+        &example,
+        target.as_ref(),
+        held_out.as_ref(),
+        &device,
+    )?;
     let _session = Session::<B>::install(device.clone(), m.run.seed);
     let mut dir = match &opts.sample_from {
         Some((_, out)) => RunDir::at(out)?,
@@ -423,6 +434,7 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         steps: 0,
         final_loss: None,
         samples: None,
+        evaluation: None,
     };
     let objective = Objective {
         alpha_bars: &alpha_bars,
@@ -581,7 +593,14 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
                 .collect(),
         };
         let drawn = super::sampling::draw::<B, D>(
-            &engine, &weights, &objective, sm, m.run.seed, &device, opts.quiet,
+            &engine,
+            &weights,
+            &objective,
+            sm,
+            m.run.seed,
+            &device,
+            opts.quiet,
+            eval_setup.as_ref().is_some_and(|e| e.wants_source()),
         )?;
         writeln!(
             log,
@@ -595,6 +614,18 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         }
         dir.log(&serde_json::json!({"sample": {"requested": sm.count, "accepted": drawn.accepted_count(), "drawn": drawn.attempts, "rejected": drawn.rejected}}))?;
         super::report::write_samples(&dir, &drawn.accepted, &example, target.as_ref())?;
+        if let Some(e) = &eval_setup {
+            let evaluation = e.evaluate(&drawn, &example, m.run.seed, &device)?;
+            for line in evaluation.lines() {
+                writeln!(log, "{line}")?;
+            }
+            dir.log(&serde_json::json!({ "eval": evaluation.to_json() }))?;
+            dir.write(
+                "eval.json",
+                serde_json::to_string_pretty(&evaluation.to_json())?.as_bytes(),
+            )?;
+            summary.evaluation = Some(evaluation);
+        }
         let mut shape = vec![drawn.accepted_count()];
         shape.extend_from_slice(&example);
         summary.samples = Some((drawn.accepted, shape));

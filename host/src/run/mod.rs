@@ -5,7 +5,9 @@ pub mod dir;
 pub mod engine;
 mod model;
 mod objective;
+mod plot;
 pub mod report;
+mod evaluation;
 mod sampling;
 
 pub use engine::{RunOptions, RunSummary, run};

@@ -96,6 +96,18 @@ pub fn write_report(dir: &RunDir, plan: &Plan, s: &RunSummary) -> Result<()> {
         }
     );
     let _ = writeln!(o, "- metrics per step: `metrics.jsonl`");
+    if let Some(e) = &s.evaluation {
+        let _ = writeln!(o, "\n## Evaluation\n\n{}", e.markdown());
+        let _ = writeln!(o, "The numbers are also in `eval.json`.");
+    }
+    let jsonl = std::fs::read_to_string(dir.path.join("metrics.jsonl")).unwrap_or_default();
+    if let Some((img, captions)) = super::plot::loss_curves(&super::plot::series_from_metrics(&jsonl)) {
+        img.save(dir.path.join("loss.png"))?;
+        let _ = writeln!(o, "\n## Loss curves\n\n![loss curves](loss.png)\n");
+        for c in captions {
+            let _ = writeln!(o, "- {c}");
+        }
+    }
     if let Some((samples, shape)) = &s.samples {
         if shape.len() == 4 {
             let _ = writeln!(

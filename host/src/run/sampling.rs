@@ -22,6 +22,9 @@ type P<B> = FloatTensor<B>;
 pub(super) struct Drawn {
     /// Accepted samples, flat, example after example.
     pub(super) accepted: Vec<f32>,
+    /// The source model's samples from the accepted samples' initial noise
+    /// (empty unless asked for).
+    pub(super) source: Vec<f32>,
     /// Scalars per example.
     pub(super) per_example: usize,
     /// Examples drawn in all.
@@ -58,6 +61,12 @@ fn batch_labels<B: AutodiffBackend>(
 }
 
 /// Samples `sm.count` examples from the student with weights `weights`.
+/// With `with_source`, also denoises every batch's initial noise with the
+/// source model alone (no plugin hooks): [`Drawn::source`] pairs each
+/// accepted sample with the source's sample from the same noise (the same
+/// trajectory for deterministic DDIM; for stochastic samplers the source's
+/// step noise has its own stream, so the student's samples do not change).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn draw<B: AutodiffBackend, const D: usize>(
     engine: &std::rc::Rc<Engine<B>>,
     weights: &HashMap<String, P<B>>,
@@ -66,6 +75,7 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
     seed: u64,
     device: &B::Device,
     quiet: bool,
+    with_source: bool,
 ) -> Result<Drawn> {
     let example = engine.net.data_shape();
     let per_example: usize = example.iter().product();
@@ -89,33 +99,33 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
     let alpha_bars = objective.alpha_bars;
     let mut out = Drawn {
         accepted: Vec::new(),
+        source: Vec::new(),
         per_example,
         attempts: 0,
         rejected: HashMap::new(),
     };
-    let mut rng = step_rng(seed, u64::MAX - 1);
-    let bar = progress_bar(quiet, sm.count as u64, "sample");
-    while out.accepted_count() < sm.count && out.attempts < 10 * sm.count {
-        let n = sm.batch.min(sm.count - out.accepted_count()).max(1);
-        let labels = batch_labels(engine, sm, out.attempts, n, device);
-        out.attempts += n;
-        let x_big_t: Tensor<B, D> = normal(&mut rng, batch_shape::<D>(n, &example), device);
+    // One sampler run from `x_big_t`: the student with every `score` hook,
+    // or the source model alone.
+    let run = |x_big_t: Tensor<B, D>,
+               labels: Option<IntTensor<B>>,
+               source: bool,
+               rng: &mut rand::rngs::StdRng|
+     -> Result<Tensor<B, D>> {
         let mut step_index = 0u64;
         let num_steps = sm.steps as u64;
-        let samples = sample::<B, D, anyhow::Error>(
+        sample::<B, D, anyhow::Error>(
             |x, ts| {
                 let tf = Tensor::<B, 1, Int>::from_data(
                     TensorData::new(ts.to_vec(), [ts.len()]),
                     device,
                 )
                 .float();
-                let raw = ranked::<B, D>(engine.student(
-                    weights,
-                    crate::tensor_abi::untracked::<B>(prim_f(x.clone())),
-                    prim_f(tf.clone()),
-                    labels.clone(),
-                    false,
-                )?);
+                let xp = crate::tensor_abi::untracked::<B>(prim_f(x.clone()));
+                let raw = ranked::<B, D>(if source {
+                    engine.source_forward(xp, prim_f(tf.clone()), labels.clone())?
+                } else {
+                    engine.student(weights, xp, prim_f(tf.clone()), labels.clone(), false)?
+                });
                 let (mean, variance) = if learned_sigma {
                     let c = objective.data_channels;
                     (raw.clone().narrow(1, 0, c), Some(raw.narrow(1, c, c)))
@@ -125,7 +135,7 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
                 let ab_s = BatchScalar::Shared(alpha_bar_at(alpha_bars, ts[0]));
                 let mut eps = prim_f(to_epsilon(mean, x.clone(), &ab_s, objective.prediction));
                 let t_stored = Stored::Float(prim_f(tf));
-                for mut inst in engine.hooked(|p| p.implements(Hook::Score)) {
+                for mut inst in engine.hooked(|p| !source && p.implements(Hook::Score)) {
                     eps = inst.score(
                         &prim_f(x.clone()),
                         &t_stored,
@@ -145,8 +155,24 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
             x_big_t,
             alpha_bars,
             &cfg,
-            |shape| normal(&mut rng, shape, device),
-        )?;
+            |shape| normal(rng, shape, device),
+        )
+    };
+    let mut rng = step_rng(seed, u64::MAX - 1);
+    let mut source_rng = step_rng(seed, u64::MAX - 2);
+    let bar = progress_bar(quiet, sm.count as u64, "sample");
+    while out.accepted_count() < sm.count && out.attempts < 10 * sm.count {
+        let n = sm.batch.min(sm.count - out.accepted_count()).max(1);
+        let labels = batch_labels(engine, sm, out.attempts, n, device);
+        out.attempts += n;
+        let x_big_t: Tensor<B, D> = normal(&mut rng, batch_shape::<D>(n, &example), device);
+        let from_source = if with_source {
+            let s = run(x_big_t.clone(), labels.clone(), true, &mut source_rng)?;
+            Some(s.into_data().to_vec::<f32>().map_err(|e| anyhow!("{e:?}"))?)
+        } else {
+            None
+        };
+        let samples = run(x_big_t, labels.clone(), false, &mut rng)?;
         let sp = prim_f(samples.clone());
         let mut keep = vec![true; n];
         for mut inst in engine.hooked(|p| p.implements(Hook::Filter)) {
@@ -165,6 +191,10 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
         for (i, chunk) in values.chunks(per_example).enumerate() {
             if keep[i] && out.accepted_count() < sm.count {
                 out.accepted.extend_from_slice(chunk);
+                if let Some(s) = &from_source {
+                    out.source
+                        .extend_from_slice(&s[i * per_example..(i + 1) * per_example]);
+                }
                 if let Some(b) = &bar {
                     b.inc(1);
                 }

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod diffusion;
+pub mod eval;
 pub mod manifest;
 pub mod model;
 pub mod plugins;

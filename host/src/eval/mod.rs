@@ -7,6 +7,7 @@
 //! Inception-v3 with weights the user gives; `KID` / `FID`).
 
 pub mod dtx_net;
+pub mod inception;
 pub mod metrics;
 pub mod train_extractor;
 
@@ -23,6 +24,8 @@ const BATCH: usize = 50;
 pub enum Extractor<B: Backend> {
     /// The embedded shapes network.
     Dtx(dtx_net::DtxNet<B>),
+    /// The FID Inception-v3 (boxed: it is large).
+    Inception(Box<inception::InceptionV3<B>>),
 }
 
 impl<B: Backend> Extractor<B> {
@@ -35,8 +38,14 @@ impl<B: Backend> Extractor<B> {
                     .map_err(|e| anyhow::anyhow!("the embedded dtx extractor: {e}"))?,
             )),
             "inception" => {
-                let _ = weights;
-                anyhow::bail!("the Inception extractor is not built yet")
+                let path = weights.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "the Inception extractor needs pytorch-fid's FID weights (pt_inception-2015-12-05-*.pth): give their path"
+                    )
+                })?;
+                Ok(Extractor::Inception(Box::new(
+                    inception::InceptionV3::load(path, device)?,
+                )))
             }
             other => anyhow::bail!("unknown feature extractor `{other}` (dtx, inception)"),
         }
@@ -47,6 +56,7 @@ impl<B: Backend> Extractor<B> {
     pub fn metric_names(&self) -> (&'static str, &'static str) {
         match self {
             Extractor::Dtx(_) => ("KID_dtx", "FD_dtx"),
+            Extractor::Inception(_) => ("KID", "FID"),
         }
     }
 
@@ -54,6 +64,7 @@ impl<B: Backend> Extractor<B> {
     pub fn name(&self) -> &'static str {
         match self {
             Extractor::Dtx(_) => "dtx",
+            Extractor::Inception(_) => "inception",
         }
     }
 
@@ -80,6 +91,7 @@ impl<B: Backend> Extractor<B> {
             let x = Tensor::<B, 4>::from_data(TensorData::new(chunk.to_vec(), [n, c, h, w]), device);
             let f = match self {
                 Extractor::Dtx(net) => net.features(x),
+                Extractor::Inception(net) => net.features(x),
             };
             dim = f.dims()[1];
             out.extend(

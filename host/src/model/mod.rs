@@ -23,7 +23,7 @@ pub mod net;
 mod safetensors_header;
 #[cfg(test)]
 mod test_io;
-mod torch_file;
+pub(crate) mod torch_file;
 pub mod unet;
 pub mod weights;
 

@@ -44,13 +44,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     weights.extend(normalisation(&net, 54321, 2048, &device));
     for res in [16, 32] {
         let [k, c, t] = accuracy(&net, 12345, 512, res, &device);
-        eprintln!("accuracy at {res} px on fresh shapes: kind {k:.3}, colour {c:.3}, texture {t:.3}");
+        eprintln!(
+            "accuracy at {res} px on fresh shapes: kind {k:.3}, colour {c:.3}, texture {t:.3}"
+        );
     }
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = weights
         .iter()
         .map(|(name, v)| {
             let shape = net.shape_of(name);
-            (name.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect(), shape)
+            (
+                name.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                shape,
+            )
         })
         .collect();
     let views: HashMap<String, safetensors::tensor::TensorView<'_>> = bytes

@@ -150,6 +150,10 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Runs transfer manifests (default: scratch, naive fine-tune, SDFT from
+    /// `manifests/`) on the same target set and seeds and prints one table
+    /// of their `[eval]` metrics and wall times.
+    Transfer(super::bench_transfer::TransferArgs),
 }
 
 /// `dtx plugins <command>`.
@@ -301,6 +305,9 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             }
         }
         Command::Eval(args) => super::eval_cmd::run(&args, out)?,
+        Command::Bench {
+            command: BenchCommand::Transfer(args),
+        } => super::bench_transfer::run(&args, out)?,
         Command::Plugins {
             command: PluginsCommand::List { dir },
         } => plugins_list(&dir, out)?,
@@ -324,7 +331,7 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
 /// Resolves and runs a manifest on the backend it names (`run.backend`):
 /// the CPU, or CUDA in a build with the `cuda` feature (without it,
 /// resolving reports the missing backend).
-fn plan_and_run(
+pub(super) fn plan_and_run(
     loaded: manifest::LoadedManifest,
     opts: &crate::run::RunOptions,
     out: &mut dyn Write,

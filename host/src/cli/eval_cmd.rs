@@ -76,7 +76,10 @@ fn first_width(folder: &Path) -> anyhow::Result<usize> {
             return Ok(w as usize);
         }
     }
-    bail!("no image found directly in `{}`: give --resolution", folder.display())
+    bail!(
+        "no image found directly in `{}`: give --resolution",
+        folder.display()
+    )
 }
 
 /// Runs `dtx eval`.
@@ -117,7 +120,11 @@ pub fn run(a: &EvalArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let extractor = Extractor::<B>::load(&a.extractor, a.inception_weights.as_deref(), &device)?;
     let samples = load(&samples_dir, "samples")?;
     let reference = load(&a.reference, "reference images")?;
-    let train = a.train.as_deref().map(|p| load(p, "training images")).transpose()?;
+    let train = a
+        .train
+        .as_deref()
+        .map(|p| load(p, "training images"))
+        .transpose()?;
     let source = a
         .source_samples
         .as_deref()

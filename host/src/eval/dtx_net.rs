@@ -141,7 +141,12 @@ impl<B: Backend> DtxNet<B> {
         let shapes: HashMap<String, Vec<usize>> = layout().into_iter().collect();
         let mut w: HashMap<String, Tensor<B, 1>> = named
             .into_iter()
-            .map(|(k, v)| (k, Tensor::from_data(TensorData::new(v.clone(), [v.len()]), device)))
+            .map(|(k, v)| {
+                (
+                    k,
+                    Tensor::from_data(TensorData::new(v.clone(), [v.len()]), device),
+                )
+            })
             .collect();
         let norm = match (w.remove(NORM[0]), w.remove(NORM[1])) {
             (Some(m), Some(s)) => Some((m, s)),
@@ -256,7 +261,10 @@ mod tests {
     fn embedded_extractor_recognises_fresh_shapes() {
         let device = Default::default();
         let net = DtxNet::<B>::embedded(&device).unwrap();
-        assert!(net.norm.is_some(), "the shipped file holds the standardisation");
+        assert!(
+            net.norm.is_some(),
+            "the shipped file holds the standardisation"
+        );
         for res in [16, 32] {
             let acc = crate::eval::train_extractor::accuracy(&net, 777, 128, res, &device);
             assert!(acc.iter().all(|&a| a >= 0.9), "{res} px: {acc:?}");
@@ -285,8 +293,8 @@ mod tests {
         let device = Default::default();
         assert!(DtxNet::<B>::from_safetensors(b"not a file", &device).is_err());
         let data = vec![0u8; 4 * 16];
-        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![16], &data)
-            .unwrap();
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![16], &data).unwrap();
         let bytes = safetensors::serialize([("stage0.conv0.bias", view)], None).unwrap();
         let err = DtxNet::<B>::from_safetensors(&bytes, &device)
             .err()

@@ -48,7 +48,10 @@ pub enum MetricError {
 impl Features {
     /// `data.len() / dim` rows of `dim` values (`data` row-major).
     pub fn new(data: Vec<f64>, dim: usize) -> Features {
-        assert!(dim > 0 && data.len() % dim == 0, "rows of {dim} values");
+        assert!(
+            dim > 0 && data.len().is_multiple_of(dim),
+            "rows of {dim} values"
+        );
         Features {
             rows: data.len() / dim,
             dim,

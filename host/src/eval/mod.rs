@@ -88,7 +88,8 @@ impl<B: Backend> Extractor<B> {
         let mut dim = 0;
         for chunk in images.chunks(per * BATCH) {
             let n = chunk.len() / per;
-            let x = Tensor::<B, 4>::from_data(TensorData::new(chunk.to_vec(), [n, c, h, w]), device);
+            let x =
+                Tensor::<B, 4>::from_data(TensorData::new(chunk.to_vec(), [n, c, h, w]), device);
             let f = match self {
                 Extractor::Dtx(net) => net.features(x),
                 Extractor::Inception(net) => net.features(x),
@@ -196,11 +197,15 @@ pub fn evaluate<B: Backend>(
         if wants("kid") {
             let k = metrics::kid(&samples, r, kid.subsets, kid.max_subset_size, kid.seed)
                 .map_err(|e| anyhow::anyhow!("{kid_name}: {e}"))?;
-            let full = metrics::kid_full(&samples, r).map_err(|e| anyhow::anyhow!("{kid_name}: {e}"))?;
+            let full =
+                metrics::kid_full(&samples, r).map_err(|e| anyhow::anyhow!("{kid_name}: {e}"))?;
             out.kid = Some((k, full));
         }
         if wants("fd") {
-            out.fd = Some(metrics::frechet_distance(&samples, r).map_err(|e| anyhow::anyhow!("{fd_name}: {e}"))?);
+            out.fd = Some(
+                metrics::frechet_distance(&samples, r)
+                    .map_err(|e| anyhow::anyhow!("{fd_name}: {e}"))?,
+            );
         }
         if wants("nearest") {
             let (images, shape) = inputs
@@ -240,7 +245,10 @@ impl Evaluation {
             m.insert(self.names.0.clone(), k.mean.into());
             m.insert(format!("{}_std", self.names.0), k.std.into());
             m.insert(format!("{}_subsets", self.names.0), k.subsets.into());
-            m.insert(format!("{}_subset_size", self.names.0), k.subset_size.into());
+            m.insert(
+                format!("{}_subset_size", self.names.0),
+                k.subset_size.into(),
+            );
             m.insert(format!("{}_full", self.names.0), (*full).into());
         }
         if let Some(fd) = self.fd {
@@ -286,7 +294,12 @@ impl Evaluation {
                 k.subsets,
                 k.subset_size
             );
-            let _ = writeln!(o, "| {} ×10³, all images | {:.3} |", self.names.0, full * 1e3);
+            let _ = writeln!(
+                o,
+                "| {} ×10³, all images | {:.3} |",
+                self.names.0,
+                full * 1e3
+            );
         }
         if let Some(fd) = self.fd {
             let _ = writeln!(o, "| {} | {fd:.4} |", self.names.1);

@@ -147,15 +147,14 @@ pub fn accuracy<B: Backend>(
     let x = Tensor::<B, 4>::from_data(TensorData::new(b.images, [n, 3, res, res]), device);
     let out = net.forward(DtxNet::prepare(x));
     let mut acc = [0f32; 3];
-    for h in 0..3 {
-        let pred = out.logits[h].clone().argmax(1).into_data();
-        let pred: Vec<i64> = pred.iter::<i64>().collect();
+    for ((a, logits), classes) in acc.iter_mut().zip(&out.logits).zip(&b.classes) {
+        let pred = logits.clone().argmax(1).into_data();
         let right = pred
-            .iter()
-            .zip(&b.classes[h])
-            .filter(|(p, c)| **p as usize == **c)
+            .iter::<i64>()
+            .zip(classes)
+            .filter(|(p, c)| *p as usize == **c)
             .count();
-        acc[h] = right as f32 / n as f32;
+        *a = right as f32 / n as f32;
     }
     acc
 }
@@ -176,7 +175,10 @@ pub fn normalisation<B: Backend>(
         let b = batch(seed, part * n, n / 2, res, &mut rng);
         for chunk in b.images.chunks(64 * 3 * res * res) {
             let m = chunk.len() / (3 * res * res);
-            let x = Tensor::<B, 4>::from_data(TensorData::new(chunk.to_vec(), [m, 3, res, res]), device);
+            let x = Tensor::<B, 4>::from_data(
+                TensorData::new(chunk.to_vec(), [m, 3, res, res]),
+                device,
+            );
             let f = net.forward(DtxNet::prepare(x)).features;
             all.extend(f.into_data().to_vec::<f32>().expect("f32"));
         }

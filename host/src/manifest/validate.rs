@@ -12,9 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::error::ManifestDiagnostic;
 use super::load::Context;
-use super::schema::{
-    EXTRACTORS, HOOK_NAMES, METRICS, Manifest, PluginSpec, SourceKind, Trainable,
-};
+use super::schema::{EXTRACTORS, HOOK_NAMES, METRICS, Manifest, PluginSpec, SourceKind, Trainable};
 use super::spans::KeyPath;
 use crate::util::nearest;
 

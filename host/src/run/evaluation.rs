@@ -47,9 +47,11 @@ pub(super) fn prepare<B: Backend>(
         .map_err(|err| anyhow!("[eval] extractor `{}`: {err:#}", e.extractor))?;
     let shape_of = |d: &Dataset| d.sample_shape.clone();
     let reference = match (&e.reference, held_out, target) {
-        (Some(Reference::HeldOut) | None, Some(h), _) => {
-            (h.samples.clone(), shape_of(h), "held-out target images".to_owned())
-        }
+        (Some(Reference::HeldOut) | None, Some(h), _) => (
+            h.samples.clone(),
+            shape_of(h),
+            "held-out target images".to_owned(),
+        ),
         (Some(Reference::HeldOut), None, _) => bail!(
             "`eval.reference = \"held_out\"`, but the target holds out no images: set `target.holdout` (the number of target images kept out of training), or use `eval.reference = \"target\"`"
         ),
@@ -58,21 +60,32 @@ pub(super) fn prepare<B: Backend>(
             if let Some(h) = held_out {
                 all.extend_from_slice(&h.samples);
             }
-            (all, shape_of(t), "the target set, training images included".to_owned())
+            (
+                all,
+                shape_of(t),
+                "the target set, training images included".to_owned(),
+            )
         }
         (Some(Reference::Folder(f)), _, _) => {
             let path = plan.manifest.resolve_path(f);
             let res = example.get(1).copied().unwrap_or(32);
             let ds = crate::data::load_folder(&path, res, false)
                 .map_err(|err| anyhow!("`eval.reference`: {err}"))?;
-            (ds.samples.clone(), shape_of(&ds), format!("`{}`", path.display()))
+            (
+                ds.samples.clone(),
+                shape_of(&ds),
+                format!("`{}`", path.display()),
+            )
         }
         (_, _, None) => bail!(
             "`[eval]` compares samples with target images, but there is no [target]: set `eval.reference` to a folder of images"
         ),
     };
     if reference.1.len() != 3 {
-        bail!("`[eval]` metrics need image data; the reference set holds examples of shape {:?}", reference.1);
+        bail!(
+            "`[eval]` metrics need image data; the reference set holds examples of shape {:?}",
+            reference.1
+        );
     }
     Ok(Some(EvalSetup {
         extractor,
@@ -100,8 +113,15 @@ impl<B: Backend> EvalSetup<B> {
     ) -> Result<Evaluation> {
         let inputs = EvalInputs {
             samples: (&drawn.accepted, example),
-            reference: (&self.reference.0, &self.reference.1, self.reference.2.clone()),
-            train: self.train.as_ref().map(|(v, s)| (v.as_slice(), s.as_slice())),
+            reference: (
+                &self.reference.0,
+                &self.reference.1,
+                self.reference.2.clone(),
+            ),
+            train: self
+                .train
+                .as_ref()
+                .map(|(v, s)| (v.as_slice(), s.as_slice())),
             source_samples: self.wants_source().then_some(drawn.source.as_slice()),
         };
         let kid = KidSettings {

@@ -3,11 +3,11 @@
 
 pub mod dir;
 pub mod engine;
+mod evaluation;
 mod model;
 mod objective;
 mod plot;
 pub mod report;
-mod evaluation;
 mod sampling;
 
 pub use engine::{RunOptions, RunSummary, run};

@@ -23,8 +23,13 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-/// Every loss series in `metrics.jsonl` text: `loss`, keys starting with
-/// `loss.` and `val.`, in first-seen order; non-finite values are skipped.
+/// Per-step numbers that are not losses.
+const NOT_LOSSES: [&str; 4] = ["step", "lr", "grad_norm", "samples_per_s"];
+
+/// Every loss series in `metrics.jsonl` text, in first-seen order: every
+/// number a training step logged (`loss`, `loss.simple`, the plugins' terms
+/// and what they log, `val.simple`) except [`NOT_LOSSES`]; non-finite
+/// values are skipped.
 pub fn series_from_metrics(jsonl: &str) -> Vec<Series> {
     let mut out: Vec<Series> = Vec::new();
     for line in jsonl.lines() {
@@ -36,7 +41,7 @@ pub fn series_from_metrics(jsonl: &str) -> Vec<Series> {
             continue;
         };
         for (k, v) in &rec {
-            let wanted = k == "loss" || k.starts_with("loss.") || k.starts_with("val.");
+            let wanted = !NOT_LOSSES.contains(&k.as_str());
             let Some(v) = v.as_f64().filter(|v| wanted && v.is_finite()) else {
                 continue;
             };
@@ -154,16 +159,31 @@ pub fn loss_curves(series: &[Series]) -> Option<(RgbImage, Vec<String>)> {
                 }
             }
             for w in s.points.windows(2) {
-                line(&mut img, (px(w[0].0), py(w[0].1)), (px(w[1].0), py(w[1].1)), VALIDATION);
+                line(
+                    &mut img,
+                    (px(w[0].0), py(w[0].1)),
+                    (px(w[1].0), py(w[1].1)),
+                    VALIDATION,
+                );
             }
         } else {
             for w in s.points.windows(2) {
-                line(&mut img, (px(w[0].0), py(w[0].1)), (px(w[1].0), py(w[1].1)), LIGHT);
+                line(
+                    &mut img,
+                    (px(w[0].0), py(w[0].1)),
+                    (px(w[1].0), py(w[1].1)),
+                    LIGHT,
+                );
             }
             let k = (s.points.len() / 30).max(1);
             let smooth = running_mean(&s.points, k);
             for w in smooth.windows(2) {
-                line(&mut img, (px(w[0].0), py(w[0].1)), (px(w[1].0), py(w[1].1)), DARK);
+                line(
+                    &mut img,
+                    (px(w[0].0), py(w[0].1)),
+                    (px(w[1].0), py(w[1].1)),
+                    DARK,
+                );
             }
         }
         let last = s.points.last().map_or(0.0, |p| p.1);
@@ -189,7 +209,7 @@ mod tests {
 
     #[test]
     fn series_come_from_loss_and_validation_keys() {
-        let jsonl = r#"{"step":1,"loss":0.5,"loss.distill":0.1,"lr":0.001}
+        let jsonl = r#"{"step":1,"loss":0.5,"loss.distill":0.1,"lr":0.001,"grad_norm":2}
 {"sample":{"requested":4}}
 {"step":2,"loss":0.4,"loss.distill":0.08,"val.simple":0.3}
 {"step":3,"loss":null}

@@ -101,7 +101,9 @@ pub fn write_report(dir: &RunDir, plan: &Plan, s: &RunSummary) -> Result<()> {
         let _ = writeln!(o, "The numbers are also in `eval.json`.");
     }
     let jsonl = std::fs::read_to_string(dir.path.join("metrics.jsonl")).unwrap_or_default();
-    if let Some((img, captions)) = super::plot::loss_curves(&super::plot::series_from_metrics(&jsonl)) {
+    if let Some((img, captions)) =
+        super::plot::loss_curves(&super::plot::series_from_metrics(&jsonl))
+    {
         img.save(dir.path.join("loss.png"))?;
         let _ = writeln!(o, "\n## Loss curves\n\n![loss curves](loss.png)\n");
         for c in captions {

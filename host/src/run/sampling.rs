@@ -168,7 +168,11 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
         let x_big_t: Tensor<B, D> = normal(&mut rng, batch_shape::<D>(n, &example), device);
         let from_source = if with_source {
             let s = run(x_big_t.clone(), labels.clone(), true, &mut source_rng)?;
-            Some(s.into_data().to_vec::<f32>().map_err(|e| anyhow!("{e:?}"))?)
+            Some(
+                s.into_data()
+                    .to_vec::<f32>()
+                    .map_err(|e| anyhow!("{e:?}"))?,
+            )
         } else {
             None
         };

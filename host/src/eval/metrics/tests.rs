@@ -57,7 +57,11 @@ fn matches_numpy_scipy_fixture() {
         let want = c["kid_mean"].as_f64().unwrap();
         assert!(rel(k.mean, want) < 1e-6, "{name}: KID {} vs {want}", k.mean);
         let want = c["kid_std"].as_f64().unwrap();
-        assert!(rel(k.std, want) < 1e-6, "{name}: KID std {} vs {want}", k.std);
+        assert!(
+            rel(k.std, want) < 1e-6,
+            "{name}: KID std {} vs {want}",
+            k.std
+        );
         assert_eq!(k.subsets, draws.len());
         let near = nearest_distances(&a, &b).unwrap();
         for (g, w) in near.iter().zip(floats(&c["nearest_a_to_b"])) {
@@ -132,7 +136,11 @@ fn bad_input_is_an_error_not_a_panic() {
     let b = gaussian(10, 4, 2, 0.0);
     assert!(matches!(
         frechet_distance(&a, &b),
-        Err(MetricError::TooFew { need: 2, got: 1, .. })
+        Err(MetricError::TooFew {
+            need: 2,
+            got: 1,
+            ..
+        })
     ));
     let c = gaussian(10, 3, 2, 0.0);
     assert_eq!(kid_full(&b, &c), Err(MetricError::Dim(4, 3)));

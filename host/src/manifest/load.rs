@@ -388,9 +388,10 @@ guidance = 1.5
 label = 2
 
 [eval]
-metrics = ["fid", "kid"]
+metrics = ["fd", "kid"]
 reference = "held_out"
 extractor = "inception"
+inception_weights = "weights/pt_inception-2015-12-05.pth"
 "#;
 
     fn ok(text: &str, overrides: &[&str]) -> LoadedManifest {
@@ -428,7 +429,7 @@ extractor = "inception"
         );
         assert_eq!(m.plugins[1].config["points"].as_array().unwrap().len(), 1);
         assert_eq!(m.sample.as_ref().unwrap().label, Some(2));
-        assert_eq!(m.eval.as_ref().unwrap().metrics, ["fid", "kid"]);
+        assert_eq!(m.eval.as_ref().unwrap().metrics, ["fd", "kid"]);
     }
 
     #[test]

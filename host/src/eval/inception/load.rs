@@ -1,14 +1,13 @@
 //! Reading the FID Inception weights: pytorch-fid's
-//! `pt_inception-2015-12-05-6726825d.pth` (a `torch.save` zip of the state
-//! dict, read by `model::torch_file`) or a `.safetensors` of the same keys,
-//! and what can go wrong doing so.
+//! `pt_inception-2015-12-05-6726825d.pth` (a `torch.save` of the state dict,
+//! in either of its formats, read by `model::torch_file`) or a
+//! `.safetensors` of the same keys, and what can go wrong doing so.
 
 use super::InceptionV3;
 use super::blocks::Stored;
-use crate::model::torch_file::read_state_dict;
+use crate::model::torch_file::{is_torch_save, read_state_dict};
 use crate::model::weights::{StoredTensor, WeightProblem};
 use burn::tensor::backend::Backend;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// An error loading the FID Inception weights.
@@ -19,11 +18,11 @@ pub enum InceptionError {
     /// ## Resolution
     /// Point at pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (from
     /// its GitHub release `fid_weights`), or a `.safetensors` of its keys.
-    /// A `.pth` in torch's legacy format (written by torch < 1.6, as that
-    /// 2019 release file may be) is not read; convert it once:
-    /// `python -c "import torch, safetensors.torch as st;
-    /// st.save_file(torch.load('pt_inception-2015-12-05-6726825d.pth'),
-    /// 'pt_inception-2015-12-05.safetensors')"`.
+    /// Both formats of `torch.save` are read directly: the zip archive of
+    /// torch ≥ 1.6 and the legacy format of older torch (as that 2019
+    /// release file may be), so no conversion is needed. A `.pth` that
+    /// fails anyway is cut short (compare its size with the release's) or
+    /// not a checkpoint; the reason says which.
     #[error("{}: cannot read the Inception weights: {reason}", file.display())]
     Read {
         /// The weights file.
@@ -72,20 +71,16 @@ pub(super) fn ignored(key: &str) -> bool {
     key.starts_with("fc.") || key.ends_with(".num_batches_tracked")
 }
 
-/// The needed tensors of `file`, by sniffing its first bytes: a zip
-/// (`PK\x03\x04`) is read as a `torch.save` archive, anything else as
+/// The needed tensors of `file`, by sniffing its first bytes: a
+/// `torch.save` checkpoint in either format is read as one, anything else as
 /// safetensors.
 fn read(file: &Path) -> Result<Vec<(String, Stored)>, String> {
-    let mut magic = [0u8; 4];
-    let n = std::fs::File::open(file)
-        .and_then(|mut f| f.read(&mut magic))
-        .map_err(|e| e.to_string())?;
-    if magic[..n] == *b"PK\x03\x04" {
+    if is_torch_save(file)? {
         return Ok(stored(read_state_dict(file)?));
     }
     let bytes = std::fs::read(file).map_err(|e| e.to_string())?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| format!("neither a torch.save zip archive nor a safetensors file ({e})"))?;
+        .map_err(|e| format!("neither a torch.save checkpoint nor a safetensors file ({e})"))?;
     Ok(stored(st.tensors()))
 }
 
@@ -106,11 +101,10 @@ impl<B: Backend> InceptionV3<B> {
     /// Loads pytorch-fid's FID Inception weights
     /// (`pt_inception-2015-12-05-6726825d.pth`, torchvision key names such as
     /// `Conv2d_1a_3x3.conv.weight` and `Mixed_7c.branch_pool.bn.running_var`)
-    /// from a `torch.save` archive (`.pth`, torch ≥ 1.6 zip format; see
-    /// [`InceptionError::Read`] for older files) or a `.safetensors` file;
-    /// the format is recognised by content. F16, BF16
-    /// and F64 are converted to f32; `fc.*` and `num_batches_tracked` are
-    /// skipped. Every other key must be one the network needs, with its
+    /// from a `torch.save` checkpoint (`.pth`, the zip format of torch ≥ 1.6
+    /// or the legacy format before it) or a `.safetensors` file; the format
+    /// is recognised by content. F16, BF16 and F64 are converted to f32;
+    /// `fc.*` and `num_batches_tracked` are skipped. Every other key must be one the network needs, with its
     /// shape; errors list every problem and name the file.
     pub fn load(path: &Path, device: &B::Device) -> Result<Self, InceptionError> {
         let tensors = read(path).map_err(|reason| InceptionError::Read {

@@ -1,9 +1,10 @@
 //! Parity with pytorch-fid's FID Inception-v3 and PIL's bicubic resize, and
 //! the weight loader's errors.
 //!
-//! Reference: `tests/fixtures/inception/io.safetensors` and `broken.pth`,
-//! written by `tests/fixtures/inception/make_fixtures.py` (torch 2.15,
-//! torchvision 0.29.2, pytorch-fid 0.3.0, Pillow 13.0.0; f32 on CPU).
+//! Reference: `tests/fixtures/inception/io.safetensors`, `broken.pth` and
+//! `broken_legacy.pth`, written by `tests/fixtures/inception/make_fixtures.py`
+//! (torch 2.15, torchvision 0.29.2, pytorch-fid 0.3.0, Pillow 13.0.0; f32 on
+//! CPU).
 //! Real FID weights cannot be committed, so both sides build the same
 //! formula weights ([`formula_weights`]; the fixture holds each tensor's sum
 //! to show they agree bit for bit) and pytorch-fid's own `InceptionV3` loads
@@ -348,6 +349,25 @@ fn load_names_the_file_and_the_keys_of_a_broken_pth() {
     );
 }
 
+/// `broken_legacy.pth` is `broken.pth` in torch's legacy format, the format
+/// pytorch-fid's 2019 release file may be in: read, it has the same problems.
+#[test]
+fn load_reads_a_legacy_pth_like_the_zip_one() {
+    let problems =
+        |name: &str| match InceptionV3::<B>::load(&fixture_dir().join(name), &Default::default()) {
+            Err(InceptionError::Weights { problems, .. }) => problems,
+            Err(err) => panic!("{name}: expected a weights error, got {err}"),
+            Ok(_) => panic!("{name} loaded"),
+        };
+    let legacy = problems("broken_legacy.pth");
+    assert_eq!(legacy, problems("broken.pth"));
+    assert!(legacy.contains(&WeightProblem::Shape {
+        key: "Conv2d_1a_3x3.bn.weight".into(),
+        expected: vec![32],
+        found: vec![31],
+    }));
+}
+
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("dtx-inception-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -413,7 +433,7 @@ fn load_refuses_a_file_that_is_no_checkpoint() {
     assert!(matches!(err, InceptionError::Read { .. }), "{message}");
     assert!(
         message.starts_with(&format!(
-            "{}: cannot read the Inception weights: neither a torch.save zip archive nor a safetensors file",
+            "{}: cannot read the Inception weights: neither a torch.save checkpoint nor a safetensors file",
             file.display()
         )),
         "{message}"

@@ -338,7 +338,7 @@ fn unreadable_checkpoints_name_the_file() {
     let err = load(&net, &pt, true).unwrap_err().to_string();
     assert!(
         err.starts_with(&format!(
-            "{}: cannot read: not a torch.save zip archive",
+            "{}: cannot read: not a torch.save checkpoint",
             pt.display()
         )),
         "{err}"

@@ -1,26 +1,28 @@
 //! Reads the tensors of a PyTorch checkpoint written by
-//! `torch.save(model.state_dict(), path)` (torch ≥ 1.6, the zip format).
+//! `torch.save(model.state_dict(), path)`, in either of its formats: the zip
+//! archive of torch ≥ 1.6 (`archive.rs`) and the legacy format before it,
+//! pickles and storages back to back (`legacy.rs`), told apart by their first
+//! bytes.
 //!
-//! The archive holds `<name>/data.pkl`, a pickle (protocol 2 by default) of
-//! the state dict, and one `<name>/data/<key>` entry per storage, stored
-//! uncompressed, little-endian. In the pickle each tensor is the call
+//! In both, the state dict is a pickle in which each tensor is the call
 //! `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`,
 //! whose `storage` is a persistent id `('storage', torch.FloatStorage, key,
-//! location, numel)`. This module runs just the pickle opcodes that such a
-//! file uses (no Python objects are created: a global is a name, an unknown
+//! location, numel, ...)`. This module runs just the pickle opcodes that such
+//! a file uses (no Python objects are created: a global is a name, an unknown
 //! call is an opaque value), then gathers each tensor from its storage by
 //! offset and strides, so views and shared storages read correctly. The
 //! pickle machine is `pickle.rs`.
 //!
-//! Not read: the legacy pre-1.6 format, big-endian archives, and anything a
-//! state dict does not contain (arbitrary Python classes become opaque
-//! values and are skipped when they are not tensors).
+//! Not read: big-endian zip archives, the tar format of torch's first
+//! releases, and anything a state dict does not contain (arbitrary Python
+//! classes become opaque values and are skipped when they are not tensors).
 
+mod archive;
+mod legacy;
 mod pickle;
 
 use crate::model::weights::{StoredTensor, le_bytes_to_f32};
-use pickle::{TensorRef, Unpickler, Value};
-use std::collections::HashMap;
+use pickle::{TensorRef, Value};
 use std::io::Read;
 use std::path::Path;
 
@@ -50,60 +52,69 @@ impl StoredTensor for TorchTensor {
 }
 
 /// The tensors of the state dict in `file`, in the order the file holds
-/// them. A checkpoint that wraps its state dict (`{"state_dict": …}` or
-/// `{"model": …}`) is unwrapped. Errors are a sentence naming the key where
-/// there is one; the caller adds the file.
+/// them, from either format [`is_torch_save`] recognises. A checkpoint that
+/// wraps its state dict (`{"state_dict": …}` or `{"model": …}`) is
+/// unwrapped. Errors are a sentence naming the key where there is one; the
+/// caller adds the file.
 pub(crate) fn read_state_dict(file: &Path) -> Result<Vec<(String, TorchTensor)>, String> {
-    let f = std::fs::File::open(file).map_err(|e| e.to_string())?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(f)).map_err(|e| {
-        format!(
-            "not a torch.save zip archive ({e}); checkpoints in the legacy format of \
-             torch < 1.6 must be re-saved with a newer torch, or converted to .safetensors"
-        )
-    })?;
-    let pickle_name = zip
-        .file_names()
-        .find(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
-        .map(str::to_owned)
-        .ok_or("the archive has no data.pkl: not written by torch.save")?;
-    let prefix = &pickle_name[..pickle_name.len() - "data.pkl".len()];
-    let read_entry = |zip: &mut zip::ZipArchive<_>, name: &str| -> Result<Vec<u8>, String> {
-        let mut entry = zip
-            .by_name(name)
-            .map_err(|e| format!("cannot read `{name}` in the archive: {e}"))?;
-        let mut bytes = Vec::new();
-        entry
-            .read_to_end(&mut bytes)
-            .map_err(|e| format!("cannot read `{name}` in the archive: {e}"))?;
-        Ok(bytes)
-    };
-    if let Ok(order) = read_entry(&mut zip, &format!("{prefix}byteorder")) {
-        let order = String::from_utf8_lossy(&order);
-        if order.trim() != "little" {
-            return Err(format!(
-                "the archive is `{}`-endian; dtx reads little-endian checkpoints",
-                order.trim()
-            ));
-        }
+    let head = head(file)?;
+    match format(&head) {
+        Ok(Format::Zip) => archive::read(file),
+        Ok(Format::Legacy) => legacy::read(file),
+        Err(reason) => Err(format!("not a torch.save checkpoint: {reason}")),
     }
-    let pickle = read_entry(&mut zip, &pickle_name)?;
-    let root = Unpickler::new(&pickle).run()?;
-    let entries = state_dict_entries(root)?;
+}
 
-    let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut tensors = Vec::with_capacity(entries.len());
-    for (key, t) in entries {
-        if !storages.contains_key(&t.storage) {
-            let bytes = read_entry(&mut zip, &format!("{prefix}data/{}", t.storage))
-                .map_err(|e| format!("`{key}`: {e}"))?;
-            storages.insert(t.storage.clone(), bytes);
-        }
-        let tensor = t
-            .gather(&storages[&t.storage])
-            .map_err(|e| format!("`{key}`: {e}"))?;
-        tensors.push((key, tensor));
+/// Whether `file` starts as a `torch.save` checkpoint in either format does.
+pub(crate) fn is_torch_save(file: &Path) -> Result<bool, String> {
+    Ok(format(&head(file)?).is_ok())
+}
+
+/// The two formats of `torch.save`.
+enum Format {
+    /// torch ≥ 1.6: a zip archive.
+    Zip,
+    /// torch < 1.6: pickles, the first of the magic number, and storages.
+    Legacy,
+}
+
+/// The first 512 bytes of `file` (a tar header's length), or all of a
+/// shorter one.
+fn head(file: &Path) -> Result<Vec<u8>, String> {
+    let mut head = Vec::with_capacity(512);
+    std::fs::File::open(file)
+        .and_then(|f| f.take(512).read_to_end(&mut head))
+        .map_err(|e| e.to_string())?;
+    Ok(head)
+}
+
+/// The format whose start `head` is, or why it is neither.
+fn format(head: &[u8]) -> Result<Format, String> {
+    if head.starts_with(b"PK\x03\x04") {
+        return Ok(Format::Zip);
     }
-    Ok(tensors)
+    // LONG1 of the magic number, after PROTO (and FRAME, for protocol ≥ 4)
+    let mut magic = vec![0x8a, 10];
+    magic.extend_from_slice(&legacy::MAGIC_NUMBER.to_le_bytes()[..10]);
+    let start = &head[..head.len().min(32)];
+    if start.first() == Some(&0x80) && start.windows(magic.len()).any(|w| w == magic) {
+        return Ok(Format::Legacy);
+    }
+    if head.get(257..262) == Some(b"ustar") {
+        return Err(
+            "a tar archive, the format of torch's first releases, which dtx \
+             does not read; re-save it with a newer torch"
+                .into(),
+        );
+    }
+    if head.is_empty() {
+        return Err("the file is empty".into());
+    }
+    Err(
+        "it starts neither as a zip archive (`PK\\x03\\x04`, torch ≥ 1.6) nor with the \
+         pickled magic number of torch's legacy format"
+            .into(),
+    )
 }
 
 /// The `(key, tensor)` items of the unpickled root: a dict of tensors, or a
@@ -135,6 +146,7 @@ fn state_dict_entries(root: Value) -> Result<Vec<(String, TensorRef)>, String> {
         })
         .collect())
 }
+
 /// Bytes per element of a dtype.
 fn element_size(dtype: &str) -> usize {
     match dtype {
@@ -225,48 +237,109 @@ mod tests {
             .join(name)
     }
 
-    /// `tests/fixtures/adm/reader.pt` against `reader.safetensors`, both
-    /// written by `make_fixtures.py` from one dict (see there).
+    /// `tests/fixtures/adm/reader.pt` (zip) and `reader_legacy.pt` (legacy
+    /// format) against `reader.safetensors`, all written by
+    /// `make_fixtures.py` from one OrderedDict (see there): equal keys in
+    /// file order, shapes, dtypes and values, bit for bit.
     #[test]
     fn reads_dtypes_views_and_shared_storages_like_safetensors() {
-        let got = read_state_dict(&fixture("reader.pt")).unwrap();
-        let names: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "f32",
-                "f32_transposed",
-                "f32_row",
-                "f16",
-                "bf16",
-                "f64",
-                "i64",
-                "scalar"
-            ],
-            "file order is kept"
-        );
         let bytes = std::fs::read(fixture("reader.safetensors")).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        for (key, t) in &got {
-            let want = st.tensor(key).unwrap();
-            assert_eq!(t.shape, want.shape(), "{key}");
-            assert_eq!(t.dtype, StoredTensor::dtype(&want), "{key}");
-            assert_eq!(t.values, StoredTensor::to_f32(&want), "{key}");
+        let zip = read_state_dict(&fixture("reader.pt")).unwrap();
+        let legacy = read_state_dict(&fixture("reader_legacy.pt")).unwrap();
+        for (file, got) in [("reader.pt", &zip), ("reader_legacy.pt", &legacy)] {
+            let names: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(
+                names,
+                [
+                    "f32",
+                    "f32_transposed",
+                    "f32_row",
+                    "f16",
+                    "bf16",
+                    "f64",
+                    "i64",
+                    "scalar",
+                    "num_batches_tracked"
+                ],
+                "{file}: file order is kept"
+            );
+            for (key, t) in got {
+                let want = st.tensor(key).unwrap();
+                assert_eq!(t.shape, want.shape(), "{file} {key}");
+                assert_eq!(t.dtype, StoredTensor::dtype(&want), "{file} {key}");
+                assert_eq!(t.values, StoredTensor::to_f32(&want), "{file} {key}");
+            }
+            let (_, transposed) = &got[1];
+            assert_eq!(transposed.shape, [3, 2], "{file}");
+            assert_eq!(got[6].1.values, None, "{file}: ints are not converted");
+            assert_eq!(got[8].1.shape, [0usize; 0], "{file}");
+            assert_eq!(got[8].1.dtype, "I64", "{file}");
         }
-        let (_, transposed) = &got[1];
-        assert_eq!(transposed.shape, [3, 2]);
-        assert_eq!(got[6].1.values, None, "ints are not converted");
+        assert_eq!(zip, legacy);
+    }
+
+    fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("dtx-torch-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(name);
+        std::fs::write(&file, bytes).unwrap();
+        file
     }
 
     #[test]
-    fn a_file_that_is_not_a_zip_archive_says_so() {
-        let dir = std::env::temp_dir().join(format!("dtx-torch-file-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("legacy.pt");
-        std::fs::write(&file, b"\x80\x02\x8a\x0a").unwrap();
+    fn a_file_in_neither_format_says_so() {
+        // bytes of a fixed xorshift, and the same behind a pickle's PROTO 2
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        noise[0] = b'N';
+        let expected = "not a torch.save checkpoint: it starts neither as a zip archive \
+                        (`PK\\x03\\x04`, torch ≥ 1.6) nor with the pickled magic number of \
+                        torch's legacy format";
+        for (name, head) in [("noise.pt", &b""[..]), ("pickle.pt", b"\x80\x02")] {
+            noise[..head.len()].copy_from_slice(head);
+            let file = temp_file(name, &noise);
+            assert_eq!(read_state_dict(&file).unwrap_err(), expected);
+            assert!(!is_torch_save(&file).unwrap());
+        }
+        let mut tar = vec![0u8; 1024];
+        tar[257..263].copy_from_slice(b"ustar\0");
+        let err = read_state_dict(&temp_file("tar.pt", &tar)).unwrap_err();
+        assert!(
+            err.starts_with("not a torch.save checkpoint: a tar archive"),
+            "{err}"
+        );
+        let err = read_state_dict(&temp_file("empty.pt", b"")).unwrap_err();
+        assert_eq!(err, "not a torch.save checkpoint: the file is empty");
+        let err = read_state_dict(&temp_file("zip.pt", b"PK\x03\x04 cut")).unwrap_err();
+        assert!(
+            err.starts_with("not a torch.save checkpoint: a zip archive that cannot be read"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_truncated_legacy_file_names_what_is_cut() {
+        let bytes = std::fs::read(fixture("reader_legacy.pt")).unwrap();
+        assert!(is_torch_save(&fixture("reader_legacy.pt")).unwrap());
+        let file = temp_file("cut.pt", &bytes[..bytes.len() - 3]);
         let err = read_state_dict(&file).unwrap_err();
-        assert!(err.starts_with("not a torch.save zip archive"), "{err}");
-        assert!(err.contains("torch < 1.6"), "{err}");
+        assert!(err.starts_with("the file is truncated: storage `"), "{err}");
+        // inside the state dict's pickle
+        let file = temp_file("cut-pickle.pt", &bytes[..600]);
+        let err = read_state_dict(&file).unwrap_err();
+        assert!(
+            err.starts_with("legacy torch.save file, opcode")
+                && err.ends_with("the pickle ends early"),
+            "{err}"
+        );
     }
 
     #[test]

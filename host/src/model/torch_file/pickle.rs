@@ -1,14 +1,15 @@
 //! The pickle virtual machine, for the opcodes `torch.save` emits for a
-//! state dict (protocols 2 to 5): no Python objects are created; a global is
-//! a name, a storage is its archive key and dtype, a tensor rebuild is a
-//! [`TensorRef`], and any other call is an opaque value.
+//! state dict (protocols 2 to 5, and Python 2's byte strings): no Python
+//! objects are created; a global is a name, a storage is its key and dtype, a
+//! tensor rebuild is a [`TensorRef`], and any other call is an opaque value.
 
 use std::collections::HashMap;
 
 /// A tensor as the pickle describes it: a strided view of a storage.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct TensorRef {
-    /// The storage's key: its entry is `<name>/data/<key>`.
+    /// The storage's key: its zip entry is `<name>/data/<key>`; the legacy
+    /// format lists the keys in the order their data follows.
     pub storage: String,
     /// The storage's dtype, named as safetensors names them.
     pub dtype: &'static str,
@@ -37,12 +38,22 @@ fn storage_dtype(class: &str) -> Result<&'static str, String> {
     })
 }
 
+/// A storage key: a string in the files torch writes.
+pub(super) fn storage_key(key: &Value) -> Result<String, String> {
+    match key {
+        Value::Str(s) => Ok(s.clone()),
+        Value::Int(n) => Ok(n.to_string()),
+        v => Err(format!("a storage key is {}", v.describe())),
+    }
+}
+
 /// A value on the unpickler's stack.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Value {
     None,
     Bool(bool),
-    Int(i64),
+    /// Wide enough for the 80-bit magic number of the legacy format.
+    Int(i128),
     Float(f64),
     Str(String),
     Bytes(Vec<u8>),
@@ -51,10 +62,12 @@ pub(super) enum Value {
     Dict(Vec<(Value, Value)>),
     /// A class or function, `module.name`.
     Global(String, String),
-    /// A storage reference (persistent id): its archive key and dtype.
+    /// A storage reference (persistent id): its key, dtype, and first
+    /// element in the storage it views (0 but for torch < 0.4's views).
     Storage {
         key: String,
         dtype: &'static str,
+        offset: usize,
     },
     Tensor(TensorRef),
     /// The result of a call dtx does not model, named by the callee.
@@ -82,7 +95,8 @@ impl Value {
 
     fn usize(&self, what: &str) -> Result<usize, String> {
         match self {
-            Value::Int(n) if *n >= 0 => Ok(*n as usize),
+            Value::Int(n) => usize::try_from(*n)
+                .map_err(|_| format!("expected a non-negative int for {what}, found {n}")),
             v => Err(format!(
                 "expected a non-negative int for {what}, found {}",
                 v.describe()
@@ -108,21 +122,38 @@ impl Value {
 /// container it is still filling.
 pub(super) struct Unpickler<'a> {
     data: &'a [u8],
+    /// What `data` is, for errors: `data.pkl`, or the legacy file.
+    source: &'static str,
     pos: usize,
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
+    /// The dtype of every storage key a persistent id has named.
+    storages: HashMap<String, &'static str>,
 }
 
 impl<'a> Unpickler<'a> {
-    pub(super) fn new(data: &'a [u8]) -> Self {
+    /// An unpickler at the start of `data`, which errors call `source`.
+    pub(super) fn new(data: &'a [u8], source: &'static str) -> Self {
         Unpickler {
             data,
+            source,
             pos: 0,
             stack: Vec::new(),
             marks: Vec::new(),
             memo: HashMap::new(),
+            storages: HashMap::new(),
         }
+    }
+
+    /// The byte just past the last pickle run.
+    pub(super) fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// The dtype of every storage the pickles run so far refer to, by key.
+    pub(super) fn storage_dtypes(&self) -> &HashMap<String, &'static str> {
+        &self.storages
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
@@ -233,21 +264,24 @@ impl<'a> Unpickler<'a> {
         }
     }
 
-    /// The persistent id `('storage', torch.<Type>Storage, key, location, numel)`.
-    fn persistent(&self, pid: Value) -> Result<Value, String> {
+    /// The persistent id `('storage', torch.<Type>Storage, key, location,
+    /// numel)`, to which the legacy format appends `view_metadata`: `None`,
+    /// or for a view (torch < 0.4) `(view_key, offset, numel)` into the
+    /// storage `key`.
+    fn persistent(&mut self, pid: Value) -> Result<Value, String> {
         if let Value::Tuple(items) = &pid
-            && let [Value::Str(tag), Value::Global(_, class), key, ..] = items.as_slice()
+            && let [Value::Str(tag), Value::Global(_, class), key, rest @ ..] = items.as_slice()
             && tag == "storage"
         {
-            let key = match key {
-                Value::Str(s) => s.clone(),
-                Value::Int(n) => n.to_string(),
-                v => return Err(format!("a storage key is {}", v.describe())),
+            let key = storage_key(key)?;
+            let dtype = storage_dtype(class)?;
+            let offset = match rest.get(2) {
+                None | Some(Value::None) => 0,
+                Some(Value::Tuple(view)) if view.len() == 3 => view[1].usize("a view's offset")?,
+                Some(v) => return Err(format!("a storage's view_metadata is {}", v.describe())),
             };
-            return Ok(Value::Storage {
-                key,
-                dtype: storage_dtype(class)?,
-            });
+            self.storages.insert(key.clone(), dtype);
+            return Ok(Value::Storage { key, dtype, offset });
         }
         Err(format!(
             "unsupported persistent id {}: not a torch storage",
@@ -269,16 +303,24 @@ impl<'a> Unpickler<'a> {
                 let [storage, offset, size, stride, ..] = args.as_slice() else {
                     return Err(format!("torch._utils.{name} with {} arguments", args.len()));
                 };
-                let Value::Storage { key, dtype } = storage else {
+                let Value::Storage {
+                    key,
+                    dtype,
+                    offset: view_offset,
+                } = storage
+                else {
                     return Err(format!(
                         "torch._utils.{name} of {}, not a storage",
                         storage.describe()
                     ));
                 };
+                let offset = view_offset
+                    .checked_add(offset.usize("a storage offset")?)
+                    .ok_or("a storage offset is too large")?;
                 Value::Tensor(TensorRef {
                     storage: key.clone(),
                     dtype,
-                    offset: offset.usize("a storage offset")?,
+                    offset,
                     shape: size.usizes("a size")?,
                     stride: stride.usizes("a stride")?,
                 })
@@ -293,13 +335,21 @@ impl<'a> Unpickler<'a> {
         })
     }
 
-    /// Runs the pickle to its STOP and returns the value it built.
-    pub(super) fn run(mut self) -> Result<Value, String> {
+    /// Runs the pickle that starts at [`Self::position`] to its STOP and
+    /// returns the value it built; the position is then just past it, where
+    /// the legacy format puts the next pickle. Stack and memo start empty,
+    /// as each of `torch.save`'s `pickle.dump`s starts a new pickler.
+    pub(super) fn load(&mut self) -> Result<Value, String> {
+        self.stack.clear();
+        self.marks.clear();
+        self.memo.clear();
         loop {
             let at = self.pos;
-            let op = self.u8()?;
+            let op = self
+                .u8()
+                .map_err(|e| format!("{}, byte {at}: {e}", self.source))?;
             self.step(op)
-                .map_err(|e| format!("data.pkl, opcode 0x{op:02x} at byte {at}: {e}"))?;
+                .map_err(|e| format!("{}, opcode 0x{op:02x} at byte {at}: {e}", self.source))?;
             if op == b'.' {
                 return self.pop();
             }
@@ -321,29 +371,29 @@ impl<'a> Unpickler<'a> {
             0x89 => self.stack.push(Value::Bool(false)),
             b'J' => {
                 let n = self.u32()? as i32;
-                self.stack.push(Value::Int(i64::from(n)));
+                self.stack.push(Value::Int(i128::from(n)));
             }
             b'K' => {
                 let n = self.u8()?;
-                self.stack.push(Value::Int(i64::from(n)));
+                self.stack.push(Value::Int(i128::from(n)));
             }
             b'M' => {
                 let n = self.u16()?;
-                self.stack.push(Value::Int(i64::from(n)));
+                self.stack.push(Value::Int(i128::from(n)));
             }
             0x8a => {
                 // LONG1: n-byte little-endian two's complement
                 let n = usize::from(self.u8()?);
                 let bytes = self.take(n)?;
-                if n > 8 {
+                if n > 16 {
                     return Err(format!("an integer of {n} bytes"));
                 }
-                let mut v: i64 = 0;
+                let mut v: i128 = 0;
                 for (i, &b) in bytes.iter().enumerate() {
-                    v |= i64::from(b) << (8 * i);
+                    v |= i128::from(b) << (8 * i);
                 }
-                if n > 0 && n < 8 && bytes[n - 1] & 0x80 != 0 {
-                    v -= 1i64 << (8 * n);
+                if n > 0 && n < 16 && bytes[n - 1] & 0x80 != 0 {
+                    v -= 1i128 << (8 * n);
                 }
                 self.stack.push(Value::Int(v));
             }
@@ -352,12 +402,15 @@ impl<'a> Unpickler<'a> {
                 let v = f64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
                 self.stack.push(Value::Float(v));
             }
-            b'X' => {
+            // BINUNICODE; BINSTRING, a Python 2 `str`, which torch.load
+            // decodes as UTF-8
+            b'X' | b'T' => {
                 let n = self.u32()? as usize;
                 let s = self.string(n)?;
                 self.stack.push(Value::Str(s));
             }
-            0x8c => {
+            // SHORT_BINUNICODE; SHORT_BINSTRING, as BINSTRING
+            0x8c | b'U' => {
                 let n = usize::from(self.u8()?);
                 let s = self.string(n)?;
                 self.stack.push(Value::Str(s));
@@ -492,27 +545,115 @@ impl<'a> Unpickler<'a> {
 mod tests {
     use super::*;
 
+    fn load(pickle: &[u8]) -> Result<Value, String> {
+        Unpickler::new(pickle, "data.pkl").load()
+    }
+
     #[test]
     fn truncated_and_unknown_pickles_are_errors_not_panics() {
         // PROTO 2, EMPTY_DICT, then the pickle stops short.
-        let err = Unpickler::new(b"\x80\x02}(X\x05\x00\x00\x00ab")
-            .run()
-            .unwrap_err();
+        let err = load(b"\x80\x02}(X\x05\x00\x00\x00ab").unwrap_err();
         assert_eq!(
             err,
             "data.pkl, opcode 0x58 at byte 4: the pickle ends early"
         );
-        let err = Unpickler::new(b"\x80\x02\xff").run().unwrap_err();
+        let err = load(b"\x80\x02").unwrap_err();
+        assert_eq!(err, "data.pkl, byte 2: the pickle ends early");
+        let err = load(b"\x80\x02\xff").unwrap_err();
         assert_eq!(
             err,
             "data.pkl, opcode 0xff at byte 2: unsupported pickle opcode 0xff"
         );
-        let err = Unpickler::new(b"s").run().unwrap_err();
+        let err = load(b"s").unwrap_err();
         assert!(err.contains("underflows"), "{err}");
         // LONG1 of -2 (one byte 0xfe), then STOP.
+        assert_eq!(load(b"\x8a\x01\xfe.").unwrap(), Value::Int(-2));
+    }
+
+    /// The first pickle of a legacy file, as `pickletools.dis` shows it in
+    /// `tests/fixtures/adm/reader_legacy.pt`: LONG1 of 10 bytes.
+    #[test]
+    fn long1_reads_the_legacy_magic_number() {
+        let pickle = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.";
         assert_eq!(
-            Unpickler::new(b"\x8a\x01\xfe.").run().unwrap(),
-            Value::Int(-2)
+            load(pickle).unwrap(),
+            Value::Int(0x1950_a86a_20f9_469c_fc6c)
         );
+        let err =
+            load(b"\x8a\x11\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00.")
+                .unwrap_err();
+        assert!(err.ends_with("an integer of 17 bytes"), "{err}");
+    }
+
+    /// Consecutive pickles, each with its own memo, as the legacy format
+    /// writes them; Python 2's SHORT_BINSTRING reads as a string.
+    #[test]
+    fn pickles_run_one_after_another_with_fresh_memos() {
+        // ['a'] memoised as 0; then 'b' memoised as 0 and fetched back.
+        let data = b"\x80\x02]q\x00X\x01\x00\x00\x00aa.\x80\x02U\x01bq\x00h\x00\x86.";
+        let mut pickles = Unpickler::new(data, "the file");
+        assert_eq!(
+            pickles.load().unwrap(),
+            Value::List(vec![Value::Str("a".into())])
+        );
+        assert_eq!(pickles.position(), 13);
+        assert_eq!(
+            pickles.load().unwrap(),
+            Value::Tuple(vec![Value::Str("b".into()), Value::Str("b".into())])
+        );
+        assert_eq!(pickles.position(), data.len());
+        let err = pickles.load().unwrap_err();
+        assert_eq!(
+            err,
+            format!("the file, byte {}: the pickle ends early", data.len())
+        );
+    }
+
+    /// torch < 0.4 saved a storage view as `view_metadata` `(view_key,
+    /// offset, numel)`: a tensor in it starts `offset` elements into the
+    /// root storage.
+    #[test]
+    fn a_legacy_storage_view_adds_its_offset() {
+        let mut u = Unpickler::new(b"", "the file");
+        let pid = |view: Value| {
+            Value::Tuple(vec![
+                Value::Str("storage".into()),
+                Value::Global("torch".into(), "HalfStorage".into()),
+                Value::Str("140".into()),
+                Value::Str("cpu".into()),
+                Value::Int(10),
+                view,
+            ])
+        };
+        let view = Value::Tuple(vec![Value::Str("150".into()), Value::Int(4), Value::Int(6)]);
+        let storage = u.persistent(pid(view)).unwrap();
+        let rebuild = Value::Global("torch._utils".into(), "_rebuild_tensor_v2".into());
+        let args = Value::Tuple(vec![
+            storage,
+            Value::Int(1),
+            Value::Tuple(vec![Value::Int(2)]),
+            Value::Tuple(vec![Value::Int(1)]),
+        ]);
+        assert_eq!(
+            u.call(rebuild, args).unwrap(),
+            Value::Tensor(TensorRef {
+                storage: "140".into(),
+                dtype: "F16",
+                offset: 5,
+                shape: vec![2],
+                stride: vec![1],
+            })
+        );
+        assert_eq!(u.storage_dtypes()["140"], "F16");
+        assert_eq!(
+            u.persistent(pid(Value::None)).unwrap(),
+            Value::Storage {
+                key: "140".into(),
+                dtype: "F16",
+                offset: 0,
+            }
+        );
+        let err = u.persistent(pid(Value::Int(3))).unwrap_err();
+        assert_eq!(err, "a storage's view_metadata is an int");
     }
 }

@@ -1,6 +1,6 @@
 //! Linear, convolution, normalisation, MLP and timestep-embedding blocks.
 
-use crate::abi::{AbiError, Conv2dOptions, ParamInit};
+use crate::abi::{AbiError, CompareOp, Conv2dOptions, ParamInit};
 use crate::{Host, Param, Tensor};
 
 /// Activation functions for [`Mlp`].
@@ -19,6 +19,36 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// Its derivative at `x`, elementwise, from ordinary ops (so that a
+    /// loss containing it can itself be differentiated: see
+    /// [`Mlp::forward_with_input_grad`]).
+    /// - SiLU: σ(x) (1 + x (1 − σ(x)));
+    /// - GELU (the erf form): Φ(x) + x φ(x), with Φ(x) = GELU(x) / x away
+    ///   from 0 and 1/2 + x φ(0) for |x| < 1e-4 (first order);
+    /// - ReLU: 1 for x > 0, else 0;
+    /// - tanh: 1 − tanh²(x).
+    pub fn derivative(self, x: &Tensor) -> Tensor {
+        match self {
+            Activation::Silu => {
+                let s = x.sigmoid();
+                &s * ((x * s.rsub(1.0)) + 1.0)
+            }
+            Activation::Gelu => {
+                let inv_sqrt_2pi = 0.398_942_3_f32;
+                let pdf = (x.square() * -0.5).exp() * inv_sqrt_2pi;
+                let small = x.abs().compare_scalar(CompareOp::LT, 1e-4);
+                // a denominator that is never 0 (its result is unused there)
+                let safe = small.where_(&Tensor::ones(&x.shape()), x);
+                let cdf = small.where_(&(x * inv_sqrt_2pi + 0.5), &(x.gelu() / &safe));
+                cdf + x * pdf
+            }
+            Activation::Relu => x
+                .compare_scalar(CompareOp::GT, 0.0)
+                .where_(&Tensor::ones(&x.shape()), &Tensor::zeros(&x.shape())),
+            Activation::Tanh => x.tanh().square().rsub(1.0),
+        }
+    }
+
     /// Applies the activation.
     pub fn apply(self, x: &Tensor) -> Tensor {
         match self {
@@ -364,6 +394,36 @@ impl Mlp {
             h = layer.forward(&self.activation.apply(&h));
         }
         h
+    }
+
+    /// The output and the vector-Jacobian product `vᵀ ∂y/∂x` with
+    /// cotangent `v` (shaped as the output), both built from ordinary ops:
+    /// the backward of each Linear is a matmul by its weight's transpose,
+    /// of each activation a product with its [derivative](Activation::derivative).
+    /// For a scalar output and `v = 1` the product is ∇ₓy. Because it sits
+    /// in the forward graph, a loss of it can be differentiated with respect
+    /// to the weights by the host's ordinary backward — a gradient of a
+    /// gradient without double backward (TGDP's consistency term).
+    ///
+    /// # Shapes
+    /// - x: `[..., d_in]`, v: `[..., d_out]`
+    /// - output: (`[..., d_out]`, `[..., d_in]`)
+    pub fn forward_with_input_grad(&self, x: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+        let mut pre = Vec::with_capacity(self.layers.len());
+        let mut h = self.layers[0].forward(x);
+        for layer in &self.layers[1..] {
+            pre.push(h.clone());
+            h = layer.forward(&self.activation.apply(&h));
+        }
+        let mut g = v.clone();
+        for (i, layer) in self.layers.iter().enumerate().rev() {
+            // y = x W + b with W [d_in, d_out]: ∂/∂x is g Wᵀ
+            g = g.matmul(&layer.weight.value().transpose(0, 1));
+            if i > 0 {
+                g = g * self.activation.derivative(&pre[i - 1]);
+            }
+        }
+        (h, g)
     }
 }
 

@@ -238,7 +238,7 @@ pub fn train<B: AutodiffBackend>(
     for step in 0..s.steps {
         let res = if step % 2 == 0 { 32 } else { 16 };
         let b = batch(s.seed, step as usize * s.batch, s.batch, res, &mut rng);
-        let net = net_of(&store, device);
+        let net = net_of(&store);
         let (total, parts) = loss(&net, &b, device);
         let grads = total.backward();
         // cosine decay to 5 % of the rate
@@ -276,8 +276,7 @@ pub fn train<B: AutodiffBackend>(
         .collect()
 }
 
-fn net_of<B: AutodiffBackend>(store: &ParamStore<B>, device: &B::Device) -> DtxNet<B> {
-    let _ = device;
+fn net_of<B: AutodiffBackend>(store: &ParamStore<B>) -> DtxNet<B> {
     let shapes = layout().into_iter().collect();
     let w = store
         .entries()

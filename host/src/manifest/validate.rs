@@ -8,11 +8,13 @@
 //! that a bad count does not hide the other problems: it is reported, then
 //! replaced by a placeholder for the rest of the load.
 
+mod eval;
+
 use std::collections::{HashMap, HashSet};
 
 use super::error::ManifestDiagnostic;
 use super::load::Context;
-use super::schema::{EXTRACTORS, HOOK_NAMES, METRICS, Manifest, PluginSpec, SourceKind, Trainable};
+use super::schema::{HOOK_NAMES, Manifest, PluginSpec, SourceKind, Trainable};
 use super::spans::KeyPath;
 use crate::util::nearest;
 
@@ -126,19 +128,6 @@ struct Checks<'a> {
     context: &'a Context,
     reported: &'a HashSet<KeyPath>,
     problems: Vec<ManifestDiagnostic>,
-}
-
-/// "did you mean `x`? (metrics: `a`, `b`)" for a name not in `known`.
-fn one_of(name: &str, known: &[&str], what: &str) -> String {
-    let list = known
-        .iter()
-        .map(|k| format!("`{k}`"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    match nearest(name, known.iter().copied()) {
-        Some(best) => format!("did you mean `{best}`? ({what}: {list})"),
-        None => format!("{what} are {list}"),
-    }
 }
 
 fn path(text: &str) -> KeyPath {
@@ -395,91 +384,6 @@ impl Checks<'_> {
                     Some(format!("use at most {} sampling steps", train.timesteps)),
                 );
             }
-        }
-    }
-
-    fn eval(&mut self, manifest: &Manifest) {
-        let Some(eval) = &manifest.eval else {
-            return;
-        };
-        let mut seen = HashSet::new();
-        for (i, metric) in eval.metrics.iter().enumerate() {
-            let at = path("eval.metrics").index(i);
-            if metric.trim().is_empty() {
-                self.report(
-                    &at,
-                    "manifest::empty",
-                    format!("`{at}` is an empty metric name"),
-                    None,
-                );
-            } else if !METRICS.contains(&metric.as_str()) {
-                let help = one_of(metric, &METRICS, "metrics");
-                self.report(
-                    &at,
-                    "manifest::unknown-metric",
-                    format!("unknown metric `{metric}`"),
-                    Some(help),
-                );
-            } else if !seen.insert(metric.as_str()) {
-                self.report(
-                    &at,
-                    "manifest::duplicate",
-                    format!("metric `{metric}` is listed twice"),
-                    None,
-                );
-            }
-        }
-    }
-
-    fn eval_settings(&mut self, manifest: &Manifest) {
-        let Some(eval) = &manifest.eval else {
-            return;
-        };
-        if !EXTRACTORS.contains(&eval.extractor.as_str()) {
-            let help = one_of(&eval.extractor, &EXTRACTORS, "extractors");
-            self.report(
-                &path("eval.extractor"),
-                "manifest::unknown-extractor",
-                format!("unknown feature extractor `{}`", eval.extractor),
-                Some(help),
-            );
-        } else if eval.extractor == "inception"
-            && eval.inception_weights.is_none()
-            && !eval.metrics.is_empty()
-        {
-            self.report(
-                &path("eval.extractor"),
-                "manifest::missing-weights",
-                "`extractor = \"inception\"` needs `eval.inception_weights`".to_owned(),
-                Some(
-                    "give the path of pytorch-fid's pt_inception-2015-12-05 weights (dtx cannot download them), or use `extractor = \"dtx\"`"
-                        .to_owned(),
-                ),
-            );
-        }
-        if eval.kid_subsets == 0 {
-            self.report(
-                &path("eval.kid_subsets"),
-                "manifest::out-of-range",
-                "`eval.kid_subsets` must be at least 1".to_owned(),
-                None,
-            );
-        }
-        if eval.kid_subset_size < 2 {
-            self.report(
-                &path("eval.kid_subset_size"),
-                "manifest::out-of-range",
-                "`eval.kid_subset_size` must be at least 2 (KID's unbiased estimate divides by m - 1)".to_owned(),
-                None,
-            );
-        }
-        if !eval.metrics.is_empty() && manifest.sample.is_none() {
-            self.report_key(
-                &path("eval.metrics"),
-                "manifest::needs-samples",
-                "`[eval] metrics` are computed over the run's samples, but there is no `[sample]` section".to_owned(),
-                Some("add a `[sample]` section (its `count` is how many images are evaluated)".to_owned()),
-            );
         }
     }
 

@@ -139,47 +139,6 @@ fn schedule(kind: ScheduleKind) -> Schedule {
     }
 }
 
-/// Settings a manifest may hold that this engine does not carry out yet: an
-/// error naming each, rather than a run that silently ignores it.
-fn unsupported_settings(plan: &Plan, net: &Net) -> Result<()> {
-    let m = &plan.manifest.manifest;
-    let mut problems = Vec::new();
-    if let Some(s) = &m.sample {
-        if s.guidance != 0.0 {
-            problems.push(
-                "`sample.guidance` (classifier-free guidance is not implemented; set it to 0)"
-                    .to_owned(),
-            );
-        }
-        match s.label {
-            Some(_) if net.num_classes() == 0 => problems
-                .push("`sample.label` (the source model is not class-conditional)".to_owned()),
-            Some(l) if l as usize >= net.num_classes() => problems.push(format!(
-                "`sample.label = {l}` (the source model has {} classes, 0 to {})",
-                net.num_classes(),
-                net.num_classes() - 1
-            )),
-            _ => {}
-        }
-    }
-    if m.eval.as_ref().is_some_and(|e| !e.metrics.is_empty()) && net.data_shape().len() != 3 {
-        problems.push(
-            "`[eval] metrics` (feature metrics need image samples; this model makes vectors)"
-                .to_owned(),
-        );
-    }
-    if m.target.as_ref().is_some_and(|t| t.labels) && net.num_classes() == 0 {
-        problems.push("`target.labels` (the source model has no class embedding)".to_owned());
-    }
-    if problems.is_empty() {
-        return Ok(());
-    }
-    bail!(
-        "`dtx run` does not carry out these settings: {}",
-        problems.join("; ")
-    )
-}
-
 /// Runs a plan (CPU backend `B`) into its run folder.
 pub fn run<B: AutodiffBackend>(
     plan: &Plan,
@@ -259,7 +218,7 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         Some("v_prediction") => Prediction::VPrediction,
         _ => Prediction::Epsilon,
     };
-    unsupported_settings(plan, &net)?;
+    super::model::unsupported_settings(plan, &net)?;
     let example = net.data_shape();
     // Targets load before the run folder exists, so bad data leaves nothing behind.
     let (target, held_out) = if m.target.is_some() {
@@ -615,16 +574,8 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         dir.log(&serde_json::json!({"sample": {"requested": sm.count, "accepted": drawn.accepted_count(), "drawn": drawn.attempts, "rejected": drawn.rejected}}))?;
         super::report::write_samples(&dir, &drawn.accepted, &example, target.as_ref())?;
         if let Some(e) = &eval_setup {
-            let evaluation = e.evaluate(&drawn, &example, m.run.seed, &device)?;
-            for line in evaluation.lines() {
-                writeln!(log, "{line}")?;
-            }
-            dir.log(&serde_json::json!({ "eval": evaluation.to_json() }))?;
-            dir.write(
-                "eval.json",
-                serde_json::to_string_pretty(&evaluation.to_json())?.as_bytes(),
-            )?;
-            summary.evaluation = Some(evaluation);
+            summary.evaluation =
+                Some(e.record(&drawn, &example, m.run.seed, &device, &mut dir, log)?);
         }
         let mut shape = vec![drawn.accepted_count()];
         shape.extend_from_slice(&example);

@@ -103,8 +103,29 @@ impl<B: Backend> EvalSetup<B> {
         self.metrics.iter().any(|m| m == "source_distance")
     }
 
+    /// The metrics over the run's samples, printed to `log` and written to
+    /// `eval.json` and `metrics.jsonl`.
+    pub(super) fn record(
+        &self,
+        drawn: &Drawn,
+        example: &[usize],
+        seed: u64,
+        device: &B::Device,
+        dir: &mut super::dir::RunDir,
+        log: &mut dyn std::io::Write,
+    ) -> Result<Evaluation> {
+        let evaluation = self.evaluate(drawn, example, seed, device)?;
+        for line in evaluation.lines() {
+            writeln!(log, "{line}")?;
+        }
+        let json = evaluation.to_json();
+        dir.log(&serde_json::json!({ "eval": json }))?;
+        dir.write("eval.json", serde_json::to_string_pretty(&json)?.as_bytes())?;
+        Ok(evaluation)
+    }
+
     /// The metrics over the run's samples.
-    pub(super) fn evaluate(
+    fn evaluate(
         &self,
         drawn: &Drawn,
         example: &[usize],

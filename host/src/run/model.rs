@@ -318,3 +318,44 @@ pub(super) fn load_target(plan: &Plan, data_shape: &[usize]) -> Result<(Dataset,
     };
     Ok((train, held))
 }
+
+/// Settings a manifest may hold that this engine does not carry out yet: an
+/// error naming each, rather than a run that silently ignores it.
+pub(super) fn unsupported_settings(plan: &Plan, net: &Net) -> Result<()> {
+    let m = &plan.manifest.manifest;
+    let mut problems = Vec::new();
+    if let Some(s) = &m.sample {
+        if s.guidance != 0.0 {
+            problems.push(
+                "`sample.guidance` (classifier-free guidance is not implemented; set it to 0)"
+                    .to_owned(),
+            );
+        }
+        match s.label {
+            Some(_) if net.num_classes() == 0 => problems
+                .push("`sample.label` (the source model is not class-conditional)".to_owned()),
+            Some(l) if l as usize >= net.num_classes() => problems.push(format!(
+                "`sample.label = {l}` (the source model has {} classes, 0 to {})",
+                net.num_classes(),
+                net.num_classes() - 1
+            )),
+            _ => {}
+        }
+    }
+    if m.eval.as_ref().is_some_and(|e| !e.metrics.is_empty()) && net.data_shape().len() != 3 {
+        problems.push(
+            "`[eval] metrics` (feature metrics need image samples; this model makes vectors)"
+                .to_owned(),
+        );
+    }
+    if m.target.as_ref().is_some_and(|t| t.labels) && net.num_classes() == 0 {
+        problems.push("`target.labels` (the source model has no class embedding)".to_owned());
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "`dtx run` does not carry out these settings: {}",
+        problems.join("; ")
+    )
+}

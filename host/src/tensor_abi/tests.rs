@@ -7,7 +7,6 @@ use super::{CpuBackend, Session, SessionGuard, Stored, vtables};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor as BTensor, TensorPrimitive};
 use dtx_plugin_api::abi::{CompareOp, Conv2dOptions, InterpolateMode, TensorId};
-use dtx_plugin_api::nn::{Activation, MlpConfig, MultiHeadAttentionConfig};
 use dtx_plugin_api::{DType, Host, Tensor};
 
 type B = CpuBackend;
@@ -364,42 +363,6 @@ fn gradients_through_plugin_ops_equal_burn_and_finite_differences() {
 }
 
 #[test]
-fn nn_blocks_register_named_parameters_and_run() {
-    let _s = session(0);
-    let host = Host::get();
-    let attn = MultiHeadAttentionConfig::cross_attention(8, 4, 8, 2)
-        .init(&host, "attn")
-        .unwrap();
-    let mlp = MlpConfig::new(&[8, 16, 8])
-        .with_activation(Activation::Gelu)
-        .with_zero_last(true)
-        .init(&host, "mlp")
-        .unwrap();
-    let x = Tensor::randn(&[2, 5, 8]);
-    let c = Tensor::randn(&[2, 3, 4]);
-    let y = attn.forward(&x, Some(&c));
-    assert_eq!(y.shape(), vec![2, 5, 8]);
-    // A zero-initialised last layer makes the MLP output exactly 0.
-    assert!(mlp.forward(&y).to_f32_vec().iter().all(|&v| v == 0.0));
-    let names: Vec<String> = Session::<B>::with(|s| {
-        s.params
-            .ids()
-            .iter()
-            .map(|&id| s.params.get(id).unwrap().name.clone())
-            .collect()
-    })
-    .unwrap();
-    assert!(
-        names.contains(&"plugin.t.attn.q.weight".to_string()),
-        "{names:?}"
-    );
-    assert!(
-        names.contains(&"plugin.t.mlp.1.bias".to_string()),
-        "{names:?}"
-    );
-}
-
-#[test]
 fn stored_dtypes_are_reported() {
     let _s = session(0);
     let t = Tensor::from_i64(&[1, 2], &[2]);
@@ -628,84 +591,4 @@ fn sgd_and_global_norm_clipping_follow_their_formulas() {
     close(&p.value().to_f32_vec(), &[2.4, 3.2], 1e-5);
 }
 
-/// `Mlp::forward_with_input_grad` for every activation: its input gradient
-/// equals the ABI's autodiff gradient (1e-5) and a central finite
-/// difference (1e-3 relative, f32 with h = 1e-2); and a loss *of* that
-/// gradient differentiates with respect to the weights (finite difference
-/// on one weight), which is what TGDP's consistency term needs.
-#[test]
-fn mlp_input_gradient_is_in_the_forward_graph() {
-    use dtx_plugin_api::Param;
-    for act in [
-        Activation::Silu,
-        Activation::Gelu,
-        Activation::Relu,
-        Activation::Tanh,
-    ] {
-        let _s = session(3);
-        let host = Host::get();
-        let mlp = MlpConfig::new(&[3, 16, 16, 1])
-            .with_activation(act)
-            .init(&host, "m")
-            .unwrap();
-        let x = Tensor::randn(&[5, 3]).require_grad();
-        let (y, g) = mlp.forward_with_input_grad(&x, &Tensor::ones(&[5, 1]));
-        close(&y.to_f32_vec(), &mlp.forward(&x).to_f32_vec(), 1e-6);
-        let auto = y.sum().grad(&[&x]).remove(0);
-        close(&g.to_f32_vec(), &auto.to_f32_vec(), 1e-5);
-        // finite differences on the input
-        let xs = x.to_f32_vec();
-        let gs = g.to_f32_vec();
-        let f = |k: usize, h: f32| {
-            let mut v = xs.clone();
-            v[k] += h;
-            mlp.forward(&Tensor::from_f32(&v, &[5, 3])).sum().item() as f64
-        };
-        for k in [0, 4, 8, 14] {
-            let fd = (f(k, 1e-2) - f(k, -1e-2)) / 2e-2;
-            let tol = if act == Activation::Relu { 5e-2 } else { 1e-3 };
-            assert!(
-                (fd - gs[k] as f64).abs() <= tol * (gs[k] as f64).abs().max(1e-1),
-                "{act:?} x[{k}]: fd {fd} vs {}",
-                gs[k]
-            );
-        }
-        // a loss of the input gradient, differentiated w.r.t. a weight
-        let w: &Param = &mlp.layers[0].weight;
-        let loss_of = |mlp: &dtx_plugin_api::nn::Mlp| {
-            let (_, g) = mlp.forward_with_input_grad(&x.detach(), &Tensor::ones(&[5, 1]));
-            g.square().sum()
-        };
-        let dw = loss_of(&mlp).grad(&[&w.value()]).remove(0).to_f32_vec();
-        let w0 = w.value().to_f32_vec();
-        let set = |v: &[f32]| {
-            Session::<B>::with(|s| {
-                let t = BTensor::<B, 2>::from_data(
-                    burn::tensor::TensorData::new(v.to_vec(), [3, 16]),
-                    &Default::default(),
-                )
-                .require_grad();
-                s.params.get_mut(w.id()).unwrap().value = t.into_primitive().tensor();
-            })
-            .unwrap();
-        };
-        let at = |k: usize, h: f32| {
-            let mut v = w0.clone();
-            v[k] += h;
-            set(&v);
-            let l = loss_of(&mlp).item() as f64;
-            set(&w0);
-            l
-        };
-        if act != Activation::Relu {
-            for k in [1, 20] {
-                let fd = (at(k, 1e-2) - at(k, -1e-2)) / 2e-2;
-                assert!(
-                    (fd - dw[k] as f64).abs() <= 2e-2 * (dw[k] as f64).abs().max(1e-1),
-                    "{act:?} ∂loss/∂W[{k}]: fd {fd} vs {}",
-                    dw[k]
-                );
-            }
-        }
-    }
-}
+mod nn;

@@ -139,11 +139,48 @@ impl Host {
         Ok((x, labels.map(|id| unsafe { Tensor::from_raw(id) })))
     }
 
+    /// T, the number of timesteps of the run's noise schedule (`t` in `0..T`).
+    pub fn num_timesteps(&self) -> Result<usize, AbiError> {
+        let f = vtables()
+            .services
+            .num_timesteps()
+            .ok_or_else(|| older_host("num_timesteps"))?;
+        f().into_result()
+    }
+
+    /// `count` samples `[count, …]` of the frozen source model alone (no
+    /// plugin hooks) with the run's sampler; `labels` `[count]` for a
+    /// class-conditional source. Samples cost a full sampler run each: draw
+    /// them once (in `prepare`) and reuse them.
+    pub fn sample_source(&self, count: usize, labels: Option<&Tensor>) -> Result<Tensor, AbiError> {
+        let f = vtables()
+            .services
+            .sample_source()
+            .ok_or_else(|| older_host("sample_source"))?;
+        let labels = match labels {
+            Some(l) => RSome(l.id()),
+            None => RNone,
+        };
+        let id = f(count, labels).into_result()?;
+        // SAFETY: owned handle from the host.
+        Ok(unsafe { Tensor::from_raw(id) })
+    }
+
     /// One optimizer step on `params` for the scalar `loss` (for `prepare`).
     pub fn optimizer_step(&self, params: &[&Param], loss: Tensor, lr: f32) -> Result<(), AbiError> {
         let ids: Vec<ParamId> = params.iter().map(|p| p.id).collect();
         (vtables().services.optimizer_step())(ids.as_slice().into(), loss.id(), lr).into_result()
     }
+}
+
+/// The error for a service an older host (api < 0.2) does not offer.
+fn older_host(service: &str) -> AbiError {
+    AbiError::new(
+        crate::abi::ErrorKind::UNSUPPORTED,
+        format!(
+            "host service `{service}` needs a dtx host built against dtx-plugin-api 0.2 or later"
+        ),
+    )
 }
 
 /// An optional handle, for hook contexts.

@@ -19,6 +19,7 @@ use std::sync::OnceLock;
 pub const PLUGIN_CRATES: &[&str] = &[
     "dtx-plugin-example",
     "dtx-plugin-sdft",
+    "dtx-plugin-tgdp",
     "dtx-test-plugin",
     "dtx-test-plugin-incompatible",
     "dtx-test-plugin-block",

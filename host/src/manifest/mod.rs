@@ -26,7 +26,7 @@ pub use overrides::Override;
 pub use schema::{
     Backend, EXTRACTORS, Ema, Eval, HOOK_NAMES, Init, LossWeight, METRICS, Manifest, Optimizer,
     PluginSpec, Prediction, Reference, Run, SECTION_KEYS, Sample, Sampler, Schedule, Source,
-    SourceKind, Target, Train, Trainable,
+    SourceData, SourceKind, Target, Train, Trainable,
 };
 pub use spans::{EntrySpans, KeyPath, Segment, SpanMap};
 

@@ -430,6 +430,14 @@ impl Plan {
             let flip = if t.flip { ", random flips" } else { "" };
             let _ = writeln!(o, "target: {}{limit}{held}{flip}", t.dataset);
         }
+        if let Some(d) = m.source.as_ref().and_then(|s| s.data.as_ref()) {
+            let n = match (d.limit, d.builtin()) {
+                (Some(n), _) => format!(", {n} examples"),
+                (None, Some(_)) => ", 10000 examples".to_owned(),
+                (None, None) => String::new(),
+            };
+            let _ = writeln!(o, "source data: {}{n} (dataset split `source`)", d.dataset);
+        }
 
         o.push_str("\nstages:\n");
         if self.stages.is_empty() {

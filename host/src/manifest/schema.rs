@@ -26,7 +26,10 @@ pub const HOOK_NAMES: &[&str] = &["prepare", "inject", "loss", "score", "filter"
 /// `[train]`"); a test checks them against the structs below.
 pub const SECTION_KEYS: &[(&str, &[&str])] = &[
     ("run", &["name", "seed", "backend", "output_dir"]),
-    ("source", &["kind", "path", "prediction", "config", "init"]),
+    (
+        "source",
+        &["kind", "path", "prediction", "config", "init", "data"],
+    ),
     (
         "target",
         &[
@@ -162,6 +165,38 @@ pub struct Source {
     /// random).
     #[serde(default)]
     pub init: Init,
+    /// `[source.data]`: examples of the source's own distribution, for
+    /// methods that need them (TGDP's domain classifier). Default: none
+    /// (such a method then samples the source model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<SourceData>,
+}
+
+/// `[source.data]`: the source domain's data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceData {
+    /// A folder of images (relative to the manifest's folder) or a built-in
+    /// written `builtin:NAME`. Required.
+    pub dataset: String,
+    /// Use at most this many examples (a built-in generates exactly this
+    /// many). Default: all of a folder; 10000 of a built-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Read class labels (sub-folder names, or the built-in's labels).
+    /// Default: false.
+    #[serde(default)]
+    pub labels: bool,
+    /// Options of a built-in set (as `target.config`). Default: empty.
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub config: toml::Table,
+}
+
+impl SourceData {
+    /// The built-in dataset name when `dataset` is `builtin:NAME`.
+    pub fn builtin(&self) -> Option<&str> {
+        self.dataset.strip_prefix("builtin:")
+    }
 }
 
 /// `[target]`: the small dataset the model is transferred to.

@@ -223,6 +223,17 @@ impl Checks<'_> {
                 ),
             );
         }
+        if let Some(data) = manifest.source.as_ref().and_then(|s| s.data.as_ref())
+            && (data.dataset.trim().is_empty()
+                || data.builtin().is_some_and(|n| n.trim().is_empty()))
+        {
+            self.report(
+                &path("source.data.dataset"),
+                "manifest::empty",
+                "`source.data.dataset` names no dataset".to_owned(),
+                Some("name a folder of images or a built-in such as `builtin:gmm`".to_owned()),
+            );
+        }
         if let Some(target) = &manifest.target {
             let at = path("target.dataset");
             if target.dataset.trim().is_empty() {

@@ -237,6 +237,7 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
     } else {
         (None, None)
     };
+    let source_data = super::model::load_source_data(plan, &example)?;
     let device: B::Device = Default::default();
     // The extractor and the reference images load before anything trains,
     // so a bad weights file or folder costs nothing.
@@ -321,14 +322,26 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
             Data {
                 target: ds.clone(),
                 iter: BatchIter::for_dataset(ds, batch, m.run.seed, flip)?,
+                source: source_data.clone(),
             },
             device.clone(),
         )))),
         None => None,
     };
+    let source_sampler = super::sampling::SourceSampler::<B, D> {
+        engine: engine.clone(),
+        // the run's sampler, else 50 DDIM steps in batches of 256
+        settings: m.sample.clone().unwrap_or_else(|| {
+            toml::from_str("count = 1\nbatch = 256").expect("a valid [sample] table")
+        }),
+        seed: m.run.seed,
+        calls: std::cell::Cell::new(0),
+        device: device.clone(),
+    };
     Session::<B>::with(|s| {
         s.services.alpha_bar = Some(alpha_bars.iter().map(|&a| a as f32).collect());
         s.services.denoiser = Some(Rc::new(engine.clone()));
+        s.services.source_sampler = Some(Rc::new(source_sampler));
         if let Some(d) = &data {
             s.services.data =
                 Some(Rc::new(RefCell::new(d.clone())) as Rc<RefCell<dyn DataService<B>>>);
@@ -370,6 +383,17 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
             sp.finish_and_clear();
         }
         result?;
+        // What it logged, one `prepare` line of metrics.jsonl per value,
+        // numbered per name (a curve per name).
+        let logs = Session::<B>::with(|s| s.services.take_logs())?;
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        for (name, value) in logs {
+            let n = counts.entry(name.clone()).or_default();
+            *n += 1;
+            dir.log(
+                &serde_json::json!({"prepare": inst.name, "key": name, "n": *n, "value": value}),
+            )?;
+        }
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(plugin = %inst.name, seconds, steps, "prepare done");
         if !opts.quiet {
@@ -379,6 +403,21 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
                 inst.name
             )?;
         }
+    }
+    // Without training, what `prepare` trained is the run's checkpoint, for
+    // `dtx sample` to reuse.
+    let prepared = engine
+        .plugins
+        .iter()
+        .any(|p| p.borrow().implements(Hook::Prepare));
+    if fresh && m.train.is_none() && prepared {
+        save(
+            &engine,
+            &dir,
+            None,
+            crate::data::BatchPosition { epoch: 0, index: 0 },
+            0,
+        )?;
     }
 
     // 5. train
@@ -554,7 +593,6 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         let drawn = super::sampling::draw::<B, D>(
             &engine,
             &weights,
-            &objective,
             sm,
             m.run.seed,
             &device,

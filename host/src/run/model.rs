@@ -234,23 +234,91 @@ impl<B: AutodiffBackend> DenoiseService<B> for Rc<Engine<B>> {
 pub(super) struct Data {
     pub(super) target: Dataset,
     pub(super) iter: BatchIter,
+    /// `[source.data]`, served as split `source`.
+    pub(super) source: Option<Dataset>,
 }
 
 impl<B: AutodiffBackend> DataService<B> for Rc<RefCell<(Data, B::Device)>> {
     fn batch(&mut self, split: &str, n: usize) -> Result<(P<B>, Option<IntTensor<B>>), AbiError> {
         let (d, dev) = &mut *self.borrow_mut();
-        if split != "target" {
-            return Err(AbiError::new(
-                ErrorKind::UNSUPPORTED,
-                format!("dataset split `{split}`: this run has only `target`"),
-            ));
-        }
+        let set = match (split, &d.source) {
+            ("target", _) => &d.target,
+            ("source", Some(s)) => s,
+            ("source", None) => {
+                return Err(AbiError::new(
+                    ErrorKind::UNSUPPORTED,
+                    "dataset split `source`: this run has no source data (add `[source.data]` to the manifest)",
+                ));
+            }
+            _ => {
+                return Err(AbiError::new(
+                    ErrorKind::UNSUPPORTED,
+                    format!(
+                        "dataset split `{split}`: this run has `target`{}",
+                        if d.source.is_some() {
+                            " and `source`"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+        };
         // Drawn from the session's RNG, which the trainer re-seeds every step.
-        let len = d.target.len();
+        let len = set.len();
         let idx: Vec<usize> =
             Session::<B>::with(|s| (0..n).map(|_| s.rng.random_range(0..len)).collect())?;
-        Ok(d.target.to_tensor::<B>(&idx, dev))
+        Ok(set.to_tensor::<B>(&idx, dev))
     }
+}
+
+/// `[source.data]`, when the manifest has it, checked against the shape the
+/// model takes. A built-in is generated from a seed apart from the target's.
+pub(super) fn load_source_data(plan: &Plan, data_shape: &[usize]) -> Result<Option<Dataset>> {
+    let m = &plan.manifest.manifest;
+    let Some(sd) = m.source.as_ref().and_then(|s| s.data.as_ref()) else {
+        return Ok(None);
+    };
+    let model_res = plan.model.as_ref().map(|d| d.resolution).filter(|&r| r > 0);
+    let ds = match sd.builtin() {
+        Some(name) => {
+            let mut config = sd.config.clone();
+            if let (Some(res), false) = (model_res, config.contains_key("resolution"))
+                && name == "shapes"
+            {
+                config.insert("resolution".into(), toml::Value::Integer(res as i64));
+            }
+            let seed = m.run.seed ^ 0x5eed_0f50_12ce;
+            data::builtin(name, &config, seed, sd.limit.unwrap_or(10_000))
+                .map_err(|e| anyhow!("[source.data]: {e}"))?
+        }
+        None => {
+            let path = plan
+                .manifest
+                .resolve_path(std::path::Path::new(&sd.dataset));
+            let ds = data::load_folder(&path, model_res.unwrap_or(32), sd.labels)
+                .map_err(|e| anyhow!("[source.data]: {e}"))?;
+            match sd.limit {
+                Some(n) if n < ds.len() => ds.limit(n, m.run.seed)?,
+                _ => ds,
+            }
+        }
+    };
+    if ds.sample_shape != data_shape {
+        bail!(
+            "[source.data] `{}` gives examples of shape {:?}, but the source model takes {:?}",
+            sd.dataset,
+            ds.sample_shape,
+            data_shape
+        );
+    }
+    if sd.labels && ds.labels.is_none() {
+        bail!(
+            "`source.data.labels = true` but `{}` has no labels",
+            sd.dataset
+        );
+    }
+    Ok(Some(if sd.labels { ds } else { ds.without_labels() }))
 }
 
 /// The target set of a run, split into `(train, held_out)` (`target.holdout`

@@ -4,16 +4,15 @@
 
 use super::engine::{batch_shape, normal, prim_f, progress_bar, ranked, step_rng};
 use super::model::Engine;
-use super::objective::Objective;
 use crate::diffusion::prediction::{BatchScalar, to_epsilon};
 use crate::diffusion::sampler::{Sampler, SamplerConfig, VarianceType, alpha_bar_at, sample};
 use crate::manifest::{Sample, Sampler as SamplerKind};
-use crate::tensor_abi::Stored;
+use crate::tensor_abi::{SampleService, Stored};
 use anyhow::{Result, anyhow};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Int, Tensor, TensorData};
-use dtx_plugin_api::abi::Hook;
+use dtx_plugin_api::abi::{AbiError, Hook};
 use std::collections::HashMap;
 
 type P<B> = FloatTensor<B>;
@@ -60,26 +59,12 @@ fn batch_labels<B: AutodiffBackend>(
     })
 }
 
-/// Samples `sm.count` examples from the student with weights `weights`.
-/// With `with_source`, also denoises every batch's initial noise with the
-/// source model alone (no plugin hooks): [`Drawn::source`] pairs each
-/// accepted sample with the source's sample from the same noise (the same
-/// trajectory for deterministic DDIM; for stochastic samplers the source's
-/// step noise has its own stream, so the student's samples do not change).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn draw<B: AutodiffBackend, const D: usize>(
-    engine: &std::rc::Rc<Engine<B>>,
-    weights: &HashMap<String, P<B>>,
-    objective: &Objective<'_>,
+/// The sampler settings of `sm` for `engine`'s network.
+fn sampler_config<B: AutodiffBackend, const D: usize>(
+    engine: &Engine<B>,
     sm: &Sample,
-    seed: u64,
-    device: &B::Device,
-    quiet: bool,
-    with_source: bool,
-) -> Result<Drawn> {
-    let example = engine.net.data_shape();
-    let per_example: usize = example.iter().product();
-    let learned_sigma = D > 2 && engine.net.out_channels() == 2 * objective.data_channels;
+) -> (SamplerConfig, bool) {
+    let learned_sigma = D > 2 && engine.net.out_channels() == 2 * engine.data_channels;
     let cfg = SamplerConfig {
         sampler: match sm.sampler {
             SamplerKind::Ddpm => Sampler::Ddpm {
@@ -96,46 +81,48 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
         clip_sample: sm.clip_sample.unwrap_or(D > 2).then_some(sm.clip_range),
         ..Default::default()
     };
-    let alpha_bars = objective.alpha_bars;
-    let mut out = Drawn {
-        accepted: Vec::new(),
-        source: Vec::new(),
-        per_example,
-        attempts: 0,
-        rejected: HashMap::new(),
-    };
-    // One sampler run from `x_big_t`: the student with every `score` hook,
-    // or the source model alone.
-    let run = |x_big_t: Tensor<B, D>,
-               labels: Option<IntTensor<B>>,
-               source: bool,
-               rng: &mut rand::rngs::StdRng|
-     -> Result<Tensor<B, D>> {
-        let mut step_index = 0u64;
-        let num_steps = sm.steps as u64;
-        sample::<B, D, anyhow::Error>(
-            |x, ts| {
-                let tf = Tensor::<B, 1, Int>::from_data(
-                    TensorData::new(ts.to_vec(), [ts.len()]),
-                    device,
-                )
-                .float();
-                let xp = crate::tensor_abi::untracked::<B>(prim_f(x.clone()));
-                let raw = ranked::<B, D>(if source {
-                    engine.source_forward(xp, prim_f(tf.clone()), labels.clone())?
-                } else {
-                    engine.student(weights, xp, prim_f(tf.clone()), labels.clone(), false)?
-                });
-                let (mean, variance) = if learned_sigma {
-                    let c = objective.data_channels;
-                    (raw.clone().narrow(1, 0, c), Some(raw.narrow(1, c, c)))
-                } else {
-                    (raw, None)
-                };
-                let ab_s = BatchScalar::Shared(alpha_bar_at(alpha_bars, ts[0]));
-                let mut eps = prim_f(to_epsilon(mean, x.clone(), &ab_s, objective.prediction));
-                let t_stored = Stored::Float(prim_f(tf));
-                for mut inst in engine.hooked(|p| !source && p.implements(Hook::Score)) {
+    (cfg, learned_sigma)
+}
+
+/// One sampler run from `x_big_t`: the student with `weights` and every
+/// `score` hook, or (`weights = None`) the source model alone.
+#[allow(clippy::too_many_arguments)]
+fn trajectory<B: AutodiffBackend, const D: usize>(
+    engine: &Engine<B>,
+    weights: Option<&HashMap<String, P<B>>>,
+    cfg: &SamplerConfig,
+    learned_sigma: bool,
+    x_big_t: Tensor<B, D>,
+    labels: Option<IntTensor<B>>,
+    rng: &mut rand::rngs::StdRng,
+    device: &B::Device,
+) -> Result<Tensor<B, D>> {
+    let alpha_bars = &engine.alpha_bars;
+    let mut step_index = 0u64;
+    let num_steps = cfg.steps as u64;
+    sample::<B, D, anyhow::Error>(
+        |x, ts| {
+            let tf =
+                Tensor::<B, 1, Int>::from_data(TensorData::new(ts.to_vec(), [ts.len()]), device)
+                    .float();
+            let xp = crate::tensor_abi::untracked::<B>(prim_f(x.clone()));
+            let raw = ranked::<B, D>(match weights {
+                None => engine.source_forward(xp, prim_f(tf.clone()), labels.clone())?,
+                Some(w) => engine.student(w, xp, prim_f(tf.clone()), labels.clone(), false)?,
+            });
+            let (mean, variance) = if learned_sigma {
+                let c = engine.data_channels;
+                (raw.clone().narrow(1, 0, c), Some(raw.narrow(1, c, c)))
+            } else {
+                (raw, None)
+            };
+            let ab_s = BatchScalar::Shared(alpha_bar_at(alpha_bars, ts[0]));
+            let mut eps = prim_f(to_epsilon(mean, x.clone(), &ab_s, engine.prediction));
+            let t_stored = Stored::Float(prim_f(tf));
+            // the source alone runs no hook (and may be sampled from inside
+            // a plugin's own hook, whose cell is borrowed)
+            if weights.is_some() {
+                for mut inst in engine.hooked(|p| p.implements(Hook::Score)) {
                     eps = inst.score(
                         &prim_f(x.clone()),
                         &t_stored,
@@ -145,18 +132,53 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
                         num_steps,
                     )?;
                 }
-                step_index += 1;
-                let eps = ranked::<B, D>(crate::tensor_abi::untracked::<B>(eps));
-                Ok(match (variance, cfg.sampler) {
-                    (Some(v), Sampler::Ddpm { .. }) => Tensor::cat(vec![eps, v.detach()], 1),
-                    _ => eps,
-                })
-            },
-            x_big_t,
-            alpha_bars,
-            &cfg,
-            |shape| normal(rng, shape, device),
-        )
+            }
+            step_index += 1;
+            let eps = ranked::<B, D>(crate::tensor_abi::untracked::<B>(eps));
+            Ok(match (variance, cfg.sampler) {
+                (Some(v), Sampler::Ddpm { .. }) => Tensor::cat(vec![eps, v.detach()], 1),
+                _ => eps,
+            })
+        },
+        x_big_t,
+        alpha_bars,
+        cfg,
+        |shape| normal(rng, shape, device),
+    )
+}
+
+/// Samples `sm.count` examples from the student with weights `weights`.
+/// With `with_source`, also denoises every batch's initial noise with the
+/// source model alone (no plugin hooks): [`Drawn::source`] pairs each
+/// accepted sample with the source's sample from the same noise (the same
+/// trajectory for deterministic DDIM; for stochastic samplers the source's
+/// step noise has its own stream, so the student's samples do not change).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn draw<B: AutodiffBackend, const D: usize>(
+    engine: &std::rc::Rc<Engine<B>>,
+    weights: &HashMap<String, P<B>>,
+    sm: &Sample,
+    seed: u64,
+    device: &B::Device,
+    quiet: bool,
+    with_source: bool,
+) -> Result<Drawn> {
+    let example = engine.net.data_shape();
+    let per_example: usize = example.iter().product();
+    let (cfg, learned_sigma) = sampler_config::<B, D>(engine, sm);
+    let mut out = Drawn {
+        accepted: Vec::new(),
+        source: Vec::new(),
+        per_example,
+        attempts: 0,
+        rejected: HashMap::new(),
+    };
+    let run = |x_big_t: Tensor<B, D>,
+               labels: Option<IntTensor<B>>,
+               source: bool,
+               rng: &mut rand::rngs::StdRng| {
+        let w = (!source).then_some(weights);
+        trajectory::<B, D>(engine, w, &cfg, learned_sigma, x_big_t, labels, rng, device)
     };
     let mut rng = step_rng(seed, u64::MAX - 1);
     let mut source_rng = step_rng(seed, u64::MAX - 2);
@@ -209,4 +231,61 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
         b.finish_and_clear();
     }
     Ok(out)
+}
+
+/// The `sample_source` service: the source model alone, with the run's
+/// sampler settings (`[sample]`, else 50 DDIM steps). Each call draws from
+/// its own stream of the run's seed, so a run's source samples repeat.
+pub(super) struct SourceSampler<B: AutodiffBackend, const D: usize> {
+    pub(super) engine: std::rc::Rc<Engine<B>>,
+    pub(super) settings: Sample,
+    pub(super) seed: u64,
+    pub(super) calls: std::cell::Cell<u64>,
+    pub(super) device: B::Device,
+}
+
+impl<B: AutodiffBackend, const D: usize> SampleService<B> for SourceSampler<B, D> {
+    fn sample_source(&self, count: usize, labels: Option<IntTensor<B>>) -> Result<P<B>, AbiError> {
+        let example = self.engine.net.data_shape();
+        let labels = labels.map(Tensor::<B, 1, Int>::from_primitive);
+        if let Some(l) = &labels {
+            let n = l.dims()[0];
+            if n != count {
+                return Err(AbiError::other(format!(
+                    "sample_source: {n} labels for {count} samples"
+                )));
+            }
+        }
+        let (cfg, learned_sigma) = sampler_config::<B, D>(&self.engine, &self.settings);
+        let call = self.calls.get();
+        self.calls.set(call + 1);
+        let mut rng = step_rng(self.seed, u64::MAX - 16 - call);
+        let mut parts = Vec::new();
+        let mut done = 0;
+        while done < count {
+            let n = self.settings.batch.max(1).min(count - done);
+            let x_big_t: Tensor<B, D> =
+                normal(&mut rng, batch_shape::<D>(n, &example), &self.device);
+            let l = labels
+                .as_ref()
+                .map(|l| l.clone().narrow(0, done, n).into_primitive());
+            let x = trajectory::<B, D>(
+                &self.engine,
+                None,
+                &cfg,
+                learned_sigma,
+                x_big_t,
+                l,
+                &mut rng,
+                &self.device,
+            )
+            .map_err(|e| AbiError::other(format!("sample_source: {e:#}")))?;
+            parts.push(x.detach());
+            done += n;
+        }
+        if parts.is_empty() {
+            return Err(AbiError::other("sample_source: count must be at least 1"));
+        }
+        Ok(prim_f(Tensor::cat(parts, 0)))
+    }
 }

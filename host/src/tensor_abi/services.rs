@@ -38,6 +38,17 @@ pub trait DenoiseService<B: AutodiffBackend> {
     ) -> Result<Vec<FloatTensor<B>>, AbiError>;
 }
 
+/// Samples of the frozen source model (`sample_source`).
+pub trait SampleService<B: AutodiffBackend> {
+    /// `count` samples of the source alone, with `labels` `[count]` for a
+    /// class-conditional model.
+    fn sample_source(
+        &self,
+        count: usize,
+        labels: Option<IntTensor<B>>,
+    ) -> Result<FloatTensor<B>, AbiError>;
+}
+
 /// Datasets the host exposes to plugins (`dataset_batch`).
 pub trait DataService<B: AutodiffBackend> {
     /// The next `batch` samples of `split`, with labels when the set has them.
@@ -55,6 +66,8 @@ pub struct RunServices<B: AutodiffBackend> {
     pub denoiser: Option<Rc<dyn DenoiseService<B>>>,
     /// The run's datasets.
     pub data: Option<Rc<RefCell<dyn DataService<B>>>>,
+    /// The source model's sampler.
+    pub source_sampler: Option<Rc<dyn SampleService<B>>>,
     /// ᾱ_t for t = 0..T−1 of the run's noise schedule.
     pub alpha_bar: Option<Vec<f32>>,
     /// Scalars logged since the last [`RunServices::take_logs`].
@@ -74,6 +87,7 @@ impl<B: AutodiffBackend> Default for RunServices<B> {
         RunServices {
             denoiser: None,
             data: None,
+            source_sampler: None,
             alpha_bar: None,
             logs: Vec::new(),
             prepare_optimizer: AdamConfig::default(),
@@ -290,6 +304,36 @@ extern "C" fn optimizer_step<B: AutodiffBackend>(
     })
 }
 
+extern "C" fn num_timesteps<B: AutodiffBackend>() -> AbiResult<usize> {
+    guarded("num_timesteps", || {
+        Session::<B>::with(|s| {
+            s.services.alpha_bar.as_ref().map(Vec::len).ok_or_else(|| {
+                unsupported(
+                    "num_timesteps: this run has no noise schedule (add a [train] or [sample] section)",
+                )
+            })
+        })?
+    })
+}
+
+extern "C" fn sample_source<B: AutodiffBackend>(
+    count: usize,
+    labels: ROption<TensorId>,
+) -> AbiResult<TensorId> {
+    guarded("sample_source", || {
+        // Release the session before sampling: the sampler runs tensor ops.
+        let (svc, labels) = Session::<B>::with(|s| -> Result<_, AbiError> {
+            let svc = s.services.source_sampler.clone().ok_or_else(|| {
+                unsupported("sample_source: this run has no source model to sample")
+            })?;
+            let labels = labels.into_option().map(|l| s.int(l)).transpose()?;
+            Ok((svc, labels))
+        })??;
+        let x = svc.sample_source(count, labels)?;
+        Session::<B>::with(|s| s.insert(Stored::Float(x)))
+    })
+}
+
 /// The host-services vtable over backend `B`.
 pub fn host_services<B: AutodiffBackend>() -> HostServicesRef {
     HostServices {
@@ -302,6 +346,8 @@ pub fn host_services<B: AutodiffBackend>() -> HostServicesRef {
         alpha_bar: alpha_bar::<B>,
         dataset_batch: dataset_batch::<B>,
         optimizer_step: optimizer_step::<B>,
+        num_timesteps: num_timesteps::<B>,
+        sample_source: sample_source::<B>,
     }
     .leak_into_prefix()
 }

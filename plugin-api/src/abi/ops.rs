@@ -441,8 +441,16 @@ pub struct HostServices {
     /// One optimizer step on `params` for the scalar `loss` (for `prepare`), with
     /// learning rate `lr`; the host keeps an Adam state per parameter.
     ///
-    /// This is the last field of the first version of the ABI.
+    /// This is the last field of the first version of the ABI (0.1).
     #[sabi(last_prefix_field)]
     pub optimizer_step:
         extern "C" fn(params: RSlice<'_, ParamId>, loss: TensorId, lr: f32) -> AbiResult<()>,
+    /// T, the number of timesteps of the run's noise schedule (`t` in `0..T`).
+    /// Added in 0.2; read as `None` from an older host.
+    pub num_timesteps: extern "C" fn() -> AbiResult<usize>,
+    /// `count` samples of the frozen source model alone (no plugin hooks), with
+    /// the run's sampler (its `[sample]` settings, else 50 DDIM steps): `[count, …]`.
+    /// `labels` `[count]` for a class-conditional source. Added in 0.2.
+    pub sample_source:
+        extern "C" fn(count: usize, labels: ROption<TensorId>) -> AbiResult<TensorId>,
 }

@@ -235,6 +235,31 @@ impl Conv2d {
         let b = self.bias.as_ref().map(Param::value);
         x.conv2d(&self.weight.value(), b.as_ref(), self.options)
     }
+
+    /// The vector-Jacobian product `gᵀ ∂y/∂x` for cotangent `g` (shaped as
+    /// the output) and an input of spatial size `input_hw`: a transposed
+    /// convolution by the same weight, with the output padding that restores
+    /// `input_hw` when the stride drops rows (the bias drops out). Ordinary
+    /// ops, so a loss of it trains the weight: the convolutional
+    /// counterpart of [`Mlp::forward_with_input_grad`].
+    ///
+    /// # Shapes
+    /// - g: `[B, C_out, H', W']`
+    /// - output: `[B, C_in, H, W]` with `[H, W] = input_hw`
+    pub fn input_grad(&self, g: &Tensor, input_hw: [usize; 2]) -> Tensor {
+        let o = self.options;
+        let k = [self.weight.shape()[2], self.weight.shape()[3]];
+        let out_hw = [g.dim(2), g.dim(3)];
+        let mut padding_out = [0usize; 2];
+        for i in 0..2 {
+            // what a transposed convolution gives without output padding
+            let natural = ((out_hw[i] - 1) * o.stride[i] + o.dilation[i] * (k[i] - 1) + 1)
+                .saturating_sub(2 * o.padding[i]);
+            padding_out[i] = input_hw[i].saturating_sub(natural);
+        }
+        let opts = Conv2dOptions { padding_out, ..o };
+        g.conv_transpose2d(&self.weight.value(), None, opts)
+    }
 }
 
 /// Group normalisation with a learned affine (γ = 1, β = 0 at init).

@@ -123,3 +123,67 @@ fn mlp_input_gradient_is_in_the_forward_graph() {
         }
     }
 }
+
+/// `Conv2d::input_grad` equals the ABI's autodiff gradient of `⟨g, conv(x)⟩`
+/// (1e-5) for strides 1 and 2 (an odd input side, where the stride drops a
+/// row and the output padding must restore it), with padding and groups; and
+/// a loss of it differentiates with respect to the weight (checked against
+/// the autodiff gradient of the closed form ⟨g, conv(x)⟩ being linear in W:
+/// ∂/∂W ‖input_grad(g)‖² by central difference, 2e-2 relative).
+#[test]
+fn conv_input_gradient_is_a_transposed_convolution() {
+    use dtx_plugin_api::abi::Conv2dOptions;
+    use dtx_plugin_api::nn::Conv2dConfig;
+    for (stride, groups, side) in [(1, 1, 6), (2, 1, 7), (2, 2, 8), (2, 1, 6)] {
+        let _s = session(5);
+        let host = Host::get();
+        let mut cfg = Conv2dConfig::new(4, 6, 3);
+        cfg.options = Conv2dOptions {
+            stride: [stride, stride],
+            padding: [1, 1],
+            groups,
+            ..Default::default()
+        };
+        let conv = cfg.init(&host, "c").unwrap();
+        let x = Tensor::randn(&[2, 4, side, side]).require_grad();
+        let y = conv.forward(&x);
+        let g = Tensor::randn(&y.shape());
+        let auto = (&y * &g).sum().grad(&[&x]).remove(0);
+        let vjp = conv.input_grad(&g, [side, side]);
+        assert_eq!(vjp.shape(), x.shape(), "stride {stride} side {side}");
+        close(&vjp.to_f32_vec(), &auto.to_f32_vec(), 1e-5);
+        // a loss of the input gradient trains the weight
+        let w = conv.weight.clone();
+        let loss_of = || conv.input_grad(&g, [side, side]).square().sum();
+        let dw = loss_of().grad(&[&w.value()]).remove(0).to_f32_vec();
+        let w0 = w.value().to_f32_vec();
+        let shape = w.shape().to_vec();
+        let set = |v: &[f32]| {
+            Session::<B>::with(|s| {
+                let t = BTensor::<B, 4>::from_data(
+                    burn::tensor::TensorData::new(v.to_vec(), [shape[0], shape[1], 3, 3]),
+                    &Default::default(),
+                )
+                .require_grad();
+                s.params.get_mut(w.id()).unwrap().value = t.into_primitive().tensor();
+            })
+            .unwrap();
+        };
+        for k in [0, 17] {
+            let at = |h: f32| {
+                let mut v = w0.clone();
+                v[k] += h;
+                set(&v);
+                let l = loss_of().item() as f64;
+                set(&w0);
+                l
+            };
+            let fd = (at(1e-2) - at(-1e-2)) / 2e-2;
+            assert!(
+                (fd - dw[k] as f64).abs() <= 2e-2 * (dw[k] as f64).abs().max(1e-1),
+                "stride {stride}: ∂loss/∂W[{k}]: fd {fd} vs {}",
+                dw[k]
+            );
+        }
+    }
+}

@@ -395,3 +395,31 @@ fn a_bad_source_data_set_is_named_in_the_error() {
     assert!(o.stderr.contains("gmm"), "{}", o.stderr);
     assert!(!out.join("tgdp-mlp").exists(), "nothing written");
 }
+
+/// The conditional variant end to end: a class-conditional MLP (8 classes,
+/// the mixture's components), labels on both domains, `label_map` sending
+/// every target class to source class 0…7 reversed, and `sample.label`
+/// (prepare fails if either domain's batches lack labels). A missing
+/// `num_classes` is a config error naming the key.
+#[test]
+fn the_conditional_variant_runs_with_labels_and_a_label_map() {
+    let sets = [
+        "source.config.num_classes=8",
+        "target.labels=true",
+        "source.data.labels=true",
+        "plugin.0.config.conditional=true",
+        "plugin.0.config.num_classes=8",
+        "plugin.0.config.label_map=[7, 6, 5, 4, 3, 2, 1, 0]",
+        "sample.label=2",
+    ];
+    let out = runs::out_dir("tgdp", "conditional");
+    let o = runs::dtx_run("tgdp-mlp.toml", &out, &sets, &[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let samples = out.join("tgdp-mlp/samples.json");
+    assert!(samples.is_file(), "no samples");
+
+    let out = runs::out_dir("tgdp", "conditional-bad");
+    let o = runs::dtx_run("tgdp-mlp.toml", &out, &sets[..4], &[]);
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("num_classes"), "{}", o.stderr);
+}

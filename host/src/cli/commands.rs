@@ -154,6 +154,13 @@ pub enum BenchCommand {
     /// `manifests/`) on the same target set and seeds and prints one table
     /// of their `[eval]` metrics and wall times.
     Transfer(super::bench_transfer::TransferArgs),
+    /// The TGDP talk's Gaussian-mixture simulation: pretrains a source MLP
+    /// on `builtin:gmm`, transfers it to n points of the reweighted target
+    /// mixture with each method (source only, target only, fine-tune, SDFT,
+    /// TGDP), scores the samples under the exact target density (mean
+    /// density, mean log-density, component coverage) and draws them; one
+    /// table, results.json and scatter PNGs in `--out`.
+    Gmm(super::bench_gmm::GmmArgs),
 }
 
 /// `dtx plugins <command>`.
@@ -308,6 +315,9 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Transfer(args),
         } => super::bench_transfer::run(&args, out)?,
+        Command::Bench {
+            command: BenchCommand::Gmm(args),
+        } => super::bench_gmm::run(&args, out)?,
         Command::Plugins {
             command: PluginsCommand::List { dir },
         } => plugins_list(&dir, out)?,

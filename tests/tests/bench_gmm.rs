@@ -37,6 +37,11 @@ fn quick_bench_prints_the_table_and_writes_results_and_plots() {
         r.stdout
     );
     assert!(
+        r.stdout.contains("One seed (0), so no spread."),
+        "{}",
+        r.stdout
+    );
+    assert!(
         !r.stdout.contains("finetune"),
         "only the methods asked for:\n{}",
         r.stdout

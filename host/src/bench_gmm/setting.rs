@@ -353,12 +353,10 @@ impl Setting {
             ss = self.sample_steps,
             ns = self.samples,
         );
-        let _ = writeln!(o, "\nMethods:\n");
-        let _ = writeln!(
-            o,
-            "- `exact`: {} exact samples of the target mixture (the reference a perfect model would score);",
+        let mut items = vec![format!(
+            "- `exact`: {} exact samples of the target mixture (the reference a perfect model would score)",
             self.samples
-        );
+        )];
         for &m in methods {
             let steps = match m {
                 Method::Target => format!(
@@ -378,15 +376,15 @@ impl Setting {
                 ),
                 Method::Source => String::new(),
             };
-            let _ = writeln!(
-                o,
-                "- `{}`: {}{}{};",
+            items.push(format!(
+                "- `{}`: {}{}{}",
                 m.name(),
                 m.describe(),
                 if steps.is_empty() { "" } else { ":" },
                 steps
-            );
+            ));
         }
+        let _ = writeln!(o, "\nMethods:\n\n{}.", items.join(";\n"));
         o
     }
 }
@@ -467,6 +465,25 @@ mod tests {
             }
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_setting_is_written_out_with_the_methods_asked_for() {
+        let d = Setting::full(2000).describe(&[Method::Target, Method::Tgdp]);
+        for part in [
+            "hidden 128, 3 blocks",
+            "T = 1000",
+            "4000 AdamW steps",
+            "100-step DDIM",
+            "- `exact`: 2000 exact samples",
+            "- `target`: a fresh MLP",
+            "4000 steps, batch min(n, 256), lr 1e-3, EMA 0.995;",
+            "trained 2000, 2000 and 3000 steps",
+        ] {
+            assert!(d.contains(part), "no `{part}` in:\n{d}");
+        }
+        assert!(!d.contains("`finetune`"), "{d}");
+        assert!(d.trim_end().ends_with("defaults."), "{d}");
     }
 
     #[test]

@@ -126,9 +126,14 @@ pub fn markdown(rows: &[Row], methods: &[Method], ns: &[usize], seeds: &[u64]) -
         .map(u64::to_string)
         .collect::<Vec<_>>()
         .join(", ");
+    let over = if seeds.len() == 1 {
+        format!("One seed ({seeds_text}), so no spread")
+    } else {
+        format!("Mean ± sd over seeds {seeds_text}")
+    };
     let _ = writeln!(
         o,
-        "\nMean ± sd over seeds {seeds_text}. Mean density and log-density are of the generated points under the exact target density (higher is better; the talk's \"average likelihood\" is the mean density). \
+        "\n{over}. Mean density and log-density are of the generated points under the exact target density (higher is better; the talk's \"average likelihood\" is the mean density). \
          Coverage TV is ½ Σ_k |f_k − w_k|, f_k the fraction of points nearest component k (distance in σ), w_k its target weight (0 is perfect; results.json has the f_k). \
          `exact` and `source` do not depend on n. The paper column is the talk's simulation table (Vanilla Diffusion, read as the target-only model; Finetune; TGDP): \
          its mixture differs from ours (it is not given), so only the ordering of the methods is comparable, not the values. \

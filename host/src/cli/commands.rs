@@ -107,7 +107,9 @@ pub enum Command {
     Eval(super::eval_cmd::EvalArgs),
     /// Benchmarks: `dtx bench engine` times a U-Net training step (forward,
     /// backward, AdamW) and a DDIM step and reports peak memory, to compare
-    /// with `benches/python/unet_bench.py` (docs/performance.md).
+    /// with `benches/python/unet_bench.py` (docs/performance.md); `dtx bench
+    /// transfer` and `dtx bench gmm` compare transfer methods
+    /// (docs/results.md).
     Bench {
         /// What to time.
         #[command(subcommand)]

@@ -107,7 +107,9 @@ pub enum Command {
     Eval(super::eval_cmd::EvalArgs),
     /// Benchmarks: `dtx bench engine` times a U-Net training step (forward,
     /// backward, AdamW) and a DDIM step and reports peak memory, to compare
-    /// with `benches/python/unet_bench.py` (docs/performance.md).
+    /// with `benches/python/unet_bench.py` (docs/performance.md); `dtx bench
+    /// transfer` and `dtx bench gmm` compare transfer methods
+    /// (docs/results.md).
     Bench {
         /// What to time.
         #[command(subcommand)]
@@ -154,6 +156,13 @@ pub enum BenchCommand {
     /// `manifests/`) on the same target set and seeds and prints one table
     /// of their `[eval]` metrics and wall times.
     Transfer(super::bench_transfer::TransferArgs),
+    /// The TGDP talk's Gaussian-mixture simulation: pretrains a source MLP
+    /// on `builtin:gmm`, transfers it to n points of the reweighted target
+    /// mixture with each method (source only, target only, fine-tune, SDFT,
+    /// TGDP), scores the samples under the exact target density (mean
+    /// density, mean log-density, component coverage) and draws them; one
+    /// table, results.json and scatter PNGs in `--out`.
+    Gmm(super::bench_gmm::GmmArgs),
 }
 
 /// `dtx plugins <command>`.
@@ -308,6 +317,9 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Transfer(args),
         } => super::bench_transfer::run(&args, out)?,
+        Command::Bench {
+            command: BenchCommand::Gmm(args),
+        } => super::bench_gmm::run(&args, out)?,
         Command::Plugins {
             command: PluginsCommand::List { dir },
         } => plugins_list(&dir, out)?,

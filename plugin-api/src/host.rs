@@ -24,14 +24,29 @@ pub struct Param {
     id: ParamId,
     name: String,
     shape: Vec<usize>,
+    detached: bool,
 }
 
 impl Param {
-    /// The current value; operations on it are tracked for the host's optimizer.
+    /// The current value; operations on it are tracked for the host's
+    /// optimizer (unless this handle is [`Param::detached`]).
     pub fn value(&self) -> Tensor {
         let id = check((vtables().services.param_value())(self.id));
         // SAFETY: the host hands out a fresh owned handle.
-        unsafe { Tensor::from_raw(id) }
+        let v = unsafe { Tensor::from_raw(id) };
+        if self.detached { v.detach() } else { v }
+    }
+
+    /// A handle to the same parameter whose [`Param::value`] is detached:
+    /// computations with it record no autodiff graph. Use it to *evaluate*
+    /// a trained network (a frozen classifier's targets, a guidance term at
+    /// sampling): tracked values that never reach a backward leave graph
+    /// nodes behind, and the autodiff graph grows with every call.
+    pub fn detached(&self) -> Param {
+        Param {
+            detached: true,
+            ..self.clone()
+        }
     }
     /// The name the plugin gave it.
     pub fn name(&self) -> &str {
@@ -73,6 +88,7 @@ impl Host {
             id,
             name: name.to_owned(),
             shape: shape.to_vec(),
+            detached: false,
         };
         REGISTERED.with(|r| r.borrow_mut().push(p.clone()));
         Ok(p)

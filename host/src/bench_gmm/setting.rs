@@ -188,7 +188,7 @@ impl Setting {
             finetune_lr: 2e-4,
             ema_finetune: 0.99,
             tgdp_source_points: 10_000,
-            tgdp_steps: [2000, 2000, 3000],
+            tgdp_steps: [1000, 1000, 2000],
             sample_steps: 100,
             samples,
             sample_batch: samples.min(1000),
@@ -478,7 +478,7 @@ mod tests {
             "- `exact`: 2000 exact samples",
             "- `target`: a fresh MLP",
             "4000 steps, batch min(n, 256), lr 1e-3, EMA 0.995;",
-            "trained 2000, 2000 and 3000 steps",
+            "trained 1000, 1000 and 2000 steps",
         ] {
             assert!(d.contains(part), "no `{part}` in:\n{d}");
         }
@@ -497,6 +497,6 @@ mod tests {
         assert_eq!(v["target"]["limit"].as_integer(), Some(100));
         let p = &v["plugin"][0];
         assert_eq!(p["library"].as_str(), Some("dtx_plugin_tgdp"));
-        assert_eq!(p["config"]["guidance_steps"].as_integer(), Some(3000));
+        assert_eq!(p["config"]["guidance_steps"].as_integer(), Some(2000));
     }
 }

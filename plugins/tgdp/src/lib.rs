@@ -36,184 +36,13 @@
 //!   to the source's conditional score. `label_map` maps target labels to
 //!   the source's.
 
+mod config;
 mod nets;
 
+pub use config::{Config, Network, SourceFrom};
 pub use nets::{Inputs, ScalarNet};
 
 use dtx_plugin_api::prelude::*;
-use serde::{Deserialize, Serialize};
-
-/// Which network family the three networks use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Network {
-    /// MLP for vector models, conv net for image models.
-    Auto,
-    /// An MLP on the flattened sample (vectors only).
-    Mlp,
-    /// The small conv net (images only).
-    Conv,
-}
-
-/// Where the source-domain samples come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceFrom {
-    /// `[source.data]` when the manifest has it, else the source model.
-    Auto,
-    /// `[source.data]` (an error without it).
-    Data,
-    /// `source_samples` drawn from the source model.
-    Model,
-}
-
-/// `[plugin.config]` of `tgdp`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// Guidance scale w of the score hook. Default 1.
-    pub w: f32,
-    /// `auto` (default), `mlp` or `conv`.
-    pub network: Network,
-    /// MLP width. Default 256.
-    pub hidden: usize,
-    /// MLP hidden layers. Default 3.
-    pub depth: usize,
-    /// Conv net base channels. Default 32.
-    pub channels: usize,
-    /// Width of the sinusoidal time features. Default 32.
-    pub time_dim: usize,
-    /// Adam steps of the domain classifier c (step 1). Default 2000.
-    pub classifier_steps: u64,
-    /// Adam steps of the time-dependent classifier c' (step 2). Default 2000.
-    pub time_classifier_steps: u64,
-    /// Adam steps of the guidance network h (step 3). Default 4000.
-    pub guidance_steps: u64,
-    /// Adam learning rate of all three. Default 3e-4.
-    pub lr: f32,
-    /// Batch of source and of target samples per step. Default 256.
-    pub batch: usize,
-    /// η1, weight of L_cycle. Default 0.1 (the issue's 1.0 biased the
-    /// guidance upward in our Gaussian experiments: docs/plugins/tgdp.md).
-    pub eta1: f32,
-    /// η2, weight of L_consistence. Default 1.0 (the issue's 0.1 left the
-    /// guidance too strong at large t: docs/plugins/tgdp.md).
-    pub eta2: f32,
-    /// `auto` (default), `data` or `model`.
-    pub source: SourceFrom,
-    /// Source samples drawn from the model when it is the source. Default 2048.
-    pub source_samples: usize,
-    /// Class-conditional variant. Default false.
-    pub conditional: bool,
-    /// Classes of the source model (required when conditional).
-    pub num_classes: usize,
-    /// Target label i is source label `label_map[i]`. Default: identity.
-    pub label_map: Vec<usize>,
-    /// Ratio targets are clipped to [0, max_ratio]. Default 100.
-    pub max_ratio: f32,
-    /// Log the losses every this many steps. Default 10.
-    pub log_every: u64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            w: 1.0,
-            network: Network::Auto,
-            hidden: 256,
-            depth: 3,
-            channels: 32,
-            time_dim: 32,
-            classifier_steps: 2000,
-            time_classifier_steps: 2000,
-            guidance_steps: 4000,
-            lr: 3e-4,
-            batch: 256,
-            eta1: 0.1,
-            eta2: 1.0,
-            source: SourceFrom::Auto,
-            source_samples: 2048,
-            conditional: false,
-            num_classes: 0,
-            label_map: Vec::new(),
-            max_ratio: 100.0,
-            log_every: 10,
-        }
-    }
-}
-
-impl Config {
-    /// Checks every value; the error names the first bad key.
-    pub fn validate(&self) -> Result<(), AbiError> {
-        for (key, v, min) in [
-            ("w", self.w, f32::NEG_INFINITY),
-            ("eta1", self.eta1, 0.0),
-            ("eta2", self.eta2, 0.0),
-        ] {
-            if !(v.is_finite() && v >= min) {
-                return Err(AbiError::config(
-                    key,
-                    format!(
-                        "must be a finite number{}, got {v}",
-                        if min == 0.0 { " >= 0" } else { "" }
-                    ),
-                ));
-            }
-        }
-        for (key, v) in [("lr", self.lr), ("max_ratio", self.max_ratio)] {
-            if !(v.is_finite() && v > 0.0) {
-                return Err(AbiError::config(
-                    key,
-                    format!("must be a finite number > 0, got {v}"),
-                ));
-            }
-        }
-        for (key, v) in [
-            ("hidden", self.hidden),
-            ("depth", self.depth),
-            ("channels", self.channels),
-            ("batch", self.batch),
-            ("source_samples", self.source_samples),
-            ("log_every", self.log_every as usize),
-        ] {
-            if v == 0 {
-                return Err(AbiError::config(key, "must be at least 1"));
-            }
-        }
-        if self.time_dim == 0 || !self.time_dim.is_multiple_of(2) {
-            return Err(AbiError::config(
-                "time_dim",
-                format!("must be even and at least 2, got {}", self.time_dim),
-            ));
-        }
-        if self.conditional && self.num_classes == 0 {
-            return Err(AbiError::config(
-                "num_classes",
-                "`conditional = true` needs the source model's number of classes",
-            ));
-        }
-        if let Some(&bad) = self
-            .label_map
-            .iter()
-            .find(|&&l| l >= self.num_classes.max(1))
-        {
-            return Err(AbiError::config(
-                "label_map",
-                format!(
-                    "maps to class {bad}, but num_classes is {}",
-                    self.num_classes
-                ),
-            ));
-        }
-        if !self.label_map.is_empty() && !self.conditional {
-            return Err(AbiError::config(
-                "label_map",
-                "only used with `conditional = true`",
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// A batch of samples with their (source-space) labels.
 struct Batch {
@@ -398,13 +227,14 @@ impl Tgdp {
         } else {
             (src.x.clone(), None, tgt.x.clone(), None)
         };
-        let right = net
+        let frozen = net.detached();
+        let right = frozen
             .forward(&xs, ts.as_ref(), src.labels.as_deref())
             .to_f32_vec()
             .iter()
             .filter(|&&z| z > 0.0)
             .count()
-            + net
+            + frozen
                 .forward(&xt, tt.as_ref(), tgt.labels.as_deref())
                 .to_f32_vec()
                 .iter()
@@ -430,12 +260,14 @@ impl Tgdp {
         let params = self.guidance.params();
         let refs: Vec<&Param> = params.iter().collect();
         let h = |raw: &Tensor| raw.clamp(-30.0, 30.0).exp();
+        // the trained classifiers give targets: evaluated without a graph
+        let (classifier, time_classifier) =
+            (self.classifier.detached(), self.time_classifier.detached());
         for step in 0..self.config.guidance_steps {
             // source pairs (x0, x_t) ~ p: L_guidance
             let src = self.source_batch(host)?;
             let (xs_t, ts, _, _) = self.noised(host, &src.x)?;
-            let target_s =
-                self.ratio(&self.classifier.forward(&src.x, None, src.labels.as_deref()));
+            let target_s = self.ratio(&classifier.forward(&src.x, None, src.labels.as_deref()));
             let raw_s = self
                 .guidance
                 .forward(&xs_t, Some(&ts), src.labels.as_deref());
@@ -449,7 +281,7 @@ impl Tgdp {
                 let y = tgt.labels.as_deref();
                 let (raw_t, grad) = self.guidance.forward_with_input_grad(&xt_t, Some(&tt), y);
                 if self.config.eta1 > 0.0 {
-                    let target_t = self.ratio(&self.time_classifier.forward(&xt_t, Some(&tt), y));
+                    let target_t = self.ratio(&time_classifier.forward(&xt_t, Some(&tt), y));
                     let l_cycle = mse(&h(&raw_t), &target_t);
                     loss = loss + &l_cycle * self.config.eta1;
                     logged.push(("l_cycle", l_cycle));
@@ -643,9 +475,12 @@ impl Plugin for Tgdp {
             _ => None,
         };
         let t = ctx.t.cast(dtx_plugin_api::DType::F32);
-        let (_, grad) = self
-            .guidance
-            .forward_with_input_grad(&x, Some(&t), labels.as_deref());
+        // evaluated without a graph (tracked weights would leave one behind
+        // at every sampling step)
+        let (_, grad) =
+            self.guidance
+                .detached()
+                .forward_with_input_grad(&x, Some(&t), labels.as_deref());
         let s1a = ctx.host.alpha_bar(&t)?.rsub(1.0).sqrt();
         debug_assert_eq!(s1a.dim(0), b);
         let scale = per_example(&(s1a * self.config.w), x.rank());
@@ -654,96 +489,3 @@ impl Plugin for Tgdp {
 }
 
 dtx_plugin_api::export_plugin!(Tgdp);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_bad_value_names_its_key() {
-        let cases: Vec<(&str, Config)> = vec![
-            (
-                "eta1",
-                Config {
-                    eta1: -1.0,
-                    ..Config::default()
-                },
-            ),
-            (
-                "eta2",
-                Config {
-                    eta2: f32::NAN,
-                    ..Config::default()
-                },
-            ),
-            (
-                "lr",
-                Config {
-                    lr: 0.0,
-                    ..Config::default()
-                },
-            ),
-            (
-                "max_ratio",
-                Config {
-                    max_ratio: -2.0,
-                    ..Config::default()
-                },
-            ),
-            (
-                "batch",
-                Config {
-                    batch: 0,
-                    ..Config::default()
-                },
-            ),
-            (
-                "time_dim",
-                Config {
-                    time_dim: 7,
-                    ..Config::default()
-                },
-            ),
-            (
-                "num_classes",
-                Config {
-                    conditional: true,
-                    ..Config::default()
-                },
-            ),
-            (
-                "label_map",
-                Config {
-                    conditional: true,
-                    num_classes: 3,
-                    label_map: vec![0, 3],
-                    ..Config::default()
-                },
-            ),
-            (
-                "label_map",
-                Config {
-                    label_map: vec![0],
-                    ..Config::default()
-                },
-            ),
-        ];
-        for (key, cfg) in cases {
-            let err = cfg.validate().unwrap_err();
-            assert_eq!(err.key_path.as_str(), key, "{err:?}");
-        }
-        assert!(Config::default().validate().is_ok());
-    }
-
-    #[test]
-    fn config_parses_with_defaults_and_rejects_unknown_values() {
-        let c: Config =
-            dtx_plugin_api::config::parse(r#"{"network": "conv", "eta1": 0.5}"#).unwrap();
-        assert_eq!(c.network, Network::Conv);
-        assert_eq!((c.eta1, c.eta2, c.lr, c.w), (0.5, 1.0, 3e-4, 1.0));
-        let err = dtx_plugin_api::config::parse::<Config>(r#"{"source": "both"}"#).unwrap_err();
-        assert_eq!(err.key_path.as_str(), "source", "{err:?}");
-        let err = dtx_plugin_api::config::parse::<Config>(r#"{"eta3": 1}"#).unwrap_err();
-        assert!(err.message.contains("eta3"), "{err:?}");
-    }
-}

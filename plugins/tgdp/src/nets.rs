@@ -152,6 +152,38 @@ impl ScalarNet {
         }
     }
 
+    /// The same network with [detached](Param::detached) parameters: for
+    /// evaluating it without recording an autodiff graph.
+    pub fn detached(&self) -> ScalarNet {
+        let linear = |l: &Linear| Linear {
+            weight: l.weight.detached(),
+            bias: l.bias.as_ref().map(Param::detached),
+        };
+        match self {
+            ScalarNet::Mlp(n) => ScalarNet::Mlp(MlpNet {
+                mlp: Mlp {
+                    layers: n.mlp.layers.iter().map(linear).collect(),
+                    activation: n.mlp.activation,
+                },
+                ..n.clone()
+            }),
+            ScalarNet::Conv(n) => ScalarNet::Conv(ConvNet {
+                convs: n
+                    .convs
+                    .iter()
+                    .map(|c| Conv2d {
+                        weight: c.weight.detached(),
+                        bias: c.bias.as_ref().map(Param::detached),
+                        options: c.options,
+                    })
+                    .collect(),
+                cond: n.cond.iter().map(linear).collect(),
+                head: linear(&n.head),
+                inputs: n.inputs,
+            }),
+        }
+    }
+
     /// Every parameter, for the host's `optimizer_step`.
     pub fn params(&self) -> Vec<Param> {
         let linear = |l: &Linear| {

@@ -19,7 +19,7 @@ fn quick_bench_prints_the_table_and_writes_results_and_plots() {
         "--seeds",
         "0",
         "--methods",
-        "source,target",
+        "source,target,tgdp",
         "--samples",
         "200",
         "--out",
@@ -28,7 +28,12 @@ fn quick_bench_prints_the_table_and_writes_results_and_plots() {
         &t,
     ]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    for line in ["| exact | – | ", "| source | – | ", "| target | 10 | "] {
+    for line in [
+        "| exact | – | ",
+        "| source | – | ",
+        "| target | 10 | ",
+        "| tgdp | 10 | ",
+    ] {
         assert!(r.stdout.contains(line), "no `{line}` in:\n{}", r.stdout);
     }
     assert!(
@@ -57,7 +62,8 @@ fn quick_bench_prints_the_table_and_writes_results_and_plots() {
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     let rows = json["rows"].as_array().unwrap();
     let methods: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
-    assert_eq!(methods, ["exact", "source", "target"]);
+    assert_eq!(methods, ["exact", "source", "target", "tgdp"]);
+    assert!(out.join("scatter-tgdp-n10.png").is_file());
     for row in rows {
         assert_eq!(row["samples"], 200, "{row}");
         let f: Vec<f64> = row["fractions"]

@@ -37,6 +37,26 @@ pub fn series_from_metrics(jsonl: &str) -> Vec<Series> {
         else {
             continue;
         };
+        // a `prepare` value: one curve per key, against its count
+        if rec.contains_key("prepare") {
+            if let (Some(k), Some(n), Some(v)) = (
+                rec.get("key").and_then(|k| k.as_str()),
+                rec.get("n").and_then(|n| n.as_f64()),
+                rec.get("value")
+                    .and_then(|v| v.as_f64())
+                    .filter(|v| v.is_finite()),
+            ) {
+                let name = format!("prepare {k}");
+                match out.iter_mut().find(|s| s.name == name) {
+                    Some(s) => s.points.push((n, v)),
+                    None => out.push(Series {
+                        name,
+                        points: vec![(n, v)],
+                    }),
+                }
+            }
+            continue;
+        }
         let Some(step) = rec.get("step").and_then(|s| s.as_f64()) else {
             continue;
         };
@@ -54,6 +74,9 @@ pub fn series_from_metrics(jsonl: &str) -> Vec<Series> {
             }
         }
     }
+    // a prepare value logged once is a number, not a curve (the report
+    // lists it)
+    out.retain(|s| !s.name.starts_with("prepare ") || s.points.len() > 1);
     out
 }
 
@@ -232,6 +255,19 @@ mod tests {
             assert!(drawn, "panel {p}");
         }
         assert!(loss_curves(&[]).is_none());
+    }
+
+    #[test]
+    fn prepare_values_make_curves_by_count() {
+        let jsonl = r#"{"prepare":"tgdp","key":"tgdp.l_classifier","n":1,"value":0.7}
+{"prepare":"tgdp","key":"tgdp.source_from_model","n":1,"value":0.0}
+{"prepare":"tgdp","key":"tgdp.l_classifier","n":2,"value":0.6}
+{"step":1,"loss":0.5}
+"#;
+        let s = series_from_metrics(jsonl);
+        let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["prepare tgdp.l_classifier", "loss"]);
+        assert_eq!(s[0].points, vec![(1.0, 0.7), (2.0, 0.6)]);
     }
 
     #[test]

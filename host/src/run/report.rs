@@ -101,6 +101,16 @@ pub fn write_report(dir: &RunDir, plan: &Plan, s: &RunSummary) -> Result<()> {
         let _ = writeln!(o, "The numbers are also in `eval.json`.");
     }
     let jsonl = std::fs::read_to_string(dir.path.join("metrics.jsonl")).unwrap_or_default();
+    let prepared = prepare_values(&jsonl);
+    if !prepared.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n## Prepare\n\nThe last value each plugin logged in `prepare` (curves below, when there are several):\n\n| value | last |\n|---|---|"
+        );
+        for (k, v) in prepared {
+            let _ = writeln!(o, "| `{k}` | {v:.6} |");
+        }
+    }
     if let Some((img, captions)) =
         super::plot::loss_curves(&super::plot::series_from_metrics(&jsonl))
     {
@@ -138,4 +148,25 @@ pub fn write_report(dir: &RunDir, plan: &Plan, s: &RunSummary) -> Result<()> {
     }
     dir.write("report.md", o.as_bytes())?;
     Ok(())
+}
+
+/// The last value of each `prepare` key in `metrics.jsonl` text, in
+/// first-seen order.
+fn prepare_values(jsonl: &str) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = Vec::new();
+    for line in jsonl.lines() {
+        let Ok(rec) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if rec.get("prepare").is_none() {
+            continue;
+        }
+        if let (Some(k), Some(v)) = (rec["key"].as_str(), rec["value"].as_f64()) {
+            match out.iter_mut().find(|(n, _)| n == k) {
+                Some(e) => e.1 = v,
+                None => out.push((k.to_owned(), v)),
+            }
+        }
+    }
+    out
 }

@@ -35,7 +35,7 @@ fn a_run_writes_its_folder() {
         assert!(dir.join(f).exists(), "{f} missing in {}", dir.display());
     }
     let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    let first = first_step(&metrics);
     // Every loss term by name, each plugin's included, and what plugins logged.
     for key in [
         "loss",
@@ -53,6 +53,10 @@ fn a_run_writes_its_folder() {
         metrics.lines().filter(|l| l.contains("\"step\"")).count(),
         6
     );
+    // what `probe` logged in prepare has its own line, before the steps
+    let prepare: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    assert_eq!(prepare["prepare"], "probe", "{prepare}");
+    assert_eq!(prepare["key"], "probe.w_mean", "{prepare}");
     // `dtx sample` from the folder's checkpoint, with its plugins.
     let more = out.join("more");
     let (d, m) = (dir.display().to_string(), more.display().to_string());
@@ -301,7 +305,7 @@ fn an_adm_checkpoint_fine_tunes_class_conditionally_and_samples_with_learned_var
     assert_eq!(r.code, 0, "{}", r.stderr);
     // the hybrid objective: L_simple on the mean, L_vlb on the variance
     let metrics = std::fs::read_to_string(out.join("adm-pt/metrics.jsonl")).unwrap();
-    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    let first = first_step(&metrics);
     let vlb = first["loss.vlb"].as_f64().unwrap();
     assert!(vlb.is_finite() && vlb > 0.0, "{first}");
     for i in 0..2 {
@@ -400,7 +404,7 @@ fn a_loss_hook_can_ask_for_the_students_prediction() {
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let metrics = std::fs::read_to_string(out.join("two-plugins/metrics.jsonl")).unwrap();
-    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    let first = first_step(&metrics);
     for key in ["probe.student", "probe.student_gap"] {
         let v = first[key].as_f64().unwrap_or(f64::NAN);
         assert!(v.is_finite(), "{key} in {first}");
@@ -429,4 +433,14 @@ fn prepare_reports_the_optimizer_steps_a_plugin_took() {
         "{}",
         r.stdout
     );
+}
+
+/// The first training step's line of `metrics.jsonl` (prepare lines come
+/// before it).
+fn first_step(metrics: &str) -> serde_json::Value {
+    metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v.get("step").is_some())
+        .expect("a training step in metrics.jsonl")
 }

@@ -101,7 +101,7 @@ pub(super) fn progress_bar(quiet: bool, len: u64, what: &str) -> Option<indicati
 
 /// A spinner on stderr when it is a terminal (and not `quiet`), for loops
 /// whose length the host does not know (a plugin's `prepare`).
-fn progress_spinner(quiet: bool, what: &str) -> Option<indicatif::ProgressBar> {
+pub(super) fn progress_spinner(quiet: bool, what: &str) -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
     (!quiet && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new_spinner();
@@ -359,50 +359,10 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
     }
 
     // 4. prepare (what it trains is in the checkpoint when resuming or sampling)
-    let run_dir = dir.path.display().to_string();
     let fresh = opts.sample_from.is_none() && !opts.resume;
-    for mut inst in engine.hooked(|p| fresh && p.implements(Hook::Prepare)) {
-        let started = std::time::Instant::now();
-        // The host sees prepare's progress through `optimizer_step`: a
-        // spinner counting steps on a terminal, nothing otherwise.
-        let spinner = progress_spinner(opts.quiet, &format!("prepare `{}`", inst.name));
-        if let Some(sp) = spinner.clone() {
-            Session::<B>::with(|s| {
-                s.services.prepare_steps = 0;
-                s.services.on_prepare_step = Some(Box::new(move |n| {
-                    sp.set_message(format!("{n} optimizer steps"));
-                }));
-            })?;
-        }
-        let result = inst.prepare(if m.train.is_some() { "train" } else { "sample" }, &run_dir);
-        let steps = Session::<B>::with(|s| {
-            s.services.on_prepare_step = None;
-            s.services.prepare_steps
-        })?;
-        if let Some(sp) = spinner {
-            sp.finish_and_clear();
-        }
-        result?;
-        // What it logged, one `prepare` line of metrics.jsonl per value,
-        // numbered per name (a curve per name).
-        let logs = Session::<B>::with(|s| s.services.take_logs())?;
-        let mut counts: HashMap<String, u64> = HashMap::new();
-        for (name, value) in logs {
-            let n = counts.entry(name.clone()).or_default();
-            *n += 1;
-            dir.log(
-                &serde_json::json!({"prepare": inst.name, "key": name, "n": *n, "value": value}),
-            )?;
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        tracing::info!(plugin = %inst.name, seconds, steps, "prepare done");
-        if !opts.quiet {
-            writeln!(
-                log,
-                "prepare `{}`: {steps} optimizer steps in {seconds:.1} s",
-                inst.name
-            )?;
-        }
+    if fresh {
+        let before = if m.train.is_some() { "train" } else { "sample" };
+        super::prepare::run(&engine, before, opts.quiet, &mut dir, log)?;
     }
     // Without training, what `prepare` trained is the run's checkpoint, for
     // `dtx sample` to reuse.

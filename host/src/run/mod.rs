@@ -7,6 +7,7 @@ mod evaluation;
 mod model;
 mod objective;
 mod plot;
+mod prepare;
 pub mod report;
 mod sampling;
 

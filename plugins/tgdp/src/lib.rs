@@ -202,49 +202,42 @@ impl Tgdp {
         let params = net.params();
         let refs: Vec<&Param> = params.iter().collect();
         for step in 0..steps {
-            let src = self.source_batch(host)?;
-            let tgt = self.target_batch(host)?;
-            let (xs, ts, xt, tt) = if timed {
-                let (xs, ts, _, _) = self.noised(host, &src.x)?;
-                let (xt, tt, _, _) = self.noised(host, &tgt.x)?;
-                (xs, Some(ts), xt, Some(tt))
-            } else {
-                (src.x.clone(), None, tgt.x.clone(), None)
-            };
-            let zs = net.forward(&xs, ts.as_ref(), src.labels.as_deref());
-            let zt = net.forward(&xt, tt.as_ref(), tgt.labels.as_deref());
+            let (zs, zt) = self.domain_logits(host, net, timed)?;
             let loss = (-&zs).softplus().mean() + zt.softplus().mean();
             self.log(host, step, &[(&format!("l_{name}"), &loss)]);
             host.optimizer_step(&refs, loss, self.config.lr)?;
         }
         // accuracy on fresh batches, logged once
-        let src = self.source_batch(host)?;
-        let tgt = self.target_batch(host)?;
-        let (xs, ts, xt, tt) = if timed {
-            let (xs, ts, _, _) = self.noised(host, &src.x)?;
-            let (xt, tt, _, _) = self.noised(host, &tgt.x)?;
-            (xs, Some(ts), xt, Some(tt))
-        } else {
-            (src.x.clone(), None, tgt.x.clone(), None)
-        };
-        let frozen = net.detached();
-        let right = frozen
-            .forward(&xs, ts.as_ref(), src.labels.as_deref())
-            .to_f32_vec()
-            .iter()
-            .filter(|&&z| z > 0.0)
-            .count()
-            + frozen
-                .forward(&xt, tt.as_ref(), tgt.labels.as_deref())
-                .to_f32_vec()
-                .iter()
-                .filter(|&&z| z <= 0.0)
-                .count();
+        let (zs, zt) = self.domain_logits(host, &net.detached(), timed)?;
+        let right = zs.to_f32_vec().iter().filter(|&&z| z > 0.0).count()
+            + zt.to_f32_vec().iter().filter(|&&z| z <= 0.0).count();
         host.log_scalar(
             &format!("{name}_accuracy"),
             right as f64 / (2 * self.config.batch) as f64,
         );
         Ok(())
+    }
+
+    /// Logits `[B]` of `net` on a fresh source batch and a fresh target
+    /// batch, both noised to uniform timesteps when `timed` (c', step 2).
+    fn domain_logits(
+        &self,
+        host: &Host,
+        net: &ScalarNet,
+        timed: bool,
+    ) -> Result<(Tensor, Tensor), AbiError> {
+        let mut out = Vec::with_capacity(2);
+        for batch in [self.source_batch(host)?, self.target_batch(host)?] {
+            let y = batch.labels.as_deref();
+            out.push(if timed {
+                let (x_t, t, _, _) = self.noised(host, &batch.x)?;
+                net.forward(&x_t, Some(&t), y)
+            } else {
+                net.forward(&batch.x, None, y)
+            });
+        }
+        let zt = out.pop().expect("two batches");
+        Ok((out.pop().expect("two batches"), zt))
     }
 
     /// The ratio estimate exp(−logit) = (1 − c)/c, clipped, without a graph.

@@ -20,6 +20,7 @@ pub const PLUGIN_CRATES: &[&str] = &[
     "dtx-plugin-example",
     "dtx-plugin-sdft",
     "dtx-plugin-tgdp",
+    "dtx-plugin-denoiser-guidance",
     "dtx-test-plugin",
     "dtx-test-plugin-incompatible",
     "dtx-test-plugin-block",

@@ -78,6 +78,7 @@ pub const SECTION_KEYS: &[(&str, &[&str])] = &[
             "label",
             "clip_sample",
             "clip_range",
+            "max_attempts_factor",
         ],
     ),
     (
@@ -384,6 +385,10 @@ pub struct Sample {
     /// The range of `clip_sample`, > 0. Default: 1.0 (data in [−1, 1]).
     #[serde(default = "default_one")]
     pub clip_range: f64,
+    /// With `filter` plugins, draw at most `max_attempts_factor × count`
+    /// samples while waiting for `count` to be accepted. Default: 10.
+    #[serde(default = "default_attempts_factor")]
+    pub max_attempts_factor: usize,
 }
 
 /// `[eval]`: metrics computed over the samples.
@@ -512,6 +517,10 @@ fn default_output_dir() -> PathBuf {
 
 fn default_batch() -> usize {
     16
+}
+
+fn default_attempts_factor() -> usize {
+    10
 }
 
 fn default_one() -> f64 {

@@ -32,6 +32,7 @@ const COUNTS: &[(&str, &str, Sign)] = &[
     ("sample", "count", Sign::Positive),
     ("sample", "batch", Sign::Positive),
     ("sample", "label", Sign::NonNegative),
+    ("sample", "max_attempts_factor", Sign::Positive),
 ];
 
 #[derive(Clone, Copy, PartialEq)]

@@ -62,6 +62,34 @@ pub struct RunSummary {
     pub samples: Option<(Vec<f32>, Vec<usize>)>,
     /// The `[eval]` metrics, when the manifest asks for some.
     pub evaluation: Option<crate::eval::Evaluation>,
+    /// The class of each accepted sample, when the run samples by class.
+    pub sample_labels: Option<Vec<i64>>,
+    /// How many samples were drawn and how many each filter rejected.
+    pub sampling: Option<SamplingStats>,
+}
+
+/// The filters' bookkeeping at the end of a run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SamplingStats {
+    /// `sample.count`.
+    pub requested: usize,
+    /// Samples kept.
+    pub accepted: usize,
+    /// Samples drawn in all (accepted and rejected).
+    pub drawn: usize,
+    /// Rejections per filter plugin, by name.
+    pub rejected: std::collections::BTreeMap<String, usize>,
+}
+
+impl SamplingStats {
+    /// Accepted over drawn (1 when nothing was drawn).
+    pub fn acceptance_rate(&self) -> f64 {
+        if self.drawn == 0 {
+            1.0
+        } else {
+            self.accepted as f64 / self.drawn as f64
+        }
+    }
 }
 
 type P<B> = FloatTensor<B>;
@@ -226,6 +254,7 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         let k = net.num_classes();
         if let Some(&top) = t.labels.iter().chain(h.labels.iter()).flatten().max()
             && top as usize >= k
+            && (k > 0 || plan.plugins.is_empty())
         {
             bail!(
                 "target `{}` has class label {top}, but the source model has {k} classes (labels 0 to {})",
@@ -237,6 +266,7 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
     } else {
         (None, None)
     };
+    let classes = super::model::run_classes(plan, &net, target.as_ref(), held_out.as_ref())?;
     let source_data = super::model::load_source_data(plan, &example)?;
     let device: B::Device = Default::default();
     // The extractor and the reference images load before anything trains,
@@ -312,6 +342,8 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         prediction,
         alpha_bars: alpha_bars.clone(),
         data_channels: example[0],
+        classes,
+        sampling_weights: RefCell::new(None),
     });
 
     // 3. services: data, denoisers
@@ -323,6 +355,7 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
                 target: ds.clone(),
                 iter: BatchIter::for_dataset(ds, batch, m.run.seed, flip)?,
                 source: source_data.clone(),
+                held_out: held_out.clone(),
             },
             device.clone(),
         )))),
@@ -393,6 +426,8 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         final_loss: None,
         samples: None,
         evaluation: None,
+        sample_labels: None,
+        sampling: None,
     };
     let objective = Objective {
         alpha_bars: &alpha_bars,
@@ -569,8 +604,30 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         for (p, r) in &drawn.rejected {
             writeln!(log, "  filter `{p}` rejected {r}")?;
         }
-        dir.log(&serde_json::json!({"sample": {"requested": sm.count, "accepted": drawn.accepted_count(), "drawn": drawn.attempts, "rejected": drawn.rejected}}))?;
-        super::report::write_samples(&dir, &drawn.accepted, &example, target.as_ref())?;
+        let stats = SamplingStats {
+            requested: sm.count,
+            accepted: drawn.accepted_count(),
+            drawn: drawn.attempts,
+            rejected: drawn.rejected.clone().into_iter().collect(),
+        };
+        dir.log(&serde_json::json!({"sample": {"requested": sm.count, "accepted": stats.accepted, "drawn": stats.drawn, "acceptance_rate": stats.acceptance_rate(), "rejected": stats.rejected}}))?;
+        if !drawn.rejected.is_empty() || stats.accepted < sm.count {
+            writeln!(
+                log,
+                "  acceptance rate {:.1}%",
+                100.0 * stats.acceptance_rate()
+            )?;
+        }
+        summary.sampling = Some(stats);
+        let labels = (!drawn.labels.is_empty()).then(|| drawn.labels.clone());
+        super::report::write_samples(
+            &dir,
+            &drawn.accepted,
+            &example,
+            target.as_ref(),
+            labels.as_deref(),
+        )?;
+        summary.sample_labels = labels;
         if let Some(e) = &eval_setup {
             summary.evaluation =
                 Some(e.record(&drawn, &example, m.run.seed, &device, &mut dir, log)?);

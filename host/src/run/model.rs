@@ -34,6 +34,13 @@ pub(super) struct Engine<B: AutodiffBackend> {
     pub(super) prediction: Prediction,
     pub(super) alpha_bars: Vec<f64>,
     pub(super) data_channels: usize,
+    /// Classes samples are drawn for: the net's, else (a labelled target
+    /// that plugins condition on) the target's; 0 without classes.
+    pub(super) classes: usize,
+    /// The weights being sampled from (EMA when the run keeps one), while
+    /// sampling: `denoise(student)` / `features(student)` from a `score` or
+    /// `filter` hook use them rather than the raw training weights.
+    pub(super) sampling_weights: RefCell<Option<HashMap<String, P<B>>>>,
 }
 
 /// The network output `out` as ε: the mean channels of a learned-variance
@@ -108,6 +115,15 @@ impl<B: AutodiffBackend> Engine<B> {
                 .collect()
         })
         .unwrap_or_default()
+    }
+
+    /// The student's weights for the services: the sampled ones while
+    /// sampling, else the current training weights.
+    fn student_weights(&self) -> HashMap<String, P<B>> {
+        match &*self.sampling_weights.borrow() {
+            Some(w) => w.clone(),
+            None => self.params(),
+        }
     }
 
     /// The plugins `select` picks, each borrowed in turn (manifest order).
@@ -194,7 +210,7 @@ impl<B: AutodiffBackend> DenoiseService<B> for Rc<Engine<B>> {
         let out = match which {
             Which::Source => self.source_forward(x_t.clone(), t.clone(), labels)?,
             Which::Student => {
-                self.student(&self.params(), x_t.clone(), t.clone(), labels, false)?
+                self.student(&self.student_weights(), x_t.clone(), t.clone(), labels, false)?
             }
         };
         self.eps_of(out, x_t, t)
@@ -210,7 +226,7 @@ impl<B: AutodiffBackend> DenoiseService<B> for Rc<Engine<B>> {
         let t = t_float(&t)?;
         let params = match which {
             Which::Source => self.source.clone(),
-            Which::Student => self.params(),
+            Which::Student => self.student_weights(),
         };
         let mut found: HashMap<String, P<B>> = HashMap::new();
         self.net
@@ -236,6 +252,9 @@ pub(super) struct Data {
     pub(super) iter: BatchIter,
     /// `[source.data]`, served as split `source`.
     pub(super) source: Option<Dataset>,
+    /// The held-out target images (`target.holdout`), served as split
+    /// `validation`.
+    pub(super) held_out: Option<Dataset>,
 }
 
 impl<B: AutodiffBackend> DataService<B> for Rc<RefCell<(Data, B::Device)>> {
@@ -243,6 +262,15 @@ impl<B: AutodiffBackend> DataService<B> for Rc<RefCell<(Data, B::Device)>> {
         let (d, dev) = &mut *self.borrow_mut();
         let set = match (split, &d.source) {
             ("target", _) => &d.target,
+            ("validation", _) => match &d.held_out {
+                Some(h) => h,
+                None => {
+                    return Err(AbiError::new(
+                        ErrorKind::UNSUPPORTED,
+                        "dataset split `validation`: this run holds out no target images (set `target.holdout`)",
+                    ));
+                }
+            },
             ("source", Some(s)) => s,
             ("source", None) => {
                 return Err(AbiError::new(
@@ -254,7 +282,12 @@ impl<B: AutodiffBackend> DataService<B> for Rc<RefCell<(Data, B::Device)>> {
                 return Err(AbiError::new(
                     ErrorKind::UNSUPPORTED,
                     format!(
-                        "dataset split `{split}`: this run has `target`{}",
+                        "dataset split `{split}`: this run has `target`{}{}",
+                        if d.held_out.is_some() {
+                            ", `validation`"
+                        } else {
+                            ""
+                        },
                         if d.source.is_some() {
                             " and `source`"
                         } else {
@@ -387,6 +420,42 @@ pub(super) fn load_target(plan: &Plan, data_shape: &[usize]) -> Result<(Dataset,
     Ok((train, held))
 }
 
+/// The classes a run samples for (see [`Engine::classes`]): the net's;
+/// else, with plugins to condition on them, the labelled target's (train and
+/// held-out labels together). `sample.label` must be one of them.
+pub(super) fn run_classes(
+    plan: &Plan,
+    net: &Net,
+    target: Option<&Dataset>,
+    held_out: Option<&Dataset>,
+) -> Result<usize> {
+    let m = &plan.manifest.manifest;
+    let k = match net.num_classes() {
+        0 if !plan.plugins.is_empty() => target
+            .iter()
+            .chain(held_out.iter())
+            .filter_map(|d| d.labels.as_ref())
+            .flatten()
+            .max()
+            .map_or(0, |&top| (top as usize + 1).max(target.map_or(0, |t| t.class_names.len()))),
+        k => k,
+    };
+    if let Some(l) = m.sample.as_ref().and_then(|s| s.label) {
+        if k == 0 {
+            bail!(
+                "`dtx run` does not carry out `sample.label`: the source model is not class-conditional and the run has no labelled target (`target.labels = true`) for a plugin to condition on"
+            );
+        }
+        if l as usize >= k {
+            bail!(
+                "`sample.label = {l}`: the run has {k} classes, 0 to {}",
+                k - 1
+            );
+        }
+    }
+    Ok(k)
+}
+
 /// Settings a manifest may hold that this engine does not carry out yet: an
 /// error naming each, rather than a run that silently ignores it.
 pub(super) fn unsupported_settings(plan: &Plan, net: &Net) -> Result<()> {
@@ -399,16 +468,6 @@ pub(super) fn unsupported_settings(plan: &Plan, net: &Net) -> Result<()> {
                     .to_owned(),
             );
         }
-        match s.label {
-            Some(_) if net.num_classes() == 0 => problems
-                .push("`sample.label` (the source model is not class-conditional)".to_owned()),
-            Some(l) if l as usize >= net.num_classes() => problems.push(format!(
-                "`sample.label = {l}` (the source model has {} classes, 0 to {})",
-                net.num_classes(),
-                net.num_classes() - 1
-            )),
-            _ => {}
-        }
     }
     if m.eval.as_ref().is_some_and(|e| !e.metrics.is_empty()) && net.data_shape().len() != 3 {
         problems.push(
@@ -416,8 +475,14 @@ pub(super) fn unsupported_settings(plan: &Plan, net: &Net) -> Result<()> {
                 .to_owned(),
         );
     }
-    if m.target.as_ref().is_some_and(|t| t.labels) && net.num_classes() == 0 {
-        problems.push("`target.labels` (the source model has no class embedding)".to_owned());
+    if m.target.as_ref().is_some_and(|t| t.labels)
+        && net.num_classes() == 0
+        && plan.plugins.is_empty()
+    {
+        problems.push(
+            "`target.labels` (the source model has no class embedding, and no plugin conditions on labels)"
+                .to_owned(),
+        );
     }
     if problems.is_empty() {
         return Ok(());

@@ -32,13 +32,26 @@ fn dot(img: &mut RgbImage, x: f32, y: f32, colour: Rgb<u8>) {
 /// Writes the samples (flat, `example` scalars each). Vectors: `samples.json`
 /// and, for 2-D points, `samples.png` (target points in grey, samples in
 /// blue, on [−7, 7]²). Images `[C, H, W]` in [−1, 1]: one PNG each under
-/// `samples/` and a grid of them, `samples.png`.
+/// `samples/` and a grid of them, `samples.png`. With `labels` (the class
+/// each sample was drawn for), also `samples/labels.csv`: `file,label,class`.
 pub fn write_samples(
     dir: &RunDir,
     samples: &[f32],
     example: &[usize],
     target: Option<&Dataset>,
+    labels: Option<&[i64]>,
 ) -> Result<()> {
+    if let (Some(labels), [_, _, _]) = (labels, example) {
+        let sub = dir.path.join("samples");
+        std::fs::create_dir_all(&sub)?;
+        let names = target.map(|t| t.class_names.as_slice()).unwrap_or(&[]);
+        let mut csv = String::from("file,label,class\n");
+        for (i, &l) in labels.iter().enumerate() {
+            let name = names.get(l as usize).map(String::as_str).unwrap_or("");
+            let _ = writeln!(csv, "{i:05}.png,{l},{name}");
+        }
+        std::fs::write(sub.join("labels.csv"), csv)?;
+    }
     if let [c, h, w] = *example {
         let sub = dir.path.join("samples");
         std::fs::create_dir_all(&sub)?;
@@ -99,6 +112,25 @@ pub fn write_report(dir: &RunDir, plan: &Plan, s: &RunSummary) -> Result<()> {
     if let Some(e) = &s.evaluation {
         let _ = writeln!(o, "\n## Evaluation\n\n{}", e.markdown());
         let _ = writeln!(o, "The numbers are also in `eval.json`.");
+    }
+    if let Some(st) = s.sampling.as_ref().filter(|st| st.drawn > 0) {
+        let _ = writeln!(
+            o,
+            "\n## Sampling\n\n- accepted {} of {} drawn: acceptance rate {:.1}% ({} requested)",
+            st.accepted,
+            st.drawn,
+            100.0 * st.acceptance_rate(),
+            st.requested
+        );
+        for (p, r) in &st.rejected {
+            let _ = writeln!(o, "- filter `{p}` rejected {r}");
+        }
+        if st.accepted < st.requested {
+            let _ = writeln!(
+                o,
+                "- stopped at `sample.max_attempts_factor` × count drawn, short of the count"
+            );
+        }
     }
     let jsonl = std::fs::read_to_string(dir.path.join("metrics.jsonl")).unwrap_or_default();
     let prepared = prepare_values(&jsonl);

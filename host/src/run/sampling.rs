@@ -30,6 +30,9 @@ pub(super) struct Drawn {
     pub(super) attempts: usize,
     /// Rejections per filter plugin.
     pub(super) rejected: HashMap<String, usize>,
+    /// The class each accepted sample was drawn for (empty when the run
+    /// samples without labels).
+    pub(super) labels: Vec<i64>,
 }
 
 impl Drawn {
@@ -38,24 +41,17 @@ impl Drawn {
     }
 }
 
-/// Class labels for a batch of `n` (a class-conditional net): `sample.label`
-/// for all, else classes in turn.
-fn batch_labels<B: AutodiffBackend>(
-    engine: &Engine<B>,
-    sm: &Sample,
-    first: usize,
-    n: usize,
-    device: &B::Device,
-) -> Option<IntTensor<B>> {
-    let k = engine.net.num_classes();
-    (k > 0).then(|| {
-        let v: Vec<i64> = (0..n)
+/// Class labels for a batch of `n` when the run has classes (a
+/// class-conditional net, or a labelled target that plugins condition on):
+/// `sample.label` for all, else classes in turn.
+fn batch_labels(classes: usize, sm: &Sample, first: usize, n: usize) -> Option<Vec<i64>> {
+    (classes > 0).then(|| {
+        (0..n)
             .map(|i| match sm.label {
                 Some(l) => l as i64,
-                None => ((first + i) % k) as i64,
+                None => ((first + i) % classes) as i64,
             })
-            .collect();
-        Tensor::<B, 1, Int>::from_data(TensorData::new(v, [n]), device).into_primitive()
+            .collect()
     })
 }
 
@@ -147,6 +143,22 @@ fn trajectory<B: AutodiffBackend, const D: usize>(
     )
 }
 
+/// Sets [`Engine::sampling_weights`] while alive.
+struct SamplingWeights<'a, B: AutodiffBackend>(&'a Engine<B>);
+
+impl<'a, B: AutodiffBackend> SamplingWeights<'a, B> {
+    fn set(engine: &'a Engine<B>, weights: &HashMap<String, P<B>>) -> Self {
+        *engine.sampling_weights.borrow_mut() = Some(weights.clone());
+        SamplingWeights(engine)
+    }
+}
+
+impl<B: AutodiffBackend> Drop for SamplingWeights<'_, B> {
+    fn drop(&mut self) {
+        self.0.sampling_weights.borrow_mut().take();
+    }
+}
+
 /// Samples `sm.count` examples from the student with weights `weights`.
 /// With `with_source`, also denoises every batch's initial noise with the
 /// source model alone (no plugin hooks): [`Drawn::source`] pairs each
@@ -172,6 +184,7 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
         per_example,
         attempts: 0,
         rejected: HashMap::new(),
+        labels: Vec::new(),
     };
     let run = |x_big_t: Tensor<B, D>,
                labels: Option<IntTensor<B>>,
@@ -182,10 +195,17 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
     };
     let mut rng = step_rng(seed, u64::MAX - 1);
     let mut source_rng = step_rng(seed, u64::MAX - 2);
+    // hooks that call `denoise(student)` see the weights being sampled
+    let _weights = SamplingWeights::set(engine, weights);
     let bar = progress_bar(quiet, sm.count as u64, "sample");
-    while out.accepted_count() < sm.count && out.attempts < 10 * sm.count {
+    let max_attempts = sm.max_attempts_factor.max(1) * sm.count;
+    while out.accepted_count() < sm.count && out.attempts < max_attempts {
         let n = sm.batch.min(sm.count - out.accepted_count()).max(1);
-        let labels = batch_labels(engine, sm, out.attempts, n, device);
+        let label_values = batch_labels(engine.classes, sm, out.attempts, n);
+        let labels = label_values.as_ref().map(|v| {
+            Tensor::<B, 1, Int>::from_data(TensorData::new(v.clone(), [n]), device)
+                .into_primitive()
+        });
         out.attempts += n;
         let x_big_t: Tensor<B, D> = normal(&mut rng, batch_shape::<D>(n, &example), device);
         let from_source = if with_source {
@@ -217,6 +237,9 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
         for (i, chunk) in values.chunks(per_example).enumerate() {
             if keep[i] && out.accepted_count() < sm.count {
                 out.accepted.extend_from_slice(chunk);
+                if let Some(v) = &label_values {
+                    out.labels.push(v[i]);
+                }
                 if let Some(s) = &from_source {
                     out.source
                         .extend_from_slice(&s[i * per_example..(i + 1) * per_example]);

@@ -1,0 +1,276 @@
+//! `[plugin.config]` of `denoiser-guidance`: keys, defaults and their checks.
+
+use dtx_plugin_api::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Which defaults the classifier takes (the paper's two settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// Sec. 5.1: bottleneck + second up block at t = 700, 3 conv layers,
+    /// 100 steps; guidance on, rejection off.
+    Attribute,
+    /// Sec. 5.3: bottleneck at t = 300 and t = 800, 4 conv layers;
+    /// rejection on, guidance off.
+    Rejection,
+}
+
+/// Where the classifier's labels come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Labels {
+    /// The labelled target set's classes (`target.labels = true`).
+    Target,
+    /// Two classes: source samples (0) against target images (1); the
+    /// target class is 1 (an unlabelled target).
+    Domain,
+}
+
+/// `[plugin.config]` of `denoiser-guidance`. Keys left out take the
+/// preset's value.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `attribute` (default) or `rejection`.
+    pub preset: Preset,
+    /// `target` (default) or `domain`.
+    pub labels: Labels,
+    /// Classes of the labelled set (required with `labels = "target"`).
+    pub num_classes: usize,
+    /// Feature points: `bottleneck`, `up.{i}` / `down.{i}` (the block's last
+    /// residual output) or an injection-point name.
+    pub points: Option<Vec<String>>,
+    /// Feature timesteps t_f; the features of each are concatenated.
+    pub timesteps: Option<Vec<u32>>,
+    /// Conv layers of the classifier.
+    pub layers: Option<usize>,
+    /// Classifier width. Default 64.
+    pub channels: usize,
+    /// Adam steps of the classifier.
+    pub steps: Option<u64>,
+    /// Adam learning rate. Default 1e-3.
+    pub lr: f32,
+    /// Examples per classifier step. Default 32.
+    pub batch: usize,
+    /// Labelled draws whose features train the classifier. Default 512.
+    pub pool: usize,
+    /// Held-out draws (split `validation`) for the logged accuracy. Default 256.
+    pub validation: usize,
+    /// Noise the feature input with q_sample at t_f (in prepare, guidance and
+    /// rejection alike). Default false: clean inputs (the paper).
+    pub feature_noise: bool,
+    /// Classifier guidance in `score` (Eq. 13).
+    pub guide: Option<bool>,
+    /// λ of Eq. 10/13, on log p(y | ·) summed over the batch. Default 1.
+    pub lambda: f32,
+    /// Reject samples in `filter`.
+    pub reject: Option<bool>,
+    /// Keep a sample when p(y | x) >= threshold. Default 0.2.
+    pub threshold: f32,
+    /// A trainable class embedding added at `temb` (Sec. 4.2). Default false.
+    pub class_embedding: bool,
+    /// Probability of dropping a training label to the null class. Default 0.1.
+    pub label_dropout: f32,
+    /// Classifier-free guidance weight w: ε = (1 + w) ε_cond − w ε_null.
+    /// Default 0.01.
+    pub cfg_weight: f32,
+    /// Log the classifier's loss every this many steps. Default 10.
+    pub log_every: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            preset: Preset::Attribute,
+            labels: Labels::Target,
+            num_classes: 0,
+            points: None,
+            timesteps: None,
+            layers: None,
+            channels: 64,
+            steps: None,
+            lr: 1e-3,
+            batch: 32,
+            pool: 512,
+            validation: 256,
+            feature_noise: false,
+            guide: None,
+            lambda: 1.0,
+            reject: None,
+            threshold: 0.2,
+            class_embedding: false,
+            label_dropout: 0.1,
+            cfg_weight: 0.01,
+            log_every: 10,
+        }
+    }
+}
+
+/// A config with every preset value filled in.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub points: Vec<String>,
+    pub timesteps: Vec<u32>,
+    pub layers: usize,
+    pub steps: u64,
+    pub guide: bool,
+    pub reject: bool,
+    /// Classes of the classifier (2 for `domain`).
+    pub classes: usize,
+}
+
+impl Config {
+    /// The preset's values where the config leaves them out.
+    pub fn resolve(&self) -> Resolved {
+        let attribute = self.preset == Preset::Attribute;
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        Resolved {
+            points: self.points.clone().unwrap_or_else(|| {
+                if attribute {
+                    strings(&["bottleneck", "up.1"])
+                } else {
+                    strings(&["bottleneck"])
+                }
+            }),
+            timesteps: self.timesteps.clone().unwrap_or_else(|| {
+                if attribute { vec![700] } else { vec![300, 800] }
+            }),
+            layers: self.layers.unwrap_or(if attribute { 3 } else { 4 }),
+            steps: self.steps.unwrap_or(if attribute { 100 } else { 300 }),
+            guide: self.guide.unwrap_or(attribute),
+            reject: self.reject.unwrap_or(!attribute),
+            classes: match self.labels {
+                Labels::Target => self.num_classes,
+                Labels::Domain => 2,
+            },
+        }
+    }
+
+    /// Checks every value; the error names the first bad key.
+    pub fn validate(&self) -> Result<(), AbiError> {
+        let r = self.resolve();
+        for (key, v) in [("lambda", self.lambda), ("cfg_weight", self.cfg_weight)] {
+            if !v.is_finite() {
+                return Err(AbiError::config(key, format!("must be finite, got {v}")));
+            }
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(AbiError::config(
+                "lr",
+                format!("must be a finite number > 0, got {}", self.lr),
+            ));
+        }
+        for (key, v) in [
+            ("threshold", self.threshold),
+            ("label_dropout", self.label_dropout),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(AbiError::config(
+                    key,
+                    format!("must be in [0, 1], got {v}"),
+                ));
+            }
+        }
+        for (key, v) in [
+            ("channels", self.channels),
+            ("batch", self.batch),
+            ("pool", self.pool),
+            ("layers", r.layers),
+            ("steps", r.steps as usize),
+            ("log_every", self.log_every as usize),
+        ] {
+            if v == 0 {
+                return Err(AbiError::config(key, "must be at least 1"));
+            }
+        }
+        if r.points.is_empty() {
+            return Err(AbiError::config("points", "needs at least one point"));
+        }
+        if r.timesteps.is_empty() {
+            return Err(AbiError::config("timesteps", "needs at least one timestep"));
+        }
+        if self.labels == Labels::Target && self.num_classes < 2 {
+            return Err(AbiError::config(
+                "num_classes",
+                format!(
+                    "must be at least 2 with `labels = \"target\"` (the classes of the labelled target set), got {}",
+                    self.num_classes
+                ),
+            ));
+        }
+        if self.class_embedding && self.labels == Labels::Domain {
+            return Err(AbiError::config(
+                "class_embedding",
+                "needs class labels (`labels = \"target\"`); `domain` has none to embed",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The keys with type and help, for `dtx plugins inspect`.
+pub fn keys() -> Vec<ConfigKey> {
+    vec![
+        ConfigKey::new(
+            "preset",
+            "string",
+            "\"attribute\" (bottleneck + up.1 at t=700, 3 layers, 100 steps, guide) or \"rejection\" (bottleneck at t=300,800, 4 layers, 300 steps, reject)",
+        ),
+        ConfigKey::new(
+            "labels",
+            "string",
+            "\"target\" (the labelled target's classes) or \"domain\" (target images against source-model samples)",
+        ),
+        ConfigKey::new("num_classes", "int", "classes of the labelled target set"),
+        ConfigKey::new(
+            "points",
+            "list of string",
+            "feature points: \"bottleneck\", \"up.{i}\", \"down.{i}\" or point names (default: preset)",
+        ),
+        ConfigKey::new(
+            "timesteps",
+            "list of int",
+            "feature timesteps t_f, concatenated (default: preset)",
+        ),
+        ConfigKey::new("layers", "int", "conv layers of the classifier (default: preset)"),
+        ConfigKey::new("channels", "int", "classifier width"),
+        ConfigKey::new("steps", "int", "Adam steps of the classifier (default: preset)"),
+        ConfigKey::new("lr", "float", "Adam learning rate of the classifier"),
+        ConfigKey::new("batch", "int", "examples per classifier step"),
+        ConfigKey::new("pool", "int", "labelled draws whose features train the classifier"),
+        ConfigKey::new(
+            "validation",
+            "int",
+            "held-out draws for the logged accuracy (0: none)",
+        ),
+        ConfigKey::new(
+            "feature_noise",
+            "bool",
+            "q_sample the feature input at t_f everywhere (default: clean, as the paper)",
+        ),
+        ConfigKey::new("guide", "bool", "classifier guidance in score (default: preset)"),
+        ConfigKey::new(
+            "lambda",
+            "float",
+            "λ of Eq. 13, on log p(y|x̂0) summed over the batch",
+        ),
+        ConfigKey::new("reject", "bool", "reject samples in filter (default: preset)"),
+        ConfigKey::new("threshold", "float", "keep a sample when p(y|x) >= threshold"),
+        ConfigKey::new(
+            "class_embedding",
+            "bool",
+            "trainable class embedding at temb, label dropout and CFG",
+        ),
+        ConfigKey::new(
+            "label_dropout",
+            "float",
+            "probability of the null class for a training label",
+        ),
+        ConfigKey::new(
+            "cfg_weight",
+            "float",
+            "w of ε = (1 + w) ε_cond − w ε_null",
+        ),
+        ConfigKey::new("log_every", "int", "log the classifier loss every this many steps"),
+    ]
+}

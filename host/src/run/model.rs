@@ -209,9 +209,13 @@ impl<B: AutodiffBackend> DenoiseService<B> for Rc<Engine<B>> {
         let t = t_float(&t)?;
         let out = match which {
             Which::Source => self.source_forward(x_t.clone(), t.clone(), labels)?,
-            Which::Student => {
-                self.student(&self.student_weights(), x_t.clone(), t.clone(), labels, false)?
-            }
+            Which::Student => self.student(
+                &self.student_weights(),
+                x_t.clone(),
+                t.clone(),
+                labels,
+                false,
+            )?,
         };
         self.eps_of(out, x_t, t)
     }
@@ -437,7 +441,9 @@ pub(super) fn run_classes(
             .filter_map(|d| d.labels.as_ref())
             .flatten()
             .max()
-            .map_or(0, |&top| (top as usize + 1).max(target.map_or(0, |t| t.class_names.len()))),
+            .map_or(0, |&top| {
+                (top as usize + 1).max(target.map_or(0, |t| t.class_names.len()))
+            }),
         k => k,
     };
     if let Some(l) = m.sample.as_ref().and_then(|s| s.label) {

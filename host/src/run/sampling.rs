@@ -203,8 +203,7 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
         let n = sm.batch.min(sm.count - out.accepted_count()).max(1);
         let label_values = batch_labels(engine.classes, sm, out.attempts, n);
         let labels = label_values.as_ref().map(|v| {
-            Tensor::<B, 1, Int>::from_data(TensorData::new(v.clone(), [n]), device)
-                .into_primitive()
+            Tensor::<B, 1, Int>::from_data(TensorData::new(v.clone(), [n]), device).into_primitive()
         });
         out.attempts += n;
         let x_big_t: Tensor<B, D> = normal(&mut rng, batch_shape::<D>(n, &example), device);

@@ -132,9 +132,10 @@ impl Config {
                     strings(&["bottleneck"])
                 }
             }),
-            timesteps: self.timesteps.clone().unwrap_or_else(|| {
-                if attribute { vec![700] } else { vec![300, 800] }
-            }),
+            timesteps: self
+                .timesteps
+                .clone()
+                .unwrap_or_else(|| if attribute { vec![700] } else { vec![300, 800] }),
             layers: self.layers.unwrap_or(if attribute { 3 } else { 4 }),
             steps: self.steps.unwrap_or(if attribute { 100 } else { 300 }),
             guide: self.guide.unwrap_or(attribute),
@@ -165,10 +166,7 @@ impl Config {
             ("label_dropout", self.label_dropout),
         ] {
             if !(0.0..=1.0).contains(&v) {
-                return Err(AbiError::config(
-                    key,
-                    format!("must be in [0, 1], got {v}"),
-                ));
+                return Err(AbiError::config(key, format!("must be in [0, 1], got {v}")));
             }
         }
         for (key, v) in [
@@ -232,12 +230,24 @@ pub fn keys() -> Vec<ConfigKey> {
             "list of int",
             "feature timesteps t_f, concatenated (default: preset)",
         ),
-        ConfigKey::new("layers", "int", "conv layers of the classifier (default: preset)"),
+        ConfigKey::new(
+            "layers",
+            "int",
+            "conv layers of the classifier (default: preset)",
+        ),
         ConfigKey::new("channels", "int", "classifier width"),
-        ConfigKey::new("steps", "int", "Adam steps of the classifier (default: preset)"),
+        ConfigKey::new(
+            "steps",
+            "int",
+            "Adam steps of the classifier (default: preset)",
+        ),
         ConfigKey::new("lr", "float", "Adam learning rate of the classifier"),
         ConfigKey::new("batch", "int", "examples per classifier step"),
-        ConfigKey::new("pool", "int", "labelled draws whose features train the classifier"),
+        ConfigKey::new(
+            "pool",
+            "int",
+            "labelled draws whose features train the classifier",
+        ),
         ConfigKey::new(
             "validation",
             "int",
@@ -248,14 +258,26 @@ pub fn keys() -> Vec<ConfigKey> {
             "bool",
             "q_sample the feature input at t_f everywhere (default: clean, as the paper)",
         ),
-        ConfigKey::new("guide", "bool", "classifier guidance in score (default: preset)"),
+        ConfigKey::new(
+            "guide",
+            "bool",
+            "classifier guidance in score (default: preset)",
+        ),
         ConfigKey::new(
             "lambda",
             "float",
             "λ of Eq. 13, on log p(y|x̂0) summed over the batch",
         ),
-        ConfigKey::new("reject", "bool", "reject samples in filter (default: preset)"),
-        ConfigKey::new("threshold", "float", "keep a sample when p(y|x) >= threshold"),
+        ConfigKey::new(
+            "reject",
+            "bool",
+            "reject samples in filter (default: preset)",
+        ),
+        ConfigKey::new(
+            "threshold",
+            "float",
+            "keep a sample when p(y|x) >= threshold",
+        ),
         ConfigKey::new(
             "class_embedding",
             "bool",
@@ -266,11 +288,11 @@ pub fn keys() -> Vec<ConfigKey> {
             "float",
             "probability of the null class for a training label",
         ),
+        ConfigKey::new("cfg_weight", "float", "w of ε = (1 + w) ε_cond − w ε_null"),
         ConfigKey::new(
-            "cfg_weight",
-            "float",
-            "w of ε = (1 + w) ε_cond − w ε_null",
+            "log_every",
+            "int",
+            "log the classifier loss every this many steps",
         ),
-        ConfigKey::new("log_every", "int", "log the classifier loss every this many steps"),
     ]
 }

@@ -148,7 +148,9 @@ impl FeatureSpec {
         if h % th == 0 && w % tw == 0 {
             let (kh, kw) = (h / th, w / tw);
             return f
-                .reshape(&[b as i64, c as i64, th as i64, kh as i64, tw as i64, kw as i64])
+                .reshape(&[
+                    b as i64, c as i64, th as i64, kh as i64, tw as i64, kw as i64,
+                ])
                 .mean_dims(&[3, 5], false);
         }
         f.interpolate([th, tw], dtx_plugin_api::abi::InterpolateMode::BILINEAR)

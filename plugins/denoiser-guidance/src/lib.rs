@@ -144,7 +144,12 @@ impl DenoiserGuidance {
 
     /// The class each sample is scored against: `labels` of the hook, or
     /// the target domain (1).
-    fn targets(&self, labels: Option<&TensorRef>, b: usize, hook: &str) -> Result<Vec<i64>, AbiError> {
+    fn targets(
+        &self,
+        labels: Option<&TensorRef>,
+        b: usize,
+        hook: &str,
+    ) -> Result<Vec<i64>, AbiError> {
         match (self.config.labels, labels) {
             (Labels::Domain, _) => Ok(vec![1; b]),
             (Labels::Target, Some(l)) => Ok(l.to_i64_vec()),
@@ -251,10 +256,18 @@ impl Plugin for DenoiserGuidance {
     fn prepare(&mut self, ctx: &Prepare<'_>) -> Result<(), AbiError> {
         let host = ctx.host;
         let t_max = host.num_timesteps()?;
-        if let Some(&t) = self.resolved.timesteps.iter().find(|&&t| t as usize >= t_max) {
+        if let Some(&t) = self
+            .resolved
+            .timesteps
+            .iter()
+            .find(|&&t| t as usize >= t_max)
+        {
             return Err(AbiError::config(
                 "timesteps",
-                format!("t_f = {t} is outside the run's schedule (0 to {})", t_max - 1),
+                format!(
+                    "t_f = {t} is outside the run's schedule (0 to {})",
+                    t_max - 1
+                ),
             ));
         }
         let pool = self.labelled(host, "target", self.config.pool)?;
@@ -339,7 +352,10 @@ impl Plugin for DenoiserGuidance {
         let mut add = e.value().index_select(0, &Tensor::from_i64(&y, &[b]));
         if ctx.training && self.config.label_dropout > 0.0 {
             let keep = Tensor::rand(&[b], 0.0, 1.0)
-                .compare_scalar(dtx_plugin_api::abi::CompareOp::GE, self.config.label_dropout)
+                .compare_scalar(
+                    dtx_plugin_api::abi::CompareOp::GE,
+                    self.config.label_dropout,
+                )
                 .cast(dtx_plugin_api::DType::F32)
                 .reshape(&[b as i64, 1]);
             add = add * keep;

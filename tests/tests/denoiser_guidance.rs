@@ -1,0 +1,529 @@
+//! The `denoiser-guidance` plugin (plugins/denoiser-guidance,
+//! docs/plugins/denoiser-guidance.md) through the real loader: the guidance
+//! gradient of Eq. 13 against finite differences on a tiny U-Net, the
+//! class embedding and CFG arithmetic, config errors, and `dtx run` end to
+//! end (guidance + rejection; class-conditional fine-tuning + CFG +
+//! rejection), including the filter's counts and the resample cap.
+
+use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
+use dtx::model::net::Net;
+use dtx::plugins::{InjectArgs, Instance, load_library};
+use dtx::tensor_abi::{
+    BASE_OWNER, CpuBackend, DataService, DenoiseService, Session, SessionGuard, Stored, vtables,
+};
+use dtx_plugin_api::ModelInfo;
+use dtx_plugin_api::abi::{AbiError, Which};
+use dtx_tests::runs::{self, tensors};
+use dtx_tests::{plugin_path, workspace_root};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+type B = CpuBackend;
+type Prim = burn::tensor::ops::FloatTensor<B>;
+type IntPrim = burn::tensor::ops::IntTensor<B>;
+
+const T: usize = 1000;
+const SIDE: usize = 16;
+
+/// DDPM's linear schedule (β from 1e-4 to 0.02 over T steps).
+fn alpha_bars() -> Vec<f32> {
+    let mut ab = 1.0f64;
+    (0..T)
+        .map(|i| {
+            let beta = 1e-4 + (0.02 - 1e-4) * i as f64 / (T - 1) as f64;
+            ab *= 1.0 - beta;
+            ab as f32
+        })
+        .collect()
+}
+
+/// A small deterministic normal generator (xorshift + Box–Muller).
+struct Normal(u64);
+
+impl Normal {
+    fn uniform(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    fn sample(&mut self) -> f32 {
+        let (u, v) = (self.uniform(), self.uniform());
+        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
+    }
+    fn images(&mut self, n: usize) -> Vec<f32> {
+        (0..n * 3 * SIDE * SIDE).map(|_| self.sample()).collect()
+    }
+}
+
+fn image_prim(v: &[f32]) -> Prim {
+    let n = v.len() / (3 * SIDE * SIDE);
+    Tensor::<B, 4>::from_data(
+        TensorData::new(v.to_vec(), [n, 3, SIDE, SIDE]),
+        &Default::default(),
+    )
+    .into_primitive()
+    .tensor()
+}
+
+fn values(p: &Prim) -> Vec<f32> {
+    Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(p.clone()))
+        .into_data()
+        .to_vec()
+        .unwrap()
+}
+
+fn int_prim(v: &[i64]) -> IntPrim {
+    Tensor::<B, 1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), &Default::default())
+        .into_primitive()
+}
+
+fn t_stored(t: usize, n: usize) -> Stored<B> {
+    Stored::Float(
+        Tensor::<B, 1>::from_data(TensorData::new(vec![t as f32; n], [n]), &Default::default())
+            .into_primitive()
+            .tensor(),
+    )
+}
+
+/// The tiny diffusers U-Net of tests/fixtures with random weights, as the
+/// run's denoiser (student and source alike).
+struct TinyUNet {
+    net: Net,
+    params: HashMap<String, Prim>,
+}
+
+impl TinyUNet {
+    fn t_float(t: Stored<B>) -> Prim {
+        match t {
+            Stored::Float(t) => t,
+            Stored::Int(t) => Tensor::<B, 1, Int>::from_primitive(t)
+                .float()
+                .into_primitive()
+                .tensor(),
+            Stored::Bool(_) => panic!("timesteps"),
+        }
+    }
+}
+
+impl DenoiseService<B> for TinyUNet {
+    fn denoise(
+        &self,
+        x_t: Prim,
+        t: Stored<B>,
+        _which: Which,
+        labels: Option<IntPrim>,
+    ) -> Result<Prim, AbiError> {
+        self.net.forward::<B, AbiError>(
+            &self.params,
+            x_t,
+            Self::t_float(t),
+            labels,
+            &mut |_, h, _| Ok(h),
+        )
+    }
+
+    fn features(
+        &self,
+        x: Prim,
+        t: Stored<B>,
+        points: &[String],
+        _which: Which,
+    ) -> Result<Vec<Prim>, AbiError> {
+        let mut found = HashMap::new();
+        self.net.forward::<B, AbiError>(
+            &self.params,
+            x,
+            Self::t_float(t),
+            None,
+            &mut |p, h, _| {
+                if points.iter().any(|q| q == p) {
+                    found.insert(p.to_owned(), h.clone());
+                }
+                Ok(h)
+            },
+        )?;
+        Ok(points.iter().map(|p| found.remove(p).unwrap()).collect())
+    }
+}
+
+/// Random labelled images: labels alternate 0, 1.
+struct Labelled(Normal);
+
+impl DataService<B> for Labelled {
+    fn batch(&mut self, split: &str, n: usize) -> Result<(Prim, Option<IntPrim>), AbiError> {
+        assert!(split == "target" || split == "validation", "{split}");
+        let labels: Vec<i64> = (0..n as i64).map(|i| i % 2).collect();
+        Ok((image_prim(&self.0.images(n)), Some(int_prim(&labels))))
+    }
+}
+
+/// A session whose denoiser is the tiny U-Net; its model info.
+fn session() -> (SessionGuard, Rc<TinyUNet>, ModelInfo) {
+    let guard = Session::<B>::install(Default::default(), 17);
+    let dir = workspace_root().join("tests/fixtures/models/tiny-diffusers");
+    let desc = dtx::model::diffusers::describe(&dir).unwrap();
+    let net = Net::from_description(&desc).unwrap();
+    let params = Session::<B>::with(|s| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        net.init::<B>(&mut s.params, &mut rng, &Default::default(), &|_| false)
+            .unwrap();
+        s.params
+            .entries()
+            .iter()
+            .filter(|e| e.owner == BASE_OWNER)
+            .map(|e| {
+                (
+                    e.name.clone(),
+                    dtx::tensor_abi::untracked::<B>(e.value.clone()),
+                )
+            })
+            .collect()
+    })
+    .unwrap();
+    let unet = Rc::new(TinyUNet { net, params });
+    Session::<B>::with(|s| {
+        s.services.alpha_bar = Some(alpha_bars());
+        s.services.denoiser = Some(unet.clone() as Rc<dyn DenoiseService<B>>);
+        s.services.data = Some(Rc::new(RefCell::new(Labelled(Normal(
+            0x2545_f491_4f6c_dd1d,
+        )))));
+    })
+    .unwrap();
+    (guard, unet, desc.to_model_info())
+}
+
+fn plugin(config: &str, model: &ModelInfo) -> Result<Instance<B>, String> {
+    let lib = load_library(
+        &plugin_path("dtx-plugin-denoiser-guidance"),
+        None,
+        vtables::<B>(),
+    )
+    .expect("denoiser-guidance plugin loads");
+    Instance::<B>::new("denoiser-guidance", lib, config, model).map_err(|e| format!("{e:#}"))
+}
+
+use rand::SeedableRng;
+
+/// Eq. 13's gradient, ∇_{x_t} Σ log p(y | f(x̂0(x_t))), read back from the
+/// score hook (ε = 0 in, so ε̂ = −λ sqrt(1 − ᾱ) ∇), against central
+/// differences of the same log-likelihood computed another way: x̂0 from
+/// the U-Net's ε in the test, p(y | f(x̂0)) from the filter hook's scores.
+/// Through the frozen U-Net twice (ε in x̂0 and the features) and the
+/// classifier. Tolerance: 1 % of the gradient's largest entry per checked
+/// coordinate (f32 forward passes, step h = 1e-2).
+#[test]
+fn guidance_gradient_matches_finite_differences_through_a_tiny_unet() {
+    let (_guard, unet, model) = session();
+    let mut inst = plugin(
+        r#"{"num_classes": 2, "timesteps": [300], "channels": 8, "steps": 20, "pool": 16,
+            "batch": 8, "validation": 0, "lambda": 2.0, "reject": true, "threshold": 0.0}"#,
+        &model,
+    )
+    .unwrap();
+    inst.prepare("sample", "").unwrap();
+
+    let (n, t, lambda) = (2, 500, 2.0f64);
+    let ab = alpha_bars()[t] as f64;
+    let labels = int_prim(&[0, 1]);
+    let x = Normal(99).images(n);
+    let zero = image_prim(&vec![0.0; x.len()]);
+    let eps_hat = values(
+        &inst
+            .score(&image_prim(&x), &t_stored(t, n), &zero, Some(&labels), 0, 1)
+            .unwrap(),
+    );
+    let grad: Vec<f64> = eps_hat
+        .iter()
+        .map(|&e| -e as f64 / (lambda * (1.0 - ab).sqrt()))
+        .collect();
+
+    // Σ log p(y | f(x̂0(x))), evaluated without the score hook
+    let log_lik = |inst: &mut Instance<B>, x: &[f32]| -> f64 {
+        let eps = values(
+            &unet
+                .denoise(image_prim(x), t_stored(t, n), Which::Student, None)
+                .unwrap(),
+        );
+        let x0: Vec<f32> = x
+            .iter()
+            .zip(&eps)
+            .map(|(&xi, &e)| ((xi as f64 - (1.0 - ab).sqrt() * e as f64) / ab.sqrt()) as f32)
+            .collect();
+        let out = inst.filter(&image_prim(&x0), Some(&labels)).unwrap();
+        out.scores.iter().map(|&p| (p as f64).ln()).sum()
+    };
+
+    let top = grad.iter().fold(0.0f64, |m, g| m.max(g.abs()));
+    assert!(top > 0.0, "the guidance gradient is zero");
+    let mut order: Vec<usize> = (0..grad.len()).collect();
+    order.sort_by(|&a, &b| grad[b].abs().total_cmp(&grad[a].abs()));
+    let h = 1e-2f32;
+    // the largest entries, and a few ordinary ones
+    for &i in order
+        .iter()
+        .take(4)
+        .chain(order.iter().skip(300).step_by(250).take(4))
+    {
+        let mut plus = x.clone();
+        plus[i] += h;
+        let mut minus = x.clone();
+        minus[i] -= h;
+        let fd = (log_lik(&mut inst, &plus) - log_lik(&mut inst, &minus)) / (2.0 * h as f64);
+        println!(
+            "coordinate {i}: score hook {:.6e}, finite difference {fd:.6e}",
+            grad[i]
+        );
+        assert!(
+            (fd - grad[i]).abs() <= 0.01 * top,
+            "coordinate {i}: score hook {} vs finite difference {fd} (largest entry {top})",
+            grad[i]
+        );
+    }
+}
+
+fn rows(p: &Prim) -> Vec<f32> {
+    Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(p.clone()))
+        .into_data()
+        .to_vec()
+        .unwrap()
+}
+
+/// The class embedding at `temb`: `h + E[y]` at sampling; label dropout 1
+/// drops every training label to the null class (zero); no labels is the
+/// null class. CFG in `score`: `(1 + w) ε − w ε_null`, ε_null from
+/// `denoise(student)` (which leaves this plugin's embedding out).
+#[test]
+fn class_embedding_and_classifier_free_guidance() {
+    let (_guard, unet, model) = session();
+    let w = 0.5f32;
+    let mut inst = plugin(
+        &format!(
+            r#"{{"preset": "rejection", "num_classes": 3, "class_embedding": true,
+                "label_dropout": 1.0, "cfg_weight": {w}, "channels": 4}}"#
+        ),
+        &model,
+    )
+    .unwrap();
+    assert_eq!(inst.points(), ["temb"]);
+    let d = model.temb_channels;
+    let table = Session::<B>::with(|s| {
+        let e = s
+            .params
+            .entries()
+            .iter()
+            .find(|e| e.name == "plugin.denoiser-guidance.class_embedding")
+            .expect("class_embedding registered")
+            .value
+            .clone();
+        rows(&e)
+    })
+    .unwrap();
+    assert_eq!(table.len(), 3 * d);
+    let temb: Vec<f32> = (0..2 * d).map(|i| (i as f32 * 0.37).sin()).collect();
+    let h = Tensor::<B, 2>::from_data(TensorData::new(temb.clone(), [2, d]), &Default::default())
+        .into_primitive()
+        .tensor();
+    let labels = int_prim(&[2, 0]);
+    let t = t_stored(10, 2);
+    let mut inject = |labels: Option<&IntPrim>, training: bool| {
+        rows(
+            &inst
+                .inject(InjectArgs {
+                    point: "temb",
+                    h: &h,
+                    t: &t,
+                    temb: &h,
+                    cond: None,
+                    labels,
+                    training,
+                })
+                .unwrap(),
+        )
+    };
+    let sampled = inject(Some(&labels), false);
+    for (i, y) in [2usize, 0].into_iter().enumerate() {
+        for j in 0..d {
+            let want = temb[i * d + j] + table[y * d + j];
+            assert!((sampled[i * d + j] - want).abs() < 1e-6, "row {i} col {j}");
+        }
+    }
+    assert_eq!(
+        inject(Some(&labels), true),
+        temb,
+        "dropout 1 drops every label"
+    );
+    assert_eq!(inject(None, false), temb, "no labels: the null class");
+
+    let n = 2;
+    let x = Normal(5).images(n);
+    let eps: Vec<f32> = Normal(6).images(n);
+    let out = values(
+        &inst
+            .score(
+                &image_prim(&x),
+                &t_stored(400, n),
+                &image_prim(&eps),
+                Some(&labels),
+                0,
+                1,
+            )
+            .unwrap(),
+    );
+    let null = values(
+        &unet
+            .denoise(image_prim(&x), t_stored(400, n), Which::Student, None)
+            .unwrap(),
+    );
+    for i in 0..out.len() {
+        let want = (1.0 + w) * eps[i] - w * null[i];
+        assert!(
+            (out[i] - want).abs() < 1e-5,
+            "entry {i}: {} vs {want}",
+            out[i]
+        );
+    }
+}
+
+/// Bad configs name their key.
+#[test]
+fn config_errors_name_the_key() {
+    let (_guard, _unet, model) = session();
+    for (config, key) in [
+        (r#"{}"#, "num_classes"),
+        (r#"{"num_classes": 2, "points": ["up.7"]}"#, "points"),
+        (r#"{"num_classes": 2, "points": ["temb"]}"#, "points"),
+        (r#"{"num_classes": 2, "threshold": 1.5}"#, "threshold"),
+        (
+            r#"{"labels": "domain", "class_embedding": true}"#,
+            "class_embedding",
+        ),
+        (r#"{"num_classes": 2, "timesteps": []}"#, "timesteps"),
+    ] {
+        let e = plugin(config, &model).err().expect(config);
+        assert!(e.contains(key), "{config}: {e}");
+    }
+}
+
+fn sample_line(run: &std::path::Path) -> serde_json::Value {
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("{\"sample\""))
+        .expect("a sample line");
+    serde_json::from_str::<serde_json::Value>(line).unwrap()["sample"].clone()
+}
+
+/// Guidance + rejection without training on a tiny U-Net: the classifier's
+/// accuracies are logged, and the filter's counts add up. Threshold 0
+/// accepts everything at once; threshold 1 accepts nothing, and the host
+/// stops at `max_attempts_factor × count` with the shortfall in the report.
+#[test]
+fn guidance_and_rejection_run_and_the_resample_loop_is_capped() {
+    let out = runs::out_dir("dg", "accept-all");
+    let o = runs::dtx_run(
+        "denoiser-guidance-unet.toml",
+        &out,
+        &["sample.label=1"],
+        &[],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let run = out.join("denoiser-guidance-unet");
+    let s = sample_line(&run);
+    assert_eq!(
+        (s["accepted"].as_u64(), s["drawn"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    for key in ["classifier_loss", "train_accuracy", "val_accuracy"] {
+        assert!(
+            metrics.contains(&format!("denoiser-guidance.{key}")),
+            "{key}"
+        );
+    }
+    let labels = std::fs::read_to_string(run.join("samples/labels.csv")).unwrap();
+    assert_eq!(
+        labels.lines().skip(1).filter(|l| l.contains(",1,")).count(),
+        2,
+        "{labels}"
+    );
+
+    let out = runs::out_dir("dg", "reject-all");
+    let o = runs::dtx_run(
+        "denoiser-guidance-unet.toml",
+        &out,
+        &[
+            "plugin.0.config.threshold=1.0",
+            "sample.max_attempts_factor=3",
+        ],
+        &[],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let run = out.join("denoiser-guidance-unet");
+    let s = sample_line(&run);
+    assert_eq!(s["accepted"].as_u64(), Some(0));
+    assert_eq!(s["drawn"].as_u64(), Some(6), "3 × count drawn: {s}");
+    assert_eq!(s["rejected"]["denoiser-guidance"].as_u64(), Some(6));
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(report.contains("acceptance rate 0.0%"), "{report}");
+    assert!(report.contains("short of the count"), "{report}");
+}
+
+/// Class-conditional fine-tuning + CFG + rejection: the class embedding
+/// trains (it is in the checkpoint and moved from its initial value), the
+/// counts add up (accepted + rejected = drawn), and the samples' classes
+/// alternate.
+#[test]
+fn class_conditional_fine_tune_with_rejection_runs() {
+    let out = runs::out_dir("dg", "rejection");
+    let o = runs::dtx_run("rejection-unet.toml", &out, &[], &[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let run = out.join("rejection-unet");
+    let s = sample_line(&run);
+    let (acc, drawn) = (
+        s["accepted"].as_u64().unwrap(),
+        s["drawn"].as_u64().unwrap(),
+    );
+    let rejected = s["rejected"]["denoiser-guidance"].as_u64().unwrap_or(0);
+    assert_eq!(acc + rejected, drawn, "{s}");
+    assert!(acc == 4 || drawn == 12, "{s}");
+    let (_, t) = tensors(&run.join("checkpoints/latest.safetensors"));
+    let key = "param/plugin.denoiser-guidance.class_embedding";
+    assert!(t.contains_key(key), "{:?}", t.keys().collect::<Vec<_>>());
+    // the same run stopped after its first step: the embedding moved since
+    let first = runs::out_dir("dg", "rejection-step1");
+    let o = runs::dtx_run("rejection-unet.toml", &first, &[], &["--stop-after", "1"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let (_, t1) = tensors(&first.join("rejection-unet/checkpoints/latest.safetensors"));
+    assert_ne!(t1[key], t[key], "the class embedding trained in step 2");
+}
+
+/// Labels are required for `labels = "target"`: an unlabelled target stops
+/// the run in `prepare` with an error saying how to label it; and
+/// `sample.label` without any classes is a host error naming the key.
+#[test]
+fn an_unlabelled_target_is_an_error_naming_labels() {
+    let out = runs::out_dir("dg", "unlabelled");
+    let o = runs::dtx_run(
+        "denoiser-guidance-unet.toml",
+        &out,
+        &["target.labels=false"],
+        &[],
+    );
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("target.labels = true"), "{}", o.stderr);
+    let out = runs::out_dir("dg", "unlabelled-label");
+    let o = runs::dtx_run(
+        "denoiser-guidance-unet.toml",
+        &out,
+        &["target.labels=false", "sample.label=0"],
+        &[],
+    );
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("sample.label"), "{}", o.stderr);
+    assert!(
+        !out.join("denoiser-guidance-unet").exists(),
+        "nothing written"
+    );
+}

@@ -148,14 +148,43 @@ impl DenoiseService<B> for TinyUNet {
     }
 }
 
-/// Random labelled images: labels alternate 0, 1.
+/// Random labelled images: labels alternate 0, 1; masks (`<split>:masks`)
+/// are 1 on the left half of image 0 and spread one column further right
+/// with each image.
 struct Labelled(Normal);
+
+/// `n` masks `[n, SIDE, SIDE]` as the mock data service draws them.
+fn masks(n: usize) -> Vec<i64> {
+    (0..n * SIDE * SIDE)
+        .map(|k| {
+            let (i, x) = (k / (SIDE * SIDE), k % SIDE);
+            (x < SIDE / 2 + i % (SIDE / 2)) as i64
+        })
+        .collect()
+}
+
+fn mask_prim(v: &[i64]) -> IntPrim {
+    let n = v.len() / (SIDE * SIDE);
+    Tensor::<B, 3, Int>::from_data(
+        TensorData::new(v.to_vec(), [n, SIDE, SIDE]),
+        &Default::default(),
+    )
+    .into_primitive()
+}
 
 impl DataService<B> for Labelled {
     fn batch(&mut self, split: &str, n: usize) -> Result<(Prim, Option<IntPrim>), AbiError> {
+        let (split, by_mask) = match split.strip_suffix(":masks") {
+            Some(s) => (s, true),
+            None => (split, false),
+        };
         assert!(split == "target" || split == "validation", "{split}");
-        let labels: Vec<i64> = (0..n as i64).map(|i| i % 2).collect();
-        Ok((image_prim(&self.0.images(n)), Some(int_prim(&labels))))
+        let labels = if by_mask {
+            mask_prim(&masks(n))
+        } else {
+            int_prim(&(0..n as i64).map(|i| i % 2).collect::<Vec<_>>())
+        };
+        Ok((image_prim(&self.0.images(n)), Some(labels)))
     }
 }
 
@@ -215,18 +244,35 @@ use rand::SeedableRng;
 /// coordinate (f32 forward passes, step h = 1e-2).
 #[test]
 fn guidance_gradient_matches_finite_differences_through_a_tiny_unet() {
-    let (_guard, unet, model) = session();
-    let mut inst = plugin(
+    check_guidance_gradient(
         r#"{"num_classes": 2, "timesteps": [300], "channels": 8, "steps": 20, "pool": 16,
             "batch": 8, "validation": 0, "lambda": 2.0, "reject": true, "threshold": 0.0}"#,
-        &model,
-    )
-    .unwrap();
+        int_prim(&[0, 1]),
+        1.0,
+    );
+}
+
+/// The same check for segmentation masks: a per-pixel classifier on the
+/// decoder features upsampled to the image, log p summed over pixels (the
+/// filter's score is the pixels' geometric mean, hence the factor).
+#[test]
+fn mask_guidance_gradient_matches_finite_differences() {
+    check_guidance_gradient(
+        r#"{"preset": "mask", "num_classes": 2, "channels": 8, "steps": 20, "pool": 16,
+            "batch": 8, "validation": 0, "lambda": 2.0, "reject": true, "threshold": 0.0}"#,
+        mask_prim(&masks(2)),
+        (SIDE * SIDE) as f64,
+    );
+}
+
+/// `pixels`: the filter's score is exp(log p / pixels).
+fn check_guidance_gradient(config: &str, labels: IntPrim, pixels: f64) {
+    let (_guard, unet, model) = session();
+    let mut inst = plugin(config, &model).unwrap();
     inst.prepare("sample", "").unwrap();
 
     let (n, t, lambda) = (2, 500, 2.0f64);
     let ab = alpha_bars()[t] as f64;
-    let labels = int_prim(&[0, 1]);
     let x = Normal(99).images(n);
     let zero = image_prim(&vec![0.0; x.len()]);
     let eps_hat = values(
@@ -252,7 +298,7 @@ fn guidance_gradient_matches_finite_differences_through_a_tiny_unet() {
             .map(|(&xi, &e)| ((xi as f64 - (1.0 - ab).sqrt() * e as f64) / ab.sqrt()) as f32)
             .collect();
         let out = inst.filter(&image_prim(&x0), Some(&labels)).unwrap();
-        out.scores.iter().map(|&p| (p as f64).ln()).sum()
+        out.scores.iter().map(|&p| pixels * (p as f64).ln()).sum()
     };
 
     let top = grad.iter().fold(0.0f64, |m, g| m.max(g.abs()));
@@ -526,4 +572,37 @@ fn an_unlabelled_target_is_an_error_naming_labels() {
         !out.join("denoiser-guidance-unet").exists(),
         "nothing written"
     );
+}
+
+/// Mask guidance end to end: the per-pixel classifier trains on the
+/// shapes' masks (split `target:masks`), each sample follows a held-out
+/// mask (`sample.masks`), and the masks are written next to the samples.
+/// Without `sample.masks` the score hook says what to set.
+#[test]
+fn mask_guidance_runs_with_held_out_masks() {
+    let sets = [
+        "plugin.0.config.preset=\"mask\"",
+        "plugin.0.config.reject=false",
+        "sample.masks=\"held_out\"",
+    ];
+    let out = runs::out_dir("dg", "mask");
+    let o = runs::dtx_run("denoiser-guidance-unet.toml", &out, &sets, &[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let run = out.join("denoiser-guidance-unet");
+    for i in 0..2 {
+        assert!(
+            run.join(format!("samples/masks/{i:05}.png")).is_file(),
+            "mask {i}"
+        );
+    }
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(
+        metrics.contains("denoiser-guidance.val_accuracy"),
+        "{metrics}"
+    );
+
+    let out = runs::out_dir("dg", "mask-missing");
+    let o = runs::dtx_run("denoiser-guidance-unet.toml", &out, &sets[..2], &[]);
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("sample.masks"), "{}", o.stderr);
 }

@@ -27,6 +27,10 @@ pub struct Dataset {
     pub labels: Option<Vec<i64>>,
     /// Class names by index (empty without labels).
     pub class_names: Vec<String>,
+    /// Per-pixel class masks, `[H, W]` per image, flat, when the set has
+    /// them (`builtin:shapes`: 0 background, 1 shape; a folder set with
+    /// `target.masks`).
+    pub masks: Option<Vec<i64>>,
     /// Where the samples came from, for messages: a folder path or
     /// `builtin:NAME`.
     pub source: String,
@@ -56,6 +60,31 @@ impl Dataset {
         self.sample_shape.len() == 3
     }
 
+    /// Pixels of one mask (`H × W` of an image set, 0 otherwise).
+    pub fn mask_size(&self) -> usize {
+        match self.sample_shape.as_slice() {
+            [_, h, w] => h * w,
+            _ => 0,
+        }
+    }
+
+    /// The masks of the samples at `indices` as a `[batch, H, W]` i64
+    /// tensor, when the set has masks.
+    pub fn mask_tensor<B: Backend>(
+        &self,
+        indices: &[usize],
+        device: &B::Device,
+    ) -> Option<IntTensor<B>> {
+        let m = self.masks.as_ref()?;
+        let per = self.mask_size();
+        let v: Vec<i64> = indices
+            .iter()
+            .flat_map(|&i| m[i * per..(i + 1) * per].iter().copied())
+            .collect();
+        let shape = vec![indices.len(), self.sample_shape[1], self.sample_shape[2]];
+        Some(B::int_from_data(TensorData::new(v, shape), device))
+    }
+
     /// The values of sample `i`. Panics when `i >= len()`.
     pub fn sample(&self, i: usize) -> &[f32] {
         let n = self.sample_size();
@@ -67,11 +96,19 @@ impl Dataset {
     /// slice indexing: indices come from code, not users.
     pub fn subset(&self, indices: &[usize]) -> Dataset {
         let (samples, labels) = self.gather(indices, None);
+        let per = self.mask_size();
+        let masks = self.masks.as_ref().map(|m| {
+            indices
+                .iter()
+                .flat_map(|&i| m[i * per..(i + 1) * per].iter().copied())
+                .collect()
+        });
         Dataset {
             samples,
             sample_shape: self.sample_shape.clone(),
             labels,
             class_names: self.class_names.clone(),
+            masks,
             source: self.source.clone(),
         }
     }
@@ -232,6 +269,7 @@ mod tests {
             sample_shape: vec![2],
             labels: Some((0..n as i64).map(|i| i % 3).collect()),
             class_names: vec!["a".into(), "b".into(), "c".into()],
+            masks: None,
             source: "test points".into(),
         }
     }
@@ -291,6 +329,7 @@ mod tests {
             sample_shape: vec![1, 2, 3],
             labels: None,
             class_names: vec![],
+            masks: None,
             source: "img".into(),
         };
         let (v, _) = d.gather(&[0, 0], Some(&[true, false]));

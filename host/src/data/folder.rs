@@ -31,6 +31,19 @@ pub const RESIZE_FILTER: FilterType = FilterType::Triangle;
 /// [-1, 1]; with `labels`, class labels from its sub-folders. See the
 /// module doc for the rules.
 pub fn load_folder(path: &Path, resolution: usize, labels: bool) -> Result<Dataset, DataError> {
+    load_folder_with_masks(path, resolution, labels, None)
+}
+
+/// [`load_folder`], with per-pixel masks from `masks`: for each image
+/// `path/REL.ext` the 8-bit grayscale PNG `masks/REL.png`, whose pixel
+/// values are class indices; resized and cropped as the image is, with
+/// nearest-neighbour sampling so classes are never blended.
+pub fn load_folder_with_masks(
+    path: &Path,
+    resolution: usize,
+    labels: bool,
+    masks: Option<&Path>,
+) -> Result<Dataset, DataError> {
     if resolution == 0 {
         return Err(DataError::Invalid {
             source_name: path.display().to_string(),
@@ -99,13 +112,57 @@ pub fn load_folder(path: &Path, resolution: usize, labels: bool) -> Result<Datas
         let rgb = resize_crop(img.to_rgb8(), resolution as u32);
         samples.extend(chw_from_rgb(&rgb));
     }
+    let masks = match masks {
+        Some(dir) => {
+            let mut v = Vec::with_capacity(files.len() * resolution * resolution);
+            for (file, _) in &files {
+                let rel = file.strip_prefix(path).unwrap_or(file);
+                v.extend(load_mask(&dir.join(rel).with_extension("png"), resolution)?);
+            }
+            Some(v)
+        }
+        None => None,
+    };
     Ok(Dataset {
         samples,
         sample_shape: vec![3, resolution, resolution],
         labels: labels.then(|| files.iter().map(|(_, l)| l.unwrap_or(0)).collect()),
         class_names,
+        masks,
         source: path.display().to_string(),
     })
+}
+
+/// One mask file as `[r, r]` class indices (its 8-bit gray values), resized
+/// and cropped like [`resize_crop`] but with nearest-neighbour sampling.
+fn load_mask(file: &Path, r: usize) -> Result<Vec<i64>, DataError> {
+    let img = ImageReader::open(file)
+        .map_err(|source| DataError::Io {
+            path: file.into(),
+            source,
+        })?
+        .with_guessed_format()
+        .map_err(|source| DataError::Io {
+            path: file.into(),
+            source,
+        })?
+        .decode()
+        .map_err(|e| DataError::CorruptImage {
+            path: file.into(),
+            reason: e.to_string(),
+        })?
+        .to_luma8();
+    let (w, h) = img.dimensions();
+    let r32 = r as u32;
+    let scale = r as f64 / w.min(h) as f64;
+    let (nw, nh) = (
+        ((w as f64 * scale).round() as u32).max(r32),
+        ((h as f64 * scale).round() as u32).max(r32),
+    );
+    let resized = imageops::resize(&img, nw, nh, FilterType::Nearest);
+    let (x, y) = ((nw - r32) / 2, (nh - r32) / 2);
+    let crop = imageops::crop_imm(&resized, x, y, r32, r32).to_image();
+    Ok(crop.pixels().map(|p| p.0[0] as i64).collect())
 }
 
 /// Resizes the shorter side to `r` (the longer one in proportion, rounded)
@@ -305,6 +362,29 @@ mod tests {
         assert_eq!(d.class_names, ["ant", "zebra"]);
         assert_eq!(d.labels, Some(vec![0, 1, 1]));
         assert_eq!(load_folder(&dir.0, 3, false).unwrap().len(), 3);
+    }
+
+    /// Masks come from `masks/REL.png`, resized with nearest sampling (the
+    /// classes survive exactly) and cropped as the image; a missing mask
+    /// file is an error naming it.
+    #[test]
+    fn masks_load_beside_their_images() {
+        let dir = TempDir::new("masks");
+        let (images, masks) = (dir.0.join("images"), dir.0.join("masks"));
+        std::fs::create_dir_all(images.join("sub")).unwrap();
+        std::fs::create_dir_all(masks.join("sub")).unwrap();
+        solid(8, 4, [10, 20, 30])
+            .save(images.join("sub/a.jpg"))
+            .unwrap();
+        // 8 wide, 4 high: class = 2 on the left half, 5 on the right
+        let m = image::GrayImage::from_fn(8, 4, |x, _| image::Luma([if x < 4 { 2 } else { 5 }]));
+        m.save(masks.join("sub/a.png")).unwrap();
+        let d = load_folder_with_masks(&images, 2, false, Some(&masks)).unwrap();
+        // shorter side 4 → 2: 4 × 2, centre crop 2 × 2 = columns 1, 2 of 4
+        assert_eq!(d.masks, Some(vec![2, 5, 2, 5]));
+        std::fs::remove_file(masks.join("sub/a.png")).unwrap();
+        let e = load_folder_with_masks(&images, 2, false, Some(&masks)).unwrap_err();
+        assert!(e.to_string().contains("a.png"), "{e}");
     }
 
     #[test]

@@ -224,6 +224,7 @@ impl Gmm {
             } else {
                 Vec::new()
             },
+            masks: None,
             source: "builtin:gmm".into(),
         }
     }

@@ -17,7 +17,7 @@ pub mod shapes;
 
 pub use dataset::Dataset;
 pub use error::DataError;
-pub use folder::{chw_from_rgb, grid, load_folder, rgb_from_chw};
+pub use folder::{chw_from_rgb, grid, load_folder, load_folder_with_masks, rgb_from_chw};
 pub use gmm::{Component, Gmm};
 pub use iter::{Batch, BatchIter, BatchPosition};
 pub use shapes::{ShapeSpec, ShapesConfig};

@@ -233,6 +233,29 @@ impl ShapesConfig {
         }
     }
 
+    /// The mask of `spec`: `[H, W]`, 1 where at least half of a pixel's
+    /// sub-samples fall inside the shape, else 0 (background).
+    pub fn mask(&self, spec: &ShapeSpec) -> Vec<i64> {
+        let res = self.resolution;
+        let s = if self.antialias { SUPERSAMPLE } else { 1 };
+        let mut out = vec![0i64; res * res];
+        for y in 0..res {
+            for x in 0..res {
+                let mut hits = 0;
+                for sy in 0..s {
+                    for sx in 0..s {
+                        let px = x as f64 + (sx as f64 + 0.5) / s as f64;
+                        let py = y as f64 + (sy as f64 + 0.5) / s as f64;
+                        let (dx, dy) = (px - spec.centre[0], py - spec.centre[1]);
+                        hits += inside(spec.kind, dx / spec.radius, dy / spec.radius) as usize;
+                    }
+                }
+                out[y * res + x] = (2 * hits >= s * s) as i64;
+            }
+        }
+        out
+    }
+
     /// Renders `spec` as `[3, H, W]` values in [-1, 1].
     pub fn render(&self, spec: &ShapeSpec) -> Vec<f32> {
         let res = self.resolution;
@@ -270,9 +293,11 @@ impl ShapesConfig {
         let res = self.resolution;
         let mut samples = Vec::with_capacity(count * 3 * res * res);
         let mut labels = Vec::with_capacity(count);
+        let mut masks = Vec::with_capacity(count * res * res);
         for i in 0..count {
             let spec = self.spec(seed, i);
             samples.extend(self.render(&spec));
+            masks.extend(self.mask(&spec));
             labels.extend(self.label_of(&spec));
         }
         let has_labels = LABEL_ATTRIBUTES[self.label] != "none";
@@ -281,6 +306,7 @@ impl ShapesConfig {
             sample_shape: vec![3, res, res],
             labels: has_labels.then_some(labels),
             class_names: self.class_names(),
+            masks: Some(masks),
             source: "builtin:shapes".into(),
         }
     }
@@ -322,6 +348,28 @@ fn shade(texture: usize, dx: f64, dy: f64, period: f64) -> f32 {
 mod tests {
     use super::*;
     use std::path::PathBuf;
+
+    /// The mask is 1 exactly where the (un-antialiased) shape is drawn.
+    #[test]
+    fn masks_cover_the_drawn_shape() {
+        let mut cfg = ShapesConfig::preset("all");
+        cfg.antialias = false;
+        let d = cfg.dataset(3, 8);
+        let m = d.masks.as_ref().expect("shapes have masks");
+        assert_eq!(m.len(), 8 * 32 * 32);
+        for i in 0..8 {
+            let img = d.sample(i);
+            for p in 0..32 * 32 {
+                let lit = (0..3).any(|c| img[c * 32 * 32 + p] > -1.0);
+                assert_eq!(m[i * 32 * 32 + p] == 1, lit, "image {i} pixel {p}");
+            }
+        }
+        // subsets keep each image's mask
+        let s = d.subset(&[5, 2]);
+        let masks = s.masks.unwrap();
+        assert_eq!(masks[..1024], m[5 * 1024..6 * 1024]);
+        assert_eq!(masks[1024..], m[2 * 1024..3 * 1024]);
+    }
 
     #[test]
     fn rendering_is_deterministic_and_in_range() {

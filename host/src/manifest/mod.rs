@@ -24,9 +24,9 @@ pub use error::{ManifestDiagnostic, ManifestError, diagnostic, line_col};
 pub use load::{LoadedManifest, load, load_str};
 pub use overrides::Override;
 pub use schema::{
-    Backend, EXTRACTORS, Ema, Eval, HOOK_NAMES, Init, LossWeight, METRICS, Manifest, Optimizer,
-    PluginSpec, Prediction, Reference, Run, SECTION_KEYS, Sample, Sampler, Schedule, Source,
-    SourceData, SourceKind, Target, Train, Trainable,
+    Backend, EXTRACTORS, Ema, Eval, HOOK_NAMES, Init, LossWeight, METRICS, Manifest, MaskSource,
+    Optimizer, PluginSpec, Prediction, Reference, Run, SECTION_KEYS, Sample, Sampler, Schedule,
+    Source, SourceData, SourceKind, Target, Train, Trainable,
 };
 pub use spans::{EntrySpans, KeyPath, Segment, SpanMap};
 

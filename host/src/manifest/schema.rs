@@ -40,6 +40,7 @@ pub const SECTION_KEYS: &[(&str, &[&str])] = &[
             "holdout",
             "flip",
             "labels",
+            "masks",
             "config",
         ],
     ),
@@ -79,6 +80,7 @@ pub const SECTION_KEYS: &[(&str, &[&str])] = &[
             "clip_sample",
             "clip_range",
             "max_attempts_factor",
+            "masks",
         ],
     ),
     (
@@ -232,6 +234,12 @@ pub struct Target {
     /// Default: false.
     #[serde(default)]
     pub labels: bool,
+    /// A folder of per-pixel class masks for a folder dataset: image
+    /// `REL.ext` has mask `masks/REL.png` (8-bit gray, value = class),
+    /// relative to the manifest's folder. `builtin:shapes` always has masks
+    /// (0 background, 1 shape). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masks: Option<String>,
     /// Options of a built-in set (`preset = "target"` for `builtin:gmm`, shape
     /// families for `builtin:shapes`; docs/data.md). Default: empty.
     #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
@@ -389,6 +397,22 @@ pub struct Sample {
     /// samples while waiting for `count` to be accepted. Default: 10.
     #[serde(default = "default_attempts_factor")]
     pub max_attempts_factor: usize,
+    /// Condition each sample on a mask of the target's masks, in turn:
+    /// `held_out` or `target` (the training images'). Plugins' `score` and
+    /// `filter` hooks get the masks `[B, H, W]` as their labels. Default:
+    /// none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masks: Option<MaskSource>,
+}
+
+/// Where `sample.masks` come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskSource {
+    /// The held-out target images' masks (`target.holdout`).
+    HeldOut,
+    /// The training target images' masks.
+    Target,
 }
 
 /// `[eval]`: metrics computed over the samples.

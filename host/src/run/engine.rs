@@ -267,6 +267,7 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         (None, None)
     };
     let classes = super::model::run_classes(plan, &net, target.as_ref(), held_out.as_ref())?;
+    let sample_masks = super::model::sample_masks(plan, target.as_ref(), held_out.as_ref())?;
     let source_data = super::model::load_source_data(plan, &example)?;
     let device: B::Device = Default::default();
     // The extractor and the reference images load before anything trains,
@@ -344,6 +345,7 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         data_channels: example[0],
         classes,
         sampling_weights: RefCell::new(None),
+        sample_masks,
     });
 
     // 3. services: data, denoisers
@@ -628,6 +630,9 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
             labels.as_deref(),
         )?;
         summary.sample_labels = labels;
+        if let [_, h, w] = example[..] {
+            super::report::write_masks(&dir, &drawn.masks, [h, w])?;
+        }
         if let Some(e) = &eval_setup {
             summary.evaluation =
                 Some(e.record(&drawn, &example, m.run.seed, &device, &mut dir, log)?);

@@ -41,6 +41,8 @@ pub(super) struct Engine<B: AutodiffBackend> {
     /// sampling: `denoise(student)` / `features(student)` from a `score` or
     /// `filter` hook use them rather than the raw training weights.
     pub(super) sampling_weights: RefCell<Option<HashMap<String, P<B>>>>,
+    /// The masks samples are conditioned on in turn (`sample.masks`).
+    pub(super) sample_masks: Option<Dataset>,
 }
 
 /// The network output `out` as ε: the mean channels of a learned-variance
@@ -264,6 +266,11 @@ pub(super) struct Data {
 impl<B: AutodiffBackend> DataService<B> for Rc<RefCell<(Data, B::Device)>> {
     fn batch(&mut self, split: &str, n: usize) -> Result<(P<B>, Option<IntTensor<B>>), AbiError> {
         let (d, dev) = &mut *self.borrow_mut();
+        // `<split>:masks`: the per-pixel masks `[B, H, W]` as the labels
+        let (split, masks) = match split.strip_suffix(":masks") {
+            Some(base) => (base, true),
+            None => (split, false),
+        };
         let set = match (split, &d.source) {
             ("target", _) => &d.target,
             ("validation", _) => match &d.held_out {
@@ -305,7 +312,20 @@ impl<B: AutodiffBackend> DataService<B> for Rc<RefCell<(Data, B::Device)>> {
         let len = set.len();
         let idx: Vec<usize> =
             Session::<B>::with(|s| (0..n).map(|_| s.rng.random_range(0..len)).collect())?;
-        Ok(set.to_tensor::<B>(&idx, dev))
+        let (x, labels) = set.to_tensor::<B>(&idx, dev);
+        if !masks {
+            return Ok((x, labels));
+        }
+        match set.mask_tensor::<B>(&idx, dev) {
+            Some(m) => Ok((x, Some(m))),
+            None => Err(AbiError::new(
+                ErrorKind::UNSUPPORTED,
+                format!(
+                    "dataset split `{split}:masks`: `{}` has no masks (`builtin:shapes` has them; a folder set needs `target.masks`)",
+                    set.source
+                ),
+            )),
+        }
     }
 }
 
@@ -385,7 +405,11 @@ pub(super) fn load_target(plan: &Plan, data_shape: &[usize]) -> Result<(Dataset,
         None => {
             let path = plan.manifest.resolve_path(std::path::Path::new(&t.dataset));
             let res = t.resolution.or(model_res).unwrap_or(32);
-            data::load_folder(&path, res, t.labels)?
+            let masks = t
+                .masks
+                .as_ref()
+                .map(|m| plan.manifest.resolve_path(std::path::Path::new(m)));
+            data::load_folder_with_masks(&path, res, t.labels, masks.as_deref())?
         }
     };
     let split_seed = t.split_seed.unwrap_or(m.run.seed);
@@ -460,6 +484,32 @@ pub(super) fn run_classes(
         }
     }
     Ok(k)
+}
+
+/// The set whose masks `sample.masks` names, checked to have masks.
+pub(super) fn sample_masks(
+    plan: &Plan,
+    target: Option<&Dataset>,
+    held_out: Option<&Dataset>,
+) -> Result<Option<Dataset>> {
+    use crate::manifest::MaskSource;
+    let Some(which) = plan.manifest.manifest.sample.as_ref().and_then(|s| s.masks) else {
+        return Ok(None);
+    };
+    let (set, key) = match which {
+        MaskSource::HeldOut => (held_out, "held_out (set `target.holdout`)"),
+        MaskSource::Target => (target, "target"),
+    };
+    let Some(set) = set.filter(|s| !s.is_empty()) else {
+        bail!("`sample.masks`: the run has no {key} images");
+    };
+    if set.masks.is_none() {
+        bail!(
+            "`sample.masks`: `{}` has no masks (`builtin:shapes` has them; a folder set needs `target.masks`)",
+            set.source
+        );
+    }
+    Ok(Some(set.clone()))
 }
 
 /// Settings a manifest may hold that this engine does not carry out yet: an

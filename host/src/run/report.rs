@@ -87,6 +87,25 @@ pub fn write_samples(
     Ok(())
 }
 
+/// Writes the mask each sample was conditioned on as
+/// `samples/masks/NNNNN.png` (8-bit gray, the class index: the same layout
+/// `target.masks` reads).
+pub fn write_masks(dir: &RunDir, masks: &[i64], hw: [usize; 2]) -> Result<()> {
+    let [h, w] = hw;
+    if masks.is_empty() || h * w == 0 {
+        return Ok(());
+    }
+    let sub = dir.path.join("samples").join("masks");
+    std::fs::create_dir_all(&sub)?;
+    for (i, m) in masks.chunks(h * w).enumerate() {
+        let img = image::GrayImage::from_fn(w as u32, h as u32, |x, y| {
+            image::Luma([m[y as usize * w + x as usize].clamp(0, 255) as u8])
+        });
+        img.save(sub.join(format!("{i:05}.png")))?;
+    }
+    Ok(())
+}
+
 /// Writes `report.md`: what ran, the final loss, and for a `builtin:gmm`
 /// target the samples' mean density and log-density under the exact target.
 pub fn write_report(dir: &RunDir, plan: &Plan, s: &RunSummary) -> Result<()> {

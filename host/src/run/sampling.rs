@@ -33,6 +33,9 @@ pub(super) struct Drawn {
     /// The class each accepted sample was drawn for (empty when the run
     /// samples without labels).
     pub(super) labels: Vec<i64>,
+    /// The mask each accepted sample was conditioned on, `[H, W]` each,
+    /// flat (empty without `sample.masks`).
+    pub(super) masks: Vec<i64>,
 }
 
 impl Drawn {
@@ -90,9 +93,12 @@ fn trajectory<B: AutodiffBackend, const D: usize>(
     learned_sigma: bool,
     x_big_t: Tensor<B, D>,
     labels: Option<IntTensor<B>>,
+    hook_labels: Option<IntTensor<B>>,
     rng: &mut rand::rngs::StdRng,
     device: &B::Device,
 ) -> Result<Tensor<B, D>> {
+    // what `score` hooks aim for: the masks when sampling by mask, else the classes
+    let hook_labels = hook_labels.or_else(|| labels.clone());
     let alpha_bars = &engine.alpha_bars;
     let mut step_index = 0u64;
     let num_steps = cfg.steps as u64;
@@ -123,7 +129,7 @@ fn trajectory<B: AutodiffBackend, const D: usize>(
                         &prim_f(x.clone()),
                         &t_stored,
                         &eps,
-                        labels.as_ref(),
+                        hook_labels.as_ref(),
                         step_index,
                         num_steps,
                     )?;
@@ -185,13 +191,25 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
         attempts: 0,
         rejected: HashMap::new(),
         labels: Vec::new(),
+        masks: Vec::new(),
     };
     let run = |x_big_t: Tensor<B, D>,
                labels: Option<IntTensor<B>>,
+               masks: Option<IntTensor<B>>,
                source: bool,
                rng: &mut rand::rngs::StdRng| {
         let w = (!source).then_some(weights);
-        trajectory::<B, D>(engine, w, &cfg, learned_sigma, x_big_t, labels, rng, device)
+        trajectory::<B, D>(
+            engine,
+            w,
+            &cfg,
+            learned_sigma,
+            x_big_t,
+            labels,
+            masks,
+            rng,
+            device,
+        )
     };
     let mut rng = step_rng(seed, u64::MAX - 1);
     let mut source_rng = step_rng(seed, u64::MAX - 2);
@@ -205,10 +223,19 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
         let labels = label_values.as_ref().map(|v| {
             Tensor::<B, 1, Int>::from_data(TensorData::new(v.clone(), [n]), device).into_primitive()
         });
+        // sample k of the run is conditioned on mask k (cycling)
+        let mask_idx: Vec<usize> = match &engine.sample_masks {
+            Some(m) => (0..n).map(|i| (out.attempts + i) % m.len()).collect(),
+            None => Vec::new(),
+        };
+        let masks = engine
+            .sample_masks
+            .as_ref()
+            .and_then(|m| m.mask_tensor::<B>(&mask_idx, device));
         out.attempts += n;
         let x_big_t: Tensor<B, D> = normal(&mut rng, batch_shape::<D>(n, &example), device);
         let from_source = if with_source {
-            let s = run(x_big_t.clone(), labels.clone(), true, &mut source_rng)?;
+            let s = run(x_big_t.clone(), labels.clone(), None, true, &mut source_rng)?;
             Some(
                 s.into_data()
                     .to_vec::<f32>()
@@ -217,11 +244,12 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
         } else {
             None
         };
-        let samples = run(x_big_t, labels.clone(), false, &mut rng)?;
+        let samples = run(x_big_t, labels.clone(), masks.clone(), false, &mut rng)?;
         let sp = prim_f(samples.clone());
         let mut keep = vec![true; n];
+        let filter_labels = masks.clone().or_else(|| labels.clone());
         for mut inst in engine.hooked(|p| p.implements(Hook::Filter)) {
-            let decision = inst.filter(&sp, labels.as_ref())?;
+            let decision = inst.filter(&sp, filter_labels.as_ref())?;
             for (i, k) in decision.keep.iter().enumerate() {
                 if !k && keep[i] {
                     *out.rejected.entry(inst.name.clone()).or_default() += 1;
@@ -238,6 +266,13 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
                 out.accepted.extend_from_slice(chunk);
                 if let Some(v) = &label_values {
                     out.labels.push(v[i]);
+                }
+                if let Some(m) = &engine.sample_masks {
+                    let per = m.mask_size();
+                    let k = mask_idx[i];
+                    out.masks.extend_from_slice(
+                        &m.masks.as_ref().expect("checked by sample_masks")[k * per..(k + 1) * per],
+                    );
                 }
                 if let Some(s) = &from_source {
                     out.source
@@ -298,6 +333,7 @@ impl<B: AutodiffBackend, const D: usize> SampleService<B> for SourceSampler<B, D
                 learned_sigma,
                 x_big_t,
                 l,
+                None,
                 &mut rng,
                 &self.device,
             )

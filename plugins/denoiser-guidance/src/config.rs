@@ -13,6 +13,10 @@ pub enum Preset {
     /// Sec. 5.3: bottleneck at t = 300 and t = 800, 4 conv layers;
     /// rejection on, guidance off.
     Rejection,
+    /// Sec. 5.2: segmentation masks; decoder features at t = 500
+    /// upsampled to the image, a 3-layer per-pixel MLP, 50 steps, λ = 2e-4;
+    /// guidance on, rejection off.
+    Mask,
 }
 
 /// Where the classifier's labels come from.
@@ -31,14 +35,15 @@ pub enum Labels {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// `attribute` (default) or `rejection`.
+    /// `attribute` (default), `rejection` or `mask`.
     pub preset: Preset,
     /// `target` (default) or `domain`.
     pub labels: Labels,
     /// Classes of the labelled set (required with `labels = "target"`).
     pub num_classes: usize,
-    /// Feature points: `bottleneck`, `up.{i}` / `down.{i}` (the block's last
-    /// residual output) or an injection-point name.
+    /// Feature points: `bottleneck`, `decoder` (every up block), `up.{i}` /
+    /// `down.{i}` (the block's last residual output) or an injection-point
+    /// name.
     pub points: Option<Vec<String>>,
     /// Feature timesteps t_f; the features of each are concatenated.
     pub timesteps: Option<Vec<u32>>,
@@ -61,8 +66,9 @@ pub struct Config {
     pub feature_noise: bool,
     /// Classifier guidance in `score` (Eq. 13).
     pub guide: Option<bool>,
-    /// λ of Eq. 10/13, on log p(y | ·) summed over the batch. Default 1.
-    pub lambda: f32,
+    /// λ of Eq. 10/13, on log p(y | ·) summed over the batch (and over
+    /// pixels for masks).
+    pub lambda: Option<f32>,
     /// Reject samples in `filter`.
     pub reject: Option<bool>,
     /// Keep a sample when p(y | x) >= threshold. Default 0.2.
@@ -95,7 +101,7 @@ impl Default for Config {
             validation: 256,
             feature_noise: false,
             guide: None,
-            lambda: 1.0,
+            lambda: None,
             reject: None,
             threshold: 0.2,
             class_embedding: false,
@@ -117,29 +123,38 @@ pub struct Resolved {
     pub reject: bool,
     /// Classes of the classifier (2 for `domain`).
     pub classes: usize,
+    /// Per-pixel masks rather than one label per image.
+    pub masks: bool,
+    /// λ of Eq. 13.
+    pub lambda: f32,
 }
 
 impl Config {
     /// The preset's values where the config leaves them out.
     pub fn resolve(&self) -> Resolved {
-        let attribute = self.preset == Preset::Attribute;
-        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // points, t_f, layers, steps, guide and λ of each preset
+        let (points, timesteps, layers, steps, guide, lambda) = match self.preset {
+            Preset::Attribute => (
+                strings(&["bottleneck", "up.1"]),
+                vec![700],
+                3,
+                100,
+                true,
+                1.0,
+            ),
+            Preset::Rejection => (strings(&["bottleneck"]), vec![300, 800], 4, 300, false, 1.0),
+            Preset::Mask => (strings(&["decoder"]), vec![500], 3, 50, true, 2e-4),
+        };
         Resolved {
-            points: self.points.clone().unwrap_or_else(|| {
-                if attribute {
-                    strings(&["bottleneck", "up.1"])
-                } else {
-                    strings(&["bottleneck"])
-                }
-            }),
-            timesteps: self
-                .timesteps
-                .clone()
-                .unwrap_or_else(|| if attribute { vec![700] } else { vec![300, 800] }),
-            layers: self.layers.unwrap_or(if attribute { 3 } else { 4 }),
-            steps: self.steps.unwrap_or(if attribute { 100 } else { 300 }),
-            guide: self.guide.unwrap_or(attribute),
-            reject: self.reject.unwrap_or(!attribute),
+            points: self.points.clone().unwrap_or(points),
+            timesteps: self.timesteps.clone().unwrap_or(timesteps),
+            layers: self.layers.unwrap_or(layers),
+            steps: self.steps.unwrap_or(steps),
+            guide: self.guide.unwrap_or(guide),
+            reject: self.reject.unwrap_or(self.preset == Preset::Rejection),
+            masks: self.preset == Preset::Mask,
+            lambda: self.lambda.unwrap_or(lambda),
             classes: match self.labels {
                 Labels::Target => self.num_classes,
                 Labels::Domain => 2,
@@ -150,7 +165,7 @@ impl Config {
     /// Checks every value; the error names the first bad key.
     pub fn validate(&self) -> Result<(), AbiError> {
         let r = self.resolve();
-        for (key, v) in [("lambda", self.lambda), ("cfg_weight", self.cfg_weight)] {
+        for (key, v) in [("lambda", r.lambda), ("cfg_weight", self.cfg_weight)] {
             if !v.is_finite() {
                 return Err(AbiError::config(key, format!("must be finite, got {v}")));
             }
@@ -196,6 +211,12 @@ impl Config {
                 ),
             ));
         }
+        if r.masks && self.labels == Labels::Domain {
+            return Err(AbiError::config(
+                "labels",
+                "`domain` labels whole images; the `mask` preset needs the target's masks (`labels = \"target\"`)",
+            ));
+        }
         if self.class_embedding && self.labels == Labels::Domain {
             return Err(AbiError::config(
                 "class_embedding",
@@ -212,18 +233,22 @@ pub fn keys() -> Vec<ConfigKey> {
         ConfigKey::new(
             "preset",
             "string",
-            "\"attribute\" (bottleneck + up.1 at t=700, 3 layers, 100 steps, guide) or \"rejection\" (bottleneck at t=300,800, 4 layers, 300 steps, reject)",
+            "\"attribute\" (bottleneck + up.1 at t=700, 3 conv layers, 100 steps, guide, λ 1), \"rejection\" (bottleneck at t=300,800, 4 conv layers, 300 steps, reject) or \"mask\" (decoder at t=500, 3-layer per-pixel MLP, 50 steps, guide, λ 2e-4)",
         ),
         ConfigKey::new(
             "labels",
             "string",
             "\"target\" (the labelled target's classes) or \"domain\" (target images against source-model samples)",
         ),
-        ConfigKey::new("num_classes", "int", "classes of the labelled target set"),
+        ConfigKey::new(
+            "num_classes",
+            "int",
+            "classes of the labelled target set (of its mask pixels for `mask`)",
+        ),
         ConfigKey::new(
             "points",
             "list of string",
-            "feature points: \"bottleneck\", \"up.{i}\", \"down.{i}\" or point names (default: preset)",
+            "feature points: \"bottleneck\", \"decoder\", \"up.{i}\", \"down.{i}\" or point names (default: preset)",
         ),
         ConfigKey::new(
             "timesteps",
@@ -266,7 +291,7 @@ pub fn keys() -> Vec<ConfigKey> {
         ConfigKey::new(
             "lambda",
             "float",
-            "λ of Eq. 13, on log p(y|x̂0) summed over the batch",
+            "λ of Eq. 13, on log p(y|x̂0) summed over the batch and mask pixels (default: preset)",
         ),
         ConfigKey::new(
             "reject",

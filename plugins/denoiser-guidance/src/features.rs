@@ -37,16 +37,31 @@ fn last_with_prefix<'a>(available: &'a [PointInfo], prefix: &str) -> Option<&'a 
 }
 
 impl FeatureSpec {
-    /// Resolves `names` (`bottleneck`, `up.{i}`, `down.{i}`, or point names)
-    /// against the model's points.
+    /// Resolves `names` (`bottleneck`, `decoder`, `up.{i}`, `down.{i}`, or
+    /// point names) against the model's points. The common size is the
+    /// smallest point's, or `size` when given (masks: the image's).
     pub fn new(
         names: &[String],
         timesteps: &[u32],
         noise: bool,
         available: &[PointInfo],
+        size: Option<[usize; 2]>,
     ) -> Result<FeatureSpec, AbiError> {
         let mut points: Vec<&PointInfo> = Vec::new();
+        let mut expanded = Vec::new();
         for name in names {
+            if name == "decoder" {
+                // the last residual output of every up block
+                let mut i = 0;
+                while last_with_prefix(available, &format!("up.{i}.res.")).is_some() {
+                    expanded.push(format!("up.{i}"));
+                    i += 1;
+                }
+            } else {
+                expanded.push(name.clone());
+            }
+        }
+        for name in &expanded {
             let found = match name.as_str() {
                 "bottleneck" => last_with_prefix(available, "mid.res."),
                 n if (n.starts_with("up.") || n.starts_with("down."))
@@ -77,11 +92,12 @@ impl FeatureSpec {
             }
             points.push(p);
         }
-        let size = points
+        let smallest = points
             .iter()
             .map(|p| [p.height, p.width])
             .min_by_key(|s| s[0] * s[1])
-            .expect("at least one point");
+            .ok_or_else(|| AbiError::config("points", "names no point of this model"))?;
+        let size = size.unwrap_or(smallest);
         let channels = points.iter().map(|p| p.channels).sum::<usize>() * timesteps.len();
         Ok(FeatureSpec {
             points: points.iter().map(|p| p.name.to_string()).collect(),
@@ -138,14 +154,15 @@ impl FeatureSpec {
     }
 
     /// `f` `[B, C, H, W]` at the common size: an average over blocks when
-    /// the size divides, else bilinear resampling.
+    /// it shrinks by a whole factor, else bilinear resampling (upsampling
+    /// decoder features to the image for masks).
     fn resize(&self, f: &Tensor) -> Tensor {
         let (b, c, h, w) = (f.dim(0), f.dim(1), f.dim(2), f.dim(3));
         let [th, tw] = self.size;
         if [h, w] == self.size {
             return f.clone();
         }
-        if h % th == 0 && w % tw == 0 {
+        if h >= th && w >= tw && h % th == 0 && w % tw == 0 {
             let (kh, kw) = (h / th, w / tw);
             return f
                 .reshape(&[

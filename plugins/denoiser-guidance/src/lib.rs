@@ -53,10 +53,11 @@ fn per_example(v: &Tensor) -> Tensor {
     v.reshape(&[v.dim(0) as i64, 1, 1, 1])
 }
 
-/// Labelled examples: images and their class.
+/// Labelled examples: images and their classes, `[N]` (labels) or
+/// `[N, H, W]` (masks), i64.
 struct Labelled {
     x: Tensor,
-    y: Vec<i64>,
+    y: Tensor,
 }
 
 impl DenoiserGuidance {
@@ -64,26 +65,19 @@ impl DenoiserGuidance {
     fn labelled(&self, host: &Host, split: &str, n: usize) -> Result<Labelled, AbiError> {
         match self.config.labels {
             Labels::Target => {
-                let (x, y) = host.dataset_batch(split, n)?;
+                let split = if self.resolved.masks {
+                    format!("{split}:masks")
+                } else {
+                    split.to_owned()
+                };
+                let (x, y) = host.dataset_batch(&split, n)?;
                 let y = y.ok_or_else(|| {
                     AbiError::config(
                         "labels",
                         "`target` needs a labelled target set (`target.labels = true`, class sub-folders); use `labels = \"domain\"` for an unlabelled one",
                     )
                 })?;
-                let y = y.to_i64_vec();
-                if let Some(&bad) = y
-                    .iter()
-                    .find(|&&l| l < 0 || l as usize >= self.resolved.classes)
-                {
-                    return Err(AbiError::config(
-                        "num_classes",
-                        format!(
-                            "is {}, but the target set has class label {bad}",
-                            self.resolved.classes
-                        ),
-                    ));
-                }
+                self.check_classes(&y, "the target set")?;
                 Ok(Labelled { x: x.detach(), y })
             }
             Labels::Domain => {
@@ -100,9 +94,25 @@ impl DenoiserGuidance {
                 y.extend(std::iter::repeat_n(0, n - half));
                 Ok(Labelled {
                     x: Tensor::cat(&[&target.detach(), &source.detach()], 0),
-                    y,
+                    y: Tensor::from_i64(&y, &[n]),
                 })
             }
+        }
+    }
+
+    /// Every class in `y` is one of the classifier's.
+    fn check_classes(&self, y: &Tensor, what: &str) -> Result<(), AbiError> {
+        let k = self.resolved.classes;
+        match y
+            .to_i64_vec()
+            .into_iter()
+            .find(|&l| l < 0 || l as usize >= k)
+        {
+            Some(bad) => Err(AbiError::config(
+                "num_classes",
+                format!("is {k}, but {what} has class {bad}"),
+            )),
+            None => Ok(()),
         }
     }
 
@@ -120,41 +130,36 @@ impl DenoiserGuidance {
         Ok(Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0))
     }
 
-    /// The share of `features` (normalised) the classifier gets right.
-    fn accuracy(&self, features: &Tensor, y: &[i64]) -> f64 {
-        let pred = self
-            .classifier
-            .detached()
-            .forward(features)
-            .argmax(1)
-            .to_i64_vec();
-        let right = pred.iter().zip(y).filter(|(p, y)| p == y).count();
+    /// The share of labels (of mask pixels) the classifier gets right on
+    /// normalised `features`.
+    fn accuracy(&self, features: &Tensor, y: &Tensor) -> f64 {
+        let pred = self.classifier.detached().predict(features);
+        let y = y.to_i64_vec();
+        let right = pred.iter().zip(&y).filter(|(p, y)| p == y).count();
         right as f64 / y.len().max(1) as f64
     }
 
-    /// log p(y | features) per example `[B]`.
-    fn log_prob(classifier: &Classifier, features: &Tensor, y: &[i64]) -> Tensor {
-        let b = y.len();
-        classifier
-            .forward(features)
-            .log_softmax(1)
-            .gather(1, &Tensor::from_i64(y, &[b, 1]))
-            .reshape(&[b as i64])
-    }
-
-    /// The class each sample is scored against: `labels` of the hook, or
-    /// the target domain (1).
+    /// What each sample is scored against: the hook's labels (classes
+    /// `[B]`, or masks `[B, H, W]` with `sample.masks`), or the target
+    /// domain (1).
     fn targets(
         &self,
         labels: Option<&TensorRef>,
         b: usize,
         hook: &str,
-    ) -> Result<Vec<i64>, AbiError> {
+    ) -> Result<Tensor, AbiError> {
+        let rank = if self.resolved.masks { 3 } else { 1 };
         match (self.config.labels, labels) {
-            (Labels::Domain, _) => Ok(vec![1; b]),
-            (Labels::Target, Some(l)) => Ok(l.to_i64_vec()),
-            (Labels::Target, None) => Err(AbiError::other(format!(
-                "denoiser-guidance: {hook} needs the class to aim for: sampling has no labels (set `target.labels = true`, and `sample.label` for one class)"
+            (Labels::Domain, _) => Ok(Tensor::from_i64(&vec![1; b], &[b])),
+            (Labels::Target, Some(l)) if l.rank() == rank => {
+                self.check_classes(l, "the sampled labels")?;
+                Ok((**l).clone())
+            }
+            (Labels::Target, _) if self.resolved.masks => Err(AbiError::other(format!(
+                "denoiser-guidance: {hook} with the `mask` preset needs a mask per sample: set `sample.masks = \"held_out\"` (or \"target\")"
+            ))),
+            (Labels::Target, _) => Err(AbiError::other(format!(
+                "denoiser-guidance: {hook} needs the class to aim for: sampling has no class labels (set `target.labels = true`, and `sample.label` for one class)"
             ))),
         }
     }
@@ -175,7 +180,7 @@ impl DenoiserGuidance {
 
     /// Eq. 13: `ε − λ sqrt(1 − ᾱ_t) ∇_{x_t} Σ log p(y | f(x̂0(x_t)))`.
     fn guide(&self, ctx: &Score<'_>, eps: Tensor) -> Result<Tensor, AbiError> {
-        if !self.resolved.guide || self.config.lambda == 0.0 {
+        if !self.resolved.guide || self.resolved.lambda == 0.0 {
             return Ok(eps);
         }
         let host = ctx.host;
@@ -188,9 +193,9 @@ impl DenoiserGuidance {
         let e = host.denoise(&x, &t, Which::Student, ctx.labels.as_deref())?;
         let x0 = (&x - &s1a * e) / ab.sqrt();
         let features = self.spec.extract(host, &x0)?;
-        let log_p = Self::log_prob(&self.classifier.detached(), &features, &y).sum();
+        let log_p = self.classifier.detached().log_prob(&features, &y).sum();
         let g = log_p.grad(&[&x]).remove(0).detach();
-        Ok(eps - s1a * g * self.config.lambda)
+        Ok(eps - s1a * g * self.resolved.lambda)
     }
 }
 
@@ -219,8 +224,16 @@ impl Plugin for DenoiserGuidance {
             &resolved.timesteps,
             config.feature_noise,
             &model.points,
+            resolved
+                .masks
+                .then_some([model.resolution, model.resolution]),
         )?;
-        let classifier = Classifier::new(
+        let build = if resolved.masks {
+            Classifier::per_pixel
+        } else {
+            Classifier::labels
+        };
+        let classifier = build(
             host,
             spec.channels,
             config.channels,
@@ -276,7 +289,7 @@ impl Plugin for DenoiserGuidance {
         let (mean, std) = self.spec.norm.clone().expect("just fitted");
         let shape = [1, self.spec.channels, 1, 1];
         let train = (raw - Tensor::from_f32(&mean, &shape)) / Tensor::from_f32(&std, &shape);
-        let n = pool.y.len();
+        let n = pool.y.dim(0);
         let params = self.classifier.params();
         let refs: Vec<&Param> = params.iter().collect();
         let b = self.config.batch.min(n);
@@ -286,9 +299,12 @@ impl Plugin for DenoiserGuidance {
                 .into_iter()
                 .map(|u| (u as i64).min(n as i64 - 1))
                 .collect();
-            let x = train.index_select(0, &Tensor::from_i64(&idx, &[b]));
-            let y: Vec<i64> = idx.iter().map(|&i| pool.y[i as usize]).collect();
-            let loss = -Self::log_prob(&self.classifier, &x, &y).mean();
+            let idx = Tensor::from_i64(&idx, &[b]);
+            let x = train.index_select(0, &idx);
+            let y = pool.y.index_select(0, &idx);
+            // cross-entropy, a mean over examples (and mask pixels)
+            let per_label = y.shape().iter().product::<usize>() as f32;
+            let loss = -self.classifier.log_prob(&x, &y).sum() / per_label;
             if step % self.config.log_every == 0 || step + 1 == self.resolved.steps {
                 host.log_scalar("classifier_loss", loss.item() as f64);
             }
@@ -324,7 +340,9 @@ impl Plugin for DenoiserGuidance {
         let y = self.targets(ctx.labels.as_ref(), b, "rejection")?;
         let x = ctx.samples.detach();
         let features = self.spec.extract(ctx.host, &x)?.detach();
-        let p: Vec<f32> = Self::log_prob(&self.classifier.detached(), &features, &y)
+        // masks: the geometric mean of the pixels' p(y | x)
+        let pixels = (y.shape().iter().product::<usize>() / b) as f32;
+        let p: Vec<f32> = (self.classifier.detached().log_prob(&features, &y) / pixels)
             .exp()
             .to_f32_vec();
         Ok(FilterOutput {

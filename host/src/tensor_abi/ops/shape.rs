@@ -189,8 +189,13 @@ pub(super) extern "C" fn index_select_<B: AutodiffBackend>(
     index: TensorId,
 ) -> AbiResult<TensorId> {
     run("index_select", || {
-        let (t, i) = (float::<B>(x)?, with::<B, _>(|s| s.int(index))??);
-        out::<B>(B::float_select(t, dim, i))
+        let (v, i) = with::<B, _>(|s| Ok::<_, AbiError>((s.get(x)?, s.int(index)?)))??;
+        let r = match v {
+            Stored::Float(t) => Stored::Float(B::float_select(t, dim, i)),
+            Stored::Int(t) => Stored::Int(B::int_select(t, dim, i)),
+            Stored::Bool(_) => return Err(AbiError::other("index_select of a bool tensor")),
+        };
+        with::<B, _>(|s| s.insert(r))
     })
 }
 

@@ -517,13 +517,11 @@ pub(super) fn sample_masks(
 pub(super) fn unsupported_settings(plan: &Plan, net: &Net) -> Result<()> {
     let m = &plan.manifest.manifest;
     let mut problems = Vec::new();
-    if let Some(s) = &m.sample {
-        if s.guidance != 0.0 {
-            problems.push(
-                "`sample.guidance` (classifier-free guidance is not implemented; set it to 0)"
-                    .to_owned(),
-            );
-        }
+    if m.sample.as_ref().is_some_and(|s| s.guidance != 0.0) {
+        problems.push(
+            "`sample.guidance` (host-side classifier-free guidance is not implemented; set it to 0, or use the denoiser-guidance plugin's `cfg_weight` with its class embedding)"
+                .to_owned(),
+        );
     }
     if m.eval.as_ref().is_some_and(|e| !e.metrics.is_empty()) && net.data_shape().len() != 3 {
         problems.push(

@@ -65,31 +65,7 @@ pub struct RunSummary {
     /// The class of each accepted sample, when the run samples by class.
     pub sample_labels: Option<Vec<i64>>,
     /// How many samples were drawn and how many each filter rejected.
-    pub sampling: Option<SamplingStats>,
-}
-
-/// The filters' bookkeeping at the end of a run.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct SamplingStats {
-    /// `sample.count`.
-    pub requested: usize,
-    /// Samples kept.
-    pub accepted: usize,
-    /// Samples drawn in all (accepted and rejected).
-    pub drawn: usize,
-    /// Rejections per filter plugin, by name.
-    pub rejected: std::collections::BTreeMap<String, usize>,
-}
-
-impl SamplingStats {
-    /// Accepted over drawn (1 when nothing was drawn).
-    pub fn acceptance_rate(&self) -> f64 {
-        if self.drawn == 0 {
-            1.0
-        } else {
-            self.accepted as f64 / self.drawn as f64
-        }
-    }
+    pub sampling: Option<super::SamplingStats>,
 }
 
 type P<B> = FloatTensor<B>;
@@ -596,43 +572,10 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
             opts.quiet,
             eval_setup.as_ref().is_some_and(|e| e.wants_source()),
         )?;
-        writeln!(
-            log,
-            "sampled {} of {} ({} drawn)",
-            drawn.accepted_count(),
-            sm.count,
-            drawn.attempts
-        )?;
-        for (p, r) in &drawn.rejected {
-            writeln!(log, "  filter `{p}` rejected {r}")?;
-        }
-        let stats = SamplingStats {
-            requested: sm.count,
-            accepted: drawn.accepted_count(),
-            drawn: drawn.attempts,
-            rejected: drawn.rejected.clone().into_iter().collect(),
-        };
-        dir.log(&serde_json::json!({"sample": {"requested": sm.count, "accepted": stats.accepted, "drawn": stats.drawn, "acceptance_rate": stats.acceptance_rate(), "rejected": stats.rejected}}))?;
-        if !drawn.rejected.is_empty() || stats.accepted < sm.count {
-            writeln!(
-                log,
-                "  acceptance rate {:.1}%",
-                100.0 * stats.acceptance_rate()
-            )?;
-        }
+        let (stats, labels) =
+            super::sampling::record(&drawn, sm, &mut dir, log, &example, target.as_ref())?;
         summary.sampling = Some(stats);
-        let labels = (!drawn.labels.is_empty()).then(|| drawn.labels.clone());
-        super::report::write_samples(
-            &dir,
-            &drawn.accepted,
-            &example,
-            target.as_ref(),
-            labels.as_deref(),
-        )?;
         summary.sample_labels = labels;
-        if let [_, h, w] = example[..] {
-            super::report::write_masks(&dir, &drawn.masks, [h, w])?;
-        }
         if let Some(e) = &eval_setup {
             summary.evaluation =
                 Some(e.record(&drawn, &example, m.run.seed, &device, &mut dir, log)?);

@@ -17,6 +17,73 @@ use std::collections::HashMap;
 
 type P<B> = FloatTensor<B>;
 
+/// The filters' bookkeeping at the end of a run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SamplingStats {
+    /// `sample.count`.
+    pub requested: usize,
+    /// Samples kept.
+    pub accepted: usize,
+    /// Samples drawn in all (accepted and rejected).
+    pub drawn: usize,
+    /// Rejections per filter plugin, by name.
+    pub rejected: std::collections::BTreeMap<String, usize>,
+}
+
+impl SamplingStats {
+    /// Accepted over drawn (1 when nothing was drawn).
+    pub fn acceptance_rate(&self) -> f64 {
+        if self.drawn == 0 {
+            1.0
+        } else {
+            self.accepted as f64 / self.drawn as f64
+        }
+    }
+}
+
+/// Logs and writes what sampling produced: the log lines, the `sample`
+/// record in `metrics.jsonl`, the samples (with `labels.csv` and the masks
+/// they followed); returns the record and the accepted samples' classes.
+pub(super) fn record(
+    drawn: &Drawn,
+    sm: &Sample,
+    dir: &mut super::dir::RunDir,
+    log: &mut dyn std::io::Write,
+    example: &[usize],
+    target: Option<&crate::data::Dataset>,
+) -> Result<(SamplingStats, Option<Vec<i64>>)> {
+    writeln!(
+        log,
+        "sampled {} of {} ({} drawn)",
+        drawn.accepted_count(),
+        sm.count,
+        drawn.attempts
+    )?;
+    for (p, r) in &drawn.rejected {
+        writeln!(log, "  filter `{p}` rejected {r}")?;
+    }
+    let stats = SamplingStats {
+        requested: sm.count,
+        accepted: drawn.accepted_count(),
+        drawn: drawn.attempts,
+        rejected: drawn.rejected.clone().into_iter().collect(),
+    };
+    dir.log(&serde_json::json!({"sample": {"requested": sm.count, "accepted": stats.accepted, "drawn": stats.drawn, "acceptance_rate": stats.acceptance_rate(), "rejected": stats.rejected}}))?;
+    if !drawn.rejected.is_empty() || stats.accepted < sm.count {
+        writeln!(
+            log,
+            "  acceptance rate {:.1}%",
+            100.0 * stats.acceptance_rate()
+        )?;
+    }
+    let labels = (!drawn.labels.is_empty()).then(|| drawn.labels.clone());
+    super::report::write_samples(dir, &drawn.accepted, example, target, labels.as_deref())?;
+    if let [_, h, w] = example[..] {
+        super::report::write_masks(dir, &drawn.masks, [h, w])?;
+    }
+    Ok((stats, labels))
+}
+
 /// What sampling produced.
 pub(super) struct Drawn {
     /// Accepted samples, flat, example after example.

@@ -132,6 +132,17 @@ pub fn write_report(dir: &RunDir, plan: &Plan, s: &RunSummary) -> Result<()> {
         let _ = writeln!(o, "\n## Evaluation\n\n{}", e.markdown());
         let _ = writeln!(o, "The numbers are also in `eval.json`.");
     }
+    let jsonl = std::fs::read_to_string(dir.path.join("metrics.jsonl")).unwrap_or_default();
+    let (tail, trained) = training_values(&jsonl);
+    if !trained.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n## Training\n\nThe loss and every plugin term, averaged over the last {tail} steps:\n\n| term | mean |\n|---|---|"
+        );
+        for (k, v) in trained {
+            let _ = writeln!(o, "| `{k}` | {v:.6} |");
+        }
+    }
     if let Some(st) = s.sampling.as_ref().filter(|st| st.drawn > 0) {
         let _ = writeln!(
             o,
@@ -151,7 +162,6 @@ pub fn write_report(dir: &RunDir, plan: &Plan, s: &RunSummary) -> Result<()> {
             );
         }
     }
-    let jsonl = std::fs::read_to_string(dir.path.join("metrics.jsonl")).unwrap_or_default();
     let prepared = prepare_values(&jsonl);
     if !prepared.is_empty() {
         let _ = writeln!(
@@ -201,6 +211,37 @@ pub fn write_report(dir: &RunDir, plan: &Plan, s: &RunSummary) -> Result<()> {
     Ok(())
 }
 
+/// The mean of each loss and plugin term of the training step lines in
+/// `metrics.jsonl` text over the last tenth of the steps (at least one),
+/// in name order, with the number of steps averaged.
+fn training_values(jsonl: &str) -> (usize, Vec<(String, f64)>) {
+    const NOT_TERMS: [&str; 4] = ["step", "lr", "samples_per_s", "grad_norm"];
+    let steps: Vec<serde_json::Map<String, serde_json::Value>> = jsonl
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| match v {
+            serde_json::Value::Object(m) if m.contains_key("step") => Some(m),
+            _ => None,
+        })
+        .collect();
+    let tail = (steps.len() / 10).max(1).min(steps.len());
+    let mut sums: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
+    for m in &steps[steps.len() - tail..] {
+        for (k, v) in m {
+            if let (false, Some(v)) = (NOT_TERMS.contains(&k.as_str()), v.as_f64()) {
+                let e = sums.entry(k.clone()).or_default();
+                e.0 += v;
+                e.1 += 1;
+            }
+        }
+    }
+    let values = sums
+        .into_iter()
+        .map(|(k, (sum, n))| (k, sum / n as f64))
+        .collect();
+    (tail, values)
+}
+
 /// The last value of each `prepare` key in `metrics.jsonl` text, in
 /// first-seen order.
 fn prepare_values(jsonl: &str) -> Vec<(String, f64)> {
@@ -220,4 +261,31 @@ fn prepare_values(jsonl: &str) -> Vec<(String, f64)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The training table averages the last tenth of the step lines (at
+    /// least one), skips the non-loss keys and the prepare/sample lines.
+    #[test]
+    fn training_values_average_the_last_tenth_of_the_steps() {
+        let mut jsonl = String::from("{\"prepare\":\"p\",\"key\":\"p.x\",\"n\":1,\"value\":9}\n");
+        for step in 0..20 {
+            jsonl.push_str(&format!(
+                "{{\"step\":{step},\"loss\":{},\"sdft.distill\":{},\"lr\":0.1,\"grad_norm\":3}}\n",
+                step as f64,
+                2.0 * step as f64
+            ));
+        }
+        jsonl.push_str("{\"sample\":{\"requested\":4}}\n");
+        let (tail, v) = training_values(&jsonl);
+        assert_eq!(tail, 2);
+        assert_eq!(
+            v,
+            vec![("loss".to_owned(), 18.5), ("sdft.distill".to_owned(), 37.0)]
+        );
+        assert_eq!(training_values("").1, vec![]);
+    }
 }

@@ -12,7 +12,12 @@
 //!   `resolution` square is cropped;
 //! - without labels every image under the folder is loaded, sub-folders
 //!   included; with labels each sub-folder is a class, classes are numbered
-//!   in sorted name order, and images directly in the folder are an error;
+//!   in sorted name order, and images directly in the folder are an error —
+//!   unless the folder holds a labels file, `labels.csv` (header
+//!   `file,label` or `file,label,class`; `file` relative to the folder, as
+//!   `dtx run` writes `samples/labels.csv`), which then labels every image
+//!   under it;
+//! - a `labels.csv` file is never taken for an image;
 //! - files load in sorted path order, so a folder always gives the same
 //!   dataset.
 
@@ -50,47 +55,51 @@ pub fn load_folder_with_masks(
             reason: "resolution must be at least 1 pixel".into(),
         });
     }
-    let (files, class_names): (Vec<(PathBuf, Option<i64>)>, Vec<String>) = if labels {
-        let (images, folders) = list(path)?;
-        if let Some(stray) = images.into_iter().next() {
-            return Err(if folders.is_empty() {
-                DataError::NoClassFolders { path: path.into() }
-            } else {
-                DataError::UnlabelledImage {
-                    path: stray,
-                    folder: path.into(),
-                }
-            });
-        }
-        if folders.is_empty() {
-            return Err(DataError::NoClassFolders { path: path.into() });
-        }
-        let mut files = Vec::new();
-        let mut names = Vec::new();
-        for (class, folder) in folders.iter().enumerate() {
-            let found = images_under(folder)?;
-            if found.is_empty() {
-                return Err(DataError::EmptyFolder {
-                    path: folder.clone(),
+    let labels_file = path.join(LABELS_FILE);
+    let (files, class_names): (Vec<(PathBuf, Option<i64>)>, Vec<String>) =
+        if labels && labels_file.is_file() {
+            labels_from_file(path, &labels_file)?
+        } else if labels {
+            let (images, folders) = list(path)?;
+            if let Some(stray) = images.into_iter().next() {
+                return Err(if folders.is_empty() {
+                    DataError::NoClassFolders { path: path.into() }
+                } else {
+                    DataError::UnlabelledImage {
+                        path: stray,
+                        folder: path.into(),
+                    }
                 });
             }
-            files.extend(found.into_iter().map(|f| (f, Some(class as i64))));
-            names.push(
-                folder
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned(),
-            );
-        }
-        (files, names)
-    } else {
-        let found = images_under(path)?;
-        if found.is_empty() {
-            return Err(DataError::EmptyFolder { path: path.into() });
-        }
-        (found.into_iter().map(|f| (f, None)).collect(), Vec::new())
-    };
+            if folders.is_empty() {
+                return Err(DataError::NoClassFolders { path: path.into() });
+            }
+            let mut files = Vec::new();
+            let mut names = Vec::new();
+            for (class, folder) in folders.iter().enumerate() {
+                let found = images_under(folder)?;
+                if found.is_empty() {
+                    return Err(DataError::EmptyFolder {
+                        path: folder.clone(),
+                    });
+                }
+                files.extend(found.into_iter().map(|f| (f, Some(class as i64))));
+                names.push(
+                    folder
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+            (files, names)
+        } else {
+            let found = images_under(path)?;
+            if found.is_empty() {
+                return Err(DataError::EmptyFolder { path: path.into() });
+            }
+            (found.into_iter().map(|f| (f, None)).collect(), Vec::new())
+        };
 
     let mut samples = Vec::with_capacity(files.len() * 3 * resolution * resolution);
     for (file, _) in &files {
@@ -131,6 +140,80 @@ pub fn load_folder_with_masks(
         masks,
         source: path.display().to_string(),
     })
+}
+
+/// The labels file of a folder (see the module doc).
+pub const LABELS_FILE: &str = "labels.csv";
+
+/// Every image under `root` with its label from `file` (a `labels.csv`), and
+/// the class names by label (the `class` column, else the label's number).
+fn labels_from_file(
+    root: &Path,
+    file: &Path,
+) -> Result<(Vec<(PathBuf, Option<i64>)>, Vec<String>), DataError> {
+    let bad = |reason: String| DataError::Invalid {
+        source_name: file.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(file).map_err(|source| DataError::Io {
+        path: file.into(),
+        source,
+    })?;
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
+    let header: Vec<&str> = lines
+        .next()
+        .map(|(_, h)| h.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    if header.len() < 2 || header[0] != "file" || header[1] != "label" {
+        return Err(bad(
+            "the first line must be the header `file,label` (or `file,label,class`)".into(),
+        ));
+    }
+    let mut by_file = std::collections::HashMap::new();
+    let mut names: Vec<Option<String>> = Vec::new();
+    for (i, line) in lines {
+        let cols: Vec<&str> = line.split(',').map(str::trim).collect();
+        let label: i64 = match cols.get(1).and_then(|l| l.parse().ok()) {
+            Some(l) if l >= 0 => l,
+            _ => {
+                return Err(bad(format!(
+                    "line {}: `{line}`: the label must be an integer >= 0",
+                    i + 1
+                )));
+            }
+        };
+        let k = label as usize;
+        if names.len() <= k {
+            names.resize(k + 1, None);
+        }
+        if let Some(c) = cols.get(2).filter(|c| !c.is_empty()) {
+            names[k].get_or_insert_with(|| c.to_string());
+        }
+        by_file.insert(PathBuf::from(cols[0]), label);
+    }
+    let images = images_under(root)?;
+    if images.is_empty() {
+        return Err(DataError::EmptyFolder { path: root.into() });
+    }
+    let files = images
+        .into_iter()
+        .map(|img| {
+            let rel = img.strip_prefix(root).unwrap_or(&img).to_path_buf();
+            match by_file.get(&rel) {
+                Some(&l) => Ok((img, Some(l))),
+                None => Err(bad(format!("no row for image `{}`", rel.display()))),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let names = names
+        .into_iter()
+        .enumerate()
+        .map(|(k, n)| n.unwrap_or_else(|| k.to_string()))
+        .collect();
+    Ok((files, names))
 }
 
 /// One mask file as `[r, r]` class indices (its 8-bit gray values), resized
@@ -259,7 +342,7 @@ fn list(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), DataError> {
     let (mut images, mut folders) = (Vec::new(), Vec::new());
     for p in entries {
         let name = p.file_name().unwrap_or_default().to_string_lossy();
-        if name.starts_with('.') {
+        if name.starts_with('.') || name == LABELS_FILE {
             continue;
         }
         if p.is_dir() {
@@ -362,6 +445,33 @@ mod tests {
         assert_eq!(d.class_names, ["ant", "zebra"]);
         assert_eq!(d.labels, Some(vec![0, 1, 1]));
         assert_eq!(load_folder(&dir.0, 3, false).unwrap().len(), 3);
+    }
+
+    /// A `labels.csv` labels the images under the folder (class names
+    /// from its `class` column), is not read as an image, and an image it
+    /// has no row for is an error naming both.
+    #[test]
+    fn a_labels_file_labels_the_folder() {
+        let dir = TempDir::new("labels-file");
+        std::fs::create_dir(dir.0.join("sub")).unwrap();
+        for f in ["a.png", "sub/b.png"] {
+            solid(4, 4, [1, 2, 3]).save(dir.0.join(f)).unwrap();
+        }
+        std::fs::write(
+            dir.0.join("labels.csv"),
+            "file,label,class\nsub/b.png,0,cat\na.png,2,dog\n",
+        )
+        .unwrap();
+        let d = load_folder(&dir.0, 2, true).unwrap();
+        assert_eq!(d.labels, Some(vec![2, 0]));
+        assert_eq!(d.class_names, ["cat", "1", "dog"]);
+        assert_eq!(load_folder(&dir.0, 2, false).unwrap().len(), 2);
+        std::fs::write(dir.0.join("labels.csv"), "file,label\na.png,1\n").unwrap();
+        let e = load_folder(&dir.0, 2, true).unwrap_err().to_string();
+        assert!(e.contains("labels.csv") && e.contains("sub/b.png"), "{e}");
+        std::fs::write(dir.0.join("labels.csv"), "name,class\n").unwrap();
+        let e = load_folder(&dir.0, 2, true).unwrap_err().to_string();
+        assert!(e.contains("header"), "{e}");
     }
 
     /// Masks come from `masks/REL.png`, resized with nearest sampling (the

@@ -12,3 +12,4 @@ pub mod report;
 mod sampling;
 
 pub use engine::{RunOptions, RunSummary, run};
+pub(crate) use model::load_target;

@@ -114,7 +114,7 @@ pub fn markdown(rows: &[Row], order: &[&str], requested: usize) -> String {
                 .collect();
             let _ = writeln!(
                 o,
-                "Seed {seed}: {} stopped short of {requested} per class, so every arm of this seed trains on {} per class.",
+                "Seed {seed}: {} had fewer than {requested} of some class, so every arm of this seed trains on {} per class.",
                 short.join(", "),
                 first.per_class
             );
@@ -161,7 +161,7 @@ mod tests {
         );
         assert!(md.contains("over 2 seeds"), "{md}");
         assert!(
-            md.contains("Seed 1: a ([32, 30]) stopped short of 32 per class"),
+            md.contains("Seed 1: a ([32, 30]) had fewer than 32 of some class"),
             "{md}"
         );
         assert!(!md.contains("Seed 0:"), "{md}");

@@ -175,6 +175,13 @@ pub fn run(a: &CasArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 bench_cas::per_class_counts(r.set.labels.as_deref().unwrap_or(&[]), k),
                 started.elapsed().as_secs_f64()
             )?;
+            if r.stats.accepted < r.stats.requested {
+                writeln!(
+                    out,
+                    "   {} stopped at its attempt cap: {} of {} requested",
+                    arm.name, r.stats.accepted, r.stats.requested
+                )?;
+            }
             sets.push((*arm, r.set, Some(r.stats), Some(dir)));
         }
         // The real arm: the run's own training images (same seed, split and
@@ -206,7 +213,7 @@ pub fn run(a: &CasArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         if n < a.per_class {
             writeln!(
                 out,
-                "   seed {seed}: an arm stopped short of {} per class (per class: {counts:?}); every arm is cut to {n} per class",
+                "   seed {seed}: some arm has fewer than {} of some class (per class: {counts:?}; rejection keeps the classes unequally, or a run stopped at its attempt cap); every arm is cut to {n} per class",
                 a.per_class
             )?;
         }

@@ -18,8 +18,9 @@ fn bench(out: &std::path::Path, extra: &[&str]) -> dtx_tests::Output {
     let table = out.join("copy.md");
     let sets = [
         format!("run.output_dir=\"{}\"", out.display()),
-        // a small held-out set keeps the quick runs' evaluation short
-        "target.holdout=40".to_owned(),
+        // small training and held-out sets keep the quick runs short
+        "target.limit=40".to_owned(),
+        "target.holdout=20".to_owned(),
     ];
     let mut args = vec![
         "bench".to_owned(),
@@ -98,9 +99,9 @@ fn quick_bench_scores_every_arm_on_equal_per_class_counts() {
         let rate = &row["acceptance_rate"];
         if row["arm"] == "real" {
             assert!(rate.is_null(), "{row}");
-            // the real arm has the run's 200 training images
+            // the real arm has the run's 40 training images
             let total: u64 = available.iter().map(|a| a.as_u64().unwrap()).sum();
-            assert_eq!(total, 200, "{row}");
+            assert_eq!(total, 40, "{row}");
         } else {
             let rate = rate.as_f64().unwrap();
             assert!(rate > 0.0 && rate <= 1.0, "{row}");

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod bench_cas;
 pub mod bench_gmm;
 pub mod cli;
 pub mod data;

@@ -108,7 +108,7 @@ pub enum Command {
     /// Benchmarks: `dtx bench engine` times a U-Net training step (forward,
     /// backward, AdamW) and a DDIM step and reports peak memory, to compare
     /// with `benches/python/unet_bench.py` (docs/performance.md); `dtx bench
-    /// transfer` and `dtx bench gmm` compare transfer methods
+    /// transfer`, `dtx bench gmm` and `dtx bench cas` compare transfer methods
     /// (docs/results.md).
     Bench {
         /// What to time.
@@ -163,6 +163,14 @@ pub enum BenchCommand {
     /// density, mean log-density, component coverage) and draws them; one
     /// table, results.json and scatter PNGs in `--out`.
     Gmm(super::bench_gmm::GmmArgs),
+    /// The classification accuracy score of class-conditional transfer:
+    /// per seed, fine-tuning, + classifier-free guidance, + rejection and
+    /// SDFT + rejection (manifests/rejection.toml, sdft-rejection.toml)
+    /// sample equally many images per class; a small classifier trained on
+    /// each arm's images, and on the real target images, is scored on real
+    /// test images. One table, results.json and table.md in
+    /// `<runs>/bench-cas/`.
+    Cas(super::bench_cas::CasArgs),
 }
 
 /// `dtx plugins <command>`.
@@ -320,6 +328,9 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Gmm(args),
         } => super::bench_gmm::run(&args, out)?,
+        Command::Bench {
+            command: BenchCommand::Cas(args),
+        } => super::bench_cas::run(&args, out)?,
         Command::Plugins {
             command: PluginsCommand::List { dir },
         } => plugins_list(&dir, out)?,

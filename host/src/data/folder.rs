@@ -142,15 +142,15 @@ pub fn load_folder_with_masks(
     })
 }
 
+/// Image files with their label, and the class names by label.
+type Labelled = (Vec<(PathBuf, Option<i64>)>, Vec<String>);
+
 /// The labels file of a folder (see the module doc).
 pub const LABELS_FILE: &str = "labels.csv";
 
 /// Every image under `root` with its label from `file` (a `labels.csv`), and
 /// the class names by label (the `class` column, else the label's number).
-fn labels_from_file(
-    root: &Path,
-    file: &Path,
-) -> Result<(Vec<(PathBuf, Option<i64>)>, Vec<String>), DataError> {
+fn labels_from_file(root: &Path, file: &Path) -> Result<Labelled, DataError> {
     let bad = |reason: String| DataError::Invalid {
         source_name: file.display().to_string(),
         reason,

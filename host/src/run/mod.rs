@@ -12,4 +12,5 @@ pub mod report;
 mod sampling;
 
 pub use engine::{RunOptions, RunSummary, run};
+pub(crate) use model::load_target;
 pub use sampling::SamplingStats;

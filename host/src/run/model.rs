@@ -381,7 +381,7 @@ pub(super) fn load_source_data(plan: &Plan, data_shape: &[usize]) -> Result<Opti
 /// The target set of a run, split into `(train, held_out)` (`target.holdout`
 /// examples held out first, then `limit` chosen from the rest), checked
 /// against the shape the model takes.
-pub(super) fn load_target(plan: &Plan, data_shape: &[usize]) -> Result<(Dataset, Dataset)> {
+pub(crate) fn load_target(plan: &Plan, data_shape: &[usize]) -> Result<(Dataset, Dataset)> {
     let m = &plan.manifest.manifest;
     let t = m
         .target

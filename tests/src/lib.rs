@@ -7,6 +7,7 @@
 //! that asks for a plugin builds them.
 
 pub mod block;
+pub mod mock;
 
 pub mod runs;
 

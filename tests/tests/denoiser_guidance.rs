@@ -13,6 +13,7 @@ use dtx::tensor_abi::{
 };
 use dtx_plugin_api::ModelInfo;
 use dtx_plugin_api::abi::{AbiError, Which};
+use dtx_tests::mock::{Normal, t_stored};
 use dtx_tests::runs::{self, tensors};
 use dtx_tests::{plugin_path, workspace_root};
 use std::cell::RefCell;
@@ -38,23 +39,11 @@ fn alpha_bars() -> Vec<f32> {
         .collect()
 }
 
-/// A small deterministic normal generator (xorshift + Box–Muller).
-struct Normal(u64);
-
-impl Normal {
-    fn uniform(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn sample(&mut self) -> f32 {
-        let (u, v) = (self.uniform(), self.uniform());
-        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
-    }
-    fn images(&mut self, n: usize) -> Vec<f32> {
-        (0..n * 3 * SIDE * SIDE).map(|_| self.sample()).collect()
-    }
+/// `n` images `[3, SIDE, SIDE]` of standard normal values.
+fn images(rng: &mut Normal, n: usize) -> Vec<f32> {
+    (0..n * 3 * SIDE * SIDE)
+        .map(|_| rng.sample() as f32)
+        .collect()
 }
 
 fn image_prim(v: &[f32]) -> Prim {
@@ -77,14 +66,6 @@ fn values(p: &Prim) -> Vec<f32> {
 fn int_prim(v: &[i64]) -> IntPrim {
     Tensor::<B, 1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), &Default::default())
         .into_primitive()
-}
-
-fn t_stored(t: usize, n: usize) -> Stored<B> {
-    Stored::Float(
-        Tensor::<B, 1>::from_data(TensorData::new(vec![t as f32; n], [n]), &Default::default())
-            .into_primitive()
-            .tensor(),
-    )
 }
 
 /// The tiny diffusers U-Net of tests/fixtures with random weights, as the
@@ -184,7 +165,7 @@ impl DataService<B> for Labelled {
         } else {
             int_prim(&(0..n as i64).map(|i| i % 2).collect::<Vec<_>>())
         };
-        Ok((image_prim(&self.0.images(n)), Some(labels)))
+        Ok((image_prim(&images(&mut self.0, n)), Some(labels)))
     }
 }
 
@@ -273,7 +254,7 @@ fn check_guidance_gradient(config: &str, labels: IntPrim, pixels: f64) {
 
     let (n, t, lambda) = (2, 500, 2.0f64);
     let ab = alpha_bars()[t] as f64;
-    let x = Normal(99).images(n);
+    let x = images(&mut Normal(99), n);
     let zero = image_prim(&vec![0.0; x.len()]);
     let eps_hat = values(
         &inst
@@ -403,8 +384,8 @@ fn class_embedding_and_classifier_free_guidance() {
     assert_eq!(inject(None, false), temb, "no labels: the null class");
 
     let n = 2;
-    let x = Normal(5).images(n);
-    let eps: Vec<f32> = Normal(6).images(n);
+    let x = images(&mut Normal(5), n);
+    let eps: Vec<f32> = images(&mut Normal(6), n);
     let out = values(
         &inst
             .score(

@@ -10,6 +10,7 @@ use dtx::tensor_abi::{
 };
 use dtx_plugin_api::ModelInfo;
 use dtx_plugin_api::abi::{AbiError, Which};
+use dtx_tests::mock::{Normal, t_stored};
 use dtx_tests::plugin_path;
 use dtx_tests::runs::{self, tensors};
 use std::cell::RefCell;
@@ -33,22 +34,6 @@ fn values(t: &Prim) -> Vec<f32> {
         .into_data()
         .to_vec()
         .unwrap()
-}
-
-/// A small deterministic normal generator (xorshift + Box–Muller).
-struct Normal(u64);
-
-impl Normal {
-    fn uniform(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn sample(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
 }
 
 /// Source p = N(MU_P, S² I) and target q = N(MU_Q, S² I) in 2-D.
@@ -182,14 +167,6 @@ fn tgdp(config: &str) -> Instance<B> {
         points: Vec::new().into(),
     };
     Instance::<B>::new("tgdp", lib, config, &model).expect("tgdp builds")
-}
-
-fn t_stored(t: usize, n: usize) -> Stored<B> {
-    Stored::Float(
-        Tensor::<B, 1>::from_data(TensorData::new(vec![t as f32; n], [n]), &Default::default())
-            .into_primitive()
-            .tensor(),
-    )
 }
 
 fn mean(x: &[f32]) -> [f64; 2] {

@@ -18,7 +18,7 @@ use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::module::{avg_pool2d, conv2d};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
@@ -78,16 +78,7 @@ struct Net<B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> Net<B> {
     fn of(store: &ParamStore<B>, shapes: &HashMap<String, Vec<usize>>) -> Self {
-        let w = store
-            .entries()
-            .iter()
-            .map(|e| {
-                (
-                    e.name.clone(),
-                    Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(e.value.clone())),
-                )
-            })
-            .collect();
+        let w = store.named_tensors();
         Net {
             w,
             shapes: shapes.clone(),

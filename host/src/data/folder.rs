@@ -103,21 +103,7 @@ pub fn load_folder_with_masks(
 
     let mut samples = Vec::with_capacity(files.len() * 3 * resolution * resolution);
     for (file, _) in &files {
-        let img = ImageReader::open(file)
-            .map_err(|source| DataError::Io {
-                path: file.clone(),
-                source,
-            })?
-            .with_guessed_format()
-            .map_err(|source| DataError::Io {
-                path: file.clone(),
-                source,
-            })?
-            .decode()
-            .map_err(|e| DataError::CorruptImage {
-                path: file.clone(),
-                reason: e.to_string(),
-            })?;
+        let img = decode(file)?;
         let rgb = resize_crop(img.to_rgb8(), resolution as u32);
         samples.extend(chw_from_rgb(&rgb));
     }
@@ -217,40 +203,42 @@ fn labels_from_file(root: &Path, file: &Path) -> Result<Labelled, DataError> {
 }
 
 /// One mask file as `[r, r]` class indices (its 8-bit gray values), resized
-/// and cropped like [`resize_crop`] but with nearest-neighbour sampling.
+/// and cropped like [`resize_crop`] but with nearest-neighbour sampling, so
+/// classes are never blended.
 fn load_mask(file: &Path, r: usize) -> Result<Vec<i64>, DataError> {
-    let img = ImageReader::open(file)
-        .map_err(|source| DataError::Io {
-            path: file.into(),
-            source,
-        })?
+    let crop = resize_crop_with(decode(file)?.to_luma8(), r as u32, FilterType::Nearest);
+    Ok(crop.pixels().map(|p| p.0[0] as i64).collect())
+}
+
+/// Opens and decodes one image file; errors name it.
+fn decode(file: &Path) -> Result<image::DynamicImage, DataError> {
+    let io = |source| DataError::Io {
+        path: file.into(),
+        source,
+    };
+    ImageReader::open(file)
+        .map_err(io)?
         .with_guessed_format()
-        .map_err(|source| DataError::Io {
-            path: file.into(),
-            source,
-        })?
+        .map_err(io)?
         .decode()
         .map_err(|e| DataError::CorruptImage {
             path: file.into(),
             reason: e.to_string(),
-        })?
-        .to_luma8();
-    let (w, h) = img.dimensions();
-    let r32 = r as u32;
-    let scale = r as f64 / w.min(h) as f64;
-    let (nw, nh) = (
-        ((w as f64 * scale).round() as u32).max(r32),
-        ((h as f64 * scale).round() as u32).max(r32),
-    );
-    let resized = imageops::resize(&img, nw, nh, FilterType::Nearest);
-    let (x, y) = ((nw - r32) / 2, (nh - r32) / 2);
-    let crop = imageops::crop_imm(&resized, x, y, r32, r32).to_image();
-    Ok(crop.pixels().map(|p| p.0[0] as i64).collect())
+        })
 }
 
 /// Resizes the shorter side to `r` (the longer one in proportion, rounded)
 /// with [`RESIZE_FILTER`], then crops the centre `r` × `r` square.
 pub fn resize_crop(img: RgbImage, r: u32) -> RgbImage {
+    resize_crop_with(img, r, RESIZE_FILTER)
+}
+
+/// [`resize_crop`] of any pixel type with `filter`.
+fn resize_crop_with<P: image::Pixel + 'static>(
+    img: image::ImageBuffer<P, Vec<P::Subpixel>>,
+    r: u32,
+    filter: FilterType,
+) -> image::ImageBuffer<P, Vec<P::Subpixel>> {
     let (w, h) = img.dimensions();
     let scale = r as f64 / w.min(h) as f64;
     let (nw, nh) = (
@@ -260,7 +248,7 @@ pub fn resize_crop(img: RgbImage, r: u32) -> RgbImage {
     let resized = if (nw, nh) == (w, h) {
         img
     } else {
-        imageops::resize(&img, nw, nh, RESIZE_FILTER)
+        imageops::resize(&img, nw, nh, filter)
     };
     let (x, y) = ((nw - r) / 2, (nh - r) / 2);
     imageops::crop_imm(&resized, x, y, r, r).to_image()

@@ -278,16 +278,7 @@ pub fn train<B: AutodiffBackend>(
 
 fn net_of<B: AutodiffBackend>(store: &ParamStore<B>) -> DtxNet<B> {
     let shapes = layout().into_iter().collect();
-    let w = store
-        .entries()
-        .iter()
-        .map(|e| {
-            (
-                e.name.clone(),
-                Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(e.value.clone())),
-            )
-        })
-        .collect();
+    let w = store.named_tensors();
     DtxNet {
         w,
         shapes,

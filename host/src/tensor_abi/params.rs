@@ -191,6 +191,23 @@ impl<B: AutodiffBackend> ParamStore<B> {
         Ok(norm)
     }
 
+    /// Every value by name as a rank-1-typed tensor (its data keeps the
+    /// stored shape; callers reshape by their layout), for a network that
+    /// reads its weights by name.
+    pub fn named_tensors(&self) -> std::collections::HashMap<String, burn::tensor::Tensor<B, 1>> {
+        self.entries
+            .iter()
+            .map(|e| {
+                (
+                    e.name.clone(),
+                    burn::tensor::Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(
+                        e.value.clone(),
+                    )),
+                )
+            })
+            .collect()
+    }
+
     /// Number of scalars owned by `owner`.
     pub fn count_of(&self, owner: &str) -> usize {
         use burn::tensor::TensorMetadata;

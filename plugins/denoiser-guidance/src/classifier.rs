@@ -35,42 +35,31 @@ fn detached_conv(c: &Conv2d) -> Conv2d {
 }
 
 impl Classifier {
-    /// The label classifier, parameters `classifier.conv{i}.*` and
-    /// `classifier.head.*`.
-    pub fn labels(
+    /// The classifier, parameters `classifier.conv{i}.*` and
+    /// `classifier.head.*`: for labels `layers` 3×3 convolutions and the
+    /// pooled linear head; for `masks` the per-pixel MLP, `layers` ≥ 1
+    /// layers in all (output layer included).
+    pub fn new(
         host: &Host,
+        masks: bool,
         in_channels: usize,
         channels: usize,
         layers: usize,
         classes: usize,
     ) -> Result<Classifier, AbiError> {
-        let convs = Self::convs(host, in_channels, channels, layers, 3)?;
-        let head = LinearConfig::new(channels, classes).init(host, "classifier.head")?;
-        Ok(Classifier {
-            convs,
-            head: Head::Pooled(head),
-        })
-    }
-
-    /// The per-pixel mask classifier (`layers` ≥ 1 layers in all).
-    pub fn per_pixel(
-        host: &Host,
-        in_channels: usize,
-        channels: usize,
-        layers: usize,
-        classes: usize,
-    ) -> Result<Classifier, AbiError> {
-        let convs = Self::convs(host, in_channels, channels, layers - 1, 1)?;
+        let (hidden, kernel) = if masks { (layers - 1, 1) } else { (layers, 3) };
+        let convs = Self::convs(host, in_channels, channels, hidden, kernel)?;
         let c_in = if convs.is_empty() {
             in_channels
         } else {
             channels
         };
-        let head = Conv2dConfig::new(c_in, classes, 1).init(host, "classifier.head")?;
-        Ok(Classifier {
-            convs,
-            head: Head::PerPixel(head),
-        })
+        let head = if masks {
+            Head::PerPixel(Conv2dConfig::new(c_in, classes, 1).init(host, "classifier.head")?)
+        } else {
+            Head::Pooled(LinearConfig::new(c_in, classes).init(host, "classifier.head")?)
+        };
+        Ok(Classifier { convs, head })
     }
 
     fn convs(

@@ -228,13 +228,9 @@ impl Plugin for DenoiserGuidance {
                 .masks
                 .then_some([model.resolution, model.resolution]),
         )?;
-        let build = if resolved.masks {
-            Classifier::per_pixel
-        } else {
-            Classifier::labels
-        };
-        let classifier = build(
+        let classifier = Classifier::new(
             host,
+            resolved.masks,
             spec.channels,
             config.channels,
             resolved.layers,

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod bench_cas;
 pub mod bench_gmm;
 pub mod cli;
+pub mod condition;
 pub mod data;
 pub mod diffusion;
 pub mod eval;

@@ -182,6 +182,47 @@ impl Host {
         Ok(unsafe { Tensor::from_raw(id) })
     }
 
+    /// `(N, D_c)`: the shape of one condition embedding of the run's
+    /// `[condition]` encoder (`N` tokens of width `D_c`), `None` when the run
+    /// has no encoder. Known while the plugin is constructed, so modules can
+    /// be sized in [`crate::Plugin::new`]. Since 0.3.
+    pub fn condition_shape(&self) -> Result<Option<(usize, usize)>, AbiError> {
+        let f = vtables()
+            .services
+            .condition_shape()
+            .ok_or_else(|| older_host("condition_shape"))?;
+        let s = f().into_result()?;
+        Ok(match s.as_slice() {
+            [n, d] => Some((*n, *d)),
+            _ => None,
+        })
+    }
+
+    /// Condition embeddings `[B, N, D_c]` of images `x` `[B, C, H, W]` in
+    /// data space ([−1, 1]) with the run's `[condition]` encoder (frozen, no
+    /// gradient). Since 0.3.
+    pub fn encode_image(&self, x: &Tensor) -> Result<Tensor, AbiError> {
+        let f = vtables()
+            .services
+            .encode_image()
+            .ok_or_else(|| older_host("encode_image"))?;
+        let id = f(x.id()).into_result()?;
+        // SAFETY: owned handle from the host.
+        Ok(unsafe { Tensor::from_raw(id) })
+    }
+
+    /// The condition embedding `[1, N, D_c]` of a text prompt, through the
+    /// CLIP text tower of a `[condition] encoder = "clip"` run. Since 0.3.
+    pub fn encode_text(&self, prompt: &str) -> Result<Tensor, AbiError> {
+        let f = vtables()
+            .services
+            .encode_text()
+            .ok_or_else(|| older_host("encode_text"))?;
+        let id = f(RStr::from(prompt)).into_result()?;
+        // SAFETY: owned handle from the host.
+        Ok(unsafe { Tensor::from_raw(id) })
+    }
+
     /// One optimizer step on `params` for the scalar `loss` (for `prepare`).
     pub fn optimizer_step(&self, params: &[&Param], loss: Tensor, lr: f32) -> Result<(), AbiError> {
         let ids: Vec<ParamId> = params.iter().map(|p| p.id).collect();
@@ -189,12 +230,16 @@ impl Host {
     }
 }
 
-/// The error for a service an older host (api < 0.2) does not offer.
+/// The error for a service an older host does not offer.
 fn older_host(service: &str) -> AbiError {
+    let since = match service {
+        "num_timesteps" | "sample_source" => "0.2",
+        _ => "0.3",
+    };
     AbiError::new(
         crate::abi::ErrorKind::UNSUPPORTED,
         format!(
-            "host service `{service}` needs a dtx host built against dtx-plugin-api 0.2 or later"
+            "host service `{service}` needs a dtx host built against dtx-plugin-api {since} or later"
         ),
     )
 }

@@ -22,6 +22,7 @@ pub const PLUGIN_CRATES: &[&str] = &[
     "dtx-plugin-sdft",
     "dtx-plugin-tgdp",
     "dtx-plugin-denoiser-guidance",
+    "dtx-plugin-anl",
     "dtx-test-plugin",
     "dtx-test-plugin-incompatible",
     "dtx-test-plugin-block",

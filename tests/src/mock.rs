@@ -35,3 +35,41 @@ pub fn t_stored(t: usize, n: usize) -> Stored<CpuBackend> {
         .tensor(),
     )
 }
+
+/// The tiny diffusers U-Net of `tests/fixtures/models/tiny-diffusers` with
+/// random weights (seeded) registered in the current session as frozen base
+/// parameters: the net, its weights (untracked) and its model info.
+///
+/// # Panics
+/// Without an installed session (a test failure).
+pub fn tiny_unet(
+    seed: u64,
+) -> (
+    dtx::model::net::Net,
+    std::collections::HashMap<String, burn::tensor::ops::FloatTensor<CpuBackend>>,
+    dtx_plugin_api::ModelInfo,
+) {
+    use dtx::tensor_abi::{BASE_OWNER, Session};
+    use rand::SeedableRng;
+    let dir = crate::workspace_root().join("tests/fixtures/models/tiny-diffusers");
+    let desc = dtx::model::diffusers::describe(&dir).unwrap();
+    let net = dtx::model::net::Net::from_description(&desc).unwrap();
+    let params = Session::<CpuBackend>::with(|s| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        net.init::<CpuBackend>(&mut s.params, &mut rng, &Default::default(), &|_| false)
+            .unwrap();
+        s.params
+            .entries()
+            .iter()
+            .filter(|e| e.owner == BASE_OWNER)
+            .map(|e| {
+                (
+                    e.name.clone(),
+                    dtx::tensor_abi::untracked::<CpuBackend>(e.value.clone()),
+                )
+            })
+            .collect()
+    })
+    .unwrap();
+    (net, params, desc.to_model_info())
+}

@@ -9,13 +9,13 @@ use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 use dtx::model::net::Net;
 use dtx::plugins::{InjectArgs, Instance, load_library};
 use dtx::tensor_abi::{
-    BASE_OWNER, CpuBackend, DataService, DenoiseService, Session, SessionGuard, Stored, vtables,
+    CpuBackend, DataService, DenoiseService, Session, SessionGuard, Stored, vtables,
 };
 use dtx_plugin_api::ModelInfo;
 use dtx_plugin_api::abi::{AbiError, Which};
 use dtx_tests::mock::{Normal, t_stored};
+use dtx_tests::plugin_path;
 use dtx_tests::runs::{self, tensors};
-use dtx_tests::{plugin_path, workspace_root};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -172,26 +172,7 @@ impl DataService<B> for Labelled {
 /// A session whose denoiser is the tiny U-Net; its model info.
 fn session() -> (SessionGuard, Rc<TinyUNet>, ModelInfo) {
     let guard = Session::<B>::install(Default::default(), 17);
-    let dir = workspace_root().join("tests/fixtures/models/tiny-diffusers");
-    let desc = dtx::model::diffusers::describe(&dir).unwrap();
-    let net = Net::from_description(&desc).unwrap();
-    let params = Session::<B>::with(|s| {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        net.init::<B>(&mut s.params, &mut rng, &Default::default(), &|_| false)
-            .unwrap();
-        s.params
-            .entries()
-            .iter()
-            .filter(|e| e.owner == BASE_OWNER)
-            .map(|e| {
-                (
-                    e.name.clone(),
-                    dtx::tensor_abi::untracked::<B>(e.value.clone()),
-                )
-            })
-            .collect()
-    })
-    .unwrap();
+    let (net, params, info) = dtx_tests::mock::tiny_unet(3);
     let unet = Rc::new(TinyUNet { net, params });
     Session::<B>::with(|s| {
         s.services.alpha_bar = Some(alpha_bars());
@@ -201,7 +182,7 @@ fn session() -> (SessionGuard, Rc<TinyUNet>, ModelInfo) {
         )))));
     })
     .unwrap();
-    (guard, unet, desc.to_model_info())
+    (guard, unet, info)
 }
 
 fn plugin(config: &str, model: &ModelInfo) -> Result<Instance<B>, String> {
@@ -213,8 +194,6 @@ fn plugin(config: &str, model: &ModelInfo) -> Result<Instance<B>, String> {
     .expect("denoiser-guidance plugin loads");
     Instance::<B>::new("denoiser-guidance", lib, config, model).map_err(|e| format!("{e:#}"))
 }
-
-use rand::SeedableRng;
 
 /// Eq. 13's gradient, ∇_{x_t} Σ log p(y | f(x̂0(x_t))), read back from the
 /// score hook (ε = 0 in, so ε̂ = −λ sqrt(1 − ᾱ) ∇), against central

@@ -77,17 +77,7 @@ pub fn run(a: &TransferArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     // Every manifest loads (and has metrics) before anything runs.
     let mut loaded = Vec::new();
     for path in &manifests {
-        let m = manifest::load(path, &a.set)?;
-        if m.manifest
-            .eval
-            .as_ref()
-            .is_none_or(|e| e.metrics.is_empty())
-        {
-            bail!(
-                "`{}` has no `[eval] metrics`: the benchmark compares their numbers",
-                path.display()
-            );
-        }
+        let m = load_with_metrics(path, &a.set)?;
         loaded.push((path.clone(), m.manifest.run.name.clone()));
     }
     let mut rows = Vec::new();
@@ -96,23 +86,8 @@ pub fn run(a: &TransferArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             let bench_name = format!("bench-{name}-seed{seed}");
             let mut set = a.set.clone();
             set.push(format!("run.seed={seed}"));
-            set.push(format!("run.name=\"{bench_name}\""));
-            let m = manifest::load(path, &set)?;
-            let dir = m.output_dir().join(&bench_name);
-            if dir.join("manifest.toml").is_file() {
-                std::fs::remove_dir_all(&dir)
-                    .with_context(|| format!("replacing the bench run `{}`", dir.display()))?;
-            }
             writeln!(out, "== {name}, seed {seed} ({})", path.display())?;
-            let opts = crate::run::RunOptions {
-                quiet: true,
-                ..Default::default()
-            };
-            let started = std::time::Instant::now();
-            let mut sink = Vec::new();
-            let summary = super::commands::plan_and_run(m, &opts, &mut sink)
-                .with_context(|| format!("bench run of `{}`", path.display()))?;
-            let seconds = started.elapsed().as_secs_f64();
+            let (summary, seconds) = fresh_run(path, set, &bench_name)?;
             let e = summary
                 .evaluation
                 .context("the run produced no evaluation (no [sample] section?)")?;
@@ -143,6 +118,50 @@ pub fn run(a: &TransferArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         std::fs::write(p, &table).with_context(|| format!("writing `{}`", p.display()))?;
     }
     Ok(())
+}
+
+/// Loads `path` with overrides `set`; an error unless it has `[eval]
+/// metrics` (a benchmark compares their numbers).
+pub(super) fn load_with_metrics(
+    path: &std::path::Path,
+    set: &[String],
+) -> anyhow::Result<manifest::LoadedManifest> {
+    let m = manifest::load(path, set)?;
+    if m.manifest
+        .eval
+        .as_ref()
+        .is_none_or(|e| e.metrics.is_empty())
+    {
+        bail!(
+            "`{}` has no `[eval] metrics`: the benchmark compares their numbers",
+            path.display()
+        );
+    }
+    Ok(m)
+}
+
+/// Runs `path` with overrides `set` as run `run_name` (an earlier run of
+/// that name is replaced), quietly; its summary and wall time in seconds.
+pub(super) fn fresh_run(
+    path: &std::path::Path,
+    mut set: Vec<String>,
+    run_name: &str,
+) -> anyhow::Result<(crate::run::RunSummary, f64)> {
+    set.push(format!("run.name=\"{run_name}\""));
+    let m = manifest::load(path, &set)?;
+    let dir = m.output_dir().join(run_name);
+    if dir.join("manifest.toml").is_file() {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("replacing the bench run `{}`", dir.display()))?;
+    }
+    let opts = crate::run::RunOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let summary = super::commands::plan_and_run(m, &opts, &mut Vec::new())
+        .with_context(|| format!("bench run `{run_name}` of `{}`", path.display()))?;
+    Ok((summary, started.elapsed().as_secs_f64()))
 }
 
 /// Per-run rows, then mean ± sd per manifest over the seeds.

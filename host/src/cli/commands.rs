@@ -98,6 +98,19 @@ pub enum Command {
         /// Output folder (default: `<run_dir>/samples-<seed>`).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Condition every sample on this text (a run with a CLIP
+        /// `[condition]` encoder): text-to-image through CLIP's shared
+        /// embedding space.
+        #[arg(long)]
+        prompt: Option<String>,
+        /// Condition samples on these images in turn (a run with
+        /// `[condition]`): `target`, `held_out`, or an image file or folder.
+        #[arg(long)]
+        condition: Option<String>,
+        /// Side fraction δ of the rectangle masked out of each condition
+        /// image, in [0, 1) (default: the run's `sample.mask_rate`, or 0.5).
+        #[arg(long)]
+        mask_rate: Option<f64>,
     },
     /// Compares generated images with reference images: KID and FD on
     /// features of the embedded `dtx` extractor (`KID_dtx`, `FD_dtx`) or of
@@ -171,6 +184,12 @@ pub enum BenchCommand {
     /// test images. One table, results.json and table.md in
     /// `<runs>/bench-cas/`.
     Cas(super::bench_cas::CasArgs),
+    /// ANL against naive fine-tuning: manifests/anl.toml,
+    /// anl-unconditional.toml and naive-finetune.toml on the same target
+    /// set, seeds and step counts (KID_dtx/FD_dtx, trainable parameters,
+    /// wall time), then the conditional run sampled at mask rates δ = 0 …
+    /// 0.9 (KID against the spread of samples sharing a condition image).
+    Anl(super::bench_anl::AnlArgs),
 }
 
 /// `dtx plugins <command>`.
@@ -234,6 +253,9 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             eta,
             seed,
             out: out_dir,
+            prompt,
+            condition,
+            mask_rate,
         } => {
             let manifest_path = run_dir.join("manifest.toml");
             let ckpt = run_dir.join("checkpoints").join("latest.safetensors");
@@ -259,6 +281,21 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             }
             if let Some(s) = seed {
                 set.push(format!("run.seed={s}"));
+            }
+            let quoted = |v: &str| toml::Value::String(v.to_owned()).to_string();
+            if let Some(p) = &prompt {
+                set.push(format!("sample.prompt={}", quoted(p)));
+            }
+            if let Some(c) = &condition {
+                // a path on the command line is relative to where dtx runs
+                let c = match c.as_str() {
+                    "target" | "held_out" => c.clone(),
+                    path => std::path::absolute(path)?.display().to_string(),
+                };
+                set.push(format!("sample.condition={}", quoted(&c)));
+            }
+            if let Some(d) = mask_rate {
+                set.push(format!("sample.mask_rate={d}"));
             }
             let loaded = manifest::load(&manifest_path, &set)?;
             if loaded.manifest.sample.is_none() {
@@ -328,6 +365,9 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Gmm(args),
         } => super::bench_gmm::run(&args, out)?,
+        Command::Bench {
+            command: BenchCommand::Anl(args),
+        } => super::bench_anl::run(&args, out)?,
         Command::Bench {
             command: BenchCommand::Cas(args),
         } => super::bench_cas::run(&args, out)?,

@@ -2,6 +2,7 @@
 //! command. Commands write to the `out` they are given, so tests run them
 //! in-process and snapshot what a user would see.
 
+mod bench_anl;
 mod bench_cas;
 mod bench_gmm;
 mod bench_transfer;

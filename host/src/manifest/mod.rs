@@ -24,9 +24,9 @@ pub use error::{ManifestDiagnostic, ManifestError, diagnostic, line_col};
 pub use load::{LoadedManifest, load, load_str};
 pub use overrides::Override;
 pub use schema::{
-    Backend, EXTRACTORS, Ema, Eval, HOOK_NAMES, Init, LossWeight, METRICS, Manifest, MaskSource,
-    Optimizer, PluginSpec, Prediction, Reference, Run, SECTION_KEYS, Sample, Sampler, Schedule,
-    Source, SourceData, SourceKind, Target, Train, Trainable,
+    Backend, Condition, EXTRACTORS, Ema, EncoderKind, Eval, HOOK_NAMES, Init, LossWeight, METRICS,
+    Manifest, MaskSource, Optimizer, PluginSpec, Prediction, Reference, Run, SECTION_KEYS, Sample,
+    Sampler, Schedule, Source, SourceData, SourceKind, Target, TokenKind, Train, Trainable,
 };
 pub use spans::{EntrySpans, KeyPath, Segment, SpanMap};
 
@@ -49,6 +49,7 @@ mod tests {
         "bad-injection-point.toml",
         "sha256-mismatch.toml",
         "cuda-not-built.toml",
+        "condition-point-not-in-model.toml",
     ];
 
     fn manifests(kind: &str) -> Vec<PathBuf> {

@@ -48,6 +48,8 @@ pub struct Plan {
     pub model: Option<ModelDescription>,
     /// Plugins in manifest order.
     pub plugins: Vec<PlannedPlugin>,
+    /// The `[condition]` encoder, resolved against the model.
+    pub condition: Option<crate::condition::ConditionPlan>,
     /// Stages in order.
     pub stages: Vec<Stage>,
 }
@@ -113,9 +115,25 @@ pub fn resolve_on<B: AutodiffBackend>(loaded: LoadedManifest) -> Result<Plan, Ma
         .map(ModelDescription::to_model_info)
         .unwrap_or_default();
 
+    let condition = match (&m.condition, &model) {
+        (Some(c), Some(d)) => {
+            let dir = c.path.as_ref().map(|p| loaded.resolve_path(p));
+            match crate::condition::resolve(c, d, dir.as_deref()) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    diags.push(loaded.diagnostic(&e.key, e.message, None));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+
     // Plugins are built in a planning session: their parameters are counted,
     // their configs and injection points checked, and nothing else runs.
     let _session = Session::<B>::install(Default::default(), m.run.seed);
+    Session::<B>::with(|s| s.services.condition_shape = condition.as_ref().map(|c| c.shape))
+        .expect("the planning session was just installed");
     let dirs = plugins::search_dirs(Some(&loaded.base_dir()));
     let mut planned = Vec::new();
     for (i, spec) in m.plugins.iter().enumerate() {
@@ -129,10 +147,11 @@ pub fn resolve_on<B: AutodiffBackend>(loaded: LoadedManifest) -> Result<Plan, Ma
     if !diags.is_empty() {
         return Err(ManifestError::from_diagnostics(diags));
     }
-    let stages = stages(&loaded, &planned);
+    let stages = stages(&loaded, &planned, condition.as_ref());
     Ok(Plan {
         model,
         plugins: planned,
+        condition,
         stages,
         manifest: loaded,
     })
@@ -264,9 +283,19 @@ fn with_hook(plugins: &[PlannedPlugin], hook: Hook) -> Vec<&str> {
         .collect()
 }
 
-fn stages(loaded: &LoadedManifest, plugins: &[PlannedPlugin]) -> Vec<Stage> {
+fn stages(
+    loaded: &LoadedManifest,
+    plugins: &[PlannedPlugin],
+    condition: Option<&crate::condition::ConditionPlan>,
+) -> Vec<Stage> {
     let m = &loaded.manifest;
     let mut out = Vec::new();
+    if let Some(c) = condition {
+        out.push(Stage {
+            name: "condition",
+            detail: c.describe(),
+        });
+    }
     let names = |v: Vec<&str>| {
         if v.is_empty() {
             "none".to_string()
@@ -319,13 +348,27 @@ fn stages(loaded: &LoadedManifest, plugins: &[PlannedPlugin]) -> Vec<Stage> {
         out.push(Stage {
             name: "sample",
             detail: format!(
-                "{}, {} steps, eta {}, {} samples in batches of {}; score corrections: {}",
+                "{}, {} steps, eta {}, {} samples in batches of {}; score corrections: {}{}",
                 s.sampler.as_str(),
                 s.steps,
                 s.eta,
                 s.count,
                 s.batch,
-                names(with_hook(plugins, Hook::Score))
+                names(with_hook(plugins, Hook::Score)),
+                match (&m.condition, &s.prompt) {
+                    (None, _) => String::new(),
+                    (Some(_), Some(p)) => format!("; conditioned on the prompt {p:?}"),
+                    (Some(_), None) => format!(
+                        "; conditioned on {} images, mask rate {}{}",
+                        s.condition.as_deref().unwrap_or("target"),
+                        s.mask_rate.unwrap_or(crate::condition::DEFAULT_MASK_RATE),
+                        if s.mask_per_sample {
+                            " (a mask per sample)"
+                        } else {
+                            ""
+                        }
+                    ),
+                }
             ),
         });
         let filters = with_hook(plugins, Hook::Filter);

@@ -15,8 +15,12 @@ use std::path::PathBuf;
 use serde::de::{self, Deserializer, SeqAccess, Unexpected, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
+mod condition;
 mod enums;
+mod sample;
+pub use condition::*;
 pub use enums::*;
+pub use sample::*;
 
 /// Hook names a `[[plugin]]` entry may list in `hooks`, in the order the
 /// stages run them (the names of `dtx_plugin_api::Hook::ALL`).
@@ -81,7 +85,15 @@ pub const SECTION_KEYS: &[(&str, &[&str])] = &[
             "clip_range",
             "max_attempts_factor",
             "masks",
+            "condition",
+            "mask_rate",
+            "mask_per_sample",
+            "prompt",
         ],
+    ),
+    (
+        "condition",
+        &["encoder", "path", "tokens", "points", "t", "grid"],
     ),
     (
         "eval",
@@ -116,6 +128,10 @@ pub struct Manifest {
     /// Default: empty.
     #[serde(default, rename = "plugin", skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<PluginSpec>,
+    /// `[condition]`: the encoder of condition embeddings for plugins that
+    /// condition on images or text (ANL). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<Condition>,
     /// `[sample]`: sampling settings. Default: none (no sampling stage).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample: Option<Sample>,
@@ -360,61 +376,6 @@ impl PluginSpec {
     }
 }
 
-/// `[sample]`: how images are drawn from the (transferred) model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Sample {
-    /// Sampler. Default: `ddim`.
-    #[serde(default)]
-    pub sampler: Sampler,
-    /// Denoising steps. Default: 50.
-    #[serde(default = "default_sample_steps")]
-    pub steps: usize,
-    /// Number of samples to draw. Default: 16.
-    #[serde(default = "default_batch")]
-    pub count: usize,
-    /// DDIM η: 0 is deterministic, 1 matches DDPM's variance, >= 0.
-    /// Default: 0.0.
-    #[serde(default)]
-    pub eta: f64,
-    /// Samples per forward pass. Default: 16.
-    #[serde(default = "default_batch")]
-    pub batch: usize,
-    /// Guidance scale, >= 0; 0 disables guidance. Default: 0.0.
-    #[serde(default)]
-    pub guidance: f64,
-    /// Class to sample for a class-conditional model. Default: none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label: Option<u64>,
-    /// Clip each step's predicted x0 to [−clip_range, clip_range] (diffusers'
-    /// `clip_sample`). Default: true for images, false for vector data.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub clip_sample: Option<bool>,
-    /// The range of `clip_sample`, > 0. Default: 1.0 (data in [−1, 1]).
-    #[serde(default = "default_one")]
-    pub clip_range: f64,
-    /// With `filter` plugins, draw at most `max_attempts_factor × count`
-    /// samples while waiting for `count` to be accepted. Default: 10.
-    #[serde(default = "default_attempts_factor")]
-    pub max_attempts_factor: usize,
-    /// Condition each sample on a mask of the target's masks, in turn:
-    /// `held_out` or `target` (the training images'). Plugins' `score` and
-    /// `filter` hooks get the masks `[B, H, W]` as their labels. Default:
-    /// none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub masks: Option<MaskSource>,
-}
-
-/// Where `sample.masks` come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MaskSource {
-    /// The held-out target images' masks (`target.holdout`).
-    HeldOut,
-    /// The training target images' masks.
-    Target,
-}
-
 /// `[eval]`: metrics computed over the samples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -624,6 +585,7 @@ mod tests {
             ("train", serde_fields::<Train>()),
             ("plugin", serde_fields::<PluginSpec>()),
             ("sample", serde_fields::<Sample>()),
+            ("condition", serde_fields::<Condition>()),
             ("eval", serde_fields::<Eval>()),
         ];
         for ((section, keys), (name, fields)) in SECTION_KEYS.iter().zip(actual) {

@@ -8,6 +8,7 @@
 //! that a bad count does not hide the other problems: it is reported, then
 //! replaced by a placeholder for the rest of the load.
 
+mod condition;
 mod eval;
 
 use std::collections::{HashMap, HashSet};
@@ -119,6 +120,7 @@ pub(crate) fn check(
     checks.sections(manifest);
     checks.train(manifest);
     checks.sample(manifest);
+    checks.condition(manifest);
     checks.eval(manifest);
     checks.eval_settings(manifest);
     checks.plugins(&manifest.plugins);

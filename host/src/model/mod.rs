@@ -12,6 +12,7 @@
 
 pub mod adm;
 pub mod adm_net;
+pub mod clip;
 mod config;
 mod describe;
 pub mod diffusers;

@@ -255,7 +255,12 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         held_out.as_ref(),
         &device,
     )?;
+    let mut condition = super::condition::RunCondition::<B>::load(plan, &device)?;
+    if let (Some(c), Some(sm)) = (condition.as_mut(), &m.sample) {
+        c.sample_images(plan, sm, target.as_ref(), held_out.as_ref(), &example)?;
+    }
     let _session = Session::<B>::install(device.clone(), m.run.seed);
+    Session::<B>::with(|s| s.services.condition_shape = plan.condition.as_ref().map(|c| c.shape))?;
     let mut dir = match &opts.sample_from {
         Some((_, out)) => RunDir::at(out)?,
         None => RunDir::open(
@@ -322,6 +327,7 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         classes,
         sampling_weights: RefCell::new(None),
         sample_masks,
+        condition,
     });
 
     // 3. services: data, denoisers
@@ -353,6 +359,9 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         s.services.alpha_bar = Some(alpha_bars.iter().map(|&a| a as f32).collect());
         s.services.denoiser = Some(Rc::new(engine.clone()));
         s.services.source_sampler = Some(Rc::new(source_sampler));
+        if engine.condition.is_some() {
+            s.services.condition = Some(Rc::new(engine.clone()));
+        }
         if let Some(d) = &data {
             s.services.data =
                 Some(Rc::new(RefCell::new(d.clone())) as Rc<RefCell<dyn DataService<B>>>);
@@ -441,6 +450,9 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         let every = t.checkpoint_every.unwrap_or(t.steps.max(1));
         let report_every = (t.steps / 10).max(1);
         // A bar on a terminal; plain lines otherwise; nothing with --quiet.
+        if let Some(tg) = &target {
+            engine.cache_target(tg, flip, batch, &device)?;
+        }
         let bar = progress_bar(opts.quiet, end.saturating_sub(start), "train");
         for step in start..end {
             let timer = std::time::Instant::now();
@@ -453,6 +465,7 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
                 .0
                 .target
                 .to_tensor_flipped::<B>(&b.indices, flips, &device);
+            engine.condition_batch(&b.indices, flips, &device)?;
             let draw = Draw::new::<D>(&mut rng, &x0, timesteps, &device);
             let params = engine.params();
             let (mut terms, pred, x_t) =

@@ -1,6 +1,7 @@
 //! Runs: the run folder (manifest, metrics, checkpoints, samples, report) and
 //! the engine that fills it (`dtx run`).
 
+mod condition;
 pub mod dir;
 pub mod engine;
 mod evaluation;

@@ -43,6 +43,8 @@ pub(super) struct Engine<B: AutodiffBackend> {
     pub(super) sampling_weights: RefCell<Option<HashMap<String, P<B>>>>,
     /// The masks samples are conditioned on in turn (`sample.masks`).
     pub(super) sample_masks: Option<Dataset>,
+    /// The `[condition]` encoder and the embedding forwards see.
+    pub(super) condition: Option<super::condition::RunCondition<B>>,
 }
 
 /// The network output `out` as ε: the mean channels of a learned-variance
@@ -153,6 +155,7 @@ impl<B: AutodiffBackend> Engine<B> {
     ) -> Result<P<B>, AbiError> {
         let t_stored = Stored::Float(t.clone());
         let labels2 = labels.clone();
+        let cond = self.current_condition();
         self.net
             .forward::<B, AbiError>(params, x, t, labels, &mut |point, h, temb| {
                 let mut h = h;
@@ -169,7 +172,7 @@ impl<B: AutodiffBackend> Engine<B> {
                             h: &h,
                             t: &t_stored,
                             temb,
-                            cond: None,
+                            cond: cond.as_ref(),
                             labels: labels2.as_ref(),
                             training,
                         })

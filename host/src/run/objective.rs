@@ -188,6 +188,9 @@ impl Objective<'_> {
         let mut sum = 0.0;
         for chunk in idx.chunks(batch.max(1)) {
             let (x0, labels) = held.to_tensor::<B>(chunk, device);
+            if engine.condition.is_some() {
+                engine.set_condition(Some(engine.encode(x0.clone(), None)?));
+            }
             let draw = Draw::new::<D>(&mut rng, &x0, self.alpha_bars.len(), device);
             let (terms, _, _) = self.simple::<B, D>(engine, &params, &x0, labels, &draw, false)?;
             // the base objective: L_simple (+ L_vlb for a learned variance)

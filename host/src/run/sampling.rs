@@ -7,7 +7,7 @@ use super::model::Engine;
 use crate::diffusion::prediction::{BatchScalar, to_epsilon};
 use crate::diffusion::sampler::{Sampler, SamplerConfig, VarianceType, alpha_bar_at, sample};
 use crate::manifest::{Sample, Sampler as SamplerKind};
-use crate::tensor_abi::{SampleService, Stored};
+use crate::tensor_abi::{SampleService, Session, Stored};
 use anyhow::{Result, anyhow};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
@@ -81,6 +81,17 @@ pub(super) fn record(
     if let [_, h, w] = example[..] {
         super::report::write_masks(dir, &drawn.masks, [h, w])?;
     }
+    if let Some(source) = &drawn.condition_source {
+        let mut csv = String::from("file,condition,image,top,left,height,width\n");
+        for (i, (k, r)) in drawn.conditions.iter().enumerate() {
+            csv.push_str(&format!(
+                "{i:05}.png,{source},{k},{},{},{},{}\n",
+                r.top, r.left, r.height, r.width
+            ));
+        }
+        std::fs::create_dir_all(dir.path.join("samples"))?;
+        std::fs::write(dir.path.join("samples").join("conditions.csv"), csv)?;
+    }
     Ok((stats, labels))
 }
 
@@ -103,6 +114,11 @@ pub(super) struct Drawn {
     /// The mask each accepted sample was conditioned on, `[H, W]` each,
     /// flat (empty without `sample.masks`).
     pub(super) masks: Vec<i64>,
+    /// The condition image (its index) and the masked rectangle of each
+    /// accepted sample (empty unless the run conditions on images).
+    pub(super) conditions: Vec<(usize, crate::condition::MaskRect)>,
+    /// Where the condition images came from (`target`, `held_out`, a path).
+    pub(super) condition_source: Option<String>,
 }
 
 impl Drawn {
@@ -222,6 +238,9 @@ struct SamplingWeights<'a, B: AutodiffBackend>(&'a Engine<B>);
 impl<'a, B: AutodiffBackend> SamplingWeights<'a, B> {
     fn set(engine: &'a Engine<B>, weights: &HashMap<String, P<B>>) -> Self {
         *engine.sampling_weights.borrow_mut() = Some(weights.clone());
+        // no graph through plugin parameters while sampling: nothing trains,
+        // and graphs that never reach a backward pile up in memory
+        let _ = Session::<B>::with(|s| s.services.frozen_params = true);
         SamplingWeights(engine)
     }
 }
@@ -229,6 +248,7 @@ impl<'a, B: AutodiffBackend> SamplingWeights<'a, B> {
 impl<B: AutodiffBackend> Drop for SamplingWeights<'_, B> {
     fn drop(&mut self) {
         self.0.sampling_weights.borrow_mut().take();
+        let _ = Session::<B>::with(|s| s.services.frozen_params = false);
     }
 }
 
@@ -259,6 +279,8 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
         rejected: HashMap::new(),
         labels: Vec::new(),
         masks: Vec::new(),
+        conditions: Vec::new(),
+        condition_source: engine.condition_source(),
     };
     let run = |x_big_t: Tensor<B, D>,
                labels: Option<IntTensor<B>>,
@@ -280,6 +302,8 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
     };
     let mut rng = step_rng(seed, u64::MAX - 1);
     let mut source_rng = step_rng(seed, u64::MAX - 2);
+    // the masks of masked sampling have their own stream
+    let mut condition_rng = step_rng(seed, u64::MAX - 3);
     // hooks that call `denoise(student)` see the weights being sampled
     let _weights = SamplingWeights::set(engine, weights);
     let bar = progress_bar(quiet, sm.count as u64, "sample");
@@ -299,6 +323,7 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
             .sample_masks
             .as_ref()
             .and_then(|m| m.mask_tensor::<B>(&mask_idx, device));
+        let conditions = engine.condition_samples(out.attempts, n, &mut condition_rng, device)?;
         out.attempts += n;
         let x_big_t: Tensor<B, D> = normal(&mut rng, batch_shape::<D>(n, &example), device);
         let from_source = if with_source {
@@ -340,6 +365,9 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
                     out.masks.extend_from_slice(
                         &m.masks.as_ref().expect("checked by sample_masks")[k * per..(k + 1) * per],
                     );
+                }
+                if let Some(c) = conditions.get(i) {
+                    out.conditions.push(*c);
                 }
                 if let Some(s) = &from_source {
                     out.source

@@ -13,7 +13,9 @@ mod session;
 
 pub use ops::tensor_ops;
 pub use params::{BASE_OWNER, ParamEntry, ParamStore};
-pub use services::{DataService, DenoiseService, RunServices, SampleService, host_services};
+pub use services::{
+    ConditionService, DataService, DenoiseService, RunServices, SampleService, host_services,
+};
 pub use session::{Session, SessionGuard, Stored};
 
 use burn::tensor::backend::AutodiffBackend;

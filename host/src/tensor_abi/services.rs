@@ -49,6 +49,14 @@ pub trait SampleService<B: AutodiffBackend> {
     ) -> Result<FloatTensor<B>, AbiError>;
 }
 
+/// The run's condition encoder (`encode_image`, `encode_text`).
+pub trait ConditionService<B: AutodiffBackend> {
+    /// Embeddings `[B, N, D_c]` of images `[B, C, H, W]` in data space.
+    fn encode_image(&self, x: FloatTensor<B>) -> Result<FloatTensor<B>, AbiError>;
+    /// The embedding `[1, N, D_c]` of a text prompt.
+    fn encode_text(&self, prompt: &str) -> Result<FloatTensor<B>, AbiError>;
+}
+
 /// Datasets the host exposes to plugins (`dataset_batch`).
 pub trait DataService<B: AutodiffBackend> {
     /// The next `batch` samples of `split`, with labels when the set has them.
@@ -70,6 +78,15 @@ pub struct RunServices<B: AutodiffBackend> {
     pub source_sampler: Option<Rc<dyn SampleService<B>>>,
     /// ᾱ_t for t = 0..T−1 of the run's noise schedule.
     pub alpha_bar: Option<Vec<f32>>,
+    /// `(N, D_c)` of the run's condition embeddings (`condition_shape`),
+    /// set before plugins are built.
+    pub condition_shape: Option<(usize, usize)>,
+    /// The run's condition encoder.
+    pub condition: Option<Rc<dyn ConditionService<B>>>,
+    /// While true (sampling), `param_value` answers untracked values: no
+    /// autodiff graph is recorded through plugin parameters where no
+    /// backward follows (gradients with respect to inputs still work).
+    pub frozen_params: bool,
     /// Scalars logged since the last [`RunServices::take_logs`].
     pub logs: Vec<(String, f64)>,
     /// Optimizer used by `optimizer_step` (the `prepare` hook's training).
@@ -89,6 +106,9 @@ impl<B: AutodiffBackend> Default for RunServices<B> {
             data: None,
             source_sampler: None,
             alpha_bar: None,
+            condition_shape: None,
+            condition: None,
+            frozen_params: false,
             logs: Vec::new(),
             prepare_optimizer: AdamConfig::default(),
             prepare_steps: 0,
@@ -163,6 +183,11 @@ extern "C" fn param_value<B: AutodiffBackend>(id: ParamId) -> AbiResult<TensorId
     guarded("param_value", || {
         Session::<B>::with(|s| {
             let v = s.params.get(id)?.value.clone();
+            let v = if s.services.frozen_params {
+                super::untracked::<B>(v)
+            } else {
+                v
+            };
             Ok(s.insert(Stored::Float(v)))
         })?
     })
@@ -334,6 +359,45 @@ extern "C" fn sample_source<B: AutodiffBackend>(
     })
 }
 
+extern "C" fn condition_shape<B: AutodiffBackend>() -> AbiResult<RVec<usize>> {
+    guarded("condition_shape", || {
+        Session::<B>::with(|s| {
+            s.services
+                .condition_shape
+                .map(|(n, d)| RVec::from(vec![n, d]))
+                .unwrap_or_default()
+        })
+    })
+}
+
+/// The run's encoder, released from the session before it runs tensor ops.
+fn encoder<B: AutodiffBackend>(service: &str) -> Result<Rc<dyn ConditionService<B>>, AbiError> {
+    Session::<B>::with(|s| {
+        s.services.condition.clone().ok_or_else(|| {
+            unsupported(&format!(
+                "{service}: this run has no condition encoder (add a [condition] table to the manifest)"
+            ))
+        })
+    })?
+}
+
+extern "C" fn encode_image<B: AutodiffBackend>(x: TensorId) -> AbiResult<TensorId> {
+    guarded("encode_image", || {
+        let enc = encoder::<B>("encode_image")?;
+        let x = Session::<B>::with(|s| s.float(x))??;
+        let c = enc.encode_image(x)?;
+        Session::<B>::with(|s| s.insert(Stored::Float(c)))
+    })
+}
+
+extern "C" fn encode_text<B: AutodiffBackend>(prompt: RStr<'_>) -> AbiResult<TensorId> {
+    guarded("encode_text", || {
+        let enc = encoder::<B>("encode_text")?;
+        let c = enc.encode_text(prompt.as_str())?;
+        Session::<B>::with(|s| s.insert(Stored::Float(c)))
+    })
+}
+
 /// The host-services vtable over backend `B`.
 pub fn host_services<B: AutodiffBackend>() -> HostServicesRef {
     HostServices {
@@ -348,6 +412,9 @@ pub fn host_services<B: AutodiffBackend>() -> HostServicesRef {
         optimizer_step: optimizer_step::<B>,
         num_timesteps: num_timesteps::<B>,
         sample_source: sample_source::<B>,
+        condition_shape: condition_shape::<B>,
+        encode_image: encode_image::<B>,
+        encode_text: encode_text::<B>,
     }
     .leak_into_prefix()
 }

@@ -453,4 +453,14 @@ pub struct HostServices {
     /// `labels` `[count]` for a class-conditional source. Added in 0.2.
     pub sample_source:
         extern "C" fn(count: usize, labels: ROption<TensorId>) -> AbiResult<TensorId>,
+    /// `[N, D_c]`, the shape of one condition embedding of the run's
+    /// `[condition]` encoder (`N` tokens of width `D_c`); empty when the run
+    /// has none. Available while a plugin is constructed. Added in 0.3.
+    pub condition_shape: extern "C" fn() -> AbiResult<RVec<usize>>,
+    /// Condition embeddings `[B, N, D_c]` of images `[B, C, H, W]` in data
+    /// space ([−1, 1]) with the run's `[condition]` encoder. Added in 0.3.
+    pub encode_image: extern "C" fn(x: TensorId) -> AbiResult<TensorId>,
+    /// The condition embedding `[1, N, D_c]` of a text prompt (a CLIP
+    /// `[condition]` encoder only). Added in 0.3.
+    pub encode_text: extern "C" fn(prompt: RStr<'_>) -> AbiResult<TensorId>,
 }

@@ -202,3 +202,30 @@ string_enum! {
         Ddpm => "ddpm",
     }
 }
+
+string_enum! {
+    /// `condition.encoder`: what turns an image into a condition embedding.
+    #[derive(Default)]
+    pub enum EncoderKind {
+        /// `"unet"`: pooled activations of the frozen source U-Net at a
+        /// fixed timestep (embedded; needs no download).
+        #[default]
+        Unet => "unet",
+        /// `"clip"`: a CLIP model folder (transformers `CLIPModel` layout).
+        Clip => "clip",
+    }
+}
+
+string_enum! {
+    /// `condition.tokens`: which CLIP embeddings condition the model.
+    #[derive(Default)]
+    pub enum TokenKind {
+        /// `"pooled"`: one token, the projected pooled embedding (the space
+        /// text prompts share).
+        #[default]
+        Pooled => "pooled",
+        /// `"patches"`: the projected vision-tower tokens (class + patches);
+        /// images only.
+        Patches => "patches",
+    }
+}

@@ -1,0 +1,114 @@
+//! `[plugin.config]` of `anl`: keys, defaults and their checks.
+
+use dtx_plugin_api::nn::Activation;
+use dtx_plugin_api::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// What the attention attends to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Cross-attention to the run's condition embedding `c` (Eq. 8): needs a
+    /// `[condition]` encoder.
+    Conditional,
+    /// Self-attention over the block's own positions (Sec. 3.3): no encoder.
+    Unconditional,
+}
+
+/// `[plugin.config]` of `anl`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `conditional` (default) or `unconditional`.
+    pub mode: Mode,
+    /// Injection points (names or globs). Default: every residual block,
+    /// `["down.*.res.*", "mid.res.*", "up.*.res.*"]`.
+    pub points: Vec<String>,
+    /// d_k of Eq. 8, the width of Q, K and V; 0 takes each point's channels
+    /// d_i. Default 0.
+    pub d_attn: usize,
+    /// Attention heads (Eq. 8 is one); must divide the width. Default 1.
+    pub heads: usize,
+    /// Hidden width of f (Eq. 9) as a multiple of d_i. Default 1.
+    pub hidden_mult: usize,
+    /// f's activation: `gelu` (default), `silu`, `relu`, `tanh`.
+    pub activation: Activation,
+    /// Zero-initialise f's last layer, so training starts exactly at the
+    /// source model. Default true.
+    pub zero_init: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mode: Mode::Conditional,
+            points: ["down.*.res.*", "mid.res.*", "up.*.res.*"]
+                .map(String::from)
+                .to_vec(),
+            d_attn: 0,
+            heads: 1,
+            hidden_mult: 1,
+            activation: Activation::Gelu,
+            zero_init: true,
+        }
+    }
+}
+
+impl Config {
+    /// Every key with its type and help, for `dtx plugins inspect`.
+    pub fn keys() -> Vec<ConfigKey> {
+        vec![
+            ConfigKey::new(
+                "mode",
+                "string",
+                "`conditional` (cross-attention to the [condition] embedding, Eq. 8) or `unconditional` (self-attention, Sec. 3.3)",
+            ),
+            ConfigKey::new(
+                "points",
+                "list of strings",
+                "injection points, names or globs (every residual block by default)",
+            ),
+            ConfigKey::new(
+                "d_attn",
+                "int",
+                "d_k of Eq. 8; 0 = the point's channels d_i",
+            ),
+            ConfigKey::new("heads", "int", "attention heads (Eq. 8 has one)"),
+            ConfigKey::new(
+                "hidden_mult",
+                "int",
+                "hidden width of f (Eq. 9) as a multiple of d_i",
+            ),
+            ConfigKey::new(
+                "activation",
+                "string",
+                "f's activation: gelu, silu, relu, tanh",
+            ),
+            ConfigKey::new(
+                "zero_init",
+                "bool",
+                "zero-initialise f's last layer so step 0 equals the source model",
+            ),
+        ]
+    }
+
+    /// Checks that need more than serde.
+    pub fn validate(&self) -> Result<(), AbiError> {
+        if self.points.is_empty() {
+            return Err(AbiError::config("points", "lists no injection point"));
+        }
+        if self.heads == 0 {
+            return Err(AbiError::config("heads", "must be at least 1"));
+        }
+        if self.hidden_mult == 0 {
+            return Err(AbiError::config("hidden_mult", "must be at least 1"));
+        }
+        if self.d_attn > 0 && !self.d_attn.is_multiple_of(self.heads) {
+            return Err(AbiError::config(
+                "d_attn",
+                format!("{} is not divisible by heads = {}", self.d_attn, self.heads),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,364 @@
+//! The `anl` plugin (plugins/anl, docs/plugins/anl.md) through the real
+//! loader: zero-initialised adapters leave the source model's output
+//! unchanged, the attention runs at every residual block of both U-Net
+//! kinds (diffusers and ADM), conditional and unconditional, config errors
+//! name their key, and `dtx run` end to end: only the ANL parameters
+//! change, masked sampling from held-out condition images, the
+//! unconditional variant, and `--prompt` without a text tower.
+
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use dtx::model::net::Net;
+use dtx::plugins::{InjectArgs, Instance, load_library};
+use dtx::tensor_abi::{CpuBackend, Session, SessionGuard, vtables};
+use dtx_plugin_api::ModelInfo;
+use dtx_tests::mock::{Normal, t_stored};
+use dtx_tests::runs::{self, tensors};
+use dtx_tests::{plugin_path, workspace_root};
+use std::collections::HashMap;
+
+type B = CpuBackend;
+type Prim = burn::tensor::ops::FloatTensor<B>;
+
+fn prim<const D: usize>(v: Vec<f32>, shape: [usize; D]) -> Prim {
+    Tensor::<B, D>::from_data(TensorData::new(v, shape), &Default::default())
+        .into_primitive()
+        .tensor()
+}
+
+fn values<const D: usize>(p: &Prim) -> Vec<f32> {
+    Tensor::<B, D>::from_primitive(TensorPrimitive::Float(p.clone()))
+        .into_data()
+        .to_vec()
+        .unwrap()
+}
+
+fn dims<const D: usize>(p: &Prim) -> [usize; D] {
+    Tensor::<B, D>::from_primitive(TensorPrimitive::Float(p.clone())).dims()
+}
+
+fn normal(rng: &mut Normal, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.sample() as f32).collect()
+}
+
+/// A session whose condition embeddings are `cond` (`(N, D_c)`), with the
+/// tiny diffusers U-Net's random weights registered; its net, weights and
+/// model info.
+fn diffusers_session(
+    cond: Option<(usize, usize)>,
+) -> (SessionGuard, Net, HashMap<String, Prim>, ModelInfo) {
+    let guard = Session::<B>::install(Default::default(), 11);
+    Session::<B>::with(|s| s.services.condition_shape = cond).unwrap();
+    let (net, params, info) = dtx_tests::mock::tiny_unet(3);
+    (guard, net, params, info)
+}
+
+/// The ADM fixture's model info (tests/fixtures/adm/full), in a session
+/// with condition shape `cond`.
+fn adm_session(cond: Option<(usize, usize)>) -> (SessionGuard, ModelInfo) {
+    let guard = Session::<B>::install(Default::default(), 12);
+    Session::<B>::with(|s| s.services.condition_shape = cond).unwrap();
+    let config: toml::Table = toml::from_str(
+        r#"image_size = 8
+num_channels = 32
+num_res_blocks = 1
+channel_mult = "1,1"
+attention_resolutions = "4"
+num_head_channels = 16
+use_scale_shift_norm = true
+resblock_updown = true
+learn_sigma = true
+class_cond = true
+num_classes = 5"#,
+    )
+    .unwrap();
+    let path = workspace_root().join("tests/fixtures/adm/full/model.pt");
+    let desc = dtx::model::describe("adm", Some(&path), &config).unwrap();
+    (guard, desc.to_model_info())
+}
+
+fn plugin(config: &str, model: &ModelInfo) -> Result<Instance<B>, String> {
+    let lib = load_library(&plugin_path("dtx-plugin-anl"), None, vtables::<B>())
+        .expect("anl plugin loads");
+    Instance::<B>::new("anl", lib, config, model).map_err(|e| format!("{e:#}"))
+}
+
+/// The U-Net's output with `inst` injecting at its points (`None`: none).
+fn forward(
+    net: &Net,
+    params: &HashMap<String, Prim>,
+    inst: Option<&mut Instance<B>>,
+    x: Prim,
+    t: usize,
+    cond: Option<&Prim>,
+) -> Vec<f32> {
+    let n = dims::<4>(&x)[0];
+    let tf = prim(vec![t as f32; n], [n]);
+    let ts = t_stored(t, n);
+    let mut inst = inst;
+    let out = net
+        .forward::<B, dtx_plugin_api::abi::AbiError>(params, x, tf, None, &mut |point, h, temb| {
+            match inst.as_deref_mut() {
+                Some(i) if i.points().iter().any(|p| p == point) => Ok(i
+                    .inject(InjectArgs {
+                        point,
+                        h: &h,
+                        t: &ts,
+                        temb,
+                        cond,
+                        labels: None,
+                        training: false,
+                    })
+                    .map_err(|e| dtx_plugin_api::abi::AbiError::other(e.to_string()))?),
+                _ => Ok(h),
+            }
+        })
+        .unwrap();
+    values::<4>(&out)
+}
+
+/// Zero-initialised f (the default): before the first step the adapted
+/// U-Net's output is the source's, exactly (every module adds 0), for the
+/// conditional and the unconditional variant.
+#[test]
+fn zero_initialised_adapters_leave_the_source_output_unchanged() {
+    for (config, cond_shape) in [
+        (r#"{"mode":"conditional"}"#, Some((8usize, 64usize))),
+        (r#"{"mode":"unconditional"}"#, None),
+    ] {
+        let (_g, net, params, info) = diffusers_session(cond_shape);
+        let mut inst = plugin(config, &info).unwrap();
+        assert_eq!(
+            inst.points().len(),
+            8,
+            "every residual block: {:?}",
+            inst.points()
+        );
+        let mut rng = Normal(7);
+        let x = normal(&mut rng, 2 * 3 * 16 * 16);
+        let cond = cond_shape.map(|(n, d)| prim(normal(&mut rng, 2 * n * d), [2, n, d]));
+        let source = forward(
+            &net,
+            &params,
+            None,
+            prim(x.clone(), [2, 3, 16, 16]),
+            500,
+            None,
+        );
+        let adapted = forward(
+            &net,
+            &params,
+            Some(&mut inst),
+            prim(x, [2, 3, 16, 16]),
+            500,
+            cond.as_ref(),
+        );
+        assert_eq!(source, adapted, "{config}");
+    }
+}
+
+/// With f's last layer random (`zero_init = false`), each point's module
+/// maps `[B, C, H, W]` to `[B, C, H, W]` and changes it, for every residual
+/// block of the diffusers and the ADM U-Net, with several condition tokens
+/// (real attention), one token (no W_Q, W_K) and self-attention.
+#[test]
+fn attention_shapes_fit_every_point_of_both_unet_kinds() {
+    type Setup = Box<dyn Fn(Option<(usize, usize)>) -> (SessionGuard, ModelInfo)>;
+    let kinds: Vec<(&str, Setup)> = vec![
+        (
+            "diffusers",
+            Box::new(|c| {
+                let (g, _, _, info) = diffusers_session(c);
+                (g, info)
+            }),
+        ),
+        ("adm", Box::new(adm_session)),
+    ];
+    for (kind, setup) in &kinds {
+        for (mode, cond) in [
+            ("conditional", Some((5usize, 12usize))),
+            ("conditional", Some((1, 12))),
+            ("unconditional", None),
+        ] {
+            let (_g, info) = setup(cond);
+            let config =
+                format!(r#"{{"mode":"{mode}","zero_init":false,"heads":2,"hidden_mult":2}}"#);
+            let mut inst = plugin(&config, &info).unwrap();
+            let residual: Vec<&str> = info
+                .points
+                .iter()
+                .map(|p| p.name.as_str())
+                .filter(|p| p.contains(".res."))
+                .collect();
+            assert_eq!(inst.points(), residual, "{kind} {mode}");
+            let mut rng = Normal(1);
+            for p in info.points.iter().filter(|p| p.name.contains(".res.")) {
+                let shape = [2, p.channels, p.height, p.width];
+                let h = prim(normal(&mut rng, shape.iter().product()), shape);
+                let c = cond.map(|(n, d)| prim(normal(&mut rng, 2 * n * d), [2, n, d]));
+                let t = t_stored(10, 2);
+                let temb = prim(vec![0.0; 2 * info.temb_channels], [2, info.temb_channels]);
+                let out = inst
+                    .inject(InjectArgs {
+                        point: p.name.as_str(),
+                        h: &h,
+                        t: &t,
+                        temb: &temb,
+                        cond: c.as_ref(),
+                        labels: None,
+                        training: true,
+                    })
+                    .unwrap();
+                assert_eq!(dims::<4>(&out), shape, "{kind} {mode} {}", p.name);
+                assert_ne!(
+                    values::<4>(&out),
+                    values::<4>(&h),
+                    "{kind} {mode} {}",
+                    p.name
+                );
+            }
+            // a single token: softmax over one key is 1, so no W_Q / W_K
+            let per_point: usize = info
+                .points
+                .iter()
+                .filter(|p| p.name.contains(".res."))
+                .map(|p| {
+                    let d = p.channels;
+                    let (qk, dc) = match cond {
+                        Some((1, dc)) => (0, dc),
+                        Some((_, dc)) => (d * d + dc * d, dc),
+                        None => (2 * d * d, d),
+                    };
+                    qk + dc * d + (d * 2 * d + 2 * d) + (2 * d * d + d)
+                })
+                .sum();
+            let registered: usize = inst
+                .parameters()
+                .iter()
+                .map(|p| p.shape.iter().product::<usize>())
+                .sum();
+            assert_eq!(registered, per_point, "{kind} {mode} {cond:?}");
+        }
+    }
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let (_g, _, _, info) = diffusers_session(None);
+    let e = plugin(r#"{"mode":"conditional"}"#, &info)
+        .err()
+        .expect("an error");
+    assert!(e.contains("mode") && e.contains("[condition]"), "{e}");
+    let e = plugin(r#"{"mode":"unconditional","points":["down.9.*"]}"#, &info)
+        .err()
+        .expect("an error");
+    assert!(
+        e.contains("points") && e.contains("select no residual block"),
+        "{e}"
+    );
+    let e = plugin(r#"{"mode":"unconditional","heads":3}"#, &info)
+        .err()
+        .expect("an error");
+    assert!(e.contains("heads"), "{e}");
+    let e = plugin(r#"{"mode":"unconditional","points":["temb"]}"#, &info)
+        .err()
+        .expect("an error");
+    assert!(e.contains("points"), "{e}");
+}
+
+/// `dtx run` of tests/manifests/ok/anl-unet.toml for `steps` steps; the
+/// checkpoint's tensors.
+fn run_steps(
+    tag: &str,
+    steps: u64,
+    sets: &[&str],
+) -> (std::path::PathBuf, HashMap<String, Vec<u8>>) {
+    let out = runs::out_dir("anl", tag);
+    let steps_set = format!("train.steps={steps}");
+    let mut all = vec![steps_set.as_str()];
+    all.extend_from_slice(sets);
+    let o = runs::dtx_run("anl-unet.toml", &out, &all, &[]);
+    assert!(o.code == 0, "{}", o.stderr);
+    let run = out.join("anl-unet");
+    let (_, t) = tensors(&run.join("checkpoints/latest.safetensors"));
+    (run, t.into_iter().collect())
+}
+
+/// Only the ANL parameters train: after 1 and after 3 steps every base
+/// tensor is the same, every adapter's last layer has left zero, and
+/// samples are conditioned on held-out images with masks as the rule
+/// draws them (conditions.csv).
+#[test]
+fn only_anl_parameters_change_and_masked_sampling_runs() {
+    let (_, one) = run_steps("one", 1, &[]);
+    let (run, three) = run_steps("three", 3, &[]);
+    let mut base = 0;
+    let mut moved = 0;
+    for (k, v) in &three {
+        let Some(name) = k.strip_prefix("param/") else {
+            continue; // optimizer state, EMA
+        };
+        if name.starts_with("plugin.anl.") {
+            if name.ends_with(".f.1.weight") {
+                assert!(v.iter().any(|&b| b != 0), "{name} left zero");
+                moved += 1;
+            }
+        } else {
+            assert!(one[k] == *v, "base tensor {name} changed");
+            base += 1;
+        }
+    }
+    assert_eq!(moved, 8, "one adapter per residual block");
+    assert!(base > 10, "base tensors compared: {base}");
+    let csv = std::fs::read_to_string(run.join("samples/conditions.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows[0], "file,condition,image,top,left,height,width");
+    assert_eq!(rows.len(), 3, "{csv}");
+    for (i, row) in rows[1..].iter().enumerate() {
+        let f: Vec<&str> = row.split(',').collect();
+        assert_eq!(f[1], "held_out");
+        assert_eq!(f[2], i.to_string());
+        // δ = 0.5 on 16×16: an 8×8 rectangle inside the image
+        assert_eq!((f[5], f[6]), ("8", "8"));
+        assert!(f[3].parse::<usize>().unwrap() <= 8 && f[4].parse::<usize>().unwrap() <= 8);
+    }
+}
+
+#[test]
+fn the_unconditional_variant_runs_without_an_encoder() {
+    let out = runs::out_dir("anl", "uncond");
+    let o = runs::dtx_run("anl-unconditional-unet.toml", &out, &[], &[]);
+    assert!(o.code == 0, "{}", o.stderr);
+    let samples = std::fs::read_dir(out.join("anl-unconditional-unet/samples"))
+        .unwrap()
+        .count();
+    assert_eq!(samples, 2);
+}
+
+#[test]
+fn a_prompt_without_a_text_tower_is_a_clear_error() {
+    let out = runs::out_dir("anl", "prompt");
+    let o = runs::dtx_run(
+        "anl-unet.toml",
+        &out,
+        &["sample.prompt=\"a red circle\""],
+        &[],
+    );
+    assert_ne!(o.code, 0);
+    assert!(
+        o.stderr.contains("sample.prompt") && o.stderr.contains("text tower"),
+        "{}",
+        o.stderr
+    );
+}
+
+/// A loaded ADM checkpoint trains with the base frozen and samples
+/// conditioned on the training images.
+#[test]
+fn anl_trains_on_a_loaded_adm_checkpoint() {
+    let out = runs::out_dir("anl", "adm");
+    let o = runs::dtx_run("anl-adm.toml", &out, &[], &[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let csv = std::fs::read_to_string(out.join("anl-adm/samples/conditions.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(csv.lines().nth(1).unwrap().contains(",target,0,"), "{csv}");
+}

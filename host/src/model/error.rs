@@ -157,4 +157,41 @@ pub enum ModelError {
         /// Why, and what is supported.
         reason: String,
     },
+    /// A checkpoint whose tensors do not fit the model's config; every
+    /// missing, unexpected, mis-shaped and unreadable key is listed.
+    ///
+    /// ## Resolution
+    /// The config (`config.json` beside the weights) must be the one the
+    /// weights were saved with: a missing key or a shape mismatch usually
+    /// means a config of another model size, an unexpected key a checkpoint
+    /// of another architecture.
+    #[error(
+        "{}: the weights do not fit the config ({} problem{}):\n  {}",
+        file.display(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" },
+        problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  ")
+    )]
+    Weights {
+        /// The weights file.
+        file: PathBuf,
+        /// Every problem, in key order.
+        problems: Vec<super::weights::WeightProblem>,
+    },
+    /// A tokenizer file that cannot be loaded, or text it cannot encode.
+    #[error("{}: {reason}", file.display())]
+    Tokenizer {
+        /// The tokenizer file (`tokenizer.json`).
+        file: PathBuf,
+        /// What went wrong, with the tokenizer's own message.
+        reason: String,
+    },
+    /// An input tensor the model cannot take (a wrong channel count).
+    #[error("{what}: {reason}")]
+    BadInput {
+        /// The input and the call it was given to.
+        what: String,
+        /// What is wrong and what is accepted.
+        reason: String,
+    },
 }

@@ -8,6 +8,8 @@
 //! headers. The forward passes and their weight loading: `unet` (diffusers),
 //! `adm_net` (guided-diffusion), `mlp_net`, sharing `layers`; `weights`
 //! fits a checkpoint to a network, `torch_file` reads `torch.save` archives.
+//! `clip` is a CLIP image and text encoder (transformers `CLIPModel`
+//! folders), for conditioning and guidance rather than denoising.
 //! The user guide is `docs/models.md`.
 
 pub mod adm;

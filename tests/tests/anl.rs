@@ -362,3 +362,35 @@ fn anl_trains_on_a_loaded_adm_checkpoint() {
     assert_eq!(csv.lines().count(), 3, "{csv}");
     assert!(csv.lines().nth(1).unwrap().contains(",target,0,"), "{csv}");
 }
+
+/// CLIP conditioning end to end: training on pooled image embeddings of
+/// the tiny CLIP fixture, then `dtx sample --prompt` through its text
+/// tower, and patch tokens (images only) in training.
+#[test]
+fn clip_conditioning_trains_and_samples_from_a_prompt() {
+    let out = runs::out_dir("anl", "clip");
+    let o = runs::dtx_run("anl-clip-unet.toml", &out, &[], &[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let run = out.join("anl-clip-unet");
+    let dest = out.join("prompted");
+    let o = dtx_tests::run_in_process(&[
+        "sample",
+        run.to_str().unwrap(),
+        "--prompt",
+        "a photo of a red circle",
+        "--out",
+        dest.to_str().unwrap(),
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(dest.join("samples/00001.png").is_file());
+    // a prompt leaves no condition images to list
+    assert!(!dest.join("samples/conditions.csv").exists());
+    let patches = runs::out_dir("anl", "clip-patches");
+    let o = runs::dtx_run(
+        "anl-clip-unet.toml",
+        &patches,
+        &["condition.tokens=\"patches\""],
+        &[],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+}

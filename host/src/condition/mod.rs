@@ -166,9 +166,10 @@ impl ConditionPlan {
     /// One line for `dtx plan`.
     pub fn describe(&self) -> String {
         let (n, d) = self.shape;
+        let s = if n == 1 { "" } else { "s" };
         match self.encoder {
             EncoderKind::Unet => format!(
-                "embedded U-Net encoder: frozen source at t = {} on {}, each pooled to {}×{} tokens; c is {n} tokens × {d}",
+                "embedded U-Net encoder: frozen source at t = {} on {}, each pooled to {}×{} tokens; c is {n} token{s} × {d}",
                 self.t,
                 self.points
                     .iter()
@@ -179,7 +180,7 @@ impl ConditionPlan {
                 self.grid
             ),
             EncoderKind::Clip => format!(
-                "CLIP encoder `{}` ({} tokens); c is {n} tokens × {d}",
+                "CLIP encoder `{}` ({} tokens); c is {n} token{s} × {d}",
                 self.clip_dir
                     .as_ref()
                     .and_then(|p| p.file_name())

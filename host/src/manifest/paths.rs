@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 impl LoadedManifest {
     /// The resolved manifest with every file path made absolute (source,
     /// target folder, plugin library files, output folder, evaluation
-    /// reference folder and Inception weights), so the copy a
+    /// reference folder and Inception weights, the CLIP folder and the
+    /// condition images), so the copy a
     /// run folder keeps works from there (`dtx sample`, `--resume`).
     pub fn to_portable_toml_string(&self) -> String {
         let abs = |p: &Path| {
@@ -24,6 +25,16 @@ impl LoadedManifest {
             && t.builtin().is_none()
         {
             t.dataset = abs(Path::new(&t.dataset)).display().to_string();
+        }
+        if let Some(c) = m.condition.as_mut() {
+            c.path = c.path.as_deref().map(abs);
+        }
+        if let Some(s) = m.sample.as_mut()
+            && let Some(c) = s.condition.as_mut()
+            && c != "target"
+            && c != "held_out"
+        {
+            *c = abs(Path::new(c.as_str())).display().to_string();
         }
         if let Some(e) = m.eval.as_mut() {
             e.inception_weights = e.inception_weights.as_deref().map(abs);

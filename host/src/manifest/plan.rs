@@ -121,8 +121,9 @@ pub fn resolve_on<B: AutodiffBackend>(loaded: LoadedManifest) -> Result<Plan, Ma
             match crate::condition::resolve(c, d, dir.as_deref()) {
                 Ok(p) => Some(p),
                 Err(e) => {
+                    // plugins that need the condition would only repeat it
                     diags.push(loaded.diagnostic(&e.key, e.message, None));
-                    None
+                    return Err(ManifestError::from_diagnostics(diags));
                 }
             }
         }

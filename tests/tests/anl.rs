@@ -394,3 +394,23 @@ fn clip_conditioning_trains_and_samples_from_a_prompt() {
     );
     assert_eq!(o.code, 0, "{}", o.stderr);
 }
+
+/// The condition services as a plugin sees them (the test plugin calls
+/// them from `loss`): the shape known at construction, `encode_image` of
+/// the step's images with that shape, `encode_text` refused without a text
+/// tower.
+#[test]
+fn plugins_reach_the_condition_services() {
+    let out = runs::out_dir("anl", "probe");
+    let o = runs::dtx_run("condition-probe.toml", &out, &[], &[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let metrics = std::fs::read_to_string(out.join("condition-probe/metrics.jsonl")).unwrap();
+    let step: serde_json::Value = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v.get("step").is_some())
+        .unwrap();
+    assert_eq!(step["probe.cond_tokens"], 4.0, "{step}");
+    assert_eq!(step["probe.cond_shape_fits"], 1.0, "{step}");
+    assert_eq!(step["probe.text_refused"], 1.0, "{step}");
+}

@@ -39,6 +39,9 @@ pub struct Config {
     /// Training step at which `loss` returns NaN (-1: never), to test the
     /// host's stop.
     pub nan_at_step: i64,
+    /// In `loss`, call the condition services (`condition_shape`,
+    /// `encode_image` on x0, `encode_text`) and log what they answer.
+    pub probe_condition: bool,
 }
 
 impl Default for Config {
@@ -52,6 +55,7 @@ impl Default for Config {
             threshold: f32::NEG_INFINITY,
             prepare_steps: 20,
             nan_at_step: -1,
+            probe_condition: false,
         }
     }
 }
@@ -246,6 +250,11 @@ impl Plugin for TestPlugin {
                 "integer",
                 "training step whose loss is NaN (-1: never)",
             ),
+            ConfigKey::new(
+                "probe_condition",
+                "bool",
+                "call condition_shape, encode_image and encode_text in loss",
+            ),
         ]
     }
 
@@ -284,6 +293,19 @@ impl Plugin for TestPlugin {
         };
         ctx.host.log_scalar("fit_value", fit.item() as f64);
         let mut terms = vec![("fit".to_string(), fit)];
+        if self.cfg.probe_condition {
+            let (n, d) = ctx.host.condition_shape()?.unwrap_or((0, 0));
+            let c = ctx.host.encode_image(&ctx.x0)?;
+            let fits = c.shape() == [ctx.x0.dim(0), n, d];
+            ctx.host.log_scalar("cond_tokens", n as f64);
+            ctx.host.log_scalar("cond_shape_fits", fits as u8 as f64);
+            // the same images through the service and the forward's `cond`
+            // are the same embedding only without flips; log its mean
+            ctx.host.log_scalar("cond_mean", c.mean().item() as f64);
+            let text = ctx.host.encode_text("a circle");
+            ctx.host
+                .log_scalar("text_refused", text.is_err() as u8 as f64);
+        }
         if self.cfg.student_weight != 0.0 {
             let again = ctx.host.denoise(&ctx.x_t, &ctx.t, Which::Student, None)?;
             let gap = (again - &*ctx.pred).square().mean();

@@ -361,6 +361,26 @@ fn anl_trains_on_a_loaded_adm_checkpoint() {
     let csv = std::fs::read_to_string(out.join("anl-adm/samples/conditions.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
     assert!(csv.lines().nth(1).unwrap().contains(",target,0,"), "{csv}");
+    // `dtx sample --condition FILE --mask-rate 0`: one image, unmasked
+    let image = workspace_root().join("tests/fixtures/data/shapes-preview.png");
+    let dest = out.join("from-file");
+    let run = out.join("anl-adm");
+    let o = dtx_tests::run_in_process(&[
+        "sample",
+        run.to_str().unwrap(),
+        "--condition",
+        image.to_str().unwrap(),
+        "--mask-rate",
+        "0",
+        "--out",
+        dest.to_str().unwrap(),
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let csv = std::fs::read_to_string(dest.join("samples/conditions.csv")).unwrap();
+    let row: Vec<&str> = csv.lines().nth(2).unwrap().split(',').collect();
+    assert!(row[1].ends_with("shapes-preview.png"), "{csv}");
+    // image 0, a 0×0 rectangle (δ = 0 masks nothing, wherever it is drawn)
+    assert_eq!((row[2], row[5], row[6]), ("0", "0", "0"), "{csv}");
 }
 
 /// CLIP conditioning end to end: training on pooled image embeddings of

@@ -434,3 +434,114 @@ fn plugins_reach_the_condition_services() {
     assert_eq!(step["probe.cond_shape_fits"], 1.0, "{step}");
     assert_eq!(step["probe.text_refused"], 1.0, "{step}");
 }
+
+/// The module's values, `h + f(softmax(Q Kᵀ / √d_head) V)` (Eq. 8–9, two
+/// heads), at `mid.res.0` of the tiny U-Net with random weights and f's
+/// last layer random (`zero_init = false`), against the same equations
+/// written out in plain f64 loops from the registered parameters
+/// (`Linear` weights are `[d_in, d_out]`). ReLU for f's activation, so
+/// the reference needs no erf. Tolerance 1e-4 absolute (f32 forward).
+#[test]
+fn the_module_computes_eq_8_and_9() {
+    let (_g, _, _, info) = diffusers_session(Some((3, 5)));
+    let mut inst = plugin(
+        r#"{"mode":"conditional","zero_init":false,"heads":2,"d_attn":8,"activation":"relu","points":["mid.res.0"]}"#,
+        &info,
+    )
+    .unwrap();
+    let p = info.points.iter().find(|p| p.name == "mid.res.0").unwrap();
+    let (b, c, hw) = (2usize, p.channels, p.height * p.width);
+    let mut rng = Normal(9);
+    let h = normal(&mut rng, b * c * hw);
+    let cond = normal(&mut rng, b * 3 * 5);
+    let t = t_stored(10, b);
+    let temb = prim(vec![0.0; b * info.temb_channels], [b, info.temb_channels]);
+    let out = inst
+        .inject(InjectArgs {
+            point: "mid.res.0",
+            h: &prim(h.clone(), [b, c, p.height, p.width]),
+            t: &t,
+            temb: &temb,
+            cond: Some(&prim(cond.clone(), [b, 3, 5])),
+            labels: None,
+            training: false,
+        })
+        .unwrap();
+    let got = values::<4>(&out);
+    // the registered parameters by name
+    let w: HashMap<String, Vec<f64>> = inst
+        .parameters()
+        .iter()
+        .map(|pi| {
+            let v = Session::<B>::with(|s| s.params.get(pi.id).unwrap().value.clone()).unwrap();
+            let n: usize = pi.shape.iter().product();
+            let flat = values::<1>(
+                &Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(v))
+                    .reshape([n])
+                    .into_primitive()
+                    .tensor(),
+            );
+            (
+                pi.name.to_string(),
+                flat.into_iter().map(f64::from).collect(),
+            )
+        })
+        .collect();
+    let lin = |x: &[f64], name: &str, din: usize, dout: usize| -> Vec<f64> {
+        let wt = &w[&format!("mid.res.0.{name}.weight")];
+        let bias = w.get(&format!("mid.res.0.{name}.bias"));
+        (0..dout)
+            .map(|o| {
+                (0..din).map(|i| x[i] * wt[i * dout + o]).sum::<f64>()
+                    + bias.map_or(0.0, |bv| bv[o])
+            })
+            .collect()
+    };
+    let (dk, heads, dh) = (8usize, 2usize, 4usize);
+    let mut max_err = 0f64;
+    for bi in 0..b {
+        let keys: Vec<Vec<f64>> = (0..3)
+            .map(|m| {
+                let cm: Vec<f64> = (0..5).map(|j| cond[(bi * 3 + m) * 5 + j] as f64).collect();
+                lin(&cm, "k", 5, dk)
+            })
+            .collect();
+        let vals: Vec<Vec<f64>> = (0..3)
+            .map(|m| {
+                let cm: Vec<f64> = (0..5).map(|j| cond[(bi * 3 + m) * 5 + j] as f64).collect();
+                lin(&cm, "v", 5, dk)
+            })
+            .collect();
+        for pos in 0..hw {
+            let x: Vec<f64> = (0..c)
+                .map(|ch| h[(bi * c + ch) * hw + pos] as f64)
+                .collect();
+            let q = lin(&x, "q", c, dk);
+            let mut a = vec![0.0; dk];
+            for hd in 0..heads {
+                let r = hd * dh..(hd + 1) * dh;
+                let s: Vec<f64> = keys
+                    .iter()
+                    .map(|k| r.clone().map(|i| q[i] * k[i]).sum::<f64>() / (dh as f64).sqrt())
+                    .collect();
+                let top = s.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = s.iter().map(|v| (v - top).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for i in r {
+                    a[i] = (0..3).map(|m| e[m] / z * vals[m][i]).sum();
+                }
+            }
+            let hidden: Vec<f64> = lin(&a, "f.0", dk, c)
+                .into_iter()
+                .map(|v| v.max(0.0))
+                .collect();
+            let f = lin(&hidden, "f.1", c, c);
+            for ch in 0..c {
+                let want = x[ch] + f[ch];
+                let g = got[(bi * c + ch) * hw + pos] as f64;
+                max_err = max_err.max((g - want).abs());
+            }
+        }
+    }
+    assert!(max_err < 1e-4, "max |ANL − reference| = {max_err}");
+}

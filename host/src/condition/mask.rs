@@ -51,7 +51,7 @@ pub fn mask_rect(rng: &mut impl Rng, h: usize, w: usize, delta: f64) -> MaskRect
 
 /// The multiplicative mask `[B, H, W]` (row-major) for one rectangle per
 /// image: 0 inside, 1 outside.
-pub fn apply_mask(rects: &[MaskRect], h: usize, w: usize) -> Vec<f32> {
+pub fn mask_values(rects: &[MaskRect], h: usize, w: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(rects.len() * h * w);
     for r in rects {
         for row in 0..h {
@@ -109,7 +109,7 @@ mod tests {
         }
         assert!(seen.iter().all(|&s| s), "offsets 0..=8 all drawn: {seen:?}");
         let r = mask_rect(&mut rng, 16, 16, 0.0);
-        assert_eq!(apply_mask(&[r], 16, 16), vec![1.0; 256]);
+        assert_eq!(mask_values(&[r], 16, 16), vec![1.0; 256]);
     }
 
     #[test]
@@ -120,7 +120,7 @@ mod tests {
             height: 2,
             width: 3,
         };
-        let m = apply_mask(&[r], 4, 6);
+        let m = mask_values(&[r], 4, 6);
         let zeros: Vec<usize> = (0..24).filter(|&i| m[i] == 0.0).collect();
         assert_eq!(zeros, vec![8, 9, 10, 14, 15, 16]);
     }

@@ -10,7 +10,7 @@ mod mask;
 /// `sample.mask_rate` when the manifest gives none (the paper's δ = 0.5).
 pub const DEFAULT_MASK_RATE: f64 = 0.5;
 
-pub use mask::{MaskRect, apply_mask, mask_rect};
+pub use mask::{MaskRect, mask_rect, mask_values};
 
 use crate::manifest::{Condition, EncoderKind, TokenKind};
 use crate::model::ModelDescription;

@@ -166,11 +166,9 @@ pub enum ModelError {
     /// means a config of another model size, an unexpected key a checkpoint
     /// of another architecture.
     #[error(
-        "{}: the weights do not fit the config ({} problem{}):\n  {}",
+        "{}: the weights do not fit the config {}",
         file.display(),
-        problems.len(),
-        if problems.len() == 1 { "" } else { "s" },
-        problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  ")
+        super::weights::problem_list(problems)
     )]
     Weights {
         /// The weights file.

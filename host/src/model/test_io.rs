@@ -1,4 +1,4 @@
-//! Test helpers shared by the U-Nets' parity tests: reading a fixture's
+//! Test helpers shared by the model parity tests (U-Nets, CLIP): reading a fixture's
 //! `io.safetensors` and comparing activations.
 
 use crate::tensor_abi::CpuBackend as B;
@@ -12,7 +12,13 @@ pub(crate) type Io = HashMap<String, (Vec<usize>, Vec<f32>)>;
 
 /// `(shape, values)` of every tensor in `dir/io.safetensors` (ints as f32).
 pub(crate) fn io(dir: &Path) -> Io {
-    let bytes = std::fs::read(dir.join("io.safetensors")).unwrap();
+    read_io(&dir.join("io.safetensors"))
+}
+
+/// `(shape, values)` of every tensor in the safetensors `file` (F32, and
+/// I64 as f32).
+pub(crate) fn read_io(file: &Path) -> Io {
+    let bytes = std::fs::read(file).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
         .into_iter()

@@ -109,6 +109,103 @@ pub(crate) trait StoredTensor {
     fn to_f32(&self) -> Option<Vec<f32>>;
 }
 
+/// `(N problem(s)):` and one indented line per problem, as the `Weights`
+/// errors of the U-Net, ADM and CLIP loaders print them.
+pub(crate) fn problem_list(problems: &[WeightProblem]) -> String {
+    let n = problems.len();
+    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    format!(
+        "({n} problem{}):\n  {}",
+        if n == 1 { "" } else { "s" },
+        lines.join("\n  ")
+    )
+}
+
+/// A checkpoint tensor as read: its shape, and its values as f32 or the
+/// dtype it is stored in when dtx does not convert that dtype.
+pub(crate) struct ReadTensor {
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its values, or its unconverted dtype.
+    pub values: Result<Vec<f32>, String>,
+}
+
+/// The tensors of a checkpoint whose key `ignored` does not drop, read as
+/// [`ReadTensor`]s.
+pub(crate) fn read_tensors<T: StoredTensor>(
+    tensors: Vec<(String, T)>,
+    ignored: impl Fn(&str) -> bool,
+) -> BTreeMap<String, ReadTensor> {
+    tensors
+        .into_iter()
+        .filter(|(key, _)| !ignored(key))
+        .map(|(key, t)| {
+            let values = t.to_f32().ok_or_else(|| t.dtype());
+            let shape = t.shape();
+            (key, ReadTensor { shape, values })
+        })
+        .collect()
+}
+
+/// Takes a checkpoint's tensors out by key for a network built outside the
+/// parameter store (the CLIP encoder, the FID Inception), noting every
+/// missing key, wrong shape and unreadable dtype instead of stopping at the
+/// first; [`TensorTaker::finish`] adds the keys nobody asked for.
+pub(crate) struct TensorTaker {
+    found: BTreeMap<String, ReadTensor>,
+    problems: Vec<WeightProblem>,
+}
+
+impl TensorTaker {
+    /// Over the tensors `found`.
+    pub(crate) fn new(found: BTreeMap<String, ReadTensor>) -> Self {
+        Self {
+            found,
+            problems: Vec::new(),
+        }
+    }
+
+    /// The values of `key`, if it is there with `shape` and a float dtype;
+    /// else `None`, with the problem noted.
+    pub(crate) fn take(&mut self, key: &str, shape: &[usize]) -> Option<Vec<f32>> {
+        let problem = match self.found.remove(key) {
+            None => WeightProblem::Missing {
+                key: key.to_owned(),
+                expected: shape.to_vec(),
+            },
+            Some(t) if t.shape != shape => WeightProblem::Shape {
+                key: key.to_owned(),
+                expected: shape.to_vec(),
+                found: t.shape,
+            },
+            Some(ReadTensor {
+                values: Err(dtype), ..
+            }) => WeightProblem::Dtype {
+                key: key.to_owned(),
+                dtype,
+            },
+            Some(ReadTensor { values: Ok(v), .. }) => return Some(v),
+        };
+        self.problems.push(problem);
+        None
+    }
+
+    /// Every problem in key order, the keys left over counted as
+    /// unexpected; empty when the checkpoint fits.
+    pub(crate) fn finish(self) -> Vec<WeightProblem> {
+        let TensorTaker {
+            found,
+            mut problems,
+        } = self;
+        problems.extend(found.into_iter().map(|(key, t)| WeightProblem::Unexpected {
+            key,
+            found: t.shape,
+        }));
+        problems.sort_by(|a, b| a.key().cmp(b.key()));
+        problems
+    }
+}
+
 /// IEEE half to single precision (exact: every f16 is an f32).
 pub(crate) fn f16_to_f32(h: u16) -> f32 {
     let sign = u32::from(h >> 15) << 31;

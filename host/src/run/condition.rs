@@ -11,7 +11,7 @@
 
 use super::engine::{prim_f, ranked};
 use super::model::Engine;
-use crate::condition::{ConditionPlan, MaskRect, apply_mask, mask_rect};
+use crate::condition::{ConditionPlan, MaskRect, mask_rect, mask_values};
 use crate::data::Dataset;
 use crate::manifest::plan::Plan;
 use crate::manifest::{EncoderKind, Sample, TokenKind};
@@ -211,15 +211,10 @@ impl<B: AutodiffBackend> Engine<B> {
             None => x01,
         };
         let out = match &c.clip {
-            Some(clip) => {
-                let images = if x01.dims()[1] == 1 {
-                    x01.repeat_dim(1, 3)
-                } else {
-                    x01
-                };
-                clip.encode_image(images, clip_tokens(c.plan.tokens))
-                    .map_err(abi)?
-            }
+            // CLIP's preprocessing repeats a grey channel to RGB itself
+            Some(clip) => clip
+                .encode_image(x01, clip_tokens(c.plan.tokens))
+                .map_err(abi)?,
             None => self.unet_tokens(&c.plan, x01 * 2.0 - 1.0)?,
         };
         Ok(untracked::<B>(prim_f(out)))
@@ -389,7 +384,7 @@ impl<B: AutodiffBackend> Engine<B> {
                     vec![mask_rect(rng, h, w, *delta); n]
                 };
                 let mask = Tensor::<B, 4>::from_data(
-                    TensorData::new(apply_mask(&rects, h, w), [n, 1, h, w]),
+                    TensorData::new(mask_values(&rects, h, w), [n, 1, h, w]),
                     device,
                 );
                 let (x, _) = set.to_tensor::<B>(&idx, device);

@@ -6,7 +6,7 @@
 //! Fields are the checkpoint key segments; [`Loader`] reads
 //! `<block>.<branch>.conv.weight` and `<block>.<branch>.bn.*`.
 
-use crate::model::weights::WeightProblem;
+use crate::model::weights::{ReadTensor, TensorTaker, WeightProblem};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
 use burn::tensor::ops::ConvOptions;
@@ -16,51 +16,26 @@ use std::collections::BTreeMap;
 /// `nn.BatchNorm2d`'s eps in `BasicConv2d` (torchvision: `eps=0.001`).
 const BN_EPS: f64 = 0.001;
 
-/// A checkpoint tensor as read: its shape, and its values as f32 or the
-/// dtype it is stored in when dtx does not convert that dtype.
-pub(super) struct Stored {
-    pub shape: Vec<usize>,
-    pub values: Result<Vec<f32>, String>,
-}
-
-/// Takes the tensors the blocks ask for out of the checkpoint, noting every
-/// missing key, wrong shape and unreadable dtype instead of stopping at the
-/// first; [`Loader::finish`] adds the keys nobody asked for. After a problem
-/// the blocks get placeholder tensors, never run: the load fails.
+/// Takes the tensors the blocks ask for out of the checkpoint
+/// ([`TensorTaker`]: every missing key, wrong shape and unreadable dtype is
+/// noted, and the keys nobody asked for at the end). After a problem the
+/// blocks get placeholder tensors, never run: the load fails.
 pub(super) struct Loader<'a, B: Backend> {
-    found: BTreeMap<String, Stored>,
-    problems: Vec<WeightProblem>,
+    taker: TensorTaker,
     device: &'a B::Device,
 }
 
 impl<'a, B: Backend> Loader<'a, B> {
-    pub(super) fn new(found: BTreeMap<String, Stored>, device: &'a B::Device) -> Self {
+    pub(super) fn new(found: BTreeMap<String, ReadTensor>, device: &'a B::Device) -> Self {
         Self {
-            found,
-            problems: Vec::new(),
+            taker: TensorTaker::new(found),
             device,
         }
     }
 
     /// The values of `key`, if it is there with `shape` and a float dtype.
     fn take(&mut self, key: String, shape: Vec<usize>) -> Option<Vec<f32>> {
-        let problem = match self.found.remove(&key) {
-            None => WeightProblem::Missing {
-                key,
-                expected: shape,
-            },
-            Some(t) if t.shape != shape => WeightProblem::Shape {
-                key,
-                expected: shape,
-                found: t.shape,
-            },
-            Some(Stored {
-                values: Err(dtype), ..
-            }) => WeightProblem::Dtype { key, dtype },
-            Some(Stored { values: Ok(v), .. }) => return Some(v),
-        };
-        self.problems.push(problem);
-        None
+        self.taker.take(&key, &shape)
     }
 
     /// `BasicConv2d` `name`: `nn.Conv2d(cin, cout, kernel, stride, padding,
@@ -104,21 +79,11 @@ impl<'a, B: Backend> Loader<'a, B> {
         }
     }
 
-    /// Every problem, in key order, after noting the keys left over (those
-    /// the caller did not already drop as ignorable) as unexpected; empty
-    /// when the checkpoint fits.
+    /// Every problem, in key order, the keys left over (those the caller
+    /// did not already drop as ignorable) counted as unexpected; empty when
+    /// the checkpoint fits.
     pub(super) fn finish(self) -> Vec<WeightProblem> {
-        let Loader {
-            found,
-            mut problems,
-            ..
-        } = self;
-        problems.extend(found.into_iter().map(|(key, t)| WeightProblem::Unexpected {
-            key,
-            found: t.shape,
-        }));
-        problems.sort_by(|a, b| a.key().cmp(b.key()));
-        problems
+        self.taker.finish()
     }
 }
 

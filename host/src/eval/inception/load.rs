@@ -4,10 +4,10 @@
 //! `.safetensors` of the same keys, and what can go wrong doing so.
 
 use super::InceptionV3;
-use super::blocks::Stored;
 use crate::model::torch_file::{is_torch_save, read_state_dict};
-use crate::model::weights::{StoredTensor, WeightProblem};
+use crate::model::weights::{ReadTensor, WeightProblem, read_tensors};
 use burn::tensor::backend::Backend;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// An error loading the FID Inception weights.
@@ -74,27 +74,14 @@ pub(super) fn ignored(key: &str) -> bool {
 /// The needed tensors of `file`, by sniffing its first bytes: a
 /// `torch.save` checkpoint in either format is read as one, anything else as
 /// safetensors.
-fn read(file: &Path) -> Result<Vec<(String, Stored)>, String> {
+fn read(file: &Path) -> Result<BTreeMap<String, ReadTensor>, String> {
     if is_torch_save(file)? {
-        return Ok(stored(read_state_dict(file)?));
+        return Ok(read_tensors(read_state_dict(file)?, ignored));
     }
     let bytes = std::fs::read(file).map_err(|e| e.to_string())?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| format!("neither a torch.save checkpoint nor a safetensors file ({e})"))?;
-    Ok(stored(st.tensors()))
-}
-
-/// The tensors not [`ignored`], converted to f32 where their dtype allows.
-fn stored<T: StoredTensor>(tensors: Vec<(String, T)>) -> Vec<(String, Stored)> {
-    tensors
-        .into_iter()
-        .filter(|(key, _)| !ignored(key))
-        .map(|(key, t)| {
-            let values = t.to_f32().ok_or_else(|| t.dtype());
-            let shape = t.shape();
-            (key, Stored { shape, values })
-        })
-        .collect()
+    Ok(read_tensors(st.tensors(), ignored))
 }
 
 impl<B: Backend> InceptionV3<B> {

@@ -27,10 +27,10 @@ mod tests;
 pub use load::InceptionError;
 pub use resize::{INPUT_SIZE, pil_bicubic_resize};
 
-use crate::model::weights::WeightProblem;
+use crate::model::weights::{ReadTensor, WeightProblem};
 use blocks::{
     BasicConv2d, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE, Loader, PoolBranch,
-    Stored, max_pool_3x3,
+    max_pool_3x3,
 };
 use burn::tensor::backend::Backend;
 use burn::tensor::module::adaptive_avg_pool2d;
@@ -77,7 +77,7 @@ impl<B: Backend> InceptionV3<B> {
         tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
         device: &B::Device,
     ) -> Result<Self, InceptionError> {
-        let mut stored = Vec::with_capacity(tensors.len());
+        let mut stored = BTreeMap::new();
         for (key, shape, values) in tensors {
             if load::ignored(&key) {
                 continue;
@@ -87,7 +87,7 @@ impl<B: Backend> InceptionV3<B> {
                 return Err(InceptionError::Length { key, shape, len });
             }
             let values = Ok(values);
-            stored.push((key, Stored { shape, values }));
+            stored.insert(key, ReadTensor { shape, values });
         }
         Self::from_stored(stored, device).map_err(|problems| InceptionError::Weights {
             file: None,
@@ -98,10 +98,9 @@ impl<B: Backend> InceptionV3<B> {
     /// Builds the network from the tensors left after dropping ignored
     /// keys, or returns every problem in key order.
     fn from_stored(
-        tensors: Vec<(String, Stored)>,
+        found: BTreeMap<String, ReadTensor>,
         device: &B::Device,
     ) -> Result<Self, Vec<WeightProblem>> {
-        let found: BTreeMap<String, Stored> = tensors.into_iter().collect();
         let mut loader = Loader::new(found, device);
         let l = &mut loader;
         let net = Self {

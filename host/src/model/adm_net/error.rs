@@ -38,11 +38,9 @@ pub enum AdmError {
     /// Set `[source.config]` to the `MODEL_FLAGS` the checkpoint was trained
     /// with (guided-diffusion's README lists them for its releases).
     #[error(
-        "{}: the weights do not fit [source.config] ({} problem{}):\n  {}",
+        "{}: the weights do not fit [source.config] {}",
         file.display(),
-        problems.len(),
-        if problems.len() == 1 { "" } else { "s" },
-        problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  ")
+        crate::model::weights::problem_list(problems)
     )]
     Weights {
         /// The checkpoint.

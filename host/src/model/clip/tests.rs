@@ -20,7 +20,6 @@ use crate::model::weights::WeightProblem;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::TensorData;
 use safetensors::tensor::{Dtype, TensorView};
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 type B = Flex;
@@ -39,27 +38,8 @@ fn model_dir() -> PathBuf {
 }
 
 /// `expected.safetensors`: name → (shape, values); int64 as f32.
-fn expected() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(fixture_dir().join("expected.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(k, v)| {
-            let d = v.data();
-            let vals = match v.dtype() {
-                Dtype::F32 => d
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                    .collect(),
-                Dtype::I64 => d
-                    .chunks_exact(8)
-                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
-                    .collect(),
-                other => panic!("{k}: unexpected dtype {other:?}"),
-            };
-            (k, (v.shape().to_vec(), vals))
-        })
-        .collect()
+fn expected() -> crate::model::test_io::Io {
+    crate::model::test_io::read_io(&fixture_dir().join("expected.safetensors"))
 }
 
 fn prompts() -> Vec<String> {
@@ -83,11 +63,7 @@ fn values<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> (Vec<usize>, Vec<f32
 /// Largest |a − b|, after checking the shapes agree.
 fn max_diff(got: &(Vec<usize>, Vec<f32>), want: &[usize], want_values: &[f32]) -> f32 {
     assert_eq!(got.0, want, "shape");
-    got.1
-        .iter()
-        .zip(want_values)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
+    crate::model::test_io::max_err(&got.1, want_values)
 }
 
 fn load() -> Clip<B> {

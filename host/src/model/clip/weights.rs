@@ -5,10 +5,9 @@
 //! tensors of any backend instead of the host's parameter store).
 
 use crate::model::ModelError;
-use crate::model::weights::{StoredTensor, WeightProblem};
+use crate::model::weights::{TensorTaker, read_tensors};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Keys a `CLIPModel` checkpoint may hold that the encoder does not read:
@@ -19,19 +18,11 @@ fn ignored(key: &str) -> bool {
     key == "logit_scale" || key.ends_with(".position_ids")
 }
 
-/// A checkpoint tensor as read: its shape, and its values as f32 or the
-/// dtype it is stored in when dtx does not convert that dtype.
-struct Stored {
-    shape: Vec<usize>,
-    values: Result<Vec<f32>, String>,
-}
-
 /// Takes the tensors the towers ask for out of the checkpoint, noting every
 /// problem instead of stopping at the first; after a problem the towers get
 /// placeholder tensors, never run, since [`Loader::finish`] then fails.
 pub(super) struct Loader<'a, B: Backend> {
-    found: BTreeMap<String, Stored>,
-    problems: Vec<WeightProblem>,
+    taker: TensorTaker,
     device: &'a B::Device,
 }
 
@@ -53,19 +44,8 @@ impl<'a, B: Backend> Loader<'a, B> {
                 file: file.to_owned(),
                 reason: e.to_string(),
             })?;
-        let found = st
-            .tensors()
-            .into_iter()
-            .filter(|(key, _)| !ignored(key))
-            .map(|(key, t)| {
-                let values = t.to_f32().ok_or_else(|| StoredTensor::dtype(&t));
-                let shape = StoredTensor::shape(&t);
-                (key, Stored { shape, values })
-            })
-            .collect();
         Ok(Self {
-            found,
-            problems: Vec::new(),
+            taker: TensorTaker::new(read_tensors(st.tensors(), ignored)),
             device,
         })
     }
@@ -73,46 +53,19 @@ impl<'a, B: Backend> Loader<'a, B> {
     /// Tensor `key` of `shape`, or a placeholder of that shape (zeros) after
     /// noting why it does not fit.
     pub(super) fn tensor<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Tensor<B, D> {
-        let problem = match self.found.remove(key) {
-            None => WeightProblem::Missing {
-                key: key.to_owned(),
-                expected: shape.to_vec(),
-            },
-            Some(t) if t.shape != shape => WeightProblem::Shape {
-                key: key.to_owned(),
-                expected: shape.to_vec(),
-                found: t.shape,
-            },
-            Some(Stored {
-                values: Err(dtype), ..
-            }) => WeightProblem::Dtype {
-                key: key.to_owned(),
-                dtype,
-            },
-            Some(Stored { values: Ok(v), .. }) => {
-                return Tensor::from_data(TensorData::new(v, shape), self.device);
-            }
-        };
-        self.problems.push(problem);
-        Tensor::zeros(shape, self.device)
+        match self.taker.take(key, &shape) {
+            Some(v) => Tensor::from_data(TensorData::new(v, shape), self.device),
+            None => Tensor::zeros(shape, self.device),
+        }
     }
 
     /// Every problem in key order, after noting the keys nobody asked for as
     /// unexpected; `Ok` when the checkpoint fits.
     pub(super) fn finish(self, file: &Path) -> Result<(), ModelError> {
-        let Loader {
-            found,
-            mut problems,
-            ..
-        } = self;
-        problems.extend(found.into_iter().map(|(key, t)| WeightProblem::Unexpected {
-            key,
-            found: t.shape,
-        }));
+        let problems = self.taker.finish();
         if problems.is_empty() {
             return Ok(());
         }
-        problems.sort_by(|a, b| a.key().cmp(b.key()));
         Err(ModelError::Weights {
             file: file.to_owned(),
             problems,

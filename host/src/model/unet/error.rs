@@ -33,11 +33,9 @@ pub enum UNetError {
     /// Check that `config.json` belongs to these weights (diffusers'
     /// `save_pretrained` writes both).
     #[error(
-        "{}: the weights do not fit config.json ({} problem{}):\n  {}",
+        "{}: the weights do not fit config.json {}",
         file.display(),
-        problems.len(),
-        if problems.len() == 1 { "" } else { "s" },
-        problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  ")
+        crate::model::weights::problem_list(problems)
     )]
     Weights {
         /// The weights file.

@@ -118,6 +118,15 @@ pub enum Command {
     /// pt_inception-2015-12-05-*.pth`); with `--train`, the mean distance
     /// from each sample to its nearest training image.
     Eval(super::eval_cmd::EvalArgs),
+    /// Check a checkpoint and compare it with its reference implementation:
+    /// `dtx model inspect` (structure, config, parameters, injection points)
+    /// and `dtx model forward` (one forward pass on your inputs, with the
+    /// activation at every injection point).
+    Model {
+        /// What to do.
+        #[command(subcommand)]
+        command: super::model_cmd::ModelCommand,
+    },
     /// Benchmarks: `dtx bench engine` times a U-Net training step (forward,
     /// backward, AdamW) and a DDIM step and reports peak memory, to compare
     /// with `benches/python/unet_bench.py` (docs/performance.md); `dtx bench
@@ -359,6 +368,7 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             }
         }
         Command::Eval(args) => super::eval_cmd::run(&args, out)?,
+        Command::Model { command } => super::model_cmd::run(&command, out)?,
         Command::Bench {
             command: BenchCommand::Transfer(args),
         } => super::bench_transfer::run(&args, out)?,

@@ -1,4 +1,5 @@
-//! `dtx eval`: metrics between folders of images, outside a run.
+//! `dtx eval`: metrics between folders of images, outside a run, or (with
+//! `--features`, in `eval_features`) between precomputed feature matrices.
 
 use crate::eval::{EvalInputs, Extractor, KidSettings, evaluate};
 use crate::manifest::METRICS;
@@ -15,9 +16,18 @@ type B = <CpuBackend as AutodiffBackend>::InnerBackend;
 pub struct EvalArgs {
     /// Generated images: a folder (searched recursively), or a run folder
     /// (its `samples/`).
-    pub samples: PathBuf,
+    #[arg(required_unless_present = "features")]
+    pub samples: Option<PathBuf>,
     /// Reference images: a folder (held-out target images, say).
-    pub reference: PathBuf,
+    #[arg(required_unless_present = "features")]
+    pub reference: Option<PathBuf>,
+    /// FD and KID between two precomputed feature matrices instead of
+    /// images: each `file.safetensors` (its only 2-D tensor, rows ×
+    /// features) or `file.safetensors:key`, F32 or F64.
+    #[arg(long, num_args = 2, value_names = ["A", "B"],
+          conflicts_with_all = ["samples", "reference", "train", "source_samples", "metrics",
+                                "extractor", "inception_weights", "resolution"])]
+    pub features: Option<Vec<String>>,
     /// The training images, for `nearest`.
     #[arg(long)]
     pub train: Option<PathBuf>,
@@ -37,10 +47,10 @@ pub struct EvalArgs {
     #[arg(long)]
     pub inception_weights: Option<PathBuf>,
     /// KID subsets.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, alias = "kid-subsets", default_value_t = 100)]
     pub subsets: usize,
     /// Largest KID subset.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, alias = "kid-subset-size", default_value_t = 1000)]
     pub subset_size: usize,
     /// Seed of the KID subsets.
     #[arg(long, default_value_t = 0)]
@@ -84,6 +94,20 @@ fn first_width(folder: &Path) -> anyhow::Result<usize> {
 
 /// Runs `dtx eval`.
 pub fn run(a: &EvalArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    if a.subsets == 0 || a.subset_size < 2 {
+        bail!("--subsets must be at least 1 and --subset-size at least 2");
+    }
+    if let Some(specs) = &a.features {
+        let kid = super::eval_features::SubsetSettings {
+            subsets: a.subsets,
+            subset_size: a.subset_size,
+            seed: a.seed,
+        };
+        return super::eval_features::run(specs, &kid, a.json, out);
+    }
+    let (Some(samples), Some(reference_dir)) = (&a.samples, &a.reference) else {
+        bail!("give the samples and reference folders, or --features A B");
+    };
     let mut metrics = a.metrics.clone();
     if metrics.is_empty() {
         metrics = vec!["kid".into(), "fd".into()];
@@ -105,10 +129,7 @@ pub fn run(a: &EvalArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if metrics.iter().any(|m| m == "source_distance") && a.source_samples.is_none() {
         bail!("`source_distance` needs the source model's samples: give --source-samples FOLDER");
     }
-    if a.subsets == 0 || a.subset_size < 2 {
-        bail!("--subsets must be at least 1 and --subset-size at least 2");
-    }
-    let samples_dir = image_folder(&a.samples);
+    let samples_dir = image_folder(samples);
     let res = match a.resolution {
         Some(r) => r,
         None => first_width(&samples_dir)?,
@@ -119,7 +140,7 @@ pub fn run(a: &EvalArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let device = Default::default();
     let extractor = Extractor::<B>::load(&a.extractor, a.inception_weights.as_deref(), &device)?;
     let samples = load(&samples_dir, "samples")?;
-    let reference = load(&a.reference, "reference images")?;
+    let reference = load(reference_dir, "reference images")?;
     let train = a
         .train
         .as_deref()
@@ -144,7 +165,7 @@ pub fn run(a: &EvalArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         reference: (
             &reference.samples,
             &reference.sample_shape,
-            format!("`{}`", a.reference.display()),
+            format!("`{}`", reference_dir.display()),
         ),
         train: train
             .as_ref()

@@ -8,6 +8,9 @@ mod bench_gmm;
 mod bench_transfer;
 mod commands;
 mod eval_cmd;
+mod eval_features;
+mod model_cmd;
+mod model_forward;
 
 pub use commands::{BenchCommand, Cli, Command, PluginsCommand, execute};
 

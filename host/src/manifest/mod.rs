@@ -23,6 +23,7 @@ mod validate;
 pub use error::{ManifestDiagnostic, ManifestError, diagnostic, line_col};
 pub use load::{LoadedManifest, load, load_str};
 pub use overrides::Override;
+pub(crate) use overrides::apply_override;
 pub use schema::{
     Backend, Condition, EXTRACTORS, Ema, EncoderKind, Eval, HOOK_NAMES, Init, LossWeight, METRICS,
     Manifest, MaskSource, Optimizer, PluginSpec, Prediction, Reference, Run, SECTION_KEYS, Sample,

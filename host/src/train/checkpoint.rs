@@ -6,6 +6,7 @@
 
 use super::ema::Ema;
 use super::optim::AdamState;
+use crate::model::weights::LoadFailure;
 use crate::tensor_abi::ParamStore;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::FloatTensor;
@@ -138,7 +139,7 @@ pub fn save<B: AutodiffBackend>(
 
 /// Writes `bytes` to `path` through a temporary file in the same folder:
 /// write, fsync, rename, so a reader never sees half a file.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     let io = |e: &dyn std::fmt::Display| CheckpointError::Io {
         path: path.into(),
         message: e.to_string(),
@@ -197,8 +198,8 @@ fn base_views<'a>(
 /// Registers the base model's weights from the dtx checkpoint `ckpt` (EMA
 /// values when it keeps them) as base parameters of `store`, one per entry
 /// of `expected` (name, shape), `trainable(name)` deciding which train: a
-/// `kind = "dtx"` source. Every missing or misshaped parameter is an error
-/// naming the checkpoint and the key.
+/// `kind = "dtx"` source. Every missing, unexpected or misshaped parameter
+/// is listed in one error naming the checkpoint and each key.
 pub fn load_base<B: AutodiffBackend>(
     ckpt: &Path,
     expected: &[(String, Vec<usize>)],
@@ -219,21 +220,15 @@ pub fn load_base<B: AutodiffBackend>(
         message: e.to_string(),
     })?;
     let views = base_views(ckpt, &st, true)?;
-    for (name, shape) in expected {
-        let view = views
-            .get(name)
-            .ok_or_else(|| mismatch(format!("it has no parameter `{name}`")))?;
-        if view.shape() != shape.as_slice() {
-            return Err(mismatch(format!(
-                "parameter `{name}` has shape {:?}, the model expects {shape:?}",
-                view.shape()
-            )));
-        }
-        store
-            .register_base(name, tensor_of::<B>(view, device), trainable(name))
-            .map_err(|e| mismatch(e.to_string()))?;
-    }
-    Ok(())
+    crate::model::weights::register_fitting(expected, views, store, device, trainable).map_err(
+        |failure| match failure {
+            LoadFailure::Problems(problems) => mismatch(format!(
+                "its base-model weights do not fit the run's model {}",
+                crate::model::weights::problem_list(&problems)
+            )),
+            LoadFailure::Read(m) | LoadFailure::Store(m) => mismatch(m),
+        },
+    )
 }
 
 /// Writes the base model's weights from checkpoint `ckpt` to `out` as a

@@ -1,0 +1,240 @@
+//! `dtx model inspect` and `dtx model forward`: a checkpoint's structure and
+//! injection points, and one forward pass on the user's inputs, for holding
+//! dtx against diffusers or guided-diffusion tensor by tensor.
+
+use crate::model::open::{OpenedModel, at_resolution, block_counts, config_table, open};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Where the model is and how to read it, shared by both commands.
+#[derive(Debug, clap::Args)]
+pub struct ModelSource {
+    /// Model kind: `diffusers` (a `UNet2DModel` folder), `adm` (a
+    /// guided-diffusion `.pt` or `.safetensors` checkpoint), `mlp` (dtx's
+    /// residual MLP, from --set alone) or `dtx` (a dtx run folder or one of
+    /// its checkpoints). Default: told from the path.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// A TOML file of config values (ADM flags such as `image_size`,
+    /// `num_channels`, `class_cond`; MLP sizes); --set overrides it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// A config value, `key=value` (TOML value, else text): ADM flags as
+    /// guided-diffusion's scripts take them (`--set image_size=64 --set
+    /// channel_mult=1,2,3,4`), MLP sizes (`--set hidden=64`).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+impl ModelSource {
+    fn open(&self, path: Option<&std::path::Path>) -> anyhow::Result<OpenedModel> {
+        let config = config_table(self.config.as_deref(), &self.set)?;
+        open(path, self.kind.as_deref(), &config)
+    }
+}
+
+/// `dtx model <command>`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ModelCommand {
+    /// Load a model and check its checkpoint against its config (every
+    /// missing, unexpected or misshaped key is listed); print its kind,
+    /// every config value in force, parameter counts in total and per
+    /// top-level block, and every injection point with its channels and
+    /// spatial size.
+    Inspect(InspectArgs),
+    /// Run the denoiser once on the CPU in f32 on inputs from a safetensors
+    /// file (`x`, `timesteps`, `class_labels`) and write its output (`out`)
+    /// and, with --points, the activation at each named injection point.
+    Forward(super::model_forward::ForwardArgs),
+}
+
+/// `dtx model inspect` arguments.
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// The model: a diffusers folder, an ADM checkpoint, a dtx run folder or
+    /// checkpoint (none for `--kind mlp`).
+    pub path: Option<PathBuf>,
+    /// The model's kind and config.
+    #[command(flatten)]
+    pub source: ModelSource,
+    /// Image side to give the injection points' sizes at (default: the
+    /// config's `sample_size` / `image_size`).
+    #[arg(long)]
+    pub resolution: Option<usize>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `dtx model <command>`.
+pub fn run(command: &ModelCommand, out: &mut dyn Write) -> anyhow::Result<()> {
+    match command {
+        ModelCommand::Inspect(a) => inspect(a, out),
+        ModelCommand::Forward(a) => {
+            let m = a.source.open(Some(&a.path))?;
+            super::model_forward::run(a, &m, out)
+        }
+    }
+}
+
+/// `1234567` as `1,234,567`.
+fn grouped(n: usize) -> String {
+    let digits = n.to_string();
+    let mut s = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            s.push(',');
+        }
+        s.push(c);
+    }
+    s
+}
+
+fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut m = a.source.open(a.path.as_deref())?;
+    if let Some(r) = a.resolution {
+        at_resolution(&mut m.description, r)?;
+    }
+    let parameters = m.net.parameters();
+    let blocks = block_counts(&parameters);
+    let total: usize = blocks.iter().map(|(_, n)| n).sum();
+    let d = &m.description;
+    if a.json {
+        let config: serde_json::Map<String, Value> = d
+            .config
+            .iter()
+            .map(|(k, v)| {
+                let v = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.clone()));
+                (k.clone(), v)
+            })
+            .collect();
+        let plugin_total: usize = m
+            .plugin_parameters
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
+        let value = json!({
+            "kind": m.kind,
+            "model_kind": d.kind,
+            "path": a.path.as_ref().map(|p| p.display().to_string()),
+            "weights": m.weights.as_ref().map(|p| p.display().to_string()),
+            "data_channels": d.data_channels,
+            "out_channels": d.out_channels,
+            "resolution": d.resolution,
+            "num_classes": m.net.num_classes(),
+            "config": config,
+            "parameters": {
+                "total": total,
+                "tensors": parameters.len(),
+                "blocks": blocks.iter().map(|(b, n)| json!({"block": b, "count": n})).collect::<Vec<_>>(),
+            },
+            "points": d.points.iter().map(|p| json!({
+                "name": p.name, "channels": p.channels, "height": p.height,
+                "width": p.width, "module": p.module,
+            })).collect::<Vec<_>>(),
+            "plugin_parameters": {
+                "total": plugin_total,
+                "tensors": m.plugin_parameters.len(),
+            },
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        return Ok(());
+    }
+    let kind = if m.kind == d.kind {
+        d.kind.clone()
+    } else {
+        format!("{}, a {} model", m.kind, d.kind)
+    };
+    match &a.path {
+        Some(p) => writeln!(out, "model `{}` ({kind})", p.display())?,
+        None => writeln!(out, "model ({kind}, from its config alone)")?,
+    }
+    match &m.weights {
+        Some(w) => writeln!(
+            out,
+            "weights `{}`: every key fits the config ({} tensors)",
+            w.display(),
+            parameters.len()
+        )?,
+        None => writeln!(out, "weights: none (built from its config)")?,
+    }
+    let classes = match m.net.num_classes() {
+        0 => "unconditional".to_owned(),
+        k => format!("{k} classes"),
+    };
+    let side = if d.resolution == 0 {
+        format!("vectors of {}", d.data_channels)
+    } else {
+        format!("{} × {r} × {r} images", d.data_channels, r = d.resolution)
+    };
+    writeln!(
+        out,
+        "data: {side}; output channels {}; {classes}",
+        d.out_channels
+    )?;
+    writeln!(out, "\nconfig in force:")?;
+    let width = d.config.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in &d.config {
+        writeln!(out, "  {k:<width$}  {v}")?;
+    }
+    writeln!(
+        out,
+        "\nparameters: {} in {} tensors",
+        grouped(total),
+        parameters.len()
+    )?;
+    let width = blocks.iter().map(|(b, _)| b.len()).max().unwrap_or(0);
+    for (b, n) in &blocks {
+        writeln!(out, "  {b:<width$}  {:>12}", grouped(*n))?;
+    }
+    if !m.plugin_parameters.is_empty() {
+        let mut per: Vec<(String, usize)> = Vec::new();
+        for (name, shape) in &m.plugin_parameters {
+            let inst = name.split('.').take(2).collect::<Vec<_>>().join(".");
+            let n: usize = shape.iter().product();
+            match per.iter_mut().find(|(i, _)| *i == inst) {
+                Some((_, c)) => *c += n,
+                None => per.push((inst, n)),
+            }
+        }
+        let n: usize = per.iter().map(|(_, c)| c).sum();
+        writeln!(
+            out,
+            "\nplugin parameters in the checkpoint (not part of the base model; \
+             `dtx model forward` runs the base model alone): {}",
+            grouped(n)
+        )?;
+        for (inst, c) in &per {
+            writeln!(out, "  {inst}  {}", grouped(*c))?;
+        }
+    }
+    match d.resolution {
+        0 => writeln!(out, "\ninjection points:")?,
+        r => writeln!(out, "\ninjection points at {r} × {r}:")?,
+    }
+    let width = d.points.iter().map(|p| p.name.len()).max().unwrap_or(0);
+    for p in &d.points {
+        let shape = if p.height == 0 {
+            format!("{}", p.channels)
+        } else {
+            format!("{} × {} × {}", p.channels, p.height, p.width)
+        };
+        writeln!(out, "  {:<width$}  {shape:<16}  {}", p.name, p.module)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grouped;
+
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1000), "1,000");
+        assert_eq!(grouped(702_499), "702,499");
+        assert_eq!(grouped(12_345_678), "12,345,678");
+    }
+}

@@ -1,0 +1,302 @@
+//! `dtx model forward`: the inputs a user wrote (`x`, `timesteps`,
+//! `class_labels`) checked against the model, one forward pass on the CPU in
+//! f32, and its output and chosen injection-point activations written to a
+//! safetensors file — only once everything has run, so an error leaves
+//! nothing behind.
+
+use super::model_cmd::ModelSource;
+use crate::model::ModelDescription;
+use crate::model::open::OpenedModel;
+use crate::tensor_abi::CpuBackend as B;
+use anyhow::{Context, anyhow, bail};
+use burn::tensor::ops::{FloatTensor, FloatTensorOps, IntTensor, IntTensorOps};
+use burn::tensor::{TensorData, TensorMetadata, read_sync};
+use safetensors::tensor::{Dtype, TensorView};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// `dtx model forward` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ForwardArgs {
+    /// The model: a diffusers folder, an ADM checkpoint, or a dtx run folder
+    /// or checkpoint.
+    pub path: PathBuf,
+    /// Inputs: a safetensors file with `x` (float, B×C×H×W, or B×D for the
+    /// MLP), `timesteps` (I64 or float, B) and, for a class-conditional
+    /// model, `class_labels` (I64, B; guided-diffusion's `y` is read when
+    /// `class_labels` is absent). Other tensors in the file are ignored.
+    #[arg(long, value_name = "IN.safetensors")]
+    pub inputs: PathBuf,
+    /// Output file (safetensors): `out`, and each activation under its
+    /// point's name.
+    #[arg(long, value_name = "OUT.safetensors")]
+    pub out: PathBuf,
+    /// Injection points whose activations to write, comma-separated, or
+    /// `all` (`temb`, `down.{i}.res.{j}`, `mid.res.{j}`, `up.{i}.res.{j}`:
+    /// the output of that residual block, before anything that follows it).
+    #[arg(long, value_delimiter = ',')]
+    pub points: Vec<String>,
+    /// The model's kind and config.
+    #[command(flatten)]
+    pub source: ModelSource,
+}
+
+/// The inputs of one forward pass, checked against the model.
+struct Inputs {
+    x: Shaped,
+    timesteps: Vec<f32>,
+    labels: Option<Vec<i64>>,
+}
+
+/// A named tensor as the input file holds it.
+fn tensor<'a>(
+    st: &'a safetensors::SafeTensors<'a>,
+    file: &Path,
+    key: &str,
+    expected: &str,
+) -> anyhow::Result<TensorView<'a>> {
+    st.tensor(key).map_err(|_| {
+        let mut names = st.names();
+        names.sort();
+        anyhow!(
+            "`{}`: no tensor `{key}` (expected {expected}); the file holds: {}",
+            file.display(),
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+/// Integer values of an I64 or I32 tensor.
+fn ints(v: &TensorView<'_>) -> Option<Vec<i64>> {
+    let d = v.data();
+    match v.dtype() {
+        Dtype::I64 => Some(
+            d.chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect(),
+        ),
+        Dtype::I32 => Some(
+            d.chunks_exact(4)
+                .map(|b| i64::from(i32::from_le_bytes(b.try_into().expect("4 bytes"))))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// Float values of an F32, F64, F16 or BF16 tensor, as f32.
+fn floats(v: &TensorView<'_>) -> Option<Vec<f32>> {
+    crate::model::weights::le_bytes_to_f32(&format!("{:?}", v.dtype()), v.data())
+}
+
+/// Reads and checks the inputs in `file` for the model `d` with `classes`
+/// classes.
+fn read_inputs(file: &Path, d: &ModelDescription, classes: usize) -> anyhow::Result<Inputs> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading `{}`", file.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow!("`{}`: not a safetensors file: {e}", file.display()))?;
+    let f = file.display();
+    let want_x = if d.resolution == 0 {
+        format!("F32 [B, {}]", d.data_channels)
+    } else {
+        format!("F32 [B, {}, H, W]", d.data_channels)
+    };
+    let x = tensor(&st, file, "x", &want_x)?;
+    let xv = floats(&x)
+        .ok_or_else(|| anyhow!("`{f}`: `x`: expected {want_x}, found dtype {:?}", x.dtype()))?;
+    let shape = x.shape().to_vec();
+    let factor = d
+        .points
+        .iter()
+        .filter(|p| p.height > 0)
+        .map(|p| p.height)
+        .min()
+        .map_or(1, |s| d.resolution / s.max(1));
+    let fits = match (d.resolution, shape.as_slice()) {
+        (0, [b, c]) => *b > 0 && *c == d.data_channels,
+        (r, [b, c, h, w]) if r > 0 => {
+            *b > 0
+                && *c == d.data_channels
+                && *h > 0
+                && h.is_multiple_of(factor)
+                && *w > 0
+                && w.is_multiple_of(factor)
+        }
+        _ => false,
+    };
+    if !fits {
+        let sides = if factor > 1 {
+            format!(" (H and W multiples of {factor}, the model's downsampling)")
+        } else {
+            String::new()
+        };
+        bail!("`{f}`: `x`: expected shape {want_x}{sides}, found {shape:?}");
+    }
+    let b = shape[0];
+    let t = tensor(&st, file, "timesteps", &format!("I64 or F32 [{b}]"))?;
+    let tv = match ints(&t) {
+        Some(i) => i.into_iter().map(|v| v as f32).collect(),
+        None => floats(&t).ok_or_else(|| {
+            anyhow!(
+                "`{f}`: `timesteps`: expected I64 or F32 [{b}], found dtype {:?}",
+                t.dtype()
+            )
+        })?,
+    };
+    if t.shape() != [b] {
+        bail!(
+            "`{f}`: `timesteps`: expected shape [{b}] (one per row of `x`), found {:?}",
+            t.shape()
+        );
+    }
+    if let Some(bad) = tv.iter().find(|v| !v.is_finite()) {
+        bail!("`{f}`: `timesteps`: {bad} is not a finite timestep");
+    }
+    let label_key = ["class_labels", "y"]
+        .into_iter()
+        .find(|k| st.names().contains(k));
+    let labels = match (classes, label_key) {
+        (0, Some(k)) => {
+            bail!("`{f}`: `{k}`: the model is unconditional and takes no class labels; remove them")
+        }
+        (0, None) => None,
+        (_, None) if d.kind == "mlp" => None,
+        (k, None) => bail!(
+            "`{f}`: no tensor `class_labels` (expected I64 [{b}], values 0 to {}): the model is \
+             class-conditional",
+            k - 1
+        ),
+        (k, Some(key)) => {
+            let v = tensor(&st, file, key, "I64")?;
+            let values = ints(&v).ok_or_else(|| {
+                anyhow!(
+                    "`{f}`: `{key}`: expected I64 [{b}], found dtype {:?}",
+                    v.dtype()
+                )
+            })?;
+            if v.shape() != [b] {
+                bail!(
+                    "`{f}`: `{key}`: expected shape [{b}] (one per row of `x`), found {:?}",
+                    v.shape()
+                );
+            }
+            // The MLP's class table has a row for the null class, K.
+            let top = if d.kind == "mlp" { k } else { k - 1 };
+            if let Some(bad) = values.iter().find(|&&y| y < 0 || y > top as i64) {
+                bail!("`{f}`: `{key}`: label {bad} is outside 0 to {top}");
+            }
+            Some(values)
+        }
+    };
+    Ok(Inputs {
+        x: (shape, xv),
+        timesteps: tv,
+        labels,
+    })
+}
+
+/// The points `--points` names, in forward order; unknown names are an
+/// error listing the model's points.
+fn chosen_points(d: &ModelDescription, asked: &[String]) -> anyhow::Result<Vec<String>> {
+    let names: Vec<&str> = d.points.iter().map(|p| p.name.as_str()).collect();
+    if asked.iter().any(|p| p == "all") {
+        return Ok(names.iter().map(|n| (*n).to_owned()).collect());
+    }
+    for p in asked {
+        if !names.contains(&p.as_str()) {
+            let hint = crate::util::nearest(p, names.iter().copied())
+                .map(|n| format!("did you mean `{n}`? "))
+                .unwrap_or_default();
+            bail!(
+                "--points: the model has no injection point `{p}`; {hint}its points: all, {}",
+                names.join(", ")
+            );
+        }
+    }
+    Ok(names
+        .iter()
+        .filter(|n| asked.iter().any(|p| p == *n))
+        .map(|n| (*n).to_owned())
+        .collect())
+}
+
+/// A tensor's shape and f32 values.
+type Shaped = (Vec<usize>, Vec<f32>);
+
+fn values(p: FloatTensor<B>) -> anyhow::Result<Shaped> {
+    let shape = p.shape().to_vec();
+    let v = read_sync(B::float_into_data(p))
+        .map_err(|e| anyhow!("reading a tensor: {e:?}"))?
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| anyhow!("reading a tensor: {e:?}"))?;
+    Ok((shape, v))
+}
+
+/// Runs `dtx model forward` on the opened model.
+pub fn run(a: &ForwardArgs, m: &OpenedModel, out: &mut dyn Write) -> anyhow::Result<()> {
+    if m.weights.is_none() {
+        bail!("`{}`: the model has no weights to run", a.path.display());
+    }
+    let d = &m.description;
+    let points = chosen_points(d, &a.points)?;
+    let inputs = read_inputs(&a.inputs, d, m.net.num_classes())?;
+    let dev = Default::default();
+    let (xs, xv) = inputs.x;
+    let b = xs[0];
+    let x = B::float_from_data(TensorData::new(xv, xs.clone()), &dev);
+    let t = B::float_from_data(TensorData::new(inputs.timesteps, [b]), &dev);
+    let labels: Option<IntTensor<B>> = inputs
+        .labels
+        .map(|l| B::int_from_data(TensorData::new(l, [b]), &dev));
+    let mut seen: Vec<(String, FloatTensor<B>)> = Vec::new();
+    let output = m
+        .net
+        .forward::<B, ()>(&m.params, x, t, labels, &mut |point, h, _| {
+            if points.iter().any(|p| p == point) {
+                seen.push((point.to_owned(), h.clone()));
+            }
+            Ok(h)
+        })
+        .map_err(|()| anyhow!("the forward pass failed"))?;
+    let mut tensors = vec![("out".to_owned(), values(output)?)];
+    for (name, h) in seen {
+        tensors.push((name, values(h)?));
+    }
+    write_tensors(&a.out, &tensors)?;
+    let (_, (shape, _)) = &tensors[0];
+    writeln!(
+        out,
+        "wrote `{}`: out {shape:?}{}",
+        a.out.display(),
+        tensors[1..]
+            .iter()
+            .map(|(n, (s, _))| format!(", {n} {s:?}"))
+            .collect::<String>()
+    )?;
+    Ok(())
+}
+
+/// Writes F32 tensors to `file` atomically.
+fn write_tensors(file: &Path, tensors: &[(String, Shaped)]) -> anyhow::Result<()> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, (s, v))| {
+            let b = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (n.clone(), s.clone(), b)
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
+        .map_err(|e| anyhow!("writing `{}`: {e}", file.display()))?;
+    let data = safetensors::serialize(views, None)
+        .map_err(|e| anyhow!("writing `{}`: {e}", file.display()))?;
+    crate::train::checkpoint::write_atomically(file, &data)?;
+    Ok(())
+}

@@ -119,6 +119,7 @@ fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             "model_kind": d.kind,
             "path": a.path.as_ref().map(|p| p.display().to_string()),
             "weights": m.weights.as_ref().map(|p| p.display().to_string()),
+            "ema": m.ema,
             "data_channels": d.data_channels,
             "out_channels": d.out_channels,
             "resolution": d.resolution,
@@ -153,8 +154,9 @@ fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     match &m.weights {
         Some(w) => writeln!(
             out,
-            "weights `{}`: every key fits the config ({} tensors)",
+            "weights `{}`{}: every key fits the config ({} tensors)",
             w.display(),
+            if m.ema { " (EMA values)" } else { "" },
             parameters.len()
         )?,
         None => writeln!(out, "weights: none (built from its config)")?,
@@ -205,8 +207,9 @@ fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
              `dtx model forward` runs the base model alone): {}",
             grouped(n)
         )?;
+        let width = per.iter().map(|(i, _)| i.len()).max().unwrap_or(0);
         for (inst, c) in &per {
-            writeln!(out, "  {inst}  {}", grouped(*c))?;
+            writeln!(out, "  {inst:<width$}  {:>12}", grouped(*c))?;
         }
     }
     match d.resolution {

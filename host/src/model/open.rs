@@ -34,6 +34,9 @@ pub struct OpenedModel {
     /// A dtx checkpoint's plugin parameters (`plugin.<instance>.<name>`)
     /// with their shapes: kept in the file, not part of the base model.
     pub plugin_parameters: Vec<(String, Vec<usize>)>,
+    /// Whether the weights are a dtx checkpoint's EMA values (loaded in
+    /// place of the trained values, as `dtx sample` does).
+    pub ema: bool,
 }
 
 /// The kind of model at `path`: a folder with `config.json` is a diffusers
@@ -98,6 +101,7 @@ pub fn open(
     let net = Net::from_description(&description).map_err(|e| anyhow!("{e}"))?;
     let device = Default::default();
     let mut store = ParamStore::<CpuBackend>::default();
+    let mut ema = false;
     let (weights, plugin_parameters) = match (kind, path) {
         ("mlp", _) | (_, None) => (None, Vec::new()),
         ("dtx", Some(p)) => {
@@ -109,7 +113,17 @@ pub fn open(
                 &device,
                 &|_| false,
             )?;
-            let plugins = plugin_parameters(&ckpt)?;
+            let header = super::read_safetensors_header(&ckpt)?;
+            ema = header.iter().any(|t| t.name.starts_with("ema/"));
+            let plugins = header
+                .into_iter()
+                .filter_map(|t| {
+                    t.name
+                        .strip_prefix("param/")
+                        .filter(|n| n.starts_with("plugin."))
+                        .map(|n| (n.to_owned(), t.shape))
+                })
+                .collect();
             (Some(ckpt), plugins)
         }
         (_, Some(p)) => {
@@ -135,21 +149,8 @@ pub fn open(
         weights,
         params,
         plugin_parameters,
+        ema,
     })
-}
-
-/// The plugin parameters a dtx checkpoint keeps, with their shapes.
-fn plugin_parameters(ckpt: &Path) -> anyhow::Result<Vec<(String, Vec<usize>)>> {
-    let header = super::read_safetensors_header(ckpt)?;
-    Ok(header
-        .into_iter()
-        .filter_map(|t| {
-            t.name
-                .strip_prefix("param/")
-                .filter(|n| n.starts_with("plugin."))
-                .map(|n| (n.to_owned(), t.shape))
-        })
-        .collect())
 }
 
 /// Parameter counts by top-level block, in the network's order: a key's

@@ -165,9 +165,10 @@ fn inspect_a_dtx_run() {
     std::fs::remove_dir_all(run.parent().unwrap()).unwrap();
 }
 
-/// Runs `dtx model forward` with `--points all`; checks every tensor the
-/// reference wrote (its `output` as our `out`).
-fn forward_matches(model_args: &[String], io: &str, out_name: &str) {
+/// Runs `dtx model forward` with `--points all` on the inputs in `io`;
+/// checks every tensor against `reference` (the parity fixtures name the
+/// output `output`).
+fn forward_matches(model_args: &[String], io: &str, reference: &str, out_name: &str) {
     let dir = out_dir("model-cli", out_name);
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("out.safetensors");
@@ -183,11 +184,14 @@ fn forward_matches(model_args: &[String], io: &str, out_name: &str) {
     ]);
     ok(&dtx(&args));
     let got = f32_tensors(&file);
-    let want = f32_tensors(Path::new(io));
+    let want = f32_tensors(Path::new(reference));
     let mut checked = 0;
     for (key, values) in &got {
-        let reference = if key == "out" { "output" } else { key.as_str() };
-        let err = max_err(values, &want[reference]);
+        let name = match key.as_str() {
+            "out" if !want.contains_key("out") => "output",
+            k => k,
+        };
+        let err = max_err(values, &want[name]);
         assert!(err <= TOLERANCE, "{out_name}: {key}: max abs error {err}");
         checked += 1;
     }
@@ -200,15 +204,24 @@ fn forward_matches(model_args: &[String], io: &str, out_name: &str) {
 fn forward_matches_diffusers_and_guided_diffusion() {
     for name in ["small", "class-scale-shift"] {
         let io = fixture(&format!("unet/{name}/io.safetensors"));
-        forward_matches(&[fixture(&format!("unet/{name}"))], &io, name);
+        forward_matches(&[fixture(&format!("unet/{name}"))], &io, &io, name);
     }
     for name in ["plain", "full"] {
         let io = fixture(&format!("adm/{name}/io.safetensors"));
-        forward_matches(&adm(name), &io, &format!("adm-{name}"));
+        forward_matches(&adm(name), &io, &io, &format!("adm-{name}"));
     }
+    // The shipped source model against diffusers, as docs/cli.md's worked
+    // example checks it (tests/fixtures/cli/check_diffusers.py wrote both).
+    let shipped = workspace_root().join("manifests/models/shapes-source");
+    forward_matches(
+        &[shipped.display().to_string()],
+        &fixture("cli/shapes-source/in.safetensors"),
+        &fixture("cli/shapes-source/reference.safetensors"),
+        "shapes-source",
+    );
     let run = unet_run("forward");
     let io = fixture("unet/small/io.safetensors");
-    forward_matches(&[run.display().to_string()], &io, "dtx-run");
+    forward_matches(&[run.display().to_string()], &io, &io, "dtx-run");
     std::fs::remove_dir_all(run.parent().unwrap()).unwrap();
 }
 

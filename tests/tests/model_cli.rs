@@ -658,7 +658,7 @@ fn inspect_errors_are_clear() {
         ),
         (
             vec![fixture("adm/full/model.pt")],
-            "[source.config].image_size: missing",
+            "error: --set image_size: missing required key",
         ),
         (
             vec![fixture("unet/small"), "--resolution".into(), "13".into()],
@@ -667,7 +667,16 @@ fn inspect_errors_are_clear() {
         (
             // the ADM fixture's checkpoint under flags of another model
             [adm("plain"), vec!["--set".into(), "num_channels=64".into()]].concat(),
-            "the weights do not fit",
+            "model.safetensors: the weights do not fit the --set/--config values (",
+        ),
+        (
+            vec![
+                "--kind".into(),
+                "mlp".into(),
+                "--set".into(),
+                "hiden=3".into(),
+            ],
+            "error: --set hiden: unknown key (did you mean `hidden`?)",
         ),
     ];
     for (args, want) in cases {

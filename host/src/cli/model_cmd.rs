@@ -28,9 +28,17 @@ pub struct ModelSource {
 }
 
 impl ModelSource {
+    /// Opens the model. The model loaders name a config value by where a
+    /// manifest keeps it (`[source.config].image_size`); here it came from
+    /// the command line, and the error says so.
     fn open(&self, path: Option<&std::path::Path>) -> anyhow::Result<OpenedModel> {
         let config = config_table(self.config.as_deref(), &self.set)?;
-        open(path, self.kind.as_deref(), &config)
+        open(path, self.kind.as_deref(), &config).map_err(|e| {
+            let text = format!("{e:#}")
+                .replace("[source.config].", "--set ")
+                .replace("[source.config]", "the --set/--config values");
+            anyhow::anyhow!(text)
+        })
     }
 }
 

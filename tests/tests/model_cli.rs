@@ -377,18 +377,14 @@ fn forward_runs_a_trained_mlp_on_vectors() {
         ],
     );
     let file = out.join("out.safetensors");
-    let res = dtx(&[
-        "model",
-        "forward",
-        run.to_str().unwrap(),
-        "--inputs",
-        inputs.to_str().unwrap(),
-        "--out",
-        file.to_str().unwrap(),
-        "--points",
-        "temb,up.1.res.0",
-    ]);
-    ok(&res);
+    let forward = |points: &[&str]| {
+        let mut args = vec!["model", "forward", run.to_str().unwrap()];
+        args.extend(["--inputs", inputs.to_str().unwrap()]);
+        args.extend(["--out", file.to_str().unwrap()]);
+        args.extend(points);
+        dtx(&args)
+    };
+    ok(&forward(&["--points", "temb,up.1.res.0"]));
     let got = f32_tensors(&file);
     assert_eq!(got["temb"].len(), 3 * 64);
     assert_eq!(got["up.1.res.0"].len(), 3 * 64);
@@ -406,15 +402,7 @@ fn forward_runs_a_trained_mlp_on_vectors() {
         ],
     );
     std::fs::remove_file(&file).unwrap();
-    let res = dtx(&[
-        "model",
-        "forward",
-        run.to_str().unwrap(),
-        "--inputs",
-        inputs.to_str().unwrap(),
-        "--out",
-        file.to_str().unwrap(),
-    ]);
+    let res = forward(&[]);
     let err = failed(&res);
     assert!(
         err.contains("`x`: expected shape F32 [B, 2], found [2, 3]"),

@@ -109,13 +109,7 @@ fn read_inputs(file: &Path, d: &ModelDescription, classes: usize) -> anyhow::Res
     let xv = floats(&x)
         .ok_or_else(|| anyhow!("`{f}`: `x`: expected {want_x}, found dtype {:?}", x.dtype()))?;
     let shape = x.shape().to_vec();
-    let factor = d
-        .points
-        .iter()
-        .filter(|p| p.height > 0)
-        .map(|p| p.height)
-        .min()
-        .map_or(1, |s| d.resolution / s.max(1));
+    let factor = d.downsampling();
     let fits = match (d.resolution, shape.as_slice()) {
         (0, [b, c]) => *b > 0 && *c == d.data_channels,
         (r, [b, c, h, w]) if r > 0 => {

@@ -103,6 +103,18 @@ impl ModelDescription {
             .sum()
     }
 
+    /// How many times the network halves the image side: its side over the
+    /// smallest feature map of any point (1 for vector models). An input
+    /// side must be a multiple of it for every map to stay whole.
+    pub fn downsampling(&self) -> usize {
+        self.points
+            .iter()
+            .filter(|p| p.height > 0)
+            .map(|p| p.height)
+            .min()
+            .map_or(1, |s| self.resolution / s.max(1))
+    }
+
     /// The point called `name`.
     pub fn point(&self, name: &str) -> Option<&Point> {
         self.points.iter().find(|p| p.name == name)

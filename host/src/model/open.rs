@@ -198,14 +198,7 @@ pub fn at_resolution(d: &mut ModelDescription, resolution: usize) -> anyhow::Res
             d.kind
         );
     }
-    let smallest = d
-        .points
-        .iter()
-        .filter(|p| p.height > 0)
-        .map(|p| p.height)
-        .min()
-        .unwrap_or(d.resolution);
-    let factor = d.resolution / smallest.max(1);
+    let factor = d.downsampling();
     if resolution == 0 || !resolution.is_multiple_of(factor) {
         bail!(
             "--resolution {resolution}: the model downsamples by {factor}, so the side must be a \

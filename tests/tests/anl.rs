@@ -441,9 +441,16 @@ fn plugins_reach_the_condition_services() {
 /// written out in plain f64 loops from the registered parameters
 /// (`Linear` weights are `[d_in, d_out]`). ReLU for f's activation, so
 /// the reference needs no erf. Tolerance 1e-4 absolute (f32 forward).
+/// Three condition tokens; and one, where softmax over a single key is 1,
+/// A = W_V c, and the module has no W_Q or W_K to use.
 #[test]
 fn the_module_computes_eq_8_and_9() {
-    let (_g, _, _, info) = diffusers_session(Some((3, 5)));
+    eq_8_and_9_with_tokens(3);
+    eq_8_and_9_with_tokens(1);
+}
+
+fn eq_8_and_9_with_tokens(tokens: usize) {
+    let (_g, _, _, info) = diffusers_session(Some((tokens, 5)));
     let mut inst = plugin(
         r#"{"mode":"conditional","zero_init":false,"heads":2,"d_attn":8,"activation":"relu","points":["mid.res.0"]}"#,
         &info,
@@ -453,7 +460,7 @@ fn the_module_computes_eq_8_and_9() {
     let (b, c, hw) = (2usize, p.channels, p.height * p.width);
     let mut rng = Normal(9);
     let h = normal(&mut rng, b * c * hw);
-    let cond = normal(&mut rng, b * 3 * 5);
+    let cond = normal(&mut rng, b * tokens * 5);
     let t = t_stored(10, b);
     let temb = prim(vec![0.0; b * info.temb_channels], [b, info.temb_channels]);
     let out = inst
@@ -462,7 +469,7 @@ fn the_module_computes_eq_8_and_9() {
             h: &prim(h.clone(), [b, c, p.height, p.width]),
             t: &t,
             temb: &temb,
-            cond: Some(&prim(cond.clone(), [b, 3, 5])),
+            cond: Some(&prim(cond.clone(), [b, tokens, 5])),
             labels: None,
             training: false,
         })
@@ -500,35 +507,39 @@ fn the_module_computes_eq_8_and_9() {
     let (dk, heads, dh) = (8usize, 2usize, 4usize);
     let mut max_err = 0f64;
     for bi in 0..b {
-        let keys: Vec<Vec<f64>> = (0..3)
-            .map(|m| {
-                let cm: Vec<f64> = (0..5).map(|j| cond[(bi * 3 + m) * 5 + j] as f64).collect();
-                lin(&cm, "k", 5, dk)
-            })
-            .collect();
-        let vals: Vec<Vec<f64>> = (0..3)
-            .map(|m| {
-                let cm: Vec<f64> = (0..5).map(|j| cond[(bi * 3 + m) * 5 + j] as f64).collect();
-                lin(&cm, "v", 5, dk)
-            })
-            .collect();
+        let token = |m: usize| -> Vec<f64> {
+            (0..5)
+                .map(|j| cond[(bi * tokens + m) * 5 + j] as f64)
+                .collect()
+        };
+        let vals: Vec<Vec<f64>> = (0..tokens).map(|m| lin(&token(m), "v", 5, dk)).collect();
+        // One token: no W_K (nor W_Q) is registered, and none is needed.
+        let keys: Vec<Vec<f64>> = if tokens == 1 {
+            assert!(!w.contains_key("mid.res.0.k.weight"));
+            assert!(!w.contains_key("mid.res.0.q.weight"));
+            Vec::new()
+        } else {
+            (0..tokens).map(|m| lin(&token(m), "k", 5, dk)).collect()
+        };
         for pos in 0..hw {
             let x: Vec<f64> = (0..c)
                 .map(|ch| h[(bi * c + ch) * hw + pos] as f64)
                 .collect();
-            let q = lin(&x, "q", c, dk);
-            let mut a = vec![0.0; dk];
-            for hd in 0..heads {
-                let r = hd * dh..(hd + 1) * dh;
-                let s: Vec<f64> = keys
-                    .iter()
-                    .map(|k| r.clone().map(|i| q[i] * k[i]).sum::<f64>() / (dh as f64).sqrt())
-                    .collect();
-                let top = s.iter().cloned().fold(f64::MIN, f64::max);
-                let e: Vec<f64> = s.iter().map(|v| (v - top).exp()).collect();
-                let z: f64 = e.iter().sum();
-                for i in r {
-                    a[i] = (0..3).map(|m| e[m] / z * vals[m][i]).sum();
+            let mut a = vals[0].clone();
+            if tokens > 1 {
+                let q = lin(&x, "q", c, dk);
+                for hd in 0..heads {
+                    let r = hd * dh..(hd + 1) * dh;
+                    let s: Vec<f64> = keys
+                        .iter()
+                        .map(|k| r.clone().map(|i| q[i] * k[i]).sum::<f64>() / (dh as f64).sqrt())
+                        .collect();
+                    let top = s.iter().cloned().fold(f64::MIN, f64::max);
+                    let e: Vec<f64> = s.iter().map(|v| (v - top).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for i in r {
+                        a[i] = (0..tokens).map(|m| e[m] / z * vals[m][i]).sum();
+                    }
                 }
             }
             let hidden: Vec<f64> = lin(&a, "f.0", dk, c)
@@ -543,5 +554,8 @@ fn the_module_computes_eq_8_and_9() {
             }
         }
     }
-    assert!(max_err < 1e-4, "max |ANL − reference| = {max_err}");
+    assert!(
+        max_err < 1e-4,
+        "{tokens} token(s): max |ANL − reference| = {max_err}"
+    );
 }

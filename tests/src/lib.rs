@@ -7,6 +7,7 @@
 //! that asks for a plugin builds them.
 
 pub mod block;
+pub mod files;
 pub mod mock;
 
 pub mod runs;
@@ -106,6 +107,34 @@ pub struct Output {
     pub stdout: String,
     /// Standard error.
     pub stderr: String,
+}
+
+impl Output {
+    /// Checks that the command succeeded.
+    ///
+    /// # Panics
+    /// With its stderr when it did not (a test failure).
+    pub fn ok(&self) -> &Self {
+        assert_eq!(self.code, 0, "stderr:\n{}", self.stderr);
+        self
+    }
+
+    /// Checks that the command failed as a user error should: exit code 1,
+    /// nothing on stdout, no panic; returns the error text.
+    ///
+    /// # Panics
+    /// When it did otherwise (a test failure).
+    pub fn failed(&self) -> &str {
+        assert_eq!(
+            self.code,
+            dtx::cli::EXIT_FAILURE,
+            "stdout:\n{}",
+            self.stdout
+        );
+        assert!(self.stdout.is_empty(), "{}", self.stdout);
+        assert!(!self.stderr.contains("panicked"), "{}", self.stderr);
+        &self.stderr
+    }
 }
 
 /// Runs the real `dtx` binary with `args` in `cwd`, plugins found through

@@ -1,11 +1,14 @@
 //! Evaluation end to end: `[eval]` at the end of a run (metrics in
 //! `eval.json`, `metrics.jsonl` and `report.md` with its loss curves), the
-//! checks that refuse bad settings before anything trains, and `dtx eval`
-//! on folders of images.
+//! checks that refuse bad settings before anything trains, `dtx eval` on
+//! folders of images, and `dtx eval --features` on feature files: FD and
+//! KID against numpy/scipy (`tests/fixtures/eval/make_features.py`,
+//! relative error ≤ 1e-6) and each bad file's error.
 
 use dtx::data::shapes::ShapesConfig;
-use dtx_tests::run_in_process;
+use dtx_tests::files::{Entry, f32_bytes, i64_bytes, write_safetensors};
 use dtx_tests::runs::{dtx_run, out_dir};
+use dtx_tests::{run_in_process, workspace_root};
 use std::path::Path;
 
 const ALL_METRICS: &str = r#"eval.metrics=["kid", "fd", "nearest", "source_distance"]"#;
@@ -166,4 +169,166 @@ fn dtx_eval_compares_folders_of_images() {
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("unknown metric `kdi`"), "{}", r.stderr);
     let _ = std::fs::remove_dir_all(&root);
+}
+
+fn fixture(rel: &str) -> String {
+    workspace_root()
+        .join("tests/fixtures")
+        .join(rel)
+        .display()
+        .to_string()
+}
+
+/// `tests/fixtures/eval/features/expected.json`: numpy/scipy's numbers
+/// (`tests/fixtures/eval/make_features.py`).
+fn expected() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture("eval/features/expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn features_json(a: &str, b: &str, extra: &[&str]) -> serde_json::Value {
+    let (a, b) = (
+        fixture(&format!("eval/features/{a}")),
+        fixture(&format!("eval/features/{b}")),
+    );
+    let mut args = vec!["eval", "--features", &a, &b, "--json"];
+    args.extend(extra);
+    let out = run_in_process(&args);
+    out.ok();
+    serde_json::from_str(&out.stdout).unwrap()
+}
+
+fn close(got: f64, want: f64, what: &str) {
+    let rel = (got - want).abs() / want.abs();
+    assert!(rel <= 1e-6, "{what}: {got} vs {want} (relative {rel})");
+}
+
+#[test]
+fn eval_features_matches_numpy_and_scipy() {
+    let e = expected();
+    // F32 against F64 (the key named); one 2-D tensor found by itself.
+    let v = features_json("a.safetensors", "b.safetensors:pool", &[]);
+    close(
+        v["fd"].as_f64().unwrap(),
+        e["a_b"]["fd"].as_f64().unwrap(),
+        "FD a_b",
+    );
+    close(
+        v["kid"].as_f64().unwrap(),
+        e["a_b"]["kid"].as_f64().unwrap(),
+        "KID a_b",
+    );
+    assert_eq!(v["a"]["key"], "features");
+    assert_eq!(v["kid_subsets"]["subsets"], 100);
+    assert_eq!(v["kid_subsets"]["subset_size"], 50);
+    // More features than rows (singular covariances); with equal counts and
+    // subsets of every row, each subset is the whole set in another order:
+    // the subset mean is the full-set KID and the spread is zero.
+    let v = features_json(
+        "c.safetensors",
+        "d.safetensors",
+        &["--kid-subsets", "3", "--kid-subset-size", "24"],
+    );
+    close(
+        v["fd"].as_f64().unwrap(),
+        e["c_d"]["fd"].as_f64().unwrap(),
+        "FD c_d",
+    );
+    let kid = e["c_d"]["kid"].as_f64().unwrap();
+    close(v["kid"].as_f64().unwrap(), kid, "KID c_d");
+    close(
+        v["kid_subsets"]["mean"].as_f64().unwrap(),
+        kid,
+        "KID subsets c_d",
+    );
+    assert!(v["kid_subsets"]["std"].as_f64().unwrap() < 1e-12);
+    // Text output says the same.
+    let out = run_in_process(&[
+        "eval",
+        "--features",
+        &fixture("eval/features/c.safetensors"),
+        &fixture("eval/features/d.safetensors"),
+    ]);
+    out.ok();
+    assert!(out.stdout.contains("FD   21.59748"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("(100 subsets of 24, seed 0)"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn bad_feature_files_are_clear_errors() {
+    use safetensors::Dtype::{F32, F64, I64};
+    let dir = out_dir("model-cli", "features");
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, t: Vec<Entry<'_>>| {
+        let p = dir.join(name);
+        write_safetensors(&p, &t);
+        p.display().to_string()
+    };
+    let good = write(
+        "good.safetensors",
+        vec![(
+            "f",
+            F32,
+            vec![3, 2],
+            f32_bytes(&[1.0, 2.0, 3.0, 4.0, 5.0, 7.0]),
+        )],
+    );
+    let nan = write(
+        "nan.safetensors",
+        vec![("f", F32, vec![2, 2], f32_bytes(&[1.0, 2.0, f32::NAN, 4.0]))],
+    );
+    let inf = write(
+        "inf.safetensors",
+        vec![(
+            "f",
+            F64,
+            vec![2, 2],
+            [1.0f64, f64::INFINITY, 0.0, 4.0]
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
+        )],
+    );
+    let one = write(
+        "one.safetensors",
+        vec![("f", F32, vec![1, 2], f32_bytes(&[1.0, 2.0]))],
+    );
+    let wide = write(
+        "wide.safetensors",
+        vec![("f", F32, vec![2, 3], f32_bytes(&[0.0; 6]))],
+    );
+    let ints = write(
+        "ints.safetensors",
+        vec![("f", I64, vec![2, 2], i64_bytes(&[1, 2, 3, 4]))],
+    );
+    let cases = [
+        (&nan, "holds NaN at row 1, column 0"),
+        (&inf, "holds inf at row 0, column 1"),
+        (
+            &one,
+            "has 1 row(s); FD and KID need at least 2 feature vectors",
+        ),
+        (&wide, "has 2 features per row but `"),
+        (&ints, "has dtype I64; expected F32 or F64"),
+    ];
+    for (bad, want) in cases {
+        let out = run_in_process(&["eval", "--features", &good, bad]);
+        let err = out.failed();
+        assert!(err.contains(want), "{bad}:\n{err}\nwanted: {want}");
+    }
+    let out = run_in_process(&[
+        "eval",
+        "--features",
+        &good,
+        &fixture("eval/features/b.safetensors"),
+    ]);
+    assert!(
+        out.failed()
+            .contains("holds 2 2-D tensors (`logits`, `pool`): name one as")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,5 +1,5 @@
-//! `dtx model inspect`, `dtx model forward` and `dtx eval --features`,
-//! through the command itself.
+//! `dtx model inspect` and `dtx model forward`, through the command itself
+//! (`dtx eval --features`: tests/tests/eval.rs).
 //!
 //! - inspect: snapshots of the shipped source model, the parity fixtures
 //!   (diffusers, ADM safetensors and `.pt`), MLPs and a dtx run; a
@@ -11,11 +11,11 @@
 //!   of the same weights, and an MLP run against a plain f64 implementation
 //!   of docs/models.md's MLP (≤ 1e-4); each bad input is an error naming the
 //!   key, expected and found, and writes nothing.
-//! - eval --features: FD and KID against numpy/scipy
-//!   (`tests/fixtures/eval/make_features.py`, relative error ≤ 1e-6).
 
-use dtx_tests::runs::{dtx_run, out_dir, tensors};
-use dtx_tests::{Output, run_in_process, workspace_root};
+use dtx_tests::files::{Entry, f32_bytes, f32_tensors, i64_bytes, write_safetensors};
+use dtx_tests::run_in_process as dtx;
+use dtx_tests::runs::{dtx_run, out_dir};
+use dtx_tests::workspace_root;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -29,10 +29,6 @@ fn fixture(rel: &str) -> String {
         .to_string()
 }
 
-fn dtx(args: &[&str]) -> Output {
-    run_in_process(args)
-}
-
 /// Paths differ between machines: show them relative.
 fn stable(text: &str, run: Option<&Path>) -> String {
     let mut t = text.to_owned();
@@ -42,39 +38,12 @@ fn stable(text: &str, run: Option<&Path>) -> String {
     t.replace(&workspace_root().display().to_string(), "[ROOT]")
 }
 
-/// F32 tensors of a safetensors file by name.
-fn f32_tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
-    tensors(path)
-        .1
-        .into_iter()
-        .map(|(k, b)| {
-            let v = b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            (k, v)
-        })
-        .collect()
-}
-
 fn max_err(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
-}
-
-fn ok(out: &Output) {
-    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
-}
-
-/// A failed command: exit 1, the error on stderr, no panic, nothing on stdout.
-fn failed(out: &Output) -> &str {
-    assert_eq!(out.code, dtx::cli::EXIT_FAILURE, "stdout:\n{}", out.stdout);
-    assert!(out.stdout.is_empty(), "{}", out.stdout);
-    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
-    &out.stderr
 }
 
 /// The ADM fixture `name` (`plain`: safetensors, `full`: `.pt`) as args.
@@ -125,7 +94,7 @@ fn inspect_snapshots() {
         let mut all = vec!["model", "inspect"];
         all.extend(args.iter().map(String::as_str));
         let out = dtx(&all);
-        ok(&out);
+        out.ok();
         insta::assert_snapshot!(format!("inspect-{name}"), stable(&out.stdout, None));
     }
 }
@@ -135,7 +104,7 @@ fn inspect_snapshots() {
 fn unet_run(name: &str) -> PathBuf {
     let out = out_dir("model-cli", name);
     let path = format!("source.path=\"{}\"", fixture("unet/small"));
-    ok(&dtx_run(
+    dtx_run(
         "shapes-unet.toml",
         &out,
         &[
@@ -147,7 +116,8 @@ fn unet_run(name: &str) -> PathBuf {
             "sample.steps=1",
         ],
         &[],
-    ));
+    )
+    .ok();
     out.join("shapes-unet")
 }
 
@@ -155,12 +125,12 @@ fn unet_run(name: &str) -> PathBuf {
 fn inspect_a_dtx_run() {
     let run = unet_run("inspect");
     let out = dtx(&["model", "inspect", run.to_str().unwrap()]);
-    ok(&out);
+    out.ok();
     insta::assert_snapshot!(stable(&out.stdout, Some(&run)));
     // One of its checkpoints, named directly, is the same model.
     let ckpt = run.join("checkpoints/latest.safetensors");
     let again = dtx(&["model", "inspect", ckpt.to_str().unwrap()]);
-    ok(&again);
+    again.ok();
     assert!(again.stdout.contains("(dtx, a diffusers model)"));
     std::fs::remove_dir_all(run.parent().unwrap()).unwrap();
 }
@@ -182,7 +152,7 @@ fn forward_matches(model_args: &[String], io: &str, reference: &str, out_name: &
         "--points",
         "all",
     ]);
-    ok(&dtx(&args));
+    dtx(&args).ok();
     let got = f32_tensors(&file);
     let want = f32_tensors(Path::new(reference));
     let mut checked = 0;
@@ -240,7 +210,7 @@ fn forward_writes_only_the_points_asked_for() {
         "--points",
         "mid.res.1,temb",
     ]);
-    ok(&out);
+    out.ok();
     let got = f32_tensors(&file);
     assert_eq!(got.keys().collect::<Vec<_>>(), ["mid.res.1", "out", "temb"]);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -324,41 +294,22 @@ fn mlp_reference(
     out
 }
 
-/// Writes `tensors` (name, dtype, shape, little-endian bytes) to `file`.
-fn write_inputs(file: &Path, tensors: &[(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)]) {
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, dt, s, b)| {
-            let v = safetensors::tensor::TensorView::new(*dt, s.clone(), b).unwrap();
-            ((*n).to_owned(), v)
-        })
-        .collect();
-    std::fs::write(file, safetensors::serialize(views, None).unwrap()).unwrap();
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn i64_bytes(v: &[i64]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
 #[test]
 fn forward_runs_a_trained_mlp_on_vectors() {
     use safetensors::Dtype::{F32, I64};
     let out = out_dir("model-cli", "mlp");
-    ok(&dtx_run(
+    dtx_run(
         "two-plugins.toml",
         &out,
         &["train.steps=3", "sample.count=4", "sample.steps=2"],
         &[],
-    ));
+    )
+    .ok();
     let run = out.join("two-plugins");
     // The example plugin's adapters are in the checkpoint, apart from the
     // base model; forward runs the base model alone.
     let shown = dtx(&["model", "inspect", run.to_str().unwrap()]);
-    ok(&shown);
+    shown.ok();
     assert!(
         shown.stdout.contains("(dtx, a mlp model)")
             && shown.stdout.contains("plugin parameters in the checkpoint")
@@ -369,7 +320,7 @@ fn forward_runs_a_trained_mlp_on_vectors() {
     let x = [0.5f32, -1.0, 2.0, 0.25, -0.75, 1.5];
     let t = [0i64, 40, 99];
     let inputs = out.join("in.safetensors");
-    write_inputs(
+    write_safetensors(
         &inputs,
         &[
             ("x", F32, vec![3, 2], f32_bytes(&x)),
@@ -384,7 +335,7 @@ fn forward_runs_a_trained_mlp_on_vectors() {
         args.extend(points);
         dtx(&args)
     };
-    ok(&forward(&["--points", "temb,up.1.res.0"]));
+    forward(&["--points", "temb,up.1.res.0"]).ok();
     let got = f32_tensors(&file);
     assert_eq!(got["temb"].len(), 3 * 64);
     assert_eq!(got["up.1.res.0"].len(), 3 * 64);
@@ -394,7 +345,7 @@ fn forward_runs_a_trained_mlp_on_vectors() {
     let err = max_err(&got["out"], &want);
     assert!(err <= TOLERANCE, "MLP out: max abs error {err}");
     // x must be [B, 2] for this model.
-    write_inputs(
+    write_safetensors(
         &inputs,
         &[
             ("x", F32, vec![2, 3], f32_bytes(&x)),
@@ -403,7 +354,7 @@ fn forward_runs_a_trained_mlp_on_vectors() {
     );
     std::fs::remove_file(&file).unwrap();
     let res = forward(&[]);
-    let err = failed(&res);
+    let err = res.failed();
     assert!(
         err.contains("`x`: expected shape F32 [B, 2], found [2, 3]"),
         "{err}"
@@ -414,16 +365,11 @@ fn forward_runs_a_trained_mlp_on_vectors() {
 
 /// `dtx model forward` of `model` on inputs `tensors`: the error, after
 /// checking that nothing was written.
-fn forward_error(
-    model: &[String],
-    tensors: &[(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)],
-    points: &str,
-    case: &str,
-) -> String {
+fn forward_error(model: &[String], tensors: &[Entry<'_>], points: &str, case: &str) -> String {
     let dir = out_dir("model-cli-err", case);
     std::fs::create_dir_all(&dir).unwrap();
     let inputs = dir.join("in.safetensors");
-    write_inputs(&inputs, tensors);
+    write_safetensors(&inputs, tensors);
     let file = dir.join("out.safetensors");
     let mut args = vec!["model", "forward"];
     args.extend(model.iter().map(String::as_str));
@@ -437,7 +383,7 @@ fn forward_error(
         args.extend(["--points", points]);
     }
     let out = dtx(&args);
-    let err = failed(&out).replace(&inputs.display().to_string(), "IN");
+    let err = out.failed().replace(&inputs.display().to_string(), "IN");
     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
     assert_eq!(left.len(), 1, "{case}: only the input file is there");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -616,13 +562,13 @@ fn a_checkpoint_that_does_not_fit_names_every_key() {
         vec![2],
         f32_bytes(&[1.0, 2.0]),
     ));
-    let list: Vec<(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)> = list
+    let list: Vec<Entry<'_>> = list
         .iter()
         .map(|(k, d, s, b)| (k.as_str(), *d, s.clone(), b.clone()))
         .collect();
-    write_inputs(&dir.join("diffusion_pytorch_model.safetensors"), &list);
+    write_safetensors(&dir.join("diffusion_pytorch_model.safetensors"), &list);
     let out = dtx(&["model", "inspect", dir.to_str().unwrap()]);
-    let err = failed(&out).replace(&dir.display().to_string(), "DIR");
+    let err = out.failed().replace(&dir.display().to_string(), "DIR");
     assert_eq!(
         err.trim_end(),
         "error: DIR/diffusion_pytorch_model.safetensors: the weights do not fit config.json (3 problems):\n  \
@@ -671,156 +617,7 @@ fn inspect_errors_are_clear() {
         let mut all = vec!["model", "inspect"];
         all.extend(args.iter().map(String::as_str));
         let out = dtx(&all);
-        let err = stable(failed(&out), None);
+        let err = stable(out.failed(), None);
         assert!(err.contains(want), "{args:?}:\n{err}\nwanted: {want}");
     }
-}
-
-fn expected() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixture("eval/features/expected.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn eval_json(a: &str, b: &str, extra: &[&str]) -> serde_json::Value {
-    let (a, b) = (
-        fixture(&format!("eval/features/{a}")),
-        fixture(&format!("eval/features/{b}")),
-    );
-    let mut args = vec!["eval", "--features", &a, &b, "--json"];
-    args.extend(extra);
-    let out = dtx(&args);
-    ok(&out);
-    serde_json::from_str(&out.stdout).unwrap()
-}
-
-fn close(got: f64, want: f64, what: &str) {
-    let rel = (got - want).abs() / want.abs();
-    assert!(rel <= 1e-6, "{what}: {got} vs {want} (relative {rel})");
-}
-
-#[test]
-fn eval_features_matches_numpy_and_scipy() {
-    let e = expected();
-    // F32 against F64 (the key named); one 2-D tensor found by itself.
-    let v = eval_json("a.safetensors", "b.safetensors:pool", &[]);
-    close(
-        v["fd"].as_f64().unwrap(),
-        e["a_b"]["fd"].as_f64().unwrap(),
-        "FD a_b",
-    );
-    close(
-        v["kid"].as_f64().unwrap(),
-        e["a_b"]["kid"].as_f64().unwrap(),
-        "KID a_b",
-    );
-    assert_eq!(v["a"]["key"], "features");
-    assert_eq!(v["kid_subsets"]["subsets"], 100);
-    assert_eq!(v["kid_subsets"]["subset_size"], 50);
-    // More features than rows (singular covariances); with equal counts and
-    // subsets of every row, each subset is the whole set in another order:
-    // the subset mean is the full-set KID and the spread is zero.
-    let v = eval_json(
-        "c.safetensors",
-        "d.safetensors",
-        &["--kid-subsets", "3", "--kid-subset-size", "24"],
-    );
-    close(
-        v["fd"].as_f64().unwrap(),
-        e["c_d"]["fd"].as_f64().unwrap(),
-        "FD c_d",
-    );
-    let kid = e["c_d"]["kid"].as_f64().unwrap();
-    close(v["kid"].as_f64().unwrap(), kid, "KID c_d");
-    close(
-        v["kid_subsets"]["mean"].as_f64().unwrap(),
-        kid,
-        "KID subsets c_d",
-    );
-    assert!(v["kid_subsets"]["std"].as_f64().unwrap() < 1e-12);
-    // Text output says the same.
-    let out = dtx(&[
-        "eval",
-        "--features",
-        &fixture("eval/features/c.safetensors"),
-        &fixture("eval/features/d.safetensors"),
-    ]);
-    ok(&out);
-    assert!(out.stdout.contains("FD   21.59748"), "{}", out.stdout);
-    assert!(
-        out.stdout.contains("(100 subsets of 24, seed 0)"),
-        "{}",
-        out.stdout
-    );
-}
-
-#[test]
-fn bad_feature_files_are_clear_errors() {
-    use safetensors::Dtype::{F32, F64, I64};
-    let dir = out_dir("model-cli", "features");
-    std::fs::create_dir_all(&dir).unwrap();
-    let write = |name: &str, t: Vec<(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)>| {
-        let p = dir.join(name);
-        write_inputs(&p, &t);
-        p.display().to_string()
-    };
-    let good = write(
-        "good.safetensors",
-        vec![(
-            "f",
-            F32,
-            vec![3, 2],
-            f32_bytes(&[1.0, 2.0, 3.0, 4.0, 5.0, 7.0]),
-        )],
-    );
-    let nan = write(
-        "nan.safetensors",
-        vec![("f", F32, vec![2, 2], f32_bytes(&[1.0, 2.0, f32::NAN, 4.0]))],
-    );
-    let inf = write(
-        "inf.safetensors",
-        vec![(
-            "f",
-            F64,
-            vec![2, 2],
-            [1.0f64, f64::INFINITY, 0.0, 4.0]
-                .iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect(),
-        )],
-    );
-    let one = write(
-        "one.safetensors",
-        vec![("f", F32, vec![1, 2], f32_bytes(&[1.0, 2.0]))],
-    );
-    let wide = write(
-        "wide.safetensors",
-        vec![("f", F32, vec![2, 3], f32_bytes(&[0.0; 6]))],
-    );
-    let ints = write(
-        "ints.safetensors",
-        vec![("f", I64, vec![2, 2], i64_bytes(&[1, 2, 3, 4]))],
-    );
-    let cases = [
-        (&nan, "holds NaN at row 1, column 0"),
-        (&inf, "holds inf at row 0, column 1"),
-        (
-            &one,
-            "has 1 row(s); FD and KID need at least 2 feature vectors",
-        ),
-        (&wide, "has 2 features per row but `"),
-        (&ints, "has dtype I64; expected F32 or F64"),
-    ];
-    for (bad, want) in cases {
-        let out = dtx(&["eval", "--features", &good, bad]);
-        let err = failed(&out);
-        assert!(err.contains(want), "{bad}:\n{err}\nwanted: {want}");
-    }
-    let out = dtx(&[
-        "eval",
-        "--features",
-        &good,
-        &fixture("eval/features/b.safetensors"),
-    ]);
-    assert!(failed(&out).contains("holds 2 2-D tensors (`logits`, `pool`): name one as"));
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -4,6 +4,15 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// The path of `tests/fixtures/<rel>`, as text (for command arguments).
+pub fn fixture(rel: &str) -> String {
+    crate::workspace_root()
+        .join("tests/fixtures")
+        .join(rel)
+        .display()
+        .to_string()
+}
+
 /// One tensor to write: name, dtype, shape, little-endian bytes.
 pub type Entry<'a> = (&'a str, safetensors::Dtype, Vec<usize>, Vec<u8>);
 

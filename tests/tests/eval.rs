@@ -6,9 +6,9 @@
 //! relative error ≤ 1e-6) and each bad file's error.
 
 use dtx::data::shapes::ShapesConfig;
-use dtx_tests::files::{Entry, f32_bytes, i64_bytes, write_safetensors};
+use dtx_tests::files::{Entry, f32_bytes, fixture, i64_bytes, write_safetensors};
+use dtx_tests::run_in_process;
 use dtx_tests::runs::{dtx_run, out_dir};
-use dtx_tests::{run_in_process, workspace_root};
 use std::path::Path;
 
 const ALL_METRICS: &str = r#"eval.metrics=["kid", "fd", "nearest", "source_distance"]"#;
@@ -169,14 +169,6 @@ fn dtx_eval_compares_folders_of_images() {
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("unknown metric `kdi`"), "{}", r.stderr);
     let _ = std::fs::remove_dir_all(&root);
-}
-
-fn fixture(rel: &str) -> String {
-    workspace_root()
-        .join("tests/fixtures")
-        .join(rel)
-        .display()
-        .to_string()
 }
 
 /// `tests/fixtures/eval/features/expected.json`: numpy/scipy's numbers

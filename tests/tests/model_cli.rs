@@ -12,7 +12,7 @@
 //!   of docs/models.md's MLP (≤ 1e-4); each bad input is an error naming the
 //!   key, expected and found, and writes nothing.
 
-use dtx_tests::files::{Entry, f32_bytes, f32_tensors, i64_bytes, write_safetensors};
+use dtx_tests::files::{Entry, f32_bytes, f32_tensors, fixture, i64_bytes, write_safetensors};
 use dtx_tests::run_in_process as dtx;
 use dtx_tests::runs::{dtx_run, out_dir};
 use dtx_tests::workspace_root;
@@ -20,14 +20,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 const TOLERANCE: f32 = 1e-4;
-
-fn fixture(rel: &str) -> String {
-    workspace_root()
-        .join("tests/fixtures")
-        .join(rel)
-        .display()
-        .to_string()
-}
 
 /// Paths differ between machines: show them relative.
 fn stable(text: &str, run: Option<&Path>) -> String {

@@ -2,6 +2,7 @@
 //! injection points, and one forward pass on the user's inputs, for holding
 //! dtx against diffusers or guided-diffusion tensor by tensor.
 
+use crate::manifest::plan::thousands;
 use crate::model::open::{OpenedModel, at_resolution, block_counts, config_table, open};
 use serde_json::{Value, json};
 use std::io::Write;
@@ -84,19 +85,6 @@ pub fn run(command: &ModelCommand, out: &mut dyn Write) -> anyhow::Result<()> {
             super::model_forward::run(a, &m, out)
         }
     }
-}
-
-/// `1234567` as `1,234,567`.
-fn grouped(n: usize) -> String {
-    let digits = n.to_string();
-    let mut s = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            s.push(',');
-        }
-        s.push(c);
-    }
-    s
 }
 
 fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -191,12 +179,12 @@ fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     writeln!(
         out,
         "\nparameters: {} in {} tensors",
-        grouped(total),
+        thousands(total),
         parameters.len()
     )?;
     let width = blocks.iter().map(|(b, _)| b.len()).max().unwrap_or(0);
     for (b, n) in &blocks {
-        writeln!(out, "  {b:<width$}  {:>12}", grouped(*n))?;
+        writeln!(out, "  {b:<width$}  {:>12}", thousands(*n))?;
     }
     if !m.plugin_parameters.is_empty() {
         let mut per: Vec<(String, usize)> = Vec::new();
@@ -213,11 +201,11 @@ fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             out,
             "\nplugin parameters in the checkpoint (not part of the base model; \
              `dtx model forward` runs the base model alone): {}",
-            grouped(n)
+            thousands(n)
         )?;
         let width = per.iter().map(|(i, _)| i.len()).max().unwrap_or(0);
         for (inst, c) in &per {
-            writeln!(out, "  {inst:<width$}  {:>12}", grouped(*c))?;
+            writeln!(out, "  {inst:<width$}  {:>12}", thousands(*c))?;
         }
     }
     match d.resolution {
@@ -234,18 +222,4 @@ fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         writeln!(out, "  {:<width$}  {shape:<16}  {}", p.name, p.module)?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::grouped;
-
-    #[test]
-    fn thousands_are_grouped() {
-        assert_eq!(grouped(0), "0");
-        assert_eq!(grouped(999), "999");
-        assert_eq!(grouped(1000), "1,000");
-        assert_eq!(grouped(702_499), "702,499");
-        assert_eq!(grouped(12_345_678), "12,345,678");
-    }
 }

@@ -394,7 +394,7 @@ fn stages(
 }
 
 /// `1234567` → `1,234,567`.
-fn thousands(n: usize) -> String {
+pub(crate) fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {

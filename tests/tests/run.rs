@@ -83,18 +83,19 @@ fn a_run_writes_its_folder() {
 
 #[test]
 fn resume_continues_bit_identically() {
-    // The MLP on points, and the U-Net on images (flips, EMA, warmup).
-    for (name, steps, half, samples) in [
-        ("gmm-mlp", 20, 10, "samples.json"),
-        ("shapes-unet", 4, 2, "samples/00003.png"),
+    // The MLP on points, the U-Net on images (flips, EMA, warmup), and an
+    // ADM checkpoint with dropout (its masks from the run's seed).
+    let dropout: &[&str] = &["source.config.dropout=0.3", "train.ema={decay=0.9}"];
+    for (name, steps, half, samples, sets) in [
+        ("gmm-mlp", 20, 10, "samples.json", &[][..]),
+        ("shapes-unet", 4, 2, "samples/00003.png", &[][..]),
+        ("adm-pt", 4, 2, "samples/00001.png", dropout),
     ] {
         let run = |extra: &[&str], out: &PathBuf| {
-            let r = dtx_run(
-                &format!("{name}.toml"),
-                out,
-                &[&format!("train.steps={steps}"), "sample.count=4"],
-                extra,
-            );
+            let steps = format!("train.steps={steps}");
+            let mut all = vec![steps.as_str(), "sample.count=4"];
+            all.extend(sets);
+            let r = dtx_run(&format!("{name}.toml"), out, &all, extra);
             assert_eq!(r.code, 0, "{}", r.stderr);
             r
         };
@@ -329,6 +330,28 @@ fn an_adm_checkpoint_fine_tunes_class_conditionally_and_samples_with_learned_var
     );
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("has class label 5"), "{}", r.stderr);
+}
+
+/// A `dropout` in the ADM flags changes what a training step computes: the
+/// first step's loss, from the same batch and noise, differs from the run
+/// without dropout, and `dropout = 0` is that run exactly. (That the eval
+/// forward ignores dropout is tested in `model::unet::tests`.)
+#[test]
+fn adm_dropout_changes_the_training_forward() {
+    let loss = |sets: &[&str], name: &str| {
+        let out = out_dir(name);
+        let mut all = vec!["train.steps=1", "sample.count=2"];
+        all.extend(sets);
+        let r = dtx_run("adm-pt.toml", &out, &all, &[]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let metrics = std::fs::read_to_string(out.join("adm-pt/metrics.jsonl")).unwrap();
+        first_step(&metrics)["loss.simple"].as_f64().unwrap()
+    };
+    let plain = loss(&[], "adm-no-dropout");
+    let same = loss(&["source.config.dropout=0.0"], "adm-dropout-0");
+    let dropped = loss(&["source.config.dropout=0.5"], "adm-dropout");
+    assert_eq!(plain, same);
+    assert!((plain - dropped).abs() > 1e-6, "{plain} vs {dropped}");
 }
 
 #[test]

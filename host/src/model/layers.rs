@@ -17,6 +17,9 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::module::{avg_pool2d, conv2d, interpolate};
 use burn::tensor::ops::{ConvOptions, FloatTensor, InterpolateMode, InterpolateOptions, PadMode};
 use burn::tensor::{Tensor, TensorData, TensorPrimitive, activation};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 /// The parameter map the forward reads.
@@ -190,8 +193,43 @@ pub(crate) const DIFFUSERS_RESNET: ResnetKeys = ResnetKeys {
     shortcut: "conv_shortcut",
 };
 
+/// The random stream of a training forward's dropout masks: seeded by the
+/// run per step, so a step draws the same masks on every backend and after a
+/// resume. A forward without one (sampling, validation, the frozen source,
+/// `dtx model forward`) applies no dropout, as PyTorch's eval mode.
+pub struct DropoutRng(RefCell<StdRng>);
+
+impl DropoutRng {
+    /// A stream from `seed`.
+    pub fn new(seed: u64) -> Self {
+        DropoutRng(RefCell::new(StdRng::seed_from_u64(seed)))
+    }
+}
+
+/// `nn.Dropout(p)` in training mode (Srivastava et al., *Dropout*, JMLR
+/// 2014): each value kept with probability 1 − p and then divided by
+/// 1 − p, else zeroed; the mask drawn from `rng` in row-major order.
+pub(crate) fn dropout<B: AutodiffBackend, const D: usize>(
+    x: Tensor<B, D>,
+    p: f64,
+    rng: &DropoutRng,
+) -> Tensor<B, D> {
+    if p <= 0.0 {
+        return x;
+    }
+    let keep = 1.0 - p;
+    let scale = (1.0 / keep) as f32;
+    let n = x.shape().num_elements();
+    let mut r = rng.0.borrow_mut();
+    let mask: Vec<f32> = (0..n)
+        .map(|_| if r.random::<f64>() < keep { scale } else { 0.0 })
+        .collect();
+    let mask = Tensor::<B, D>::from_data(TensorData::new(mask, x.shape()), &x.device());
+    x * mask
+}
+
 /// How a [`resnet`] is set up.
-pub(crate) struct ResnetSpec {
+pub(crate) struct ResnetSpec<'a> {
     /// Layer names.
     pub keys: &'static ResnetKeys,
     /// `norm1` / `norm2` groups.
@@ -202,6 +240,9 @@ pub(crate) struct ResnetSpec {
     pub scale_shift: bool,
     /// `output_scale_factor` (1, or the mid block's `mid_block_scale_factor`).
     pub output_scale: f64,
+    /// Dropout before `conv2`: its rate and the training step's stream;
+    /// `None` (or a rate of 0) for none.
+    pub dropout: Option<(f64, &'a DropoutRng)>,
 }
 
 /// A resolution change inside a residual block (guided-diffusion's
@@ -239,7 +280,7 @@ impl Resample {
 /// p = emb_proj(silu(temb))                           (temb_act is silu(temb))
 /// default:     h = norm2(h + p)
 /// scale_shift: h = norm2(h) · (1 + p[:C]) + p[C:]
-/// h = conv2(silu(h))
+/// h = conv2(dropout(silu(h)))                        (dropout only in training)
 /// out = (shortcut(x) or x + h) / output_scale
 /// ```
 ///
@@ -274,13 +315,12 @@ pub(crate) fn resnet<B: AutodiffBackend>(
     } else {
         group_norm(params, &norm2, h + p.reshape([b, c, 1, 1]), s.groups, s.eps)
     };
-    let h = conv(
-        params,
-        &format!("{pre}.{}", k.conv2),
-        activation::silu(h),
-        1,
-        1,
-    );
+    let h = activation::silu(h);
+    let h = match s.dropout {
+        Some((p, rng)) => dropout(h, p, rng),
+        None => h,
+    };
+    let h = conv(params, &format!("{pre}.{}", k.conv2), h, 1, 1);
     let shortcut = format!("{pre}.{}", k.shortcut);
     let x = if params.contains_key(&format!("{shortcut}.weight")) {
         conv(params, &shortcut, x, 1, 0)
@@ -434,6 +474,26 @@ mod tests {
                 Tensor::<B, 1>::zeros([c], &dev).into_primitive().tensor(),
             ),
         ])
+    }
+
+    #[test]
+    fn dropout_zeroes_a_fraction_p_and_rescales_the_rest() {
+        let dev = Default::default();
+        let x = Tensor::<B, 2>::ones([100, 100], &dev);
+        let v = |t: Tensor<B, 2>| t.into_data().to_vec::<f32>().unwrap();
+        let a = v(dropout(x.clone(), 0.25, &DropoutRng::new(7)));
+        // 10 000 Bernoulli(0.25) draws: sd of the fraction 0.0043; 0.02 is
+        // more than 4 sd.
+        let zeros = a.iter().filter(|&&z| z == 0.0).count() as f64 / 1e4;
+        assert!((zeros - 0.25).abs() < 0.02, "{zeros}");
+        assert!(a.iter().all(|&z| z == 0.0 || z == 1.0 / 0.75));
+        // the same stream gives the same mask; another seed another one
+        assert_eq!(a, v(dropout(x.clone(), 0.25, &DropoutRng::new(7))));
+        assert_ne!(a, v(dropout(x.clone(), 0.25, &DropoutRng::new(8))));
+        // p = 0 is the identity and draws nothing
+        let rng = DropoutRng::new(7);
+        assert_eq!(v(dropout(x.clone(), 0.0, &rng)), v(x.clone()));
+        assert_eq!(a, v(dropout(x, 0.25, &rng)));
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub use describe::{
     ConfigProblem, ModelDescription, Point, describe, dtx_checkpoint, dtx_run_folder,
 };
 pub use error::{KeyLocation, ModelError, Origin};
+pub use layers::DropoutRng;
 pub use safetensors_header::{TensorHeader, read_safetensors_header};
 
 inventory::submit! { crate::registry::Builtin { kind: "model", name: "diffusers", description: "diffusers UNet2DModel folder (config.json + safetensors); described by dtx plan" } }

@@ -7,6 +7,7 @@
 
 use super::ModelDescription;
 use super::adm_net::{AdmNet, load_weights};
+use super::layers::DropoutRng;
 use super::mlp_net::{MlpNet, PointHook};
 use super::unet::{UNet2D, load_safetensors};
 use crate::tensor_abi::ParamStore;
@@ -97,10 +98,34 @@ impl Net {
         labels: Option<IntTensor<B>>,
         hook: &mut PointHook<'_, B, E>,
     ) -> Result<P<B>, E> {
+        self.forward_with::<B, E>(params, x, t, labels, hook, None)
+    }
+
+    /// [`Self::forward`], in training mode when `dropout` is given: the
+    /// U-Nets' residual blocks apply their config's `dropout` rate with
+    /// masks from that stream (the MLP has no dropout).
+    pub fn forward_with<B: AutodiffBackend, E>(
+        &self,
+        params: &HashMap<String, P<B>>,
+        x: P<B>,
+        t: P<B>,
+        labels: Option<IntTensor<B>>,
+        hook: &mut PointHook<'_, B, E>,
+        dropout: Option<&DropoutRng>,
+    ) -> Result<P<B>, E> {
         match self {
             Net::Mlp(m) => m.forward::<B, E>(params, x, t, labels, hook),
-            Net::UNet(u) => u.forward::<B, E>(params, x, t, labels, hook),
-            Net::Adm(a) => a.forward::<B, E>(params, x, t, labels, hook),
+            Net::UNet(u) => u.forward_with::<B, E>(params, x, t, labels, hook, dropout),
+            Net::Adm(a) => a.forward_with::<B, E>(params, x, t, labels, hook, dropout),
+        }
+    }
+
+    /// The dropout rate of the net's residual blocks (0 for the MLP).
+    pub fn dropout(&self) -> f64 {
+        match self {
+            Net::Mlp(_) => 0.0,
+            Net::UNet(u) => u.dropout,
+            Net::Adm(a) => a.dropout,
         }
     }
 

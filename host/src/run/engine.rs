@@ -17,6 +17,7 @@ use crate::diffusion::prediction::Prediction;
 use crate::diffusion::schedule::Schedule;
 use crate::manifest::plan::Plan;
 use crate::manifest::{Init, Schedule as ScheduleKind, SourceKind, Trainable};
+use crate::model::DropoutRng;
 use crate::model::net::Net;
 use crate::plugins::{Instance, LossArgs};
 use crate::tensor_abi::{DataService, Session, Stored};
@@ -118,6 +119,9 @@ pub(super) fn progress_spinner(quiet: bool, what: &str) -> Option<indicatif::Pro
         b
     })
 }
+
+/// Mixed into the run seed for the dropout masks' stream.
+const DROPOUT_STREAM: u64 = 0xD50F_0D50_F0D5_0F0D;
 
 /// The RNG of step `s`: independent streams per step, the same on resume.
 pub(super) fn step_rng(seed: u64, step: u64) -> StdRng {
@@ -326,6 +330,7 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         data_channels: example[0],
         classes,
         sampling_weights: RefCell::new(None),
+        dropout: RefCell::new(None),
         sample_masks,
         condition,
     });
@@ -458,6 +463,10 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
             let timer = std::time::Instant::now();
             let mut rng = step_rng(m.run.seed, step);
             Session::<B>::with(|s| s.rng = StdRng::seed_from_u64(rng.random()))?;
+            // The U-Nets' dropout draws from a stream of its own, so that a
+            // config without dropout trains exactly as before.
+            *engine.dropout.borrow_mut() = (engine.net.dropout() > 0.0)
+                .then(|| DropoutRng::new(step_rng(m.run.seed ^ DROPOUT_STREAM, step).random()));
             let b = { d.borrow_mut().0.iter.next_batch() };
             let flips = flip.then_some(b.flips.as_slice());
             let (x0, labels) = d

@@ -43,6 +43,10 @@ pub(super) struct Engine<B: AutodiffBackend> {
     pub(super) sampling_weights: RefCell<Option<HashMap<String, P<B>>>>,
     /// The masks samples are conditioned on in turn (`sample.masks`).
     pub(super) sample_masks: Option<Dataset>,
+    /// The current training step's dropout stream (for a U-Net whose
+    /// `dropout` is positive), used by the objective's forward alone, not
+    /// by the forwards plugins ask for, validation or sampling.
+    pub(super) dropout: RefCell<Option<crate::model::DropoutRng>>,
     /// The `[condition]` encoder and the embedding forwards see.
     pub(super) condition: Option<super::condition::RunCondition<B>>,
 }
@@ -156,8 +160,14 @@ impl<B: AutodiffBackend> Engine<B> {
         let t_stored = Stored::Float(t.clone());
         let labels2 = labels.clone();
         let cond = self.current_condition();
-        self.net
-            .forward::<B, AbiError>(params, x, t, labels, &mut |point, h, temb| {
+        let dropout = self.dropout.borrow();
+        let dropout = dropout.as_ref().filter(|_| training);
+        self.net.forward_with::<B, AbiError>(
+            params,
+            x,
+            t,
+            labels,
+            &mut |point, h, temb| {
                 let mut h = h;
                 // a plugin whose hook is running (its cell is taken) is skipped
                 for mut inst in self
@@ -179,7 +189,9 @@ impl<B: AutodiffBackend> Engine<B> {
                         .map_err(|e| AbiError::new(e.error.kind, e.to_string()))?;
                 }
                 Ok(h)
-            })
+            },
+            dropout,
+        )
     }
 
     pub(super) fn source_forward(

@@ -66,6 +66,8 @@ pub struct AdmNet {
     pub num_classes: Option<usize>,
     /// `use_new_attention_order`.
     pub attention_order: AttentionOrder,
+    /// `dropout`: each ResBlock's rate in `out_layers`, in training only.
+    pub dropout: f64,
 }
 
 fn invalid(key: &str, reason: String) -> AdmError {
@@ -140,6 +142,7 @@ impl AdmNet {
             } else {
                 AttentionOrder::Legacy
             },
+            dropout: d.f64_value("dropout")?,
         };
         net.check()?;
         Ok(net)

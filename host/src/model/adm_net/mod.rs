@@ -21,8 +21,9 @@
 //! `num_head_channels`, `num_heads_upsample`, `use_scale_shift_norm`,
 //! `resblock_updown`, `learn_sigma`, `class_cond`, `use_new_attention_order`).
 //! `use_fp16` and `use_checkpoint` change neither names nor results (the host
-//! computes in f32, as `GroupNorm32` does); `dropout` is not applied (the
-//! forward is deterministic, as guided-diffusion's in eval mode).
+//! computes in f32, as `GroupNorm32` does). `dropout` applies in the
+//! training forward alone ([`AdmNet::forward_with`] with the step's
+//! `DropoutRng`); every other forward is guided-diffusion's in eval mode.
 //!
 //! # Injection points and skip connections
 //!
@@ -52,7 +53,7 @@ pub use error::AdmError;
 pub use weights::load_weights;
 
 use crate::model::layers::{
-    Resample, ResnetKeys, ResnetSpec, conv, embed_time, group_norm, resnet, tensor,
+    DropoutRng, Resample, ResnetKeys, ResnetSpec, conv, embed_time, group_norm, resnet, tensor,
     timestep_embedding, upsample,
 };
 use crate::model::mlp_net::PointHook;
@@ -78,8 +79,11 @@ const ADM_RESBLOCK: ResnetKeys = ResnetKeys {
 };
 
 impl AdmNet {
-    fn spec(&self) -> ResnetSpec {
+    fn spec<'a>(&self, dropout: Option<&'a DropoutRng>) -> ResnetSpec<'a> {
         ResnetSpec {
+            dropout: dropout
+                .filter(|_| self.dropout > 0.0)
+                .map(|r| (self.dropout, r)),
             keys: &ADM_RESBLOCK,
             groups: GROUPS,
             eps: EPS,
@@ -109,10 +113,25 @@ impl AdmNet {
         labels: Option<IntTensor<B>>,
         hook: &mut PointHook<'_, B, E>,
     ) -> Result<P<B>, E> {
+        self.forward_with::<B, E>(params, x, t, labels, hook, None)
+    }
+
+    /// [`Self::forward`] in training mode when `dropout` is given: each
+    /// residual block's dropout (the config's `dropout` rate) draws its
+    /// mask from that stream.
+    pub fn forward_with<B: AutodiffBackend, E>(
+        &self,
+        params: &HashMap<String, P<B>>,
+        x: P<B>,
+        t: P<B>,
+        labels: Option<IntTensor<B>>,
+        hook: &mut PointHook<'_, B, E>,
+        dropout: Option<&DropoutRng>,
+    ) -> Result<P<B>, E> {
         let c = &self.channels;
         let levels = self.levels();
         let nrb = self.num_res_blocks;
-        let spec = self.spec();
+        let spec = self.spec(dropout);
 
         // 1. time (and class) embedding -> `temb`:
         //    emb = time_embed(timestep_embedding(t, num_channels)) (+ label_emb(y))

@@ -72,6 +72,8 @@ pub struct UNet2D {
     pub mid_block_scale_factor: f64,
     /// `center_input_sample`: the input is mapped `x -> 2x - 1` first.
     pub center_input_sample: bool,
+    /// `dropout`: each resnet's rate before `conv2`, in training only.
+    pub dropout: f64,
 }
 
 impl From<ConfigProblem> for UNetError {
@@ -164,6 +166,7 @@ impl UNet2D {
             downsample_padding: d.usize_value("downsample_padding")?,
             mid_block_scale_factor: d.f64_value("mid_block_scale_factor")?,
             center_input_sample: d.bool_value("center_input_sample")?,
+            dropout: d.f64_value("dropout")?,
             block_out_channels: channels,
         };
         if net.downsample_padding > 1 {

@@ -43,8 +43,8 @@ pub use error::{UNetError, WeightProblem};
 pub use weights::{load_safetensors, weights_file};
 
 use crate::model::layers::{
-    DIFFUSERS_RESNET, Resample, ResnetSpec, attention, conv, downsample, embed_time, group_norm,
-    resnet, tensor, upsample,
+    DIFFUSERS_RESNET, DropoutRng, Resample, ResnetSpec, attention, conv, downsample, embed_time,
+    group_norm, resnet, tensor, upsample,
 };
 use crate::model::mlp_net::PointHook;
 use burn::tensor::backend::AutodiffBackend;
@@ -55,8 +55,11 @@ use std::collections::HashMap;
 type P<B> = FloatTensor<B>;
 
 impl UNet2D {
-    fn spec(&self, output_scale: f64) -> ResnetSpec {
+    fn spec<'a>(&self, output_scale: f64, dropout: Option<&'a DropoutRng>) -> ResnetSpec<'a> {
         ResnetSpec {
+            dropout: dropout
+                .filter(|_| self.dropout > 0.0)
+                .map(|r| (self.dropout, r)),
             keys: &DIFFUSERS_RESNET,
             groups: self.norm_num_groups,
             eps: self.norm_eps,
@@ -82,6 +85,21 @@ impl UNet2D {
         t: P<B>,
         labels: Option<IntTensor<B>>,
         hook: &mut PointHook<'_, B, E>,
+    ) -> Result<P<B>, E> {
+        self.forward_with::<B, E>(params, x, t, labels, hook, None)
+    }
+
+    /// [`Self::forward`] in training mode when `dropout` is given: each
+    /// residual block's dropout (the config's `dropout` rate) draws its
+    /// mask from that stream.
+    pub fn forward_with<B: AutodiffBackend, E>(
+        &self,
+        params: &HashMap<String, P<B>>,
+        x: P<B>,
+        t: P<B>,
+        labels: Option<IntTensor<B>>,
+        hook: &mut PointHook<'_, B, E>,
+        dropout: Option<&DropoutRng>,
     ) -> Result<P<B>, E> {
         let c = &self.block_out_channels;
         let levels = self.levels();
@@ -119,7 +137,7 @@ impl UNet2D {
 
         // One layer of a down or up block: resnet -> injection point ->
         // attention (Attn blocks).
-        let spec = self.spec(1.0);
+        let spec = self.spec(1.0, dropout);
         type At<'h, B, E> = dyn FnMut(&str, Tensor<B, 4>, &P<B>) -> Result<Tensor<B, 4>, E> + 'h;
         let layer = |at: &mut At<'_, B, E>,
                      block: &str,
@@ -185,7 +203,7 @@ impl UNet2D {
         // 4. mid: resnet -> point -> attention -> resnet -> point
         if self.mid_block {
             let m = self.mid_block_scale_factor;
-            let mid = self.spec(m);
+            let mid = self.spec(m, dropout);
             h = resnet(
                 params,
                 "mid_block.resnets.0",

@@ -137,6 +137,41 @@ fn parameters_match_the_checkpoint_header() {
     }
 }
 
+/// With `dropout` in the config, a forward given a dropout stream differs
+/// from the eval forward, repeats itself for the same stream, and a
+/// forward without one is still diffusers' eval output; a config without
+/// dropout ignores the stream.
+#[test]
+fn dropout_applies_only_in_training_and_only_when_configured() {
+    let dir = fixture("small");
+    let (net, params) = net_and_params(&dir);
+    let io = io(&dir);
+    let (xs, xv) = &io["x"];
+    let (ts, tv) = &io["timesteps"];
+    let fwd = |net: &UNet2D, rng: Option<&DropoutRng>| {
+        values(
+            &net.forward_with::<B, ()>(
+                &params,
+                prim(xs, xv),
+                prim(ts, tv),
+                None,
+                &mut |_, h, _| Ok(h),
+                rng,
+            )
+            .unwrap(),
+        )
+    };
+    let eval = fwd(&net, None);
+    assert!(max_err(&eval, &io["output"].1) <= TOLERANCE);
+    assert_eq!(fwd(&net, Some(&DropoutRng::new(1))), eval, "dropout 0");
+    let mut dropping = net.clone();
+    dropping.dropout = 0.3;
+    let a = fwd(&dropping, Some(&DropoutRng::new(1)));
+    assert!(max_err(&a, &eval) > 1e-3);
+    assert_eq!(a, fwd(&dropping, Some(&DropoutRng::new(1))));
+    assert_eq!(fwd(&dropping, None), eval);
+}
+
 #[test]
 fn a_missing_key_is_named_with_its_file() {
     let src = fixture("small");

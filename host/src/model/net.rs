@@ -115,8 +115,8 @@ impl Net {
     ) -> Result<P<B>, E> {
         match self {
             Net::Mlp(m) => m.forward::<B, E>(params, x, t, labels, hook),
-            Net::UNet(u) => u.forward_with::<B, E>(params, x, t, labels, hook, dropout),
-            Net::Adm(a) => a.forward_with::<B, E>(params, x, t, labels, hook, dropout),
+            Net::UNet(u) => u.forward::<B, E>(params, x, t, labels, hook, dropout),
+            Net::Adm(a) => a.forward::<B, E>(params, x, t, labels, hook, dropout),
         }
     }
 

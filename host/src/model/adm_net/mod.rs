@@ -102,24 +102,13 @@ impl AdmNet {
     /// (Nichol & Dhariwal 2021, eq. 15) concatenated along channels; the
     /// caller splits them (`diffusion::prediction::split_learned_sigma`).
     ///
+    /// `dropout`: the training step's stream, with which every ResBlock
+    /// applies the config's `dropout` rate; `None` is eval mode.
+    ///
     /// # Shapes
     /// - x: `[B, in_channels, S, S]`, t: `[B]`, labels: `[B]`
     /// - output: `[B, out_channels, S, S]`
     pub fn forward<B: AutodiffBackend, E>(
-        &self,
-        params: &HashMap<String, P<B>>,
-        x: P<B>,
-        t: P<B>,
-        labels: Option<IntTensor<B>>,
-        hook: &mut PointHook<'_, B, E>,
-    ) -> Result<P<B>, E> {
-        self.forward_with::<B, E>(params, x, t, labels, hook, None)
-    }
-
-    /// [`Self::forward`] in training mode when `dropout` is given: each
-    /// residual block's dropout (the config's `dropout` rate) draws its
-    /// mask from that stream.
-    pub fn forward_with<B: AutodiffBackend, E>(
         &self,
         params: &HashMap<String, P<B>>,
         x: P<B>,

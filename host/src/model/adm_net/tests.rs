@@ -111,6 +111,7 @@ fn run(
                     _ => h,
                 })
             },
+            None,
         )
         .unwrap();
     values(&out)
@@ -225,6 +226,7 @@ fn gradients_reach_the_weights_through_every_stage() {
             prim(ts, tv),
             labels(&io),
             &mut |_, h, _| Ok(h),
+            None,
         )
         .unwrap();
     let grads = tensor::<B, 4>(&out).powf_scalar(2.0).sum().backward();

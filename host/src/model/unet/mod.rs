@@ -73,26 +73,14 @@ impl UNet2D {
     /// `labels` for a class-conditional model, calling
     /// `hook(point, h, temb)` at every injection point in forward order (see
     /// the module doc). Without `labels` no class embedding is added
-    /// (diffusers raises instead).
+    /// (diffusers raises instead). `dropout`: the training step's stream,
+    /// with which every resnet applies the config's `dropout` rate; `None`
+    /// is eval mode.
     ///
     /// # Shapes
     /// - x: `[B, in_channels, S, S]`, t: `[B]`, labels: `[B]`
     /// - output: `[B, out_channels, S, S]`
     pub fn forward<B: AutodiffBackend, E>(
-        &self,
-        params: &HashMap<String, P<B>>,
-        x: P<B>,
-        t: P<B>,
-        labels: Option<IntTensor<B>>,
-        hook: &mut PointHook<'_, B, E>,
-    ) -> Result<P<B>, E> {
-        self.forward_with::<B, E>(params, x, t, labels, hook, None)
-    }
-
-    /// [`Self::forward`] in training mode when `dropout` is given: each
-    /// residual block's dropout (the config's `dropout` rate) draws its
-    /// mask from that stream.
-    pub fn forward_with<B: AutodiffBackend, E>(
         &self,
         params: &HashMap<String, P<B>>,
         x: P<B>,

@@ -64,6 +64,7 @@ fn run(
                     h
                 })
             },
+            None,
         )
         .unwrap();
     values(&out)
@@ -150,7 +151,7 @@ fn dropout_applies_only_in_training_and_only_when_configured() {
     let (ts, tv) = &io["timesteps"];
     let fwd = |net: &UNet2D, rng: Option<&DropoutRng>| {
         values(
-            &net.forward_with::<B, ()>(
+            &net.forward::<B, ()>(
                 &params,
                 prim(xs, xv),
                 prim(ts, tv),
@@ -244,6 +245,7 @@ fn gradients_reach_the_weights_through_every_stage() {
             prim(ts, tv),
             Some(labels),
             &mut |_, h, _| Ok(h),
+            None,
         )
         .unwrap();
     let loss = tensor::<B, 4>(&out).powf_scalar(2.0).sum();

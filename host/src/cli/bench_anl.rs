@@ -135,11 +135,15 @@ pub fn run(a: &AnlArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Some(d) = a.mask_rates.iter().find(|d| !(0.0..1.0).contains(*d)) {
         bail!("--mask-rates: {d} is outside [0, 1)");
     }
-    // Every arm resolves (plugins built, [eval] present) before anything runs.
+    // Every arm resolves (plugins built, [eval] present) before anything
+    // runs; its trainable parameters do not depend on the seed or steps.
+    let mut params = Vec::new();
     for (name, path) in &arms {
         let m = super::bench_transfer::load_with_metrics(path, &a.set)
             .with_context(|| format!("arm `{name}`"))?;
-        plan::resolve(m).with_context(|| format!("arm `{name}`"))?;
+        params.push(trainable(
+            &plan::resolve(m).with_context(|| format!("arm `{name}`"))?,
+        ));
     }
     let top = *a.steps.iter().max().expect("checked");
     let mut rows = Vec::new();
@@ -153,7 +157,6 @@ pub fn run(a: &AnlArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                     format!("train.steps={steps}"),
                     format!("train.checkpoint_every={steps}"),
                 ]);
-                let params = trainable(&plan::resolve(manifest::load(path, &set)?)?);
                 writeln!(out, "== {name}, {steps} steps, seed {seed}")?;
                 let run_name = format!("bench-anl-{name}-{steps}-seed{seed}");
                 let (summary, seconds) = super::bench_transfer::fresh_run(path, set, &run_name)?;
@@ -167,7 +170,7 @@ pub fn run(a: &AnlArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                     seed,
                     kid: e.kid.map(|(k, _)| k.mean * 1e3),
                     fd: e.fd,
-                    trainable: params,
+                    trainable: params[i],
                     seconds,
                 });
                 if i == 0 && steps == top {

@@ -3,7 +3,7 @@
 //! dtx against diffusers or guided-diffusion tensor by tensor.
 
 use crate::manifest::plan::thousands;
-use crate::model::open::{OpenedModel, at_resolution, block_counts, config_table, open};
+use crate::model::open::{OpenedModel, at_resolution, block_counts, config_table, counts_by, open};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::PathBuf;
@@ -187,15 +187,10 @@ fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         writeln!(out, "  {b:<width$}  {:>12}", thousands(*n))?;
     }
     if !m.plugin_parameters.is_empty() {
-        let mut per: Vec<(String, usize)> = Vec::new();
-        for (name, shape) in &m.plugin_parameters {
-            let inst = name.split('.').take(2).collect::<Vec<_>>().join(".");
-            let n: usize = shape.iter().product();
-            match per.iter_mut().find(|(i, _)| *i == inst) {
-                Some((_, c)) => *c += n,
-                None => per.push((inst, n)),
-            }
-        }
+        // per instance: `plugin.<instance>`
+        let per = counts_by(&m.plugin_parameters, |name| {
+            name.split('.').take(2).collect::<Vec<_>>().join(".")
+        });
         let n: usize = per.iter().map(|(_, c)| c).sum();
         writeln!(
             out,

@@ -7,6 +7,7 @@
 use super::model_cmd::ModelSource;
 use crate::model::ModelDescription;
 use crate::model::open::OpenedModel;
+use crate::model::weights::StoredTensor;
 use crate::tensor_abi::CpuBackend as B;
 use anyhow::{Context, anyhow, bail};
 use burn::tensor::ops::{FloatTensor, FloatTensorOps, IntTensor, IntTensorOps};
@@ -88,11 +89,6 @@ fn ints(v: &TensorView<'_>) -> Option<Vec<i64>> {
     }
 }
 
-/// Float values of an F32, F64, F16 or BF16 tensor, as f32.
-fn floats(v: &TensorView<'_>) -> Option<Vec<f32>> {
-    crate::model::weights::le_bytes_to_f32(&format!("{:?}", v.dtype()), v.data())
-}
-
 /// Reads and checks the inputs in `file` for the model `d` with `classes`
 /// classes.
 fn read_inputs(file: &Path, d: &ModelDescription, classes: usize) -> anyhow::Result<Inputs> {
@@ -106,7 +102,8 @@ fn read_inputs(file: &Path, d: &ModelDescription, classes: usize) -> anyhow::Res
         format!("F32 [B, {}, H, W]", d.data_channels)
     };
     let x = tensor(&st, file, "x", &want_x)?;
-    let xv = floats(&x)
+    let xv = x
+        .to_f32()
         .ok_or_else(|| anyhow!("`{f}`: `x`: expected {want_x}, found dtype {:?}", x.dtype()))?;
     let shape = x.shape().to_vec();
     let factor = d.downsampling();
@@ -134,7 +131,7 @@ fn read_inputs(file: &Path, d: &ModelDescription, classes: usize) -> anyhow::Res
     let t = tensor(&st, file, "timesteps", &format!("I64 or F32 [{b}]"))?;
     let tv = match ints(&t) {
         Some(i) => i.into_iter().map(|v| v as f32).collect(),
-        None => floats(&t).ok_or_else(|| {
+        None => t.to_f32().ok_or_else(|| {
             anyhow!(
                 "`{f}`: `timesteps`: expected I64 or F32 [{b}], found dtype {:?}",
                 t.dtype()
@@ -233,9 +230,6 @@ fn values(p: FloatTensor<B>) -> anyhow::Result<Shaped> {
 
 /// Runs `dtx model forward` on the opened model.
 pub fn run(a: &ForwardArgs, m: &OpenedModel, out: &mut dyn Write) -> anyhow::Result<()> {
-    if m.weights.is_none() {
-        bail!("`{}`: the model has no weights to run", a.path.display());
-    }
     let d = &m.description;
     let points = chosen_points(d, &a.points)?;
     let inputs = read_inputs(&a.inputs, d, m.net.num_classes())?;

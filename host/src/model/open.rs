@@ -10,7 +10,7 @@ use super::{ModelDescription, describe, dtx_checkpoint, dtx_run_folder};
 use crate::tensor_abi::{CpuBackend, ParamStore};
 use anyhow::{Context, anyhow, bail};
 use burn::tensor::ops::FloatTensor;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The kinds `--kind` takes.
@@ -158,12 +158,10 @@ pub fn open(
 /// `input_blocks`, `output_blocks`, the MLP's `down` and `up`) the index
 /// too (`down_blocks.1`, `input_blocks.4`), so each block is its own row.
 pub fn block_counts(parameters: &[(String, Vec<usize>)]) -> Vec<(String, usize)> {
-    let mut order: Vec<String> = Vec::new();
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for (name, shape) in parameters {
+    counts_by(parameters, |name| {
         let mut parts = name.split('.');
         let first = parts.next().unwrap_or_default();
-        let block = match parts.next() {
+        match parts.next() {
             Some(n)
                 if n.parse::<usize>().is_ok()
                     && (first.ends_with("blocks") || first == "down" || first == "up") =>
@@ -171,20 +169,26 @@ pub fn block_counts(parameters: &[(String, Vec<usize>)]) -> Vec<(String, usize)>
                 format!("{first}.{n}")
             }
             _ => first.to_owned(),
-        };
-        let n: usize = shape.iter().product();
-        if !counts.contains_key(&block) {
-            order.push(block.clone());
         }
-        *counts.entry(block).or_default() += n;
+    })
+}
+
+/// Scalars per group of parameters, `group(name)` naming each one's group;
+/// groups in order of first appearance.
+pub fn counts_by(
+    parameters: &[(String, Vec<usize>)],
+    group: impl Fn(&str) -> String,
+) -> Vec<(String, usize)> {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for (name, shape) in parameters {
+        let g = group(name);
+        let n: usize = shape.iter().product();
+        match counts.iter_mut().find(|(k, _)| *k == g) {
+            Some((_, c)) => *c += n,
+            None => counts.push((g, n)),
+        }
     }
-    order
-        .into_iter()
-        .map(|b| {
-            let n = counts[&b];
-            (b, n)
-        })
-        .collect()
+    counts
 }
 
 /// The description's injection points at image side `resolution` instead

@@ -133,7 +133,7 @@ pub(crate) struct ReadTensor {
 /// The tensors of a checkpoint whose key `ignored` does not drop, read as
 /// [`ReadTensor`]s.
 pub(crate) fn read_tensors<T: StoredTensor>(
-    tensors: Vec<(String, T)>,
+    tensors: impl IntoIterator<Item = (String, T)>,
     ignored: impl Fn(&str) -> bool,
 ) -> BTreeMap<String, ReadTensor> {
     tensors
@@ -147,8 +147,9 @@ pub(crate) fn read_tensors<T: StoredTensor>(
         .collect()
 }
 
-/// Takes a checkpoint's tensors out by key for a network built outside the
-/// parameter store (the CLIP encoder, the FID Inception), noting every
+/// Takes a checkpoint's tensors out by key (for [`register_fitting`], and
+/// for the networks built outside the parameter store: the CLIP encoder,
+/// the FID Inception), noting every
 /// missing key, wrong shape and unreadable dtype instead of stopping at the
 /// first; [`TensorTaker::finish`] adds the keys nobody asked for.
 pub(crate) struct TensorTaker {
@@ -282,41 +283,18 @@ impl StoredTensor for TensorView<'_> {
 /// `trainable(key)` deciding which train. Nothing is registered otherwise.
 pub(crate) fn register_fitting<B: AutodiffBackend, T: StoredTensor>(
     expected: &[(String, Vec<usize>)],
-    mut found: BTreeMap<String, T>,
+    found: BTreeMap<String, T>,
     store: &mut ParamStore<B>,
     device: &B::Device,
     trainable: &dyn Fn(&str) -> bool,
 ) -> Result<(), LoadFailure> {
-    let mut problems = Vec::new();
-    let mut values = Vec::with_capacity(expected.len());
-    for (key, shape) in expected {
-        match found.remove(key) {
-            None => problems.push(WeightProblem::Missing {
-                key: key.clone(),
-                expected: shape.clone(),
-            }),
-            Some(t) if t.shape() != *shape => problems.push(WeightProblem::Shape {
-                key: key.clone(),
-                expected: shape.clone(),
-                found: t.shape(),
-            }),
-            Some(t) => match t.to_f32() {
-                Some(v) => values.push((key, shape, v)),
-                None => problems.push(WeightProblem::Dtype {
-                    key: key.clone(),
-                    dtype: t.dtype(),
-                }),
-            },
-        }
-    }
-    for (key, t) in found {
-        problems.push(WeightProblem::Unexpected {
-            key,
-            found: t.shape(),
-        });
-    }
+    let mut taker = TensorTaker::new(read_tensors(found, |_| false));
+    let values: Vec<_> = expected
+        .iter()
+        .filter_map(|(key, shape)| taker.take(key, shape).map(|v| (key, shape, v)))
+        .collect();
+    let problems = taker.finish();
     if !problems.is_empty() {
-        problems.sort_by(|a, b| a.key().cmp(b.key()));
         return Err(LoadFailure::Problems(problems));
     }
     for (key, shape, v) in values {

@@ -333,3 +333,59 @@ pub fn load<B: AutodiffBackend>(
         .collect();
     Ok((states, progress))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor_abi::CpuBackend as B;
+    use burn::tensor::ops::FloatTensorOps;
+
+    /// A checkpoint whose base model does not fit: every problem is named
+    /// in one error (a missing, a misshaped and an unexpected parameter),
+    /// and nothing is registered.
+    #[test]
+    fn load_base_lists_every_problem() {
+        let dev = Default::default();
+        let mut store = ParamStore::<B>::default();
+        let prim =
+            |v: Vec<f32>, shape: Vec<usize>| B::float_from_data(TensorData::new(v, shape), &dev);
+        store
+            .register_base("a.weight", prim(vec![1.0; 6], vec![2, 3]), true)
+            .unwrap();
+        store
+            .register_base("b.weight", prim(vec![1.0; 4], vec![4]), true)
+            .unwrap();
+        store
+            .register_base("extra.bias", prim(vec![0.0; 2], vec![2]), true)
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("dtx-ckpt-base-{}", std::process::id()));
+        let file = dir.join("latest.safetensors");
+        let progress = Progress {
+            step: 1,
+            epoch: 0,
+            index: 0,
+        };
+        save(&file, &store, None, &[], &progress).unwrap();
+        let expected = vec![
+            ("a.weight".to_owned(), vec![2, 3]),
+            ("b.weight".to_owned(), vec![2, 2]),
+            ("c.weight".to_owned(), vec![5]),
+        ];
+        let mut into = ParamStore::<B>::default();
+        let err = load_base::<B>(&file, &expected, &mut into, &dev, &|_| false)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "checkpoint `{}` does not fit this run: its base-model weights do not fit the \
+                 run's model (3 problems):\n  `b.weight`: expected shape [2, 2], found [4]\n  \
+                 missing key `c.weight` (expected shape [5])\n  unexpected key `extra.bias` \
+                 (shape [2]); the config has no such parameter",
+                file.display()
+            )
+        );
+        assert!(into.entries().is_empty(), "nothing registered on error");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

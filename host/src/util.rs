@@ -56,6 +56,70 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     d[a.len()][b.len()]
 }
 
+/// Writes `bytes` to `path` through a temporary file beside it (`<path>.tmp`):
+/// write, fsync, rename, so a reader never sees half a file. When any step
+/// fails (a full disk), the temporary file is removed, so it neither takes
+/// the space a retry needs nor is left behind.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Bytes in a GiB.
+pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// The machine's physical memory in bytes (`MemTotal` of `/proc/meminfo`;
+/// 16 GiB where that cannot be read).
+pub fn machine_memory() -> f64 {
+    static MEMORY: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *MEMORY.get_or_init(|| {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            })
+            .map_or(16.0 * GIB, |kb| kb * 1024.0)
+    })
+}
+
+/// Checks that a tensor of `shape` with `bytes_per_value` bytes a value can
+/// exist on this machine: its element count does not overflow and it fits
+/// in the machine's memory. Returns the element count, or why not (naming
+/// the shape and the figures).
+pub fn check_allocation(shape: &[usize], bytes_per_value: usize) -> Result<usize, String> {
+    let n = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| format!("shape {shape:?} has more elements than a tensor can hold"))?;
+    let bytes = n as f64 * bytes_per_value as f64;
+    let available = machine_memory();
+    if bytes > available {
+        return Err(format!(
+            "a tensor of shape {shape:?} needs {:.1} GiB, more than this machine's {:.1} GiB of memory",
+            bytes / GIB,
+            available / GIB
+        ));
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +151,21 @@ mod tests {
         );
         assert_eq!(edit_distance("lamda", "lambda"), 1);
         assert_eq!(edit_distance("ab", "ba"), 1);
+    }
+
+    /// A write that fails at its last step (the target is a folder, as a
+    /// full disk fails at write or fsync) leaves no `.tmp` behind, and the
+    /// file already there stays as it was.
+    #[test]
+    fn a_failed_atomic_write_removes_its_temporary_file() {
+        let dir = std::env::temp_dir().join(format!("dtx-atomic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("target.bin/inside")).unwrap();
+        assert!(write_atomic(&dir.join("target.bin"), b"new").is_err());
+        assert!(!dir.join("target.bin.tmp").exists());
+        write_atomic(&dir.join("ok.bin"), b"one").unwrap();
+        assert_eq!(std::fs::read(dir.join("ok.bin")).unwrap(), b"one");
+        assert!(!dir.join("ok.bin.tmp").exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -205,7 +205,7 @@ fn a_non_finite_loss_stops_the_run_naming_step_and_terms() {
     assert_eq!(r.code, 1);
     assert!(
         r.stderr
-            .contains("training stopped at step 5: loss term `probe.fit` is NaN"),
+            .contains("training stopped at step 6: loss term `probe.fit` is NaN"),
         "{}",
         r.stderr
     );

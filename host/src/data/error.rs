@@ -105,6 +105,18 @@ pub enum DataError {
         /// The file.
         path: PathBuf,
     },
+    /// Something in an image folder that is neither a regular file nor a
+    /// folder (a FIFO, a socket, a device), or a folder link that leads back
+    /// into a folder already being read.
+    ///
+    /// Fix: move it out of the folder (names starting with `.` are skipped).
+    #[error("{}: {what}; move it out of the folder", path.display())]
+    NotRegular {
+        /// The entry.
+        path: PathBuf,
+        /// What it is.
+        what: String,
+    },
     /// A folder (or class sub-folder) with no images.
     #[error("{}: no .png, .jpg or .jpeg images in this folder", path.display())]
     EmptyFolder {

@@ -134,6 +134,10 @@ type Labelled = (Vec<(PathBuf, Option<i64>)>, Vec<String>);
 /// The labels file of a folder (see the module doc).
 pub const LABELS_FILE: &str = "labels.csv";
 
+/// Labels in `labels.csv` are below this (class names are kept per label, so
+/// a stray 4000000000 must not size a table of four billion entries).
+pub const MAX_LABEL: i64 = 1_000_000;
+
 /// Every image under `root` with its label from `file` (a `labels.csv`), and
 /// the class names by label (the `class` column, else the label's number).
 fn labels_from_file(root: &Path, file: &Path) -> Result<Labelled, DataError> {
@@ -145,6 +149,8 @@ fn labels_from_file(root: &Path, file: &Path) -> Result<Labelled, DataError> {
         path: file.into(),
         source,
     })?;
+    // Spreadsheet programs save CSV with a UTF-8 byte-order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut lines = text
         .lines()
         .enumerate()
@@ -159,11 +165,18 @@ fn labels_from_file(root: &Path, file: &Path) -> Result<Labelled, DataError> {
         ));
     }
     let mut by_file = std::collections::HashMap::new();
-    let mut names: Vec<Option<String>> = Vec::new();
+    let mut names: Vec<Option<(String, usize)>> = Vec::new();
     for (i, line) in lines {
         let cols: Vec<&str> = line.split(',').map(str::trim).collect();
         let label: i64 = match cols.get(1).and_then(|l| l.parse().ok()) {
-            Some(l) if l >= 0 => l,
+            Some(l) if (0..MAX_LABEL).contains(&l) => l,
+            Some(l) if l >= MAX_LABEL => {
+                return Err(bad(format!(
+                    "line {}: `{line}`: label {l} is too large; labels count classes from 0, up to {}",
+                    i + 1,
+                    MAX_LABEL - 1
+                )));
+            }
             _ => {
                 return Err(bad(format!(
                     "line {}: `{line}`: the label must be an integer >= 0",
@@ -176,9 +189,32 @@ fn labels_from_file(root: &Path, file: &Path) -> Result<Labelled, DataError> {
             names.resize(k + 1, None);
         }
         if let Some(c) = cols.get(2).filter(|c| !c.is_empty()) {
-            names[k].get_or_insert_with(|| c.to_string());
+            match &names[k] {
+                Some((first, at)) if first != c => {
+                    return Err(bad(format!(
+                        "line {}: label {label} is named `{c}`, but line {at} names it `{first}`",
+                        i + 1
+                    )));
+                }
+                Some(_) => {}
+                None => names[k] = Some((c.to_string(), i + 1)),
+            }
         }
-        by_file.insert(PathBuf::from(cols[0]), label);
+        match by_file.entry(PathBuf::from(cols[0])) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let (first, at) = *e.get();
+                if first != label {
+                    return Err(bad(format!(
+                        "line {}: `{}` has label {label}, but line {at} gives it label {first}",
+                        i + 1,
+                        cols[0]
+                    )));
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert((label, i + 1));
+            }
+        }
     }
     let images = images_under(root)?;
     if images.is_empty() {
@@ -189,7 +225,7 @@ fn labels_from_file(root: &Path, file: &Path) -> Result<Labelled, DataError> {
         .map(|img| {
             let rel = img.strip_prefix(root).unwrap_or(&img).to_path_buf();
             match by_file.get(&rel) {
-                Some(&l) => Ok((img, Some(l))),
+                Some(&(l, _)) => Ok((img, Some(l))),
                 None => Err(bad(format!("no row for image `{}`", rel.display()))),
             }
         })
@@ -197,7 +233,7 @@ fn labels_from_file(root: &Path, file: &Path) -> Result<Labelled, DataError> {
     let names = names
         .into_iter()
         .enumerate()
-        .map(|(k, n)| n.unwrap_or_else(|| k.to_string()))
+        .map(|(k, n)| n.map_or_else(|| k.to_string(), |(name, _)| name))
         .collect();
     Ok((files, names))
 }
@@ -333,8 +369,20 @@ fn list(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), DataError> {
         if name.starts_with('.') || name == LABELS_FILE {
             continue;
         }
-        if p.is_dir() {
+        // Links are followed; what they lead to must be a file or a folder.
+        let meta = std::fs::metadata(&p).map_err(|source| DataError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        let kind = meta.file_type();
+        if kind.is_dir() {
             folders.push(p);
+        } else if !kind.is_file() {
+            // Reading a FIFO would wait forever for a writer.
+            return Err(DataError::NotRegular {
+                what: format!("{}, not a regular file", special_kind(&kind)),
+                path: p,
+            });
         } else if is_image(&p) {
             images.push(p);
         } else {
@@ -344,12 +392,53 @@ fn list(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), DataError> {
     Ok((images, folders))
 }
 
+/// What a file that is neither a regular file nor a folder is.
+fn special_kind(kind: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+        if kind.is_block_device() || kind.is_char_device() {
+            return "a device";
+        }
+    }
+    let _ = kind;
+    "a special file"
+}
+
 /// Every image under `dir`, sub-folders included, in sorted path order.
+/// A folder link leading back into a folder on the way down is an error
+/// (it would recurse forever).
 fn images_under(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut ancestors = Vec::new();
+    images_under_from(dir, &mut ancestors)
+}
+
+fn images_under_from(dir: &Path, ancestors: &mut Vec<PathBuf>) -> Result<Vec<PathBuf>, DataError> {
+    let real = std::fs::canonicalize(dir).map_err(|source| DataError::Io {
+        path: dir.into(),
+        source,
+    })?;
+    if ancestors.contains(&real) {
+        return Err(DataError::NotRegular {
+            path: dir.into(),
+            what: format!(
+                "a link back to `{}`, which contains it (a loop)",
+                real.display()
+            ),
+        });
+    }
+    ancestors.push(real);
     let (mut images, folders) = list(dir)?;
     for f in folders {
-        images.extend(images_under(&f)?);
+        images.extend(images_under_from(&f, ancestors)?);
     }
+    ancestors.pop();
     images.sort();
     Ok(images)
 }
@@ -460,6 +549,60 @@ mod tests {
         std::fs::write(dir.0.join("labels.csv"), "name,class\n").unwrap();
         let e = load_folder(&dir.0, 2, true).unwrap_err().to_string();
         assert!(e.contains("header"), "{e}");
+    }
+
+    /// A byte-order mark is read past; a file given two labels, a label
+    /// given two names and a label past [`MAX_LABEL`] are errors naming the
+    /// lines.
+    #[test]
+    fn labels_file_bom_conflicts_and_huge_labels() {
+        let dir = TempDir::new("labels-hostile");
+        solid(4, 4, [1, 2, 3]).save(dir.0.join("a.png")).unwrap();
+        let csv = dir.0.join("labels.csv");
+        std::fs::write(&csv, "\u{feff}file,label\na.png,1\n").unwrap();
+        assert_eq!(load_folder(&dir.0, 2, true).unwrap().labels, Some(vec![1]));
+        std::fs::write(&csv, "file,label\na.png,1\na.png,1\n").unwrap();
+        assert!(
+            load_folder(&dir.0, 2, true).is_ok(),
+            "a repeated identical row is fine"
+        );
+        std::fs::write(&csv, "file,label\na.png,1\na.png,2\n").unwrap();
+        let e = load_folder(&dir.0, 2, true).unwrap_err().to_string();
+        assert!(
+            e.contains("line 3: `a.png` has label 2, but line 2 gives it label 1"),
+            "{e}"
+        );
+        std::fs::write(&csv, "file,label,class\na.png,1,cat\nb.png,1,dog\n").unwrap();
+        let e = load_folder(&dir.0, 2, true).unwrap_err().to_string();
+        assert!(
+            e.contains("label 1 is named `dog`, but line 2 names it `cat`"),
+            "{e}"
+        );
+        std::fs::write(&csv, "file,label\na.png,4000000000\n").unwrap();
+        let e = load_folder(&dir.0, 2, true).unwrap_err().to_string();
+        assert!(e.contains("label 4000000000 is too large"), "{e}");
+    }
+
+    /// A FIFO would block the reader forever and a folder link to an
+    /// ancestor would recurse forever: both are errors naming the entry.
+    #[cfg(unix)]
+    #[test]
+    fn fifos_and_link_loops_are_errors() {
+        let dir = TempDir::new("special");
+        std::fs::create_dir(dir.0.join("sub")).unwrap();
+        solid(4, 4, [1, 2, 3])
+            .save(dir.0.join("sub/a.png"))
+            .unwrap();
+        std::os::unix::fs::symlink(&dir.0, dir.0.join("sub/loop")).unwrap();
+        let e = load_folder(&dir.0, 2, false).unwrap_err().to_string();
+        assert!(e.contains("sub/loop") && e.contains("(a loop)"), "{e}");
+        std::fs::remove_file(dir.0.join("sub/loop")).unwrap();
+        let fifo = dir.0.join("sub/b.png");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            let e = load_folder(&dir.0, 2, false).unwrap_err().to_string();
+            assert!(e.contains("b.png") && e.contains("FIFO"), "{e}");
+        }
     }
 
     /// Masks come from `masks/REL.png`, resized with nearest sampling (the

@@ -6,8 +6,10 @@
 //! 1. TOML syntax; an error stops here.
 //! 2. Overrides, applied to the parsed document; malformed ones are all
 //!    reported, then loading stops.
-//! 3. Count checks on the raw document (`validate::check_counts`), which
-//!    replace bad counts with a placeholder so the next steps still run.
+//! 3. Checks on the raw document: every float finite and table-typed keys
+//!    given as tables (`validate::check_raw_values`), counts positive and
+//!    below their bounds (`validate::check_counts`); each bad value is
+//!    replaced with a placeholder so the next steps still run.
 //! 4. serde into [`Manifest`]; its first error is reported.
 //! 5. Every other check (`validate::check`), all reported together.
 
@@ -190,6 +192,11 @@ fn load_text(
     }
 
     let mut reported: HashSet<KeyPath> = HashSet::new();
+    problems.extend(validate::check_raw_values(
+        &mut doc,
+        &context,
+        &mut reported,
+    ));
     problems.extend(validate::check_counts(&mut doc, &context, &mut reported));
     let root_tables: HashSet<String> = doc
         .iter()

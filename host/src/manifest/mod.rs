@@ -12,9 +12,11 @@
 
 mod error;
 mod load;
+mod memory;
 mod overrides;
 mod paths;
 pub mod plan;
+pub mod resume;
 mod schema;
 mod serde_errors;
 mod spans;

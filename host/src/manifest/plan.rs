@@ -54,8 +54,28 @@ pub struct Plan {
     pub stages: Vec<Stage>,
 }
 
-fn config_json(table: &toml::Table) -> String {
-    serde_json::to_string(table).expect("a TOML table is valid JSON")
+/// A plugin's config table as the JSON text handed to the plugin. Every value
+/// is carried over exactly: integers as integers, floats by their shortest
+/// round-trip form (NaN and infinities were refused when the manifest was
+/// loaded, so none turns into `null` here), datetimes as the text written.
+pub(crate) fn config_json(table: &toml::Table) -> String {
+    fn value(v: &toml::Value) -> serde_json::Value {
+        match v {
+            toml::Value::String(s) => serde_json::Value::String(s.clone()),
+            toml::Value::Integer(i) => serde_json::Value::from(*i),
+            toml::Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map_or(serde_json::Value::Null, serde_json::Value::Number),
+            toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
+            toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+            toml::Value::Array(a) => serde_json::Value::Array(a.iter().map(value).collect()),
+            toml::Value::Table(t) => {
+                serde_json::Value::Object(t.iter().map(|(k, v)| (k.clone(), value(v))).collect())
+            }
+        }
+    }
+    let object: serde_json::Map<String, serde_json::Value> =
+        table.iter().map(|(k, v)| (k.clone(), value(v))).collect();
+    serde_json::Value::Object(object).to_string()
 }
 
 /// Resolves a loaded manifest: describes the model, finds, checks and builds
@@ -110,6 +130,28 @@ pub fn resolve_on<B: AutodiffBackend>(loaded: LoadedManifest) -> Result<Plan, Ma
         }
         None => None,
     };
+    if let (Some(src), Some(d)) = (&m.source, &model) {
+        diags.extend(check_source(&loaded, src, d));
+        for too_large in super::memory::check(m, d, super::memory::machine_memory()) {
+            diags.push(
+                loaded
+                    .diagnostic(
+                        too_large.key,
+                        too_large.message,
+                        Some("lower it; the estimate is in docs/manifest.md, \"Limits\"".into()),
+                    )
+                    .with_code("manifest::too-large"),
+            );
+        }
+    }
+    diags.extend(check_builtin_data(&loaded));
+    if diags
+        .iter()
+        .any(|d| d.code.as_deref() == Some("manifest::too-large"))
+    {
+        // Plugins sized from the same counts would only allocate in vain.
+        return Err(ManifestError::from_diagnostics(diags));
+    }
     let model_info = model
         .as_ref()
         .map(ModelDescription::to_model_info)
@@ -156,6 +198,75 @@ pub fn resolve_on<B: AutodiffBackend>(loaded: LoadedManifest) -> Result<Plan, Ma
         stages,
         manifest: loaded,
     })
+}
+
+/// What would stop the run as soon as it loads its source: a config the
+/// network cannot be built from, and (for pretrained weights) a checkpoint
+/// whose header does not fit the config. Headers only; no tensor data.
+fn check_source(
+    loaded: &LoadedManifest,
+    src: &super::Source,
+    d: &ModelDescription,
+) -> Vec<ManifestDiagnostic> {
+    let key = if src.path.is_some() {
+        "source.path"
+    } else {
+        "source.config"
+    };
+    let net = match model::net::Net::from_description(d) {
+        Ok(net) => net,
+        Err(e) => {
+            return vec![loaded.diagnostic(
+                key,
+                format!("cannot build the source model: {e}"),
+                None,
+            )];
+        }
+    };
+    let pretrained = src.init != super::Init::Random
+        && matches!(
+            src.kind,
+            super::SourceKind::Diffusers | super::SourceKind::Adm
+        );
+    if let (true, Some(p)) = (pretrained, &src.path)
+        && let Err(e) = net.check_weights(&loaded.resolve_path(p))
+    {
+        return vec![loaded.diagnostic(
+            "source.path",
+            e,
+            Some("`dtx model inspect PATH` lists the checkpoint's keys against the config".into()),
+        )];
+    }
+    Vec::new()
+}
+
+/// Built-in data sets' configs (`[target.config]`, `[source.data.config]`):
+/// checked by building one example, so a misspelled key stops the plan.
+fn check_builtin_data(loaded: &LoadedManifest) -> Vec<ManifestDiagnostic> {
+    let m = &loaded.manifest;
+    let mut out = Vec::new();
+    let mut check = |name: &str, config: &toml::Table, at: &str| {
+        if let Err(e) = crate::data::builtin(name, config, m.run.seed, 1) {
+            let key = match &e {
+                crate::data::DataError::UnknownKey { key, .. }
+                | crate::data::DataError::BadValue { key, .. } => format!("{at}.{key}"),
+                crate::data::DataError::UnknownDataset { .. } => at.replace(".config", ".dataset"),
+                _ => at.to_owned(),
+            };
+            out.push(loaded.diagnostic(&key, e.to_string(), None));
+        }
+    };
+    if let Some(t) = &m.target
+        && let Some(name) = t.builtin()
+    {
+        check(name, &t.config, "target.config");
+    }
+    if let Some(sd) = m.source.as_ref().and_then(|s| s.data.as_ref())
+        && let Some(name) = sd.builtin()
+    {
+        check(name, &sd.config, "source.data.config");
+    }
+    out
 }
 
 fn load_diagnostic(loaded: &LoadedManifest, i: usize, e: &LoadError) -> ManifestDiagnostic {

@@ -182,6 +182,46 @@ impl Net {
         Ok(())
     }
 
+    /// Checks the checkpoint at `path` against this network from its
+    /// safetensors header alone (no tensor data is read): every missing,
+    /// unexpected, misshaped or non-float key, as [`Net::load`] would report
+    /// them. `.pt` archives are checked when they load (their tensor list is
+    /// in a pickle that is read with the data); `Ok` then.
+    pub fn check_weights(&self, path: &Path) -> Result<(), String> {
+        use crate::model::weights::{check_safetensors_header, problem_list};
+        let (file, problems) = match self {
+            Net::UNet(u) => {
+                let file = crate::model::unet::weights_file(path);
+                let p = check_safetensors_header(
+                    &file,
+                    &crate::model::unet::current_name,
+                    &u.parameters(),
+                );
+                (file, p)
+            }
+            Net::Adm(a) if path.extension().is_some_and(|e| e == "safetensors") => {
+                let p = check_safetensors_header(path, &str::to_owned, &a.parameters());
+                (path.to_path_buf(), p)
+            }
+            Net::Adm(_) => {
+                if !path.is_file() {
+                    return Err(format!("`{}`: no such checkpoint file", path.display()));
+                }
+                return Ok(());
+            }
+            Net::Mlp(_) => return Ok(()),
+        };
+        match problems {
+            Ok(p) if p.is_empty() => Ok(()),
+            Ok(p) => Err(format!(
+                "`{}` does not fit the model's config {}",
+                file.display(),
+                problem_list(&p)
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Loads the checkpoint at `path` (a diffusers folder, or an ADM `.pt` /
     /// `.safetensors` file) into `store`.
     pub fn load<B: AutodiffBackend>(

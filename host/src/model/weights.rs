@@ -327,6 +327,61 @@ pub(crate) fn load_safetensors_file<B: AutodiffBackend>(
     register_fitting(expected, found, store, device, trainable)
 }
 
+/// The dtypes a checkpoint tensor may have (converted to f32 on load).
+const FLOAT_DTYPES: &[&str] = &["F32", "F16", "BF16", "F64"];
+
+/// Checks a safetensors header (key → shape, dtype; keys already renamed as
+/// the loader renames them) against `expected`, without reading any tensor
+/// data: the problems [`register_fitting`] would report, in key order.
+pub(crate) fn header_problems(
+    expected: &[(String, Vec<usize>)],
+    mut found: BTreeMap<String, (Vec<usize>, String)>,
+) -> Vec<WeightProblem> {
+    let mut problems = Vec::new();
+    for (key, shape) in expected {
+        match found.remove(key) {
+            None => problems.push(WeightProblem::Missing {
+                key: key.clone(),
+                expected: shape.clone(),
+            }),
+            Some((s, _)) if &s != shape => problems.push(WeightProblem::Shape {
+                key: key.clone(),
+                expected: shape.clone(),
+                found: s,
+            }),
+            Some((_, dtype)) if !FLOAT_DTYPES.contains(&dtype.as_str()) => {
+                problems.push(WeightProblem::Dtype {
+                    key: key.clone(),
+                    dtype,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    problems.extend(
+        found
+            .into_iter()
+            .map(|(key, (s, _))| WeightProblem::Unexpected { key, found: s }),
+    );
+    problems.sort_by(|a, b| a.key().cmp(b.key()));
+    problems
+}
+
+/// [`header_problems`] for the safetensors file `file`, its keys read as
+/// `rename(k)`; `Err` when the header cannot be read.
+pub(crate) fn check_safetensors_header(
+    file: &Path,
+    rename: &dyn Fn(&str) -> String,
+    expected: &[(String, Vec<usize>)],
+) -> Result<Vec<WeightProblem>, String> {
+    let header = super::read_safetensors_header(file).map_err(|e| e.to_string())?;
+    let found = header
+        .into_iter()
+        .map(|t| (rename(&t.name), (t.shape, t.dtype)))
+        .collect();
+    Ok(header_problems(expected, found))
+}
+
 #[cfg(test)]
 mod tests {
     use super::{bf16_to_f32, f16_to_f32};

@@ -107,6 +107,16 @@ pub enum LoadError {
         /// What it said.
         message: String,
     },
+    /// The file is not a whole, well-formed shared library for this
+    /// platform (truncated, damaged, or another format): refused before it
+    /// is mapped, since mapping it could kill the process with a signal.
+    #[error("plugin library `{}` is damaged or not a shared library for this platform: {reason}", .path.display())]
+    Damaged {
+        /// File.
+        path: PathBuf,
+        /// What the check found.
+        reason: String,
+    },
     /// Reading the file failed.
     #[error("cannot read `{}`: {message}", .path.display())]
     Io {
@@ -181,6 +191,11 @@ impl From<&ConfigKeyInfo> for ConfigKeyDescription {
 pub struct PluginLibrary {
     /// Its file.
     pub path: PathBuf,
+    /// SHA-256 of the bytes that were loaded (lowercase hex).
+    pub sha256: String,
+    /// The file's length and modification time when it was loaded, to tell
+    /// cheaply whether it changed on disk since.
+    stamp: Option<(u64, std::time::SystemTime)>,
     /// Its root module.
     pub module: PluginModuleRef,
     /// What it says about itself.
@@ -318,25 +333,35 @@ pub fn load_library(
     sha256: Option<&str>,
     vtables: HostVtables,
 ) -> Result<Arc<PluginLibrary>, LoadError> {
-    if let Some(expected) = sha256 {
-        let actual = sha256_file(path)?;
-        if !actual.eq_ignore_ascii_case(expected) {
-            return Err(LoadError::Sha256Mismatch {
-                path: path.into(),
-                expected: expected.to_owned(),
-                actual,
-            });
-        }
-    }
     type Loaded = HashMap<PathBuf, Result<Arc<PluginLibrary>, LoadError>>;
     static LOADED: Mutex<Option<Loaded>> = Mutex::new(None);
     let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
     let cache = loaded.get_or_insert_with(HashMap::new);
     if let Some(r) = cache.get(&key) {
-        return r.clone();
+        let lib = r.clone()?;
+        check_pin(path, sha256, &lib.sha256)?;
+        return Ok(lib);
     }
-    let r = load_uncached(path, vtables).map(Arc::new);
+    // Read once: the checks, the pin and the mapped copy all see these bytes.
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => LoadError::MissingFile { path: path.into() },
+        _ => LoadError::Io {
+            path: path.into(),
+            message: e.to_string(),
+        },
+    })?;
+    check_object_file(path, &bytes)?;
+    let actual = hex_sha256(&bytes);
+    check_pin(path, sha256, &actual)?;
+    let stamp = std::fs::metadata(path)
+        .ok()
+        .and_then(|m| Some((m.len(), m.modified().ok()?)));
+    let r = load_private_copy(path, &bytes, vtables).map(|mut lib| {
+        lib.sha256 = actual;
+        lib.stamp = stamp;
+        Arc::new(lib)
+    });
     match &r {
         Ok(lib) => tracing::info!(file = %lib.path.display(), "plugin library loaded"),
         Err(e) => tracing::debug!(file = %path.display(), "plugin library refused: {e}"),
@@ -345,12 +370,157 @@ pub fn load_library(
     r
 }
 
-fn load_uncached(path: &Path, vtables: HostVtables) -> Result<PluginLibrary, LoadError> {
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn check_pin(path: &Path, expected: Option<&str>, actual: &str) -> Result<(), LoadError> {
+    match expected {
+        Some(expected) if !actual.eq_ignore_ascii_case(expected) => {
+            Err(LoadError::Sha256Mismatch {
+                path: path.into(),
+                expected: expected.to_owned(),
+                actual: actual.to_owned(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The object-file format this platform's loader maps.
+const NATIVE_FORMAT: object::BinaryFormat = if cfg!(target_os = "macos") {
+    object::BinaryFormat::MachO
+} else if cfg!(windows) {
+    object::BinaryFormat::Pe
+} else {
+    object::BinaryFormat::Elf
+};
+
+/// Checks that `bytes` are a whole shared library of this platform's format
+/// before anything maps them: the header parses, it is a dynamic library,
+/// and every segment and section lies inside the file (a truncated file
+/// fails here instead of raising SIGBUS when its pages are touched).
+/// A bit flipped inside code or data passes: pin `sha256` to catch that.
+pub fn check_object_file(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+    use object::{Object, ObjectSection, ObjectSegment};
+    let damaged = |reason: String| LoadError::Damaged {
+        path: path.into(),
+        reason,
+    };
+    if bytes.len() < 64 {
+        return Err(damaged(format!(
+            "it is {} bytes long, too short for a shared library",
+            bytes.len()
+        )));
+    }
+    let file = object::File::parse(bytes).map_err(|e| damaged(format!("{e}")))?;
+    if file.format() != NATIVE_FORMAT {
+        return Err(damaged(format!(
+            "it is a {:?} file; this platform loads {NATIVE_FORMAT:?} libraries",
+            file.format()
+        )));
+    }
+    if file.kind() != object::ObjectKind::Dynamic {
+        return Err(damaged(format!(
+            "it is a {:?} object, not a shared library (build the plugin crate as a `cdylib`)",
+            file.kind()
+        )));
+    }
+    let len = bytes.len() as u64;
+    let outside = |what: &str, (offset, size): (u64, u64)| {
+        (offset.checked_add(size).is_none_or(|end| end > len)).then(|| {
+            damaged(format!(
+                "{what} at bytes {offset}..{} lies past the end of the file ({len} bytes): the file is truncated",
+                offset.saturating_add(size)
+            ))
+        })
+    };
+    for seg in file.segments() {
+        if let Some(e) = outside("a segment", seg.file_range()) {
+            return Err(e);
+        }
+    }
+    for sec in file.sections() {
+        if let Some(range) = sec.file_range()
+            && let Some(e) = outside(&format!("section `{}`", sec.name().unwrap_or("?")), range)
+        {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Maps a private copy of `bytes` (so the file at `path` may be replaced or
+/// truncated while the process runs without the mapped code changing under
+/// it) and loads it as [`load_uncached`] does; messages name `path`. On
+/// Unix the copy is unlinked as soon as it is mapped.
+fn load_private_copy(
+    path: &Path,
+    bytes: &[u8],
+    vtables: HostVtables,
+) -> Result<PluginLibrary, LoadError> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let io = |e: std::io::Error| LoadError::Io {
+        path: path.into(),
+        message: format!("making a private copy to load: {e}"),
+    };
+    let dir = std::env::temp_dir().join(format!("dtx-plugins-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    let name = path
+        .file_name()
+        .map_or_else(|| "plugin".into(), |n| n.to_string_lossy().into_owned());
+    let copy = dir.join(format!("{}-{name}", N.fetch_add(1, Ordering::Relaxed)));
+    std::fs::write(&copy, bytes).map_err(io)?;
+    let r = load_uncached(path, &copy, vtables);
+    if cfg!(unix) {
+        let _ = std::fs::remove_file(&copy);
+        let _ = std::fs::remove_dir(&dir);
+    }
+    r
+}
+
+impl PluginLibrary {
+    /// When the file this library was loaded from has changed on disk since
+    /// (other contents), a sentence saying so; the process keeps running
+    /// the code it loaded.
+    pub fn changed_on_disk(&self) -> Option<String> {
+        let now = std::fs::metadata(&self.path)
+            .ok()
+            .and_then(|m| Some((m.len(), m.modified().ok()?)));
+        if now.is_some() && now == self.stamp {
+            return None;
+        }
+        let changed = match std::fs::read(&self.path) {
+            Ok(bytes) => hex_sha256(&bytes) != self.sha256,
+            Err(_) => true,
+        };
+        changed.then(|| {
+            format!(
+                "plugin library `{}` changed on disk while this process ran; it kept running the version it loaded (sha256 {})",
+                self.path.display(),
+                self.sha256
+            )
+        })
+    }
+}
+
+fn load_uncached(
+    path: &Path,
+    file: &Path,
+    vtables: HostVtables,
+) -> Result<PluginLibrary, LoadError> {
     let host = ApiVersion::current();
-    let header = lib_header_from_path(path).map_err(|e| match e {
+    let header = lib_header_from_path(file).map_err(|e| match e {
         LibraryError::OpenError { err, .. } => LoadError::Open {
             path: path.into(),
-            message: err.to_string(),
+            // the loader names the private copy; the user knows the original
+            message: err
+                .to_string()
+                .replace(&file.display().to_string(), &path.display().to_string()),
         },
         LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin { path: path.into() },
         other => LoadError::Open {
@@ -392,6 +562,8 @@ fn load_uncached(path: &Path, vtables: HostVtables) -> Result<PluginLibrary, Loa
     })?;
     Ok(PluginLibrary {
         path: path.to_path_buf(),
+        sha256: String::new(),
+        stamp: None,
         module,
         description: PluginDescription {
             name: info.name.to_string(),

@@ -439,6 +439,7 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         let mut start = 0u64;
         if opts.resume {
             let progress = restore(&engine, &dir.latest_checkpoint(), ema.as_mut(), &device)?;
+            dir.truncate_metrics_after(progress.step)?;
             d.borrow_mut().0.iter.restore(crate::data::BatchPosition {
                 epoch: progress.epoch,
                 index: progress.index,
@@ -494,13 +495,18 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
             }
             let mut values = serde_json::Map::new();
             let total = sum_terms::<B>(&terms, &mut values, || {
-                (
-                    format!("training stopped at step {step}"),
+                // Steps count from 1, as in metrics.jsonl.
+                let kept = if dir.latest_checkpoint().exists() {
                     format!(
                         "the last good checkpoint is `{}`",
                         dir.latest_checkpoint().display()
-                    ),
-                )
+                    )
+                } else {
+                    format!(
+                        "no checkpoint was written yet (the first comes after {every} steps), so nothing is kept to resume from"
+                    )
+                };
+                (format!("training stopped at step {}", step + 1), kept)
             })?;
             let total_v = scalar(&total);
             let lr = warmup_lr(t.lr, t.warmup, step);
@@ -605,6 +611,14 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         let mut shape = vec![drawn.accepted_count()];
         shape.extend_from_slice(&example);
         summary.samples = Some((drawn.accepted, shape));
+    }
+    // The run used private copies of its plugin libraries; say so if a
+    // file was replaced meanwhile, since a new run would load the new one.
+    for p in &plan.plugins {
+        if let Some(msg) = p.library.changed_on_disk() {
+            tracing::warn!("{msg}");
+            writeln!(log, "warning: {msg}")?;
+        }
     }
     super::report::write_report(&dir, plan, &summary)?;
     Ok(summary)

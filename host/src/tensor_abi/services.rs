@@ -169,7 +169,8 @@ extern "C" fn param_new<B: AutodiffBackend>(
             let owner = s.current_plugin.clone().ok_or_else(|| {
                 AbiError::other("param_new is only available while a plugin is being constructed")
             })?;
-            let n: usize = shape.iter().product();
+            let n = crate::util::check_allocation(&shape, 4)
+                .map_err(|e| AbiError::other(format!("parameter `{}`: {e}", name.as_str())))?;
             let values = init_values(&mut s.rng, n, init)?;
             let data = TensorData::new(values, shape.to_vec())
                 .convert_dtype(BurnDType::from(s.float_dtype()));

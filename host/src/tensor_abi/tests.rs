@@ -210,6 +210,26 @@ fn bad_shapes_are_errors_not_crashes() {
     assert!(err.message.contains("do not broadcast"), "{}", err.message);
 }
 
+/// Sizes and exponents from a plugin config that burn itself would panic
+/// or abort on come back as errors (or values), never as a crash.
+#[test]
+fn huge_shapes_and_exponents_are_errors_or_values_not_aborts() {
+    let _s = session(0);
+    for shape in [&[usize::MAX, 2][..], &[1 << 40, 1 << 10]] {
+        let err = std::panic::catch_unwind(|| Tensor::zeros(shape)).unwrap_err();
+        let err = err.downcast_ref::<dtx_plugin_api::AbiError>().unwrap();
+        assert!(
+            err.message.contains("more elements than a tensor can hold")
+                || err.message.contains("more than this machine's"),
+            "{}",
+            err.message
+        );
+    }
+    // γ = 9.2e18 (an integral f32 past i32): 0.5^γ underflows to 0, 1^γ = 1.
+    let x = Tensor::from_f32(&[0.5, 1.0], &[2]);
+    close(&x.powf(9.2e18).to_f32_vec(), &[0.0, 1.0], 0.0);
+}
+
 #[test]
 fn handles_are_released() {
     let _s = session(0);

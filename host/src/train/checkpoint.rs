@@ -13,7 +13,6 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{TensorData, TensorMetadata, read_sync};
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -137,25 +136,13 @@ pub fn save<B: AutodiffBackend>(
     write_atomically(path, &bytes)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder:
-/// write, fsync, rename, so a reader never sees half a file.
+/// Writes `bytes` to `path` atomically ([`crate::util::write_atomic`]: no
+/// temporary file is left behind when it fails).
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let io = |e: &dyn std::fmt::Display| CheckpointError::Io {
+    crate::util::write_atomic(path, bytes).map_err(|e| CheckpointError::Io {
         path: path.into(),
         message: e.to_string(),
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| io(&e))?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io(&e))?;
-        f.write_all(bytes).map_err(|e| io(&e))?;
-        f.sync_all().map_err(|e| io(&e))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| io(&e))
+    })
 }
 
 /// The base model's tensors in a checkpoint, by parameter name: the EMA

@@ -57,6 +57,20 @@ impl Checks<'_> {
         let Some(eval) = &manifest.eval else {
             return;
         };
+        if eval.reference == Some(crate::manifest::Reference::HeldOut)
+            && manifest.target.as_ref().is_none_or(|t| t.holdout == 0)
+        {
+            self.report(
+                &path("eval.reference"),
+                "manifest::no-holdout",
+                "`eval.reference = \"held_out\"` needs held-out examples, but `target.holdout` is 0"
+                    .to_owned(),
+                Some(
+                    "set `holdout = N` in [target], or use `reference = \"target\"` or a folder"
+                        .to_owned(),
+                ),
+            );
+        }
         if !EXTRACTORS.contains(&eval.extractor.as_str()) {
             let help = one_of(&eval.extractor, &EXTRACTORS, "extractors");
             self.report(

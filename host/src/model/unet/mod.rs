@@ -40,6 +40,7 @@ mod tests;
 pub use crate::model::layers::timestep_embedding;
 pub use config::{BlockKind, TimeShift, UNet2D};
 pub use error::{UNetError, WeightProblem};
+pub(crate) use weights::current_name;
 pub use weights::{load_safetensors, weights_file};
 
 use crate::model::layers::{

@@ -61,7 +61,7 @@ pub fn load_safetensors<B: AutodiffBackend>(
 /// projections `query`, `key`, `value` and `proj_attn`; diffusers renames
 /// them on load (`ModelMixin._convert_deprecated_attention_blocks`) to `to_q`,
 /// `to_k`, `to_v` and `to_out.0`, with the same shapes. Other keys are kept.
-fn current_name(key: &str) -> String {
+pub(crate) fn current_name(key: &str) -> String {
     let parts: Vec<&str> = key.split('.').collect();
     let n = parts.len();
     if n >= 4 && parts[n - 4] == "attentions" {

@@ -93,7 +93,7 @@ pub(super) extern "C" fn full_<B: AutodiffBackend>(
     dtype: DType,
 ) -> AbiResult<TensorId> {
     run("full", || {
-        let n: usize = shape.iter().product();
+        let n = alloc(&shape)?;
         with::<B, _>(|s| {
             let stored = match dtype {
                 DType::F32 => Stored::Float(float_data::<B>(s, vec![value as f32; n], &shape)),
@@ -120,7 +120,7 @@ pub(super) extern "C" fn random_<B: AutodiffBackend>(
     b: f32,
 ) -> AbiResult<TensorId> {
     run("random", || {
-        let n: usize = shape.iter().product();
+        let n = alloc(&shape)?;
         with::<B, _>(|s| {
             let values: Vec<f32> = match dist {
                 Distribution::NORMAL => {

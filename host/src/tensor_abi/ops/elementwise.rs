@@ -85,6 +85,15 @@ pub(super) extern "C" fn scalar_<B: AutodiffBackend>(
             ScalarOp::SUB => B::float_sub_scalar(t, s),
             ScalarOp::MUL => B::float_mul_scalar(t, s),
             ScalarOp::DIV => B::float_div_scalar(t, s),
+            // burn takes an integral exponent as an i32 (and panics past
+            // its range): such exponents go through the tensor power.
+            ScalarOp::POW if v.fract() == 0.0 && v.abs() > i32::MAX as f32 => {
+                let shape = t.shape();
+                let dtype = t.dtype();
+                let device = B::float_device(&t);
+                let e = B::float_full(shape, Scalar::from(v), &device, dtype.into());
+                B::float_powf(t, e)
+            }
             ScalarOp::POW => B::float_powf_scalar(t, s),
             ScalarOp::RSUB => B::float_add_scalar(B::float_neg(t), s),
             ScalarOp::RDIV => B::float_mul_scalar(B::float_recip(t), s),

@@ -172,8 +172,15 @@ fn float_data<B: AutodiffBackend>(
     B::float_from_data(data, &s.device)
 }
 
+/// The element count of a tensor of `shape` that a plugin asks the host to
+/// create, or an error when it overflows or cannot fit in memory (a plugin
+/// config's huge width must not abort the process).
+fn alloc(shape: &[usize]) -> Result<usize, AbiError> {
+    crate::util::check_allocation(shape, 8).map_err(shape_err)
+}
+
 fn check_len(len: usize, shape: &[usize]) -> Result<(), AbiError> {
-    let n: usize = shape.iter().product();
+    let n = alloc(shape)?;
     if n != len {
         return Err(shape_err(format!(
             "{len} values do not fill shape {shape:?} ({n} elements)"

@@ -170,6 +170,7 @@ pub(super) extern "C" fn expand_<B: AutodiffBackend>(
     run("expand", || {
         let t = float::<B>(x)?;
         let target = shape.to_vec();
+        alloc(&target)?;
         if broadcast_shape(&t.shape(), &target)? != target {
             return Err(shape_err(format!(
                 "cannot expand {:?} to {target:?}",

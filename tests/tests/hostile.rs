@@ -1,0 +1,230 @@
+//! Hostile and unlucky inputs at run time, each with the message a user
+//! sees (insta snapshots, paths made stable): run folders owned by one
+//! process, `--resume` that refuses a changed manifest and keeps the first
+//! part's record, `metrics.jsonl` after a kill, damaged plugin libraries,
+//! a library replaced under a running process, and a divergence before the
+//! first checkpoint. Bad manifests are in `tests/manifests/broken`
+//! (`snapshots.rs`).
+
+use dtx::plugins::load_library;
+use dtx::tensor_abi::{CpuBackend, vtables};
+use dtx_tests::runs::{self, dtx_run};
+use dtx_tests::{plugin_path, workspace_root};
+use std::path::{Path, PathBuf};
+
+fn out_dir(name: &str) -> PathBuf {
+    runs::out_dir("hostile", name)
+}
+
+/// Temporary folders and the workspace differ between machines.
+fn stable(text: &str, out: &Path) -> String {
+    text.replace(&out.display().to_string(), "[OUT]")
+        .replace(&workspace_root().display().to_string(), "[ROOT]")
+        .replace(std::env::consts::DLL_SUFFIX, ".[DLL]")
+}
+
+/// `metrics.jsonl` without the fields that measure time.
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            if let Some(o) = v.as_object_mut() {
+                o.remove("samples_per_s");
+            }
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn a_locked_run_folder_refuses_a_second_run_and_touches_nothing() {
+    let out = out_dir("lock");
+    let folder = out.join("gmm-mlp");
+    // Another process holds the folder (here: this one, through the same lock).
+    let held = dtx::run::dir::lock(&folder).unwrap();
+    let r = dtx_run("gmm-mlp.toml", &out, &["train.steps=2"], &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let pid = format!("pid {}", std::process::id());
+    insta::assert_snapshot!(stable(&r.stderr, &out).replace(&pid, "pid [PID]"));
+    let left: Vec<_> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, [".lock"], "the refused run wrote into the folder");
+    // Released (as when the holder exits, even by kill -9), the folder is free.
+    drop(held);
+    let r = dtx_run(
+        "gmm-mlp.toml",
+        &out,
+        &["train.steps=2", "sample.count=4"],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn resume_refuses_a_changed_manifest_and_keeps_the_first_record() {
+    let out = out_dir("resume");
+    let dir = out.join("gmm-mlp");
+    let first = ["train.steps=6", "sample.count=4"];
+    let nothing = dtx_run("gmm-mlp.toml", &out, &first, &["--resume"]);
+    assert_eq!(nothing.code, 1);
+    insta::assert_snapshot!("resume_without_checkpoint", stable(&nothing.stderr, &out));
+    assert!(!dir.exists(), "a refused resume created the run folder");
+    let r = dtx_run("gmm-mlp.toml", &out, &first, &["--stop-after", "3"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let record = std::fs::read_to_string(dir.join("manifest.toml")).unwrap();
+    let changed = dtx_run(
+        "gmm-mlp.toml",
+        &out,
+        &[
+            "train.steps=6",
+            "sample.count=4",
+            "train.lr=2e-3",
+            "run.seed=7",
+            "train.trainable=\"none\"",
+        ],
+        &["--resume"],
+    );
+    assert_eq!(changed.code, 1);
+    insta::assert_snapshot!("resume_changed_manifest", stable(&changed.stderr, &out));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("manifest.toml")).unwrap(),
+        record
+    );
+    // Training longer and sampling more are allowed, and recorded apart.
+    let longer = dtx_run(
+        "gmm-mlp.toml",
+        &out,
+        &["train.steps=8", "sample.count=6"],
+        &["--resume"],
+    );
+    assert_eq!(longer.code, 0, "{}", longer.stderr);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("manifest.toml")).unwrap(),
+        record,
+        "--resume rewrote the first part's manifest"
+    );
+    let resumed = std::fs::read_to_string(dir.join("manifest.resume-1.toml")).unwrap();
+    assert!(resumed.contains("steps = 8"), "{resumed}");
+}
+
+#[test]
+fn metrics_after_a_kill_and_resume_equal_an_uninterrupted_run() {
+    let sets = [
+        "train.steps=6",
+        "train.checkpoint_every=2",
+        "sample.count=4",
+    ];
+    let straight = out_dir("metrics-straight");
+    assert_eq!(dtx_run("gmm-mlp.toml", &straight, &sets, &[]).code, 0);
+    let split = out_dir("metrics-split");
+    let r = dtx_run("gmm-mlp.toml", &split, &sets, &["--stop-after", "4"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // What a kill -9 after step 5 leaves: step 5's line (its checkpoint never
+    // written) and half of step 6's.
+    let dir = split.join("gmm-mlp");
+    let path = dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let last = text
+        .lines()
+        .last()
+        .unwrap()
+        .replace("\"step\":4", "\"step\":5");
+    std::fs::write(&path, format!("{text}{last}\n{{\"grad_norm\":0.1,\"ste")).unwrap();
+    let r = dtx_run("gmm-mlp.toml", &split, &sets, &["--resume"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(metrics(&dir), metrics(&straight.join("gmm-mlp")));
+}
+
+#[test]
+fn a_divergence_before_the_first_checkpoint_says_nothing_is_kept() {
+    let out = out_dir("diverge");
+    let r = dtx_run(
+        "two-plugins.toml",
+        &out,
+        &[
+            "train.steps=8",
+            "train.checkpoint_every=4",
+            "plugin[1].config.nan_at_step=1",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("training stopped at step 2: loss term `probe.fit` is NaN"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("no checkpoint was written yet (the first comes after 4 steps)"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// A copy of the test plugin in `dir`, then changed by `damage`.
+fn damaged_copy(dir: &Path, name: &str, damage: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let mut bytes = std::fs::read(plugin_path("dtx-test-plugin")).unwrap();
+    damage(&mut bytes);
+    let p = dir.join(format!("{name}{}", std::env::consts::DLL_SUFFIX));
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[test]
+fn damaged_plugin_libraries_are_errors_naming_the_file_never_signals() {
+    let out = out_dir("damaged");
+    std::fs::create_dir_all(&out).unwrap();
+    let cases: Vec<(&str, PathBuf)> = vec![
+        (
+            "truncated",
+            damaged_copy(&out, "truncated", |b| b.truncate(b.len() / 2)),
+        ),
+        ("empty", damaged_copy(&out, "empty", Vec::clear)),
+        (
+            "text",
+            damaged_copy(&out, "text", |b| *b = b"not a library\n".repeat(40)),
+        ),
+        (
+            "bad-magic",
+            damaged_copy(&out, "bad-magic", |b| b[1] ^= 0xff),
+        ),
+        (
+            "header-offsets",
+            damaged_copy(&out, "header-offsets", |b| {
+                // e_phoff (ELF64) pointed far past the end of the file
+                b[32..40].copy_from_slice(&u64::MAX.to_le_bytes()[..]);
+            }),
+        ),
+    ];
+    let manifest = workspace_root().join("tests/manifests/ok/two-plugins.toml");
+    let m = manifest.display().to_string();
+    for (name, lib) in cases {
+        let set = format!("plugin[1].library=\"{}\"", lib.display());
+        // The real binary: a signal would show as no exit code at all.
+        let r = dtx_tests::run_dtx(&["plan", &m, "--set", &set], &out);
+        assert_eq!(r.code, 1, "{name}: {}", r.stderr);
+        assert!(!r.stderr.contains("panicked"), "{name}: {}", r.stderr);
+        insta::assert_snapshot!(format!("damaged_plugin_{name}"), stable(&r.stderr, &out));
+    }
+}
+
+#[test]
+fn a_library_replaced_under_a_running_process_keeps_running_and_is_reported() {
+    let out = out_dir("replaced");
+    std::fs::create_dir_all(&out).unwrap();
+    let lib = damaged_copy(&out, "replaced", |_| {});
+    let loaded = load_library(&lib, None, vtables::<CpuBackend>()).unwrap();
+    assert_eq!(loaded.changed_on_disk(), None);
+    // Truncated in place: the process runs a private copy, so no SIGBUS.
+    std::fs::write(&lib, b"gone").unwrap();
+    let name = loaded.description.name.clone();
+    assert_eq!(name, "test");
+    let said = loaded.changed_on_disk().expect("the change is noticed");
+    assert!(said.contains("changed on disk"), "{said}");
+}

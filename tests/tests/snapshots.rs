@@ -32,6 +32,8 @@ fn plan(path: &Path) -> Output {
 fn settings() -> insta::Settings {
     let mut s = insta::Settings::clone_current();
     s.add_filter(r"actual   [0-9a-f]{64}", "actual   [SHA256]");
+    // The memory estimate is compared with this machine's memory.
+    s.add_filter(r"this machine's [0-9.]+ GiB", "this machine's [MEM] GiB");
     s
 }
 

@@ -351,11 +351,11 @@ prediction = "epsilon"
 [source.config]
 hidden = 64
 blocks = 2
-
 [target]
 dataset = "builtin:gmm"
 limit = 10
 split_seed = 3
+holdout = 2
 labels = true
 
 [train]

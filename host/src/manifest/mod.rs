@@ -53,6 +53,11 @@ mod tests {
         "sha256-mismatch.toml",
         "cuda-not-built.toml",
         "condition-point-not-in-model.toml",
+        // checked when the plan is resolved against the model and the data
+        "builtin-config-typo.toml",
+        "source-weights-missing.toml",
+        "source-weights-do-not-fit.toml",
+        "memory-estimate.toml",
     ];
 
     fn manifests(kind: &str) -> Vec<PathBuf> {

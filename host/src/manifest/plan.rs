@@ -253,7 +253,8 @@ fn check_builtin_data(loaded: &LoadedManifest) -> Vec<ManifestDiagnostic> {
                 crate::data::DataError::UnknownDataset { .. } => at.replace(".config", ".dataset"),
                 _ => at.to_owned(),
             };
-            out.push(loaded.diagnostic(&key, e.to_string(), None));
+            let section = at.trim_end_matches(".config");
+            out.push(loaded.diagnostic(&key, format!("[{section}]: {e}"), None));
         }
     };
     if let Some(t) = &m.target

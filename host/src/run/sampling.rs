@@ -183,6 +183,13 @@ fn trajectory<B: AutodiffBackend, const D: usize>(
     // what `score` hooks aim for: the masks when sampling by mask, else the classes
     let hook_labels = hook_labels.or_else(|| labels.clone());
     let alpha_bars = &engine.alpha_bars;
+    // (the source alone is sampled from inside plugins' hooks too, with
+    // their cells borrowed: it runs no hook and asks none)
+    let has_score = weights.is_some()
+        && engine
+            .plugins
+            .iter()
+            .any(|p| p.try_borrow().is_ok_and(|p| p.implements(Hook::Score)));
     let mut step_index = 0u64;
     let num_steps = cfg.steps as u64;
     sample::<B, D, anyhow::Error>(
@@ -190,10 +197,23 @@ fn trajectory<B: AutodiffBackend, const D: usize>(
             let tf =
                 Tensor::<B, 1, Int>::from_data(TensorData::new(ts.to_vec(), [ts.len()]), device)
                     .float();
+            // With `score` hooks, x_t is a leaf that ε is tracked from, so a
+            // hook can differentiate through the ε actually being sampled
+            // (every plugin's injection included, its own too: Eq. 13 of
+            // denoiser-guidance builds x̂0 from it). The graph is dropped
+            // with ε at the end of the step.
             let xp = crate::tensor_abi::untracked::<B>(prim_f(x.clone()));
+            let xp = if has_score {
+                B::float_set_require_grad(xp, true)
+            } else {
+                xp
+            };
+            let x = ranked::<B, D>(xp.clone());
             let raw = ranked::<B, D>(match weights {
-                None => engine.source_forward(xp, prim_f(tf.clone()), labels.clone())?,
-                Some(w) => engine.student(w, xp, prim_f(tf.clone()), labels.clone(), false)?,
+                None => engine.source_forward(xp.clone(), prim_f(tf.clone()), labels.clone())?,
+                Some(w) => {
+                    engine.student(w, xp.clone(), prim_f(tf.clone()), labels.clone(), false)?
+                }
             });
             let (mean, variance) = if learned_sigma {
                 let c = engine.data_channels;
@@ -209,7 +229,7 @@ fn trajectory<B: AutodiffBackend, const D: usize>(
             if weights.is_some() {
                 for mut inst in engine.hooked(|p| p.implements(Hook::Score)) {
                     eps = inst.score(
-                        &prim_f(x.clone()),
+                        &xp,
                         &t_stored,
                         &eps,
                         hook_labels.as_ref(),

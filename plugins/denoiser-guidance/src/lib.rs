@@ -21,7 +21,9 @@
 //! - One normalisation (per-channel mean and std of the training pool),
 //!   saved with the run, applied everywhere.
 //! - The gradient of Eq. 13 runs through the classifier, the source U-Net's
-//!   features and x̂0, including ε_θ(x_t, t) of the model being sampled.
+//!   features and x̂0, including ε_θ(x_t, t) of the model being sampled:
+//!   the ε the host hands `score` (every plugin's injection applied, this
+//!   plugin's class embedding included), after CFG, tracked from x_t.
 //! - λ multiplies the log-likelihood summed over the batch, so each sample
 //!   gets its own gradient, independent of the batch size.
 //! - The null class of the class embedding is the zero vector, so the
@@ -165,20 +167,26 @@ impl DenoiserGuidance {
     }
 
     /// Classifier-free guidance: `(1 + w) ε − w ε_null`, ε_null from the
-    /// student without this plugin's class embedding.
-    fn cfg(&self, ctx: &Score<'_>, eps: Tensor) -> Result<Tensor, AbiError> {
+    /// student without this plugin's class embedding (the null class),
+    /// called on the host's x_t so that guidance differentiates through it.
+    /// `ctx.eps` is the conditional ε: the host ran the student with every
+    /// plugin's injection, this one's class embedding included.
+    fn cfg(&self, ctx: &Score<'_>) -> Result<Tensor, AbiError> {
+        let eps = (*ctx.eps).clone();
         let w = self.config.cfg_weight;
         if !self.config.class_embedding || w == 0.0 {
             return Ok(eps);
         }
-        let null = ctx
-            .host
-            .denoise(&ctx.x_t, &ctx.t, Which::Student, None)?
-            .detach();
+        let null = ctx.host.denoise(&ctx.x_t, &ctx.t, Which::Student, None)?;
         Ok(eps * (1.0 + w) - null * w)
     }
 
-    /// Eq. 13: `ε − λ sqrt(1 − ᾱ_t) ∇_{x_t} Σ log p(y | f(x̂0(x_t)))`.
+    /// Eq. 13: `ε − λ sqrt(1 − ᾱ_t) ∇_{x_t} Σ log p(y | f(x̂0(x_t)))`, with
+    /// x̂0 built (Eq. 11) from `eps`, the ε being sampled (conditional, after
+    /// CFG), differentiated through it: the host hands `score` x_t as a
+    /// leaf that ε is tracked from. No other denoiser call is made, so the
+    /// hook's labels (classes, or masks with the `mask` preset) only ever
+    /// reach the classifier, never the network's class input.
     fn guide(&self, ctx: &Score<'_>, eps: Tensor) -> Result<Tensor, AbiError> {
         if !self.resolved.guide || self.resolved.lambda == 0.0 {
             return Ok(eps);
@@ -187,15 +195,14 @@ impl DenoiserGuidance {
         let b = ctx.x_t.dim(0);
         let y = self.targets(ctx.labels.as_ref(), b, "guidance")?;
         let t = ctx.t.cast(dtx_plugin_api::DType::F32);
-        let x = ctx.x_t.detach().require_grad();
+        let x = &*ctx.x_t;
         let ab = per_example(&host.alpha_bar(&t)?);
         let s1a = ab.rsub(1.0).sqrt();
-        let e = host.denoise(&x, &t, Which::Student, ctx.labels.as_deref())?;
-        let x0 = (&x - &s1a * e) / ab.sqrt();
+        let x0 = (x - &s1a * &eps) / ab.sqrt();
         let features = self.spec.extract(host, &x0)?;
         let log_p = self.classifier.detached().log_prob(&features, &y).sum();
-        let g = log_p.grad(&[&x]).remove(0).detach();
-        Ok(eps - s1a * g * self.resolved.lambda)
+        let g = log_p.grad(&[x]).remove(0).detach();
+        Ok(eps.detach() - s1a * g * self.resolved.lambda)
     }
 }
 
@@ -321,8 +328,8 @@ impl Plugin for DenoiserGuidance {
     }
 
     fn score(&mut self, ctx: &Score<'_>) -> Result<Tensor, AbiError> {
-        let eps = self.cfg(ctx, ctx.eps.detach())?;
-        self.guide(ctx, eps)
+        let eps = self.cfg(ctx)?;
+        Ok(self.guide(ctx, eps)?.detach())
     }
 
     fn filter(&mut self, ctx: &Filter<'_>) -> Result<FilterOutput, AbiError> {

@@ -11,6 +11,7 @@ pub mod files;
 pub mod mock;
 
 pub mod runs;
+pub mod two_gaussians;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -58,6 +58,7 @@ mod tests {
         "source-weights-missing.toml",
         "source-weights-do-not-fit.toml",
         "memory-estimate.toml",
+        "attention-head-dim-zero.toml",
     ];
 
     fn manifests(kind: &str) -> Vec<PathBuf> {

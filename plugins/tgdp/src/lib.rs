@@ -8,10 +8,11 @@
 //! q(x0)/p(x0) ≈ (1 − c_ω(x0)) / c_ω(x0) = exp(−logit c_ω(x0))             (step 1)
 //! L_c  = −1/m Σ_source log c_ω(x) − 1/n Σ_target log(1 − c_ω(x'))         (step 1 loss)
 //! L_c' = the same for c'_ω(x_t, t) on noised samples, t ~ U{0, …, T−1}    (step 2)
-//! L_guidance    = mean ‖h_ψ(x_t, t) − (1 − c_ω(x0)) / c_ω(x0)‖²    source pairs  (Alg. 4, l. 4)
-//! L_cycle       = mean ‖h_ψ(x'_t, t) − (1 − c'_ω(x'_t, t)) / c'_ω(x'_t, t)‖²  target pairs (l. 7)
-//! L_consistence = mean (1 − ᾱ_t) ‖s_source(x'_t, t) + ∇ log h_ψ(x'_t, t)
+//! L_guidance    = mean_i (h_ψ(x_t, t) − (1 − c_ω(x0)) / c_ω(x0))²   source pairs  (Alg. 4, l. 4)
+//! L_cycle       = mean_i (h_ψ(x'_t, t) − (1 − c'_ω(x'_t, t)) / c'_ω(x'_t, t))²  target pairs (l. 7)
+//! L_consistence = mean_i (1 − ᾱ_t) ‖s_source(x'_t, t) + ∇ log h_ψ(x'_t, t)
 //!                                  − ∇ log q(x'_t | x'_0)‖²             (l. 8, weight λ(t) = 1 − ᾱ_t)
+//!                 (‖·‖² over all of a sample's dimensions: `losses`)
 //! ψ ← Adam on L_guidance + η1 L_cycle + η2 L_consistence                  (l. 9)
 //! ε_guided = ε_source − w · sqrt(1 − ᾱ_t) · ∇_{x_t} log h_ψ(x_t, t)        (score hook)
 //! ```
@@ -19,7 +20,8 @@
 //! with h_ψ = exp(raw_ψ) (so log h_ψ = raw_ψ), s = −ε / sqrt(1 − ᾱ_t) and
 //! ∇ log q(x'_t | x'_0) = −(x'_t − sqrt(ᾱ_t) x'_0) / (1 − ᾱ_t) = −ε' / sqrt(1 − ᾱ_t).
 //! With λ(t) = 1 − ᾱ_t the consistency residual is in ε units:
-//! ‖sqrt(1 − ᾱ_t) ∇ log h_ψ − (ε_source(x'_t) − ε')‖² (a per-element mean).
+//! ‖sqrt(1 − ᾱ_t) ∇ log h_ψ − (ε_source(x'_t) − ε')‖², summed over the
+//! sample's dimensions and averaged over the batch.
 //!
 //! Conventions (docs/plugins/tgdp.md):
 //! - **Sign**: the paper's. A positive ∇ log h (towards the target) lowers
@@ -37,6 +39,7 @@
 //!   the source's.
 
 mod config;
+pub mod losses;
 mod nets;
 
 pub use config::{Config, Network, SourceFrom};
@@ -66,11 +69,6 @@ fn per_example(v: &Tensor, rank: usize) -> Tensor {
     let mut shape = vec![v.dim(0) as i64];
     shape.extend(std::iter::repeat_n(1, rank - 1));
     v.reshape(&shape)
-}
-
-/// The mean over a batch of the per-element mean squared error.
-fn mse(a: &Tensor, b: &Tensor) -> Tensor {
-    (a - b).square().mean()
 }
 
 impl Tgdp {
@@ -203,7 +201,7 @@ impl Tgdp {
         let refs: Vec<&Param> = params.iter().collect();
         for step in 0..steps {
             let (zs, zt) = self.domain_logits(host, net, timed)?;
-            let loss = (-&zs).softplus().mean() + zt.softplus().mean();
+            let loss = losses::classifier(&zs, &zt);
             self.log(host, step, &[(&format!("l_{name}"), &loss)]);
             host.optimizer_step(&refs, loss, self.config.lr)?;
         }
@@ -264,7 +262,7 @@ impl Tgdp {
             let raw_s = self
                 .guidance
                 .forward(&xs_t, Some(&ts), src.labels.as_deref());
-            let l_guidance = mse(&h(&raw_s), &target_s);
+            let l_guidance = losses::regression(&h(&raw_s), &target_s);
             let mut loss = l_guidance.clone();
             let mut logged = vec![("l_guidance", l_guidance)];
             // target pairs (x'0, x'_t) ~ q: L_cycle and L_consistence
@@ -275,7 +273,7 @@ impl Tgdp {
                 let (raw_t, grad) = self.guidance.forward_with_input_grad(&xt_t, Some(&tt), y);
                 if self.config.eta1 > 0.0 {
                     let target_t = self.ratio(&time_classifier.forward(&xt_t, Some(&tt), y));
-                    let l_cycle = mse(&h(&raw_t), &target_t);
+                    let l_cycle = losses::regression(&h(&raw_t), &target_t);
                     loss = loss + &l_cycle * self.config.eta1;
                     logged.push(("l_cycle", l_cycle));
                 }
@@ -284,10 +282,9 @@ impl Tgdp {
                     let eps_src = host
                         .denoise(&xt_t.detach(), &tt, Which::Source, labels.as_ref())?
                         .detach();
-                    // (1 − ᾱ)‖s + ∇log h − ∇log q(x'_t|x'_0)‖² in ε units
-                    let r = xt_t.rank();
-                    let scaled = per_example(&s1a, r) * &grad;
-                    let l_cons = mse(&scaled, &(eps_src - &eps));
+                    // (1 − ᾱ)‖s + ∇log h − ∇log q(x'_t|x'_0)‖² in ε units,
+                    // the norm over each whole sample
+                    let l_cons = losses::consistency(&s1a, &grad, &eps_src, &eps);
                     loss = loss + &l_cons * self.config.eta2;
                     logged.push(("l_consistence", l_cons));
                 }

@@ -173,6 +173,22 @@ pub fn table(labels: &[&str], metrics: &[(&str, usize)], lines: &[Line]) -> Stri
     o
 }
 
+/// `lines` as JSON: one object per line with its labels under the keys
+/// `labels` and its [`Paired`] values under `metrics` (one key each).
+pub fn lines_json(labels: &[&str], metrics: &[&str], lines: &[Line]) -> serde_json::Value {
+    let one = |line: &Line| {
+        let mut o = serde_json::Map::new();
+        for (k, v) in labels.iter().zip(&line.labels) {
+            o.insert((*k).to_owned(), v.clone().into());
+        }
+        for (k, p) in metrics.iter().zip(&line.metrics) {
+            o.insert((*k).to_owned(), p.to_json());
+        }
+        serde_json::Value::Object(o)
+    };
+    lines.iter().map(one).collect()
+}
+
 /// The sentence under every paired-difference table.
 pub const NOTE: &str = "Each cell is the mean over seeds of (run − baseline) at the same seed, \
     then the two-sided 95 % confidence interval of that mean in brackets (Student's t with n − 1 degrees of freedom); \
@@ -304,5 +320,18 @@ mod tests {
             "| run | against | n | KID | FD |\n|---|---|---|---|---|\n\
              | sdft | naive-finetune | 2 | 2.0 [-10.7, 14.7] | 1.00 (one seed, no interval) |\n"
         );
+    }
+
+    #[test]
+    fn json_lines_name_their_labels_and_metrics() {
+        let lines = [Line {
+            labels: vec!["sdft".into()],
+            metrics: vec![Paired::of_differences(vec![3], vec![0.25])],
+        }];
+        let v = lines_json(&["run"], &["kid"], &lines);
+        assert_eq!(v[0]["run"], "sdft");
+        assert_eq!(v[0]["kid"]["seeds"], serde_json::json!([3]));
+        assert_eq!(v[0]["kid"]["mean"], 0.25);
+        assert!(v[0]["kid"]["ci95"].is_null());
     }
 }

@@ -107,6 +107,20 @@ fn quick_bench_scores_every_arm_on_equal_per_class_counts() {
             assert!(rate > 0.0 && rate <= 1.0, "{row}");
         }
     }
+    // Paired CAS differences against fine-tuning (one seed: no interval),
+    // in the table and in results.json.
+    assert!(
+        md.contains("| finetune+cfg+rejection | finetune+cfg | 1 | "),
+        "{md}"
+    );
+    let paired = json["paired"].as_array().unwrap();
+    assert_eq!(paired.len(), 6, "{paired:?}");
+    assert_eq!(paired[0]["arm"], "finetune+cfg");
+    assert_eq!(paired[0]["against"], "finetune");
+    let d = paired[0]["cas"]["differences"][0].as_f64().unwrap();
+    let cas = |i: usize| rows[i]["cas"].as_f64().unwrap();
+    assert!((d - (cas(1) - cas(0))).abs() < 1e-9, "{}", paired[0]);
+    assert!(paired[0]["cas"]["ci95"].is_null());
     // Arms without rejection keep every sample they draw; the run folders
     // are where the bench says.
     assert_eq!(rows[0]["acceptance_rate"].as_f64(), Some(1.0));

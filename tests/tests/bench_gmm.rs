@@ -83,6 +83,26 @@ fn quick_bench_prints_the_table_and_writes_results_and_plots() {
         "{}",
         rows[0]
     );
+    // Per-seed values stay in the rows; each method against `source`, one
+    // seed so no interval.
+    assert!(rows.iter().all(|r| r["seed"] == 0), "{rows:?}");
+    let paired = json["paired"].as_array().unwrap();
+    let pairs: Vec<String> = paired
+        .iter()
+        .map(|p| format!("{} {} {}", p["method"], p["n"], p["against"]))
+        .collect();
+    assert_eq!(
+        pairs,
+        ["\"target\" \"10\" \"source\"", "\"tgdp\" \"10\" \"source\""]
+    );
+    assert_eq!(paired[1]["mean_density"]["n"], 1);
+    assert!(paired[1]["mean_density"]["ci95"].is_null());
+    assert!(
+        r.stdout.contains("| tgdp | 10 | source | 1 | "),
+        "{}",
+        r.stdout
+    );
+    assert!(md.contains("Paired differences, method − baseline"), "{md}");
     assert_eq!(json["target_weights"].as_array().unwrap().len(), 8);
     assert_eq!(json["pretrain"][0]["seed"], 0);
 

@@ -1,8 +1,22 @@
 //! The `dtx bench cas` table: one row per arm, the classification accuracy
 //! score as mean ± sd over seeds, the acceptance rate of its runs and the
-//! images per class its classifiers trained on.
+//! images per class its classifiers trained on; then the paired differences
+//! of CAS between arms, seed by seed.
 
+use crate::eval::paired::{self, Line, Paired};
 use std::fmt::Write as _;
+
+/// The CAS comparisons, (arm, baseline): every arm against plain fine-tuning,
+/// then what each step adds to the one before it (rejection to CFG, SDFT to
+/// rejection).
+pub const COMPARISONS: [(&str, &str); 6] = [
+    ("finetune+cfg", "finetune"),
+    ("finetune+cfg+rejection", "finetune"),
+    ("sdft+rejection", "finetune"),
+    ("real", "finetune"),
+    ("finetune+cfg+rejection", "finetune+cfg"),
+    ("sdft+rejection", "finetune+cfg+rejection"),
+];
 
 /// One arm at one seed.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -123,6 +137,37 @@ pub fn markdown(rows: &[Row], order: &[&str], requested: usize) -> String {
     o
 }
 
+/// The paired CAS differences (arm − baseline at the same seed, in points)
+/// of every comparison in [`COMPARISONS`] whose two arms have rows.
+pub fn paired_lines(rows: &[Row]) -> Vec<Line> {
+    let values = |arm: &str| -> Vec<(u64, f64)> {
+        rows.iter()
+            .filter(|r| r.arm == arm)
+            .map(|r| (r.seed, r.cas))
+            .collect()
+    };
+    COMPARISONS
+        .iter()
+        .filter(|(a, b)| !values(a).is_empty() && !values(b).is_empty())
+        .map(|(a, b)| Line {
+            labels: vec![(*a).to_owned(), (*b).to_owned()],
+            metrics: vec![Paired::by_seed(&values(a), &values(b))],
+        })
+        .collect()
+}
+
+/// The paired-difference table (empty without a comparison).
+pub fn paired_markdown(lines: &[Line]) -> String {
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!(
+        "Paired differences of CAS, arm − baseline at the same seed (percentage points):\n\n{}\n{}\n",
+        paired::table(&["arm", "against"], &[("Δ CAS (points)", 1)], lines),
+        paired::NOTE
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,5 +210,43 @@ mod tests {
             "{md}"
         );
         assert!(!md.contains("Seed 0:"), "{md}");
+    }
+
+    #[test]
+    fn arms_are_paired_seed_by_seed_with_the_doc_numbers() {
+        // docs/results.md's CAS per seed (0 / 1 / 2): finetune+cfg 52.0 /
+        // 43.0 / 56.9, +rejection 55.7 / 62.6 / 57.9. Rejection − CFG:
+        // 3.7, 19.6, 1.0: mean 8.1, sd 10.050, 95 % interval
+        // 8.1 ± 4.303 · 10.050 / √3 = [−16.9, 33.1].
+        let cas = [
+            ("finetune", [53.4, 43.2, 57.7]),
+            ("finetune+cfg", [52.0, 43.0, 56.9]),
+            ("finetune+cfg+rejection", [55.7, 62.6, 57.9]),
+        ];
+        let mut rows = Vec::new();
+        for (arm, v) in cas {
+            for (seed, c) in v.into_iter().enumerate() {
+                rows.push(row(arm, seed as u64, c, None, [32, 32]));
+            }
+        }
+        let lines = paired_lines(&rows);
+        let md = paired_markdown(&lines);
+        assert!(
+            md.contains("| finetune+cfg+rejection | finetune+cfg | 3 | 8.1 [-16.9, 33.1] |"),
+            "{md}"
+        );
+        // +cfg − finetune: −1.4, −0.2, −0.8: mean −0.8, sd 0.6, half-width
+        // 4.303 · 0.6 / √3 = 1.49.
+        assert!(
+            md.contains("| finetune+cfg | finetune | 3 | -0.8 [-2.3, 0.7] |"),
+            "{md}"
+        );
+        // sdft+rejection and real have no rows: no line for them.
+        assert_eq!(lines.len(), 3, "{md}");
+        assert!(
+            md.contains("| arm | against | n | Δ CAS (points) |"),
+            "{md}"
+        );
+        assert_eq!(paired_markdown(&paired_lines(&rows[..3])), "");
     }
 }

@@ -1,8 +1,10 @@
 //! The benchmark's rows, their Markdown table (mean ± sd over seeds per
-//! method and n) and their JSON.
+//! method and n), the paired differences between methods seed by seed, and
+//! their JSON.
 
 use super::metrics::Scores;
 use super::setting::{Method, Setting};
+use crate::eval::paired::{self, Line, Paired};
 use std::fmt::Write as _;
 
 /// One scored point set: a run, or the exact reference.
@@ -142,19 +144,89 @@ pub fn markdown(rows: &[Row], methods: &[Method], ns: &[usize], seeds: &[u64]) -
     o
 }
 
-/// Everything the bench measured, as one JSON document.
+/// The scores compared seed by seed: (JSON key, column title, decimals).
+const PAIRED: [(&str, &str, usize); 3] = [
+    ("mean_density", "Δ mean density", 4),
+    ("mean_log_density", "Δ mean log-density", 3),
+    ("coverage_tv", "Δ coverage TV", 4),
+];
+
+fn paired_value(s: &Scores, k: usize) -> f64 {
+    [s.mean_density, s.mean_log_density, s.coverage_tv][k]
+}
+
+/// The comparisons, each as (method, n, baseline): per n every method that
+/// uses the target points against `source` (which has no n), then TGDP
+/// against fine-tuning at the same n — for the methods asked for.
+fn comparisons(methods: &[Method], ns: &[usize]) -> Vec<(Method, usize, Method)> {
+    let mut out = Vec::new();
+    for &n in ns {
+        if methods.contains(&Method::Source) {
+            for &m in methods.iter().filter(|m| m.uses_target()) {
+                out.push((m, n, Method::Source));
+            }
+        }
+        if methods.contains(&Method::Tgdp) && methods.contains(&Method::Finetune) {
+            out.push((Method::Tgdp, n, Method::Finetune));
+        }
+    }
+    out
+}
+
+/// The paired differences (method − baseline at the same seed) of every
+/// comparison, one [`Paired`] per score of [`PAIRED`]; labels method, n,
+/// baseline.
+pub fn paired_lines(rows: &[Row], methods: &[Method], ns: &[usize]) -> Vec<Line> {
+    let values = |m: Method, n: Option<usize>, k: usize| -> Vec<(u64, f64)> {
+        rows.iter()
+            .filter(|r| r.method == m.name() && r.n == n)
+            .map(|r| (r.seed, paired_value(&r.scores, k)))
+            .collect()
+    };
+    let at = |m: Method, n: usize| m.uses_target().then_some(n);
+    comparisons(methods, ns)
+        .into_iter()
+        .map(|(m, n, base)| Line {
+            labels: vec![m.name().into(), n.to_string(), base.name().into()],
+            metrics: (0..PAIRED.len())
+                .map(|k| Paired::by_seed(&values(m, at(m, n), k), &values(base, at(base, n), k)))
+                .collect(),
+        })
+        .collect()
+}
+
+/// The paired-difference table under the main one (empty without a
+/// comparison): each method against `source` per n, TGDP against
+/// fine-tuning.
+pub fn paired_markdown(lines: &[Line]) -> String {
+    if lines.is_empty() {
+        return String::new();
+    }
+    let columns: Vec<(&str, usize)> = PAIRED.iter().map(|(_, t, d)| (*t, *d)).collect();
+    format!(
+        "Paired differences, method − baseline at the same seed (the same n target points and source model):\n\n{}\n{} Seeds whose log-density is infinite for either method are left out of that column.\n",
+        paired::table(&["method", "n", "against"], &columns, lines),
+        paired::NOTE
+    )
+}
+
+/// Everything the bench measured, as one JSON document: every row of every
+/// seed, and the paired differences `lines`.
 pub fn to_json(
     setting: &Setting,
     weights: &[f64],
     rows: &[Row],
     pretrain: &[(u64, f64)],
+    lines: &[Line],
 ) -> serde_json::Value {
+    let keys: Vec<&str> = PAIRED.iter().map(|p| p.0).collect();
     serde_json::json!({
         "setting": setting,
         "target_weights": weights,
         "assignment": "nearest component mean, distance in the component's standard deviations",
         "pretrain": pretrain.iter().map(|(seed, s)| serde_json::json!({"seed": seed, "seconds": s})).collect::<Vec<_>>(),
         "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
+        "paired": paired::lines_json(&["method", "n", "against"], &keys, lines),
     })
 }
 
@@ -219,6 +291,42 @@ mod tests {
             "the paper's Vanilla n = 10: {t}"
         );
         assert!(lines[4].contains("| 0.253 |"), "{t}");
+    }
+
+    #[test]
+    fn methods_are_paired_with_source_per_n_and_tgdp_with_finetune() {
+        let mut rows = Vec::new();
+        for seed in 0..3 {
+            let s = seed as f64;
+            rows.push(row("source", None, seed, 0.03 + 0.001 * s));
+            rows.push(row("finetune", Some(10), seed, 0.08 + 0.002 * s));
+            rows.push(row("tgdp", Some(10), seed, 0.06 + 0.004 * s));
+        }
+        let methods = [Method::Source, Method::Finetune, Method::Tgdp];
+        let lines = paired_lines(&rows, &methods, &[10]);
+        let labels: Vec<String> = lines.iter().map(|l| l.labels.join(" ")).collect();
+        assert_eq!(
+            labels,
+            ["finetune 10 source", "tgdp 10 source", "tgdp 10 finetune"]
+        );
+        // tgdp − finetune in density: −0.02, −0.018, −0.016: mean −0.018,
+        // sd 0.002, half-width 4.303 · 0.002 / √3 = 0.00497.
+        let md = paired_markdown(&lines);
+        assert!(
+            md.contains("| tgdp | 10 | finetune | 3 | -0.0180 [-0.0230, -0.0130] |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| finetune | 10 | source | 3 | 0.0510 [0.0485, 0.0535] |"),
+            "{md}"
+        );
+        // Without `source` and `finetune` there is nothing to compare.
+        assert!(paired_lines(&rows, &[Method::Target, Method::Tgdp], &[10]).is_empty());
+        assert_eq!(paired_markdown(&[]), "");
+        let json = to_json(&Setting::quick(10), &[1.0], &rows, &[], &lines);
+        assert_eq!(json["paired"][2]["against"], "finetune");
+        assert_eq!(json["paired"][2]["mean_density"]["n"], 3);
+        assert_eq!(json["rows"][4]["seed"], 1, "per-seed rows are kept");
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! at each step count, trainable parameters and wall time — then ANL's
 //! mask-rate trade-off (the paper's appendix A): samples of the trained
 //! conditional run at δ = 0 … 0.9, KID against the spread of samples that
-//! share a condition image.
+//! share a condition image. Under them, the paired differences seed by seed
+//! (each arm against naive fine-tuning, each δ against the first) with 95 %
+//! intervals; `bench-anl/results.json` keeps every value.
 
+use crate::eval::paired::{self, Line, Paired};
 use crate::manifest::{self, plan};
 use anyhow::{Context, bail};
 use std::collections::HashMap;
@@ -38,10 +41,16 @@ pub struct AnlArgs {
     /// Overrides applied to every arm (`sample.count=32`, …).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Also write the tables (Markdown) to this file.
+    /// Also write the tables (Markdown) to this file. The per-seed values
+    /// and the paired differences always go to `bench-anl/results.json` in
+    /// the first arm's output folder (replaced on a rerun).
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
+
+/// The arm every other is compared with, seed by seed: the one of this
+/// name, else the last arm.
+const BASELINE: &str = "naive-finetune";
 
 const DEFAULT_ARMS: [(&str, &str); 3] = [
     ("anl", "manifests/anl.toml"),
@@ -49,6 +58,7 @@ const DEFAULT_ARMS: [(&str, &str); 3] = [
     ("naive-finetune", "manifests/naive-finetune.toml"),
 ];
 
+#[derive(serde::Serialize)]
 struct Row {
     arm: String,
     steps: u64,
@@ -59,6 +69,7 @@ struct Row {
     seconds: f64,
 }
 
+#[derive(serde::Serialize)]
 struct SweepRow {
     seed: u64,
     delta: f64,
@@ -138,9 +149,19 @@ pub fn run(a: &AnlArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     // Every arm resolves (plugins built, [eval] present) before anything
     // runs; its trainable parameters do not depend on the seed or steps.
     let mut params = Vec::new();
+    let mut emas = Vec::new();
+    let mut results_dir = None;
     for (name, path) in &arms {
         let m = super::bench_transfer::load_with_metrics(path, &a.set)
             .with_context(|| format!("arm `{name}`"))?;
+        results_dir.get_or_insert_with(|| m.output_dir().join("bench-anl"));
+        emas.push(
+            m.manifest
+                .train
+                .as_ref()
+                .and_then(|t| t.ema)
+                .map(|e| e.decay),
+        );
         params.push(trainable(
             &plan::resolve(m).with_context(|| format!("arm `{name}`"))?,
         ));
@@ -181,12 +202,111 @@ pub fn run(a: &AnlArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             }
         }
     }
-    let table = tables(&rows, &sweep, &arms);
+    let table = tables(&rows, &sweep, &arms, &emas);
     writeln!(out, "\n{table}")?;
     if let Some(p) = &a.out {
         std::fs::write(p, &table).with_context(|| format!("writing `{}`", p.display()))?;
     }
+    let dir = results_dir.context("no arm")?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating `{}`", dir.display()))?;
+    let path = dir.join("results.json");
+    let json = results_json(a, &arms, &emas, &rows, &sweep);
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+        .with_context(|| format!("writing `{}`", path.display()))?;
+    writeln!(out, "results: {}", path.display())?;
     Ok(())
+}
+
+/// Everything the bench measured: the arms and their EMA, every run's and
+/// every mask rate's values per seed, and the paired differences.
+fn results_json(
+    a: &AnlArgs,
+    arms: &[(String, PathBuf)],
+    emas: &[Option<f64>],
+    rows: &[Row],
+    sweep: &[SweepRow],
+) -> serde_json::Value {
+    serde_json::json!({
+        "arms": arms.iter().zip(emas).map(|((n, p), e)| serde_json::json!({"name": n, "manifest": p, "ema": e})).collect::<Vec<_>>(),
+        "seeds": a.seeds,
+        "steps": a.steps,
+        "overrides": a.set,
+        "rows": rows,
+        "sweep": sweep,
+        "paired": paired::lines_json(&["arm", "steps", "against"], &["kid_x1e3", "fd"], &arm_lines(rows, arms)),
+        "sweep_paired": paired::lines_json(&["delta", "against"], &["kid_x1e3", "fd", "spread"], &sweep_lines(sweep)),
+    })
+}
+
+/// The baseline arm: [`BASELINE`] when there is one, else the last.
+fn baseline(arms: &[(String, PathBuf)]) -> Option<&str> {
+    arms.iter()
+        .find(|(n, _)| n == BASELINE)
+        .or(arms.last())
+        .map(|(n, _)| n.as_str())
+}
+
+/// Each arm but the baseline against it, per step count: paired KID and FD.
+fn arm_lines(rows: &[Row], arms: &[(String, PathBuf)]) -> Vec<Line> {
+    let Some(base) = baseline(arms) else {
+        return Vec::new();
+    };
+    let mut steps: Vec<u64> = rows.iter().map(|r| r.steps).collect();
+    steps.sort_unstable();
+    steps.dedup();
+    let values = |arm: &str, steps: u64, f: fn(&Row) -> Option<f64>| -> Vec<(u64, f64)> {
+        rows.iter()
+            .filter(|r| r.arm == arm && r.steps == steps)
+            .filter_map(|r| Some((r.seed, f(r)?)))
+            .collect()
+    };
+    let metrics: [fn(&Row) -> Option<f64>; 2] = [|r| r.kid, |r| r.fd];
+    let mut lines = Vec::new();
+    for (name, _) in arms.iter().filter(|(n, _)| n != base) {
+        for &s in &steps {
+            lines.push(Line {
+                labels: vec![name.clone(), s.to_string(), base.to_owned()],
+                metrics: metrics
+                    .iter()
+                    .map(|&f| Paired::by_seed(&values(name, s, f), &values(base, s, f)))
+                    .collect(),
+            });
+        }
+    }
+    lines
+}
+
+/// Each mask rate of the sweep against its first: paired KID, FD and
+/// spread.
+fn sweep_lines(sweep: &[SweepRow]) -> Vec<Line> {
+    let Some(first) = sweep.first().map(|s| s.delta) else {
+        return Vec::new();
+    };
+    let mut deltas: Vec<f64> = Vec::new();
+    for s in sweep {
+        if !deltas.contains(&s.delta) {
+            deltas.push(s.delta);
+        }
+    }
+    let values = |delta: f64, f: fn(&SweepRow) -> Option<f64>| -> Vec<(u64, f64)> {
+        sweep
+            .iter()
+            .filter(|s| s.delta == delta)
+            .filter_map(|s| Some((s.seed, f(s)?)))
+            .collect()
+    };
+    let metrics: [fn(&SweepRow) -> Option<f64>; 3] = [|s| s.kid, |s| s.fd, |s| s.spread];
+    deltas
+        .into_iter()
+        .filter(|d| *d != first)
+        .map(|d| Line {
+            labels: vec![d.to_string(), first.to_string()],
+            metrics: metrics
+                .iter()
+                .map(|&f| Paired::by_seed(&values(d, f), &values(first, f)))
+                .collect(),
+        })
+        .collect()
 }
 
 /// Samples the trained run in `dir` at mask rate `delta` (as `dtx sample
@@ -229,7 +349,12 @@ fn sample_at(dir: &Path, seed: u64, delta: f64, out: &mut dyn Write) -> anyhow::
     })
 }
 
-fn tables(rows: &[Row], sweep: &[SweepRow], arms: &[(String, PathBuf)]) -> String {
+fn tables(
+    rows: &[Row],
+    sweep: &[SweepRow],
+    arms: &[(String, PathBuf)],
+    emas: &[Option<f64>],
+) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -268,6 +393,52 @@ fn tables(rows: &[Row], sweep: &[SweepRow], arms: &[(String, PathBuf)]) -> Strin
             );
         }
     }
+    o + &paired_tables(rows, sweep, arms, emas)
+}
+
+/// The paired differences under the tables: arms against the baseline,
+/// then mask rates against the first; and each arm's EMA, which differs
+/// between the arms compared.
+fn paired_tables(
+    rows: &[Row],
+    sweep: &[SweepRow],
+    arms: &[(String, PathBuf)],
+    emas: &[Option<f64>],
+) -> String {
+    let mut o = String::new();
+    let lines = arm_lines(rows, arms);
+    if let (Some(base), false) = (baseline(arms), lines.is_empty()) {
+        let ema: Vec<String> = arms
+            .iter()
+            .zip(emas)
+            .map(|((n, _), e)| format!("{n} {}", e.map_or("none".into(), |d| d.to_string())))
+            .collect();
+        let _ = writeln!(
+            o,
+            "\nPaired differences, arm − {base} at the same seed and steps:\n\n{}\n{}\n\
+             EMA of the sampled weights (`train.ema` decay): {}; dtx keeps no EMA of plugin parameters, so an adapter arm samples its last weights.",
+            paired::table(
+                &["arm", "steps", "against"],
+                &[("Δ KID_dtx ×10³", 3), ("Δ FD_dtx", 3)],
+                &lines
+            ),
+            paired::NOTE,
+            ema.join(", ")
+        );
+    }
+    let lines = sweep_lines(sweep);
+    if !lines.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nPaired differences, each mask rate δ − the first at the same seed (one mask rectangle per sampling batch unless `sample.mask_per_sample`, so with `sample.count` = `sample.batch` one rectangle per run):\n\n{}\n{}",
+            paired::table(
+                &["δ", "against"],
+                &[("Δ KID_dtx ×10³", 3), ("Δ FD_dtx", 3), ("Δ spread", 3)],
+                &lines
+            ),
+            paired::NOTE
+        );
+    }
     o
 }
 
@@ -289,5 +460,80 @@ mod tests {
         let s = [0.0, 0.0, 9.0, 9.0, 3.0, 4.0];
         assert_eq!(spread(&s, 2, &csv), Some(5.0));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn row(arm: &str, steps: u64, seed: u64, kid: f64) -> Row {
+        Row {
+            arm: arm.into(),
+            steps,
+            seed,
+            kid: Some(kid),
+            fd: Some(kid / 20.0),
+            trainable: 1,
+            seconds: 10.0,
+        }
+    }
+
+    fn sweep_row(seed: u64, delta: f64, kid: f64, spread: f64) -> SweepRow {
+        SweepRow {
+            seed,
+            delta,
+            kid: Some(kid),
+            fd: None,
+            spread: Some(spread),
+        }
+    }
+
+    #[test]
+    fn arms_are_paired_with_naive_finetune_per_step_count_and_deltas_with_the_first() {
+        // docs/results.md, 300 steps, KID_dtx ×10³ per seed: anl-unconditional
+        // 1030.855 / 890.127 / 738.886, naive-finetune 1271.578 / 782.686 /
+        // 936.058. Differences −240.723, 107.441, −197.172: mean −110.151,
+        // sd 189.694, half-width 4.303 · 189.694 / √3 = 471.27.
+        let arms: Vec<(String, PathBuf)> = ["anl-unconditional", "naive-finetune"]
+            .iter()
+            .map(|n| (n.to_string(), PathBuf::from(format!("{n}.toml"))))
+            .collect();
+        let rows = vec![
+            row("anl-unconditional", 300, 0, 1030.855),
+            row("anl-unconditional", 300, 1, 890.127),
+            row("anl-unconditional", 300, 2, 738.886),
+            row("naive-finetune", 300, 0, 1271.578),
+            row("naive-finetune", 300, 1, 782.686),
+            row("naive-finetune", 300, 2, 936.058),
+        ];
+        let sweep = vec![
+            sweep_row(0, 0.0, 1784.5, 11.21),
+            sweep_row(0, 0.9, 2244.4, 12.34),
+            sweep_row(1, 0.0, 1097.7, 14.20),
+            sweep_row(1, 0.9, 1896.8, 13.75),
+        ];
+        let md = tables(&rows, &sweep, &arms, &[None, Some(0.99)]);
+        assert!(
+            md.contains("| anl-unconditional | 300 | 0 | 1030.855 | "),
+            "the per-run table is unchanged: {md}"
+        );
+        assert!(
+            md.contains(
+                "| anl-unconditional | 300 | naive-finetune | 3 | -110.151 [-581.417, 361.114] |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("anl-unconditional none, naive-finetune 0.99"),
+            "{md}"
+        );
+        // δ 0.9 − 0: KID 459.9 and 799.1 (mean 629.5, half-width 12.706 ·
+        // 239.85 / √2 = 2154.9); spread 1.13 and −0.45; FD was not measured.
+        assert!(
+            md.contains("| 0.9 | 0 | 2 | 629.500 [-1525.438, 2784.438] | – | 0.340 ["),
+            "{md}"
+        );
+        // The last arm is the baseline when none is called naive-finetune.
+        let other: Vec<(String, PathBuf)> = vec![
+            ("anl".into(), PathBuf::from("anl.toml")),
+            ("ft".into(), PathBuf::from("ft.toml")),
+        ];
+        assert_eq!(baseline(&other), Some("ft"));
     }
 }

@@ -247,7 +247,12 @@ pub fn run(a: &CasArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
 
     let order: Vec<&str> = ARMS.iter().map(|a| a.name).collect();
-    let table = bench_cas::table::markdown(&rows, &order, a.per_class);
+    let lines = bench_cas::table::paired_lines(&rows);
+    let table = format!(
+        "{}\n{}",
+        bench_cas::table::markdown(&rows, &order, a.per_class),
+        bench_cas::table::paired_markdown(&lines)
+    );
     writeln!(out, "\n{table}")?;
     let doc = format!(
         "# dtx bench cas\n\nSetting: the arms' manifests (manifests/rejection.toml, manifests/sdft-rejection.toml) with `sample.count` = {count}{}; a CNN classifier (2 conv stages 16/32, 64 hidden, Adam {} steps × {} images, lr {}, seed {}) per arm; accuracy on {} real `builtin:shapes` test images (seed 2⁴⁰).\n\n{table}",
@@ -274,6 +279,7 @@ pub fn run(a: &CasArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         "overrides": a.set,
         "quick": a.quick,
         "rows": rows,
+        "paired": crate::eval::paired::lines_json(&["arm", "against"], &["cas"], &lines),
     });
     std::fs::write(
         root.join("results.json"),

@@ -169,7 +169,12 @@ pub fn run(a: &GmmArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         }
     }
 
-    let table = table::markdown(&rows, &methods, &a.n, &a.seeds);
+    let lines = table::paired_lines(&rows, &methods, &a.n);
+    let table = format!(
+        "{}\n{}",
+        table::markdown(&rows, &methods, &a.n, &a.seeds),
+        table::paired_markdown(&lines)
+    );
     let mut doc = format!("# dtx bench gmm\n\n{}\n{table}", setting.describe(&methods));
     if !pretrain.is_empty() {
         let mean = pretrain.iter().map(|p| p.1).sum::<f64>() / pretrain.len() as f64;
@@ -185,7 +190,7 @@ pub fn run(a: &GmmArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         e = scatter::EXTENT,
     );
     writeln!(out, "\n{table}")?;
-    let json = table::to_json(&setting, &weights, &rows, &pretrain);
+    let json = table::to_json(&setting, &weights, &rows, &pretrain, &lines);
     let results = root.join("results.json");
     std::fs::write(&results, serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("writing `{}`", results.display()))?;

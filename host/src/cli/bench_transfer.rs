@@ -1,6 +1,9 @@
 //! `dtx bench transfer`: the same target set, seeds and step budget through
-//! several transfer manifests, one table of their `[eval]` metrics.
+//! several transfer manifests, one table of their `[eval]` metrics, then
+//! each manifest against naive fine-tuning paired by seed with 95 %
+//! intervals (`crate::eval::paired`); `results.json` keeps every value.
 
+use crate::eval::paired::{self, Line, Paired};
 use crate::manifest;
 use anyhow::{Context, bail};
 use std::fmt::Write as _;
@@ -29,12 +32,19 @@ pub struct TransferArgs {
     /// Overrides applied to every manifest (`train.steps=100`, …).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Also write the tables (Markdown) to this file.
+    /// Also write the tables (Markdown) to this file. The per-seed values
+    /// and the paired differences always go to `bench-transfer/results.json`
+    /// in the first manifest's output folder (replaced on a rerun).
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
 
+/// The baseline every other manifest is compared with, seed by seed: the
+/// one whose run is called this, else the first manifest.
+const BASELINE: &str = "naive-finetune";
+
 /// One finished run.
+#[derive(serde::Serialize)]
 struct Row {
     name: String,
     seed: u64,
@@ -76,8 +86,10 @@ pub fn run(a: &TransferArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     // Every manifest loads (and has metrics) before anything runs.
     let mut loaded = Vec::new();
+    let mut results_dir = None;
     for path in &manifests {
         let m = load_with_metrics(path, &a.set)?;
+        results_dir.get_or_insert_with(|| m.output_dir().join("bench-transfer"));
         loaded.push((path.clone(), m.manifest.run.name.clone()));
     }
     let mut rows = Vec::new();
@@ -117,7 +129,69 @@ pub fn run(a: &TransferArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Some(p) = &a.out {
         std::fs::write(p, &table).with_context(|| format!("writing `{}`", p.display()))?;
     }
+    let dir = results_dir.context("no manifest")?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating `{}`", dir.display()))?;
+    let path = dir.join("results.json");
+    let json = results_json(a, &rows, &loaded);
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+        .with_context(|| format!("writing `{}`", path.display()))?;
+    writeln!(out, "results: {}", path.display())?;
     Ok(())
+}
+
+/// Everything the bench measured: the manifests, every run's values per
+/// seed and the paired differences against the baseline.
+fn results_json(
+    a: &TransferArgs,
+    rows: &[Row],
+    manifests: &[(PathBuf, String)],
+) -> serde_json::Value {
+    let (baseline, lines) = paired_lines(rows, manifests);
+    serde_json::json!({
+        "manifests": manifests.iter().map(|(p, n)| serde_json::json!({"path": p, "run": n})).collect::<Vec<_>>(),
+        "seeds": a.seeds,
+        "overrides": a.set,
+        "rows": rows,
+        "baseline": baseline,
+        "paired": paired::lines_json(&["run", "against"], &PAIRED_KEYS, &lines),
+    })
+}
+
+/// The metrics compared seed by seed: (JSON key, value). The held-out →
+/// nearest-train distance is left out: it is the same for every run of a
+/// seed.
+const PAIRED_KEYS: [&str; 4] = ["kid_x1e3", "fd", "nearest", "source_distance"];
+
+fn paired_values(r: &Row) -> [Option<f64>; 4] {
+    [r.kid, r.fd, r.nearest, r.source_distance]
+}
+
+/// The baseline's name and, for every other manifest, its paired
+/// differences against it per metric of [`PAIRED_KEYS`].
+fn paired_lines(rows: &[Row], manifests: &[(PathBuf, String)]) -> (String, Vec<Line>) {
+    let baseline = manifests
+        .iter()
+        .find(|(_, n)| n == BASELINE)
+        .or(manifests.first())
+        .map(|(_, n)| n.clone())
+        .unwrap_or_default();
+    let values = |name: &str, k: usize| -> Vec<(u64, f64)> {
+        rows.iter()
+            .filter(|r| r.name == name)
+            .filter_map(|r| Some((r.seed, paired_values(r)[k]?)))
+            .collect()
+    };
+    let lines = manifests
+        .iter()
+        .filter(|(_, n)| *n != baseline)
+        .map(|(_, name)| Line {
+            labels: vec![name.clone(), baseline.clone()],
+            metrics: (0..PAIRED_KEYS.len())
+                .map(|k| Paired::by_seed(&values(name, k), &values(&baseline, k)))
+                .collect(),
+        })
+        .collect();
+    (baseline, lines)
 }
 
 /// Loads `path` with overrides `set`; an error unless it has `[eval]
@@ -215,5 +289,100 @@ fn tables(rows: &[Row], manifests: &[(PathBuf, String)]) -> String {
             );
         }
     }
+    let (baseline, lines) = paired_lines(rows, manifests);
+    if !lines.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nPaired differences, run − {baseline} at the same seed:\n\n{}\n{}",
+            paired::table(
+                &["run", "against"],
+                &[
+                    (&format!("Δ {kid} ×10³"), 3),
+                    (&format!("Δ {fd}"), 3),
+                    ("Δ sample → nearest train", 3),
+                    ("Δ to source sample", 3),
+                ],
+                &lines
+            ),
+            paired::NOTE
+        );
+    }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, seed: u64, kid: f64) -> Row {
+        Row {
+            name: name.into(),
+            seed,
+            kid: Some(kid),
+            fd: Some(kid / 10.0),
+            nearest: Some(7.0),
+            reference_nearest: Some(6.5),
+            source_distance: None,
+            seconds: 100.0,
+            names: ("KID_dtx".into(), "FD_dtx".into()),
+        }
+    }
+
+    fn manifests(names: &[&str]) -> Vec<(PathBuf, String)> {
+        names
+            .iter()
+            .map(|n| (PathBuf::from(format!("manifests/{n}.toml")), n.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn runs_are_paired_against_naive_finetune_seed_by_seed() {
+        // The doc's KID_dtx ×10³ of seeds 0-2 (sdft − naive-finetune: −17.380,
+        // −1.711, −32.371; mean −17.154, sd 15.332, half-width 4.303 · 15.332
+        // / √3 = 38.088, so [−55.242, 20.934]; FD is KID / 10 here).
+        let rows = vec![
+            row("scratch", 0, 61980.824),
+            row("naive-finetune", 0, 1271.578),
+            row("sdft", 0, 1254.198),
+            row("scratch", 1, 24193.557),
+            row("naive-finetune", 1, 782.686),
+            row("sdft", 1, 780.975),
+            row("scratch", 2, 44127.679),
+            row("naive-finetune", 2, 936.058),
+            row("sdft", 2, 903.687),
+        ];
+        let md = tables(&rows, &manifests(&["scratch", "naive-finetune", "sdft"]));
+        // The per-run and mean ± sd tables are as before.
+        assert!(
+            md.contains("| sdft | 0 | 1254.198 | 125.420 | 7.000 | 6.500 | – | 100 |"),
+            "{md}"
+        );
+        assert!(md.contains("Mean ± sd over 3 seeds:"), "{md}");
+        assert!(
+            md.contains("Paired differences, run − naive-finetune at the same seed:"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| run | against | n | Δ KID_dtx ×10³ | Δ FD_dtx | Δ sample → nearest train | Δ to source sample |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| sdft | naive-finetune | 3 | -17.154 [-55.242, 20.934] | -1.715 [-5.524, 2.093] | 0.000 [0.000, 0.000] | – |"),
+            "{md}"
+        );
+        assert!(md.contains("| scratch | naive-finetune | 3 | "), "{md}");
+        assert!(!md.contains("| naive-finetune | naive-finetune |"), "{md}");
+    }
+
+    #[test]
+    fn without_naive_finetune_the_first_manifest_is_the_baseline() {
+        let rows = vec![row("tgdp", 0, 700.0), row("source-only", 0, 800.0)];
+        let (baseline, lines) = paired_lines(&rows, &manifests(&["tgdp", "source-only"]));
+        assert_eq!(baseline, "tgdp");
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].metrics[0].cell(1), "100.0 (one seed, no interval)");
+        // One manifest: nothing to compare, no paired table.
+        let md = tables(&rows[..1], &manifests(&["tgdp"]));
+        assert!(!md.contains("Paired"), "{md}");
+    }
 }

@@ -176,28 +176,33 @@ pub enum BenchCommand {
     },
     /// Runs transfer manifests (default: scratch, naive fine-tune, SDFT from
     /// `manifests/`) on the same target set and seeds and prints one table
-    /// of their `[eval]` metrics and wall times.
+    /// of their `[eval]` metrics and wall times, then each against naive
+    /// fine-tuning paired by seed with 95 % intervals; per-seed values in
+    /// `<runs>/bench-transfer/results.json`.
     Transfer(super::bench_transfer::TransferArgs),
     /// The TGDP talk's Gaussian-mixture simulation: pretrains a source MLP
     /// on `builtin:gmm`, transfers it to n points of the reweighted target
     /// mixture with each method (source only, target only, fine-tune, SDFT,
     /// TGDP), scores the samples under the exact target density (mean
     /// density, mean log-density, component coverage) and draws them; one
-    /// table, results.json and scatter PNGs in `--out`.
+    /// table, the paired differences by seed with 95 % intervals,
+    /// results.json and scatter PNGs in `--out`.
     Gmm(super::bench_gmm::GmmArgs),
     /// The classification accuracy score of class-conditional transfer:
     /// per seed, fine-tuning, + classifier-free guidance, + rejection and
     /// SDFT + rejection (manifests/rejection.toml, sdft-rejection.toml)
     /// sample equally many images per class; a small classifier trained on
     /// each arm's images, and on the real target images, is scored on real
-    /// test images. One table, results.json and table.md in
-    /// `<runs>/bench-cas/`.
+    /// test images. One table, the paired CAS differences by seed with 95 %
+    /// intervals, results.json and table.md in `<runs>/bench-cas/`.
     Cas(super::bench_cas::CasArgs),
     /// ANL against naive fine-tuning: manifests/anl.toml,
     /// anl-unconditional.toml and naive-finetune.toml on the same target
     /// set, seeds and step counts (KID_dtx/FD_dtx, trainable parameters,
     /// wall time), then the conditional run sampled at mask rates δ = 0 …
-    /// 0.9 (KID against the spread of samples sharing a condition image).
+    /// 0.9 (KID against the spread of samples sharing a condition image);
+    /// paired differences by seed with 95 % intervals, results.json in
+    /// `<runs>/bench-anl/`.
     Anl(super::bench_anl::AnlArgs),
 }
 

@@ -9,6 +9,7 @@
 pub mod dtx_net;
 pub mod inception;
 pub mod metrics;
+pub mod paired;
 pub mod train_extractor;
 
 use burn::tensor::backend::Backend;

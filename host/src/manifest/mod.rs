@@ -59,6 +59,7 @@ mod tests {
         "source-weights-do-not-fit.toml",
         "memory-estimate.toml",
         "attention-head-dim-zero.toml",
+        "source-config-bad-value.toml",
     ];
 
     fn manifests(kind: &str) -> Vec<PathBuf> {

@@ -114,16 +114,21 @@ pub fn resolve_on<B: AutodiffBackend>(loaded: LoadedManifest) -> Result<Plan, Ma
                     Some(d)
                 }
                 Err(e) => {
-                    let key = if src.path.is_some() {
-                        "source.path"
-                    } else {
-                        "source.kind"
+                    let message = format!("cannot describe the source model: {e}");
+                    // a `[source.config]` key is pointed at where it is written
+                    let d = match e.location() {
+                        Some(at) if at.origin == model::Origin::SourceConfig => {
+                            let key = format!("source.config.{}", at.key);
+                            if matches!(e, model::ModelError::UnknownKey { .. }) {
+                                loaded.key_diagnostic(&key, message, None)
+                            } else {
+                                loaded.diagnostic(&key, message, None)
+                            }
+                        }
+                        _ if src.path.is_some() => loaded.diagnostic("source.path", message, None),
+                        _ => loaded.diagnostic("source.kind", message, None),
                     };
-                    diags.push(loaded.diagnostic(
-                        key,
-                        format!("cannot describe the source model: {e}"),
-                        None,
-                    ));
+                    diags.push(d);
                     None
                 }
             }
@@ -145,6 +150,11 @@ pub fn resolve_on<B: AutodiffBackend>(loaded: LoadedManifest) -> Result<Plan, Ma
         }
     }
     diags.extend(check_builtin_data(&loaded));
+    if m.source.is_some() && model.is_none() {
+        // Plugins built without the model would only add errors of their
+        // own ("no denoiser") that fixing the source removes.
+        return Err(ManifestError::from_diagnostics(diags));
+    }
     if diags
         .iter()
         .any(|d| d.code.as_deref() == Some("manifest::too-large"))

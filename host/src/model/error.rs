@@ -14,6 +14,20 @@ pub enum Origin {
     SourceConfig,
 }
 
+impl ModelError {
+    /// The config key the error is about, when it is about one.
+    pub fn location(&self) -> Option<&KeyLocation> {
+        match self {
+            ModelError::Unsupported { at, .. }
+            | ModelError::Invalid { at, .. }
+            | ModelError::MissingKey { at, .. }
+            | ModelError::WrongType { at, .. }
+            | ModelError::UnknownKey { at, .. } => Some(at),
+            _ => None,
+        }
+    }
+}
+
 /// A key inside an [`Origin`]: renders as `path/config.json: down_block_types[2]`
 /// or `[source.config].channel_mult`.
 #[derive(Debug, Clone, PartialEq, Eq)]

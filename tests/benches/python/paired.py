@@ -34,6 +34,13 @@ TRANSFER = {
     "tgdp": [(716.912, 44.607, 8.237, 6.757, 1.844),
              (1079.027, 56.643, 8.239, 6.801, 2.130),
              (1029.104, 52.358, 7.828, 6.363, 1.976)],
+    # the same after the consistency term's fix with eta2 = 1 (sum over a
+    # sample's values; the rows above had the per-element mean, i.e. eta2
+    # = 1/768 in today's units): `dtx bench transfer manifests/tgdp.toml
+    # --seeds 0,1,2 --set 'plugin[0].config.eta2=1.0'`
+    "tgdp-eta2-1": [(703.974, 44.122, 8.126, 6.757, 2.307),
+                    (989.756, 51.854, 8.263, 6.801, 2.338),
+                    (833.673, 46.531, 7.785, 6.363, 2.887)],
 }
 TRANSFER_COLUMNS = ["KID_dtx x1e3", "FD_dtx", "sample -> nearest train",
                     "held-out -> nearest train", "to source sample"]
@@ -104,6 +111,9 @@ def main():
         ("source-only", "naive-finetune", [0, 1, 2]),
         ("tgdp", "naive-finetune", [0, 1, 2, 4]),
         ("tgdp", "source-only", [0, 1, 2]),
+        ("tgdp-eta2-1", "tgdp", [0, 1, 2, 4]),
+        ("tgdp-eta2-1", "source-only", [0, 1, 2]),
+        ("tgdp-eta2-1", "naive-finetune", [0, 1, 2, 4]),
     ]:
         for k in cols:
             show(f"{run} - {base}, {TRANSFER_COLUMNS[k]}",

@@ -184,16 +184,25 @@ impl Config {
                 return Err(AbiError::config(key, format!("must be in [0, 1], got {v}")));
             }
         }
-        for (key, v) in [
-            ("channels", self.channels),
-            ("batch", self.batch),
-            ("pool", self.pool),
-            ("layers", r.layers),
-            ("steps", r.steps as usize),
-            ("log_every", self.log_every as usize),
+        // Upper bounds keep a typo from an allocation that would abort the
+        // process (the plugin builds label vectors and pools of this size).
+        for (key, v, max) in [
+            ("channels", self.channels, 4096),
+            ("batch", self.batch, 65_536),
+            ("pool", self.pool, 1_000_000),
+            ("layers", r.layers, 64),
+            ("steps", r.steps as usize, usize::MAX),
+            ("log_every", self.log_every as usize, usize::MAX),
+            ("num_classes", self.num_classes.max(1), 10_000),
         ] {
             if v == 0 {
                 return Err(AbiError::config(key, "must be at least 1"));
+            }
+            if v > max {
+                return Err(AbiError::config(
+                    key,
+                    format!("must be at most {max}, got {v}"),
+                ));
             }
         }
         if r.points.is_empty() {

@@ -128,16 +128,26 @@ impl Config {
                 ));
             }
         }
-        for (key, v) in [
-            ("hidden", self.hidden),
-            ("depth", self.depth),
-            ("channels", self.channels),
-            ("batch", self.batch),
-            ("source_samples", self.source_samples),
-            ("log_every", self.log_every as usize),
+        // Upper bounds keep a typo from an allocation that would abort the
+        // process (one-hot labels are batch × num_classes values built here).
+        for (key, v, max) in [
+            ("hidden", self.hidden, 65_536),
+            ("depth", self.depth, 64),
+            ("channels", self.channels, 4096),
+            ("batch", self.batch, 65_536),
+            ("source_samples", self.source_samples, 1_000_000),
+            ("log_every", self.log_every as usize, usize::MAX),
+            ("num_classes", self.num_classes.max(1), 10_000),
+            ("time_dim", self.time_dim.max(2), 4096),
         ] {
             if v == 0 {
                 return Err(AbiError::config(key, "must be at least 1"));
+            }
+            if v > max {
+                return Err(AbiError::config(
+                    key,
+                    format!("must be at most {max}, got {v}"),
+                ));
             }
         }
         if self.time_dim == 0 || !self.time_dim.is_multiple_of(2) {
@@ -221,6 +231,22 @@ mod tests {
                 "time_dim",
                 Config {
                     time_dim: 7,
+                    ..Config::default()
+                },
+            ),
+            // a typo that would allocate batch × 4e9 one-hot values
+            (
+                "num_classes",
+                Config {
+                    conditional: true,
+                    num_classes: 4_000_000_000,
+                    ..Config::default()
+                },
+            ),
+            (
+                "source_samples",
+                Config {
+                    source_samples: 25_600_000_000,
                     ..Config::default()
                 },
             ),

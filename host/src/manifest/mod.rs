@@ -60,6 +60,7 @@ mod tests {
         "memory-estimate.toml",
         "attention-head-dim-zero.toml",
         "source-config-bad-value.toml",
+        "source-weights-pt-do-not-fit.toml",
     ];
 
     fn manifests(kind: &str) -> Vec<PathBuf> {

@@ -185,8 +185,8 @@ impl Net {
     /// Checks the checkpoint at `path` against this network from its
     /// safetensors header alone (no tensor data is read): every missing,
     /// unexpected, misshaped or non-float key, as [`Net::load`] would report
-    /// them. `.pt` archives are checked when they load (their tensor list is
-    /// in a pickle that is read with the data); `Ok` then.
+    /// them. A `.pt` archive's tensor list is in a pickle read with the
+    /// data, so that file is read whole.
     pub fn check_weights(&self, path: &Path) -> Result<(), String> {
         use crate::model::weights::{check_safetensors_header, problem_list};
         let (file, problems) = match self {
@@ -203,11 +203,17 @@ impl Net {
                 let p = check_safetensors_header(path, &str::to_owned, &a.parameters());
                 (path.to_path_buf(), p)
             }
-            Net::Adm(_) => {
-                if !path.is_file() {
-                    return Err(format!("`{}`: no such checkpoint file", path.display()));
-                }
-                return Ok(());
+            Net::Adm(a) => {
+                // A torch.save archive lists its tensors in a pickle read
+                // with the data: the check reads the file as the run will.
+                use crate::model::weights::StoredTensor;
+                let found = crate::model::torch_file::read_state_dict(path)
+                    .map_err(|e| format!("`{}`: {e}", path.display()))?
+                    .into_iter()
+                    .map(|(k, t)| (k, (t.shape(), t.dtype())))
+                    .collect();
+                let p = crate::model::weights::header_problems(&a.parameters(), found);
+                (path.to_path_buf(), Ok(p))
             }
             Net::Mlp(_) => return Ok(()),
         };

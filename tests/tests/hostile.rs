@@ -228,3 +228,48 @@ fn a_library_replaced_under_a_running_process_keeps_running_and_is_reported() {
     let said = loaded.changed_on_disk().expect("the change is noticed");
     assert!(said.contains("changed on disk"), "{said}");
 }
+
+/// A finished run used as a `kind = "dtx"` source whose checkpoint no longer
+/// fits the model its run trained: `dtx plan` lists every key from the
+/// header (it used to pass the plan and fail at load).
+#[test]
+fn a_dtx_source_whose_checkpoint_does_not_fit_fails_the_plan() {
+    let out = out_dir("dtx-source");
+    let r = dtx_run(
+        "gmm-mlp.toml",
+        &out,
+        &["train.steps=2", "sample.count=4"],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let run = out.join("gmm-mlp");
+    let manifest = out.join("next.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[run]\nname = \"next\"\n[source]\nkind = \"dtx\"\npath = \"{}\"\n[target]\ndataset = \"builtin:gmm\"\n[train]\nsteps = 2\n",
+            run.display()
+        ),
+    )
+    .unwrap();
+    let m = manifest.display().to_string();
+    dtx_tests::run_in_process(&["plan", &m]).ok();
+    dtx_tests::files::write_safetensors(
+        &run.join("checkpoints/latest.safetensors"),
+        &[(
+            "param/foo",
+            safetensors::Dtype::F32,
+            vec![2],
+            dtx_tests::files::f32_bytes(&[1.0, 2.0]),
+        )],
+    );
+    let bad = dtx_tests::run_in_process(&["plan", &m]);
+    assert_eq!(bad.code, 1, "{}", bad.stderr);
+    for want in [
+        "its base-model weights do not fit the run's model",
+        "unexpected key `foo`",
+        "missing key",
+    ] {
+        assert!(bad.stderr.contains(want), "{want}:\n{}", bad.stderr);
+    }
+}

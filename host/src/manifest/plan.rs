@@ -233,14 +233,17 @@ fn check_source(
             )];
         }
     };
-    let pretrained = src.init != super::Init::Random
-        && matches!(
-            src.kind,
-            super::SourceKind::Diffusers | super::SourceKind::Adm
-        );
-    if let (true, Some(p)) = (pretrained, &src.path)
-        && let Err(e) = net.check_weights(&loaded.resolve_path(p))
-    {
+    let pretrained = src.init != super::Init::Random;
+    let checked = match (&src.kind, &src.path) {
+        (super::SourceKind::Diffusers | super::SourceKind::Adm, Some(p)) if pretrained => {
+            net.check_weights(&loaded.resolve_path(p))
+        }
+        (super::SourceKind::Dtx, Some(p)) if pretrained => {
+            check_dtx_checkpoint(&net, &model::dtx_checkpoint(&loaded.resolve_path(p)))
+        }
+        _ => Ok(()),
+    };
+    if let Err(e) = checked {
         return vec![loaded.diagnostic(
             "source.path",
             e,
@@ -248,6 +251,29 @@ fn check_source(
         )];
     }
     Vec::new()
+}
+
+/// A dtx run's checkpoint as a source: its base-model tensors
+/// (`param/<key>`, plugin parameters left out) against the network, from
+/// the header alone, as `train::checkpoint::load_base` will check them.
+fn check_dtx_checkpoint(net: &model::net::Net, ckpt: &std::path::Path) -> Result<(), String> {
+    let header = model::read_safetensors_header(ckpt).map_err(|e| e.to_string())?;
+    let found = header
+        .into_iter()
+        .filter_map(|t| {
+            let key = t.name.strip_prefix("param/")?;
+            (!key.starts_with("plugin.")).then(|| (key.to_owned(), (t.shape, t.dtype)))
+        })
+        .collect();
+    let problems = model::weights::header_problems(&net.parameters(), found);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "`{}`: its base-model weights do not fit the run's model {}",
+        ckpt.display(),
+        model::weights::problem_list(&problems)
+    ))
 }
 
 /// Built-in data sets' configs (`[target.config]`, `[source.data.config]`):

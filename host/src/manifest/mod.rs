@@ -32,6 +32,7 @@ pub use schema::{
     Sampler, Schedule, Source, SourceData, SourceKind, Target, TokenKind, Train, Trainable,
 };
 pub use spans::{EntrySpans, KeyPath, Segment, SpanMap};
+pub use validate::{MAX_BATCH, MAX_CLASSES, MAX_EXAMPLES, MAX_TIMESTEPS};
 
 #[cfg(test)]
 mod tests {

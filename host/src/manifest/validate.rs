@@ -56,13 +56,13 @@ const COUNTS: &[(&[&str], Sign, Option<i64>)] = &[
 ];
 
 /// The most examples a data set, a held-out split or a sample count may hold.
-pub(crate) const MAX_EXAMPLES: i64 = 10_000_000;
+pub const MAX_EXAMPLES: i64 = 10_000_000;
 /// The largest training or sampling batch.
-pub(crate) const MAX_BATCH: i64 = 65_536;
+pub const MAX_BATCH: i64 = 65_536;
 /// The most diffusion timesteps a schedule may have.
-pub(crate) const MAX_TIMESTEPS: i64 = 100_000;
+pub const MAX_TIMESTEPS: i64 = 100_000;
 /// The largest class label (labels.csv, `sample.label`).
-pub(crate) const MAX_CLASSES: i64 = 1_000_000;
+pub const MAX_CLASSES: i64 = 1_000_000;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Sign {

@@ -27,6 +27,12 @@ TRANSFER = {
     "sdft": [(1254.198, 58.431, 7.038, 6.757, 6.676),
              (780.975, 39.602, 7.347, 6.801, 6.201),
              (903.687, 40.710, 6.920, 6.363, 6.294)],
+    # seeds 3 and 4, added later: `dtx bench transfer
+    # manifests/naive-finetune.toml manifests/sdft.toml --seeds 3,4`
+    "naive-finetune-5": [(1401.108, 62.543, 7.074, 6.509, 5.669),
+                         (1918.038, 67.208, 7.580, 6.594, 5.129)],
+    "sdft-5": [(1404.140, 63.003, 7.081, 6.509, 5.501),
+               (1906.778, 67.773, 7.569, 6.594, 4.875)],
     "source-only": [(789.387, 47.045, 8.212, 6.757, 0.0),
                     (1097.739, 55.268, 8.183, 6.801, 0.0),
                     (1034.755, 52.622, 7.824, 6.363, 0.0)],
@@ -118,6 +124,11 @@ def main():
         for k in cols:
             show(f"{run} - {base}, {TRANSFER_COLUMNS[k]}",
                  column(TRANSFER[run], k), column(TRANSFER[base], k))
+    print("transfer, seeds 0-4 (sdft - naive-finetune)")
+    five = {r: TRANSFER[r] + TRANSFER[r + "-5"] for r in ["naive-finetune", "sdft"]}
+    for k in [0, 1, 2, 4]:
+        show(f"sdft - naive-finetune, {TRANSFER_COLUMNS[k]}",
+             column(five["sdft"], k), column(five["naive-finetune"], k))
     for run in ["naive-finetune", "sdft"]:
         show(f"{run}: sample - held-out nearest-train distance",
              column(TRANSFER[run], 2), column(TRANSFER[run], 3))

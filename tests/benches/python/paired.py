@@ -33,6 +33,12 @@ TRANSFER = {
                          (1918.038, 67.208, 7.580, 6.594, 5.129)],
     "sdft-5": [(1404.140, 63.003, 7.081, 6.509, 5.501),
                (1906.778, 67.773, 7.569, 6.594, 4.875)],
+    # `dtx bench transfer manifests/source-only.toml manifests/tgdp.toml
+    # --seeds 3,4` (TGDP with the fix, eta2 = 1)
+    "source-only-5": [(1160.837, 61.218, 7.873, 6.509, 0.0),
+                      (1339.869, 62.062, 7.992, 6.594, 0.0)],
+    "tgdp-eta2-1-5": [(980.071, 53.704, 7.827, 6.509, 2.992),
+                      (1315.084, 61.010, 8.033, 6.594, 0.955)],
     "source-only": [(789.387, 47.045, 8.212, 6.757, 0.0),
                     (1097.739, 55.268, 8.183, 6.801, 0.0),
                     (1034.755, 52.622, 7.824, 6.363, 0.0)],
@@ -129,6 +135,13 @@ def main():
     for k in [0, 1, 2, 4]:
         show(f"sdft - naive-finetune, {TRANSFER_COLUMNS[k]}",
              column(five["sdft"], k), column(five["naive-finetune"], k))
+    print("transfer, seeds 0-4 (tgdp with the fix, eta2 = 1)")
+    five["source-only"] = TRANSFER["source-only"] + TRANSFER["source-only-5"]
+    five["tgdp-eta2-1"] = TRANSFER["tgdp-eta2-1"] + TRANSFER["tgdp-eta2-1-5"]
+    for base in ["source-only", "naive-finetune"]:
+        for k in [0, 1]:
+            show(f"tgdp-eta2-1 - {base}, {TRANSFER_COLUMNS[k]}",
+                 column(five["tgdp-eta2-1"], k), column(five[base], k))
     for run in ["naive-finetune", "sdft"]:
         show(f"{run}: sample - held-out nearest-train distance",
              column(TRANSFER[run], 2), column(TRANSFER[run], 3))

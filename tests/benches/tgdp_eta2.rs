@@ -12,19 +12,14 @@
 //! cargo bench -p dtx-tests --bench tgdp_eta2 -- 1,0.5 0,1,2  # η2 list, seed list
 //! ```
 
+use dtx::eval::paired::Paired;
 use dtx::tensor_abi::Session;
-use dtx_tests::mock::{Normal, t_stored};
+use dtx_tests::mock::Normal;
 use dtx_tests::two_gaussians::{
-    B, ExactSource, MU_Q, T, alpha_bars, ddim, diffused_var, exact_grad, mean, prim,
-    session_seeded, tgdp, values,
+    B, ExactSource, MU_Q, alpha_bars, ddim, learned_grads, mean, mean_error, score_fn,
+    session_seeded, tgdp,
 };
 use std::rc::Rc;
-
-/// Two-sided 97.5 % quantiles of Student's t for 1..=10 degrees of freedom
-/// (standard tables).
-const T975: [f64; 10] = [
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-];
 
 fn list<T: std::str::FromStr + Clone>(arg: Option<&String>, default: &[T]) -> Vec<T> {
     match arg {
@@ -55,44 +50,12 @@ fn measure(eta2: f64, seed: u64) -> ([f64; 3], f64) {
     let mut inst = tgdp(&cfg);
     inst.prepare("sample", "").expect("prepare");
     let _ = Session::<B>::with(|s| s.services.take_logs());
-    let mut score = |eps: &[f32], x: &[f32], t: usize| -> Vec<f32> {
-        let n = x.len() / 2;
-        let out = inst
-            .score(
-                &prim(x, n),
-                &t_stored(t, n),
-                &prim(eps, n),
-                None,
-                0,
-                T as u64,
-            )
-            .expect("score");
-        values(&out)
-    };
+    let mut score = score_fn(&mut inst);
     let mut rng = Normal(777 + seed);
     let mut errors = [0.0; 3];
     for (k, t) in [20usize, 50, 95].into_iter().enumerate() {
-        let ab = source.alpha_bars[t];
-        let v = diffused_var(ab).sqrt();
-        let n = 256;
-        let x: Vec<f32> = (0..n * 2)
-            .map(|i| (ab.sqrt() * MU_Q[i % 2] + v * rng.sample()) as f32)
-            .collect();
-        let eps = source.eps(&x, &vec![t as f32; n]);
-        let guided = score(&eps, &x, t);
-        let s1a = (1.0 - ab).sqrt();
-        let want = exact_grad(ab);
-        errors[k] = eps
-            .chunks(2)
-            .zip(guided.chunks(2))
-            .map(|(e, g)| {
-                let d: Vec<f64> = (0..2)
-                    .map(|i| (e[i] as f64 - g[i] as f64) / s1a - want[i])
-                    .collect();
-                (d[0] * d[0] + d[1] * d[1]).sqrt()
-            })
-            .sum::<f64>()
-            / n as f64;
+        let (learned, want) = learned_grads(&source, &mut score, t, &mut rng);
+        errors[k] = mean_error(&learned, want);
     }
     let m = mean(&ddim(&source, 1000, &mut score));
     let dist = ((m[0] - MU_Q[0]).powi(2) + (m[1] - MU_Q[1]).powi(2)).sqrt();
@@ -128,16 +91,8 @@ fn main() {
         let paired = match &baseline {
             None => "(baseline)".to_owned(),
             Some(b) => {
-                let diffs: Vec<f64> = dists.iter().zip(b).map(|(x, y)| x - y).collect();
-                let (m, sd) = mean_sd(&diffs);
-                let n = diffs.len();
-                match T975.get(n.wrapping_sub(2)) {
-                    Some(t) => {
-                        let half = t * sd / (n as f64).sqrt();
-                        format!("{m:+.3} [{:+.3}, {:+.3}]", m - half, m + half)
-                    }
-                    None => format!("{m:+.3} (no interval for {n} seeds)"),
-                }
+                let diffs = dists.iter().zip(b).map(|(x, y)| x - y).collect();
+                Paired::of_differences(seeds.clone(), diffs).cell(3)
             }
         };
         let (e20, e50, e95) = (col(0), col(1), col(2));

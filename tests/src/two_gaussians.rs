@@ -211,3 +211,56 @@ pub fn ddim(
     }
     x
 }
+
+/// The plugin's `score` hook as `(ε, x_t, t) → guided ε` on `[n·2]` points.
+pub fn score_fn(inst: &mut Instance<B>) -> impl FnMut(&[f32], &[f32], usize) -> Vec<f32> + '_ {
+    move |eps, x, t| {
+        let n = x.len() / 2;
+        let out = inst
+            .score(
+                &prim(x, n),
+                &crate::mock::t_stored(t, n),
+                &prim(eps, n),
+                None,
+                0,
+                T as u64,
+            )
+            .expect("score");
+        values(&out)
+    }
+}
+
+/// The learned ∇ log h at 256 target-like points diffused to `t` (drawn
+/// from `rng`), read back through `score`: −(ε_guided − ε)/√(1 − ᾱ) per
+/// point, with the exact gradient there.
+pub fn learned_grads(
+    source: &ExactSource,
+    score: &mut impl FnMut(&[f32], &[f32], usize) -> Vec<f32>,
+    t: usize,
+    rng: &mut Normal,
+) -> (Vec<[f64; 2]>, [f64; 2]) {
+    let ab = source.alpha_bars[t];
+    let v = diffused_var(ab).sqrt();
+    let n = 256;
+    let x: Vec<f32> = (0..n * 2)
+        .map(|k| (ab.sqrt() * MU_Q[k % 2] + v * rng.sample()) as f32)
+        .collect();
+    let eps = source.eps(&x, &vec![t as f32; n]);
+    let guided = score(&eps, &x, t);
+    let s1a = (1.0 - ab).sqrt();
+    let learned = eps
+        .chunks(2)
+        .zip(guided.chunks(2))
+        .map(|(e, g)| [0, 1].map(|i| (e[i] as f64 - g[i] as f64) / s1a))
+        .collect();
+    (learned, exact_grad(ab))
+}
+
+/// The mean distance of `learned` gradients from `want`.
+pub fn mean_error(learned: &[[f64; 2]], want: [f64; 2]) -> f64 {
+    learned
+        .iter()
+        .map(|g| ((g[0] - want[0]).powi(2) + (g[1] - want[1]).powi(2)).sqrt())
+        .sum::<f64>()
+        / learned.len() as f64
+}

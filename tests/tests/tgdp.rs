@@ -4,11 +4,11 @@
 //! and on a tiny U-Net.
 
 use dtx::tensor_abi::Session;
-use dtx_tests::mock::{Normal, t_stored};
+use dtx_tests::mock::Normal;
 use dtx_tests::runs::{self, tensors};
 use dtx_tests::two_gaussians::{
-    B, ExactSource, GUIDED_TOL, MU_P, MU_Q, T, alpha_bars, ddim, diffused_var, exact_grad, mean,
-    prim, session, tgdp, values,
+    B, ExactSource, GUIDED_TOL, MU_P, MU_Q, alpha_bars, ddim, exact_grad, learned_grads, mean,
+    mean_error, score_fn, session, tgdp,
 };
 use std::rc::Rc;
 
@@ -50,46 +50,16 @@ fn guided_sampling_from_p_lands_on_q() {
     );
 
     // the guided ε through the real score hook
-    let mut score = |eps: &[f32], x: &[f32], t: usize| -> Vec<f32> {
-        let n = x.len() / 2;
-        let out = inst
-            .score(
-                &prim(x, n),
-                &t_stored(t, n),
-                &prim(eps, n),
-                None,
-                0,
-                T as u64,
-            )
-            .expect("score");
-        values(&out)
-    };
+    let mut score = score_fn(&mut inst);
 
     // 1. the learned gradient against the closed form
     let mut rng = Normal(777);
     for t in [2, 10, 20, 50, 80, 95] {
-        let ab = source.alpha_bars[t];
-        let v = diffused_var(ab).sqrt();
-        let n = 256;
-        let x: Vec<f32> = (0..n * 2)
-            .map(|k| (ab.sqrt() * MU_Q[k % 2] + v * rng.sample()) as f32)
-            .collect();
-        let eps = source.eps(&x, &vec![t as f32; n]);
-        let guided = score(&eps, &x, t);
-        let s1a = (1.0 - ab).sqrt();
-        let learned: Vec<f64> = eps
-            .iter()
-            .zip(&guided)
-            .map(|(e, g)| (*e as f64 - *g as f64) / s1a)
-            .collect();
-        let want = exact_grad(ab);
+        let (learned, want) = learned_grads(&source, &mut score, t, &mut rng);
         let norm = (want[0].powi(2) + want[1].powi(2)).sqrt();
-        let err = learned
-            .chunks(2)
-            .map(|g| ((g[0] - want[0]).powi(2) + (g[1] - want[1]).powi(2)).sqrt())
-            .sum::<f64>()
-            / n as f64;
-        let got = mean(&learned.iter().map(|&v| v as f32).collect::<Vec<_>>());
+        let err = mean_error(&learned, want);
+        let flat: Vec<f32> = learned.iter().flatten().map(|&v| v as f32).collect();
+        let got = mean(&flat);
         println!("t = {t}: mean learned ∇log h {got:?}, exact {want:?}, mean error {err:.3}");
         assert!(
             err < 0.3 * norm + 0.05,

@@ -16,6 +16,7 @@ mod memory;
 mod overrides;
 mod paths;
 pub mod plan;
+mod preflight;
 pub mod resume;
 mod schema;
 mod serde_errors;

@@ -136,7 +136,7 @@ pub fn resolve_on<B: AutodiffBackend>(loaded: LoadedManifest) -> Result<Plan, Ma
         None => None,
     };
     if let (Some(src), Some(d)) = (&m.source, &model) {
-        diags.extend(check_source(&loaded, src, d));
+        diags.extend(super::preflight::check_source(&loaded, src, d));
         for too_large in super::memory::check(m, d, super::memory::machine_memory()) {
             diags.push(
                 loaded
@@ -149,7 +149,7 @@ pub fn resolve_on<B: AutodiffBackend>(loaded: LoadedManifest) -> Result<Plan, Ma
             );
         }
     }
-    diags.extend(check_builtin_data(&loaded));
+    diags.extend(super::preflight::check_builtin_data(&loaded));
     if m.source.is_some() && model.is_none() {
         // Plugins built without the model would only add errors of their
         // own ("no denoiser") that fixing the source removes.
@@ -208,102 +208,6 @@ pub fn resolve_on<B: AutodiffBackend>(loaded: LoadedManifest) -> Result<Plan, Ma
         stages,
         manifest: loaded,
     })
-}
-
-/// What would stop the run as soon as it loads its source: a config the
-/// network cannot be built from, and (for pretrained weights) a checkpoint
-/// whose header does not fit the config. Headers only; no tensor data.
-fn check_source(
-    loaded: &LoadedManifest,
-    src: &super::Source,
-    d: &ModelDescription,
-) -> Vec<ManifestDiagnostic> {
-    let key = if src.path.is_some() {
-        "source.path"
-    } else {
-        "source.config"
-    };
-    let net = match model::net::Net::from_description(d) {
-        Ok(net) => net,
-        Err(e) => {
-            return vec![loaded.diagnostic(
-                key,
-                format!("cannot build the source model: {e}"),
-                None,
-            )];
-        }
-    };
-    let pretrained = src.init != super::Init::Random;
-    let checked = match (&src.kind, &src.path) {
-        (super::SourceKind::Diffusers | super::SourceKind::Adm, Some(p)) if pretrained => {
-            net.check_weights(&loaded.resolve_path(p))
-        }
-        (super::SourceKind::Dtx, Some(p)) if pretrained => {
-            check_dtx_checkpoint(&net, &model::dtx_checkpoint(&loaded.resolve_path(p)))
-        }
-        _ => Ok(()),
-    };
-    if let Err(e) = checked {
-        return vec![loaded.diagnostic(
-            "source.path",
-            e,
-            Some("`dtx model inspect PATH` lists the checkpoint's keys against the config".into()),
-        )];
-    }
-    Vec::new()
-}
-
-/// A dtx run's checkpoint as a source: its base-model tensors
-/// (`param/<key>`, plugin parameters left out) against the network, from
-/// the header alone, as `train::checkpoint::load_base` will check them.
-fn check_dtx_checkpoint(net: &model::net::Net, ckpt: &std::path::Path) -> Result<(), String> {
-    let header = model::read_safetensors_header(ckpt).map_err(|e| e.to_string())?;
-    let found = header
-        .into_iter()
-        .filter_map(|t| {
-            let key = t.name.strip_prefix("param/")?;
-            (!key.starts_with("plugin.")).then(|| (key.to_owned(), (t.shape, t.dtype)))
-        })
-        .collect();
-    let problems = model::weights::header_problems(&net.parameters(), found);
-    if problems.is_empty() {
-        return Ok(());
-    }
-    Err(format!(
-        "`{}`: its base-model weights do not fit the run's model {}",
-        ckpt.display(),
-        model::weights::problem_list(&problems)
-    ))
-}
-
-/// Built-in data sets' configs (`[target.config]`, `[source.data.config]`):
-/// checked by building one example, so a misspelled key stops the plan.
-fn check_builtin_data(loaded: &LoadedManifest) -> Vec<ManifestDiagnostic> {
-    let m = &loaded.manifest;
-    let mut out = Vec::new();
-    let mut check = |name: &str, config: &toml::Table, at: &str| {
-        if let Err(e) = crate::data::builtin(name, config, m.run.seed, 1) {
-            let key = match &e {
-                crate::data::DataError::UnknownKey { key, .. }
-                | crate::data::DataError::BadValue { key, .. } => format!("{at}.{key}"),
-                crate::data::DataError::UnknownDataset { .. } => at.replace(".config", ".dataset"),
-                _ => at.to_owned(),
-            };
-            let section = at.trim_end_matches(".config");
-            out.push(loaded.diagnostic(&key, format!("[{section}]: {e}"), None));
-        }
-    };
-    if let Some(t) = &m.target
-        && let Some(name) = t.builtin()
-    {
-        check(name, &t.config, "target.config");
-    }
-    if let Some(sd) = m.source.as_ref().and_then(|s| s.data.as_ref())
-        && let Some(name) = sd.builtin()
-    {
-        check(name, &sd.config, "source.data.config");
-    }
-    out
 }
 
 fn load_diagnostic(loaded: &LoadedManifest, i: usize, e: &LoadError) -> ManifestDiagnostic {

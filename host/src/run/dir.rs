@@ -77,12 +77,16 @@ impl RunDir {
         let path = root.join(name);
         let latest = path.join("checkpoints").join("latest.safetensors");
         // Checks that need no lock come first, so a refused run creates nothing.
-        if !resume && latest.exists() {
-            bail!(
-                "run folder `{}` already holds a run: resume it with `dtx run --resume`, or set another `run.name` (`--set run.name=…`)",
-                path.display()
-            );
-        }
+        let refuse_fresh = || -> Result<()> {
+            if !resume && latest.exists() {
+                bail!(
+                    "run folder `{}` already holds a run: resume it with `dtx run --resume`, or set another `run.name` (`--set run.name=…`)",
+                    path.display()
+                );
+            }
+            Ok(())
+        };
+        refuse_fresh()?;
         if resume && !latest.exists() {
             bail!(
                 "nothing to resume: `{}` has no checkpoint (a run writes its first one after `train.checkpoint_every` steps, or at the end); run it again without `--resume`",
@@ -92,12 +96,7 @@ impl RunDir {
         let lock = lock(&path)?;
         // Checked again under the lock: another run may have written its
         // first checkpoint in between.
-        if !resume && latest.exists() {
-            bail!(
-                "run folder `{}` already holds a run: resume it with `dtx run --resume`, or set another `run.name` (`--set run.name=…`)",
-                path.display()
-            );
-        }
+        refuse_fresh()?;
         let ckpt = path.join("checkpoints");
         std::fs::create_dir_all(&ckpt).with_context(|| format!("creating `{}`", ckpt.display()))?;
         let manifest_path = path.join("manifest.toml");

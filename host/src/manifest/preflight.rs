@@ -1,0 +1,105 @@
+//! What `dtx plan` checks so that a run does not fail as it loads its
+//! inputs: the source network builds, its checkpoint's header fits the
+//! config (or, for a `dtx` source, its run's model), and built-in data
+//! sets accept their configs. Headers only, except a `.pt` archive.
+
+use super::{LoadedManifest, ManifestDiagnostic};
+use crate::model::{self, ModelDescription};
+
+/// What would stop the run as soon as it loads its source: a config the
+/// network cannot be built from, and (for pretrained weights) a checkpoint
+/// whose header does not fit the config. Headers only; no tensor data.
+pub(super) fn check_source(
+    loaded: &LoadedManifest,
+    src: &crate::manifest::Source,
+    d: &ModelDescription,
+) -> Vec<ManifestDiagnostic> {
+    let key = if src.path.is_some() {
+        "source.path"
+    } else {
+        "source.config"
+    };
+    let net = match model::net::Net::from_description(d) {
+        Ok(net) => net,
+        Err(e) => {
+            return vec![loaded.diagnostic(
+                key,
+                format!("cannot build the source model: {e}"),
+                None,
+            )];
+        }
+    };
+    let pretrained = src.init != crate::manifest::Init::Random;
+    let checked = match (&src.kind, &src.path) {
+        (crate::manifest::SourceKind::Diffusers | crate::manifest::SourceKind::Adm, Some(p))
+            if pretrained =>
+        {
+            net.check_weights(&loaded.resolve_path(p))
+        }
+        (crate::manifest::SourceKind::Dtx, Some(p)) if pretrained => {
+            check_dtx_checkpoint(&net, &model::dtx_checkpoint(&loaded.resolve_path(p)))
+        }
+        _ => Ok(()),
+    };
+    if let Err(e) = checked {
+        return vec![loaded.diagnostic(
+            "source.path",
+            e,
+            Some("`dtx model inspect PATH` lists the checkpoint's keys against the config".into()),
+        )];
+    }
+    Vec::new()
+}
+
+/// A dtx run's checkpoint as a source: its base-model tensors
+/// (`param/<key>`, plugin parameters left out) against the network, from
+/// the header alone, as `train::checkpoint::load_base` will check them.
+fn check_dtx_checkpoint(net: &model::net::Net, ckpt: &std::path::Path) -> Result<(), String> {
+    let header = model::read_safetensors_header(ckpt).map_err(|e| e.to_string())?;
+    let found = header
+        .into_iter()
+        .filter_map(|t| {
+            let key = t.name.strip_prefix("param/")?;
+            (!key.starts_with("plugin.")).then(|| (key.to_owned(), (t.shape, t.dtype)))
+        })
+        .collect();
+    let problems = model::weights::header_problems(&net.parameters(), found);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "`{}`: its base-model weights do not fit the run's model {}",
+        ckpt.display(),
+        model::weights::problem_list(&problems)
+    ))
+}
+
+/// Built-in data sets' configs (`[target.config]`, `[source.data.config]`):
+/// checked by building one example, so a misspelled key stops the plan.
+pub(super) fn check_builtin_data(loaded: &LoadedManifest) -> Vec<ManifestDiagnostic> {
+    let m = &loaded.manifest;
+    let mut out = Vec::new();
+    let mut check = |name: &str, config: &toml::Table, at: &str| {
+        if let Err(e) = crate::data::builtin(name, config, m.run.seed, 1) {
+            let key = match &e {
+                crate::data::DataError::UnknownKey { key, .. }
+                | crate::data::DataError::BadValue { key, .. } => format!("{at}.{key}"),
+                crate::data::DataError::UnknownDataset { .. } => at.replace(".config", ".dataset"),
+                _ => at.to_owned(),
+            };
+            let section = at.trim_end_matches(".config");
+            out.push(loaded.diagnostic(&key, format!("[{section}]: {e}"), None));
+        }
+    };
+    if let Some(t) = &m.target
+        && let Some(name) = t.builtin()
+    {
+        check(name, &t.config, "target.config");
+    }
+    if let Some(sd) = m.source.as_ref().and_then(|s| s.data.as_ref())
+        && let Some(name) = sd.builtin()
+    {
+        check(name, &sd.config, "source.data.config");
+    }
+    out
+}

@@ -259,6 +259,14 @@ fn config_errors_name_the_key() {
         .err()
         .expect("an error");
     assert!(e.contains("heads"), "{e}");
+    for huge in [
+        r#"{"mode":"unconditional","hidden_mult":100000000}"#,
+        r#"{"mode":"unconditional","d_attn":4000000000}"#,
+        r#"{"mode":"unconditional","heads":1000000}"#,
+    ] {
+        let e = plugin(huge, &info).err().expect("an error");
+        assert!(e.contains("must be at most"), "{huge}: {e}");
+    }
     let e = plugin(r#"{"mode":"unconditional","points":["temb"]}"#, &info)
         .err()
         .expect("an error");

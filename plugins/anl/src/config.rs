@@ -4,6 +4,13 @@ use dtx_plugin_api::nn::Activation;
 use dtx_plugin_api::prelude::*;
 use serde::{Deserialize, Serialize};
 
+/// Largest `d_attn` accepted.
+pub const MAX_D_ATTN: usize = 65_536;
+/// Largest `heads` accepted.
+pub const MAX_HEADS: usize = 4096;
+/// Largest `hidden_mult` accepted.
+pub const MAX_HIDDEN_MULT: usize = 1024;
+
 /// What the attention attends to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -102,6 +109,21 @@ impl Config {
         }
         if self.hidden_mult == 0 {
             return Err(AbiError::config("hidden_mult", "must be at least 1"));
+        }
+        // Upper bounds keep a typo from asking the host for a weight matrix
+        // that would fail allocation: widths are products of these and the
+        // point's channels.
+        for (key, v, max) in [
+            ("d_attn", self.d_attn, MAX_D_ATTN),
+            ("heads", self.heads, MAX_HEADS),
+            ("hidden_mult", self.hidden_mult, MAX_HIDDEN_MULT),
+        ] {
+            if v > max {
+                return Err(AbiError::config(
+                    key,
+                    format!("must be at most {max}, got {v}"),
+                ));
+            }
         }
         if self.d_attn > 0 && !self.d_attn.is_multiple_of(self.heads) {
             return Err(AbiError::config(

@@ -15,6 +15,7 @@ pub mod diffusion;
 pub mod eval;
 pub mod manifest;
 pub mod model;
+pub mod plan;
 pub mod plugins;
 pub mod registry;
 pub mod run;

@@ -424,7 +424,7 @@ fn a_plugin_named_in_a_manifest_is_planned_and_its_parameters_train() {
     // Resolve a manifest the way `dtx plan` does: find, check and build plugins.
     let file = dtx_tests::workspace_root().join("tests/manifests/ok/two-plugins.toml");
     let loaded = dtx::manifest::load(&file, &[]).unwrap();
-    let plan = dtx::manifest::plan::resolve(loaded).unwrap();
+    let plan = dtx::plan::resolve(loaded).unwrap();
     let probe = plan
         .plugins
         .iter()

@@ -8,7 +8,8 @@
 //! intervals; `bench-anl/results.json` keeps every value.
 
 use crate::eval::paired::{self, Line, Paired};
-use crate::manifest::{self, plan};
+use crate::manifest;
+use crate::plan;
 use anyhow::{Context, bail};
 use std::collections::HashMap;
 use std::fmt::Write as _;

@@ -188,7 +188,7 @@ pub fn run(a: &CasArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         // limit as `dtx run` takes them).
         let reference = reference.context("the rejection arm is missing")?;
         let side = sets[0].1.sample_shape[1];
-        let plan = manifest::plan::resolve(reference)?;
+        let plan = crate::plan::resolve(reference)?;
         let (train, _held) = crate::run::load_target(&plan, &sets[0].1.sample_shape)?;
         let real = ARMS
             .iter()

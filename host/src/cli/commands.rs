@@ -1,6 +1,7 @@
 //! The commands.
 
-use crate::manifest::{self, plan};
+use crate::manifest;
+use crate::plan;
 use crate::plugins::{self, PluginLibrary};
 use crate::tensor_abi::{CpuBackend, vtables};
 use anyhow::{Context, bail};

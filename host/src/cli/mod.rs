@@ -11,6 +11,7 @@ mod eval_cmd;
 mod eval_features;
 mod model_cmd;
 mod model_forward;
+mod model_open;
 
 pub use commands::{BenchCommand, Cli, Command, PluginsCommand, execute};
 

@@ -2,10 +2,12 @@
 //! injection points, and one forward pass on the user's inputs, for holding
 //! dtx against diffusers or guided-diffusion tensor by tensor.
 
-use crate::manifest::plan::thousands;
-use crate::model::open::{OpenedModel, at_resolution, block_counts, config_table, counts_by, open};
+use super::model_open::{OpenedModel, at_resolution, block_counts, counts_by, open};
+use crate::plan::thousands;
+use anyhow::{Context, anyhow};
 use serde_json::{Value, json};
 use std::io::Write;
+use std::path::Path;
 use std::path::PathBuf;
 
 /// Where the model is and how to read it, shared by both commands.
@@ -217,4 +219,45 @@ fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         writeln!(out, "  {:<width$}  {shape:<16}  {}", p.name, p.module)?;
     }
     Ok(())
+}
+
+/// Reads `--config FILE` (a TOML table) and applies `--set key=value`
+/// overrides on top, each value read as TOML or else as a string.
+pub fn config_table(file: Option<&Path>, sets: &[String]) -> anyhow::Result<toml::Table> {
+    let mut table = match file {
+        Some(f) => {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading `{}`", f.display()))?;
+            toml::from_str(&text).with_context(|| {
+                format!("`{}` is not a TOML table of config values", f.display())
+            })?
+        }
+        None => toml::Table::new(),
+    };
+    for s in sets {
+        crate::manifest::apply_override(&mut table, s).map_err(|e| anyhow!("--set {s}: {e}"))?;
+    }
+    Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_values_come_from_the_file_then_the_flags() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/adm/full");
+        let t = config_table(
+            Some(&dir.join("config.toml")),
+            &["num_classes=7".into(), "channel_mult=1,1".into()],
+        )
+        .unwrap();
+        assert_eq!(t["num_classes"].as_integer(), Some(7));
+        assert_eq!(t["image_size"].as_integer(), Some(8));
+        assert_eq!(t["channel_mult"].as_str(), Some("1,1"));
+        let err = config_table(None, &["oops".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("--set oops: no `=`"), "{err}");
+    }
 }

@@ -5,8 +5,8 @@
 //! nothing behind.
 
 use super::model_cmd::ModelSource;
+use super::model_open::OpenedModel;
 use crate::model::ModelDescription;
-use crate::model::open::OpenedModel;
 use crate::model::weights::StoredTensor;
 use crate::tensor_abi::CpuBackend as B;
 use anyhow::{Context, anyhow, bail};

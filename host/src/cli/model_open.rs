@@ -5,10 +5,10 @@
 //! misshaped or unreadable checkpoint key is reported at once, naming the
 //! file.
 
-use super::net::Net;
-use super::{ModelDescription, describe, dtx_checkpoint, dtx_run_folder};
+use crate::model::net::Net;
+use crate::model::{ModelDescription, describe, dtx_checkpoint, dtx_run_folder};
 use crate::tensor_abi::{CpuBackend, ParamStore};
-use anyhow::{Context, anyhow, bail};
+use anyhow::{anyhow, bail};
 use burn::tensor::ops::FloatTensor;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -113,7 +113,7 @@ pub fn open(
                 &device,
                 &|_| false,
             )?;
-            let header = super::read_safetensors_header(&ckpt)?;
+            let header = crate::model::read_safetensors_header(&ckpt)?;
             ema = header.iter().any(|t| t.name.starts_with("ema/"));
             let plugins = header
                 .into_iter()
@@ -130,7 +130,7 @@ pub fn open(
             net.load(p, &mut store, &device, &|_| false)
                 .map_err(|e| anyhow!("{e}"))?;
             let file = if p.is_dir() {
-                p.join(super::diffusers::WEIGHTS_FILE)
+                p.join(crate::model::diffusers::WEIGHTS_FILE)
             } else {
                 p.to_path_buf()
             };
@@ -219,25 +219,6 @@ pub fn at_resolution(d: &mut ModelDescription, resolution: usize) -> anyhow::Res
     Ok(())
 }
 
-/// Reads `--config FILE` (a TOML table) and applies `--set key=value`
-/// overrides on top, each value read as TOML or else as a string.
-pub fn config_table(file: Option<&Path>, sets: &[String]) -> anyhow::Result<toml::Table> {
-    let mut table = match file {
-        Some(f) => {
-            let text =
-                std::fs::read_to_string(f).with_context(|| format!("reading `{}`", f.display()))?;
-            toml::from_str(&text).with_context(|| {
-                format!("`{}` is not a TOML table of config values", f.display())
-            })?
-        }
-        None => toml::Table::new(),
-    };
-    for s in sets {
-        crate::manifest::apply_override(&mut table, s).map_err(|e| anyhow!("--set {s}: {e}"))?;
-    }
-    Ok(table)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,22 +274,5 @@ mod tests {
         assert!(err.contains("give --kind diffusers|adm|mlp|dtx"), "{err}");
         let err = detect_kind(&root.join("nothing")).unwrap_err().to_string();
         assert!(err.contains("no such file or folder"), "{err}");
-    }
-
-    #[test]
-    fn config_values_come_from_the_file_then_the_flags() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/adm/full");
-        let t = config_table(
-            Some(&dir.join("config.toml")),
-            &["num_classes=7".into(), "channel_mult=1,1".into()],
-        )
-        .unwrap();
-        assert_eq!(t["num_classes"].as_integer(), Some(7));
-        assert_eq!(t["image_size"].as_integer(), Some(8));
-        assert_eq!(t["channel_mult"].as_str(), Some("1,1"));
-        let err = config_table(None, &["oops".into()])
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("--set oops: no `=`"), "{err}");
     }
 }

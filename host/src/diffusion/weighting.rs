@@ -13,7 +13,6 @@
 //!   for v-prediction and min(SNR, γ) for x0-prediction.
 
 use super::prediction::Prediction;
-use crate::manifest::LossWeight;
 
 /// The weighting in force, with its constants.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,18 +34,6 @@ pub enum Weighting {
 }
 
 impl Weighting {
-    /// From the manifest's `train.loss_weight`, `p2_k`, `p2_gamma`, `snr_gamma`.
-    pub fn from_manifest(kind: LossWeight, p2_k: f64, p2_gamma: f64, snr_gamma: f64) -> Self {
-        match kind {
-            LossWeight::None => Weighting::None,
-            LossWeight::P2 => Weighting::P2 {
-                k: p2_k,
-                gamma: p2_gamma,
-            },
-            LossWeight::MinSnr => Weighting::MinSnr { gamma: snr_gamma },
-        }
-    }
-
     /// The weight of a sample at signal-to-noise ratio `snr` for a network
     /// predicting `prediction`.
     pub fn weight(self, snr: f64, prediction: Prediction) -> f64 {

@@ -10,13 +10,11 @@
 //! [`diagnostic`] build the message, [`ManifestError::from_diagnostics`]
 //! gathers them. The user guide is `docs/manifest.md`.
 
+mod convert;
 mod error;
 mod load;
-mod memory;
 mod overrides;
 mod paths;
-pub mod plan;
-mod preflight;
 pub mod resume;
 mod schema;
 mod serde_errors;

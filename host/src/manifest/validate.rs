@@ -12,7 +12,7 @@ mod condition;
 mod eval;
 mod raw;
 
-pub use raw::{MAX_BATCH, MAX_CLASSES, MAX_EXAMPLES, MAX_TIMESTEPS};
+pub use crate::util::limits::{MAX_BATCH, MAX_CLASSES, MAX_EXAMPLES, MAX_TIMESTEPS};
 pub(crate) use raw::{check_counts, check_raw_values};
 
 use std::collections::{HashMap, HashSet};

@@ -10,7 +10,6 @@
 //! fits a checkpoint to a network, `torch_file` reads `torch.save` archives.
 //! `clip` is a CLIP image and text encoder (transformers `CLIPModel`
 //! folders), for conditioning and guidance rather than denoising.
-//! `open` opens a model with its weights outside a run (`dtx model`).
 //! The user guide is `docs/models.md`.
 
 pub mod adm;
@@ -24,7 +23,6 @@ pub(crate) mod layers;
 pub mod mlp;
 pub mod mlp_net;
 pub mod net;
-pub mod open;
 mod safetensors_header;
 #[cfg(test)]
 mod test_io;

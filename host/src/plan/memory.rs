@@ -16,7 +16,7 @@
 //! It is compared with the machine's physical memory (`MemTotal` of
 //! `/proc/meminfo`; 16 GiB where that cannot be read).
 
-use super::Manifest;
+use crate::manifest::Manifest;
 use crate::model::ModelDescription;
 
 /// Bytes of one stored value (f32).

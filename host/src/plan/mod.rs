@@ -1,8 +1,16 @@
 //! The resolved plan: what a manifest will do, with every plugin found, checked
 //! and built against the model, so that every mistake is reported before any
 //! work starts. `dtx plan` prints it ([`Plan::render`]).
+//!
+//! The manifest layer below reads and validates TOML and knows nothing of
+//! plugins or models; this layer binds a manifest to them: `preflight`
+//! checks the source checkpoint's headers and the built-in data configs,
+//! `memory` estimates what the run needs against the machine's memory.
 
-use super::{LoadedManifest, ManifestDiagnostic, ManifestError};
+mod memory;
+mod preflight;
+
+use crate::manifest::{LoadedManifest, ManifestDiagnostic, ManifestError};
 use crate::model::{self, ModelDescription};
 use crate::plugins::{self, Instance, LoadError, PluginLibrary};
 use crate::tensor_abi::{CpuBackend, Session, vtables};
@@ -136,8 +144,8 @@ pub fn resolve_on<B: AutodiffBackend>(loaded: LoadedManifest) -> Result<Plan, Ma
         None => None,
     };
     if let (Some(src), Some(d)) = (&m.source, &model) {
-        diags.extend(super::preflight::check_source(&loaded, src, d));
-        for too_large in super::memory::check(m, d, super::memory::machine_memory()) {
+        diags.extend(preflight::check_source(&loaded, src, d));
+        for too_large in memory::check(m, d, memory::machine_memory()) {
             diags.push(
                 loaded
                     .diagnostic(
@@ -149,7 +157,7 @@ pub fn resolve_on<B: AutodiffBackend>(loaded: LoadedManifest) -> Result<Plan, Ma
             );
         }
     }
-    diags.extend(super::preflight::check_builtin_data(&loaded));
+    diags.extend(preflight::check_builtin_data(&loaded));
     if m.source.is_some() && model.is_none() {
         // Plugins built without the model would only add errors of their
         // own ("no denoiser") that fixing the source removes.
@@ -462,7 +470,7 @@ impl Plan {
     /// Trainable base parameters: `None` when the model's parameters are not
     /// known without its checkpoint.
     pub fn base_trainable(&self) -> Option<usize> {
-        use super::schema::Trainable;
+        use crate::manifest::Trainable;
         let model = self.model.as_ref()?;
         let trainable = self
             .manifest

@@ -3,7 +3,7 @@
 //! config (or, for a `dtx` source, its run's model), and built-in data
 //! sets accept their configs. Headers only, except a `.pt` archive.
 
-use super::{LoadedManifest, ManifestDiagnostic};
+use crate::manifest::{LoadedManifest, ManifestDiagnostic};
 use crate::model::{self, ModelDescription};
 
 /// What would stop the run as soon as it loads its source: a config the

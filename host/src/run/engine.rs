@@ -15,10 +15,10 @@ use crate::data::BatchIter;
 use crate::diffusion::Weighting;
 use crate::diffusion::prediction::Prediction;
 use crate::diffusion::schedule::Schedule;
-use crate::manifest::plan::Plan;
 use crate::manifest::{Init, Schedule as ScheduleKind, SourceKind, Trainable};
 use crate::model::DropoutRng;
 use crate::model::net::Net;
+use crate::plan::Plan;
 use crate::plugins::{Instance, LossArgs};
 use crate::tensor_abi::{DataService, Session, Stored};
 use crate::train::checkpoint::{self, Progress};
@@ -427,7 +427,7 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
         weighting: m
             .train
             .as_ref()
-            .map(|t| Weighting::from_manifest(t.loss_weight, t.p2_k, t.p2_gamma, t.snr_gamma))
+            .map(crate::manifest::Train::weighting)
             .unwrap_or(Weighting::None),
         data_channels: example[0],
     };

@@ -6,7 +6,7 @@ use super::sampling::Drawn;
 use crate::data::Dataset;
 use crate::eval::{EvalInputs, Evaluation, Extractor, KidSettings, evaluate};
 use crate::manifest::Reference;
-use crate::manifest::plan::Plan;
+use crate::plan::Plan;
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::Backend;
 

@@ -4,8 +4,8 @@
 
 use crate::data::{self, BatchIter, Dataset};
 use crate::diffusion::prediction::{BatchScalar, Prediction, to_epsilon};
-use crate::manifest::plan::Plan;
 use crate::model::net::Net;
+use crate::plan::Plan;
 use crate::plugins::{InjectArgs, Instance};
 use crate::tensor_abi::{DataService, DenoiseService, Session, Stored};
 use anyhow::{Result, anyhow, bail};

@@ -4,7 +4,7 @@
 use super::dir::RunDir;
 use super::engine::RunSummary;
 use crate::data::{Dataset, Gmm};
-use crate::manifest::plan::Plan;
+use crate::plan::Plan;
 use anyhow::Result;
 use image::{Rgb, RgbImage};
 use std::fmt::Write as _;

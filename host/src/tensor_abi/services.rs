@@ -294,10 +294,10 @@ extern "C" fn dataset_batch<B: AutodiffBackend>(
 ) -> AbiResult<DataBatch> {
     guarded("dataset_batch", || {
         // a plugin config's typo must not reach an allocation that aborts
-        if batch as i64 > crate::manifest::MAX_BATCH {
+        if batch as i64 > crate::util::limits::MAX_BATCH {
             return Err(AbiError::other(format!(
                 "dataset_batch: a batch of {batch} is more than the largest, {}",
-                crate::manifest::MAX_BATCH
+                crate::util::limits::MAX_BATCH
             )));
         }
         let data = Session::<B>::with(|s| s.services.data.clone())?.ok_or_else(|| {
@@ -354,10 +354,10 @@ extern "C" fn sample_source<B: AutodiffBackend>(
     labels: ROption<TensorId>,
 ) -> AbiResult<TensorId> {
     guarded("sample_source", || {
-        if count as i64 > crate::manifest::MAX_EXAMPLES {
+        if count as i64 > crate::util::limits::MAX_EXAMPLES {
             return Err(AbiError::other(format!(
                 "sample_source: {count} samples are more than the largest count, {}",
-                crate::manifest::MAX_EXAMPLES
+                crate::util::limits::MAX_EXAMPLES
             )));
         }
         // Release the session before sampling: the sampler runs tensor ops.

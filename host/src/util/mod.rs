@@ -1,5 +1,8 @@
 //! Small helpers shared by the host's error messages.
 
+pub mod limits;
+pub mod resize;
+
 /// The candidate closest to `word` when it is close enough to be a likely
 /// typo (case-insensitive match, a longer word that starts with it, or an
 /// edit distance of about a third of the word, counting a swap of neighbours

@@ -24,8 +24,9 @@ mod resize;
 #[cfg(test)]
 mod tests;
 
+pub use crate::util::resize::pil_bicubic_resize;
 pub use load::InceptionError;
-pub use resize::{INPUT_SIZE, pil_bicubic_resize};
+pub use resize::INPUT_SIZE;
 
 use crate::model::weights::{ReadTensor, WeightProblem};
 use blocks::{

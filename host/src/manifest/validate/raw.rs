@@ -8,12 +8,13 @@ use std::collections::HashSet;
 use crate::manifest::error::ManifestDiagnostic;
 use crate::manifest::load::Context;
 use crate::manifest::spans::KeyPath;
+use crate::util::limits::{MAX_BATCH, MAX_CLASSES, MAX_EXAMPLES, MAX_TIMESTEPS};
 
 /// Integer keys: whether 0 is allowed (seeds, labels) or not (counts), and
 /// the largest value accepted. The upper bounds keep a typo such as
 /// `batch = 1600000000` from reaching an allocation that aborts the process;
 /// they are far above anything that runs on one machine, and the plan's
-/// memory estimate (`manifest::plan`) checks the sizes that depend on the
+/// memory estimate (`plan::memory`) checks the sizes that depend on the
 /// model against the machine's memory.
 const COUNTS: &[(&[&str], Sign, Option<i64>)] = &[
     (&["run", "seed"], Sign::NonNegative, None),
@@ -44,15 +45,6 @@ const COUNTS: &[(&[&str], Sign, Option<i64>)] = &[
         Some(1000),
     ),
 ];
-
-/// The most examples a data set, a held-out split or a sample count may hold.
-pub const MAX_EXAMPLES: i64 = 10_000_000;
-/// The largest training or sampling batch.
-pub const MAX_BATCH: i64 = 65_536;
-/// The most diffusion timesteps a schedule may have.
-pub const MAX_TIMESTEPS: i64 = 100_000;
-/// The largest class label (labels.csv, `sample.label`).
-pub const MAX_CLASSES: i64 = 1_000_000;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Sign {

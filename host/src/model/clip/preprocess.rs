@@ -6,7 +6,7 @@
 //! normalisation with OpenAI's mean and std.
 //!
 //! The resize is PIL's antialiased bicubic filter in float mode
-//! ([`crate::eval::inception::pil_bicubic_resize`], the one the FID
+//! ([`crate::util::resize::pil_bicubic_resize`], the one the FID
 //! Inception's clean-fid path uses), which torchvision's
 //! `resize(..., antialias=True)` follows. transformers' other paths differ:
 //! an 8-bit image (a PIL image, or uint8 tensors) is resized in 8 bits and
@@ -15,8 +15,8 @@
 //! `image_size` on its shorter side is not resampled at all, and for it the
 //! output matches transformers to float rounding.
 
-use crate::eval::inception::pil_bicubic_resize;
 use crate::model::ModelError;
+use crate::util::resize::pil_bicubic_resize;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 

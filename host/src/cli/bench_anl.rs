@@ -318,15 +318,12 @@ fn sample_at(dir: &Path, seed: u64, delta: f64, out: &mut dyn Write) -> anyhow::
         &[format!("sample.mask_rate={delta}")],
     )?;
     let dest = dir.join(format!("mask-{delta}"));
-    let summary = super::commands::plan_and_run(
-        loaded,
-        &crate::run::RunOptions {
-            sample_from: Some((dir.join("checkpoints/latest.safetensors"), dest.clone())),
-            quiet: true,
-            ..Default::default()
-        },
-        &mut Vec::new(),
-    )?;
+    let checkpoint = dir.join("checkpoints/latest.safetensors");
+    let job = super::commands::Job::Sample {
+        checkpoint: &checkpoint,
+        out: &dest,
+    };
+    let summary = super::commands::plan_and_run(loaded, job, &mut Vec::new())?;
     let e = summary.evaluation.context("no evaluation")?;
     let spread = summary.samples.as_ref().and_then(|(s, shape)| {
         spread(

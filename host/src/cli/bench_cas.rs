@@ -162,7 +162,7 @@ pub fn run(a: &CasArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                     ..Default::default()
                 };
                 let mut sink = Vec::new();
-                super::commands::plan_and_run(m, &opts, &mut sink)
+                super::commands::plan_and_run(m, super::commands::Job::Run(&opts), &mut sink)
                     .with_context(|| format!("bench cas run `{}`", dir.display()))?;
             }
             let r = bench_cas::read_run(&dir, &classes)?;

@@ -272,8 +272,9 @@ fn run_one(job: &Job, runs: &Path) -> anyhow::Result<(RunSummary, f64)> {
     };
     let started = Instant::now();
     let mut sink = Vec::new();
-    let summary = super::commands::plan_and_run(loaded, &opts, &mut sink)
-        .with_context(|| format!("bench run `{}` ({})", job.name, job.manifest.display()))?;
+    let summary =
+        super::commands::plan_and_run(loaded, super::commands::Job::Run(&opts), &mut sink)
+            .with_context(|| format!("bench run `{}` ({})", job.name, job.manifest.display()))?;
     Ok((summary, started.elapsed().as_secs_f64()))
 }
 

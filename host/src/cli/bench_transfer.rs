@@ -233,8 +233,9 @@ pub(super) fn fresh_run(
         ..Default::default()
     };
     let started = std::time::Instant::now();
-    let summary = super::commands::plan_and_run(m, &opts, &mut Vec::new())
-        .with_context(|| format!("bench run `{run_name}` of `{}`", path.display()))?;
+    let summary =
+        super::commands::plan_and_run(m, super::commands::Job::Run(&opts), &mut Vec::new())
+            .with_context(|| format!("bench run `{run_name}` of `{}`", path.display()))?;
     Ok((summary, started.elapsed().as_secs_f64()))
 }
 

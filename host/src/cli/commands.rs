@@ -248,9 +248,8 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                 resume,
                 stop_after,
                 quiet,
-                sample_from: None,
             };
-            let summary = plan_and_run(loaded, &opts, out)?;
+            let summary = plan_and_run(loaded, Job::Run(&opts), out)?;
             writeln!(out, "run folder: {}", summary.dir.display())?;
         }
         Command::Pretrain {
@@ -320,12 +319,11 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             }
             let seed = loaded.manifest.run.seed;
             let dest = out_dir.unwrap_or_else(|| run_dir.join(format!("samples-{seed}")));
-            let opts = crate::run::RunOptions {
-                sample_from: Some((ckpt, dest.clone())),
-                quiet: true,
-                ..Default::default()
+            let job = Job::Sample {
+                checkpoint: &ckpt,
+                out: &dest,
             };
-            plan_and_run(loaded, &opts, out)?;
+            plan_and_run(loaded, job, out)?;
             writeln!(out, "samples: {}", dest.display())?;
         }
         Command::Bench {
@@ -410,19 +408,44 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
 /// Resolves and runs a manifest on the backend it names (`run.backend`):
 /// the CPU, or CUDA in a build with the `cuda` feature (without it,
 /// resolving reports the missing backend).
+/// What [`plan_and_run`] carries out.
+pub(super) enum Job<'a> {
+    /// `dtx run` (and the runs of `dtx pretrain` and the benches).
+    Run(&'a crate::run::RunOptions),
+    /// `dtx sample`: from `checkpoint` into the folder `out`.
+    Sample {
+        checkpoint: &'a std::path::Path,
+        out: &'a std::path::Path,
+    },
+}
+
+impl Job<'_> {
+    fn on<B: burn::tensor::backend::AutodiffBackend>(
+        &self,
+        plan: &plan::Plan,
+        log: &mut dyn Write,
+    ) -> anyhow::Result<crate::run::RunSummary> {
+        match self {
+            Job::Run(opts) => crate::run::run::<B>(plan, opts, log),
+            Job::Sample { checkpoint, out } => crate::run::sample::<B>(plan, checkpoint, out, log),
+        }
+    }
+}
+
+/// Resolves the manifest on the backend it names and carries out `job`.
 pub(super) fn plan_and_run(
     loaded: manifest::LoadedManifest,
-    opts: &crate::run::RunOptions,
+    job: Job,
     out: &mut dyn Write,
 ) -> anyhow::Result<crate::run::RunSummary> {
     #[cfg(feature = "cuda")]
     if loaded.manifest.run.backend.as_str() == "cuda" {
         use crate::tensor_abi::CudaBackend;
         let plan = plan::resolve_on::<CudaBackend>(loaded)?;
-        return crate::run::run::<CudaBackend>(&plan, opts, out);
+        return job.on::<CudaBackend>(&plan, out);
     }
     let plan = plan::resolve(loaded)?;
-    crate::run::run::<CpuBackend>(&plan, opts, out)
+    job.on::<CpuBackend>(&plan, out)
 }
 
 /// `dtx pretrain`: a run from random weights, then the model folder.
@@ -465,7 +488,7 @@ fn pretrain(
         quiet,
         ..Default::default()
     };
-    let summary = plan_and_run(loaded, &opts, out)?;
+    let summary = plan_and_run(loaded, Job::Run(&opts), out)?;
     let folder = model_out.unwrap_or_else(|| summary.dir.join("model"));
     std::fs::create_dir_all(&folder).with_context(|| format!("creating `{}`", folder.display()))?;
     let dest = folder.join("config.json");

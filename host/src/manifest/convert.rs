@@ -21,3 +21,36 @@ impl Train {
         }
     }
 }
+
+impl From<super::Schedule> for crate::diffusion::schedule::Schedule {
+    fn from(kind: super::Schedule) -> Self {
+        use crate::diffusion::schedule::Schedule as S;
+        match kind {
+            super::Schedule::Linear => S::Linear,
+            super::Schedule::ScaledLinear => S::ScaledLinear,
+            super::Schedule::Cosine => S::Cosine,
+        }
+    }
+}
+
+impl From<super::Prediction> for crate::diffusion::prediction::Prediction {
+    fn from(kind: super::Prediction) -> Self {
+        use crate::diffusion::prediction::Prediction as P;
+        match kind {
+            super::Prediction::Epsilon => P::Epsilon,
+            super::Prediction::VPrediction => P::VPrediction,
+            super::Prediction::Sample => P::Sample,
+        }
+    }
+}
+
+impl From<super::Optimizer> for crate::train::optim::Rule {
+    fn from(kind: super::Optimizer) -> Self {
+        use crate::train::optim::Rule;
+        match kind {
+            super::Optimizer::AdamW => Rule::AdamW,
+            super::Optimizer::Adam => Rule::Adam,
+            super::Optimizer::Sgd => Rule::Sgd,
+        }
+    }
+}

@@ -9,8 +9,8 @@
 //! images; sampling encodes condition image `k mod n` for sample `k`, with a
 //! rectangle masked out of it first (Sec. 3.3).
 
-use super::engine::{prim_f, ranked};
-use super::model::Engine;
+use super::student::Student;
+use super::support::{prim_f, ranked};
 use crate::condition::{ConditionPlan, MaskRect, mask_rect, mask_values};
 use crate::data::Dataset;
 use crate::manifest::{EncoderKind, Sample, TokenKind};
@@ -189,7 +189,7 @@ fn abi(e: impl std::fmt::Display) -> AbiError {
     AbiError::new(ErrorKind::OTHER, e.to_string())
 }
 
-impl<B: AutodiffBackend> Engine<B> {
+impl<B: AutodiffBackend> Student<B> {
     fn run_condition(&self) -> Result<&RunCondition<B>, AbiError> {
         self.condition.as_ref().ok_or_else(|| {
             AbiError::new(
@@ -404,7 +404,7 @@ impl<B: AutodiffBackend> Engine<B> {
     }
 }
 
-impl<B: AutodiffBackend> ConditionService<B> for Rc<Engine<B>> {
+impl<B: AutodiffBackend> ConditionService<B> for Rc<Student<B>> {
     fn encode_image(&self, x: P<B>) -> Result<P<B>, AbiError> {
         self.encode(x, None)
     }

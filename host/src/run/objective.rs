@@ -2,8 +2,8 @@
 //! and noise), the forward process, the student's prediction and the
 //! (weighted) simple loss; the same on a held-out set for validation.
 
-use super::engine::{normal, prim_f, ranked, step_rng};
-use super::model::Engine;
+use super::student::Student;
+use super::support::{normal, prim_f, ranked, step_rng};
 use crate::data::Dataset;
 use crate::diffusion::Weighting;
 use crate::diffusion::prediction::{
@@ -104,7 +104,7 @@ impl Objective<'_> {
     #[allow(clippy::type_complexity)]
     pub(super) fn simple<B: AutodiffBackend, const D: usize>(
         &self,
-        engine: &Engine<B>,
+        student: &Student<B>,
         params: &HashMap<String, P<B>>,
         x0: &P<B>,
         labels: Option<IntTensor<B>>,
@@ -122,7 +122,7 @@ impl Objective<'_> {
         let x0r: Tensor<B, D> = ranked(x0.clone());
         let noise = draw.noise::<D>();
         let x_t = q_sample(x0r.clone(), noise.clone(), ab_t.clone());
-        let out = ranked::<B, D>(engine.student(
+        let out = ranked::<B, D>(student.forward(
             params,
             prim_f(x_t.clone()),
             draw.t_float(),
@@ -176,23 +176,23 @@ impl Objective<'_> {
     /// noise from a fixed seed so values at different steps compare.
     pub(super) fn validation<B: AutodiffBackend, const D: usize>(
         &self,
-        engine: &Engine<B>,
+        student: &Student<B>,
         held: &Dataset,
         seed: u64,
         batch: usize,
         device: &B::Device,
     ) -> Result<f64> {
-        let params = engine.params();
+        let params = student.params();
         let mut rng = step_rng(seed, u64::MAX - 2);
         let idx: Vec<usize> = (0..held.len()).collect();
         let mut sum = 0.0;
         for chunk in idx.chunks(batch.max(1)) {
             let (x0, labels) = held.to_tensor::<B>(chunk, device);
-            if engine.condition.is_some() {
-                engine.set_condition(Some(engine.encode(x0.clone(), None)?));
+            if student.condition.is_some() {
+                student.set_condition(Some(student.encode(x0.clone(), None)?));
             }
             let draw = Draw::new::<D>(&mut rng, &x0, self.alpha_bars.len(), device);
-            let (terms, _, _) = self.simple::<B, D>(engine, &params, &x0, labels, &draw, false)?;
+            let (terms, _, _) = self.simple::<B, D>(student, &params, &x0, labels, &draw, false)?;
             // the base objective: L_simple (+ L_vlb for a learned variance)
             let total = terms
                 .iter()
@@ -202,7 +202,7 @@ impl Objective<'_> {
                 .reduce(|a, b| a + b)
                 .expect("L_simple is always there");
             let v: Tensor<B, 1> = total;
-            sum += super::engine::scalar(&v.reshape([1])) * chunk.len() as f64;
+            sum += super::support::scalar(&v.reshape([1])) * chunk.len() as f64;
         }
         Ok(sum / held.len().max(1) as f64)
     }

@@ -1,8 +1,8 @@
 //! What a run leaves for a person: its samples (`samples.json`, and a scatter
 //! plot over the target for 2-D data) and `report.md`.
 
+use super::RunSummary;
 use super::dir::RunDir;
-use super::engine::RunSummary;
 use crate::data::{Dataset, Gmm};
 use crate::plan::Plan;
 use anyhow::Result;

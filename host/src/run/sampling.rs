@@ -2,8 +2,8 @@
 //! loop with the plugins' `score` corrections at every step and their
 //! `filter` decisions on every batch, until `sample.count` are accepted.
 
-use super::engine::{batch_shape, normal, prim_f, progress_bar, ranked, step_rng};
-use super::model::Engine;
+use super::student::Student;
+use super::support::{batch_shape, normal, prim_f, progress_bar, ranked, step_rng};
 use crate::diffusion::prediction::{BatchScalar, to_epsilon};
 use crate::diffusion::sampler::{Sampler, SamplerConfig, VarianceType, alpha_bar_at, sample};
 use crate::manifest::{Sample, Sampler as SamplerKind};
@@ -39,6 +39,70 @@ impl SamplingStats {
             self.accepted as f64 / self.drawn as f64
         }
     }
+}
+
+/// Stage 4 of a run, sampling: `sample.count` samples from the student
+/// (its EMA weights when the run keeps an EMA), filtered, written to the run
+/// folder, and evaluated when the manifest has `[eval]`; what it produced goes
+/// into `summary`. Nothing without a `[sample]` section.
+pub(super) fn sample_stage<B: AutodiffBackend, const D: usize>(
+    ctx: &mut super::context::RunContext<B>,
+    plan: &crate::plan::Plan,
+    quiet: bool,
+    log: &mut dyn std::io::Write,
+    summary: &mut super::RunSummary,
+) -> Result<()> {
+    let m = &plan.manifest.manifest;
+    let Some(sm) = &m.sample else {
+        return Ok(());
+    };
+    let weights: HashMap<String, P<B>> = match &ctx.ema {
+        Some(e) => Session::<B>::with(|s| e.values(&s.params))?
+            .into_iter()
+            .collect(),
+        // no graph through the weights while sampling
+        None => ctx
+            .student
+            .params()
+            .into_iter()
+            .map(|(k, v)| (k, crate::tensor_abi::untracked::<B>(v)))
+            .collect(),
+    };
+    let with_source = ctx.eval_setup.as_ref().is_some_and(|e| e.wants_source());
+    let drawn = draw::<B, D>(
+        &ctx.student,
+        &weights,
+        sm,
+        m.run.seed,
+        &ctx.device,
+        quiet,
+        with_source,
+    )?;
+    let (stats, labels) = record(
+        &drawn,
+        sm,
+        &mut ctx.dir,
+        log,
+        &ctx.example,
+        ctx.target.as_ref(),
+    )?;
+    summary.sampling = Some(stats);
+    summary.sample_labels = labels;
+    if let Some(e) = &ctx.eval_setup {
+        let evaluation = e.record(
+            &drawn,
+            &ctx.example,
+            m.run.seed,
+            &ctx.device,
+            &mut ctx.dir,
+            log,
+        )?;
+        summary.evaluation = Some(evaluation);
+    }
+    let mut shape = vec![drawn.accepted_count()];
+    shape.extend_from_slice(&ctx.example);
+    summary.samples = Some((drawn.accepted, shape));
+    Ok(())
 }
 
 /// Logs and writes what sampling produced: the log lines, the `sample`
@@ -141,12 +205,12 @@ fn batch_labels(classes: usize, sm: &Sample, first: usize, n: usize) -> Option<V
     })
 }
 
-/// The sampler settings of `sm` for `engine`'s network.
+/// The sampler settings of `sm` for `student`'s network.
 fn sampler_config<B: AutodiffBackend, const D: usize>(
-    engine: &Engine<B>,
+    student: &Student<B>,
     sm: &Sample,
 ) -> (SamplerConfig, bool) {
-    let learned_sigma = D > 2 && engine.net.out_channels() == 2 * engine.data_channels;
+    let learned_sigma = D > 2 && student.net.out_channels() == 2 * student.data_channels;
     let cfg = SamplerConfig {
         sampler: match sm.sampler {
             SamplerKind::Ddpm => Sampler::Ddpm {
@@ -170,7 +234,7 @@ fn sampler_config<B: AutodiffBackend, const D: usize>(
 /// `score` hook, or (`weights = None`) the source model alone.
 #[allow(clippy::too_many_arguments)]
 fn trajectory<B: AutodiffBackend, const D: usize>(
-    engine: &Engine<B>,
+    student: &Student<B>,
     weights: Option<&HashMap<String, P<B>>>,
     cfg: &SamplerConfig,
     learned_sigma: bool,
@@ -182,14 +246,10 @@ fn trajectory<B: AutodiffBackend, const D: usize>(
 ) -> Result<Tensor<B, D>> {
     // what `score` hooks aim for: the masks when sampling by mask, else the classes
     let hook_labels = hook_labels.or_else(|| labels.clone());
-    let alpha_bars = &engine.alpha_bars;
+    let alpha_bars = &student.alpha_bars;
     // (the source alone is sampled from inside plugins' hooks too, with
     // their cells borrowed: it runs no hook and asks none)
-    let has_score = weights.is_some()
-        && engine
-            .plugins
-            .iter()
-            .any(|p| p.try_borrow().is_ok_and(|p| p.implements(Hook::Score)));
+    let has_score = weights.is_some() && student.others_implement(Hook::Score);
     let mut step_index = 0u64;
     let num_steps = cfg.steps as u64;
     sample::<B, D, anyhow::Error>(
@@ -210,33 +270,37 @@ fn trajectory<B: AutodiffBackend, const D: usize>(
             };
             let x = ranked::<B, D>(xp.clone());
             let raw = ranked::<B, D>(match weights {
-                None => engine.source_forward(xp.clone(), prim_f(tf.clone()), labels.clone())?,
+                None => student.source_forward(xp.clone(), prim_f(tf.clone()), labels.clone())?,
                 Some(w) => {
-                    engine.student(w, xp.clone(), prim_f(tf.clone()), labels.clone(), false)?
+                    student.forward(w, xp.clone(), prim_f(tf.clone()), labels.clone(), false)?
                 }
             });
             let (mean, variance) = if learned_sigma {
-                let c = engine.data_channels;
+                let c = student.data_channels;
                 (raw.clone().narrow(1, 0, c), Some(raw.narrow(1, c, c)))
             } else {
                 (raw, None)
             };
             let ab_s = BatchScalar::Shared(alpha_bar_at(alpha_bars, ts[0]));
-            let mut eps = prim_f(to_epsilon(mean, x.clone(), &ab_s, engine.prediction));
+            let mut eps = prim_f(to_epsilon(mean, x.clone(), &ab_s, student.prediction));
             let t_stored = Stored::Float(prim_f(tf));
             // the source alone runs no hook (and may be sampled from inside
             // a plugin's own hook, whose cell is borrowed)
             if weights.is_some() {
-                for mut inst in engine.hooked(|p| p.implements(Hook::Score)) {
-                    eps = inst.score(
-                        &xp,
-                        &t_stored,
-                        &eps,
-                        hook_labels.as_ref(),
-                        step_index,
-                        num_steps,
-                    )?;
-                }
+                student.each_hooked(
+                    |p| p.implements(Hook::Score),
+                    |inst| -> Result<()> {
+                        eps = inst.score(
+                            &xp,
+                            &t_stored,
+                            &eps,
+                            hook_labels.as_ref(),
+                            step_index,
+                            num_steps,
+                        )?;
+                        Ok(())
+                    },
+                )?;
             }
             step_index += 1;
             let eps = ranked::<B, D>(crate::tensor_abi::untracked::<B>(eps));
@@ -252,16 +316,16 @@ fn trajectory<B: AutodiffBackend, const D: usize>(
     )
 }
 
-/// Sets [`Engine::sampling_weights`] while alive.
-struct SamplingWeights<'a, B: AutodiffBackend>(&'a Engine<B>);
+/// Sets [`Student::sampling_weights`] while alive.
+struct SamplingWeights<'a, B: AutodiffBackend>(&'a Student<B>);
 
 impl<'a, B: AutodiffBackend> SamplingWeights<'a, B> {
-    fn set(engine: &'a Engine<B>, weights: &HashMap<String, P<B>>) -> Self {
-        *engine.sampling_weights.borrow_mut() = Some(weights.clone());
+    fn set(student: &'a Student<B>, weights: &HashMap<String, P<B>>) -> Self {
+        *student.sampling_weights.borrow_mut() = Some(weights.clone());
         // no graph through plugin parameters while sampling: nothing trains,
         // and graphs that never reach a backward pile up in memory
         let _ = Session::<B>::with(|s| s.services.frozen_params = true);
-        SamplingWeights(engine)
+        SamplingWeights(student)
     }
 }
 
@@ -280,7 +344,7 @@ impl<B: AutodiffBackend> Drop for SamplingWeights<'_, B> {
 /// step noise has its own stream, so the student's samples do not change).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn draw<B: AutodiffBackend, const D: usize>(
-    engine: &std::rc::Rc<Engine<B>>,
+    student: &std::rc::Rc<Student<B>>,
     weights: &HashMap<String, P<B>>,
     sm: &Sample,
     seed: u64,
@@ -288,9 +352,9 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
     quiet: bool,
     with_source: bool,
 ) -> Result<Drawn> {
-    let example = engine.net.data_shape();
+    let example = student.net.data_shape();
     let per_example: usize = example.iter().product();
-    let (cfg, learned_sigma) = sampler_config::<B, D>(engine, sm);
+    let (cfg, learned_sigma) = sampler_config::<B, D>(student, sm);
     let mut out = Drawn {
         accepted: Vec::new(),
         source: Vec::new(),
@@ -300,7 +364,7 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
         labels: Vec::new(),
         masks: Vec::new(),
         conditions: Vec::new(),
-        condition_source: engine.condition_source(),
+        condition_source: student.condition_source(),
     };
     let run = |x_big_t: Tensor<B, D>,
                labels: Option<IntTensor<B>>,
@@ -309,7 +373,7 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
                rng: &mut rand::rngs::StdRng| {
         let w = (!source).then_some(weights);
         trajectory::<B, D>(
-            engine,
+            student,
             w,
             &cfg,
             learned_sigma,
@@ -325,25 +389,25 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
     // the masks of masked sampling have their own stream
     let mut condition_rng = step_rng(seed, u64::MAX - 3);
     // hooks that call `denoise(student)` see the weights being sampled
-    let _weights = SamplingWeights::set(engine, weights);
+    let _weights = SamplingWeights::set(student, weights);
     let bar = progress_bar(quiet, sm.count as u64, "sample");
     let max_attempts = sm.max_attempts_factor.max(1) * sm.count;
     while out.accepted_count() < sm.count && out.attempts < max_attempts {
         let n = sm.batch.min(sm.count - out.accepted_count()).max(1);
-        let label_values = batch_labels(engine.classes, sm, out.attempts, n);
+        let label_values = batch_labels(student.classes, sm, out.attempts, n);
         let labels = label_values.as_ref().map(|v| {
             Tensor::<B, 1, Int>::from_data(TensorData::new(v.clone(), [n]), device).into_primitive()
         });
         // sample k of the run is conditioned on mask k (cycling)
-        let mask_idx: Vec<usize> = match &engine.sample_masks {
+        let mask_idx: Vec<usize> = match &student.sample_masks {
             Some(m) => (0..n).map(|i| (out.attempts + i) % m.len()).collect(),
             None => Vec::new(),
         };
-        let masks = engine
+        let masks = student
             .sample_masks
             .as_ref()
             .and_then(|m| m.mask_tensor::<B>(&mask_idx, device));
-        let conditions = engine.condition_samples(out.attempts, n, &mut condition_rng, device)?;
+        let conditions = student.condition_samples(out.attempts, n, &mut condition_rng, device)?;
         out.attempts += n;
         let x_big_t: Tensor<B, D> = normal(&mut rng, batch_shape::<D>(n, &example), device);
         let from_source = if with_source {
@@ -360,15 +424,19 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
         let sp = prim_f(samples.clone());
         let mut keep = vec![true; n];
         let filter_labels = masks.clone().or_else(|| labels.clone());
-        for mut inst in engine.hooked(|p| p.implements(Hook::Filter)) {
-            let decision = inst.filter(&sp, filter_labels.as_ref())?;
-            for (i, k) in decision.keep.iter().enumerate() {
-                if !k && keep[i] {
-                    *out.rejected.entry(inst.name.clone()).or_default() += 1;
+        student.each_hooked(
+            |p| p.implements(Hook::Filter),
+            |inst| -> Result<()> {
+                let decision = inst.filter(&sp, filter_labels.as_ref())?;
+                for (i, k) in decision.keep.iter().enumerate() {
+                    if !k && keep[i] {
+                        *out.rejected.entry(inst.name.clone()).or_default() += 1;
+                    }
+                    keep[i] &= *k;
                 }
-                keep[i] &= *k;
-            }
-        }
+                Ok(())
+            },
+        )?;
         let values = samples
             .into_data()
             .to_vec::<f32>()
@@ -379,7 +447,7 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
                 if let Some(v) = &label_values {
                     out.labels.push(v[i]);
                 }
-                if let Some(m) = &engine.sample_masks {
+                if let Some(m) = &student.sample_masks {
                     let per = m.mask_size();
                     let k = mask_idx[i];
                     out.masks.extend_from_slice(
@@ -409,7 +477,7 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
 /// sampler settings (`[sample]`, else 50 DDIM steps). Each call draws from
 /// its own stream of the run's seed, so a run's source samples repeat.
 pub(super) struct SourceSampler<B: AutodiffBackend, const D: usize> {
-    pub(super) engine: std::rc::Rc<Engine<B>>,
+    pub(super) student: std::rc::Rc<Student<B>>,
     pub(super) settings: Sample,
     pub(super) seed: u64,
     pub(super) calls: std::cell::Cell<u64>,
@@ -418,7 +486,7 @@ pub(super) struct SourceSampler<B: AutodiffBackend, const D: usize> {
 
 impl<B: AutodiffBackend, const D: usize> SampleService<B> for SourceSampler<B, D> {
     fn sample_source(&self, count: usize, labels: Option<IntTensor<B>>) -> Result<P<B>, AbiError> {
-        let example = self.engine.net.data_shape();
+        let example = self.student.net.data_shape();
         let labels = labels.map(Tensor::<B, 1, Int>::from_primitive);
         if let Some(l) = &labels {
             let n = l.dims()[0];
@@ -428,7 +496,7 @@ impl<B: AutodiffBackend, const D: usize> SampleService<B> for SourceSampler<B, D
                 )));
             }
         }
-        let (cfg, learned_sigma) = sampler_config::<B, D>(&self.engine, &self.settings);
+        let (cfg, learned_sigma) = sampler_config::<B, D>(&self.student, &self.settings);
         let call = self.calls.get();
         self.calls.set(call + 1);
         let mut rng = step_rng(self.seed, u64::MAX - 16 - call);
@@ -442,7 +510,7 @@ impl<B: AutodiffBackend, const D: usize> SampleService<B> for SourceSampler<B, D
                 .as_ref()
                 .map(|l| l.clone().narrow(0, done, n).into_primitive());
             let x = trajectory::<B, D>(
-                &self.engine,
+                &self.student,
                 None,
                 &cfg,
                 learned_sigma,

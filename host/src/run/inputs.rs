@@ -1,273 +1,28 @@
-//! What a run shares with the host services: the model with its plugins (the
-//! student, and the frozen source for `denoise(source)` / `features`), and the
-//! target data for `dataset_batch`.
+//! What a run reads before anything trains: the target set and its held-out
+//! split, `[source.data]`, the classes samples are drawn for, the masks
+//! `sample.masks` names, and the settings this engine does not carry out —
+//! all checked against the model, so bad data leaves no run folder behind.
+//! [`Data`] serves them to plugins (`dataset_batch`).
 
 use crate::data::{self, BatchIter, Dataset};
-use crate::diffusion::prediction::{BatchScalar, Prediction, to_epsilon};
 use crate::model::net::Net;
 use crate::plan::Plan;
-use crate::plugins::{InjectArgs, Instance};
-use crate::tensor_abi::{DataService, DenoiseService, Session, Stored};
+use crate::tensor_abi::{DataService, Session};
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
-use dtx_plugin_api::abi::{AbiError, ErrorKind, Hook, Which};
+use dtx_plugin_api::abi::{AbiError, ErrorKind};
 use rand::Rng;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 type P<B> = FloatTensor<B>;
 
-/// The model and plugins of a run, shared with the host services.
-pub(super) struct Engine<B: AutodiffBackend> {
-    pub(super) net: Net,
-    /// Each plugin in its own cell: a hook that calls `denoise(student)` or
-    /// `features(student)` holds its own, and the forward it asks for runs
-    /// every other plugin's `inject`.
-    pub(super) plugins: Vec<RefCell<Instance<B>>>,
-    /// Frozen copy of the source weights, for `denoise(source)`.
-    pub(super) source: HashMap<String, P<B>>,
-    /// What the network predicts, ᾱ_t and the data's channels: `denoise`
-    /// answers ε of the data's channels whatever the network outputs.
-    pub(super) prediction: Prediction,
-    pub(super) alpha_bars: Vec<f64>,
-    pub(super) data_channels: usize,
-    /// Classes samples are drawn for: the net's, else (a labelled target
-    /// that plugins condition on) the target's; 0 without classes.
-    pub(super) classes: usize,
-    /// The weights being sampled from (EMA when the run keeps one), while
-    /// sampling: `denoise(student)` / `features(student)` from a `score` or
-    /// `filter` hook use them rather than the raw training weights.
-    pub(super) sampling_weights: RefCell<Option<HashMap<String, P<B>>>>,
-    /// The masks samples are conditioned on in turn (`sample.masks`).
-    pub(super) sample_masks: Option<Dataset>,
-    /// The current training step's dropout stream (for a U-Net whose
-    /// `dropout` is positive), used by the objective's forward alone, not
-    /// by the forwards plugins ask for, validation or sampling.
-    pub(super) dropout: RefCell<Option<crate::model::DropoutRng>>,
-    /// The `[condition]` encoder and the embedding forwards see.
-    pub(super) condition: Option<super::condition::RunCondition<B>>,
-}
+/// The run's data with the device its batches go to, shared by the training
+/// loop and the `dataset_batch` service.
+pub(super) type SharedData<B> = Rc<RefCell<(Data, burn::tensor::Device<B>)>>;
 
-/// The network output `out` as ε: the mean channels of a learned-variance
-/// output, converted from x0 or v with ᾱ at each example's `t`.
-fn as_eps<B: AutodiffBackend, const D: usize>(
-    out: P<B>,
-    x_t: P<B>,
-    t: P<B>,
-    prediction: Prediction,
-    alpha_bars: &[f64],
-    channels: usize,
-) -> Result<P<B>, AbiError> {
-    let out: Tensor<B, D> = Tensor::from_primitive(TensorPrimitive::Float(out));
-    let out = if D > 2 && out.dims()[1] == 2 * channels {
-        out.narrow(1, 0, channels)
-    } else {
-        out
-    };
-    if prediction == Prediction::Epsilon {
-        return Ok(out.into_primitive().tensor());
-    }
-    let ts: Vec<f32> = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t))
-        .into_data()
-        .to_vec::<f32>()
-        .map_err(|e| AbiError::other(format!("reading timesteps: {e:?}")))?;
-    let ab: Vec<f32> = ts
-        .iter()
-        .map(|&t| {
-            let i = (t.round().max(0.0) as usize).min(alpha_bars.len() - 1);
-            alpha_bars[i] as f32
-        })
-        .collect();
-    let n = ab.len();
-    let ab = BatchScalar::PerSample(Tensor::<B, 1>::from_data(
-        TensorData::new(ab, [n]),
-        &out.device(),
-    ));
-    let x_t: Tensor<B, D> = Tensor::from_primitive(TensorPrimitive::Float(x_t));
-    Ok(to_epsilon(out, x_t, &ab, prediction)
-        .into_primitive()
-        .tensor())
-}
-
-impl<B: AutodiffBackend> Engine<B> {
-    /// [`as_eps`] at the rank of `x_t`.
-    fn eps_of(&self, out: P<B>, x_t: P<B>, t: P<B>) -> Result<P<B>, AbiError> {
-        use burn::tensor::TensorMetadata;
-        let (p, ab, c) = (
-            self.prediction,
-            self.alpha_bars.as_slice(),
-            self.data_channels,
-        );
-        match x_t.shape().num_dims() {
-            2 => as_eps::<B, 2>(out, x_t, t, p, ab, c),
-            4 => as_eps::<B, 4>(out, x_t, t, p, ab, c),
-            r => Err(AbiError::new(
-                ErrorKind::SHAPE,
-                format!("denoise: x_t of rank {r}; this model takes rank 2 or 4"),
-            )),
-        }
-    }
-}
-
-impl<B: AutodiffBackend> Engine<B> {
-    pub(super) fn params(&self) -> HashMap<String, P<B>> {
-        Session::<B>::with(|s| {
-            s.params
-                .entries()
-                .iter()
-                .filter(|e| e.owner == crate::tensor_abi::BASE_OWNER)
-                .map(|e| (e.name.clone(), e.value.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
-    }
-
-    /// The student's weights for the services: the sampled ones while
-    /// sampling, else the current training weights.
-    fn student_weights(&self) -> HashMap<String, P<B>> {
-        match &*self.sampling_weights.borrow() {
-            Some(w) => w.clone(),
-            None => self.params(),
-        }
-    }
-
-    /// The plugins `select` picks, each borrowed in turn (manifest order).
-    pub(super) fn hooked<'a>(
-        &'a self,
-        select: impl Fn(&Instance<B>) -> bool + 'a,
-    ) -> impl Iterator<Item = std::cell::RefMut<'a, Instance<B>>> + 'a {
-        self.plugins
-            .iter()
-            .filter(move |p| select(&p.borrow()))
-            .map(|p| p.borrow_mut())
-    }
-
-    /// The student's forward: base weights `params` with every plugin's
-    /// `inject` at its points, in manifest order — except a plugin calling
-    /// this from inside one of its own hooks, whose modules are left out of
-    /// that call (docs/plugin-authoring.md, "Host services").
-    pub(super) fn student(
-        &self,
-        params: &HashMap<String, P<B>>,
-        x: P<B>,
-        t: P<B>,
-        labels: Option<IntTensor<B>>,
-        training: bool,
-    ) -> Result<P<B>, AbiError> {
-        let t_stored = Stored::Float(t.clone());
-        let labels2 = labels.clone();
-        let cond = self.current_condition();
-        let dropout = self.dropout.borrow();
-        let dropout = dropout.as_ref().filter(|_| training);
-        self.net.forward_with::<B, AbiError>(
-            params,
-            x,
-            t,
-            labels,
-            &mut |point, h, temb| {
-                let mut h = h;
-                // a plugin whose hook is running (its cell is taken) is skipped
-                for mut inst in self
-                    .plugins
-                    .iter()
-                    .filter_map(|p| p.try_borrow_mut().ok())
-                    .filter(|p| p.implements(Hook::Inject) && p.points().iter().any(|q| q == point))
-                {
-                    h = inst
-                        .inject(InjectArgs {
-                            point,
-                            h: &h,
-                            t: &t_stored,
-                            temb,
-                            cond: cond.as_ref(),
-                            labels: labels2.as_ref(),
-                            training,
-                        })
-                        .map_err(|e| AbiError::new(e.error.kind, e.to_string()))?;
-                }
-                Ok(h)
-            },
-            dropout,
-        )
-    }
-
-    pub(super) fn source_forward(
-        &self,
-        x: P<B>,
-        t: P<B>,
-        labels: Option<IntTensor<B>>,
-    ) -> Result<P<B>, AbiError> {
-        let out = self
-            .net
-            .forward::<B, AbiError>(&self.source, x, t, labels, &mut |_, h, _| Ok(h))?;
-        Ok(crate::tensor_abi::untracked::<B>(out))
-    }
-}
-
-fn t_float<B: AutodiffBackend>(t: &Stored<B>) -> Result<P<B>, AbiError> {
-    Ok(match t {
-        Stored::Float(t) => t.clone(),
-        Stored::Int(t) => B::int_into_float(t.clone(), burn::tensor::FloatDType::F32),
-        Stored::Bool(_) => return Err(AbiError::other("timesteps must be numbers")),
-    })
-}
-
-impl<B: AutodiffBackend> DenoiseService<B> for Rc<Engine<B>> {
-    fn denoise(
-        &self,
-        x_t: P<B>,
-        t: Stored<B>,
-        which: Which,
-        labels: Option<IntTensor<B>>,
-    ) -> Result<P<B>, AbiError> {
-        let t = t_float(&t)?;
-        let out = match which {
-            Which::Source => self.source_forward(x_t.clone(), t.clone(), labels)?,
-            Which::Student => self.student(
-                &self.student_weights(),
-                x_t.clone(),
-                t.clone(),
-                labels,
-                false,
-            )?,
-        };
-        self.eps_of(out, x_t, t)
-    }
-
-    fn features(
-        &self,
-        x: P<B>,
-        t: Stored<B>,
-        points: &[String],
-        which: Which,
-    ) -> Result<Vec<P<B>>, AbiError> {
-        let t = t_float(&t)?;
-        let params = match which {
-            Which::Source => self.source.clone(),
-            Which::Student => self.student_weights(),
-        };
-        let mut found: HashMap<String, P<B>> = HashMap::new();
-        self.net
-            .forward::<B, AbiError>(&params, x, t, None, &mut |point, h, _| {
-                if points.iter().any(|p| p == point) {
-                    found.insert(point.to_owned(), h.clone());
-                }
-                Ok(h)
-            })?;
-        points
-            .iter()
-            .map(|p| {
-                found.remove(p).ok_or_else(|| {
-                    AbiError::other(format!("`{p}` is not an injection point of this model"))
-                })
-            })
-            .collect()
-    }
-}
-
+/// The data sets a run's plugins draw from.
 pub(super) struct Data {
     pub(super) target: Dataset,
     pub(super) iter: BatchIter,
@@ -393,6 +148,31 @@ pub(super) fn load_source_data(plan: &Plan, data_shape: &[usize]) -> Result<Opti
     Ok(Some(if sd.labels { ds } else { ds.without_labels() }))
 }
 
+/// The target set and its held-out images, when the run has a `[target]`,
+/// checked against the model's classes.
+pub(super) fn load_targets(
+    plan: &Plan,
+    net: &Net,
+    example: &[usize],
+) -> Result<(Option<Dataset>, Option<Dataset>)> {
+    if plan.manifest.manifest.target.is_none() {
+        return Ok((None, None));
+    }
+    let (t, h) = load_target(plan, example)?;
+    let k = net.num_classes();
+    if let Some(&top) = t.labels.iter().chain(h.labels.iter()).flatten().max()
+        && top as usize >= k
+        && (k > 0 || plan.plugins.is_empty())
+    {
+        bail!(
+            "target `{}` has class label {top}, but the source model has {k} classes (labels 0 to {})",
+            t.source,
+            k.saturating_sub(1)
+        );
+    }
+    Ok((Some(t), Some(h).filter(|h| !h.is_empty())))
+}
+
 /// The target set of a run, split into `(train, held_out)` (`target.holdout`
 /// examples held out first, then `limit` chosen from the rest), checked
 /// against the shape the model takes.
@@ -463,7 +243,7 @@ pub(crate) fn load_target(plan: &Plan, data_shape: &[usize]) -> Result<(Dataset,
     Ok((train, held))
 }
 
-/// The classes a run samples for (see [`Engine::classes`]): the net's;
+/// The classes a run samples for (see `Student::classes`): the net's;
 /// else, with plugins to condition on them, the labelled target's (train and
 /// held-out labels together). `sample.label` must be one of them.
 pub(super) fn run_classes(

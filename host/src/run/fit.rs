@@ -1,0 +1,314 @@
+//! Stage 3 of a run, training: the ε objective plus every plugin's `loss`,
+//! one optimizer step of every trainable parameter, the EMA, validation,
+//! `metrics.jsonl` and checkpoints; resuming restores a checkpoint first.
+//!
+//! Determinism: every random draw of step `s` (timesteps, noise, and whatever
+//! plugins draw) comes from an RNG seeded by `(run.seed, s)`, and the data
+//! order from the batch iterator's saved position, so a resumed run repeats
+//! the uninterrupted one bit for bit.
+
+use super::context::RunContext;
+use super::dir::RunDir;
+use super::objective::{Draw, Objective};
+use super::student::Student;
+use super::support::{prim_f, progress_bar, ranked, scalar, step_rng};
+use super::{RunOptions, RunSummary};
+use crate::data::BatchPosition;
+use crate::manifest::Train;
+use crate::model::DropoutRng;
+use crate::plan::Plan;
+use crate::plugins::LossArgs;
+use crate::tensor_abi::{Session, Stored};
+use crate::train::checkpoint::{self, Progress};
+use crate::train::ema::Ema;
+use crate::train::optim::AdamConfig;
+use anyhow::{Result, anyhow, bail};
+use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ops::FloatTensor;
+use dtx_plugin_api::abi::Hook;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::{Map, Value, json};
+use std::io::Write;
+
+type P<B> = FloatTensor<B>;
+
+/// Mixed into the run seed for the dropout masks' stream.
+const DROPOUT_STREAM: u64 = 0xD50F_0D50_F0D5_0F0D;
+
+/// Trains from the start, or (`opts.resume`) from the run folder's latest
+/// checkpoint, up to `train.steps` (or `opts.stop_after`), recording each
+/// step in `summary`.
+pub(super) fn fit<B: AutodiffBackend, const D: usize>(
+    ctx: &mut RunContext<B>,
+    plan: &Plan,
+    t: &Train,
+    opts: &RunOptions,
+    log: &mut dyn Write,
+    summary: &mut RunSummary,
+) -> Result<()> {
+    let m = &plan.manifest.manifest;
+    let quiet = opts.quiet;
+    let mut start = 0u64;
+    if opts.resume {
+        let latest = ctx.dir.latest_checkpoint();
+        let progress = restore(&ctx.student, &latest, ctx.ema.as_mut(), &ctx.device)?;
+        ctx.dir.truncate_metrics_after(progress.step)?;
+        let data = ctx.data.as_ref().expect("fit runs with data");
+        data.borrow_mut().0.iter.restore(BatchPosition {
+            epoch: progress.epoch,
+            index: progress.index,
+        })?;
+        start = progress.step;
+        writeln!(log, "resumed `{}` at step {start}", m.run.name)?;
+    }
+    let end = opts.stop_after.map(|s| s.min(t.steps)).unwrap_or(t.steps);
+    let flip = m.target.as_ref().is_some_and(|t| t.flip);
+    if let Some(tg) = &ctx.target {
+        ctx.student.cache_target(tg, flip, t.batch, &ctx.device)?;
+    }
+    // A bar on a terminal; plain lines otherwise; nothing with --quiet.
+    let bar = progress_bar(quiet, end.saturating_sub(start), "train");
+    for step in start..end {
+        let timer = std::time::Instant::now();
+        let (mut values, total, examples) = train_step::<B, D>(ctx, plan, t, step)?;
+        values.insert(
+            "samples_per_s".into(),
+            json!(examples as f64 / timer.elapsed().as_secs_f64().max(1e-9)),
+        );
+        let done = step + 1;
+        if let (Some(v_every), Some(h)) = (t.validate_every, &ctx.held_out)
+            && (done % v_every == 0 || done == t.steps)
+        {
+            let v = objective(ctx, t).validation::<B, D>(
+                &ctx.student,
+                h,
+                m.run.seed,
+                t.batch,
+                &ctx.device,
+            )?;
+            values.insert("val.simple".into(), json!(v));
+            if bar.is_none() && !quiet {
+                writeln!(log, "step {done}: validation loss {v:.5}")?;
+            }
+        }
+        ctx.dir.log(&Value::Object(values))?;
+        summary.final_loss = Some(total);
+        match &bar {
+            Some(b) => {
+                b.inc(1);
+                b.set_message(format!("loss {total:.4}"));
+            }
+            None if !quiet && (done % (t.steps / 10).max(1) == 0 || done == end) => {
+                writeln!(log, "step {done}/{}: loss {total:.5}", t.steps)?;
+            }
+            None => {}
+        }
+        if done % t.checkpoint_every.unwrap_or(t.steps.max(1)) == 0 || done == end {
+            let data = ctx.data.as_ref().expect("fit runs with data");
+            let pos = data.borrow().0.iter.position();
+            save(&ctx.student, &ctx.dir, ctx.ema.as_ref(), pos, done)?;
+            tracing::info!(
+                step = done,
+                "checkpoint written to {}",
+                ctx.dir.latest_checkpoint().display()
+            );
+        }
+        summary.steps = done;
+    }
+    if let Some(b) = &bar {
+        b.finish();
+    }
+    Ok(())
+}
+
+/// The run's denoising objective.
+fn objective<'a, B: AutodiffBackend>(ctx: &'a RunContext<B>, t: &Train) -> Objective<'a> {
+    Objective {
+        alpha_bars: &ctx.student.alpha_bars,
+        prediction: ctx.student.prediction,
+        weighting: t.weighting(),
+        data_channels: ctx.example[0],
+    }
+}
+
+/// Training step `step` (0-based): the objective and the plugins' losses on
+/// the next batch, one optimizer step, the EMA. Returns the step's record
+/// for `metrics.jsonl` (loss terms, gradient norm, learning rate, what
+/// plugins logged), its total loss and the number of examples.
+fn train_step<B: AutodiffBackend, const D: usize>(
+    ctx: &mut RunContext<B>,
+    plan: &Plan,
+    t: &Train,
+    step: u64,
+) -> Result<(Map<String, Value>, f64, usize)> {
+    let m = &plan.manifest.manifest;
+    let student = &ctx.student;
+    let data = ctx.data.as_ref().expect("fit runs with data");
+    let flip = m.target.as_ref().is_some_and(|t| t.flip);
+    let mut rng = step_rng(m.run.seed, step);
+    Session::<B>::with(|s| s.rng = StdRng::seed_from_u64(rng.random()))?;
+    // The U-Nets' dropout draws from a stream of its own, so that a config
+    // without dropout trains exactly as before.
+    *student.dropout.borrow_mut() = (student.net.dropout() > 0.0)
+        .then(|| DropoutRng::new(step_rng(m.run.seed ^ DROPOUT_STREAM, step).random()));
+    let b = { data.borrow_mut().0.iter.next_batch() };
+    let flips = flip.then_some(b.flips.as_slice());
+    let (x0, labels) =
+        data.borrow()
+            .0
+            .target
+            .to_tensor_flipped::<B>(&b.indices, flips, &ctx.device);
+    student.condition_batch(&b.indices, flips, &ctx.device)?;
+    let draw = Draw::new::<D>(&mut rng, &x0, t.timesteps, &ctx.device);
+    let params = student.params();
+    let (mut terms, pred, x_t) =
+        objective(ctx, t).simple::<B, D>(student, &params, &x0, labels.clone(), &draw, true)?;
+    let t_stored = Stored::Float(draw.t_float());
+    student.each_hooked(
+        |p| p.implements(Hook::Loss),
+        |inst| -> Result<()> {
+            let noise_p = prim_f(draw.noise::<D>());
+            terms.extend(inst.loss(LossArgs {
+                x0: &x0,
+                noise: &noise_p,
+                t: &t_stored,
+                x_t: &x_t,
+                pred: &pred,
+                labels: labels.as_ref(),
+                step,
+            })?);
+            Ok(())
+        },
+    )?;
+    let mut values = Map::new();
+    let total = sum_terms::<B>(&terms, &mut values, || diverged(&ctx.dir, t, step))?;
+    let total_v = scalar(&total);
+    let lr = warmup_lr(t.lr, t.warmup, step);
+    let adam = AdamConfig {
+        rule: t.optimizer.into(),
+        lr: lr as f32,
+        weight_decay: t.weight_decay as f32,
+        ..Default::default()
+    };
+    let grad_norm = Session::<B>::with(|s| {
+        let ids = s.params.trainable_ids();
+        s.params
+            .step_clipped(prim_f(total), &ids, adam, t.grad_clip.map(|c| c as f32))
+    })??;
+    values.insert("grad_norm".into(), json!(grad_norm));
+    tracing::debug!(step = step + 1, loss = total_v, lr, grad_norm, "step");
+    if let Some(e) = ctx.ema.as_mut() {
+        Session::<B>::with(|s| e.update(&s.params))?;
+    }
+    for (k, v) in Session::<B>::with(|s| s.services.take_logs())? {
+        values.insert(k, json!(v));
+    }
+    values.insert("step".into(), json!(step + 1));
+    values.insert("loss".into(), json!(total_v));
+    values.insert("lr".into(), json!(lr));
+    Ok((values, total_v, b.indices.len()))
+}
+
+/// Where a diverged step happened and what is kept to resume from, for the
+/// error [`sum_terms`] gives. Steps count from 1, as in metrics.jsonl.
+fn diverged(dir: &RunDir, t: &Train, step: u64) -> (String, String) {
+    let kept = if dir.latest_checkpoint().exists() {
+        format!(
+            "the last good checkpoint is `{}`",
+            dir.latest_checkpoint().display()
+        )
+    } else {
+        format!(
+            "no checkpoint was written yet (the first comes after {} steps), so nothing is kept to resume from",
+            t.checkpoint_every.unwrap_or(t.steps.max(1))
+        )
+    };
+    (format!("training stopped at step {}", step + 1), kept)
+}
+
+/// The learning rate of step `step` (0-based): linear warmup from 0 to `lr`
+/// over `warmup` steps, then constant.
+pub(super) fn warmup_lr(lr: f64, warmup: u64, step: u64) -> f64 {
+    if warmup == 0 {
+        lr
+    } else {
+        lr * ((step + 1) as f64 / warmup as f64).min(1.0)
+    }
+}
+
+/// Adds up named scalar loss terms into `values` (by name); a NaN or
+/// infinite term is an error naming it and every term's value, between the
+/// two parts of `context()` (where it happened, what is kept).
+fn sum_terms<B: AutodiffBackend>(
+    terms: &[(String, P<B>)],
+    values: &mut Map<String, Value>,
+    context: impl Fn() -> (String, String),
+) -> Result<Tensor<B, 1>> {
+    let mut total: Option<Tensor<B, 1>> = None;
+    for (name, term) in terms {
+        let t1: Tensor<B, 1> = ranked::<B, 1>(term.clone()).reshape([1]);
+        let v = scalar(&t1);
+        if !f64::is_finite(v) {
+            let all: Vec<String> = terms
+                .iter()
+                .map(|(n, t)| format!("{n} = {}", scalar(&ranked::<B, 1>(t.clone()).reshape([1]))))
+                .collect();
+            let (head, tail) = context();
+            bail!(
+                "{head}: loss term `{name}` is {v} ({}); {tail}",
+                all.join(", ")
+            );
+        }
+        values.insert(name.clone(), json!(v));
+        total = Some(match total {
+            Some(acc) => acc + t1,
+            None => t1,
+        });
+    }
+    total.ok_or_else(|| anyhow!("no loss terms"))
+}
+
+/// Restores a checkpoint (weights, EMA, plugin states) and returns its progress.
+pub(super) fn restore<B: AutodiffBackend>(
+    student: &Student<B>,
+    path: &std::path::Path,
+    ema: Option<&mut Ema<B>>,
+    device: &B::Device,
+) -> Result<Progress> {
+    let (states, progress) =
+        Session::<B>::with(|s| checkpoint::load::<B>(path, &mut s.params, ema, device))??;
+    for mut inst in student.plugins.iter().map(|p| p.borrow_mut()) {
+        if let Some((_, st)) = states.iter().find(|(n, _)| *n == inst.name) {
+            inst.state_load(st)?;
+        }
+    }
+    Ok(progress)
+}
+
+/// Writes the run's checkpoint after `done` steps, data position `pos`.
+pub(super) fn save<B: AutodiffBackend>(
+    student: &Student<B>,
+    dir: &RunDir,
+    ema: Option<&Ema<B>>,
+    pos: BatchPosition,
+    done: u64,
+) -> Result<()> {
+    let states: Vec<(String, Vec<u8>)> = student
+        .plugins
+        .iter()
+        .map(|p| {
+            let p = p.borrow();
+            Ok((p.name.clone(), p.state_save()?))
+        })
+        .collect::<Result<_, crate::plugins::HookError>>()?;
+    let progress = Progress {
+        step: done,
+        epoch: pos.epoch,
+        index: pos.index,
+    };
+    Session::<B>::with(|s| {
+        checkpoint::save::<B>(&dir.latest_checkpoint(), &s.params, ema, &states, &progress)
+    })??;
+    Ok(())
+}

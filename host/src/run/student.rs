@@ -1,0 +1,314 @@
+//! The student: the network being trained with every plugin built against
+//! it, the frozen source weights (`denoise(source)`, `features`), and what
+//! the denoiser services need. Which plugin's hook is running is tracked
+//! explicitly ([`Student::each_hooked`]): a hook that asks for the student's
+//! forward gets every other plugin's `inject`, not its own.
+
+use crate::data::Dataset;
+use crate::diffusion::prediction::{BatchScalar, Prediction, to_epsilon};
+use crate::model::net::Net;
+use crate::plugins::{InjectArgs, Instance};
+use crate::tensor_abi::{DenoiseService, Session, Stored};
+use anyhow::Result;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use dtx_plugin_api::abi::{AbiError, ErrorKind, Hook, Which};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+type P<B> = FloatTensor<B>;
+
+/// The model and plugins of a run, shared with the host services.
+pub(super) struct Student<B: AutodiffBackend> {
+    pub(super) net: Net,
+    /// Each plugin in its own cell: a hook that calls `denoise(student)` or
+    /// `features(student)` holds its own, and the forward it asks for runs
+    /// every other plugin's `inject`.
+    pub(super) plugins: Vec<RefCell<Instance<B>>>,
+    /// The indices in `plugins` of the plugins whose hooks are running, the
+    /// innermost last ([`Student::each_hooked`]; an `inject` is one too).
+    pub(super) running: RefCell<Vec<usize>>,
+    /// Frozen copy of the source weights, for `denoise(source)`.
+    pub(super) source: HashMap<String, P<B>>,
+    /// What the network predicts, ᾱ_t and the data's channels: `denoise`
+    /// answers ε of the data's channels whatever the network outputs.
+    pub(super) prediction: Prediction,
+    pub(super) alpha_bars: Vec<f64>,
+    pub(super) data_channels: usize,
+    /// Classes samples are drawn for: the net's, else (a labelled target
+    /// that plugins condition on) the target's; 0 without classes.
+    pub(super) classes: usize,
+    /// The weights being sampled from (EMA when the run keeps one), while
+    /// sampling: `denoise(student)` / `features(student)` from a `score` or
+    /// `filter` hook use them rather than the raw training weights.
+    pub(super) sampling_weights: RefCell<Option<HashMap<String, P<B>>>>,
+    /// The masks samples are conditioned on in turn (`sample.masks`).
+    pub(super) sample_masks: Option<Dataset>,
+    /// The current training step's dropout stream (for a U-Net whose
+    /// `dropout` is positive), used by the objective's forward alone, not
+    /// by the forwards plugins ask for, validation or sampling.
+    pub(super) dropout: RefCell<Option<crate::model::DropoutRng>>,
+    /// The `[condition]` encoder and the embedding forwards see.
+    pub(super) condition: Option<super::condition::RunCondition<B>>,
+}
+
+/// The network output `out` as ε: the mean channels of a learned-variance
+/// output, converted from x0 or v with ᾱ at each example's `t`.
+fn as_eps<B: AutodiffBackend, const D: usize>(
+    out: P<B>,
+    x_t: P<B>,
+    t: P<B>,
+    prediction: Prediction,
+    alpha_bars: &[f64],
+    channels: usize,
+) -> Result<P<B>, AbiError> {
+    let out: Tensor<B, D> = Tensor::from_primitive(TensorPrimitive::Float(out));
+    let out = if D > 2 && out.dims()[1] == 2 * channels {
+        out.narrow(1, 0, channels)
+    } else {
+        out
+    };
+    if prediction == Prediction::Epsilon {
+        return Ok(out.into_primitive().tensor());
+    }
+    let ts: Vec<f32> = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t))
+        .into_data()
+        .to_vec::<f32>()
+        .map_err(|e| AbiError::other(format!("reading timesteps: {e:?}")))?;
+    let ab: Vec<f32> = ts
+        .iter()
+        .map(|&t| {
+            let i = (t.round().max(0.0) as usize).min(alpha_bars.len() - 1);
+            alpha_bars[i] as f32
+        })
+        .collect();
+    let n = ab.len();
+    let ab = BatchScalar::PerSample(Tensor::<B, 1>::from_data(
+        TensorData::new(ab, [n]),
+        &out.device(),
+    ));
+    let x_t: Tensor<B, D> = Tensor::from_primitive(TensorPrimitive::Float(x_t));
+    Ok(to_epsilon(out, x_t, &ab, prediction)
+        .into_primitive()
+        .tensor())
+}
+
+impl<B: AutodiffBackend> Student<B> {
+    /// [`as_eps`] at the rank of `x_t`.
+    fn eps_of(&self, out: P<B>, x_t: P<B>, t: P<B>) -> Result<P<B>, AbiError> {
+        use burn::tensor::TensorMetadata;
+        let (p, ab, c) = (
+            self.prediction,
+            self.alpha_bars.as_slice(),
+            self.data_channels,
+        );
+        match x_t.shape().num_dims() {
+            2 => as_eps::<B, 2>(out, x_t, t, p, ab, c),
+            4 => as_eps::<B, 4>(out, x_t, t, p, ab, c),
+            r => Err(AbiError::new(
+                ErrorKind::SHAPE,
+                format!("denoise: x_t of rank {r}; this model takes rank 2 or 4"),
+            )),
+        }
+    }
+}
+
+impl<B: AutodiffBackend> Student<B> {
+    pub(super) fn params(&self) -> HashMap<String, P<B>> {
+        Session::<B>::with(|s| {
+            s.params
+                .entries()
+                .iter()
+                .filter(|e| e.owner == crate::tensor_abi::BASE_OWNER)
+                .map(|e| (e.name.clone(), e.value.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
+    /// The student's weights for the services: the sampled ones while
+    /// sampling, else the current training weights.
+    fn student_weights(&self) -> HashMap<String, P<B>> {
+        match &*self.sampling_weights.borrow() {
+            Some(w) => w.clone(),
+            None => self.params(),
+        }
+    }
+
+    /// Calls `f` on each plugin `select` picks, in manifest order, with that
+    /// plugin marked as the one running a hook for the call: a
+    /// `denoise(student)` or `features(student)` it asks for leaves its own
+    /// modules out. Stops at the first error.
+    pub(super) fn each_hooked<E>(
+        &self,
+        select: impl Fn(&Instance<B>) -> bool,
+        mut f: impl FnMut(&mut Instance<B>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for (i, cell) in self.plugins.iter().enumerate() {
+            if self.is_running(i) || !select(&cell.borrow()) {
+                continue;
+            }
+            let _running = Running::mark(&self.running, i);
+            f(&mut cell.borrow_mut())?;
+        }
+        Ok(())
+    }
+
+    /// Whether a plugin other than the one running a hook implements `hook`.
+    pub(super) fn others_implement(&self, hook: Hook) -> bool {
+        self.plugins
+            .iter()
+            .enumerate()
+            .any(|(i, p)| !self.is_running(i) && p.borrow().implements(hook))
+    }
+
+    /// Whether plugin `i` is running a hook (it is on the call stack).
+    fn is_running(&self, i: usize) -> bool {
+        self.running.borrow().contains(&i)
+    }
+
+    /// The student's forward: base weights `params` with every plugin's
+    /// `inject` at its points, in manifest order — except a plugin calling
+    /// this from inside one of its own hooks, whose modules are left out of
+    /// that call (docs/plugin-authoring.md, "Host services").
+    pub(super) fn forward(
+        &self,
+        params: &HashMap<String, P<B>>,
+        x: P<B>,
+        t: P<B>,
+        labels: Option<IntTensor<B>>,
+        training: bool,
+    ) -> Result<P<B>, AbiError> {
+        let t_stored = Stored::Float(t.clone());
+        let labels2 = labels.clone();
+        let cond = self.current_condition();
+        let dropout = self.dropout.borrow();
+        let dropout = dropout.as_ref().filter(|_| training);
+        self.net.forward_with::<B, AbiError>(
+            params,
+            x,
+            t,
+            labels,
+            &mut |point, h, temb| {
+                let mut h = h;
+                // plugins whose hooks are running are left out
+                for (i, cell) in self.plugins.iter().enumerate() {
+                    if self.is_running(i) {
+                        continue;
+                    }
+                    let mut inst = cell.borrow_mut();
+                    if !(inst.implements(Hook::Inject) && inst.points().iter().any(|q| q == point))
+                    {
+                        continue;
+                    }
+                    let _running = Running::mark(&self.running, i);
+                    h = inst
+                        .inject(InjectArgs {
+                            point,
+                            h: &h,
+                            t: &t_stored,
+                            temb,
+                            cond: cond.as_ref(),
+                            labels: labels2.as_ref(),
+                            training,
+                        })
+                        .map_err(|e| AbiError::new(e.error.kind, e.to_string()))?;
+                }
+                Ok(h)
+            },
+            dropout,
+        )
+    }
+
+    pub(super) fn source_forward(
+        &self,
+        x: P<B>,
+        t: P<B>,
+        labels: Option<IntTensor<B>>,
+    ) -> Result<P<B>, AbiError> {
+        let out = self
+            .net
+            .forward::<B, AbiError>(&self.source, x, t, labels, &mut |_, h, _| Ok(h))?;
+        Ok(crate::tensor_abi::untracked::<B>(out))
+    }
+}
+
+fn t_float<B: AutodiffBackend>(t: &Stored<B>) -> Result<P<B>, AbiError> {
+    Ok(match t {
+        Stored::Float(t) => t.clone(),
+        Stored::Int(t) => B::int_into_float(t.clone(), burn::tensor::FloatDType::F32),
+        Stored::Bool(_) => return Err(AbiError::other("timesteps must be numbers")),
+    })
+}
+
+impl<B: AutodiffBackend> DenoiseService<B> for Rc<Student<B>> {
+    fn denoise(
+        &self,
+        x_t: P<B>,
+        t: Stored<B>,
+        which: Which,
+        labels: Option<IntTensor<B>>,
+    ) -> Result<P<B>, AbiError> {
+        let t = t_float(&t)?;
+        let out = match which {
+            Which::Source => self.source_forward(x_t.clone(), t.clone(), labels)?,
+            Which::Student => self.forward(
+                &self.student_weights(),
+                x_t.clone(),
+                t.clone(),
+                labels,
+                false,
+            )?,
+        };
+        self.eps_of(out, x_t, t)
+    }
+
+    fn features(
+        &self,
+        x: P<B>,
+        t: Stored<B>,
+        points: &[String],
+        which: Which,
+    ) -> Result<Vec<P<B>>, AbiError> {
+        let t = t_float(&t)?;
+        let params = match which {
+            Which::Source => self.source.clone(),
+            Which::Student => self.student_weights(),
+        };
+        let mut found: HashMap<String, P<B>> = HashMap::new();
+        self.net
+            .forward::<B, AbiError>(&params, x, t, None, &mut |point, h, _| {
+                if points.iter().any(|p| p == point) {
+                    found.insert(point.to_owned(), h.clone());
+                }
+                Ok(h)
+            })?;
+        points
+            .iter()
+            .map(|p| {
+                found.remove(p).ok_or_else(|| {
+                    AbiError::other(format!("`{p}` is not an injection point of this model"))
+                })
+            })
+            .collect()
+    }
+}
+
+/// Marks plugin `i` as running a hook while alive (pushed on the stack of
+/// running plugins, popped on drop, also when the hook fails).
+struct Running<'a>(&'a RefCell<Vec<usize>>);
+
+impl<'a> Running<'a> {
+    fn mark(stack: &'a RefCell<Vec<usize>>, i: usize) -> Self {
+        stack.borrow_mut().push(i);
+        Running(stack)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.borrow_mut().pop();
+    }
+}

@@ -260,8 +260,8 @@ fn trajectory<B: AutodiffBackend, const D: usize>(
             // With `score` hooks, x_t is a leaf that ε is tracked from, so a
             // hook can differentiate through the ε actually being sampled
             // (every plugin's injection included, its own too: Eq. 13 of
-            // denoiser-guidance builds x̂0 from it). The graph is dropped
-            // with ε at the end of the step.
+            // denoiser-guidance builds x̂0 from it). The graph is released
+            // at the end of the step (`tensor_abi::release_graph`).
             let xp = crate::tensor_abi::untracked::<B>(prim_f(x.clone()));
             let xp = if has_score {
                 B::float_set_require_grad(xp, true)
@@ -277,7 +277,10 @@ fn trajectory<B: AutodiffBackend, const D: usize>(
             });
             let (mean, variance) = if learned_sigma {
                 let c = student.data_channels;
-                (raw.clone().narrow(1, 0, c), Some(raw.narrow(1, c, c)))
+                (
+                    raw.clone().narrow(1, 0, c),
+                    Some(raw.narrow(1, c, c).detach()),
+                )
             } else {
                 (raw, None)
             };
@@ -304,8 +307,13 @@ fn trajectory<B: AutodiffBackend, const D: usize>(
             }
             step_index += 1;
             let eps = ranked::<B, D>(crate::tensor_abi::untracked::<B>(eps));
+            if has_score {
+                // nothing tracked from x_t is kept past this step
+                drop(x);
+                crate::tensor_abi::release_graph::<B>(xp);
+            }
             Ok(match (variance, cfg.sampler) {
-                (Some(v), Sampler::Ddpm { .. }) => Tensor::cat(vec![eps, v.detach()], 1),
+                (Some(v), Sampler::Ddpm { .. }) => Tensor::cat(vec![eps, v], 1),
                 _ => eps,
             })
         },

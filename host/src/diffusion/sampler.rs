@@ -20,10 +20,6 @@ use burn::tensor::backend::Backend;
 
 use super::prediction::{BatchScalar, learned_log_variance, split_learned_sigma, x0_from_eps};
 use super::spacing::{Spacing, timesteps};
-use crate::registry::Builtin;
-
-inventory::submit! { Builtin { kind: "sampler", name: "ddim", description: "DDIM steps with eta (Song et al. 2021, Eq. 12 and 16); eta = 0 is deterministic" } }
-inventory::submit! { Builtin { kind: "sampler", name: "ddpm", description: "ancestral DDPM steps, posterior mean of Ho et al. 2020 Eq. 7; fixed_small, fixed_large or learned_range variance" } }
 
 /// An invalid sampler setting; each variant names the value and the range.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

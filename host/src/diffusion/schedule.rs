@@ -11,8 +11,6 @@
 //!   Dhariwal, 2021, arXiv:2102.09672, Eq. 17):
 //!   f(u) = cos²((u + 0.008) / 1.008 · π/2), β_t = min(1 − f((t+1)/T) / f(t/T), 0.999).
 
-use crate::registry::Builtin;
-
 /// A noise schedule by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schedule {
@@ -23,10 +21,6 @@ pub enum Schedule {
     /// Cosine ᾱ (squaredcos_cap_v2).
     Cosine,
 }
-
-inventory::submit! { Builtin { kind: "schedule", name: "linear", description: "β linear from 1e-4 to 0.02 (Ho et al. 2020)" } }
-inventory::submit! { Builtin { kind: "schedule", name: "scaled_linear", description: "√β linear from √1e-4 to √0.02 (latent diffusion)" } }
-inventory::submit! { Builtin { kind: "schedule", name: "cosine", description: "cosine ᾱ, diffusers' squaredcos_cap_v2 (Nichol & Dhariwal 2021, Eq. 17)" } }
 
 const BETA_START: f64 = 1e-4;
 const BETA_END: f64 = 0.02;

@@ -37,7 +37,3 @@ pub use describe::{
 pub use error::{KeyLocation, ModelError, Origin};
 pub use layers::DropoutRng;
 pub use safetensors_header::{TensorHeader, read_safetensors_header};
-
-inventory::submit! { crate::registry::Builtin { kind: "model", name: "diffusers", description: "diffusers UNet2DModel folder (config.json + safetensors); described by dtx plan" } }
-inventory::submit! { crate::registry::Builtin { kind: "model", name: "adm", description: "guided-diffusion / improved-diffusion ADM U-Net, flags in [source.config]; described by dtx plan" } }
-inventory::submit! { crate::registry::Builtin { kind: "model", name: "mlp", description: "residual MLP denoiser for low-dimensional data, built from [source.config]" } }

@@ -35,4 +35,29 @@ mod tests {
         let names: Vec<&str> = super::of_kind("schedule").iter().map(|b| b.name).collect();
         assert_eq!(names, ["cosine", "linear", "scaled_linear"]);
     }
+
+    /// `dtx list` and the manifest accept the same names: both come from the
+    /// manifest enums' one declaration (`string_enum!` with `listed`).
+    #[test]
+    fn listed_names_are_the_names_manifests_accept() {
+        use crate::manifest::{Sampler, Schedule, SourceKind};
+        let listed = |kind: &str| -> Vec<&str> {
+            let mut v: Vec<&str> = super::of_kind(kind).iter().map(|b| b.name).collect();
+            v.sort();
+            v
+        };
+        let sorted = |names: &[&'static str]| -> Vec<&'static str> {
+            let mut v = names.to_vec();
+            v.sort();
+            v
+        };
+        assert_eq!(listed("schedule"), sorted(Schedule::VARIANTS));
+        assert_eq!(listed("sampler"), sorted(Sampler::VARIANTS));
+        // `dtx` (an earlier run's checkpoint) is a source kind, not a model
+        let models: Vec<&str> = sorted(SourceKind::VARIANTS)
+            .into_iter()
+            .filter(|&k| k != "dtx")
+            .collect();
+        assert_eq!(listed("model"), models);
+    }
 }

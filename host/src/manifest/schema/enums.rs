@@ -12,6 +12,29 @@ use serde::{Deserialize, Serialize, Serializer};
 /// `VARIANTS`, `as_str`, `Display`, `FromStr` and serde impls whose errors
 /// list the accepted spellings.
 macro_rules! string_enum {
+    // `listed "kind";` before the enum: every variant written
+    // `Variant => "name": "description",` is also a built-in of that kind
+    // for `dtx list` (crate::registry), so the names a manifest accepts and
+    // the names `dtx list` prints come from this one declaration.
+    (
+        listed $kind:literal;
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident => $text:literal $(: $desc:literal)?, )+
+        }
+    ) => {
+        string_enum! {
+            $(#[$meta])*
+            pub enum $name {
+                $( $(#[$vmeta])* $variant => $text, )+
+            }
+        }
+        $($(
+            inventory::submit! {
+                crate::registry::Builtin { kind: $kind, name: $text, description: $desc }
+            }
+        )?)+
+    };
     (
         $(#[$meta:meta])*
         pub enum $name:ident {
@@ -107,16 +130,17 @@ string_enum! {
 }
 
 string_enum! {
+    listed "model";
     /// `source.kind`: the format of the pretrained checkpoint.
     pub enum SourceKind {
         /// `"diffusers"`: a diffusers `UNet2DModel` folder (config + weights).
-        Diffusers => "diffusers",
+        Diffusers => "diffusers": "diffusers UNet2DModel folder (config.json + safetensors); described by dtx plan",
         /// `"adm"`: a guided-diffusion (ADM) `.pt` checkpoint; flags in
         /// `source.config`.
-        Adm => "adm",
+        Adm => "adm": "guided-diffusion / improved-diffusion ADM U-Net, flags in [source.config]; described by dtx plan",
         /// `"mlp"`: dtx's small MLP denoiser for 2-D toy data; sizes in
         /// `source.config`, `path` optional.
-        Mlp => "mlp",
+        Mlp => "mlp": "residual MLP denoiser for low-dimensional data, built from [source.config]",
         /// `"dtx"`: a checkpoint written by an earlier dtx run.
         Dtx => "dtx",
     }
@@ -178,28 +202,30 @@ string_enum! {
 }
 
 string_enum! {
+    listed "schedule";
     /// `train.schedule`: the noise schedule β_t.
     #[derive(Default)]
     pub enum Schedule {
         /// `"linear"`: β linear from 1e-4 to 0.02 (DDPM).
         #[default]
-        Linear => "linear",
+        Linear => "linear": "β linear from 1e-4 to 0.02 (Ho et al. 2020)",
         /// `"scaled_linear"`: √β linear (Stable Diffusion).
-        ScaledLinear => "scaled_linear",
+        ScaledLinear => "scaled_linear": "√β linear from √1e-4 to √0.02 (latent diffusion)",
         /// `"cosine"`: ᾱ_t from a squared cosine (Nichol & Dhariwal, 2021).
-        Cosine => "cosine",
+        Cosine => "cosine": "cosine ᾱ, diffusers' squaredcos_cap_v2 (Nichol & Dhariwal 2021, Eq. 17)",
     }
 }
 
 string_enum! {
+    listed "sampler";
     /// `sample.sampler`.
     #[derive(Default)]
     pub enum Sampler {
         /// `"ddim"`: DDIM steps with `eta`.
         #[default]
-        Ddim => "ddim",
+        Ddim => "ddim": "DDIM steps with eta (Song et al. 2021, Eq. 12 and 16); eta = 0 is deterministic",
         /// `"ddpm"`: ancestral DDPM steps.
-        Ddpm => "ddpm",
+        Ddpm => "ddpm": "ancestral DDPM steps, posterior mean of Ho et al. 2020 Eq. 7; fixed_small, fixed_large or learned_range variance",
     }
 }
 

@@ -78,41 +78,7 @@ pub enum Command {
     /// Sample from a run folder's latest checkpoint (EMA weights when the run
     /// keeps them), with its plugins' score corrections and filters; writes
     /// samples.json (and samples.png for 2-D data) to `--out`.
-    Sample {
-        /// The run folder (`runs/<name>`).
-        run_dir: PathBuf,
-        /// Number of samples (default: the run's `sample.count`, or 16).
-        #[arg(long)]
-        count: Option<usize>,
-        /// Sampler steps (default: the run's `sample.steps`, or 50).
-        #[arg(long)]
-        steps: Option<usize>,
-        /// `ddim` or `ddpm`.
-        #[arg(long)]
-        sampler: Option<String>,
-        /// DDIM η.
-        #[arg(long)]
-        eta: Option<f64>,
-        /// Seed of the initial noise (default: the run's seed).
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Output folder (default: `<run_dir>/samples-<seed>`).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Condition every sample on this text (a run with a CLIP
-        /// `[condition]` encoder): text-to-image through CLIP's shared
-        /// embedding space.
-        #[arg(long)]
-        prompt: Option<String>,
-        /// Condition samples on these images in turn (a run with
-        /// `[condition]`): `target`, `held_out`, or an image file or folder.
-        #[arg(long)]
-        condition: Option<String>,
-        /// Side fraction δ of the rectangle masked out of each condition
-        /// image, in [0, 1) (default: the run's `sample.mask_rate`, or 0.5).
-        #[arg(long)]
-        mask_rate: Option<f64>,
-    },
+    Sample(SampleArgs),
     /// Compares generated images with reference images: KID and FD on
     /// features of the embedded `dtx` extractor (`KID_dtx`, `FD_dtx`) or of
     /// the FID Inception-v3 (`--extractor inception --inception-weights
@@ -259,73 +225,7 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             resume,
             quiet,
         } => pretrain(&manifest, set, model_out, resume, quiet, out)?,
-        Command::Sample {
-            run_dir,
-            count,
-            steps,
-            sampler,
-            eta,
-            seed,
-            out: out_dir,
-            prompt,
-            condition,
-            mask_rate,
-        } => {
-            let manifest_path = run_dir.join("manifest.toml");
-            let ckpt = run_dir.join("checkpoints").join("latest.safetensors");
-            if !ckpt.exists() {
-                bail!(
-                    "`{}` has no checkpoint (expected `{}`): is it a run folder?",
-                    run_dir.display(),
-                    ckpt.display()
-                );
-            }
-            let mut set = Vec::new();
-            if let Some(c) = count {
-                set.push(format!("sample.count={c}"));
-            }
-            if let Some(s) = steps {
-                set.push(format!("sample.steps={s}"));
-            }
-            if let Some(s) = &sampler {
-                set.push(format!("sample.sampler=\"{s}\""));
-            }
-            if let Some(e) = eta {
-                set.push(format!("sample.eta={e}"));
-            }
-            if let Some(s) = seed {
-                set.push(format!("run.seed={s}"));
-            }
-            let quoted = |v: &str| toml::Value::String(v.to_owned()).to_string();
-            if let Some(p) = &prompt {
-                set.push(format!("sample.prompt={}", quoted(p)));
-            }
-            if let Some(c) = &condition {
-                // a path on the command line is relative to where dtx runs
-                let c = match c.as_str() {
-                    "target" | "held_out" => c.clone(),
-                    path => std::path::absolute(path)?.display().to_string(),
-                };
-                set.push(format!("sample.condition={}", quoted(&c)));
-            }
-            if let Some(d) = mask_rate {
-                set.push(format!("sample.mask_rate={d}"));
-            }
-            let loaded = manifest::load(&manifest_path, &set)?;
-            if loaded.manifest.sample.is_none() {
-                bail!(
-                    "the run has no [sample] section: give `--count` (and `--steps`) to sample from it"
-                );
-            }
-            let seed = loaded.manifest.run.seed;
-            let dest = out_dir.unwrap_or_else(|| run_dir.join(format!("samples-{seed}")));
-            let job = Job::Sample {
-                checkpoint: &ckpt,
-                out: &dest,
-            };
-            plan_and_run(loaded, job, out)?;
-            writeln!(out, "samples: {}", dest.display())?;
-        }
+        Command::Sample(args) => sample(args, out)?,
         Command::Bench {
             command:
                 BenchCommand::Engine {
@@ -338,11 +238,6 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                     json,
                 },
         } => {
-            if batch == 0 || size < 4 || channels.is_empty() || layers == 0 || iters == 0 {
-                bail!(
-                    "dtx bench engine: batch, layers and iters must be positive, size at least 4, channels non-empty"
-                );
-            }
             let cfg = crate::bench::EngineBench {
                 batch,
                 size,
@@ -351,25 +246,7 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                 warmup,
                 iters,
             };
-            let r = crate::bench::engine::<CpuBackend>(&cfg)?;
-            if json {
-                writeln!(out, "{}", serde_json::to_string(&r)?)?;
-            } else {
-                writeln!(
-                    out,
-                    "U-Net {:?} x{} layers, {} parameters, batch {} at {}x{}, {} threads\n  training step (fwd+bwd+AdamW): {:.3} s\n  DDIM step:                     {:.3} s\n  peak memory:                   {:.0} MiB",
-                    cfg.channels,
-                    cfg.layers,
-                    r.parameters,
-                    cfg.batch,
-                    cfg.size,
-                    cfg.size,
-                    r.threads,
-                    r.train_step_s,
-                    r.ddim_step_s,
-                    r.peak_rss_mib
-                )?;
-            }
+            bench_engine(cfg, json, out)?
         }
         Command::Eval(args) => super::eval_cmd::run(&args, out)?,
         Command::Model { command } => super::model_cmd::run(&command, out)?,
@@ -408,6 +285,153 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
 /// Resolves and runs a manifest on the backend it names (`run.backend`):
 /// the CPU, or CUDA in a build with the `cuda` feature (without it,
 /// resolving reports the missing backend).
+/// `dtx sample`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct SampleArgs {
+    /// The run folder (`runs/<name>`).
+    pub run_dir: PathBuf,
+    /// Number of samples (default: the run's `sample.count`, or 16).
+    #[arg(long)]
+    pub count: Option<usize>,
+    /// Sampler steps (default: the run's `sample.steps`, or 50).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// `ddim` or `ddpm`.
+    #[arg(long)]
+    pub sampler: Option<String>,
+    /// DDIM η.
+    #[arg(long)]
+    pub eta: Option<f64>,
+    /// Seed of the initial noise (default: the run's seed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Output folder (default: `<run_dir>/samples-<seed>`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Condition every sample on this text (a run with a CLIP
+    /// `[condition]` encoder): text-to-image through CLIP's shared
+    /// embedding space.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Condition samples on these images in turn (a run with
+    /// `[condition]`): `target`, `held_out`, or an image file or folder.
+    #[arg(long)]
+    pub condition: Option<String>,
+    /// Side fraction δ of the rectangle masked out of each condition
+    /// image, in [0, 1) (default: the run's `sample.mask_rate`, or 0.5).
+    #[arg(long)]
+    pub mask_rate: Option<f64>,
+}
+
+/// `dtx sample`: the run's manifest with the flags as overrides of its
+/// `[sample]` section, sampled from the run's latest checkpoint.
+fn sample(args: SampleArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let SampleArgs {
+        run_dir,
+        count,
+        steps,
+        sampler,
+        eta,
+        seed,
+        out: out_dir,
+        prompt,
+        condition,
+        mask_rate,
+    } = args;
+    let manifest_path = run_dir.join("manifest.toml");
+    let ckpt = run_dir.join("checkpoints").join("latest.safetensors");
+    if !ckpt.exists() {
+        bail!(
+            "`{}` has no checkpoint (expected `{}`): is it a run folder?",
+            run_dir.display(),
+            ckpt.display()
+        );
+    }
+    let mut set = Vec::new();
+    if let Some(c) = count {
+        set.push(format!("sample.count={c}"));
+    }
+    if let Some(s) = steps {
+        set.push(format!("sample.steps={s}"));
+    }
+    if let Some(s) = &sampler {
+        set.push(format!("sample.sampler=\"{s}\""));
+    }
+    if let Some(e) = eta {
+        set.push(format!("sample.eta={e}"));
+    }
+    if let Some(s) = seed {
+        set.push(format!("run.seed={s}"));
+    }
+    let quoted = |v: &str| toml::Value::String(v.to_owned()).to_string();
+    if let Some(p) = &prompt {
+        set.push(format!("sample.prompt={}", quoted(p)));
+    }
+    if let Some(c) = &condition {
+        // a path on the command line is relative to where dtx runs
+        let c = match c.as_str() {
+            "target" | "held_out" => c.clone(),
+            path => std::path::absolute(path)?.display().to_string(),
+        };
+        set.push(format!("sample.condition={}", quoted(&c)));
+    }
+    if let Some(d) = mask_rate {
+        set.push(format!("sample.mask_rate={d}"));
+    }
+    let loaded = manifest::load(&manifest_path, &set)?;
+    if loaded.manifest.sample.is_none() {
+        bail!("the run has no [sample] section: give `--count` (and `--steps`) to sample from it");
+    }
+    let seed = loaded.manifest.run.seed;
+    let dest = out_dir.unwrap_or_else(|| run_dir.join(format!("samples-{seed}")));
+    let job = Job::Sample {
+        checkpoint: &ckpt,
+        out: &dest,
+    };
+    plan_and_run(loaded, job, out)?;
+    writeln!(out, "samples: {}", dest.display())?;
+    Ok(())
+}
+
+/// `dtx bench engine`: times a training and a DDIM step of a U-Net of the
+/// given sizes.
+fn bench_engine(
+    cfg: crate::bench::EngineBench,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    if cfg.batch == 0
+        || cfg.size < 4
+        || cfg.channels.is_empty()
+        || cfg.layers == 0
+        || cfg.iters == 0
+    {
+        bail!(
+            "dtx bench engine: batch, layers and iters must be positive, size at least 4, channels non-empty"
+        );
+    }
+    let r = crate::bench::engine::<CpuBackend>(&cfg)?;
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&r)?)?;
+    } else {
+        writeln!(
+            out,
+            "U-Net {:?} x{} layers, {} parameters, batch {} at {}x{}, {} threads\n  training step (fwd+bwd+AdamW): {:.3} s\n  DDIM step:                     {:.3} s\n  peak memory:                   {:.0} MiB",
+            cfg.channels,
+            cfg.layers,
+            r.parameters,
+            cfg.batch,
+            cfg.size,
+            cfg.size,
+            r.threads,
+            r.train_step_s,
+            r.ddim_step_s,
+            r.peak_rss_mib
+        )?;
+    }
+    Ok(())
+}
+
 /// What [`plan_and_run`] carries out.
 pub(super) enum Job<'a> {
     /// `dtx run` (and the runs of `dtx pretrain` and the benches).

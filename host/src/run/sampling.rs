@@ -430,49 +430,23 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
         };
         let samples = run(x_big_t, labels.clone(), masks.clone(), false, &mut rng)?;
         let sp = prim_f(samples.clone());
-        let mut keep = vec![true; n];
         let filter_labels = masks.clone().or_else(|| labels.clone());
-        student.each_hooked(
-            |p| p.implements(Hook::Filter),
-            |inst| -> Result<()> {
-                let decision = inst.filter(&sp, filter_labels.as_ref())?;
-                for (i, k) in decision.keep.iter().enumerate() {
-                    if !k && keep[i] {
-                        *out.rejected.entry(inst.name.clone()).or_default() += 1;
-                    }
-                    keep[i] &= *k;
-                }
-                Ok(())
-            },
-        )?;
+        let keep = filter_batch(student, &sp, filter_labels.as_ref(), &mut out.rejected)?;
         let values = samples
             .into_data()
             .to_vec::<f32>()
             .map_err(|e| anyhow!("{e:?}"))?;
-        for (i, chunk) in values.chunks(per_example).enumerate() {
-            if keep[i] && out.accepted_count() < sm.count {
-                out.accepted.extend_from_slice(chunk);
-                if let Some(v) = &label_values {
-                    out.labels.push(v[i]);
-                }
-                if let Some(m) = &student.sample_masks {
-                    let per = m.mask_size();
-                    let k = mask_idx[i];
-                    out.masks.extend_from_slice(
-                        &m.masks.as_ref().expect("checked by sample_masks")[k * per..(k + 1) * per],
-                    );
-                }
-                if let Some(c) = conditions.get(i) {
-                    out.conditions.push(*c);
-                }
-                if let Some(s) = &from_source {
-                    out.source
-                        .extend_from_slice(&s[i * per_example..(i + 1) * per_example]);
-                }
-                if let Some(b) = &bar {
-                    b.inc(1);
-                }
-            }
+        let batch = Batch {
+            values: &values,
+            keep: &keep,
+            labels: label_values.as_deref(),
+            mask_idx: &mask_idx,
+            conditions: &conditions,
+            source: from_source.as_deref(),
+        };
+        let accepted = out.accept(&batch, student.sample_masks.as_ref(), sm.count);
+        if let Some(b) = &bar {
+            b.inc(accepted as u64);
         }
     }
     if let Some(b) = &bar {
@@ -536,5 +510,89 @@ impl<B: AutodiffBackend, const D: usize> SampleService<B> for SourceSampler<B, D
             return Err(AbiError::other("sample_source: count must be at least 1"));
         }
         Ok(prim_f(Tensor::cat(parts, 0)))
+    }
+}
+
+/// Every `filter` hook's decisions on the batch `samples`, in manifest
+/// order: which samples all of them keep. Rejections are counted per
+/// plugin in `rejected` (a sample counts against the first that rejects it).
+fn filter_batch<B: AutodiffBackend>(
+    student: &Student<B>,
+    samples: &P<B>,
+    labels: Option<&IntTensor<B>>,
+    rejected: &mut HashMap<String, usize>,
+) -> Result<Vec<bool>> {
+    use burn::tensor::TensorMetadata;
+    let n = samples.shape().to_vec().first().copied().unwrap_or(0);
+    let mut keep = vec![true; n];
+    student.each_hooked(
+        |p| p.implements(Hook::Filter),
+        |inst| -> Result<()> {
+            let decision = inst.filter(samples, labels)?;
+            for (i, k) in decision.keep.iter().enumerate() {
+                if !k && keep[i] {
+                    *rejected.entry(inst.name.clone()).or_default() += 1;
+                }
+                keep[i] &= *k;
+            }
+            Ok(())
+        },
+    )?;
+    Ok(keep)
+}
+
+/// One sampled batch as [`Drawn::accept`] reads it.
+struct Batch<'a> {
+    /// The samples, flat.
+    values: &'a [f32],
+    /// Whether every filter keeps each.
+    keep: &'a [bool],
+    /// The class each was drawn for.
+    labels: Option<&'a [i64]>,
+    /// The index of the mask each followed (`sample.masks`).
+    mask_idx: &'a [usize],
+    /// The condition image each was drawn for.
+    conditions: &'a [(usize, crate::condition::MaskRect)],
+    /// The source's sample from the same noise, flat.
+    source: Option<&'a [f32]>,
+}
+
+impl Drawn {
+    /// Keeps the samples of `batch` that every filter kept, with their
+    /// labels, masks, conditions and source samples, until `count` are
+    /// accepted; returns how many it kept.
+    fn accept(
+        &mut self,
+        batch: &Batch,
+        masks: Option<&crate::data::Dataset>,
+        count: usize,
+    ) -> usize {
+        let per_example = self.per_example;
+        let mut kept = 0;
+        for (i, chunk) in batch.values.chunks(per_example).enumerate() {
+            if !batch.keep[i] || self.accepted_count() >= count {
+                continue;
+            }
+            self.accepted.extend_from_slice(chunk);
+            if let Some(v) = batch.labels {
+                self.labels.push(v[i]);
+            }
+            if let Some(m) = masks {
+                let per = m.mask_size();
+                let k = batch.mask_idx[i];
+                self.masks.extend_from_slice(
+                    &m.masks.as_ref().expect("checked by sample_masks")[k * per..(k + 1) * per],
+                );
+            }
+            if let Some(c) = batch.conditions.get(i) {
+                self.conditions.push(*c);
+            }
+            if let Some(s) = batch.source {
+                self.source
+                    .extend_from_slice(&s[i * per_example..(i + 1) * per_example]);
+            }
+            kept += 1;
+        }
+        kept
     }
 }

@@ -21,6 +21,52 @@ use std::path::Path;
 
 type P<B> = FloatTensor<B>;
 
+/// Why a [`Net`] cannot be built, initialised or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// An `mlp` description without its sizes.
+    #[error("the MLP description lacks a size")]
+    MlpWithoutSize,
+    /// A source kind the engine does not run (a `dtx` description is the
+    /// model it trained, resolved before this).
+    #[error("`dtx run` cannot run `kind = \"{0}\"` sources; use a diffusers, adm or mlp source")]
+    UnrunnableKind(String),
+    /// The diffusers U-Net's config or weights.
+    #[error(transparent)]
+    UNet(#[from] super::unet::UNetError),
+    /// The ADM U-Net's config or weights.
+    #[error(transparent)]
+    Adm(#[from] super::adm_net::AdmError),
+    /// Registering a parameter failed.
+    #[error("{0}")]
+    Register(#[from] dtx_plugin_api::AbiError),
+    /// A checkpoint could not be read.
+    #[error("{0}")]
+    Read(String),
+    /// A checkpoint's tensors do not fit the network: every problem listed.
+    #[error("`{}` does not fit the model's config {problems}", file.display())]
+    DoesNotFit {
+        /// The weights file.
+        file: std::path::PathBuf,
+        /// The problems, one per line.
+        problems: String,
+    },
+    /// A dtx run's checkpoint, as a source, does not fit the network.
+    #[error("`{}`: its base-model weights do not fit the run's model {problems}", file.display())]
+    CheckpointDoesNotFit {
+        /// The checkpoint.
+        file: std::path::PathBuf,
+        /// The problems, one per line.
+        problems: String,
+    },
+    /// An MLP has no weights file to load.
+    #[error("{}: MLP sources are built from [source.config] and have no weights file", path.display())]
+    MlpHasNoWeights {
+        /// The path given.
+        path: std::path::PathBuf,
+    },
+}
+
 /// A denoiser the engine can run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Net {
@@ -34,21 +80,13 @@ pub enum Net {
 
 impl Net {
     /// The net a description defines, or an error saying why it cannot run.
-    pub fn from_description(d: &ModelDescription) -> Result<Net, String> {
-        match d.kind.as_str() {
-            "mlp" => MlpNet::from_description(d)
-                .map(Net::Mlp)
-                .ok_or_else(|| "the MLP description lacks a size".to_owned()),
-            "diffusers" => UNet2D::from_description(d)
-                .map(Net::UNet)
-                .map_err(|e| e.to_string()),
-            "adm" => AdmNet::from_description(d)
-                .map(Net::Adm)
-                .map_err(|e| e.to_string()),
-            other => Err(format!(
-                "`dtx run` cannot run `kind = \"{other}\"` sources; use a diffusers, adm or mlp source"
-            )),
-        }
+    pub fn from_description(d: &ModelDescription) -> Result<Net, NetError> {
+        Ok(match d.kind.as_str() {
+            "mlp" => Net::Mlp(MlpNet::from_description(d).ok_or(NetError::MlpWithoutSize)?),
+            "diffusers" => Net::UNet(UNet2D::from_description(d)?),
+            "adm" => Net::Adm(AdmNet::from_description(d)?),
+            other => return Err(NetError::UnrunnableKind(other.to_owned())),
+        })
     }
 
     /// The shape of one example: `[D]` or `[C, S, S]`.
@@ -139,11 +177,9 @@ impl Net {
         rng: &mut impl Rng,
         device: &B::Device,
         trainable: &dyn Fn(&str) -> bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), NetError> {
         if let Net::Mlp(m) = self {
-            return m
-                .init(store, rng, device, trainable)
-                .map_err(|e| e.to_string());
+            return Ok(m.init(store, rng, device, trainable)?);
         }
         let params = self.parameters();
         let shapes: HashMap<&str, &Vec<usize>> =
@@ -175,9 +211,7 @@ impl Net {
                     }
                 };
             let prim = B::float_from_data(TensorData::new(values, shape.clone()), device);
-            store
-                .register_base(name, prim, trainable(name))
-                .map_err(|e| e.to_string())?;
+            store.register_base(name, prim, trainable(name))?;
         }
         Ok(())
     }
@@ -187,7 +221,7 @@ impl Net {
     /// unexpected, misshaped or non-float key, as [`Net::load`] would report
     /// them. A `.pt` archive's tensor list is in a pickle read with the
     /// data, so that file is read whole.
-    pub fn check_weights(&self, path: &Path) -> Result<(), String> {
+    pub fn check_weights(&self, path: &Path) -> Result<(), NetError> {
         use crate::model::weights::{check_safetensors_header, problem_list};
         let (file, problems) = match self {
             Net::UNet(u) => {
@@ -208,7 +242,7 @@ impl Net {
                 // with the data: the check reads the file as the run will.
                 use crate::model::weights::StoredTensor;
                 let found = crate::model::torch_file::read_state_dict(path)
-                    .map_err(|e| format!("`{}`: {e}", path.display()))?
+                    .map_err(|e| NetError::Read(format!("`{}`: {e}", path.display())))?
                     .into_iter()
                     .map(|(k, t)| (k, (t.shape(), t.dtype())))
                     .collect();
@@ -219,12 +253,11 @@ impl Net {
         };
         match problems {
             Ok(p) if p.is_empty() => Ok(()),
-            Ok(p) => Err(format!(
-                "`{}` does not fit the model's config {}",
-                file.display(),
-                problem_list(&p)
-            )),
-            Err(e) => Err(e),
+            Ok(p) => Err(NetError::DoesNotFit {
+                file,
+                problems: problem_list(&p),
+            }),
+            Err(e) => Err(NetError::Read(e)),
         }
     }
 
@@ -236,17 +269,19 @@ impl Net {
         store: &mut ParamStore<B>,
         device: &B::Device,
         trainable: &dyn Fn(&str) -> bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), NetError> {
         match self {
-            Net::UNet(u) => {
-                load_safetensors::<B>(u, path, store, device, trainable).map_err(|e| e.to_string())
-            }
-            Net::Adm(a) => load_weights::<B>(path, store, device, trainable, a.parameters())
-                .map_err(|e| e.to_string()),
-            Net::Mlp(_) => Err(format!(
-                "{}: MLP sources are built from [source.config] and have no weights file",
-                path.display()
-            )),
+            Net::UNet(u) => Ok(load_safetensors::<B>(u, path, store, device, trainable)?),
+            Net::Adm(a) => Ok(load_weights::<B>(
+                path,
+                store,
+                device,
+                trainable,
+                a.parameters(),
+            )?),
+            Net::Mlp(_) => Err(NetError::MlpHasNoWeights {
+                path: path.to_path_buf(),
+            }),
         }
     }
 }

@@ -44,7 +44,7 @@ pub(super) fn check_source(
     if let Err(e) = checked {
         return vec![loaded.diagnostic(
             "source.path",
-            e,
+            e.to_string(),
             Some("`dtx model inspect PATH` lists the checkpoint's keys against the config".into()),
         )];
     }
@@ -54,8 +54,12 @@ pub(super) fn check_source(
 /// A dtx run's checkpoint as a source: its base-model tensors
 /// (`param/<key>`, plugin parameters left out) against the network, from
 /// the header alone, as `train::checkpoint::load_base` will check them.
-fn check_dtx_checkpoint(net: &model::net::Net, ckpt: &std::path::Path) -> Result<(), String> {
-    let header = model::read_safetensors_header(ckpt).map_err(|e| e.to_string())?;
+fn check_dtx_checkpoint(
+    net: &model::net::Net,
+    ckpt: &std::path::Path,
+) -> Result<(), model::net::NetError> {
+    let header = model::read_safetensors_header(ckpt)
+        .map_err(|e| model::net::NetError::Read(e.to_string()))?;
     let found = header
         .into_iter()
         .filter_map(|t| {
@@ -67,11 +71,10 @@ fn check_dtx_checkpoint(net: &model::net::Net, ckpt: &std::path::Path) -> Result
     if problems.is_empty() {
         return Ok(());
     }
-    Err(format!(
-        "`{}`: its base-model weights do not fit the run's model {}",
-        ckpt.display(),
-        model::weights::problem_list(&problems)
-    ))
+    Err(model::net::NetError::CheckpointDoesNotFit {
+        file: ckpt.to_path_buf(),
+        problems: model::weights::problem_list(&problems),
+    })
 }
 
 /// Built-in data sets' configs (`[target.config]`, `[source.data.config]`):

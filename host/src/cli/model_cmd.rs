@@ -99,44 +99,7 @@ fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let total: usize = blocks.iter().map(|(_, n)| n).sum();
     let d = &m.description;
     if a.json {
-        let config: serde_json::Map<String, Value> = d
-            .config
-            .iter()
-            .map(|(k, v)| {
-                let v = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.clone()));
-                (k.clone(), v)
-            })
-            .collect();
-        let plugin_total: usize = m
-            .plugin_parameters
-            .iter()
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum();
-        let value = json!({
-            "kind": m.kind,
-            "model_kind": d.kind,
-            "path": a.path.as_ref().map(|p| p.display().to_string()),
-            "weights": m.weights.as_ref().map(|p| p.display().to_string()),
-            "ema": m.ema,
-            "data_channels": d.data_channels,
-            "out_channels": d.out_channels,
-            "resolution": d.resolution,
-            "num_classes": m.net.num_classes(),
-            "config": config,
-            "parameters": {
-                "total": total,
-                "tensors": parameters.len(),
-                "blocks": blocks.iter().map(|(b, n)| json!({"block": b, "count": n})).collect::<Vec<_>>(),
-            },
-            "points": d.points.iter().map(|p| json!({
-                "name": p.name, "channels": p.channels, "height": p.height,
-                "width": p.width, "module": p.module,
-            })).collect::<Vec<_>>(),
-            "plugin_parameters": {
-                "total": plugin_total,
-                "tensors": m.plugin_parameters.len(),
-            },
-        });
+        let value = inspect_json(a, &m, &parameters, &blocks, total);
         writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
         return Ok(());
     }
@@ -173,6 +136,69 @@ fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         "data: {side}; output channels {}; {classes}",
         d.out_channels
     )?;
+    inspect_tables(&m, &parameters, &blocks, total, out)
+}
+
+/// `dtx model inspect --json`: everything the text output shows, as JSON.
+fn inspect_json(
+    a: &InspectArgs,
+    m: &OpenedModel,
+    parameters: &[(String, Vec<usize>)],
+    blocks: &[(String, usize)],
+    total: usize,
+) -> Value {
+    let d = &m.description;
+    let config: serde_json::Map<String, Value> = d
+        .config
+        .iter()
+        .map(|(k, v)| {
+            let v = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.clone()));
+            (k.clone(), v)
+        })
+        .collect();
+    let plugin_total: usize = m
+        .plugin_parameters
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum();
+    let value = json!({
+        "kind": m.kind,
+        "model_kind": d.kind,
+        "path": a.path.as_ref().map(|p| p.display().to_string()),
+        "weights": m.weights.as_ref().map(|p| p.display().to_string()),
+        "ema": m.ema,
+        "data_channels": d.data_channels,
+        "out_channels": d.out_channels,
+        "resolution": d.resolution,
+        "num_classes": m.net.num_classes(),
+        "config": config,
+        "parameters": {
+            "total": total,
+            "tensors": parameters.len(),
+            "blocks": blocks.iter().map(|(b, n)| json!({"block": b, "count": n})).collect::<Vec<_>>(),
+        },
+        "points": d.points.iter().map(|p| json!({
+            "name": p.name, "channels": p.channels, "height": p.height,
+            "width": p.width, "module": p.module,
+        })).collect::<Vec<_>>(),
+        "plugin_parameters": {
+            "total": plugin_total,
+            "tensors": m.plugin_parameters.len(),
+        },
+    });
+    value
+}
+
+/// The text output's tables: config in force, parameters per block, plugin
+/// parameters, injection points.
+fn inspect_tables(
+    m: &OpenedModel,
+    parameters: &[(String, Vec<usize>)],
+    blocks: &[(String, usize)],
+    total: usize,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let d = &m.description;
     writeln!(out, "\nconfig in force:")?;
     let width = d.config.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in &d.config {
@@ -185,7 +211,7 @@ fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         parameters.len()
     )?;
     let width = blocks.iter().map(|(b, _)| b.len()).max().unwrap_or(0);
-    for (b, n) in &blocks {
+    for (b, n) in blocks {
         writeln!(out, "  {b:<width$}  {:>12}", thousands(*n))?;
     }
     if !m.plugin_parameters.is_empty() {

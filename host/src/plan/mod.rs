@@ -93,6 +93,44 @@ pub fn resolve(loaded: LoadedManifest) -> Result<Plan, ManifestError> {
     resolve_on::<CpuBackend>(loaded)
 }
 
+/// The source model's description (with its parameters from the
+/// architecture when the folder has no weights), or the diagnostic saying
+/// why it cannot be described, pointed at the key at fault.
+fn describe_source(
+    loaded: &LoadedManifest,
+    src: &crate::manifest::Source,
+) -> Result<ModelDescription, Box<ManifestDiagnostic>> {
+    let path = src.path.as_ref().map(|p| loaded.resolve_path(p));
+    match model::describe(src.kind.as_str(), path.as_deref(), &src.config) {
+        Ok(mut d) => {
+            // A folder without weights (random init): the architecture
+            // still names every parameter.
+            if !d.parameters_known()
+                && let Ok(net) = model::net::Net::from_description(&d)
+            {
+                d.parameters = net.parameters();
+            }
+            Ok(d)
+        }
+        Err(e) => {
+            let message = format!("cannot describe the source model: {e}");
+            // a `[source.config]` key is pointed at where it is written
+            Err(Box::new(match e.location() {
+                Some(at) if at.origin == model::Origin::SourceConfig => {
+                    let key = format!("source.config.{}", at.key);
+                    if matches!(e, model::ModelError::UnknownKey { .. }) {
+                        loaded.key_diagnostic(&key, message, None)
+                    } else {
+                        loaded.diagnostic(&key, message, None)
+                    }
+                }
+                _ if src.path.is_some() => loaded.diagnostic("source.path", message, None),
+                _ => loaded.diagnostic("source.kind", message, None),
+            }))
+        }
+    }
+}
+
 /// [`resolve`] with plugins loaded against backend `B`'s vtables. A plugin
 /// library keeps the first vtables it is given, so a process plans with the
 /// backend it will run on (`dtx run` with `backend = "cuda"`).
@@ -108,39 +146,13 @@ pub fn resolve_on<B: AutodiffBackend>(loaded: LoadedManifest) -> Result<Plan, Ma
         ));
     }
     let model = match &m.source {
-        Some(src) => {
-            let path = src.path.as_ref().map(|p| loaded.resolve_path(p));
-            match model::describe(src.kind.as_str(), path.as_deref(), &src.config) {
-                Ok(mut d) => {
-                    // A folder without weights (random init): the architecture
-                    // still names every parameter.
-                    if !d.parameters_known()
-                        && let Ok(net) = model::net::Net::from_description(&d)
-                    {
-                        d.parameters = net.parameters();
-                    }
-                    Some(d)
-                }
-                Err(e) => {
-                    let message = format!("cannot describe the source model: {e}");
-                    // a `[source.config]` key is pointed at where it is written
-                    let d = match e.location() {
-                        Some(at) if at.origin == model::Origin::SourceConfig => {
-                            let key = format!("source.config.{}", at.key);
-                            if matches!(e, model::ModelError::UnknownKey { .. }) {
-                                loaded.key_diagnostic(&key, message, None)
-                            } else {
-                                loaded.diagnostic(&key, message, None)
-                            }
-                        }
-                        _ if src.path.is_some() => loaded.diagnostic("source.path", message, None),
-                        _ => loaded.diagnostic("source.kind", message, None),
-                    };
-                    diags.push(d);
-                    None
-                }
+        Some(src) => match describe_source(&loaded, src) {
+            Ok(d) => Some(d),
+            Err(d) => {
+                diags.push(*d);
+                None
             }
-        }
+        },
         None => None,
     };
     if let (Some(src), Some(d)) = (&m.source, &model) {
@@ -490,8 +502,18 @@ impl Plan {
     /// The plan as text: stages, hook bindings, injection points, parameter
     /// counts and plugin files.
     pub fn render(&self) -> String {
-        let m = &self.manifest.manifest;
         let mut o = String::new();
+        self.render_header(&mut o);
+        self.render_stages(&mut o);
+        self.render_points(&mut o);
+        self.render_parameters(&mut o);
+        self.render_plugins(&mut o);
+        o
+    }
+
+    /// The run, the model, the target and the source data.
+    fn render_header(&self, o: &mut String) {
+        let m = &self.manifest.manifest;
         let _ = writeln!(
             o,
             "plan for run `{}` (backend {}, seed {})",
@@ -542,7 +564,10 @@ impl Plan {
             };
             let _ = writeln!(o, "source data: {}{n} (dataset split `source`)", d.dataset);
         }
+    }
 
+    /// The stages in order and the plugins bound to each hook.
+    fn render_stages(&self, o: &mut String) {
         o.push_str("\nstages:\n");
         if self.stages.is_empty() {
             o.push_str("  (none: add [train] or [sample])\n");
@@ -565,7 +590,10 @@ impl Plan {
                 }
             );
         }
+    }
 
+    /// Every injection point with its size and the plugins injecting there.
+    fn render_points(&self, o: &mut String) {
         if let Some(d) = &self.model {
             o.push_str("\ninjection points:\n");
             let width = d.points.iter().map(|p| p.name.len()).max().unwrap_or(0);
@@ -594,7 +622,10 @@ impl Plan {
                 );
             }
         }
+    }
 
+    /// Trainable parameters of the base model and of each plugin.
+    fn render_parameters(&self, o: &mut String) {
         o.push_str("\ntrainable parameters:\n");
         let base_total = self
             .model
@@ -616,7 +647,10 @@ impl Plan {
         if !self.plugins.is_empty() {
             let _ = writeln!(o, "  {:<12} {}", "plugins", thousands(plugin_total));
         }
+    }
 
+    /// Each plugin with its library and version.
+    fn render_plugins(&self, o: &mut String) {
         if !self.plugins.is_empty() {
             o.push_str("\nplugins:\n");
             for p in &self.plugins {
@@ -632,7 +666,6 @@ impl Plan {
                 );
             }
         }
-        o
     }
 }
 

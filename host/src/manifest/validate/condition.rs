@@ -3,84 +3,93 @@
 //! Injection points are checked against the model by the plan.
 
 use super::{Checks, path};
-use crate::manifest::schema::{EncoderKind, Manifest, TokenKind};
+use crate::manifest::schema::{Condition, EncoderKind, Manifest, Sample, TokenKind};
 
 impl Checks<'_> {
     pub(super) fn condition(&mut self, manifest: &Manifest) {
         if let Some(c) = &manifest.condition {
-            let other = |key: &str| format!("`condition.{key}` belongs to the other encoder");
-            match c.encoder {
-                EncoderKind::Clip => {
-                    if c.path.is_none() {
-                        self.report_key(
-                            &path("condition.encoder"),
-                            "manifest::missing-key",
-                            "`condition.encoder = \"clip\"` needs `condition.path`, the CLIP model folder".into(),
-                            Some("for example `path = \"models/clip-vit-base-patch32\"` (config.json, model.safetensors, tokenizer.json)".into()),
-                        );
-                    }
-                    for (key, given) in [
-                        ("points", c.points.is_some()),
-                        ("t", c.t.is_some()),
-                        ("grid", c.grid.is_some()),
-                    ] {
-                        if given {
-                            self.report_key(
-                                &path(&format!("condition.{key}")),
-                                "manifest::wrong-encoder",
-                                other(key),
-                                Some("`points`, `t` and `grid` set the embedded `unet` encoder; remove it or set `encoder = \"unet\"`".into()),
-                            );
-                        }
-                    }
+            self.condition_encoder(c, manifest);
+        }
+        if let Some(sample) = &manifest.sample {
+            self.sample_condition(sample, manifest);
+        }
+    }
+
+    /// `[condition]` keys that belong to the other encoder, and ranges.
+    fn condition_encoder(&mut self, c: &Condition, manifest: &Manifest) {
+        let other = |key: &str| format!("`condition.{key}` belongs to the other encoder");
+        match c.encoder {
+            EncoderKind::Clip => {
+                if c.path.is_none() {
+                    self.report_key(
+                        &path("condition.encoder"),
+                        "manifest::missing-key",
+                        "`condition.encoder = \"clip\"` needs `condition.path`, the CLIP model folder".into(),
+                        Some("for example `path = \"models/clip-vit-base-patch32\"` (config.json, model.safetensors, tokenizer.json)".into()),
+                    );
                 }
-                EncoderKind::Unet => {
-                    for (key, given) in [("path", c.path.is_some()), ("tokens", c.tokens.is_some())]
-                    {
-                        if given {
-                            self.report_key(
-                                &path(&format!("condition.{key}")),
-                                "manifest::wrong-encoder",
-                                other(key),
-                                Some("`path` and `tokens` set the `clip` encoder; remove it or set `encoder = \"clip\"`".into()),
-                            );
-                        }
-                    }
-                    if c.grid == Some(0) {
-                        self.report(
-                            &path("condition.grid"),
-                            "manifest::out-of-range",
-                            "`condition.grid` must be 1 or more".into(),
-                            Some("each point is pooled to grid × grid tokens".into()),
-                        );
-                    }
-                    if let (Some(t), Some(train)) = (c.t, &manifest.train)
-                        && t >= train.timesteps
-                    {
-                        self.report(
-                            &path("condition.t"),
-                            "manifest::out-of-range",
-                            format!(
-                                "`condition.t` is {t}, outside the schedule's 0..{} (`train.timesteps`)",
-                                train.timesteps
-                            ),
-                            Some("a small t (the default 50) sees the image nearly clean".into()),
-                        );
-                    }
-                    if c.points.as_ref().is_some_and(|p| p.is_empty()) {
-                        self.report(
-                            &path("condition.points"),
-                            "manifest::empty",
-                            "`condition.points` lists no injection point".into(),
-                            Some("for example `points = [\"mid.res.*\"]`".into()),
+                for (key, given) in [
+                    ("points", c.points.is_some()),
+                    ("t", c.t.is_some()),
+                    ("grid", c.grid.is_some()),
+                ] {
+                    if given {
+                        self.report_key(
+                            &path(&format!("condition.{key}")),
+                            "manifest::wrong-encoder",
+                            other(key),
+                            Some("`points`, `t` and `grid` set the embedded `unet` encoder; remove it or set `encoder = \"unet\"`".into()),
                         );
                     }
                 }
             }
+            EncoderKind::Unet => {
+                for (key, given) in [("path", c.path.is_some()), ("tokens", c.tokens.is_some())] {
+                    if given {
+                        self.report_key(
+                            &path(&format!("condition.{key}")),
+                            "manifest::wrong-encoder",
+                            other(key),
+                            Some("`path` and `tokens` set the `clip` encoder; remove it or set `encoder = \"clip\"`".into()),
+                        );
+                    }
+                }
+                if c.grid == Some(0) {
+                    self.report(
+                        &path("condition.grid"),
+                        "manifest::out-of-range",
+                        "`condition.grid` must be 1 or more".into(),
+                        Some("each point is pooled to grid × grid tokens".into()),
+                    );
+                }
+                if let (Some(t), Some(train)) = (c.t, &manifest.train)
+                    && t >= train.timesteps
+                {
+                    self.report(
+                        &path("condition.t"),
+                        "manifest::out-of-range",
+                        format!(
+                            "`condition.t` is {t}, outside the schedule's 0..{} (`train.timesteps`)",
+                            train.timesteps
+                        ),
+                        Some("a small t (the default 50) sees the image nearly clean".into()),
+                    );
+                }
+                if c.points.as_ref().is_some_and(|p| p.is_empty()) {
+                    self.report(
+                        &path("condition.points"),
+                        "manifest::empty",
+                        "`condition.points` lists no injection point".into(),
+                        Some("for example `points = [\"mid.res.*\"]`".into()),
+                    );
+                }
+            }
         }
-        let Some(sample) = &manifest.sample else {
-            return;
-        };
+    }
+
+    /// The `[sample]` keys that need `[condition]`, and a prompt without a
+    /// text tower.
+    fn sample_condition(&mut self, sample: &Sample, manifest: &Manifest) {
         let needs = |key: &str| format!("`sample.{key}` needs a `[condition]` table");
         let help = "add `[condition]` (e.g. `encoder = \"unet\"`) or remove the key";
         if manifest.condition.is_none() {

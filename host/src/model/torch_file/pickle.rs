@@ -358,6 +358,21 @@ impl<'a> Unpickler<'a> {
 
     fn step(&mut self, op: u8) -> Result<(), String> {
         match op {
+            0x80 | 0x95 | b'.' | b'(' => self.framing(op),
+            b'N' | 0x88 | 0x89 | b'J' | b'K' | b'M' | 0x8a | b'G' => self.number(op),
+            b'X' | b'T' | 0x8c | b'U' | 0x8d | b'C' | b'B' | 0x8e => self.text(op),
+            b'}' | b']' | b')' | b't' | 0x85..=0x87 | b'l' | b'd' | b'a' | b'e' | b's' | b'u' => {
+                self.collection(op)
+            }
+            b'c' | 0x93 | b'Q' | b'R' | 0x81 | b'b' => self.object(op),
+            b'q' | b'r' | 0x94 | b'h' | b'j' => self.memo(op),
+            other => Err(unsupported(other)),
+        }
+    }
+
+    /// PROTO, FRAME, STOP and MARK.
+    fn framing(&mut self, op: u8) -> Result<(), String> {
+        match op {
             0x80 => {
                 self.u8()?; // PROTO
             }
@@ -366,6 +381,14 @@ impl<'a> Unpickler<'a> {
             }
             b'.' => {} // STOP
             b'(' => self.marks.push(self.stack.len()),
+            other => return Err(unsupported(other)),
+        }
+        Ok(())
+    }
+
+    /// None, booleans, integers and floats.
+    fn number(&mut self, op: u8) -> Result<(), String> {
+        match op {
             b'N' => self.stack.push(Value::None),
             0x88 => self.stack.push(Value::Bool(true)),
             0x89 => self.stack.push(Value::Bool(false)),
@@ -402,6 +425,14 @@ impl<'a> Unpickler<'a> {
                 let v = f64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
                 self.stack.push(Value::Float(v));
             }
+            other => return Err(unsupported(other)),
+        }
+        Ok(())
+    }
+
+    /// Strings and bytes.
+    fn text(&mut self, op: u8) -> Result<(), String> {
+        match op {
             // BINUNICODE; BINSTRING, a Python 2 `str`, which torch.load
             // decodes as UTF-8
             b'X' | b'T' => {
@@ -429,6 +460,14 @@ impl<'a> Unpickler<'a> {
                 let b = self.take(n)?.to_vec();
                 self.stack.push(Value::Bytes(b));
             }
+            other => return Err(unsupported(other)),
+        }
+        Ok(())
+    }
+
+    /// Tuples, lists and dicts, and adding to them.
+    fn collection(&mut self, op: u8) -> Result<(), String> {
+        match op {
             b'}' => self.stack.push(Value::Dict(Vec::new())),
             b']' => self.stack.push(Value::List(Vec::new())),
             b')' => self.stack.push(Value::Tuple(Vec::new())),
@@ -474,6 +513,14 @@ impl<'a> Unpickler<'a> {
                 let items = self.pop_mark()?;
                 self.set_items(items)?;
             }
+            other => return Err(unsupported(other)),
+        }
+        Ok(())
+    }
+
+    /// Globals, persistent ids (tensor storages), calls, NEWOBJ and BUILD.
+    fn object(&mut self, op: u8) -> Result<(), String> {
+        match op {
             b'c' => {
                 let module = self.line()?;
                 let name = self.line()?;
@@ -513,6 +560,14 @@ impl<'a> Unpickler<'a> {
                 // parameter's attributes) does not change any tensor.
                 self.pop()?;
             }
+            other => return Err(unsupported(other)),
+        }
+        Ok(())
+    }
+
+    /// The memo: PUT and GET.
+    fn memo(&mut self, op: u8) -> Result<(), String> {
+        match op {
             b'q' => {
                 let i = self.u8()?;
                 self.memo_put(u32::from(i))?;
@@ -535,10 +590,15 @@ impl<'a> Unpickler<'a> {
                 let v = self.memo_get(i)?;
                 self.stack.push(v);
             }
-            other => return Err(format!("unsupported pickle opcode 0x{other:02x}")),
+            other => return Err(unsupported(other)),
         }
         Ok(())
     }
+}
+
+/// The error for an opcode the reader does not implement.
+fn unsupported(op: u8) -> String {
+    format!("unsupported pickle opcode 0x{op:02x}")
 }
 
 #[cfg(test)]

@@ -82,22 +82,76 @@ fn describe_config(
     map: &serde_json::Map<String, Value>,
 ) -> Result<ModelDescription, ModelError> {
     let mut r = ConfigReader::new(Origin::File(file.to_owned()), map);
-    let unsupported =
-        |r: &ConfigReader, key: &str, value: String, supported: &str| ModelError::Unsupported {
-            at: r.at(key),
-            value,
-            supported: supported.into(),
-        };
-    let invalid = |r: &ConfigReader, key: &str, reason: String| ModelError::Invalid {
+    let k = read_keys(&mut r)?;
+    check_supported(&r, &k)?;
+    check_consistency(&r, &k)?;
+    let temb_channels = k.time_embedding_dim.unwrap_or(k.channels[0] * 4);
+    let points = points(&k, temb_channels);
+    let Keys {
+        resolution,
+        in_channels,
+        out_channels,
+        ..
+    } = k;
+    Ok(ModelDescription {
+        kind: "diffusers".into(),
+        data_channels: in_channels,
+        out_channels,
+        resolution,
+        temb_channels,
+        points,
+        parameters: Vec::new(),
+        config: r.finish(),
+    })
+}
+
+/// The config values the network depends on, as read (defaults applied).
+struct Keys {
+    resolution: usize,
+    in_channels: usize,
+    out_channels: usize,
+    time_embedding_dim: Option<usize>,
+    down_types: Vec<String>,
+    mid_type: Option<String>,
+    up_types: Vec<String>,
+    channels: Vec<usize>,
+    layers: usize,
+    padding: usize,
+    downsample_type: String,
+    upsample_type: String,
+    act_fn: String,
+    groups: usize,
+    attn_groups: Option<usize>,
+    eps: f64,
+    shift: String,
+    class_embed_type: Option<String>,
+}
+
+/// `ModelError::Unsupported` at `key`.
+fn unsupported(r: &ConfigReader, key: &str, value: String, supported: &str) -> ModelError {
+    ModelError::Unsupported {
+        at: r.at(key),
+        value,
+        supported: supported.into(),
+    }
+}
+
+/// `ModelError::Invalid` at `key`.
+fn invalid(r: &ConfigReader, key: &str, reason: String) -> ModelError {
+    ModelError::Invalid {
         at: r.at(key),
         reason,
-    };
+    }
+}
 
+/// Reads every key of a `UNet2DModel` config, in diffusers' order, recording
+/// each value in force; the class name and the resolution are checked here.
+fn read_keys(r: &mut ConfigReader) -> Result<Keys, ModelError> {
     if let Some(class) = r.raw("_class_name").and_then(Value::as_str)
         && class != "UNet2DModel"
     {
         return Err(unsupported(
-            &r,
+            r,
             "_class_name",
             format!("{class:?}"),
             "dtx reads `UNet2DModel` configs",
@@ -117,7 +171,7 @@ fn describe_config(
         }
         Some(v @ Value::Array(_)) => {
             return Err(unsupported(
-                &r,
+                r,
                 "sample_size",
                 value_text(v),
                 "dtx supports square images",
@@ -133,7 +187,7 @@ fn describe_config(
     let time_embedding_type = r.string("time_embedding_type", Some("positional"))?;
     if time_embedding_type != "positional" {
         return Err(unsupported(
-            &r,
+            r,
             "time_embedding_type",
             format!("{time_embedding_type:?}"),
             "dtx supports \"positional\"",
@@ -178,8 +232,43 @@ fn describe_config(
     let class_embed_type = r.opt_string("class_embed_type", None)?;
     r.opt_usize("num_class_embeds", None)?;
     r.opt_usize("num_train_timesteps", None)?;
+    Ok(Keys {
+        resolution,
+        in_channels,
+        out_channels,
+        time_embedding_dim,
+        down_types,
+        mid_type,
+        up_types,
+        channels,
+        layers,
+        padding,
+        downsample_type,
+        upsample_type,
+        act_fn,
+        groups,
+        attn_groups,
+        eps,
+        shift,
+        class_embed_type,
+    })
+}
 
-    // Values dtx does not implement.
+/// Values dtx does not implement.
+fn check_supported(r: &ConfigReader, k: &Keys) -> Result<(), ModelError> {
+    let Keys {
+        down_types,
+        mid_type,
+        up_types,
+        padding,
+        downsample_type,
+        upsample_type,
+        act_fn,
+        shift,
+        class_embed_type,
+        ..
+    } = k;
+    let padding = *padding;
     for (i, t) in down_types.iter().enumerate() {
         if !DOWN_TYPES.contains(&t.as_str()) {
             let at = r.at("down_block_types").index(i);
@@ -200,24 +289,24 @@ fn describe_config(
             });
         }
     }
-    if let Some(t) = &mid_type
+    if let Some(t) = mid_type
         && t != "UNetMidBlock2D"
     {
         return Err(unsupported(
-            &r,
+            r,
             "mid_block_type",
             format!("{t:?}"),
             "dtx supports \"UNetMidBlock2D\" or null",
         ));
     }
     for (key, value, ok) in [
-        ("downsample_type", &downsample_type, "conv"),
-        ("upsample_type", &upsample_type, "conv"),
-        ("act_fn", &act_fn, "silu"),
+        ("downsample_type", downsample_type, "conv"),
+        ("upsample_type", upsample_type, "conv"),
+        ("act_fn", act_fn, "silu"),
     ] {
         if value != ok {
             return Err(unsupported(
-                &r,
+                r,
                 key,
                 format!("{value:?}"),
                 &format!("dtx supports \"{ok}\""),
@@ -226,7 +315,7 @@ fn describe_config(
     }
     if !matches!(shift.as_str(), "default" | "scale_shift") {
         return Err(unsupported(
-            &r,
+            r,
             "resnet_time_scale_shift",
             format!("{shift:?}"),
             "dtx supports \"default\" and \"scale_shift\"",
@@ -234,7 +323,7 @@ fn describe_config(
     }
     if let Some(t) = class_embed_type {
         return Err(unsupported(
-            &r,
+            r,
             "class_embed_type",
             format!("{t:?}"),
             "dtx supports null (a label table of `num_class_embeds` rows)",
@@ -242,18 +331,34 @@ fn describe_config(
     }
     if padding > 1 {
         return Err(unsupported(
-            &r,
+            r,
             "downsample_padding",
             padding.to_string(),
             "dtx supports 0 and 1",
         ));
     }
+    Ok(())
+}
 
-    // Consistency.
+/// Values that do not fit together (levels, groups, sizes).
+fn check_consistency(r: &ConfigReader, k: &Keys) -> Result<(), ModelError> {
+    let &Keys {
+        resolution,
+        in_channels,
+        out_channels,
+        ref down_types,
+        ref up_types,
+        ref channels,
+        layers,
+        groups,
+        attn_groups,
+        eps,
+        ..
+    } = k;
     let levels = channels.len();
     if levels == 0 {
         return Err(invalid(
-            &r,
+            r,
             "block_out_channels",
             "needs at least one level".into(),
         ));
@@ -264,7 +369,7 @@ fn describe_config(
     ] {
         if n != levels {
             return Err(invalid(
-                &r,
+                r,
                 key,
                 format!(
                     "has {n} entries but block_out_channels has {levels}; each level needs one down and one up block"
@@ -273,7 +378,7 @@ fn describe_config(
         }
     }
     if layers == 0 {
-        return Err(invalid(&r, "layers_per_block", "must be at least 1".into()));
+        return Err(invalid(r, "layers_per_block", "must be at least 1".into()));
     }
     if in_channels == 0 || out_channels == 0 {
         let key = if in_channels == 0 {
@@ -281,12 +386,12 @@ fn describe_config(
         } else {
             "out_channels"
         };
-        return Err(invalid(&r, key, "must be at least 1".into()));
+        return Err(invalid(r, key, "must be at least 1".into()));
     }
     let scale = 1usize << (levels - 1);
     if resolution == 0 || resolution % scale != 0 {
         return Err(invalid(
-            &r,
+            r,
             "sample_size",
             format!(
                 "{resolution} cannot be halved {} times ({levels} levels); use a multiple of {scale}",
@@ -300,7 +405,7 @@ fn describe_config(
     ] {
         let Some(g) = g else { continue };
         if g == 0 {
-            return Err(invalid(&r, key, "must be at least 1".into()));
+            return Err(invalid(r, key, "must be at least 1".into()));
         }
         if let Some((i, c)) = channels
             .iter()
@@ -315,14 +420,24 @@ fn describe_config(
     }
     if eps <= 0.0 || eps.is_nan() {
         return Err(invalid(
-            &r,
+            r,
             "norm_eps",
             format!("must be positive, found {eps:?}"),
         ));
     }
+    Ok(())
+}
 
-    // Injection points, in forward order.
-    let temb_channels = time_embedding_dim.unwrap_or(channels[0] * 4);
+/// The injection points, in forward order.
+fn points(k: &Keys, temb_channels: usize) -> Vec<Point> {
+    let Keys {
+        resolution,
+        ref channels,
+        layers,
+        ref mid_type,
+        ..
+    } = *k;
+    let levels = channels.len();
     let mut points = vec![Point::vector("temb", temb_channels, "time_embedding")];
     for (i, &c) in channels.iter().enumerate() {
         for j in 0..layers {
@@ -354,17 +469,7 @@ fn describe_config(
             ));
         }
     }
-
-    Ok(ModelDescription {
-        kind: "diffusers".into(),
-        data_channels: in_channels,
-        out_channels,
-        resolution,
-        temb_channels,
-        points,
-        parameters: Vec::new(),
-        config: r.finish(),
-    })
+    points
 }
 
 #[cfg(test)]

@@ -285,44 +285,96 @@ pub fn describe_config(config: &toml::Table) -> Result<ModelDescription, ModelEr
             res => Ok(image_size / res),
         })
         .collect::<Result<_, _>>()?;
-    let heads = |ch: usize, n: i64, key: &str| -> Result<(), ModelError> {
-        let ok = if num_head_channels == -1 {
-            n > 0 && ch.is_multiple_of(n as usize)
-        } else {
-            num_head_channels > 0 && ch.is_multiple_of(num_head_channels as usize)
-        };
-        if ok {
-            return Ok(());
-        }
-        let (key, what) = if num_head_channels == -1 {
-            (key, format!("{n} heads"))
-        } else {
-            (
-                "num_head_channels",
-                format!("heads of {num_head_channels} channels"),
-            )
-        };
-        Err(invalid(
-            &r,
-            key,
-            format!("an attention block with {ch} channels cannot be split into {what}"),
-        ))
+    let heads = Heads {
+        num_heads,
+        num_head_channels,
+        num_heads_upsample,
     };
-    let up_heads = if num_heads_upsample == -1 {
-        num_heads
-    } else {
-        num_heads_upsample
-    };
-    for (l, &ch) in channels.iter().enumerate() {
-        if attention_ds.contains(&(1 << l)) {
-            heads(ch, num_heads, "num_heads")?;
-            heads(ch, up_heads, "num_heads_upsample")?;
-        }
-    }
-    heads(channels[levels - 1], num_heads, "num_heads")?;
+    heads.check(&r, &channels, &attention_ds)?;
 
-    // Injection points, in forward order, with their ADM modules.
     let temb_channels = nc * 4;
+    let points = points(&channels, nrb, image_size, temb_channels);
+    Ok(ModelDescription {
+        kind: "adm".into(),
+        data_channels: in_channels,
+        out_channels: if learn_sigma {
+            in_channels * 2
+        } else {
+            in_channels
+        },
+        resolution: image_size,
+        temb_channels,
+        points,
+        parameters: Vec::new(),
+        config: r.finish(),
+    })
+}
+
+/// ADM's head settings, checked against every attention block's channels.
+struct Heads {
+    num_heads: i64,
+    num_head_channels: i64,
+    num_heads_upsample: i64,
+}
+
+impl Heads {
+    /// Every attention block (at the downsampling factors `attention_ds`,
+    /// and the middle block) splits into whole heads, down and up.
+    fn check(
+        &self,
+        r: &ConfigReader,
+        channels: &[usize],
+        attention_ds: &[usize],
+    ) -> Result<(), ModelError> {
+        let Heads {
+            num_heads,
+            num_head_channels,
+            num_heads_upsample,
+        } = *self;
+        let levels = channels.len();
+        let heads = |ch: usize, n: i64, key: &str| -> Result<(), ModelError> {
+            let ok = if num_head_channels == -1 {
+                n > 0 && ch.is_multiple_of(n as usize)
+            } else {
+                num_head_channels > 0 && ch.is_multiple_of(num_head_channels as usize)
+            };
+            if ok {
+                return Ok(());
+            }
+            let (key, what) = if num_head_channels == -1 {
+                (key, format!("{n} heads"))
+            } else {
+                (
+                    "num_head_channels",
+                    format!("heads of {num_head_channels} channels"),
+                )
+            };
+            Err(ModelError::Invalid {
+                at: r.at(key),
+                reason: format!(
+                    "an attention block with {ch} channels cannot be split into {what}"
+                ),
+            })
+        };
+        let up_heads = if num_heads_upsample == -1 {
+            num_heads
+        } else {
+            num_heads_upsample
+        };
+        for (l, &ch) in channels.iter().enumerate() {
+            if attention_ds.contains(&(1 << l)) {
+                heads(ch, num_heads, "num_heads")?;
+                heads(ch, up_heads, "num_heads_upsample")?;
+            }
+        }
+        heads(channels[levels - 1], num_heads, "num_heads")?;
+        Ok(())
+    }
+}
+
+/// The injection points, in forward order, with their ADM modules.
+fn points(channels: &[usize], nrb: usize, image_size: usize, temb_channels: usize) -> Vec<Point> {
+    let levels = channels.len();
     let mut points = vec![Point::vector("temb", temb_channels, "time_embed")];
     for (l, &ch) in channels.iter().enumerate() {
         for j in 0..nrb {
@@ -352,21 +404,7 @@ pub fn describe_config(config: &toml::Table) -> Result<ModelDescription, ModelEr
             ));
         }
     }
-
-    Ok(ModelDescription {
-        kind: "adm".into(),
-        data_channels: in_channels,
-        out_channels: if learn_sigma {
-            in_channels * 2
-        } else {
-            in_channels
-        },
-        resolution: image_size,
-        temb_channels,
-        points,
-        parameters: Vec::new(),
-        config: r.finish(),
-    })
+    points
 }
 
 #[cfg(test)]

@@ -190,31 +190,7 @@ pub fn describe_config(config: &toml::Table) -> Result<ModelDescription, ModelEr
     };
     let mult_text: Vec<String> = mult.iter().map(|&m| number_text(m)).collect();
     r.record("channel_mult", format!("[{}]", mult_text.join(", ")));
-    let attn_res = number_list(&r, "attention_resolutions")?;
-    let attn_res: Vec<usize> = match (r.raw("attention_resolutions"), attn_res) {
-        (None, _) => vec![16, 8],
-        (_, None) => Vec::new(),
-        (_, Some(list)) => {
-            if let Some(i) = list.iter().position(|x| x.fract() != 0.0) {
-                return Err(ModelError::Invalid {
-                    at: r.at("attention_resolutions").index(i),
-                    reason: format!("must be a whole number of pixels, found {}", list[i]),
-                });
-            }
-            list.iter().map(|&x| x as usize).collect()
-        }
-    };
-    r.record(
-        "attention_resolutions",
-        format!(
-            "[{}]",
-            attn_res
-                .iter()
-                .map(usize::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    );
+    let attn_res = attention_resolutions(&mut r)?;
     let num_heads = r.i64("num_heads", Some(4))?;
     let num_head_channels = r.i64("num_head_channels", Some(-1))?;
     let num_heads_upsample = r.i64("num_heads_upsample", Some(-1))?;
@@ -308,6 +284,37 @@ pub fn describe_config(config: &toml::Table) -> Result<ModelDescription, ModelEr
         parameters: Vec::new(),
         config: r.finish(),
     })
+}
+
+/// `attention_resolutions` as whole pixel counts (guided-diffusion's default
+/// "16,8" when the key is absent, none when it is empty), recorded.
+fn attention_resolutions(r: &mut ConfigReader) -> Result<Vec<usize>, ModelError> {
+    let attn_res = number_list(r, "attention_resolutions")?;
+    let attn_res: Vec<usize> = match (r.raw("attention_resolutions"), attn_res) {
+        (None, _) => vec![16, 8],
+        (_, None) => Vec::new(),
+        (_, Some(list)) => {
+            if let Some(i) = list.iter().position(|x| x.fract() != 0.0) {
+                return Err(ModelError::Invalid {
+                    at: r.at("attention_resolutions").index(i),
+                    reason: format!("must be a whole number of pixels, found {}", list[i]),
+                });
+            }
+            list.iter().map(|&x| x as usize).collect()
+        }
+    };
+    r.record(
+        "attention_resolutions",
+        format!(
+            "[{}]",
+            attn_res
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    Ok(attn_res)
 }
 
 /// ADM's head settings, checked against every attention block's channels.

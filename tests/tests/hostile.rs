@@ -273,3 +273,52 @@ fn a_dtx_source_whose_checkpoint_does_not_fit_fails_the_plan() {
         assert!(bad.stderr.contains(want), "{want}:\n{}", bad.stderr);
     }
 }
+
+/// Runs `args` in-process on a thread, failing the test (rather than
+/// hanging it) when the command does not return within two minutes.
+fn in_process_within_two_minutes(args: Vec<String>) -> dtx_tests::Output {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let _ = tx.send(dtx_tests::run_in_process(&args));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(120))
+        .expect("dtx hung on a FIFO instead of refusing it")
+}
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_in_place_of_a_weights_file_is_refused_without_hanging() {
+    let out = out_dir("fifo-weights");
+    let model = out.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let small = workspace_root().join("tests/fixtures/unet/small");
+    std::fs::copy(small.join("config.json"), model.join("config.json")).unwrap();
+    let weights = model.join("diffusion_pytorch_model.safetensors");
+    let _ = std::fs::remove_file(&weights);
+    let made = std::process::Command::new("mkfifo").arg(&weights).status();
+    if !made.is_ok_and(|s| s.success()) {
+        return; // no mkfifo on this machine
+    }
+    let inspect = in_process_within_two_minutes(vec![
+        "model".into(),
+        "inspect".into(),
+        model.display().to_string(),
+    ]);
+    insta::assert_snapshot!("fifo_weights_inspect", stable(inspect.failed(), &out));
+    let manifest = workspace_root().join("tests/manifests/ok/shapes-unet.toml");
+    let plan = in_process_within_two_minutes(vec![
+        "plan".into(),
+        manifest.display().to_string(),
+        "--set".into(),
+        format!("source.path={:?}", model.display().to_string()),
+        "--set".into(),
+        "source.init=\"pretrained\"".into(),
+    ]);
+    let err = plan.failed();
+    assert!(
+        err.contains("diffusion_pytorch_model.safetensors")
+            && err.contains("a FIFO (named pipe), not a regular file"),
+        "{err}"
+    );
+}

@@ -29,8 +29,8 @@ fn read_matrix(spec: &str) -> anyhow::Result<Matrix> {
         }
         _ => (spec, None),
     };
-    let bytes =
-        std::fs::read(file).map_err(|e| anyhow!("--features: cannot read `{file}`: {e}"))?;
+    let bytes = crate::util::fs::read(file.as_ref())
+        .map_err(|e| anyhow!("--features: cannot read `{file}`: {e}"))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| anyhow!("--features: `{file}` is not a safetensors file: {e}"))?;
     let listing = |st: &safetensors::SafeTensors<'_>| {

@@ -252,8 +252,8 @@ fn inspect_tables(
 pub fn config_table(file: Option<&Path>, sets: &[String]) -> anyhow::Result<toml::Table> {
     let mut table = match file {
         Some(f) => {
-            let text =
-                std::fs::read_to_string(f).with_context(|| format!("reading `{}`", f.display()))?;
+            let text = crate::util::fs::read_to_string(f)
+                .with_context(|| format!("reading `{}`", f.display()))?;
             toml::from_str(&text).with_context(|| {
                 format!("`{}` is not a TOML table of config values", f.display())
             })?

@@ -92,7 +92,8 @@ fn ints(v: &TensorView<'_>) -> Option<Vec<i64>> {
 /// Reads and checks the inputs in `file` for the model `d` with `classes`
 /// classes.
 fn read_inputs(file: &Path, d: &ModelDescription, classes: usize) -> anyhow::Result<Inputs> {
-    let bytes = std::fs::read(file).with_context(|| format!("reading `{}`", file.display()))?;
+    let bytes =
+        crate::util::fs::read(file).with_context(|| format!("reading `{}`", file.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| anyhow!("`{}`: not a safetensors file: {e}", file.display()))?;
     let f = file.display();

@@ -145,7 +145,7 @@ fn labels_from_file(root: &Path, file: &Path) -> Result<Labelled, DataError> {
         source_name: file.display().to_string(),
         reason,
     };
-    let text = std::fs::read_to_string(file).map_err(|source| DataError::Io {
+    let text = crate::util::fs::read_to_string(file).map_err(|source| DataError::Io {
         path: file.into(),
         source,
     })?;
@@ -380,7 +380,10 @@ fn list(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), DataError> {
         } else if !kind.is_file() {
             // Reading a FIFO would wait forever for a writer.
             return Err(DataError::NotRegular {
-                what: format!("{}, not a regular file", special_kind(&kind)),
+                what: format!(
+                    "{}, not a regular file",
+                    crate::util::fs::special_kind(&kind)
+                ),
                 path: p,
             });
         } else if is_image(&p) {
@@ -390,25 +393,6 @@ fn list(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), DataError> {
         }
     }
     Ok((images, folders))
-}
-
-/// What a file that is neither a regular file nor a folder is.
-fn special_kind(kind: &std::fs::FileType) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if kind.is_fifo() {
-            return "a FIFO (named pipe)";
-        }
-        if kind.is_socket() {
-            return "a socket";
-        }
-        if kind.is_block_device() || kind.is_char_device() {
-            return "a device";
-        }
-    }
-    let _ = kind;
-    "a special file"
 }
 
 /// Every image under `dir`, sub-folders included, in sorted path order.

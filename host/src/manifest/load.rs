@@ -127,7 +127,7 @@ fn base_dir(file: &Path) -> PathBuf {
 /// Reads, overrides, deserialises and validates the manifest at `path`.
 /// `overrides` are `--set` arguments, `key.path=value`.
 pub fn load(path: &Path, overrides: &[String]) -> Result<LoadedManifest, ManifestError> {
-    let text = std::fs::read_to_string(path).map_err(|io| ManifestError::Read {
+    let text = crate::util::fs::read_to_string(path).map_err(|io| ManifestError::Read {
         path: path.to_path_buf(),
         io,
     })?;

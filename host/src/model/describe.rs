@@ -332,7 +332,7 @@ fn describe_dtx(path: &Path, depth: usize) -> Result<ModelDescription, ModelErro
             expected: "the checkpoint of a dtx run".into(),
         });
     }
-    let text = std::fs::read_to_string(&manifest).map_err(|source| ModelError::Io {
+    let text = crate::util::fs::read_to_string(&manifest).map_err(|source| ModelError::Io {
         path: manifest.clone(),
         source,
     })?;

@@ -54,7 +54,7 @@ fn config_file(dir: &Path) -> Result<PathBuf, ModelError> {
 /// Describes the `UNet2DModel` in folder `dir`.
 pub fn describe(dir: &Path) -> Result<ModelDescription, ModelError> {
     let file = config_file(dir)?;
-    let text = std::fs::read_to_string(&file).map_err(|e| ModelError::Io {
+    let text = crate::util::fs::read_to_string(&file).map_err(|e| ModelError::Io {
         path: file.clone(),
         source: e,
     })?;

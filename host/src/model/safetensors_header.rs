@@ -45,7 +45,7 @@ pub fn read_safetensors_header(file: &Path) -> Result<Vec<TensorHeader>, ModelEr
         file: file.to_owned(),
         reason,
     };
-    let mut f = std::fs::File::open(file).map_err(|e| match e.kind() {
+    let mut f = crate::util::fs::open(file).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => ModelError::MissingFile {
             path: file.to_owned(),
             expected: "a .safetensors checkpoint".into(),

@@ -316,7 +316,7 @@ pub(crate) fn load_safetensors_file<B: AutodiffBackend>(
     device: &B::Device,
     trainable: &dyn Fn(&str) -> bool,
 ) -> Result<(), LoadFailure> {
-    let bytes = std::fs::read(file).map_err(|e| LoadFailure::Read(e.to_string()))?;
+    let bytes = crate::util::fs::read(file).map_err(|e| LoadFailure::Read(e.to_string()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| LoadFailure::Read(format!("not a safetensors file: {e}")))?;
     let found: BTreeMap<String, TensorView<'_>> = st

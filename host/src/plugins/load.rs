@@ -312,7 +312,7 @@ pub fn library_names_in(dir: &Path) -> Vec<String> {
 
 /// Lowercase hex sha256 of a file.
 pub fn sha256_file(path: &Path) -> Result<String, LoadError> {
-    let bytes = std::fs::read(path).map_err(|e| LoadError::Io {
+    let bytes = crate::util::fs::read(path).map_err(|e| LoadError::Io {
         path: path.into(),
         message: e.to_string(),
     })?;
@@ -344,7 +344,7 @@ pub fn load_library(
         return Ok(lib);
     }
     // Read once: the checks, the pin and the mapped copy all see these bytes.
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+    let bytes = crate::util::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => LoadError::MissingFile { path: path.into() },
         _ => LoadError::Io {
             path: path.into(),
@@ -494,7 +494,7 @@ impl PluginLibrary {
         if now.is_some() && now == self.stamp {
             return None;
         }
-        let changed = match std::fs::read(&self.path) {
+        let changed = match crate::util::fs::read(&self.path) {
             Ok(bytes) => hex_sha256(&bytes) != self.sha256,
             Err(_) => true,
         };

@@ -198,7 +198,7 @@ pub fn load_base<B: AutodiffBackend>(
         path: ckpt.into(),
         message,
     };
-    let bytes = std::fs::read(ckpt).map_err(|e| CheckpointError::Io {
+    let bytes = crate::util::fs::read(ckpt).map_err(|e| CheckpointError::Io {
         path: ckpt.into(),
         message: e.to_string(),
     })?;
@@ -229,7 +229,7 @@ pub fn export_base(ckpt: &Path, out: &Path, prefer_ema: bool) -> Result<usize, C
         path: ckpt.into(),
         message: e.to_string(),
     };
-    let bytes = std::fs::read(ckpt).map_err(|e| io(&e))?;
+    let bytes = crate::util::fs::read(ckpt).map_err(|e| io(&e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| io(&e))?;
     let views = base_views(ckpt, &st, prefer_ema)?;
     let n = views.len();
@@ -256,7 +256,7 @@ pub fn load<B: AutodiffBackend>(
         path: path.into(),
         message: m,
     };
-    let bytes = std::fs::read(path).map_err(|e| io(&e))?;
+    let bytes = crate::util::fs::read(path).map_err(|e| io(&e))?;
     let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| io(&e))?;
     let meta = metadata.metadata().clone().unwrap_or_default();
     if meta.get("format").map(String::as_str) != Some(FORMAT) {

@@ -1,5 +1,6 @@
 //! Small helpers shared by the host's error messages.
 
+pub mod fs;
 pub mod limits;
 pub mod resize;
 

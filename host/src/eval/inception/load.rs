@@ -78,7 +78,7 @@ fn read(file: &Path) -> Result<BTreeMap<String, ReadTensor>, String> {
     if is_torch_save(file)? {
         return Ok(read_tensors(read_state_dict(file)?, ignored));
     }
-    let bytes = std::fs::read(file).map_err(|e| e.to_string())?;
+    let bytes = crate::util::fs::read(file).map_err(|e| e.to_string())?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| format!("neither a torch.save checkpoint nor a safetensors file ({e})"))?;
     Ok(read_tensors(st.tensors(), ignored))

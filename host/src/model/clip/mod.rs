@@ -90,7 +90,9 @@ impl<B: Backend> Clip<B> {
             });
         }
         let config_file = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_file).map_err(|source| match source.kind() {
+        let text = crate::util::fs::read_to_string(&config_file).map_err(|source| match source
+            .kind()
+        {
             std::io::ErrorKind::NotFound => ModelError::MissingFile {
                 path: config_file.clone(),
                 expected: "the CLIPConfig, as `CLIPModel.save_pretrained` writes it".into(),

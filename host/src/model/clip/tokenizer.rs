@@ -38,7 +38,7 @@ impl std::fmt::Debug for ClipTokenizer {
 /// or the key is absent.
 fn pad_token(dir: &Path) -> Result<String, ModelError> {
     let file = dir.join("tokenizer_config.json");
-    let text = match std::fs::read_to_string(&file) {
+    let text = match crate::util::fs::read_to_string(&file) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DEFAULT_PAD.into()),
         Err(source) => return Err(ModelError::Io { path: file, source }),

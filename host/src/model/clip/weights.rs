@@ -29,7 +29,7 @@ pub(super) struct Loader<'a, B: Backend> {
 impl<'a, B: Backend> Loader<'a, B> {
     /// Reads `file` (safetensors; F32, F16, BF16 or F64 tensors).
     pub(super) fn open(file: &Path, device: &'a B::Device) -> Result<Self, ModelError> {
-        let bytes = std::fs::read(file).map_err(|source| match source.kind() {
+        let bytes = crate::util::fs::read(file).map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => ModelError::MissingFile {
                 path: file.to_owned(),
                 expected: "the CLIPModel weights, as `save_pretrained` writes them".into(),

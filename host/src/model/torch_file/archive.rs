@@ -12,7 +12,7 @@ use std::path::Path;
 
 /// The tensors of the zip-format checkpoint `file`, in file order.
 pub(super) fn read(file: &Path) -> Result<Vec<(String, TorchTensor)>, String> {
-    let f = std::fs::File::open(file).map_err(|e| e.to_string())?;
+    let f = crate::util::fs::open(file).map_err(|e| e.to_string())?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(f)).map_err(|e| {
         format!("not a torch.save checkpoint: a zip archive that cannot be read ({e})")
     })?;

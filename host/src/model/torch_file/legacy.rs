@@ -26,7 +26,7 @@ const PROTOCOL_VERSION: i128 = 1001;
 
 /// The tensors of the legacy-format checkpoint `file`, in file order.
 pub(super) fn read(file: &Path) -> Result<Vec<(String, TorchTensor)>, String> {
-    let bytes = std::fs::read(file).map_err(|e| e.to_string())?;
+    let bytes = crate::util::fs::read(file).map_err(|e| e.to_string())?;
     read_bytes(&bytes)
 }
 

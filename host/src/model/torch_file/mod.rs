@@ -82,7 +82,7 @@ enum Format {
 /// shorter one.
 fn head(file: &Path) -> Result<Vec<u8>, String> {
     let mut head = Vec::with_capacity(512);
-    std::fs::File::open(file)
+    crate::util::fs::open(file)
         .and_then(|f| f.take(512).read_to_end(&mut head))
         .map_err(|e| e.to_string())?;
     Ok(head)

@@ -28,17 +28,17 @@ fn candidates(explicit: Option<&Path>) -> Vec<(PathBuf, &'static str)> {
         if let Some(root) = exe_dir.parent().and_then(Path::parent) {
             dirs.push((
                 root.join("manifests"),
-                "the repository of the executable's build folder, <exe dir>/../../manifests",
+                "a build in the repository's target/<profile>/: <exe dir>/../../manifests",
             ));
         }
         if let Some(prefix) = exe_dir.parent() {
             dirs.push((
                 prefix.join("share").join("dtx").join("manifests"),
-                "installed layout, <exe dir>/../share/dtx/manifests",
+                "an installed layout: <exe dir>/../share/dtx/manifests",
             ));
         }
     }
-    dirs.push((PathBuf::from("manifests"), "the working folder"));
+    dirs.push((Path::new(".").join("manifests"), "the working folder"));
     dirs
 }
 

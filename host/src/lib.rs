@@ -6,8 +6,6 @@
 #![warn(missing_docs)]
 
 pub mod bench;
-pub mod bench_cas;
-pub mod bench_gmm;
 pub mod cli;
 pub mod condition;
 pub mod data;

@@ -18,7 +18,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// Crates built for the tests: the workspace's method plugins, the test
-/// plugins and `dtx`.
+/// plugins (and, by [`build_plugins`], `dtx` and `dtx-bench`).
 pub const PLUGIN_CRATES: &[&str] = &[
     "dtx-plugin-example",
     "dtx-plugin-sdft",
@@ -51,8 +51,9 @@ pub fn profile_dir() -> PathBuf {
     dir.to_path_buf()
 }
 
-/// Builds the plugins and the `dtx` binary once per process; returns the folder
-/// holding them. Panics with cargo's output when the build fails.
+/// Builds the plugins and the `dtx` and `dtx-bench` binaries once per
+/// process; returns the folder holding them. Panics with cargo's output when
+/// the build fails.
 pub fn build_plugins() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
@@ -71,8 +72,9 @@ pub fn build_plugins() -> &'static Path {
             cmd.args(["-p", c]);
         }
         // No target filter (`--bin` would apply to every package and build no
-        // plugin at all): each package's default targets.
-        cmd.args(["-p", "dtx"]);
+        // plugin at all): each package's default targets. `dtx bench
+        // transfer|gmm|cas|anl` run the `dtx-bench` executable beside `dtx`.
+        cmd.args(["-p", "dtx", "-p", "dtx-bench"]);
         let out = cmd
             .output()
             .expect("running cargo build for the test plugins");
@@ -155,7 +157,9 @@ pub fn run_dtx(args: &[&str], cwd: &Path) -> Output {
     }
 }
 
-/// Runs `dtx` in-process (same code as the binary) with `args`.
+/// Runs `dtx` in-process (same code as the binary) with `args`; `bench
+/// transfer|gmm|cas|anl` run the built `dtx-bench` beside `dtx`, as the
+/// binary does.
 pub fn run_in_process(args: &[&str]) -> Output {
     build_plugins();
     let mut out = Vec::new();

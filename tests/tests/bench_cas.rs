@@ -39,25 +39,14 @@ fn bench(out: &std::path::Path, extra: &[&str]) -> dtx_tests::Output {
         args.extend(["--set".to_owned(), s]);
     }
     args.extend(extra.iter().map(|s| s.to_string()));
+    // the arms' manifests are in the repository's shipped folder, named
+    // here so that the bench finds them from any working folder
+    args.extend([
+        "--manifests".to_owned(),
+        root.join("manifests").display().to_string(),
+    ]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    // the arms' manifests are named relative to the repository root
-    let _cwd = Cwd::enter(&root);
     run_in_process(&refs)
-}
-
-/// Enters a folder for the guard's life.
-struct Cwd(std::path::PathBuf);
-impl Cwd {
-    fn enter(dir: &std::path::Path) -> Cwd {
-        let old = std::env::current_dir().unwrap();
-        std::env::set_current_dir(dir).unwrap();
-        Cwd(old)
-    }
-}
-impl Drop for Cwd {
-    fn drop(&mut self) {
-        let _ = std::env::set_current_dir(&self.0);
-    }
 }
 
 #[test]

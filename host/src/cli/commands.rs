@@ -141,12 +141,18 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    // The research benchmarks below live in the `dtx-bench` executable
+    // (crate `bench/`): `dtx bench <command> ARGS…` runs `dtx-bench <command>
+    // ARGS…` (`super::forward`), so their own `--help` is dtx-bench's. The
+    // one-line descriptions here are the ones `dtx bench --help` lists;
+    // keep them equal to bench/src/cli/mod.rs (a test compares them).
     /// Runs transfer manifests (default: scratch, naive fine-tune, SDFT from
     /// `manifests/`) on the same target set and seeds and prints one table
     /// of their `[eval]` metrics and wall times, then each against naive
     /// fine-tuning paired by seed with 95 % intervals; per-seed values in
     /// `<runs>/bench-transfer/results.json`.
-    Transfer(super::bench_transfer::TransferArgs),
+    #[command(disable_help_flag = true)]
+    Transfer(ForwardArgs),
     /// The TGDP talk's Gaussian-mixture simulation: pretrains a source MLP
     /// on `builtin:gmm`, transfers it to n points of the reweighted target
     /// mixture with each method (source only, target only, fine-tune, SDFT,
@@ -154,7 +160,8 @@ pub enum BenchCommand {
     /// density, mean log-density, component coverage) and draws them; one
     /// table, the paired differences by seed with 95 % intervals,
     /// results.json and scatter PNGs in `--out`.
-    Gmm(super::bench_gmm::GmmArgs),
+    #[command(disable_help_flag = true)]
+    Gmm(ForwardArgs),
     /// The classification accuracy score of class-conditional transfer:
     /// per seed, fine-tuning, + classifier-free guidance, + rejection and
     /// SDFT + rejection (manifests/rejection.toml, sdft-rejection.toml)
@@ -162,7 +169,8 @@ pub enum BenchCommand {
     /// each arm's images, and on the real target images, is scored on real
     /// test images. One table, the paired CAS differences by seed with 95 %
     /// intervals, results.json and table.md in `<runs>/bench-cas/`.
-    Cas(super::bench_cas::CasArgs),
+    #[command(disable_help_flag = true)]
+    Cas(ForwardArgs),
     /// ANL against naive fine-tuning: manifests/anl.toml,
     /// anl-unconditional.toml and naive-finetune.toml on the same target
     /// set, seeds and step counts (KID_dtx/FD_dtx, trainable parameters,
@@ -170,7 +178,35 @@ pub enum BenchCommand {
     /// 0.9 (KID against the spread of samples sharing a condition image);
     /// paired differences by seed with 95 % intervals, results.json in
     /// `<runs>/bench-anl/`.
-    Anl(super::bench_anl::AnlArgs),
+    #[command(disable_help_flag = true)]
+    Anl(ForwardArgs),
+}
+
+/// The arguments of a benchmark that `dtx-bench` runs, passed on verbatim.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ForwardArgs {
+    /// The benchmark's arguments (`dtx bench <command> --help` lists them).
+    #[arg(
+        num_args = 0..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    pub args: Vec<std::ffi::OsString>,
+}
+
+impl BenchCommand {
+    /// The `dtx-bench` subcommand and its arguments, for the benchmarks
+    /// that executable runs; `None` for `engine`, which runs in-process.
+    pub fn forwarded(&self) -> Option<(&'static str, &[std::ffi::OsString])> {
+        match self {
+            BenchCommand::Engine { .. } => None,
+            BenchCommand::Transfer(a) => Some(("transfer", &a.args)),
+            BenchCommand::Gmm(a) => Some(("gmm", &a.args)),
+            BenchCommand::Cas(a) => Some(("cas", &a.args)),
+            BenchCommand::Anl(a) => Some(("anl", &a.args)),
+        }
+    }
 }
 
 /// `dtx plugins <command>`.
@@ -250,18 +286,13 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         Command::Eval(args) => super::eval_cmd::run(&args, out)?,
         Command::Model { command } => super::model_cmd::run(&command, out)?,
-        Command::Bench {
-            command: BenchCommand::Transfer(args),
-        } => super::bench_transfer::run(&args, out)?,
-        Command::Bench {
-            command: BenchCommand::Gmm(args),
-        } => super::bench_gmm::run(&args, out)?,
-        Command::Bench {
-            command: BenchCommand::Anl(args),
-        } => super::bench_anl::run(&args, out)?,
-        Command::Bench {
-            command: BenchCommand::Cas(args),
-        } => super::bench_cas::run(&args, out)?,
+        Command::Bench { command: bench } => {
+            let (name, args) = bench.forwarded().expect("`engine` is matched above");
+            let code = super::forward::bench(name, args, out, None)?;
+            if code != 0 {
+                bail!("`dtx bench {name}` failed (dtx-bench exited with status {code})");
+            }
+        }
         Command::Plugins {
             command: PluginsCommand::List { dir },
         } => plugins_list(&dir, out)?,
@@ -433,12 +464,14 @@ fn bench_engine(
 }
 
 /// What [`plan_and_run`] carries out.
-pub(super) enum Job<'a> {
+pub enum Job<'a> {
     /// `dtx run` (and the runs of `dtx pretrain` and the benches).
     Run(&'a crate::run::RunOptions),
     /// `dtx sample`: from `checkpoint` into the folder `out`.
     Sample {
+        /// The checkpoint to sample (`<run>/checkpoints/latest.safetensors`).
         checkpoint: &'a std::path::Path,
+        /// The folder the samples go to.
         out: &'a std::path::Path,
     },
 }
@@ -456,8 +489,10 @@ impl Job<'_> {
     }
 }
 
-/// Resolves the manifest on the backend it names and carries out `job`.
-pub(super) fn plan_and_run(
+/// Resolves the manifest on the backend it names (`run.backend`: the CPU,
+/// or CUDA in a build with the `cuda` feature) and carries out `job`: what
+/// `dtx run` and `dtx sample` do, and the benches' runs (crate `dtx-bench`).
+pub fn plan_and_run(
     loaded: manifest::LoadedManifest,
     job: Job,
     out: &mut dyn Write,

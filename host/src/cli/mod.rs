@@ -2,18 +2,17 @@
 //! command. Commands write to the `out` they are given, so tests run them
 //! in-process and snapshot what a user would see.
 
-mod bench_anl;
-mod bench_cas;
-mod bench_gmm;
-mod bench_transfer;
 mod commands;
 mod eval_cmd;
 mod eval_features;
+pub mod forward;
 mod model_cmd;
 mod model_forward;
 mod model_open;
 
-pub use commands::{BenchCommand, Cli, Command, PluginsCommand, execute};
+pub use commands::{
+    BenchCommand, Cli, Command, ForwardArgs, Job, PluginsCommand, execute, plan_and_run,
+};
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -25,14 +24,17 @@ pub const EXIT_USAGE: i32 = 2;
 
 /// Parses `args` (including the program name) and runs the command; writes
 /// results to `out` and the error (rendered once, whole) to `err`. Returns the
-/// process exit code.
+/// process exit code. `dtx bench transfer|gmm|cas|anl` run the `dtx-bench`
+/// executable ([`forward`]): its output goes to `out` and `err` as it comes,
+/// and its exit status is returned.
 pub fn main_with(
     args: impl IntoIterator<Item = OsString>,
     out: &mut dyn Write,
-    err: &mut dyn Write,
+    err: &mut (dyn Write + Send),
 ) -> i32 {
     use clap::Parser;
-    let cli = match Cli::try_parse_from(args) {
+    let args: Vec<OsString> = args.into_iter().collect();
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
@@ -45,6 +47,23 @@ pub fn main_with(
             return code;
         }
     };
+    if let Command::Bench { command } = &cli.command
+        && let Some((name, forwarded)) = command.forwarded()
+    {
+        // Verbatim: what follows `bench <name>` on the command line (clap
+        // drops a leading `--` from the parsed values).
+        let tail = match args.get(1..3) {
+            Some([b, n]) if b == "bench" && n == name => &args[3..],
+            _ => forwarded,
+        };
+        return match forward::bench(name, tail, out, Some(&mut *err)) {
+            Ok(code) => code,
+            Err(e) => {
+                let _ = writeln!(err, "{}", render_error(&e));
+                EXIT_FAILURE
+            }
+        };
+    }
     match execute(cli, out) {
         Ok(()) => 0,
         Err(e) => {

@@ -176,7 +176,7 @@ pub(super) fn load_targets(
 /// The target set of a run, split into `(train, held_out)` (`target.holdout`
 /// examples held out first, then `limit` chosen from the rest), checked
 /// against the shape the model takes.
-pub(crate) fn load_target(plan: &Plan, data_shape: &[usize]) -> Result<(Dataset, Dataset)> {
+pub fn load_target(plan: &Plan, data_shape: &[usize]) -> Result<(Dataset, Dataset)> {
     let m = &plan.manifest.manifest;
     let t = m
         .target

@@ -30,7 +30,7 @@ use dtx_plugin_api::abi::Hook;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub(crate) use inputs::load_target;
+pub use inputs::load_target;
 pub use sampling::SamplingStats;
 
 /// How to run.

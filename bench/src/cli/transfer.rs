@@ -1,28 +1,25 @@
 //! `dtx bench transfer`: the same target set, seeds and step budget through
 //! several transfer manifests, one table of their `[eval]` metrics, then
 //! each manifest against naive fine-tuning paired by seed with 95 %
-//! intervals (`crate::eval::paired`); `results.json` keeps every value.
+//! intervals (`dtx::eval::paired`); `results.json` keeps every value.
 
-use crate::eval::paired::{self, Line, Paired};
-use crate::manifest;
 use anyhow::{Context, bail};
+use dtx::eval::paired::{self, Line, Paired};
+use dtx::manifest;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::PathBuf;
 
-/// The manifests compared when none are given.
-const DEFAULT_MANIFESTS: [&str; 3] = [
-    "manifests/scratch.toml",
-    "manifests/naive-finetune.toml",
-    "manifests/sdft.toml",
-];
+/// The manifests compared when none are given, in the shipped manifests
+/// folder (`crate::shipped`).
+const DEFAULT_MANIFESTS: [&str; 3] = ["scratch.toml", "naive-finetune.toml", "sdft.toml"];
 
 /// `dtx bench transfer` arguments.
 #[derive(Debug, clap::Args)]
 pub struct TransferArgs {
     /// Manifests to compare; each needs `[eval]` metrics. Default:
-    /// manifests/scratch.toml, manifests/naive-finetune.toml and
-    /// manifests/sdft.toml (run from the repository root).
+    /// scratch.toml, naive-finetune.toml and sdft.toml of the shipped
+    /// manifests folder (see `--manifests`).
     pub manifests: Vec<PathBuf>,
     /// Seeds, comma-separated: each manifest runs once per seed (`run.seed`),
     /// as `bench-<run name>-seed<seed>` in its output folder (a previous
@@ -37,6 +34,15 @@ pub struct TransferArgs {
     /// in the first manifest's output folder (replaced on a rerun).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// The shipped manifests folder, for the default manifests (default:
+    /// $DTX_MANIFESTS, else the repository's or installation's `manifests/`
+    /// found from the executable, else `./manifests`).
+    #[arg(long = "manifests", value_name = "DIR")]
+    pub manifests_dir: Option<PathBuf>,
+    /// Folder for the runs and `bench-transfer/` (default: the manifests'
+    /// `run.output_dir`, `runs/` beside the shipped manifests folder).
+    #[arg(long, value_name = "DIR")]
+    pub runs: Option<PathBuf>,
 }
 
 /// The baseline every other manifest is compared with, seed by seed: the
@@ -76,19 +82,22 @@ fn cell(v: Option<f64>) -> String {
 
 /// Runs `dtx bench transfer`.
 pub fn run(a: &TransferArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let manifests: Vec<PathBuf> = if a.manifests.is_empty() {
-        DEFAULT_MANIFESTS.iter().map(PathBuf::from).collect()
-    } else {
-        a.manifests.clone()
-    };
     if a.seeds.is_empty() {
         bail!("--seeds needs at least one seed");
     }
+    let manifests: Vec<PathBuf> = if a.manifests.is_empty() {
+        let dir = crate::shipped::find_manifests(a.manifests_dir.as_deref(), &DEFAULT_MANIFESTS)?;
+        DEFAULT_MANIFESTS.iter().map(|f| dir.join(f)).collect()
+    } else {
+        a.manifests.clone()
+    };
+    let mut overrides = a.set.clone();
+    overrides.extend(crate::shipped::runs_override(a.runs.as_deref())?);
     // Every manifest loads (and has metrics) before anything runs.
     let mut loaded = Vec::new();
     let mut results_dir = None;
     for path in &manifests {
-        let m = load_with_metrics(path, &a.set)?;
+        let m = load_with_metrics(path, &overrides)?;
         results_dir.get_or_insert_with(|| m.output_dir().join("bench-transfer"));
         loaded.push((path.clone(), m.manifest.run.name.clone()));
     }
@@ -96,7 +105,7 @@ pub fn run(a: &TransferArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     for &seed in &a.seeds {
         for (path, name) in &loaded {
             let bench_name = format!("bench-{name}-seed{seed}");
-            let mut set = a.set.clone();
+            let mut set = overrides.clone();
             set.push(format!("run.seed={seed}"));
             writeln!(out, "== {name}, seed {seed} ({})", path.display())?;
             let (summary, seconds) = fresh_run(path, set, &bench_name)?;
@@ -220,7 +229,7 @@ pub(super) fn fresh_run(
     path: &std::path::Path,
     mut set: Vec<String>,
     run_name: &str,
-) -> anyhow::Result<(crate::run::RunSummary, f64)> {
+) -> anyhow::Result<(dtx::run::RunSummary, f64)> {
     set.push(format!("run.name=\"{run_name}\""));
     let m = manifest::load(path, &set)?;
     let dir = m.output_dir().join(run_name);
@@ -228,14 +237,13 @@ pub(super) fn fresh_run(
         std::fs::remove_dir_all(&dir)
             .with_context(|| format!("replacing the bench run `{}`", dir.display()))?;
     }
-    let opts = crate::run::RunOptions {
+    let opts = dtx::run::RunOptions {
         quiet: true,
         ..Default::default()
     };
     let started = std::time::Instant::now();
-    let summary =
-        super::commands::plan_and_run(m, super::commands::Job::Run(&opts), &mut Vec::new())
-            .with_context(|| format!("bench run `{run_name}` of `{}`", path.display()))?;
+    let summary = dtx::cli::plan_and_run(m, dtx::cli::Job::Run(&opts), &mut Vec::new())
+        .with_context(|| format!("bench run `{run_name}` of `{}`", path.display()))?;
     Ok((summary, started.elapsed().as_secs_f64()))
 }
 

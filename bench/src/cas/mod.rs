@@ -10,9 +10,9 @@
 pub mod classifier;
 pub mod table;
 
-use crate::data::{Dataset, chw_from_rgb};
-use crate::run::SamplingStats;
 use anyhow::{Context, bail};
+use dtx::data::{Dataset, chw_from_rgb};
+use dtx::run::SamplingStats;
 use std::path::{Path, PathBuf};
 
 pub use classifier::{ClassifierSettings, train_and_score};
@@ -32,8 +32,8 @@ pub struct Arm {
     pub name: &'static str,
     /// Name in run folders (`finetune-cfg`): `bench-cas-<slug>-seed<s>`.
     pub slug: &'static str,
-    /// The manifest, relative to the working folder; `None` for the real
-    /// images.
+    /// The manifest, in the shipped manifests folder
+    /// (`crate::shipped`); `None` for the real images.
     pub manifest: Option<&'static str>,
     /// Overrides that make the arm from its manifest.
     pub sets: &'static [&'static str],
@@ -48,7 +48,7 @@ pub const ARMS: [Arm; 5] = [
     Arm {
         name: "finetune",
         slug: "finetune",
-        manifest: Some("manifests/rejection.toml"),
+        manifest: Some("rejection.toml"),
         sets: &[
             "plugin.0.config.cfg_weight=0",
             "plugin.0.config.reject=false",
@@ -58,21 +58,21 @@ pub const ARMS: [Arm; 5] = [
     Arm {
         name: "finetune+cfg",
         slug: "finetune-cfg",
-        manifest: Some("manifests/rejection.toml"),
+        manifest: Some("rejection.toml"),
         sets: &["plugin.0.config.reject=false"],
         guidance: 0,
     },
     Arm {
         name: "finetune+cfg+rejection",
         slug: "finetune-cfg-rejection",
-        manifest: Some("manifests/rejection.toml"),
+        manifest: Some("rejection.toml"),
         sets: &[],
         guidance: 0,
     },
     Arm {
         name: "sdft+rejection",
         slug: "sdft-rejection",
-        manifest: Some("manifests/sdft-rejection.toml"),
+        manifest: Some("sdft-rejection.toml"),
         sets: &[],
         guidance: 1,
     },

@@ -58,7 +58,7 @@ impl Method {
             .find(|m| m.name() == name)
             .ok_or_else(|| {
                 let names: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
-                let hint = crate::util::nearest(name, names.iter().copied())
+                let hint = dtx::util::nearest(name, names.iter().copied())
                     .map(|n| format!(" (did you mean `{n}`?)"))
                     .unwrap_or_default();
                 format!(
@@ -397,7 +397,7 @@ fn quoted(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest;
+    use dtx::manifest;
 
     #[test]
     fn methods_parse_by_name_and_suggest() {

@@ -8,7 +8,7 @@
 //! or lower neighbour. Samples are small dark squares, training points
 //! larger red ones drawn over them. x grows to the right, y upwards.
 
-use crate::data::Gmm;
+use dtx::data::Gmm;
 use image::{Rgb, RgbImage};
 
 /// Side of the image in pixels.

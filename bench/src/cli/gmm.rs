@@ -1,14 +1,14 @@
 //! `dtx bench gmm`: the TGDP talk's Gaussian-mixture simulation. Per seed it
 //! pretrains a source MLP on the source mixture, runs each method at each
 //! target size n, scores the samples under the exact target density and
-//! draws them; at the end it prints one table (`crate::bench_gmm` has the
+//! draws them; at the end it prints one table (`crate::gmm` has the
 //! setting, the scores and the plots).
 
-use crate::bench_gmm::{Method, Row, Setting, metrics, scatter, table};
-use crate::data::Gmm;
-use crate::manifest;
-use crate::run::RunSummary;
+use crate::gmm::{Method, Row, Setting, metrics, scatter, table};
 use anyhow::{Context, bail};
+use dtx::data::Gmm;
+use dtx::manifest;
+use dtx::run::RunSummary;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -96,9 +96,9 @@ pub fn run(a: &GmmArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     std::fs::create_dir_all(&manifest_dir)?;
 
     // Before anything trains: the plugins are there and every manifest loads.
-    let dirs = crate::plugins::search_dirs(Some(&manifest_dir));
+    let dirs = dtx::plugins::search_dirs(Some(&manifest_dir));
     for (m, lib) in methods.iter().filter_map(|m| Some((m, m.plugin()?))) {
-        crate::plugins::resolve_library(lib, &dirs, None).with_context(|| {
+        dtx::plugins::resolve_library(lib, &dirs, None).with_context(|| {
             format!(
                 "method `{}` needs the plugin `{lib}`: build it (`cargo build --release -p {}`) or put it on DTX_PLUGIN_PATH",
                 m.name(),
@@ -266,15 +266,14 @@ fn run_one(job: &Job, runs: &Path) -> anyhow::Result<(RunSummary, f64)> {
             .with_context(|| format!("replacing the bench run `{}`", dir.display()))?;
     }
     let loaded = manifest::load(&job.manifest, &[])?;
-    let opts = crate::run::RunOptions {
+    let opts = dtx::run::RunOptions {
         quiet: true,
         ..Default::default()
     };
     let started = Instant::now();
     let mut sink = Vec::new();
-    let summary =
-        super::commands::plan_and_run(loaded, super::commands::Job::Run(&opts), &mut sink)
-            .with_context(|| format!("bench run `{}` ({})", job.name, job.manifest.display()))?;
+    let summary = dtx::cli::plan_and_run(loaded, dtx::cli::Job::Run(&opts), &mut sink)
+        .with_context(|| format!("bench run `{}` ({})", job.name, job.manifest.display()))?;
     Ok((summary, started.elapsed().as_secs_f64()))
 }
 
@@ -295,7 +294,7 @@ fn samples_of(summary: &RunSummary, name: &str) -> anyhow::Result<Vec<f32>> {
 fn target_points(n: usize, seed: u64) -> anyhow::Result<Vec<f32>> {
     let mut config = toml::Table::new();
     config.insert("preset".into(), "target".into());
-    Ok(crate::data::builtin("gmm", &config, seed, n)?.samples)
+    Ok(dtx::data::builtin("gmm", &config, seed, n)?.samples)
 }
 
 fn save_png(img: &image::RgbImage, root: &Path, stem: &str) -> anyhow::Result<()> {

@@ -7,10 +7,10 @@
 //! (each arm against naive fine-tuning, each δ against the first) with 95 %
 //! intervals; `bench-anl/results.json` keeps every value.
 
-use crate::eval::paired::{self, Line, Paired};
-use crate::manifest;
-use crate::plan;
 use anyhow::{Context, bail};
+use dtx::eval::paired::{self, Line, Paired};
+use dtx::manifest;
+use dtx::plan;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write;
@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, clap::Args)]
 pub struct AnlArgs {
     /// The arms, as `name=manifest` or a manifest path (named by its run).
-    /// Default: anl=manifests/anl.toml,
-    /// anl-unconditional=manifests/anl-unconditional.toml,
-    /// naive-finetune=manifests/naive-finetune.toml.
+    /// Default: anl=anl.toml, anl-unconditional=anl-unconditional.toml,
+    /// naive-finetune=naive-finetune.toml of the shipped manifests folder
+    /// (see `--manifests`).
     #[arg(long, value_delimiter = ',')]
     pub arms: Vec<String>,
     /// Training steps, comma-separated: every arm trains once per count.
@@ -47,16 +47,27 @@ pub struct AnlArgs {
     /// the first arm's output folder (replaced on a rerun).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// The shipped manifests folder, for the default arms (default:
+    /// $DTX_MANIFESTS, else the repository's or installation's `manifests/`
+    /// found from the executable, else `./manifests`).
+    #[arg(long = "manifests", value_name = "DIR")]
+    pub manifests_dir: Option<PathBuf>,
+    /// Folder for the runs and `bench-anl/` (default: the arms'
+    /// `run.output_dir`, `runs/` beside the shipped manifests folder).
+    #[arg(long, value_name = "DIR")]
+    pub runs: Option<PathBuf>,
 }
 
 /// The arm every other is compared with, seed by seed: the one of this
 /// name, else the last arm.
 const BASELINE: &str = "naive-finetune";
 
+/// The arms when none are given: (name, manifest in the shipped manifests
+/// folder).
 const DEFAULT_ARMS: [(&str, &str); 3] = [
-    ("anl", "manifests/anl.toml"),
-    ("anl-unconditional", "manifests/anl-unconditional.toml"),
-    ("naive-finetune", "manifests/naive-finetune.toml"),
+    ("anl", "anl.toml"),
+    ("anl-unconditional", "anl-unconditional.toml"),
+    ("naive-finetune", "naive-finetune.toml"),
 ];
 
 #[derive(serde::Serialize)]
@@ -79,14 +90,16 @@ struct SweepRow {
     spread: Option<f64>,
 }
 
-fn arms(a: &AnlArgs) -> Vec<(String, PathBuf)> {
+fn arms(a: &AnlArgs) -> anyhow::Result<Vec<(String, PathBuf)>> {
     if a.arms.is_empty() {
-        return DEFAULT_ARMS
+        let files = DEFAULT_ARMS.map(|(_, f)| f);
+        let dir = crate::shipped::find_manifests(a.manifests_dir.as_deref(), &files)?;
+        return Ok(DEFAULT_ARMS
             .iter()
-            .map(|(n, p)| (n.to_string(), PathBuf::from(p)))
-            .collect();
+            .map(|(n, f)| (n.to_string(), dir.join(f)))
+            .collect());
     }
-    a.arms
+    Ok(a.arms
         .iter()
         .map(|s| match s.split_once('=') {
             Some((n, p)) => (n.to_owned(), PathBuf::from(p)),
@@ -98,7 +111,7 @@ fn arms(a: &AnlArgs) -> Vec<(String, PathBuf)> {
                 PathBuf::from(s),
             ),
         })
-        .collect()
+        .collect())
 }
 
 /// Trainable scalars of a resolved run: base (per `train.trainable`) plus
@@ -140,20 +153,26 @@ fn cell(v: Option<f64>) -> String {
 
 /// Runs `dtx bench anl`.
 pub fn run(a: &AnlArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let arms = arms(a);
-    if a.seeds.is_empty() || a.steps.is_empty() || arms.is_empty() {
-        bail!("--seeds, --steps and --arms need at least one value each");
+    let need = "--seeds, --steps and --arms need at least one value each";
+    if a.seeds.is_empty() || a.steps.is_empty() {
+        bail!(need);
     }
     if let Some(d) = a.mask_rates.iter().find(|d| !(0.0..1.0).contains(*d)) {
         bail!("--mask-rates: {d} is outside [0, 1)");
     }
+    let arms = arms(a)?;
+    if arms.is_empty() {
+        bail!(need);
+    }
+    let mut overrides = a.set.clone();
+    overrides.extend(crate::shipped::runs_override(a.runs.as_deref())?);
     // Every arm resolves (plugins built, [eval] present) before anything
     // runs; its trainable parameters do not depend on the seed or steps.
     let mut params = Vec::new();
     let mut emas = Vec::new();
     let mut results_dir = None;
     for (name, path) in &arms {
-        let m = super::bench_transfer::load_with_metrics(path, &a.set)
+        let m = super::transfer::load_with_metrics(path, &overrides)
             .with_context(|| format!("arm `{name}`"))?;
         results_dir.get_or_insert_with(|| m.output_dir().join("bench-anl"));
         emas.push(
@@ -173,7 +192,7 @@ pub fn run(a: &AnlArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     for &seed in &a.seeds {
         for (i, (name, path)) in arms.iter().enumerate() {
             for &steps in &a.steps {
-                let mut set = a.set.clone();
+                let mut set = overrides.clone();
                 set.extend([
                     format!("run.seed={seed}"),
                     format!("train.steps={steps}"),
@@ -181,7 +200,7 @@ pub fn run(a: &AnlArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 ]);
                 writeln!(out, "== {name}, {steps} steps, seed {seed}")?;
                 let run_name = format!("bench-anl-{name}-{steps}-seed{seed}");
-                let (summary, seconds) = super::bench_transfer::fresh_run(path, set, &run_name)?;
+                let (summary, seconds) = super::transfer::fresh_run(path, set, &run_name)?;
                 let e = summary
                     .evaluation
                     .context("the run produced no evaluation")?;
@@ -319,11 +338,11 @@ fn sample_at(dir: &Path, seed: u64, delta: f64, out: &mut dyn Write) -> anyhow::
     )?;
     let dest = dir.join(format!("mask-{delta}"));
     let checkpoint = dir.join("checkpoints/latest.safetensors");
-    let job = super::commands::Job::Sample {
+    let job = dtx::cli::Job::Sample {
         checkpoint: &checkpoint,
         out: &dest,
     };
-    let summary = super::commands::plan_and_run(loaded, job, &mut Vec::new())?;
+    let summary = dtx::cli::plan_and_run(loaded, job, &mut Vec::new())?;
     let e = summary.evaluation.context("no evaluation")?;
     let spread = summary.samples.as_ref().and_then(|(s, shape)| {
         spread(

@@ -4,7 +4,7 @@
 
 use super::metrics::Scores;
 use super::setting::{Method, Setting};
-use crate::eval::paired::{self, Line, Paired};
+use dtx::eval::paired::{self, Line, Paired};
 use std::fmt::Write as _;
 
 /// One scored point set: a run, or the exact reference.

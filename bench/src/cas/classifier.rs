@@ -11,14 +11,14 @@
 //! probability ½ (the transfer runs train with `flip = true`, so mirrored
 //! images are in the target distribution).
 
-use crate::data::Dataset;
-use crate::tensor_abi::ParamStore;
-use crate::train::optim::{Adam, AdamConfig, Rule};
 use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::module::{avg_pool2d, conv2d};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
+use dtx::data::Dataset;
+use dtx::tensor_abi::ParamStore;
+use dtx::train::optim::{Adam, AdamConfig, Rule};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
@@ -239,7 +239,7 @@ pub fn train_and_score<B: AutodiffBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor_abi::CpuBackend;
+    use dtx::tensor_abi::CpuBackend;
 
     /// `n` noisy 16 × 16 images: class 0 has a bright top half, class 1 a
     /// bright bottom half (alternating classes), Gaussian noise of sd 0.3.

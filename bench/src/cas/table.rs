@@ -3,7 +3,7 @@
 //! images per class its classifiers trained on; then the paired differences
 //! of CAS between arms, seed by seed.
 
-use crate::eval::paired::{self, Line, Paired};
+use dtx::eval::paired::{self, Line, Paired};
 use std::fmt::Write as _;
 
 /// The CAS comparisons, (arm, baseline): every arm against plain fine-tuning,

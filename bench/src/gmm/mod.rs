@@ -4,7 +4,7 @@
 //! methods' samples are scored under the exact target density. This folder
 //! owns the setting and the manifests it generates ([`setting`]), the
 //! scores ([`metrics`]), the scatter plots ([`scatter`]) and the table
-//! ([`table`]); the command itself is `cli/bench_gmm.rs`.
+//! ([`table`]); the command itself is `cli/gmm.rs`.
 
 pub mod metrics;
 pub mod scatter;

@@ -1,22 +1,22 @@
 //! `dtx bench cas`: per seed, the class-conditional transfer runs of each
-//! arm (`crate::bench_cas::ARMS`), the real target images, one classifier
+//! arm (`crate::cas::ARMS`), the real target images, one classifier
 //! per arm, its accuracy on real test images, one table.
 
-use crate::bench_cas::{self, ARMS, Arm, ClassifierSettings, TEST_IMAGES, TEST_SEED, table::Row};
-use crate::data::{self, Dataset};
-use crate::manifest::{self, LoadedManifest};
-use crate::tensor_abi::CpuBackend;
+use crate::cas::{self, ARMS, Arm, ClassifierSettings, TEST_IMAGES, TEST_SEED, table::Row};
 use anyhow::{Context, bail};
+use dtx::data::{self, Dataset};
+use dtx::manifest::{self, LoadedManifest};
+use dtx::tensor_abi::CpuBackend;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// `dtx bench cas` arguments.
 #[derive(Debug, clap::Args)]
 pub struct CasArgs {
     /// Seeds, comma-separated: each arm runs once per seed (`run.seed`), as
-    /// `bench-cas-<arm>-seed<seed>` in the manifests' output folder (a
-    /// previous run of that name is replaced).
+    /// `bench-cas-<arm>-seed<seed>` in the manifests' output folder (or
+    /// `--runs`; a previous run of that name is replaced).
     #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
     pub seeds: Vec<u64>,
     /// Overrides applied to every run (`train.steps=100`, …).
@@ -37,27 +37,39 @@ pub struct CasArgs {
     /// Also write the Markdown table to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// The shipped manifests folder, which holds the arms' rejection.toml
+    /// and sdft-rejection.toml (default: $DTX_MANIFESTS, else the
+    /// repository's or installation's `manifests/` found from the
+    /// executable, else `./manifests`).
+    #[arg(long = "manifests", value_name = "DIR")]
+    pub manifests_dir: Option<PathBuf>,
+    /// Folder for the runs and `bench-cas/` (default: the manifests'
+    /// `run.output_dir`, `runs/` beside the shipped manifests folder).
+    #[arg(long, value_name = "DIR")]
+    pub runs: Option<PathBuf>,
     /// Two training, sampling and plugin-classifier steps, a short CAS
     /// classifier (for tests; the numbers mean nothing).
     #[arg(long, hide = true)]
     pub quick: bool,
 }
 
-/// The overrides that make `arm`'s run at `seed`.
-fn arm_sets(a: &CasArgs, arm: &Arm, seed: u64, count: usize) -> Vec<String> {
-    let mut set = a.set.clone();
+/// The overrides that make `arm`'s run at `seed`, after `base` (the
+/// user's `--set` and `--runs`).
+fn arm_sets(a: &CasArgs, base: &[String], arm: &Arm, seed: u64, count: usize) -> Vec<String> {
+    let mut set = base.to_vec();
     if a.quick {
-        set.extend(bench_cas::quick_sets(arm));
+        set.extend(cas::quick_sets(arm));
     }
     set.push(format!("run.seed={seed}"));
-    set.push(format!("run.name=\"{}\"", bench_cas::run_name(arm, seed)));
+    set.push(format!("run.name=\"{}\"", cas::run_name(arm, seed)));
     set.push(format!("sample.count={count}"));
     set.extend(arm.sets.iter().map(|s| (*s).to_owned()));
     set
 }
 
 /// The target's class names (`target.labels` must be on).
-fn class_names(m: &LoadedManifest, path: &str) -> anyhow::Result<Vec<String>> {
+fn class_names(m: &LoadedManifest, path: &Path) -> anyhow::Result<Vec<String>> {
+    let path = path.display();
     let t = m
         .manifest
         .target
@@ -97,14 +109,23 @@ pub fn run(a: &CasArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         bail!("--per-class and --test-images must be at least 1");
     }
     let synthetic: Vec<&Arm> = ARMS.iter().filter(|a| a.manifest.is_some()).collect();
+    let mut files: Vec<&str> = synthetic.iter().filter_map(|a| a.manifest).collect();
+    files.dedup();
+    let manifests = crate::shipped::find_manifests(a.manifests_dir.as_deref(), &files)?;
+    let manifest_of = |arm: &Arm| manifests.join(arm.manifest.expect("synthetic arm"));
+    let mut base = a.set.clone();
+    base.extend(crate::shipped::runs_override(a.runs.as_deref())?);
     // Every arm's manifest loads, and the targets agree, before anything runs.
     let mut classes: Option<Vec<String>> = None;
     for arm in &synthetic {
-        let path = arm.manifest.expect("synthetic arm");
-        let m = manifest::load(std::path::Path::new(path), &arm_sets(a, arm, a.seeds[0], 2))?;
-        let names = class_names(&m, path)?;
+        let path = manifest_of(arm);
+        let m = manifest::load(&path, &arm_sets(a, &base, arm, a.seeds[0], 2))?;
+        let names = class_names(&m, &path)?;
         if classes.as_ref().is_some_and(|c| *c != names) {
-            bail!("`{path}`: its target's classes {names:?} differ from the other arms'");
+            bail!(
+                "`{}`: its target's classes {names:?} differ from the other arms'",
+                path.display()
+            );
         }
         classes = Some(names);
     }
@@ -136,15 +157,15 @@ pub fn run(a: &CasArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         let mut sets = Vec::new();
         let mut reference: Option<LoadedManifest> = None;
         for arm in &synthetic {
-            let path = std::path::Path::new(arm.manifest.expect("synthetic arm"));
-            let m = manifest::load(path, &arm_sets(a, arm, seed, count))?;
-            let dir = m.output_dir().join(bench_cas::run_name(arm, seed));
+            let path = &manifest_of(arm);
+            let m = manifest::load(path, &arm_sets(a, &base, arm, seed, count))?;
+            let dir = m.output_dir().join(cas::run_name(arm, seed));
             results_dir.get_or_insert_with(|| m.output_dir().join("bench-cas"));
             if arm.name == "finetune+cfg+rejection" {
-                reference = Some(manifest::load(path, &arm_sets(a, arm, seed, count))?);
+                reference = Some(manifest::load(path, &arm_sets(a, &base, arm, seed, count))?);
             }
             let started = Instant::now();
-            if a.reuse && bench_cas::finished_run(&dir, &m.to_portable_toml_string()) {
+            if a.reuse && cas::finished_run(&dir, &m.to_portable_toml_string()) {
                 writeln!(
                     out,
                     "== {}, seed {seed}: reusing {}",
@@ -157,22 +178,22 @@ pub fn run(a: &CasArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                         .with_context(|| format!("replacing the bench run `{}`", dir.display()))?;
                 }
                 writeln!(out, "== {}, seed {seed} ({})", arm.name, path.display())?;
-                let opts = crate::run::RunOptions {
+                let opts = dtx::run::RunOptions {
                     quiet: true,
                     ..Default::default()
                 };
                 let mut sink = Vec::new();
-                super::commands::plan_and_run(m, super::commands::Job::Run(&opts), &mut sink)
+                dtx::cli::plan_and_run(m, dtx::cli::Job::Run(&opts), &mut sink)
                     .with_context(|| format!("bench cas run `{}`", dir.display()))?;
             }
-            let r = bench_cas::read_run(&dir, &classes)?;
+            let r = cas::read_run(&dir, &classes)?;
             writeln!(
                 out,
                 "   {} of {} drawn kept ({:.1} %), per class {:?}, {:.0} s",
                 r.stats.accepted,
                 r.stats.drawn,
                 100.0 * r.stats.acceptance_rate(),
-                bench_cas::per_class_counts(r.set.labels.as_deref().unwrap_or(&[]), k),
+                cas::per_class_counts(r.set.labels.as_deref().unwrap_or(&[]), k),
                 started.elapsed().as_secs_f64()
             )?;
             if r.stats.accepted < r.stats.requested {
@@ -188,8 +209,8 @@ pub fn run(a: &CasArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         // limit as `dtx run` takes them).
         let reference = reference.context("the rejection arm is missing")?;
         let side = sets[0].1.sample_shape[1];
-        let plan = crate::plan::resolve(reference)?;
-        let (train, _held) = crate::run::load_target(&plan, &sets[0].1.sample_shape)?;
+        let plan = dtx::plan::resolve(reference)?;
+        let (train, _held) = dtx::run::load_target(&plan, &sets[0].1.sample_shape)?;
         let real = ARMS
             .iter()
             .find(|a| a.manifest.is_none())
@@ -202,9 +223,9 @@ pub fn run(a: &CasArgs, out: &mut dyn Write) -> anyhow::Result<()> {
 
         let counts: Vec<Vec<usize>> = sets
             .iter()
-            .map(|(_, s, _, _)| bench_cas::per_class_counts(s.labels.as_deref().unwrap_or(&[]), k))
+            .map(|(_, s, _, _)| cas::per_class_counts(s.labels.as_deref().unwrap_or(&[]), k))
             .collect();
-        let n = bench_cas::common_per_class(a.per_class, &counts);
+        let n = cas::common_per_class(a.per_class, &counts);
         if n == 0 {
             bail!(
                 "seed {seed}: some arm has no image of some class ({counts:?}), so no arm can be scored"
@@ -218,15 +239,10 @@ pub fn run(a: &CasArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             )?;
         }
         for ((arm, set, stats, dir), available) in sets.iter().zip(counts) {
-            let cut = bench_cas::take_per_class(set, n, k)?;
-            let acc = bench_cas::train_and_score::<CpuBackend>(
-                &cut,
-                test,
-                k,
-                settings,
-                &Default::default(),
-            )
-            .map_err(|e| anyhow::anyhow!("{}, seed {seed}: {e}", arm.name))?;
+            let cut = cas::take_per_class(set, n, k)?;
+            let acc =
+                cas::train_and_score::<CpuBackend>(&cut, test, k, settings, &Default::default())
+                    .map_err(|e| anyhow::anyhow!("{}, seed {seed}: {e}", arm.name))?;
             writeln!(
                 out,
                 "   {}, seed {seed}: CAS {:.1} %",
@@ -247,11 +263,11 @@ pub fn run(a: &CasArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
 
     let order: Vec<&str> = ARMS.iter().map(|a| a.name).collect();
-    let lines = bench_cas::table::paired_lines(&rows);
+    let lines = cas::table::paired_lines(&rows);
     let table = format!(
         "{}\n{}",
-        bench_cas::table::markdown(&rows, &order, a.per_class),
-        bench_cas::table::paired_markdown(&lines)
+        cas::table::markdown(&rows, &order, a.per_class),
+        cas::table::paired_markdown(&lines)
     );
     writeln!(out, "\n{table}")?;
     let doc = format!(
@@ -279,7 +295,7 @@ pub fn run(a: &CasArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         "overrides": a.set,
         "quick": a.quick,
         "rows": rows,
-        "paired": crate::eval::paired::lines_json(&["arm", "against"], &["cas"], &lines),
+        "paired": dtx::eval::paired::lines_json(&["arm", "against"], &["cas"], &lines),
     });
     std::fs::write(
         root.join("results.json"),

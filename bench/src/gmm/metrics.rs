@@ -20,7 +20,7 @@
 //!   component to the heavy one, and so flatter a method that undercovers
 //!   the light ones.
 
-use crate::data::Gmm;
+use dtx::data::Gmm;
 
 /// A point set's scores under a mixture.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,7 +98,7 @@ pub fn score(gmm: &Gmm, points: &[f32]) -> Scores {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::gmm::{DEFAULT_STD, TARGET_WEIGHTS};
+    use dtx::data::gmm::{DEFAULT_STD, TARGET_WEIGHTS};
 
     /// f64 sums of at most a few thousand terms.
     const EXACT: f64 = 1e-12;

@@ -208,6 +208,19 @@ pub fn describe_config(config: &toml::Table) -> Result<ModelDescription, ModelEr
     r.bool("use_new_attention_order", Some(false))?;
 
     // Consistency.
+    use super::mlp::{MAX_DEPTH, MAX_WIDTH};
+    r.at_most(&[
+        ("image_size", image_size, MAX_WIDTH),
+        ("num_channels", nc, MAX_WIDTH),
+        ("num_res_blocks", nrb, MAX_DEPTH),
+        ("in_channels", in_channels, MAX_WIDTH),
+        (
+            "num_classes",
+            num_classes,
+            crate::util::limits::MAX_CLASSES as usize,
+        ),
+        ("channel_mult", mult.len(), 16),
+    ])?;
     for (key, n) in [
         ("image_size", image_size),
         ("num_channels", nc),
@@ -472,6 +485,30 @@ mod tests {
         assert_eq!(d.config_value("use_scale_shift_norm"), Some("true"));
         assert_eq!(d.config_value("num_heads"), Some("4"));
         assert_eq!(d.config.len(), KEYS.len());
+    }
+
+    #[test]
+    fn huge_counts_are_errors_at_their_key() {
+        for (from, to, key) in [
+            (
+                "num_res_blocks = 1",
+                "num_res_blocks = 4294967296",
+                "num_res_blocks",
+            ),
+            (
+                "num_channels = 64",
+                "num_channels = 4294967296",
+                "num_channels",
+            ),
+        ] {
+            let err = describe_config(&table(&SMALL.replace(from, to)))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains("must be at most"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

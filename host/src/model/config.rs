@@ -109,6 +109,20 @@ impl<'a> ConfigReader<'a> {
         self.in_force.insert(key.to_owned(), text.into());
     }
 
+    /// An error at the first key whose count exceeds its upper bound, given
+    /// as (key, value, most). The bounds keep a typo (`layers_per_block =
+    /// 4294967296`) from describing a network whose layer list alone would
+    /// exhaust memory; they are far above any model dtx can train.
+    pub(crate) fn at_most(&self, limits: &[(&str, usize, usize)]) -> Result<(), ModelError> {
+        match limits.iter().find(|&&(_, v, most)| v > most) {
+            Some(&(key, v, most)) => Err(ModelError::Invalid {
+                at: self.at(key),
+                reason: format!("must be at most {most}, got {v}"),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Every value recorded, sorted by key.
     pub(crate) fn finish(self) -> Vec<(String, String)> {
         self.in_force.into_iter().collect()

@@ -12,6 +12,7 @@
 
 use super::config::{ConfigReader, value_text};
 use super::describe::{Point, header_parameters};
+use super::mlp::{MAX_DEPTH, MAX_WIDTH};
 use super::{ModelDescription, ModelError, Origin};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -355,6 +356,19 @@ fn check_consistency(r: &ConfigReader, k: &Keys) -> Result<(), ModelError> {
         eps,
         ..
     } = k;
+    r.at_most(&[
+        ("sample_size", resolution, MAX_WIDTH),
+        ("in_channels", in_channels, MAX_WIDTH),
+        ("out_channels", out_channels, MAX_WIDTH),
+        ("layers_per_block", layers, MAX_DEPTH),
+        ("block_out_channels", channels.len(), 16),
+    ])?;
+    if let Some(i) = channels.iter().position(|&c| c > MAX_WIDTH) {
+        return Err(ModelError::Invalid {
+            at: r.at("block_out_channels").index(i),
+            reason: format!("must be at most {MAX_WIDTH}, got {}", channels[i]),
+        });
+    }
     let levels = channels.len();
     if levels == 0 {
         return Err(invalid(
@@ -542,6 +556,35 @@ mod tests {
         assert_eq!(d.config_value("_class_name"), None);
         assert!(d.config.windows(2).all(|w| w[0].0 < w[1].0));
         assert!(!d.parameters_known());
+    }
+
+    /// Counts past their bounds are errors at their key, not a layer list
+    /// that exhausts memory (found by fuzzing: `layers_per_block =
+    /// 4294967296` aborted `dtx plan`).
+    #[test]
+    fn huge_counts_are_errors_at_their_key() {
+        for (from, to, key) in [
+            (
+                "\"layers_per_block\": 1",
+                "\"layers_per_block\": 4294967296",
+                "layers_per_block",
+            ),
+            (
+                "\"sample_size\": 16",
+                "\"sample_size\": 1099511627776",
+                "sample_size",
+            ),
+            ("[32, 64]", "[32, 4294967296]", "block_out_channels[1]"),
+        ] {
+            let config = SMALL.replace(from, to);
+            let err = describe(&folder("diffusers-huge", &config))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains("must be at most"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

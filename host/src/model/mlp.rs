@@ -64,6 +64,11 @@ pub fn parameters(
     p
 }
 
+/// The widest layer or data vector a model config may ask for.
+pub(crate) const MAX_WIDTH: usize = 1 << 16;
+/// The most blocks (or layers per block) a model config may ask for.
+pub(crate) const MAX_DEPTH: usize = 1024;
+
 /// Describes the MLP that `config` defines. `path`, when given, names its
 /// weights, which must exist; they are read by the engine.
 pub fn describe(path: Option<&Path>, config: &toml::Table) -> Result<ModelDescription, ModelError> {
@@ -74,6 +79,16 @@ pub fn describe(path: Option<&Path>, config: &toml::Table) -> Result<ModelDescri
     let hidden = r.usize("hidden", Some(128))?;
     let blocks = r.usize("blocks", Some(2))?;
     let num_classes = r.usize("num_classes", Some(0))?;
+    r.at_most(&[
+        ("data_dim", data_dim, MAX_WIDTH),
+        ("hidden", hidden, MAX_WIDTH),
+        ("blocks", blocks, MAX_DEPTH),
+        (
+            "num_classes",
+            num_classes,
+            crate::util::limits::MAX_CLASSES as usize,
+        ),
+    ])?;
     for (key, n) in [("data_dim", data_dim), ("hidden", hidden)] {
         if n == 0 {
             return Err(ModelError::Invalid {
@@ -121,6 +136,21 @@ mod tests {
 
     fn table(text: &str) -> toml::Table {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn huge_counts_are_errors_at_their_key() {
+        for (text, key) in [
+            ("blocks = 4294967296", "blocks"),
+            ("hidden = 4294967296", "hidden"),
+            ("num_classes = 4000000000", "num_classes"),
+        ] {
+            let err = describe(None, &table(text)).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains("must be at most"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

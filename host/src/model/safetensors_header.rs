@@ -77,6 +77,14 @@ pub fn read_safetensors_header(file: &Path) -> Result<Vec<TensorHeader>, ModelEr
     let mut tensors = Vec::with_capacity(header.len());
     for (name, entry) in header {
         if name == "__metadata__" {
+            // safetensors reads it as a map of strings, and refuses the file
+            // otherwise
+            let strings = entry
+                .as_object()
+                .is_some_and(|m| m.values().all(Value::is_string));
+            if !strings {
+                return Err(bad("`__metadata__` must map names to strings".into()));
+            }
             continue;
         }
         let (dtype, shape, offsets) = (
@@ -106,7 +114,10 @@ pub fn read_safetensors_header(file: &Path) -> Result<Vec<TensorHeader>, ModelEr
             )));
         }
         if let Some(size) = dtype_size(dtype) {
-            let want = shape.iter().map(|&d| d as u64).product::<u64>() * size;
+            let want = shape
+                .iter()
+                .try_fold(size, |acc, &d| acc.checked_mul(d as u64))
+                .unwrap_or(u64::MAX);
             if end - begin != want {
                 return Err(bad(format!(
                     "entry `{name}` ({dtype} {shape:?}) needs {want} bytes but spans {}",
@@ -126,6 +137,24 @@ pub fn read_safetensors_header(file: &Path) -> Result<Vec<TensorHeader>, ModelEr
             .cmp(&b.data_offsets)
             .then(a.name.cmp(&b.name))
     });
+    // As the safetensors crate reads a file (and so as a run will): the
+    // tensors' data is contiguous and covers the rest of the file.
+    let mut covered = 0;
+    for t in &tensors {
+        if t.data_offsets.0 != covered {
+            return Err(bad(format!(
+                "entry `{}` starts at data byte {}, but the tensor before it ends at {covered}; \
+                 tensors must follow each other without gaps or overlaps",
+                t.name, t.data_offsets.0
+            )));
+        }
+        covered = t.data_offsets.1;
+    }
+    if covered != data_len {
+        return Err(bad(format!(
+            "the tensors cover {covered} of the {data_len} data bytes after the header"
+        )));
+    }
     Ok(tensors)
 }
 
@@ -205,5 +234,56 @@ pub(crate) mod tests {
         std::fs::write(&file, [1u8, 2]).unwrap();
         let err = read_safetensors_header(&file).unwrap_err().to_string();
         assert!(err.contains("fewer than the 8-byte length prefix"), "{err}");
+    }
+
+    /// What the safetensors crate refuses when a run loads the file, the
+    /// header check refuses too, so that `dtx plan` does (found by fuzzing).
+    #[test]
+    fn gaps_overlaps_uncovered_data_and_bad_metadata_are_refused() {
+        let dir = temp_dir("header-cover");
+        let file = dir.join("w.safetensors");
+        let cases = [
+            // a gap between two tensors
+            (
+                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},
+                    "b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#,
+                12,
+                "entry `b` starts at data byte 8, but the tensor before it ends at 4",
+            ),
+            // two tensors on the same bytes
+            (
+                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},
+                    "b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+                4,
+                "starts at data byte 0, but the tensor before it ends at 4",
+            ),
+            // bytes after the last tensor
+            (
+                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+                12,
+                "the tensors cover 4 of the 12 data bytes after the header",
+            ),
+            // metadata that is not a map of strings
+            (
+                r#"{"__metadata__":{"format":1},
+                    "a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+                4,
+                "`__metadata__` must map names to strings",
+            ),
+            // a shape whose byte count overflows
+            (
+                r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}}"#,
+                4,
+                "needs 18446744073709551615 bytes but spans 4",
+            ),
+        ];
+        for (header, data, want) in cases {
+            write_safetensors(&file, header, data);
+            let err = read_safetensors_header(&file).unwrap_err().to_string();
+            assert!(err.contains(want), "{header}: {err}");
+            let bytes = std::fs::read(&file).unwrap();
+            let crate_says = safetensors::SafeTensors::deserialize(&bytes);
+            assert!(crate_says.is_err(), "safetensors accepts {header}");
+        }
     }
 }

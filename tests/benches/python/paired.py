@@ -57,13 +57,14 @@ TRANSFER = {
 TRANSFER_COLUMNS = ["KID_dtx x1e3", "FD_dtx", "sample -> nearest train",
                     "held-out -> nearest train", "to source sample"]
 
-# docs/results.md, "dtx bench cas", CAS % per seed (0 / 1 / 2).
+# docs/results.md, "dtx bench cas", CAS % per seed (0 / 1 / 2 / 3 / 4;
+# seeds 3 and 4 from `dtx bench cas --seeds 3,4`).
 CAS = {
-    "finetune": [53.4, 43.2, 57.7],
-    "finetune+cfg": [52.0, 43.0, 56.9],
-    "finetune+cfg+rejection": [55.7, 62.6, 57.9],
-    "sdft+rejection": [55.6, 60.1, 58.6],
-    "real": [73.7, 68.9, 75.6],
+    "finetune": [53.4, 43.2, 57.7, 49.3, 54.9],
+    "finetune+cfg": [52.0, 43.0, 56.9, 50.4, 55.3],
+    "finetune+cfg+rejection": [55.7, 62.6, 57.9, 57.4, 59.4],
+    "sdft+rejection": [55.6, 60.1, 58.6, 63.0, 58.1],
+    "real": [73.7, 68.9, 75.6, 85.4, 66.2],
 }
 
 # docs/results.md, "dtx bench anl": (KID_dtx x1e3, FD_dtx) per seed 0, 1, 2.
@@ -146,7 +147,7 @@ def main():
         show(f"{run}: sample - held-out nearest-train distance",
              column(TRANSFER[run], 2), column(TRANSFER[run], 3))
 
-    print("cas (arm - baseline, CAS points, seeds 0-2)")
+    print("cas (arm - baseline, CAS points, seeds 0-4)")
     for arm, base in [
         ("finetune+cfg", "finetune"),
         ("finetune+cfg+rejection", "finetune"),

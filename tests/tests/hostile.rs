@@ -254,6 +254,38 @@ fn a_dtx_source_whose_checkpoint_does_not_fit_fails_the_plan() {
     .unwrap();
     let m = manifest.display().to_string();
     dtx_tests::run_in_process(&["plan", &m]).ok();
+    // An EMA value (which the run would load) of the wrong shape: the plan
+    // reads `ema/` tensors too (found by fuzzing).
+    let ckpt = run.join("checkpoints/latest.safetensors");
+    let bytes = std::fs::read(&ckpt).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut entries: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("ema/"))
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    let (key, dtype, shape, data) = entries
+        .iter()
+        .find(|(n, ..)| n.starts_with("param/") && !n.starts_with("param/plugin."))
+        .cloned()
+        .unwrap();
+    let numel = shape.iter().product::<usize>();
+    let ema_key = key.replacen("param/", "ema/", 1);
+    entries.push((ema_key, dtype, vec![numel, 1], data));
+    let refs: Vec<dtx_tests::files::Entry<'_>> = entries
+        .iter()
+        .map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone()))
+        .collect();
+    dtx_tests::files::write_safetensors(&ckpt, &refs);
+    let bad_ema = dtx_tests::run_in_process(&["plan", &m]);
+    assert_eq!(bad_ema.code, 1, "{}", bad_ema.stderr);
+    let plain = key.trim_start_matches("param/");
+    assert!(
+        bad_ema.stderr.contains(plain) && bad_ema.stderr.contains(&format!("found [{numel}, 1]")),
+        "{}",
+        bad_ema.stderr
+    );
     dtx_tests::files::write_safetensors(
         &run.join("checkpoints/latest.safetensors"),
         &[(

@@ -27,6 +27,12 @@ pub struct TensorHeader {
     pub data_offsets: (u64, u64),
 }
 
+/// Every dtype the safetensors format defines (the crate refuses others).
+const DTYPES: &[&str] = &[
+    "BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16",
+    "F16", "BF16", "I32", "U32", "F32", "F64", "I64", "U64",
+];
+
 /// Bytes per element of a safetensors dtype, when known.
 fn dtype_size(dtype: &str) -> Option<u64> {
     Some(match dtype {
@@ -111,6 +117,11 @@ pub fn read_safetensors_header(file: &Path) -> Result<Vec<TensorHeader>, ModelEr
         if begin > end || end > data_len {
             return Err(bad(format!(
                 "entry `{name}` spans bytes {begin}..{end} but the data has {data_len} bytes"
+            )));
+        }
+        if !DTYPES.contains(&dtype) {
+            return Err(bad(format!(
+                "entry `{name}` has dtype `{dtype}`, which is not a safetensors dtype"
             )));
         }
         if let Some(size) = dtype_size(dtype) {
@@ -269,6 +280,12 @@ pub(crate) mod tests {
                     "a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
                 4,
                 "`__metadata__` must map names to strings",
+            ),
+            // a dtype the format does not define
+            (
+                r#"{"a":{"dtype":"","shape":[1],"data_offsets":[0,4]}}"#,
+                4,
+                "entry `a` has dtype ``, which is not a safetensors dtype",
             ),
             // a shape whose byte count overflows
             (

@@ -60,13 +60,26 @@ fn check_dtx_checkpoint(
 ) -> Result<(), model::net::NetError> {
     let header = model::read_safetensors_header(ckpt)
         .map_err(|e| model::net::NetError::Read(e.to_string()))?;
-    let found = header
-        .into_iter()
-        .filter_map(|t| {
-            let key = t.name.strip_prefix("param/")?;
-            (!key.starts_with("plugin.")).then(|| (key.to_owned(), (t.shape, t.dtype)))
-        })
-        .collect();
+    // What `load_base` registers: a base parameter's EMA value when the
+    // checkpoint keeps one (`ema/<key>`), else its value (`param/<key>`).
+    let mut found = std::collections::BTreeMap::new();
+    for t in &header {
+        if let Some(key) = t.name.strip_prefix("param/")
+            && !key.starts_with("plugin.")
+        {
+            found
+                .entry(key.to_owned())
+                .or_insert_with(|| (t.shape.clone(), t.dtype.clone()));
+        }
+    }
+    for t in &header {
+        if let Some(key) = t.name.strip_prefix("ema/")
+            && found.contains_key(key)
+        {
+            found.insert(key.to_owned(), (t.shape.clone(), t.dtype.clone()));
+        }
+    }
+    let found = found.into_iter().collect();
     let problems = model::weights::header_problems(&net.parameters(), found);
     if problems.is_empty() {
         return Ok(());

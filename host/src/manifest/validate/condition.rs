@@ -90,6 +90,29 @@ impl Checks<'_> {
     /// The `[sample]` keys that need `[condition]`, and a prompt without a
     /// text tower.
     fn sample_condition(&mut self, sample: &Sample, manifest: &Manifest) {
+        // what the run would find missing when it loads its data
+        let holdout = manifest.target.as_ref().map_or(0, |t| t.holdout);
+        if holdout == 0 {
+            let held_out = [
+                ("condition", sample.condition.as_deref() == Some("held_out")),
+                (
+                    "masks",
+                    sample.masks == Some(crate::manifest::MaskSource::HeldOut),
+                ),
+            ];
+            for (key, given) in held_out {
+                if given {
+                    self.report(
+                        &path(&format!("sample.{key}")),
+                        "manifest::no-holdout",
+                        format!(
+                            "`sample.{key} = \"held_out\"` needs held-out examples, but `target.holdout` is 0"
+                        ),
+                        Some("set `holdout = N` in [target], or use `\"target\"`".into()),
+                    );
+                }
+            }
+        }
         let needs = |key: &str| format!("`sample.{key}` needs a `[condition]` table");
         let help = "add `[condition]` (e.g. `encoder = \"unet\"`) or remove the key";
         if manifest.condition.is_none() {

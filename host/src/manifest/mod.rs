@@ -61,6 +61,8 @@ mod tests {
         "attention-head-dim-zero.toml",
         "source-config-bad-value.toml",
         "source-weights-pt-do-not-fit.toml",
+        "target-folder-missing.toml",
+        "output-dir-is-a-file.toml",
     ];
 
     fn manifests(kind: &str) -> Vec<PathBuf> {

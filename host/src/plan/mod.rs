@@ -170,6 +170,7 @@ pub fn resolve_on<B: AutodiffBackend>(loaded: LoadedManifest) -> Result<Plan, Ma
         }
     }
     diags.extend(preflight::check_builtin_data(&loaded));
+    diags.extend(preflight::check_data_paths(&loaded));
     if m.source.is_some() && model.is_none() {
         // Plugins built without the model would only add errors of their
         // own ("no denoiser") that fixing the source removes.

@@ -119,3 +119,78 @@ pub(super) fn check_builtin_data(loaded: &LoadedManifest) -> Vec<ManifestDiagnos
     }
     out
 }
+
+/// `run.output_dir` must be a folder (or not exist yet). The folders and
+/// files a run's data comes from (`target.dataset`,
+/// `target.masks`, `source.data.dataset`, an `eval.reference` folder, a
+/// `sample.condition` image or folder): each must exist and be of its kind,
+/// so that a mistyped path stops the plan rather than the run. What is in
+/// them (decodable images, `labels.csv` rows) is read when the run loads
+/// them (docs/manifest.md).
+pub(super) fn check_data_paths(loaded: &LoadedManifest) -> Vec<ManifestDiagnostic> {
+    let m = &loaded.manifest;
+    let mut wanted: Vec<(&str, std::path::PathBuf, bool)> = Vec::new();
+    if let Some(t) = &m.target {
+        if t.builtin().is_none() {
+            wanted.push(("target.dataset", t.dataset.clone().into(), true));
+        }
+        if let Some(masks) = &t.masks {
+            wanted.push(("target.masks", masks.into(), true));
+        }
+    }
+    if let Some(sd) = m.source.as_ref().and_then(|s| s.data.as_ref())
+        && sd.builtin().is_none()
+    {
+        wanted.push(("source.data.dataset", sd.dataset.clone().into(), true));
+    }
+    if let Some(crate::manifest::Reference::Folder(f)) =
+        m.eval.as_ref().and_then(|e| e.reference.as_ref())
+    {
+        wanted.push(("eval.reference", f.clone(), true));
+    }
+    if let Some(c) = m.sample.as_ref().and_then(|s| s.condition.as_deref())
+        && !matches!(c, "target" | "held_out")
+    {
+        wanted.push(("sample.condition", c.into(), false));
+    }
+    let mut out = Vec::new();
+    let output = loaded.output_dir();
+    let output_problem = if output.as_os_str().as_encoded_bytes().contains(&0) {
+        Some("contains a NUL byte, which no file name may hold".to_owned())
+    } else {
+        match std::fs::metadata(&output) {
+            Ok(meta) if !meta.is_dir() => Some(format!(
+                "`{}` exists and is not a folder, so runs cannot be written under it",
+                output.display()
+            )),
+            _ => None,
+        }
+    };
+    if let Some(p) = output_problem {
+        out.push(loaded.diagnostic("run.output_dir", p, None));
+    }
+    for (key, path, folder) in wanted {
+        let full = loaded.resolve_path(&path);
+        let problem = match std::fs::metadata(&full) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
+                "`{}`: no such {}",
+                full.display(),
+                if folder { "folder" } else { "file or folder" }
+            )),
+            Err(e) => Some(format!("`{}`: cannot read: {e}", full.display())),
+            Ok(meta) if folder && !meta.is_dir() => {
+                Some(format!("`{}` is not a folder of images", full.display()))
+            }
+            Ok(meta) if !meta.is_dir() && !meta.is_file() => Some(format!(
+                "`{}`: {}, not a regular file",
+                full.display(),
+                crate::util::fs::special_kind(&meta.file_type())
+            )),
+            Ok(_) => None,
+        };
+        if let Some(p) = problem {
+            out.push(loaded.diagnostic(key, p, None));
+        }
+    }
+    out
+}

@@ -94,7 +94,11 @@ impl Checks<'_> {
         let holdout = manifest.target.as_ref().map_or(0, |t| t.holdout);
         if holdout == 0 {
             let held_out = [
-                ("condition", sample.condition.as_deref() == Some("held_out")),
+                // (without `[condition]`, `sample.condition` is refused anyway)
+                (
+                    "condition",
+                    manifest.condition.is_some() && sample.condition.as_deref() == Some("held_out"),
+                ),
                 (
                     "masks",
                     sample.masks == Some(crate::manifest::MaskSource::HeldOut),

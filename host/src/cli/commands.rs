@@ -369,6 +369,14 @@ fn sample(args: SampleArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         condition,
         mask_rate,
     } = args;
+    for (flag, value) in [("--eta", eta), ("--mask-rate", mask_rate)] {
+        if let Some(v) = value.filter(|v| !v.is_finite()) {
+            bail!("{flag}: must be a finite number, got {v}");
+        }
+    }
+    if let Some(s) = seed.filter(|&s| s > i64::MAX as u64) {
+        bail!("--seed: must be at most {}, got {s}", i64::MAX);
+    }
     let manifest_path = run_dir.join("manifest.toml");
     let ckpt = run_dir.join("checkpoints").join("latest.safetensors");
     if !ckpt.exists() {

@@ -22,8 +22,9 @@ pub(crate) fn apply_override(doc: &mut toml::Table, raw: &str) -> Result<KeyPath
         return Err("the key before `=` is empty".to_owned());
     }
     let path = KeyPath::parse(key)?;
+    let value = parse_value(value.trim())?;
     let mut root = toml::Value::Table(std::mem::take(doc));
-    let result = insert(&mut root, &path, parse_value(value.trim()));
+    let result = insert(&mut root, &path, value);
     if let toml::Value::Table(table) = root {
         *doc = table;
     }
@@ -31,13 +32,25 @@ pub(crate) fn apply_override(doc: &mut toml::Table, raw: &str) -> Result<KeyPath
 }
 
 /// The value as TOML (`10`, `0.5`, `"x"`, `[1, 2]`, `{ decay = 0.9 }`), or
-/// else the text itself as a string.
-fn parse_value(text: &str) -> toml::Value {
-    toml::from_str::<toml::Table>(&format!("value = {text}"))
+/// else the text itself as a string — except a whole number TOML cannot
+/// hold, which is an error rather than a string the key then refuses.
+fn parse_value(text: &str) -> Result<toml::Value, String> {
+    let parsed = toml::from_str::<toml::Table>(&format!("value = {text}"))
         .ok()
         .filter(|table| table.len() == 1)
-        .and_then(|mut table| table.remove("value"))
-        .unwrap_or_else(|| toml::Value::String(text.to_owned()))
+        .and_then(|mut table| table.remove("value"));
+    if let Some(value) = parsed {
+        return Ok(value);
+    }
+    let digits = text.strip_prefix(['+', '-']).unwrap_or(text);
+    if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit() || c == '_') {
+        return Err(format!(
+            "`{text}` is outside the range of a 64-bit integer ({} to {})",
+            i64::MIN,
+            i64::MAX
+        ));
+    }
+    Ok(toml::Value::String(text.to_owned()))
 }
 
 fn insert(root: &mut toml::Value, path: &KeyPath, value: toml::Value) -> Result<(), String> {
@@ -112,12 +125,21 @@ mod tests {
 
     #[test]
     fn values_parse_as_toml_or_fall_back_to_strings() {
-        assert_eq!(parse_value("10"), toml::Value::Integer(10));
-        assert_eq!(parse_value("\"x\""), toml::Value::String("x".into()));
-        assert_eq!(parse_value("cuda"), toml::Value::String("cuda".into()));
-        assert_eq!(parse_value("[1, 2]").as_array().map(Vec::len), Some(2));
+        assert_eq!(parse_value("10").unwrap(), toml::Value::Integer(10));
         assert_eq!(
-            parse_value("{ decay = 0.9 }")["decay"].as_float(),
+            parse_value("\"x\"").unwrap(),
+            toml::Value::String("x".into())
+        );
+        assert_eq!(
+            parse_value("cuda").unwrap(),
+            toml::Value::String("cuda".into())
+        );
+        assert_eq!(
+            parse_value("[1, 2]").unwrap().as_array().map(Vec::len),
+            Some(2)
+        );
+        assert_eq!(
+            parse_value("{ decay = 0.9 }").unwrap()["decay"].as_float(),
             Some(0.9)
         );
     }
@@ -131,6 +153,11 @@ mod tests {
         assert_eq!(doc["plugin"][0]["config"]["lambda"].as_float(), Some(0.5));
         apply_override(&mut doc, "train.steps=3").unwrap();
         assert_eq!(doc["train"]["steps"].as_integer(), Some(3));
+        let err = apply_override(&mut doc, "train.batch=18446744073709551616").unwrap_err();
+        assert!(
+            err.contains("outside the range of a 64-bit integer"),
+            "{err}"
+        );
         let err = apply_override(&mut doc, "plugin.config.lambda=1").unwrap_err();
         assert_eq!(
             err,

@@ -354,3 +354,29 @@ fn a_fifo_in_place_of_a_weights_file_is_refused_without_hanging() {
         "{err}"
     );
 }
+
+#[test]
+fn a_truncated_clip_folder_fails_the_plan() {
+    let out = out_dir("clip-truncated");
+    let clip = out.join("tiny-clip");
+    std::fs::create_dir_all(&clip).unwrap();
+    let fixture = workspace_root().join("tests/fixtures/clip/tiny-clip");
+    for entry in std::fs::read_dir(&fixture).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, clip.join(p.file_name().unwrap())).unwrap();
+    }
+    let manifest = workspace_root().join("tests/manifests/ok/anl-clip-unet.toml");
+    let m = manifest.display().to_string();
+    let set = format!("condition.path={:?}", clip.display().to_string());
+    dtx_tests::run_in_process(&["plan", &m, "--set", &set]).ok();
+    // cut the weights file short (found by fuzzing: the plan passed, the run failed)
+    let weights = clip.join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..1000.min(bytes.len() / 2)]).unwrap();
+    let bad = dtx_tests::run_in_process(&["plan", &m, "--set", &set]);
+    let err = bad.failed();
+    assert!(
+        err.contains("condition.path") && err.contains("model.safetensors"),
+        "{err}"
+    );
+}

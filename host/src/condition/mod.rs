@@ -144,8 +144,11 @@ fn clip_shape(dir: &Path, tokens: TokenKind) -> Result<(usize, usize), String> {
             ));
         }
     }
+    crate::model::clip::Clip::<crate::tensor_abi::CpuBackend>::check_folder(dir)
+        .map_err(|e| e.to_string())?;
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("`{}`: {e}", path.display()))?;
+    let text =
+        crate::util::fs::read_to_string(&path).map_err(|e| format!("`{}`: {e}", path.display()))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("`{}`: {e}", path.display()))?;
     let num = |v: Option<&serde_json::Value>, default: usize| {

@@ -136,6 +136,26 @@ impl<B: Backend> Clip<B> {
         })
     }
 
+    /// What `dtx plan` checks of a CLIP folder without loading it: the
+    /// config parses, the tokenizer loads, and the weights file's header is
+    /// a valid safetensors header. That the weights fit the config is
+    /// checked when the run loads them.
+    ///
+    /// # Errors
+    /// As [`Clip::load`] would give them for these files.
+    pub fn check_folder(dir: &Path) -> Result<(), ModelError> {
+        let config_file = dir.join("config.json");
+        let text =
+            crate::util::fs::read_to_string(&config_file).map_err(|source| ModelError::Io {
+                path: config_file.clone(),
+                source,
+            })?;
+        let config = ClipConfig::parse(&config_file, &text)?;
+        ClipTokenizer::load(dir, config.text.max_len)?;
+        crate::model::read_safetensors_header(&dir.join("model.safetensors"))?;
+        Ok(())
+    }
+
     /// Width of the embeddings (projection_dim).
     pub fn embed_dim(&self) -> usize {
         self.config.projection_dim

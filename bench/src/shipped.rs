@@ -24,7 +24,7 @@ fn candidates(explicit: Option<&Path>) -> Vec<(PathBuf, &'static str)> {
         return vec![(PathBuf::from(dir), MANIFESTS_VAR)];
     }
     let mut dirs = Vec::new();
-    if let Some(exe_dir) = exe_dir() {
+    if let Some(exe_dir) = dtx::util::exe_dir() {
         if let Some(root) = exe_dir.parent().and_then(Path::parent) {
             dirs.push((
                 root.join("manifests"),
@@ -40,19 +40,6 @@ fn candidates(explicit: Option<&Path>) -> Vec<(PathBuf, &'static str)> {
     }
     dirs.push((Path::new(".").join("manifests"), "the working folder"));
     dirs
-}
-
-/// The folder of the running executable; for test executables, which live
-/// in `target/<profile>/deps`, the profile folder (as the plugin search).
-fn exe_dir() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?;
-    match dir.parent() {
-        Some(profile) if dir.file_name().is_some_and(|n| n == "deps") => {
-            Some(profile.to_path_buf())
-        }
-        _ => Some(dir.to_path_buf()),
-    }
 }
 
 /// The shipped manifests folder holding every file of `needed` (names
@@ -128,7 +115,7 @@ mod tests {
         // ../../manifests is the repository's when the target folder is the
         // repository's own (and DTX_MANIFESTS names no other).
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let beside = exe_dir()
+        let beside = dtx::util::exe_dir()
             .and_then(|d| d.parent()?.parent()?.canonicalize().ok())
             .is_some_and(|root| root == repo.canonicalize().unwrap());
         if !beside || std::env::var_os(MANIFESTS_VAR).is_some() {

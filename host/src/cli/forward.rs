@@ -18,25 +18,11 @@ fn file_name() -> String {
     format!("{BENCH_EXE}{}", std::env::consts::EXE_SUFFIX)
 }
 
-/// The folder of the running executable; for test executables, which live
-/// in `target/<profile>/deps`, the profile folder, where cargo puts the
-/// binaries (as the plugin search does).
-fn exe_dir() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?;
-    match dir.parent() {
-        Some(profile) if dir.file_name().is_some_and(|n| n == "deps") => {
-            Some(profile.to_path_buf())
-        }
-        _ => Some(dir.to_path_buf()),
-    }
-}
-
 /// The `dtx-bench` executable: next to the running one, else the first on
 /// `PATH`. The error names what was looked for and how to build it.
 pub fn find_bench() -> anyhow::Result<PathBuf> {
     let name = file_name();
-    let beside = exe_dir().map(|d| d.join(&name));
+    let beside = crate::util::exe_dir().map(|d| d.join(&name));
     if let Some(p) = beside.as_ref().filter(|p| p.is_file()) {
         return Ok(p.clone());
     }

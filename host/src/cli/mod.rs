@@ -22,6 +22,20 @@ pub const EXIT_FAILURE: i32 = 1;
 /// Exit code of a usage error (bad arguments).
 pub const EXIT_USAGE: i32 = 2;
 
+/// Sends diagnostics through `tracing` to stderr, filtered by `DTX_LOG` (an
+/// `EnvFilter` directive such as `info` or `dtx=debug`; default `warn`),
+/// coloured on a terminal: what the `dtx` and `dtx-bench` binaries call
+/// first.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DTX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
 /// Parses `args` (including the program name) and runs the command; writes
 /// results to `out` and the error (rendered once, whole) to `err`. Returns the
 /// process exit code. `dtx bench transfer|gmm|cas|anl` run the `dtx-bench`

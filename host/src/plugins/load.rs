@@ -232,18 +232,8 @@ pub fn search_dirs(manifest_dir: Option<&Path>) -> Vec<PathBuf> {
     if let Some(paths) = std::env::var_os(PLUGIN_PATH_VAR) {
         dirs.extend(std::env::split_paths(&paths).filter(|p| !p.as_os_str().is_empty()));
     }
-    if let Some(exe_dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
-        // Test and bench executables live in target/<profile>/deps: search the
-        // profile folder, where cargo puts the plugins, instead.
-        match exe_dir.parent() {
-            Some(profile) if exe_dir.file_name().is_some_and(|n| n == "deps") => {
-                dirs.push(profile.to_path_buf())
-            }
-            _ => dirs.push(exe_dir),
-        }
+    if let Some(exe_dir) = crate::util::exe_dir() {
+        dirs.push(exe_dir);
     }
     dirs.dedup();
     dirs

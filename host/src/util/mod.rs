@@ -4,6 +4,20 @@ pub mod fs;
 pub mod limits;
 pub mod resize;
 
+/// The folder of the running executable; for test and bench executables,
+/// which cargo puts in `target/<profile>/deps`, the profile folder, where it
+/// puts the binaries and the plugin libraries.
+pub fn exe_dir() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    match dir.parent() {
+        Some(profile) if dir.file_name().is_some_and(|n| n == "deps") => {
+            Some(profile.to_path_buf())
+        }
+        _ => Some(dir.to_path_buf()),
+    }
+}
+
 /// The candidate closest to `word` when it is close enough to be a likely
 /// typo (case-insensitive match, a longer word that starts with it, or an
 /// edit distance of about a third of the word, counting a swap of neighbours

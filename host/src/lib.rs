@@ -5,9 +5,9 @@
 //! guide and DESIGN.md for the architecture.
 #![warn(missing_docs)]
 
-pub mod bench;
+pub(crate) mod bench;
 pub mod cli;
-pub mod condition;
+pub(crate) mod condition;
 pub mod data;
 pub mod diffusion;
 pub mod eval;
@@ -15,7 +15,7 @@ pub mod manifest;
 pub mod model;
 pub mod plan;
 pub mod plugins;
-pub mod registry;
+pub(crate) mod registry;
 pub mod run;
 pub mod tensor_abi;
 pub mod train;

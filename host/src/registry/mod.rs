@@ -23,8 +23,9 @@ pub fn all() -> Vec<&'static Builtin> {
     v
 }
 
-/// The components of one kind.
-pub fn of_kind(kind: &str) -> Vec<&'static Builtin> {
+/// The components of one kind (tests hold the lists against each other).
+#[cfg(test)]
+pub(crate) fn of_kind(kind: &str) -> Vec<&'static Builtin> {
     all().into_iter().filter(|b| b.kind == kind).collect()
 }
 

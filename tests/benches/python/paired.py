@@ -67,24 +67,31 @@ CAS = {
     "real": [73.7, 68.9, 75.6, 85.4, 66.2],
 }
 
-# docs/results.md, "dtx bench anl": (KID_dtx x1e3, FD_dtx) per seed 0, 1, 2.
+# docs/results.md, "dtx bench anl": (KID_dtx x1e3, FD_dtx) per seed 0-4 (3 and 4
+# from `dtx bench anl --seeds 3,4`).
 ANL = {
-    ("anl", 100): [(1342.684, 56.737), (1113.391, 54.282), (1618.335, 64.428)],
-    ("anl", 300): [(1957.234, 65.575), (1267.995, 54.385), (1833.498, 65.430)],
-    ("anl-unconditional", 100): [(1043.606, 55.198), (853.991, 46.406), (917.166, 50.254)],
-    ("anl-unconditional", 300): [(1030.855, 53.143), (890.127, 47.626), (738.886, 40.850)],
-    ("naive-finetune", 100): [(895.990, 48.832), (918.462, 46.736), (1152.982, 52.515)],
-    ("naive-finetune", 300): [(1271.578, 58.447), (782.686, 38.457), (936.058, 40.797)],
+    ("anl", 100): [(1342.684, 56.737), (1113.391, 54.282), (1618.335, 64.428),
+                    (1616.022, 72.913), (1734.012, 68.990)],
+    ("anl", 300): [(1957.234, 65.575), (1267.995, 54.385), (1833.498, 65.430),
+                    (1808.863, 69.814), (2275.116, 75.299)],
+    ("anl-unconditional", 100): [(1043.606, 55.198), (853.991, 46.406), (917.166, 50.254),
+                                  (815.245, 48.577), (1476.444, 65.891)],
+    ("anl-unconditional", 300): [(1030.855, 53.143), (890.127, 47.626), (738.886, 40.850),
+                                  (1163.046, 54.508), (1367.010, 61.112)],
+    ("naive-finetune", 100): [(895.990, 48.832), (918.462, 46.736), (1152.982, 52.515),
+                               (1183.213, 59.306), (1454.047, 60.996)],
+    ("naive-finetune", 300): [(1271.578, 58.447), (782.686, 38.457), (936.058, 40.797),
+                               (1401.108, 62.543), (1918.038, 67.208)],
 }
 
 # The mask-rate sweep: delta -> (KID per seed, spread per seed); the doc
 # prints FD only as a mean over seeds, so FD cannot be paired.
 SWEEP = {
-    0.0: ([1784.5, 1097.7, 1814.8], [11.21, 14.20, 13.10]),
-    0.3: ([1805.7, 1208.5, 1828.2], [11.23, 14.18, 13.29]),
-    0.5: ([1957.2, 1268.0, 1833.5], [11.51, 14.04, 13.76]),
-    0.7: ([2137.8, 1579.8, 1579.9], [11.49, 13.81, 14.22]),
-    0.9: ([2244.4, 1896.8, 1568.5], [12.34, 13.75, 14.33]),
+    0.0: ([1784.5, 1097.7, 1814.8, 1725.3, 2218.9], [11.21, 14.20, 13.10, 12.71, 14.85]),
+    0.3: ([1805.7, 1208.5, 1828.2, 1754.7, 2288.1], [11.23, 14.18, 13.29, 12.67, 14.76]),
+    0.5: ([1957.2, 1268.0, 1833.5, 1808.9, 2275.1], [11.51, 14.04, 13.76, 12.56, 14.61]),
+    0.7: ([2137.8, 1579.8, 1579.9, 2004.9, 1961.2], [11.49, 13.81, 14.22, 12.78, 14.29]),
+    0.9: ([2244.4, 1896.8, 1568.5, 1868.7, 1981.4], [12.34, 13.75, 14.33, 14.30, 14.10]),
 }
 
 # "dtx bench gmm", the only per-seed values the doc states: mean density at
@@ -159,7 +166,7 @@ def main():
     ]:
         show(f"{arm} - {base}", CAS[arm], CAS[base], 1)
 
-    print("anl (arm - baseline at equal steps, seeds 0-2)")
+    print("anl (arm - baseline at equal steps, seeds 0-4)")
     for arm in ["anl", "anl-unconditional"]:
         for steps in [100, 300]:
             for k, name in enumerate(["KID_dtx x1e3", "FD_dtx"]):
@@ -169,12 +176,12 @@ def main():
     for arm in ["anl", "anl-unconditional", "naive-finetune"]:
         show(f"{arm}: 300 - 100 steps, KID_dtx x1e3",
              column(ANL[(arm, 300)], 0), column(ANL[(arm, 100)], 0))
-    source = column(TRANSFER["source-only"], 0)
+    source = column(TRANSFER["source-only"] + TRANSFER["source-only-5"], 0)
     for arm in ["anl", "anl-unconditional", "naive-finetune"]:
         for steps in [100, 300]:
             show(f"{arm}, {steps} steps - source-only, KID_dtx x1e3",
                  column(ANL[(arm, steps)], 0), source)
-    print("anl mask rate (delta - 0, seeds 0-2)")
+    print("anl mask rate (delta - 0, seeds 0-4)")
     for delta in [0.3, 0.5, 0.7, 0.9]:
         show(f"delta {delta}, KID_dtx x1e3", SWEEP[delta][0], SWEEP[0.0][0], 1)
         show(f"delta {delta}, spread", SWEEP[delta][1], SWEEP[0.0][1], 2)

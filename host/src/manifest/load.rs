@@ -127,9 +127,20 @@ fn base_dir(file: &Path) -> PathBuf {
 /// Reads, overrides, deserialises and validates the manifest at `path`.
 /// `overrides` are `--set` arguments, `key.path=value`.
 pub fn load(path: &Path, overrides: &[String]) -> Result<LoadedManifest, ManifestError> {
-    let text = crate::util::fs::read_to_string(path).map_err(|io| ManifestError::Read {
+    let read = |io| ManifestError::Read {
         path: path.to_path_buf(),
         io,
+    };
+    let bytes = crate::util::fs::read(path).map_err(read)?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        // where the bad byte is, as a text editor counts it
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = good.len() - good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
+        read(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text: the byte at line {line}, column {column} (byte offset {}) starts no UTF-8 character", good.len()),
+        ))
     })?;
     load_text(text, path.to_path_buf(), overrides)
 }
@@ -412,6 +423,20 @@ inception_weights = "weights/pt_inception-2015-12-05.pth"
     fn err(text: &str, overrides: &[&str]) -> ManifestError {
         let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
         load_str(text, "dir/m.toml", &overrides).expect_err("manifest should be rejected")
+    }
+
+    /// A byte that starts no UTF-8 character is located (found by fuzzing:
+    /// the message named neither line nor offset).
+    #[test]
+    fn a_manifest_that_is_not_utf8_names_the_place() {
+        let file = std::env::temp_dir().join(format!("dtx-not-utf8-{}.toml", std::process::id()));
+        std::fs::write(&file, b"[run]\nname = \"x\xff\"\n").unwrap();
+        let e = load(&file, &[]).expect_err("not UTF-8").to_string();
+        assert!(
+            e.contains("not UTF-8 text: the byte at line 2, column 10 (byte offset 15)"),
+            "{e}"
+        );
+        std::fs::remove_file(&file).unwrap();
     }
 
     #[test]

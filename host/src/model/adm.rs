@@ -208,30 +208,17 @@ pub fn describe_config(config: &toml::Table) -> Result<ModelDescription, ModelEr
     r.bool("use_new_attention_order", Some(false))?;
 
     // Consistency.
-    use super::mlp::{MAX_DEPTH, MAX_WIDTH};
-    r.at_most(&[
-        ("image_size", image_size, MAX_WIDTH),
-        ("num_channels", nc, MAX_WIDTH),
-        ("num_res_blocks", nrb, MAX_DEPTH),
-        ("in_channels", in_channels, MAX_WIDTH),
-        (
-            "num_classes",
-            num_classes,
-            crate::util::limits::MAX_CLASSES as usize,
-        ),
-        ("channel_mult", mult.len(), 16),
-    ])?;
-    for (key, n) in [
-        ("image_size", image_size),
-        ("num_channels", nc),
-        ("num_res_blocks", nrb),
-        ("in_channels", in_channels),
-        ("num_classes", num_classes),
-    ] {
-        if n == 0 {
-            return Err(invalid(&r, key, "must be at least 1".into()));
-        }
-    }
+    check_counts(
+        &r,
+        &[
+            ("image_size", image_size),
+            ("num_channels", nc),
+            ("num_res_blocks", nrb),
+            ("in_channels", in_channels),
+            ("num_classes", num_classes),
+        ],
+        mult.len(),
+    )?;
     if !(0.0..1.0).contains(&dropout) {
         return Err(invalid(
             &r,
@@ -328,6 +315,36 @@ fn attention_resolutions(r: &mut ConfigReader) -> Result<Vec<usize>, ModelError>
         ),
     );
     Ok(attn_res)
+}
+
+/// The counts ADM's config sets: each at least 1 and at most its bound
+/// (widths and sides 65,536, `num_res_blocks` 1024, `num_classes`
+/// 1,000,000, 16 levels of `channel_mult`), so a typo is an error at its key
+/// before any layer list is built.
+fn check_counts(
+    r: &ConfigReader,
+    counts: &[(&str, usize)],
+    levels: usize,
+) -> Result<(), ModelError> {
+    use super::mlp::{MAX_DEPTH, MAX_WIDTH};
+    let most = |key: &str| match key {
+        "num_res_blocks" => MAX_DEPTH,
+        "num_classes" => crate::util::limits::MAX_CLASSES as usize,
+        _ => MAX_WIDTH,
+    };
+    let mut limits: Vec<(&str, usize, usize)> =
+        counts.iter().map(|&(k, n)| (k, n, most(k))).collect();
+    limits.push(("channel_mult", levels, 16));
+    r.at_most(&limits)?;
+    for &(key, n) in counts {
+        if n == 0 {
+            return Err(ModelError::Invalid {
+                at: r.at(key),
+                reason: "must be at least 1".into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// ADM's head settings, checked against every attention block's channels.

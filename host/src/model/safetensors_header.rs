@@ -148,25 +148,31 @@ pub fn read_safetensors_header(file: &Path) -> Result<Vec<TensorHeader>, ModelEr
             .cmp(&b.data_offsets)
             .then(a.name.cmp(&b.name))
     });
-    // As the safetensors crate reads a file (and so as a run will): the
-    // tensors' data is contiguous and covers the rest of the file.
+    check_coverage(&tensors, data_len).map_err(bad)?;
+    Ok(tensors)
+}
+
+/// As the safetensors crate reads a file (and so as a run will): the
+/// tensors' data, in offset order, is contiguous and covers the `data_len`
+/// bytes after the header.
+fn check_coverage(tensors: &[TensorHeader], data_len: u64) -> Result<(), String> {
     let mut covered = 0;
-    for t in &tensors {
+    for t in tensors {
         if t.data_offsets.0 != covered {
-            return Err(bad(format!(
+            return Err(format!(
                 "entry `{}` starts at data byte {}, but the tensor before it ends at {covered}; \
                  tensors must follow each other without gaps or overlaps",
                 t.name, t.data_offsets.0
-            )));
+            ));
         }
         covered = t.data_offsets.1;
     }
     if covered != data_len {
-        return Err(bad(format!(
+        return Err(format!(
             "the tensors cover {covered} of the {data_len} data bytes after the header"
-        )));
+        ));
     }
-    Ok(tensors)
+    Ok(())
 }
 
 #[cfg(test)]

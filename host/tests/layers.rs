@@ -28,14 +28,9 @@ const LAYERS: &[&[&str]] = &[
 ];
 
 /// Upward uses that remain, as (file under host/src, module it uses), each
-/// with the step of the restructuring that removes it.
-const KNOWN: &[(&str, &str)] = &[
-    // ParamStore keeps each parameter's Adam moments and steps them, and the
-    // `optimizer_step` host service uses it. The store moves to train/ once
-    // the denoisers hold their own weights (typed models).
-    ("tensor_abi/params.rs", "train"),
-    ("tensor_abi/services.rs", "train"),
-];
+/// with the step of the restructuring that removes it. None is left; an
+/// entry added here needs its reason.
+const KNOWN: &[(&str, &str)] = &[];
 
 fn layer_of(module: &str) -> Option<usize> {
     LAYERS.iter().position(|l| l.contains(&module))

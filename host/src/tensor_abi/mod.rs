@@ -7,6 +7,7 @@
 //! primitives, which is how gradients flow through plugin code.
 
 pub(crate) mod ops;
+pub mod optim;
 mod params;
 mod services;
 mod session;

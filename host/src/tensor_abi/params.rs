@@ -6,7 +6,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use dtx_plugin_api::abi::{AbiError, ParamId};
 
-use crate::train::optim::{Adam, AdamConfig, AdamState};
+use super::optim::{Adam, AdamConfig, AdamState};
 
 /// One registered parameter.
 pub struct ParamEntry<B: AutodiffBackend> {

@@ -2,8 +2,8 @@
 //! denoiser, data and schedule, which the engine plugs in through
 //! [`RunServices`].
 
+use super::optim::AdamConfig;
 use super::session::{Session, Stored};
-use crate::train::optim::AdamConfig;
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::std_types::{RNone, ROption, RSlice, RStr, RString, RVec};
 use burn::tensor::backend::AutodiffBackend;

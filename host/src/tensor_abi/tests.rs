@@ -575,7 +575,7 @@ fn a_nested_session_gives_the_outer_one_back() {
 
 #[test]
 fn sgd_and_global_norm_clipping_follow_their_formulas() {
-    use crate::train::optim::{AdamConfig, Rule};
+    use crate::tensor_abi::optim::{AdamConfig, Rule};
     let _s = session(0);
     let host = Host::get();
     let p = host

@@ -3,4 +3,6 @@
 
 pub mod checkpoint;
 pub mod ema;
-pub mod optim;
+/// The optimizer, kept with the parameter store in `tensor_abi` until the
+/// store moves here (docs/architecture.md).
+pub use crate::tensor_abi::optim;

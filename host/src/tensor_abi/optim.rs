@@ -11,10 +11,16 @@
 //! θ ← θ − lr (m̂ / (sqrt(v̂) + ε) + λ θ)
 //! ```
 //!
+//! It lives next to [`ParamStore`](super::ParamStore), which keeps each
+//! parameter's moments, so that the ABI layer (whose `optimizer_step`
+//! service steps plugin parameters) needs nothing from `train/`; `train`
+//! re-exports it as `train::optim`. Both move to `train/` together once the
+//! denoisers hold their own weights (docs/architecture.md).
+//!
 //! The update runs on the inner (non-autodiff) backend, so it is not recorded
 //! in any graph; the new value becomes a fresh leaf that requires gradients.
 
-use crate::tensor_abi::ParamEntry;
+use super::ParamEntry;
 use burn::tensor::Scalar;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};

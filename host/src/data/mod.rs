@@ -13,13 +13,15 @@ mod error;
 pub mod folder;
 pub mod gmm;
 mod iter;
+pub mod pixels;
 pub mod shapes;
 
 pub use dataset::Dataset;
 pub use error::DataError;
-pub use folder::{chw_from_rgb, grid, load_folder, load_folder_with_masks, rgb_from_chw};
+pub use folder::{load_folder, load_folder_with_masks};
 pub use gmm::{Component, Gmm};
 pub use iter::{Batch, BatchIter, BatchPosition};
+pub use pixels::{chw_from_rgb, grid, rgb_from_chw};
 pub use shapes::{ShapeSpec, ShapesConfig};
 
 /// Names of the built-in sets, as written after `builtin:`.

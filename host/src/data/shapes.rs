@@ -459,7 +459,7 @@ mod tests {
         for preset in ["source", "target"] {
             rows.extend(ShapesConfig::preset(preset).dataset(0, 8).samples);
         }
-        let grid = super::super::folder::grid(&rows, [3, 32, 32], 8);
+        let grid = super::super::pixels::grid(&rows, [3, 32, 32], 8);
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../tests/fixtures/data/shapes-preview.png");
         if !path.exists() || std::env::var_os("DTX_UPDATE_FIXTURES").is_some() {

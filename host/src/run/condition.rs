@@ -174,7 +174,7 @@ fn load_images(path: &std::path::Path, data_shape: &[usize]) -> Result<Dataset> 
     let img = image::open(path)
         .map_err(|e| anyhow!("cannot read image `{}`: {e}", path.display()))?
         .to_rgb8();
-    let img = crate::data::folder::resize_crop(img, res as u32);
+    let img = crate::data::pixels::resize_crop(img, res as u32);
     Ok(Dataset {
         samples: crate::data::chw_from_rgb(&img),
         sample_shape: vec![3, res, res],

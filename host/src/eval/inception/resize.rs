@@ -19,7 +19,7 @@ pub const INPUT_SIZE: usize = 299;
 /// One `[C, H, W]` sample in dtx's [-1, 1] (C = 1 or 3) as the network's
 /// `[3, 299, 299]` input in [-1, 1], by clean-fid's recipe: the 8-bit value
 /// a saved image holds (round((clamp(x, −1, 1) + 1) · 127.5), as
-/// `data::folder::rgb_from_chw` saves samples), PIL bicubic to 299 × 299,
+/// `data::pixels::rgb_from_chw` saves samples), PIL bicubic to 299 × 299,
 /// clipped to [0, 255], then v / 255 · 2 − 1. One channel is repeated to
 /// three, as converting a grey image to RGB does.
 pub(super) fn clean_fid_input(sample: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {

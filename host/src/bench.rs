@@ -7,7 +7,8 @@
 
 use crate::diffusion::sampler::ddim_step;
 use crate::diffusion::schedule::Schedule;
-use crate::model::net::Net;
+use crate::model::Denoiser;
+use crate::model::Net;
 use crate::tensor_abi::Session;
 use crate::train::optim::AdamConfig;
 use anyhow::{Result, anyhow};
@@ -154,13 +155,14 @@ pub fn engine<B: AutodiffBackend>(b: &EngineBench) -> Result<BenchReport> {
     for i in 0..b.warmup + b.iters {
         let (x, eps) = (normal(), normal());
         let start = Instant::now();
-        let p = params()?;
+        let p = net.weights(&params()?)?;
         let out = net.forward::<B, anyhow::Error>(
             &p,
             x.into_primitive().tensor(),
             t.clone().into_primitive().tensor(),
             None,
             &mut |_, h, _| Ok(h),
+            None,
         )?;
         let out: Tensor<B, 4> = Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(out));
         let loss = (out - eps).powf_scalar(2.0).mean();
@@ -176,10 +178,9 @@ pub fn engine<B: AutodiffBackend>(b: &EngineBench) -> Result<BenchReport> {
     }
 
     let alpha_bars = Schedule::Linear.alpha_bars(1000);
-    let weights: HashMap<String, _> = params()?
-        .into_iter()
-        .map(|(k, v)| (k, crate::tensor_abi::untracked::<B>(v)))
-        .collect();
+    let weights = net
+        .weights(&params()?)?
+        .map(crate::tensor_abi::untracked::<B>);
     let mut x = normal();
     let mut ddim = Vec::new();
     for i in 0..b.warmup + b.iters {
@@ -190,6 +191,7 @@ pub fn engine<B: AutodiffBackend>(b: &EngineBench) -> Result<BenchReport> {
             t.clone().into_primitive().tensor(),
             None,
             &mut |_, h, _| Ok(h),
+            None,
         )?;
         let eps: Tensor<B, 4> = Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(out));
         x = ddim_step(eps, x, 500, 480, &alpha_bars, 0.0, None, None).x_prev;

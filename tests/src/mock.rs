@@ -45,7 +45,7 @@ pub fn t_stored(t: usize, n: usize) -> Stored<CpuBackend> {
 pub fn tiny_unet(
     seed: u64,
 ) -> (
-    dtx::model::net::Net,
+    dtx::model::Net,
     std::collections::HashMap<String, burn::tensor::ops::FloatTensor<CpuBackend>>,
     dtx_plugin_api::ModelInfo,
 ) {
@@ -53,7 +53,7 @@ pub fn tiny_unet(
     use rand::SeedableRng;
     let dir = crate::workspace_root().join("tests/fixtures/models/tiny-diffusers");
     let desc = dtx::model::diffusers::describe(&dir).unwrap();
-    let net = dtx::model::net::Net::from_description(&desc).unwrap();
+    let net = dtx::model::Net::from_description(&desc).unwrap();
     let params = Session::<CpuBackend>::with(|s| {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         net.init::<CpuBackend>(&mut s.params, &mut rng, &Default::default(), &|_| false)

@@ -7,7 +7,7 @@
 //! unconditional variant, and `--prompt` without a text tower.
 
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
-use dtx::model::net::Net;
+use dtx::model::{Denoiser, Net};
 use dtx::plugins::{InjectArgs, Instance, load_library};
 use dtx::tensor_abi::{CpuBackend, Session, SessionGuard, vtables};
 use dtx_plugin_api::ModelInfo;
@@ -95,9 +95,14 @@ fn forward(
     let tf = prim(vec![t as f32; n], [n]);
     let ts = t_stored(t, n);
     let mut inst = inst;
+    let weights = net.weights(params).unwrap();
     let out = net
-        .forward::<B, dtx_plugin_api::abi::AbiError>(params, x, tf, None, &mut |point, h, temb| {
-            match inst.as_deref_mut() {
+        .forward::<B, dtx_plugin_api::abi::AbiError>(
+            &weights,
+            x,
+            tf,
+            None,
+            &mut |point, h, temb| match inst.as_deref_mut() {
                 Some(i) if i.points().iter().any(|p| p == point) => Ok(i
                     .inject(InjectArgs {
                         point,
@@ -110,8 +115,9 @@ fn forward(
                     })
                     .map_err(|e| dtx_plugin_api::abi::AbiError::other(e.to_string()))?),
                 _ => Ok(h),
-            }
-        })
+            },
+            None,
+        )
         .unwrap();
     values::<4>(&out)
 }

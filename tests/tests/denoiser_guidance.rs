@@ -5,7 +5,7 @@
 //! end is in `denoiser_guidance_runs.rs`.
 
 use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
-use dtx::model::net::Net;
+use dtx::model::{Denoiser, Net};
 use dtx::plugins::{InjectArgs, Instance, load_library};
 use dtx::tensor_abi::{
     CpuBackend, DataService, DenoiseService, Session, SessionGuard, Stored, vtables,
@@ -74,6 +74,11 @@ struct TinyUNet {
 }
 
 impl TinyUNet {
+    /// The network's weights table.
+    fn weights(&self) -> dtx::model::Weights<B> {
+        self.net.weights(&self.params).unwrap()
+    }
+
     fn t_float(t: Stored<B>) -> Prim {
         match t {
             Stored::Float(t) => t,
@@ -107,11 +112,12 @@ impl DenoiseService<B> for TinyUNet {
             }
         }
         self.net.forward::<B, AbiError>(
-            &self.params,
+            &self.weights(),
             x_t,
             Self::t_float(t),
             labels,
             &mut |_, h, _| Ok(h),
+            None,
         )
     }
 
@@ -124,7 +130,7 @@ impl DenoiseService<B> for TinyUNet {
     ) -> Result<Vec<Prim>, AbiError> {
         let mut found = HashMap::new();
         self.net.forward::<B, AbiError>(
-            &self.params,
+            &self.weights(),
             x,
             Self::t_float(t),
             None,
@@ -134,6 +140,7 @@ impl DenoiseService<B> for TinyUNet {
                 }
                 Ok(h)
             },
+            None,
         )?;
         Ok(points.iter().map(|p| found.remove(p).unwrap()).collect())
     }
@@ -323,7 +330,7 @@ fn eps_with_injection(
     let ts = t_stored(t, n);
     unet.net
         .forward::<B, AbiError>(
-            &unet.params,
+            &unet.weights(),
             x,
             TinyUNet::t_float(t_stored(t, n)),
             None,
@@ -342,6 +349,7 @@ fn eps_with_injection(
                 })
                 .map_err(|e| AbiError::other(e.to_string()))
             },
+            None,
         )
         .unwrap()
 }

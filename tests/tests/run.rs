@@ -335,7 +335,7 @@ fn an_adm_checkpoint_fine_tunes_class_conditionally_and_samples_with_learned_var
 /// A `dropout` in the ADM flags changes what a training step computes: the
 /// first step's loss, from the same batch and noise, differs from the run
 /// without dropout, and `dropout = 0` is that run exactly. (That the eval
-/// forward ignores dropout is tested in `model::unet::tests`.)
+/// forward ignores dropout is tested in `model::diffusers::net_tests`.)
 #[test]
 fn adm_dropout_changes_the_training_forward() {
     let loss = |sets: &[&str], name: &str| {

@@ -3,6 +3,7 @@
 //! dtx against diffusers or guided-diffusion tensor by tensor.
 
 use super::model_open::{OpenedModel, at_resolution, block_counts, counts_by, open};
+use crate::model::Denoiser;
 use crate::plan::thousands;
 use anyhow::{Context, anyhow};
 use serde_json::{Value, json};

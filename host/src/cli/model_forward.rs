@@ -6,6 +6,7 @@
 
 use super::model_cmd::ModelSource;
 use super::model_open::OpenedModel;
+use crate::model::Denoiser;
 use crate::model::ModelDescription;
 use crate::model::weights::StoredTensor;
 use crate::tensor_abi::CpuBackend as B;
@@ -242,15 +243,17 @@ pub fn run(a: &ForwardArgs, m: &OpenedModel, out: &mut dyn Write) -> anyhow::Res
     let labels: Option<IntTensor<B>> = inputs
         .labels
         .map(|l| B::int_from_data(TensorData::new(l, [b]), &dev));
+    let weights = m.net.weights(&m.params)?;
     let mut seen: Vec<(String, FloatTensor<B>)> = Vec::new();
+    let mut record = |point: &str, h: FloatTensor<B>, _: &FloatTensor<B>| {
+        if points.iter().any(|p| p == point) {
+            seen.push((point.to_owned(), h.clone()));
+        }
+        Ok(h)
+    };
     let output = m
         .net
-        .forward::<B, ()>(&m.params, x, t, labels, &mut |point, h, _| {
-            if points.iter().any(|p| p == point) {
-                seen.push((point.to_owned(), h.clone()));
-            }
-            Ok(h)
-        })
+        .forward::<B, ()>(&weights, x, t, labels, &mut record, None)
         .map_err(|()| anyhow!("the forward pass failed"))?;
     let mut tensors = vec![("out".to_owned(), values(output)?)];
     for (name, h) in seen {

@@ -5,7 +5,8 @@
 //! misshaped or unreadable checkpoint key is reported at once, naming the
 //! file.
 
-use crate::model::net::Net;
+use crate::model::Denoiser;
+use crate::model::Net;
 use crate::model::{ModelDescription, describe, dtx_checkpoint, dtx_run_folder};
 use crate::tensor_abi::{CpuBackend, ParamStore};
 use anyhow::{anyhow, bail};

@@ -11,6 +11,7 @@ mod memory;
 mod preflight;
 
 use crate::manifest::{LoadedManifest, ManifestDiagnostic, ManifestError};
+use crate::model::Denoiser;
 use crate::model::{self, ModelDescription};
 use crate::plugins::{self, Instance, LoadError, PluginLibrary};
 use crate::tensor_abi::{CpuBackend, Session, vtables};
@@ -106,7 +107,7 @@ fn describe_source(
             // A folder without weights (random init): the architecture
             // still names every parameter.
             if !d.parameters_known()
-                && let Ok(net) = model::net::Net::from_description(&d)
+                && let Ok(net) = model::Net::from_description(&d)
             {
                 d.parameters = net.parameters();
             }

@@ -4,6 +4,7 @@
 //! sets accept their configs. Headers only, except a `.pt` archive.
 
 use crate::manifest::{LoadedManifest, ManifestDiagnostic};
+use crate::model::Denoiser;
 use crate::model::{self, ModelDescription};
 
 /// What would stop the run as soon as it loads its source: a config the
@@ -19,7 +20,7 @@ pub(super) fn check_source(
     } else {
         "source.config"
     };
-    let net = match model::net::Net::from_description(d) {
+    let net = match model::Net::from_description(d) {
         Ok(net) => net,
         Err(e) => {
             return vec![loaded.diagnostic(
@@ -54,12 +55,9 @@ pub(super) fn check_source(
 /// A dtx run's checkpoint as a source: its base-model tensors
 /// (`param/<key>`, plugin parameters left out) against the network, from
 /// the header alone, as `train::checkpoint::load_base` will check them.
-fn check_dtx_checkpoint(
-    net: &model::net::Net,
-    ckpt: &std::path::Path,
-) -> Result<(), model::net::NetError> {
-    let header = model::read_safetensors_header(ckpt)
-        .map_err(|e| model::net::NetError::Read(e.to_string()))?;
+fn check_dtx_checkpoint(net: &model::Net, ckpt: &std::path::Path) -> Result<(), model::NetError> {
+    let header =
+        model::read_safetensors_header(ckpt).map_err(|e| model::NetError::Read(e.to_string()))?;
     // What `load_base` registers: a base parameter's EMA value when the
     // checkpoint keeps one (`ema/<key>`), else its value (`param/<key>`).
     let mut found = std::collections::BTreeMap::new();
@@ -84,7 +82,7 @@ fn check_dtx_checkpoint(
     if problems.is_empty() {
         return Ok(());
     }
-    Err(model::net::NetError::CheckpointDoesNotFit {
+    Err(model::NetError::CheckpointDoesNotFit {
         file: ckpt.to_path_buf(),
         problems: model::weights::problem_list(&problems),
     })

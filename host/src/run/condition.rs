@@ -14,6 +14,7 @@ use super::support::{prim_f, ranked};
 use crate::condition::{ConditionPlan, MaskRect, mask_rect, mask_values};
 use crate::data::Dataset;
 use crate::manifest::{EncoderKind, Sample, TokenKind};
+use crate::model::Denoiser;
 use crate::model::clip::{Clip, ClipTokens};
 use crate::plan::Plan;
 use crate::tensor_abi::{ConditionService, untracked};
@@ -230,18 +231,15 @@ impl<B: AutodiffBackend> Student<B> {
         let scaled = x * (self.alpha_bars[t].sqrt() as f32);
         let ts = Tensor::<B, 1>::from_data(TensorData::new(vec![t as f32; b], [b]), &dev);
         let mut found: HashMap<String, P<B>> = HashMap::new();
-        self.net.forward::<B, AbiError>(
-            &self.source,
-            prim_f(scaled),
-            prim_f(ts),
-            None,
-            &mut |point, h, _| {
-                if plan.points.iter().any(|p| p.0 == point) {
-                    found.insert(point.to_owned(), h.clone());
-                }
-                Ok(h)
-            },
-        )?;
+        let mut record = |point: &str, h: P<B>, _: &P<B>| {
+            if plan.points.iter().any(|p| p.0 == point) {
+                found.insert(point.to_owned(), h.clone());
+            }
+            Ok(h)
+        };
+        let (x, t) = (prim_f(scaled), prim_f(ts));
+        self.net
+            .forward::<B, AbiError>(&self.source, x, t, None, &mut record, None)?;
         let (_, d) = plan.shape;
         let g = plan.grid;
         let mut tokens = Vec::new();

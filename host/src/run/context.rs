@@ -14,7 +14,8 @@ use super::student::Student;
 use crate::data::{BatchIter, Dataset};
 use crate::diffusion::schedule::Schedule;
 use crate::manifest::{Init, SourceKind, Trainable};
-use crate::model::net::Net;
+use crate::model::Denoiser;
+use crate::model::Net;
 use crate::plan::Plan;
 use crate::plugins::Instance;
 use crate::tensor_abi::{DataService, Session, SessionGuard};
@@ -200,14 +201,10 @@ fn build_student<B: AutodiffBackend>(
         s.params
             .entries()
             .iter()
-            .map(|e| {
-                (
-                    e.name.clone(),
-                    crate::tensor_abi::untracked::<B>(e.value.clone()),
-                )
-            })
+            .map(|e| (e.name.clone(), e.value.clone()))
             .collect()
     })?;
+    let source = net.weights(&source)?.map(crate::tensor_abi::untracked::<B>);
     let timesteps = m.train.as_ref().map(|t| t.timesteps).unwrap_or(1000);
     let schedule: Schedule = m
         .train

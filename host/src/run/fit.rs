@@ -15,6 +15,7 @@ use super::support::{prim_f, progress_bar, ranked, scalar, step_rng};
 use super::{RunOptions, RunSummary};
 use crate::data::BatchPosition;
 use crate::manifest::Train;
+use crate::model::Denoiser;
 use crate::model::DropoutRng;
 use crate::plan::Plan;
 use crate::plugins::LossArgs;
@@ -161,7 +162,7 @@ fn train_step<B: AutodiffBackend, const D: usize>(
             .to_tensor_flipped::<B>(&b.indices, flips, &ctx.device);
     student.condition_batch(&b.indices, flips, &ctx.device)?;
     let draw = Draw::new::<D>(&mut rng, &x0, t.timesteps, &ctx.device);
-    let params = student.params();
+    let params = student.params()?;
     let (mut terms, pred, x_t) =
         objective(ctx, t).simple::<B, D>(student, &params, &x0, labels.clone(), &draw, true)?;
     let t_stored = Stored::Float(draw.t_float());

@@ -5,7 +5,8 @@
 //! [`Data`] serves them to plugins (`dataset_batch`).
 
 use crate::data::{self, BatchIter, Dataset};
-use crate::model::net::Net;
+use crate::model::Denoiser;
+use crate::model::Net;
 use crate::plan::Plan;
 use crate::tensor_abi::{DataService, Session};
 use anyhow::{Result, anyhow, bail};

@@ -21,7 +21,8 @@ mod student;
 mod support;
 
 use crate::data::BatchPosition;
-use crate::model::net::Net;
+use crate::model::Denoiser;
+use crate::model::Net;
 use crate::plan::Plan;
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;

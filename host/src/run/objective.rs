@@ -17,7 +17,6 @@ use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Int, Tensor, TensorData, TensorMetadata};
 use rand::Rng;
 use rand::rngs::StdRng;
-use std::collections::HashMap;
 
 type P<B> = FloatTensor<B>;
 
@@ -105,7 +104,7 @@ impl Objective<'_> {
     pub(super) fn simple<B: AutodiffBackend, const D: usize>(
         &self,
         student: &Student<B>,
-        params: &HashMap<String, P<B>>,
+        params: &crate::model::Weights<B>,
         x0: &P<B>,
         labels: Option<IntTensor<B>>,
         draw: &Draw<B>,
@@ -182,7 +181,7 @@ impl Objective<'_> {
         batch: usize,
         device: &B::Device,
     ) -> Result<f64> {
-        let params = student.params();
+        let params = student.params()?;
         let mut rng = step_rng(seed, u64::MAX - 2);
         let idx: Vec<usize> = (0..held.len()).collect();
         let mut sum = 0.0;

@@ -7,6 +7,7 @@ use super::support::{batch_shape, normal, prim_f, progress_bar, ranked, step_rng
 use crate::diffusion::prediction::{BatchScalar, to_epsilon};
 use crate::diffusion::sampler::{Sampler, SamplerConfig, VarianceType, alpha_bar_at, sample};
 use crate::manifest::{Sample, Sampler as SamplerKind};
+use crate::model::{Denoiser, Weights};
 use crate::tensor_abi::{SampleService, Session, Stored};
 use anyhow::{Result, anyhow};
 use burn::tensor::backend::AutodiffBackend;
@@ -56,17 +57,15 @@ pub(super) fn sample_stage<B: AutodiffBackend, const D: usize>(
     let Some(sm) = &m.sample else {
         return Ok(());
     };
-    let weights: HashMap<String, P<B>> = match &ctx.ema {
-        Some(e) => Session::<B>::with(|s| e.values(&s.params))?
-            .into_iter()
-            .collect(),
+    let weights: Weights<B> = match &ctx.ema {
+        Some(e) => {
+            let ema: HashMap<String, P<B>> = Session::<B>::with(|s| e.values(&s.params))?
+                .into_iter()
+                .collect();
+            ctx.student.net.weights(&ema)?
+        }
         // no graph through the weights while sampling
-        None => ctx
-            .student
-            .params()
-            .into_iter()
-            .map(|(k, v)| (k, crate::tensor_abi::untracked::<B>(v)))
-            .collect(),
+        None => ctx.student.params()?.map(crate::tensor_abi::untracked::<B>),
     };
     let with_source = ctx.eval_setup.as_ref().is_some_and(|e| e.wants_source());
     let drawn = draw::<B, D>(
@@ -235,7 +234,7 @@ fn sampler_config<B: AutodiffBackend, const D: usize>(
 #[allow(clippy::too_many_arguments)]
 fn trajectory<B: AutodiffBackend, const D: usize>(
     student: &Student<B>,
-    weights: Option<&HashMap<String, P<B>>>,
+    weights: Option<&Weights<B>>,
     cfg: &SamplerConfig,
     learned_sigma: bool,
     x_big_t: Tensor<B, D>,
@@ -328,7 +327,7 @@ fn trajectory<B: AutodiffBackend, const D: usize>(
 struct SamplingWeights<'a, B: AutodiffBackend>(&'a Student<B>);
 
 impl<'a, B: AutodiffBackend> SamplingWeights<'a, B> {
-    fn set(student: &'a Student<B>, weights: &HashMap<String, P<B>>) -> Self {
+    fn set(student: &'a Student<B>, weights: &Weights<B>) -> Self {
         *student.sampling_weights.borrow_mut() = Some(weights.clone());
         // no graph through plugin parameters while sampling: nothing trains,
         // and graphs that never reach a backward pile up in memory
@@ -353,7 +352,7 @@ impl<B: AutodiffBackend> Drop for SamplingWeights<'_, B> {
 #[allow(clippy::too_many_arguments)]
 pub(super) fn draw<B: AutodiffBackend, const D: usize>(
     student: &std::rc::Rc<Student<B>>,
-    weights: &HashMap<String, P<B>>,
+    weights: &Weights<B>,
     sm: &Sample,
     seed: u64,
     device: &B::Device,

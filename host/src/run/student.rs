@@ -6,7 +6,8 @@
 
 use crate::data::Dataset;
 use crate::diffusion::prediction::{BatchScalar, Prediction, to_epsilon};
-use crate::model::net::Net;
+use crate::model::Denoiser;
+use crate::model::{Net, Weights};
 use crate::plugins::{InjectArgs, Instance};
 use crate::tensor_abi::{DenoiseService, Session, Stored};
 use anyhow::Result;
@@ -31,7 +32,7 @@ pub(super) struct Student<B: AutodiffBackend> {
     /// innermost last ([`Student::each_hooked`]; an `inject` is one too).
     pub(super) running: RefCell<Vec<usize>>,
     /// Frozen copy of the source weights, for `denoise(source)`.
-    pub(super) source: HashMap<String, P<B>>,
+    pub(super) source: Weights<B>,
     /// What the network predicts, ᾱ_t and the data's channels: `denoise`
     /// answers ε of the data's channels whatever the network outputs.
     pub(super) prediction: Prediction,
@@ -43,7 +44,7 @@ pub(super) struct Student<B: AutodiffBackend> {
     /// The weights being sampled from (EMA when the run keeps one), while
     /// sampling: `denoise(student)` / `features(student)` from a `score` or
     /// `filter` hook use them rather than the raw training weights.
-    pub(super) sampling_weights: RefCell<Option<HashMap<String, P<B>>>>,
+    pub(super) sampling_weights: RefCell<Option<Weights<B>>>,
     /// The masks samples are conditioned on in turn (`sample.masks`).
     pub(super) sample_masks: Option<Dataset>,
     /// The current training step's dropout stream (for a U-Net whose
@@ -116,23 +117,27 @@ impl<B: AutodiffBackend> Student<B> {
 }
 
 impl<B: AutodiffBackend> Student<B> {
-    pub(super) fn params(&self) -> HashMap<String, P<B>> {
+    /// The current training weights of the base model (the session's base
+    /// parameters), as the network's table.
+    pub(super) fn params(&self) -> Result<Weights<B>, AbiError> {
         Session::<B>::with(|s| {
-            s.params
+            let base: HashMap<&str, &P<B>> = s
+                .params
                 .entries()
                 .iter()
                 .filter(|e| e.owner == crate::tensor_abi::BASE_OWNER)
-                .map(|e| (e.name.clone(), e.value.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
+                .map(|e| (e.name.as_str(), &e.value))
+                .collect();
+            Weights::gather(self.net.catalogue(), |k| base.get(k).map(|&v| v.clone()))
+                .map_err(|e| AbiError::other(format!("the student's base weights: {e}")))
+        })?
     }
 
     /// The student's weights for the services: the sampled ones while
     /// sampling, else the current training weights.
-    fn student_weights(&self) -> HashMap<String, P<B>> {
+    fn student_weights(&self) -> Result<Weights<B>, AbiError> {
         match &*self.sampling_weights.borrow() {
-            Some(w) => w.clone(),
+            Some(w) => Ok(w.clone()),
             None => self.params(),
         }
     }
@@ -175,7 +180,7 @@ impl<B: AutodiffBackend> Student<B> {
     /// that call (docs/plugin-authoring.md, "Host services").
     pub(super) fn forward(
         &self,
-        params: &HashMap<String, P<B>>,
+        params: &Weights<B>,
         x: P<B>,
         t: P<B>,
         labels: Option<IntTensor<B>>,
@@ -186,7 +191,7 @@ impl<B: AutodiffBackend> Student<B> {
         let cond = self.current_condition();
         let dropout = self.dropout.borrow();
         let dropout = dropout.as_ref().filter(|_| training);
-        self.net.forward_with::<B, AbiError>(
+        self.net.forward::<B, AbiError>(
             params,
             x,
             t,
@@ -228,9 +233,14 @@ impl<B: AutodiffBackend> Student<B> {
         t: P<B>,
         labels: Option<IntTensor<B>>,
     ) -> Result<P<B>, AbiError> {
-        let out = self
-            .net
-            .forward::<B, AbiError>(&self.source, x, t, labels, &mut |_, h, _| Ok(h))?;
+        let out = self.net.forward::<B, AbiError>(
+            &self.source,
+            x,
+            t,
+            labels,
+            &mut |_, h, _| Ok(h),
+            None,
+        )?;
         Ok(crate::tensor_abi::untracked::<B>(out))
     }
 }
@@ -255,7 +265,7 @@ impl<B: AutodiffBackend> DenoiseService<B> for Rc<Student<B>> {
         let out = match which {
             Which::Source => self.source_forward(x_t.clone(), t.clone(), labels)?,
             Which::Student => self.forward(
-                &self.student_weights(),
+                &self.student_weights()?,
                 x_t.clone(),
                 t.clone(),
                 labels,
@@ -275,16 +285,17 @@ impl<B: AutodiffBackend> DenoiseService<B> for Rc<Student<B>> {
         let t = t_float(&t)?;
         let params = match which {
             Which::Source => self.source.clone(),
-            Which::Student => self.student_weights(),
+            Which::Student => self.student_weights()?,
         };
         let mut found: HashMap<String, P<B>> = HashMap::new();
+        let mut record = |point: &str, h: P<B>, _: &P<B>| {
+            if points.iter().any(|p| p == point) {
+                found.insert(point.to_owned(), h.clone());
+            }
+            Ok(h)
+        };
         self.net
-            .forward::<B, AbiError>(&params, x, t, None, &mut |point, h, _| {
-                if points.iter().any(|p| p == point) {
-                    found.insert(point.to_owned(), h.clone());
-                }
-                Ok(h)
-            })?;
+            .forward::<B, AbiError>(&params, x, t, None, &mut record, None)?;
         points
             .iter()
             .map(|p| {

@@ -9,8 +9,25 @@
 //! resnets; up level `i` (lowest resolution first) holds
 //! `layers_per_block + 1` resnets with `reversed(block_out_channels)[i]`
 //! channels, then an upsampler except on the last level.
+//!
+//! The rest of the folder is the model itself: `config.rs` reads the
+//! architecture ([`UNet2DConfig`]) from a description, `net.rs` builds the
+//! network ([`UNet2D`]) and runs its forward, `weights.rs` loads
+//! `diffusion_pytorch_model.safetensors` into the host's parameter store.
 
+mod config;
+mod error;
 mod keys;
+mod net;
+#[cfg(test)]
+mod net_tests;
+mod weights;
+
+pub use config::{BlockKind, TimeShift, UNet2DConfig};
+pub use error::{UNetError, WeightProblem};
+pub use net::UNet2D;
+pub(crate) use weights::current_name;
+pub use weights::{load_safetensors, weights_file};
 
 use super::config::ConfigReader;
 use super::describe::header_parameters;

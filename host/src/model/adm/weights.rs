@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Reads the checkpoint at `path` and registers each of `expected` (the
-/// network's parameters, [`AdmNet::parameters`](super::AdmNet::parameters))
+/// network's catalogue, [`AdmNet::catalogue`](super::AdmNet::catalogue))
 /// as a base parameter of `store`, in that order, `trainable(key)` deciding
 /// which train. The format follows the extension: `.safetensors`, or
 /// `.pt` / `.pth` / `.ckpt` for `torch.save` archives.
@@ -26,17 +26,17 @@ pub fn load_weights<B: AutodiffBackend>(
     store: &mut ParamStore<B>,
     device: &B::Device,
     trainable: &dyn Fn(&str) -> bool,
-    expected: Vec<(String, Vec<usize>)>,
+    expected: &[(String, Vec<usize>)],
 ) -> Result<(), AdmError> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let result = match ext {
         "safetensors" => {
-            load_safetensors_file(path, &str::to_owned, &expected, store, device, trainable)
+            load_safetensors_file(path, &str::to_owned, expected, store, device, trainable)
         }
         "pt" | "pth" | "ckpt" => match read_state_dict(path) {
             Ok(tensors) => {
                 let found: BTreeMap<_, _> = tensors.into_iter().collect();
-                register_fitting(&expected, found, store, device, trainable)
+                register_fitting(expected, found, store, device, trainable)
             }
             Err(reason) => Err(LoadFailure::Read(reason)),
         },

@@ -12,6 +12,25 @@
 //! `middle_block` is ResBlock, attention, ResBlock; output level `i` (lowest
 //! resolution first) holds `num_res_blocks + 1` ResBlocks (`output_blocks.{k}.0`)
 //! with an upsampler after the last one except on the last level.
+//!
+//! The rest of the folder is the model itself: `config.rs` reads the
+//! architecture ([`AdmConfig`]) from a description, `net.rs` builds the
+//! network ([`AdmNet`]) and runs its forward (`attention.rs` is its
+//! attention block), `weights.rs` loads `.safetensors` and `torch.save`
+//! checkpoints into the host's parameter store.
+
+mod attention;
+mod config;
+mod error;
+mod net;
+#[cfg(test)]
+mod net_tests;
+mod weights;
+
+pub use config::{AdmConfig, AttentionOrder};
+pub use error::AdmError;
+pub use net::AdmNet;
+pub use weights::load_weights;
 
 use super::config::{ConfigReader, check_keys, found, table_to_json};
 use super::describe::{Point, header_parameters};

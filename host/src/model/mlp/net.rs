@@ -1,5 +1,5 @@
-//! The residual MLP denoiser's forward pass, on parameters held in the host's
-//! [`ParamStore`] under the names of `docs/models.md` ("MLP denoiser").
+//! [`MlpNet`]: the residual MLP denoiser, built once from its [`MlpConfig`]
+//! with its parameters under the names of `docs/models.md` ("MLP denoiser").
 //!
 //! ```text
 //! e    = sinusoidal(t, hidden)                      (cos half, then sin half)
@@ -14,18 +14,21 @@
 //! At each injection point the forward calls a hook, which is where the host
 //! runs the plugins bound there (and where `features` records activations).
 
-use super::{ModelDescription, mlp};
+use super::block_names;
+use crate::model::ModelDescription;
+use crate::model::nn::layers::{PointHook, tensor};
+use crate::model::nn::{Catalogue, Param, Vars, Weights};
 use crate::tensor_abi::ParamStore;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
-use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive, activation};
+use burn::tensor::{Int, Tensor, TensorData, activation};
 use rand::Rng;
 use rand_distr::{Distribution, Normal, Uniform};
-use std::collections::HashMap;
+use std::cell::RefCell;
 
 /// Shape of the MLP denoiser.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MlpNet {
+pub struct MlpConfig {
     /// Data dimension `D`.
     pub data_dim: usize,
     /// Width `H`.
@@ -36,49 +39,74 @@ pub struct MlpNet {
     pub num_classes: usize,
 }
 
-type P<B> = FloatTensor<B>;
-
-/// The hook called at every injection point: `(point, h, temb) -> h'`.
-pub type PointHook<'a, B, E> = dyn FnMut(&str, P<B>, &P<B>) -> Result<P<B>, E> + 'a;
-
-fn t2<B: AutodiffBackend>(p: &P<B>) -> Tensor<B, 2> {
-    Tensor::from_primitive(TensorPrimitive::Float(p.clone()))
+/// A linear layer in dtx's MLP layout: `x · W + b` with an `[in, out]`
+/// weight.
+#[derive(Debug, Clone, PartialEq)]
+struct Dense {
+    weight: Param<2>,
+    bias: Param<1>,
 }
 
-fn t1<B: AutodiffBackend>(p: &P<B>) -> Tensor<B, 1> {
-    Tensor::from_primitive(TensorPrimitive::Float(p.clone()))
-}
+impl Dense {
+    fn new(vars: &Vars, d_in: usize, d_out: usize) -> Self {
+        Dense {
+            weight: vars.param("weight", [d_in, d_out]),
+            bias: vars.param("bias", [d_out]),
+        }
+    }
 
-/// A named parameter, or a panic naming it (the store was filled by
-/// [`MlpNet::init`] from the same name list, so a miss is a host bug).
-fn get<'a, B: AutodiffBackend>(params: &'a HashMap<String, P<B>>, name: &str) -> &'a P<B> {
-    params
-        .get(name)
-        .unwrap_or_else(|| panic!("MLP parameter `{name}` is missing from the store"))
-}
-
-fn linear<B: AutodiffBackend>(
-    params: &HashMap<String, P<B>>,
-    name: &str,
-    x: Tensor<B, 2>,
-) -> Tensor<B, 2> {
-    let w = t2::<B>(get::<B>(params, &format!("{name}.weight")));
-    let b = t1::<B>(get::<B>(params, &format!("{name}.bias")));
-    x.matmul(w) + b.unsqueeze()
+    fn forward<B: AutodiffBackend>(&self, w: &Weights<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        x.matmul(w.get(self.weight)) + w.get(self.bias).unsqueeze()
+    }
 }
 
 /// LayerNorm over the last dim, ε = 1e-5, with affine `weight`/`bias`.
-fn layer_norm<B: AutodiffBackend>(
-    params: &HashMap<String, P<B>>,
-    name: &str,
-    x: Tensor<B, 2>,
-) -> Tensor<B, 2> {
-    let mean = x.clone().mean_dim(1);
-    let centered = x - mean;
-    let var = centered.clone().powf_scalar(2.0).mean_dim(1);
-    let y = centered / (var + 1e-5).sqrt();
-    y * t1::<B>(get::<B>(params, &format!("{name}.weight"))).unsqueeze()
-        + t1::<B>(get::<B>(params, &format!("{name}.bias"))).unsqueeze()
+#[derive(Debug, Clone, PartialEq)]
+struct LayerNorm {
+    weight: Param<1>,
+    bias: Param<1>,
+}
+
+impl LayerNorm {
+    fn new(vars: &Vars, d: usize) -> Self {
+        LayerNorm {
+            weight: vars.param("weight", [d]),
+            bias: vars.param("bias", [d]),
+        }
+    }
+
+    fn forward<B: AutodiffBackend>(&self, w: &Weights<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let mean = x.clone().mean_dim(1);
+        let centered = x - mean;
+        let var = centered.clone().powf_scalar(2.0).mean_dim(1);
+        let y = centered / (var + 1e-5).sqrt();
+        y * w.get(self.weight).unsqueeze() + w.get(self.bias).unsqueeze()
+    }
+}
+
+/// A residual block, named for its injection point.
+#[derive(Debug, Clone, PartialEq)]
+struct Block {
+    point: String,
+    norm: LayerNorm,
+    fc1: Dense,
+    temb_proj: Dense,
+    fc2: Dense,
+}
+
+/// The residual MLP denoiser: its config and its layers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlpNet {
+    /// The shape.
+    pub config: MlpConfig,
+    catalogue: Catalogue,
+    time_embed: [Dense; 2],
+    /// `[K + 1, H]`, for a class-conditional net.
+    class_embed: Option<Param<2>>,
+    in_proj: Dense,
+    blocks: Vec<Block>,
+    out_norm: LayerNorm,
+    out_proj: Dense,
 }
 
 /// ADM's `timestep_embedding`: `[cos(t·f_i), sin(t·f_i)]`, f_i = 10000^(−i/half).
@@ -92,22 +120,77 @@ pub fn timestep_embedding<B: AutodiffBackend>(t: Tensor<B, 1>, dim: usize) -> Te
     Tensor::cat(vec![args.clone().cos(), args.sin()], 1)
 }
 
-impl MlpNet {
-    /// The net a description (kind `mlp`) defines.
-    pub fn from_description(d: &ModelDescription) -> Option<MlpNet> {
+impl MlpConfig {
+    /// The shape a description (kind `mlp`) defines.
+    pub fn from_description(d: &ModelDescription) -> Option<MlpConfig> {
         let get = |k: &str| d.config_value(k)?.parse::<usize>().ok();
         (d.kind == "mlp").then_some(())?;
-        Some(MlpNet {
+        Some(MlpConfig {
             data_dim: get("data_dim")?,
             hidden: get("hidden")?,
             blocks: get("blocks")?,
             num_classes: get("num_classes")?,
         })
     }
+}
+
+impl MlpNet {
+    /// The network `config` defines, its parameters declared in forward
+    /// order.
+    pub fn new(config: MlpConfig) -> Self {
+        let cat = RefCell::new(Catalogue::default());
+        let vars = Vars::root(&cat);
+        let (d, h) = (config.data_dim, config.hidden);
+        let time_embed = [
+            Dense::new(&vars.pp("time_embed.0"), h, h),
+            Dense::new(&vars.pp("time_embed.2"), h, h),
+        ];
+        let class_embed = (config.num_classes > 0).then(|| {
+            vars.pp("class_embed")
+                .param("weight", [config.num_classes + 1, h])
+        });
+        let in_proj = Dense::new(&vars.pp("in_proj"), d, h);
+        let blocks = block_names(config.blocks)
+            .into_iter()
+            .map(|point| {
+                let vars = vars.pp(&point);
+                Block {
+                    norm: LayerNorm::new(&vars.pp("norm"), h),
+                    fc1: Dense::new(&vars.pp("fc1"), h, 2 * h),
+                    temb_proj: Dense::new(&vars.pp("temb_proj"), h, 2 * h),
+                    fc2: Dense::new(&vars.pp("fc2"), 2 * h, h),
+                    point,
+                }
+            })
+            .collect();
+        let out_norm = LayerNorm::new(&vars.pp("out_norm"), h);
+        let out_proj = Dense::new(&vars.pp("out_proj"), h, d);
+        drop(vars);
+        MlpNet {
+            config,
+            catalogue: cat.into_inner(),
+            time_embed,
+            class_embed,
+            in_proj,
+            blocks,
+            out_norm,
+            out_proj,
+        }
+    }
+
+    /// The net a description (kind `mlp`) defines.
+    pub fn from_description(d: &ModelDescription) -> Option<MlpNet> {
+        MlpConfig::from_description(d).map(MlpNet::new)
+    }
+
+    /// Every parameter name with its shape, in forward order.
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
 
     /// Every parameter name with its shape, in forward order.
     pub fn parameters(&self) -> Vec<(String, Vec<usize>)> {
-        mlp::parameters(self.data_dim, self.hidden, self.blocks, self.num_classes)
+        self.catalogue.entries().to_vec()
     }
 
     /// Registers freshly initialised parameters in `store` (PyTorch's laws:
@@ -120,7 +203,7 @@ impl MlpNet {
         device: &B::Device,
         trainable: &dyn Fn(&str) -> bool,
     ) -> Result<(), dtx_plugin_api::AbiError> {
-        for (name, shape) in self.parameters() {
+        for (name, shape) in self.catalogue.entries() {
             let n: usize = shape.iter().product();
             let values: Vec<f32> = if name.ends_with("norm.weight") {
                 vec![1.0; n]
@@ -135,18 +218,14 @@ impl MlpNet {
                     shape[0]
                 } else {
                     let w = name.trim_end_matches(".bias").to_owned() + ".weight";
-                    self.parameters()
-                        .into_iter()
-                        .find(|(n, _)| *n == w)
-                        .map(|(_, s)| s[0])
-                        .unwrap_or(1)
+                    self.catalogue.shape_of(&w).map(|s| s[0]).unwrap_or(1)
                 };
                 let bound = 1.0 / (fan_in as f32).sqrt();
                 let d = Uniform::new(-bound, bound).expect("valid bounds");
                 (0..n).map(|_| d.sample(rng)).collect()
             };
             let prim = B::float_from_data(TensorData::new(values, shape.clone()), device);
-            store.register_base(&name, prim, trainable(&name))?;
+            store.register_base(name, prim, trainable(name))?;
         }
         Ok(())
     }
@@ -157,46 +236,41 @@ impl MlpNet {
     /// # Shapes
     /// - x: `[B, D]`, t: `[B]`, labels: `[B]`
     /// - output: `[B, D]`
-    pub fn forward<B: AutodiffBackend, E>(
+    pub(crate) fn forward<B: AutodiffBackend, E>(
         &self,
-        params: &HashMap<String, P<B>>,
-        x: P<B>,
-        t: P<B>,
+        w: &Weights<B>,
+        x: FloatTensor<B>,
+        t: FloatTensor<B>,
         labels: Option<IntTensor<B>>,
         hook: &mut PointHook<'_, B, E>,
-    ) -> Result<P<B>, E> {
+    ) -> Result<FloatTensor<B>, E> {
         // 1. time (and class) embedding
-        let e = timestep_embedding(t1::<B>(&t), self.hidden); // [B, H]
-        let mut temb = linear(
-            params,
-            "time_embed.2",
-            activation::silu(linear(params, "time_embed.0", e)),
-        );
-        if let (true, Some(y)) = (self.num_classes > 0, labels) {
-            let table = t2::<B>(get::<B>(params, "class_embed.weight")); // [K+1, H]
-            temb = temb + table.select(0, Tensor::<B, 1, Int>::from_primitive(y));
+        let e = timestep_embedding(tensor::<B, 1>(&t), self.config.hidden); // [B, H]
+        let [te0, te2] = &self.time_embed;
+        let mut temb = te2.forward(w, activation::silu(te0.forward(w, e)));
+        if let (Some(table), Some(y)) = (self.class_embed, labels) {
+            temb = temb
+                + w.get(table)
+                    .select(0, Tensor::<B, 1, Int>::from_primitive(y)); // [K+1, H] rows
         }
         let temb0 = temb.into_primitive().tensor();
         let temb = hook("temb", temb0.clone(), &temb0)?; // [B, H]
         // 2. input projection
-        let mut h = linear(params, "in_proj", t2::<B>(&x)); // [B, H]
+        let mut h = self.in_proj.forward(w, tensor::<B, 2>(&x)); // [B, H]
         // 3. residual blocks, each an injection point
-        let temb_act = activation::silu(t2::<B>(&temb));
-        for block in mlp::block_names(self.blocks) {
-            let u = linear(
-                params,
-                &format!("{block}.fc1"),
-                activation::silu(layer_norm(params, &format!("{block}.norm"), h.clone())),
-            ) + linear(params, &format!("{block}.temb_proj"), temb_act.clone()); // [B, 2H]
-            let out = h + linear(params, &format!("{block}.fc2"), activation::silu(u)); // [B, H]
-            h = t2::<B>(&hook(&block, out.into_primitive().tensor(), &temb)?);
+        let temb_act = activation::silu(tensor::<B, 2>(&temb));
+        for b in &self.blocks {
+            let u = b
+                .fc1
+                .forward(w, activation::silu(b.norm.forward(w, h.clone())))
+                + b.temb_proj.forward(w, temb_act.clone()); // [B, 2H]
+            let out = h + b.fc2.forward(w, activation::silu(u)); // [B, H]
+            h = tensor::<B, 2>(&hook(&b.point, out.into_primitive().tensor(), &temb)?);
         }
         // 4. output
-        let out = linear(
-            params,
-            "out_proj",
-            activation::silu(layer_norm(params, "out_norm", h)),
-        ); // [B, D]
+        let out = self
+            .out_proj
+            .forward(w, activation::silu(self.out_norm.forward(w, h))); // [B, D]
         Ok(out.into_primitive().tensor())
     }
 }
@@ -208,12 +282,12 @@ mod tests {
     use rand::SeedableRng;
 
     fn net() -> MlpNet {
-        MlpNet {
+        MlpNet::new(MlpConfig {
             data_dim: 2,
             hidden: 8,
             blocks: 1,
             num_classes: 3,
-        }
+        })
     }
 
     fn store(net: &MlpNet) -> ParamStore<B> {
@@ -224,11 +298,18 @@ mod tests {
         s
     }
 
-    fn params(s: &ParamStore<B>) -> HashMap<String, P<B>> {
-        s.entries()
-            .iter()
-            .map(|e| (e.name.clone(), e.value.clone()))
-            .collect()
+    fn params(n: &MlpNet, s: &ParamStore<B>) -> Weights<B> {
+        Weights::gather(n.catalogue(), |k| {
+            s.entries()
+                .iter()
+                .find(|e| e.name == k)
+                .map(|e| e.value.clone())
+        })
+        .unwrap()
+    }
+
+    fn t2(p: &FloatTensor<B>) -> Tensor<B, 2> {
+        tensor::<B, 2>(p)
     }
 
     #[test]
@@ -246,7 +327,7 @@ mod tests {
     fn forward_visits_every_point_in_order_and_the_hook_can_change_it() {
         let n = net();
         let s = store(&n);
-        let p = params(&s);
+        let p = params(&n, &s);
         let dev = Default::default();
         let x = Tensor::<B, 2>::ones([4, 2], &dev).into_primitive().tensor();
         let t = Tensor::<B, 1>::from_floats([1.0, 10.0, 100.0, 999.0], &dev)
@@ -261,20 +342,20 @@ mod tests {
             })
             .unwrap();
         assert_eq!(seen, ["temb", "down.0.res.0", "mid.res.0", "up.0.res.0"]);
-        assert_eq!(t2::<B>(&out).dims(), [4, 2]);
+        assert_eq!(t2(&out).dims(), [4, 2]);
         // Zeroing the last block's output changes the result.
         let zeroed = n
             .forward::<B, ()>(&p, x, t, None, &mut |point, h, _| {
                 Ok(if point == "up.0.res.0" {
-                    t2::<B>(&h).mul_scalar(0.0).into_primitive().tensor()
+                    t2(&h).mul_scalar(0.0).into_primitive().tensor()
                 } else {
                     h
                 })
             })
             .unwrap();
         assert_ne!(
-            t2::<B>(&out).into_data().to_vec::<f32>().unwrap(),
-            t2::<B>(&zeroed).into_data().to_vec::<f32>().unwrap()
+            t2(&out).into_data().to_vec::<f32>().unwrap(),
+            t2(&zeroed).into_data().to_vec::<f32>().unwrap()
         );
     }
 

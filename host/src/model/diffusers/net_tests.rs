@@ -6,12 +6,15 @@
 //! output and at every injection point.
 
 use super::*;
-use crate::model::describe;
+use crate::model::nn::layers::tensor;
 use crate::model::test_io::{Io, io, max_err, prim, values};
+use crate::model::{Denoiser, DropoutRng, Weights, describe};
 use crate::tensor_abi::{CpuBackend as B, ParamStore};
-use burn::tensor::Int;
-use burn::tensor::TensorData;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Int, Tensor, TensorData};
 use std::collections::HashMap;
+
+type P<B> = FloatTensor<B>;
 use std::path::{Path, PathBuf};
 
 const TOLERANCE: f32 = 1e-4;
@@ -22,23 +25,24 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn net_and_params(dir: &Path) -> (UNet2D, HashMap<String, P<B>>) {
+fn net_and_params(dir: &Path) -> (UNet2D, Weights<B>) {
     let d = describe("diffusers", Some(dir), &toml::Table::new()).unwrap();
     let net = UNet2D::from_description(&d).unwrap();
     let mut store = ParamStore::<B>::default();
     load_safetensors(&net, dir, &mut store, &Default::default(), &|_| false).unwrap();
-    let params = store
+    let params: HashMap<String, P<B>> = store
         .entries()
         .iter()
         .map(|e| (e.name.clone(), e.value.clone()))
         .collect();
-    (net, params)
+    let weights = net.weights(&params).unwrap();
+    (net, weights)
 }
 
 /// Runs the fixture's forward, recording every point; returns the output.
 fn run(
     net: &UNet2D,
-    params: &HashMap<String, P<B>>,
+    params: &Weights<B>,
     io: &Io,
     zero: Option<&str>,
     seen: &mut Vec<(String, Vec<f32>)>,
@@ -165,8 +169,9 @@ fn dropout_applies_only_in_training_and_only_when_configured() {
     let eval = fwd(&net, None);
     assert!(max_err(&eval, &io["output"].1) <= TOLERANCE);
     assert_eq!(fwd(&net, Some(&DropoutRng::new(1))), eval, "dropout 0");
-    let mut dropping = net.clone();
-    dropping.dropout = 0.3;
+    let mut config = net.config.clone();
+    config.dropout = 0.3;
+    let dropping = UNet2D::new(config);
     let a = fwd(&dropping, Some(&DropoutRng::new(1)));
     assert!(max_err(&a, &eval) > 1e-3);
     assert_eq!(a, fwd(&dropping, Some(&DropoutRng::new(1))));
@@ -240,7 +245,7 @@ fn gradients_reach_the_weights_through_every_stage() {
     let labels = Tensor::<B, 1, Int>::from_ints([1, 3], &Default::default()).into_primitive();
     let out = net
         .forward::<B, ()>(
-            &params,
+            &net.weights(&params).unwrap(),
             prim(xs, xv),
             prim(ts, tv),
             Some(labels),
@@ -270,5 +275,29 @@ fn gradients_reach_the_weights_through_every_stage() {
             .iter()
             .sum::<f32>();
         assert!(n > 0.0, "{key}: zero gradient");
+    }
+}
+
+/// The catalogue the built network declares is, key for key and in order,
+/// the parameter list the config gave before networks were built from
+/// blocks (the order weights are initialised in), across configs.
+#[test]
+fn catalogue_keeps_the_legacy_parameter_order() {
+    let base = describe("diffusers", Some(&fixture("small")), &toml::Table::new()).unwrap();
+    let cls = describe(
+        "diffusers",
+        Some(&fixture("class-scale-shift")),
+        &toml::Table::new(),
+    )
+    .unwrap();
+    for d in [base, cls] {
+        let c = UNet2DConfig::from_description(&d).unwrap();
+        for (pad, mid, attn) in [(1, true, true), (0, true, false), (1, false, false)] {
+            let mut c = c.clone();
+            c.downsample_padding = pad;
+            c.mid_block = mid;
+            c.add_attention = attn;
+            assert_eq!(UNet2D::new(c.clone()).parameters(), c.legacy_parameters());
+        }
     }
 }

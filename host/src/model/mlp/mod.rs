@@ -13,6 +13,11 @@
 //! out  = out_proj(silu(out_norm(h)))
 //! ```
 //! `norm` and `out_norm` are LayerNorms; weights are written `[in, out]`.
+//! The network itself, [`MlpNet`], is `net.rs`.
+
+mod net;
+
+pub use net::{MlpConfig, MlpNet};
 
 use super::config::{ConfigReader, check_keys, table_to_json};
 use super::describe::Point;
@@ -33,35 +38,20 @@ pub fn block_names(blocks: usize) -> Vec<String> {
 }
 
 /// Every parameter of the MLP, in forward order, with its shape (`[in, out]`
-/// for weights).
+/// for weights): the catalogue of the network [`MlpNet`] builds.
 pub fn parameters(
     data_dim: usize,
     hidden: usize,
     blocks: usize,
     num_classes: usize,
 ) -> Vec<(String, Vec<usize>)> {
-    let mut p: Vec<(String, Vec<usize>)> = Vec::new();
-    let linear = |p: &mut Vec<_>, name: &str, i: usize, o: usize| {
-        p.push((format!("{name}.weight"), vec![i, o]));
-        p.push((format!("{name}.bias"), vec![o]));
+    let config = MlpConfig {
+        data_dim,
+        hidden,
+        blocks,
+        num_classes,
     };
-    linear(&mut p, "time_embed.0", hidden, hidden);
-    linear(&mut p, "time_embed.2", hidden, hidden);
-    if num_classes > 0 {
-        p.push(("class_embed.weight".into(), vec![num_classes + 1, hidden]));
-    }
-    linear(&mut p, "in_proj", data_dim, hidden);
-    for block in block_names(blocks) {
-        p.push((format!("{block}.norm.weight"), vec![hidden]));
-        p.push((format!("{block}.norm.bias"), vec![hidden]));
-        linear(&mut p, &format!("{block}.fc1"), hidden, 2 * hidden);
-        linear(&mut p, &format!("{block}.temb_proj"), hidden, 2 * hidden);
-        linear(&mut p, &format!("{block}.fc2"), 2 * hidden, hidden);
-    }
-    p.push(("out_norm.weight".into(), vec![hidden]));
-    p.push(("out_norm.bias".into(), vec![hidden]));
-    linear(&mut p, "out_proj", hidden, data_dim);
-    p
+    MlpNet::new(config).catalogue().entries().to_vec()
 }
 
 /// The widest layer or data vector a model config may ask for.

@@ -1,15 +1,17 @@
-//! [`Net`]: the one denoiser type the run engine holds, over every forward
-//! pass dtx has (the residual MLP for vectors, diffusers' `UNet2DModel` and
-//! guided-diffusion's ADM U-Net for images). All share one calling convention — rank-free host tensors, float
-//! timesteps, optional labels, and the injection-point hook — so training,
-//! sampling, `denoise`, `features` and plugins' `inject` do not depend on
-//! which one runs.
+//! [`Denoiser`]: what every network dtx runs offers (the residual MLP for
+//! vectors, diffusers' `UNet2DModel` and guided-diffusion's ADM U-Net for
+//! images), and [`Net`], the one denoiser type the run engine holds. All
+//! share one forward: a [`Weights`] table for the network's [`Catalogue`],
+//! float timesteps, optional labels, the injection-point hook and, in a
+//! training forward, the dropout stream, so training, sampling, `denoise`,
+//! `features` and plugins' `inject` do not depend on which one runs.
 
 use super::ModelDescription;
-use super::adm_net::{AdmNet, load_weights};
-use super::layers::DropoutRng;
-use super::mlp_net::{MlpNet, PointHook};
-use super::unet::{UNet2D, load_safetensors};
+use super::adm::{AdmNet, load_weights};
+use super::diffusers::{UNet2D, load_safetensors};
+use super::mlp::MlpNet;
+use super::nn::layers::{DropoutRng, PointHook};
+use super::nn::{Catalogue, Weights, WeightsError};
 use crate::tensor_abi::ParamStore;
 use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
@@ -18,8 +20,6 @@ use rand::Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 use std::collections::HashMap;
 use std::path::Path;
-
-type P<B> = FloatTensor<B>;
 
 /// Why a [`Net`] cannot be built, initialised or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -33,10 +33,10 @@ pub enum NetError {
     UnrunnableKind(String),
     /// The diffusers U-Net's config or weights.
     #[error(transparent)]
-    UNet(#[from] super::unet::UNetError),
+    UNet(#[from] super::diffusers::UNetError),
     /// The ADM U-Net's config or weights.
     #[error(transparent)]
-    Adm(#[from] super::adm_net::AdmError),
+    Adm(#[from] super::adm::AdmError),
     /// Registering a parameter failed.
     #[error("{0}")]
     Register(#[from] dtx_plugin_api::AbiError),
@@ -67,6 +67,146 @@ pub enum NetError {
     },
 }
 
+/// A network that predicts from a noisy input: its shape, its parameters
+/// and its forward.
+pub trait Denoiser {
+    /// The shape of one example: `[D]` or `[C, S, S]`.
+    fn data_shape(&self) -> Vec<usize>;
+
+    /// Channels of the output (twice the data's for a learned-variance net).
+    fn out_channels(&self) -> usize;
+
+    /// Classes of a class-conditional net (0: unconditional).
+    fn num_classes(&self) -> usize;
+
+    /// The dropout rate of the residual blocks in a training forward (0 for
+    /// the MLP).
+    fn dropout(&self) -> f64;
+
+    /// Every parameter under its checkpoint key with its shape, in the
+    /// order the network declares them.
+    fn catalogue(&self) -> &Catalogue;
+
+    /// The forward pass: the network's output for `x` (`[B, …]`) at float
+    /// timesteps `t` (`[B]`), with class `labels` (`[B]`) for a
+    /// class-conditional net, calling `hook(point, h, temb)` at every
+    /// injection point in forward order; in training mode when `dropout` is
+    /// given (the residual blocks apply their rate with masks from that
+    /// stream), else in eval mode.
+    fn forward<B: AutodiffBackend, E>(
+        &self,
+        weights: &Weights<B>,
+        x: FloatTensor<B>,
+        t: FloatTensor<B>,
+        labels: Option<IntTensor<B>>,
+        hook: &mut PointHook<'_, B, E>,
+        dropout: Option<&DropoutRng>,
+    ) -> Result<FloatTensor<B>, E>;
+
+    /// Every parameter with its shape, as owned pairs.
+    fn parameters(&self) -> Vec<(String, Vec<usize>)> {
+        self.catalogue().entries().to_vec()
+    }
+
+    /// The table of this network's weights, each found by its key in
+    /// `weights`; an error naming the first key missing or misshapen.
+    fn weights<B: AutodiffBackend>(
+        &self,
+        weights: &HashMap<String, FloatTensor<B>>,
+    ) -> Result<Weights<B>, WeightsError> {
+        Weights::gather(self.catalogue(), |k| weights.get(k).cloned())
+    }
+}
+
+impl Denoiser for MlpNet {
+    fn data_shape(&self) -> Vec<usize> {
+        vec![self.config.data_dim]
+    }
+    fn out_channels(&self) -> usize {
+        self.config.data_dim
+    }
+    fn num_classes(&self) -> usize {
+        self.config.num_classes
+    }
+    fn dropout(&self) -> f64 {
+        0.0
+    }
+    fn catalogue(&self) -> &Catalogue {
+        MlpNet::catalogue(self)
+    }
+    fn forward<B: AutodiffBackend, E>(
+        &self,
+        weights: &Weights<B>,
+        x: FloatTensor<B>,
+        t: FloatTensor<B>,
+        labels: Option<IntTensor<B>>,
+        hook: &mut PointHook<'_, B, E>,
+        _dropout: Option<&DropoutRng>,
+    ) -> Result<FloatTensor<B>, E> {
+        MlpNet::forward(self, weights, x, t, labels, hook)
+    }
+}
+
+impl Denoiser for UNet2D {
+    fn data_shape(&self) -> Vec<usize> {
+        let c = &self.config;
+        vec![c.in_channels, c.sample_size, c.sample_size]
+    }
+    fn out_channels(&self) -> usize {
+        self.config.out_channels
+    }
+    fn num_classes(&self) -> usize {
+        self.config.num_class_embeds.unwrap_or(0)
+    }
+    fn dropout(&self) -> f64 {
+        self.config.dropout
+    }
+    fn catalogue(&self) -> &Catalogue {
+        UNet2D::catalogue(self)
+    }
+    fn forward<B: AutodiffBackend, E>(
+        &self,
+        weights: &Weights<B>,
+        x: FloatTensor<B>,
+        t: FloatTensor<B>,
+        labels: Option<IntTensor<B>>,
+        hook: &mut PointHook<'_, B, E>,
+        dropout: Option<&DropoutRng>,
+    ) -> Result<FloatTensor<B>, E> {
+        UNet2D::forward(self, weights, x, t, labels, hook, dropout)
+    }
+}
+
+impl Denoiser for AdmNet {
+    fn data_shape(&self) -> Vec<usize> {
+        let c = &self.config;
+        vec![c.in_channels, c.image_size, c.image_size]
+    }
+    fn out_channels(&self) -> usize {
+        self.config.out_channels
+    }
+    fn num_classes(&self) -> usize {
+        self.config.num_classes.unwrap_or(0)
+    }
+    fn dropout(&self) -> f64 {
+        self.config.dropout
+    }
+    fn catalogue(&self) -> &Catalogue {
+        AdmNet::catalogue(self)
+    }
+    fn forward<B: AutodiffBackend, E>(
+        &self,
+        weights: &Weights<B>,
+        x: FloatTensor<B>,
+        t: FloatTensor<B>,
+        labels: Option<IntTensor<B>>,
+        hook: &mut PointHook<'_, B, E>,
+        dropout: Option<&DropoutRng>,
+    ) -> Result<FloatTensor<B>, E> {
+        AdmNet::forward(self, weights, x, t, labels, hook, dropout)
+    }
+}
+
 /// A denoiser the engine can run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Net {
@@ -78,6 +218,46 @@ pub enum Net {
     Adm(AdmNet),
 }
 
+/// `$body` with `$n` bound to the network inside `$net`.
+macro_rules! each {
+    ($net:expr, $n:ident => $body:expr) => {
+        match $net {
+            Net::Mlp($n) => $body,
+            Net::UNet($n) => $body,
+            Net::Adm($n) => $body,
+        }
+    };
+}
+
+impl Denoiser for Net {
+    fn data_shape(&self) -> Vec<usize> {
+        each!(self, n => n.data_shape())
+    }
+    fn out_channels(&self) -> usize {
+        each!(self, n => Denoiser::out_channels(n))
+    }
+    fn num_classes(&self) -> usize {
+        each!(self, n => Denoiser::num_classes(n))
+    }
+    fn dropout(&self) -> f64 {
+        each!(self, n => Denoiser::dropout(n))
+    }
+    fn catalogue(&self) -> &Catalogue {
+        each!(self, n => Denoiser::catalogue(n))
+    }
+    fn forward<B: AutodiffBackend, E>(
+        &self,
+        weights: &Weights<B>,
+        x: FloatTensor<B>,
+        t: FloatTensor<B>,
+        labels: Option<IntTensor<B>>,
+        hook: &mut PointHook<'_, B, E>,
+        dropout: Option<&DropoutRng>,
+    ) -> Result<FloatTensor<B>, E> {
+        each!(self, n => Denoiser::forward(n, weights, x, t, labels, hook, dropout))
+    }
+}
+
 impl Net {
     /// The net a description defines, or an error saying why it cannot run.
     pub fn from_description(d: &ModelDescription) -> Result<Net, NetError> {
@@ -87,84 +267,6 @@ impl Net {
             "adm" => Net::Adm(AdmNet::from_description(d)?),
             other => return Err(NetError::UnrunnableKind(other.to_owned())),
         })
-    }
-
-    /// The shape of one example: `[D]` or `[C, S, S]`.
-    pub fn data_shape(&self) -> Vec<usize> {
-        match self {
-            Net::Mlp(m) => vec![m.data_dim],
-            Net::UNet(u) => vec![u.in_channels, u.sample_size, u.sample_size],
-            Net::Adm(a) => vec![a.in_channels, a.image_size, a.image_size],
-        }
-    }
-
-    /// Channels of the output (twice the data's for a learned-variance net).
-    pub fn out_channels(&self) -> usize {
-        match self {
-            Net::Mlp(m) => m.data_dim,
-            Net::UNet(u) => u.out_channels,
-            Net::Adm(a) => a.out_channels,
-        }
-    }
-
-    /// Classes of a class-conditional net (0: unconditional).
-    pub fn num_classes(&self) -> usize {
-        match self {
-            Net::Mlp(m) => m.num_classes,
-            Net::UNet(u) => u.num_class_embeds.unwrap_or(0),
-            Net::Adm(a) => a.num_classes.unwrap_or(0),
-        }
-    }
-
-    /// Every base parameter with its shape, under its checkpoint key.
-    pub fn parameters(&self) -> Vec<(String, Vec<usize>)> {
-        match self {
-            Net::Mlp(m) => m.parameters(),
-            Net::UNet(u) => u.parameters(),
-            Net::Adm(a) => a.parameters(),
-        }
-    }
-
-    /// The forward pass (see [`MlpNet::forward`] and [`UNet2D::forward`]):
-    /// `x` `[B, …]`, `t` `[B]` float, `labels` `[B]`; `hook(point, h, temb)`
-    /// at every injection point.
-    pub fn forward<B: AutodiffBackend, E>(
-        &self,
-        params: &HashMap<String, P<B>>,
-        x: P<B>,
-        t: P<B>,
-        labels: Option<IntTensor<B>>,
-        hook: &mut PointHook<'_, B, E>,
-    ) -> Result<P<B>, E> {
-        self.forward_with::<B, E>(params, x, t, labels, hook, None)
-    }
-
-    /// [`Self::forward`], in training mode when `dropout` is given: the
-    /// U-Nets' residual blocks apply their config's `dropout` rate with
-    /// masks from that stream (the MLP has no dropout).
-    pub fn forward_with<B: AutodiffBackend, E>(
-        &self,
-        params: &HashMap<String, P<B>>,
-        x: P<B>,
-        t: P<B>,
-        labels: Option<IntTensor<B>>,
-        hook: &mut PointHook<'_, B, E>,
-        dropout: Option<&DropoutRng>,
-    ) -> Result<P<B>, E> {
-        match self {
-            Net::Mlp(m) => m.forward::<B, E>(params, x, t, labels, hook),
-            Net::UNet(u) => u.forward::<B, E>(params, x, t, labels, hook, dropout),
-            Net::Adm(a) => a.forward::<B, E>(params, x, t, labels, hook, dropout),
-        }
-    }
-
-    /// The dropout rate of the net's residual blocks (0 for the MLP).
-    pub fn dropout(&self) -> f64 {
-        match self {
-            Net::Mlp(_) => 0.0,
-            Net::UNet(u) => u.dropout,
-            Net::Adm(a) => a.dropout,
-        }
     }
 
     /// Registers freshly initialised parameters (training from scratch):
@@ -181,10 +283,10 @@ impl Net {
         if let Net::Mlp(m) = self {
             return Ok(m.init(store, rng, device, trainable)?);
         }
-        let params = self.parameters();
+        let params = self.catalogue().entries();
         let shapes: HashMap<&str, &Vec<usize>> =
             params.iter().map(|(n, s)| (n.as_str(), s)).collect();
-        for (name, shape) in &params {
+        for (name, shape) in params {
             let n: usize = shape.iter().product();
             let weight_of_bias = name
                 .strip_suffix(".bias")
@@ -225,16 +327,16 @@ impl Net {
         use crate::model::weights::{check_safetensors_header, problem_list};
         let (file, problems) = match self {
             Net::UNet(u) => {
-                let file = crate::model::unet::weights_file(path);
+                let file = crate::model::diffusers::weights_file(path);
                 let p = check_safetensors_header(
                     &file,
-                    &crate::model::unet::current_name,
-                    &u.parameters(),
+                    &crate::model::diffusers::current_name,
+                    u.catalogue().entries(),
                 );
                 (file, p)
             }
             Net::Adm(a) if path.extension().is_some_and(|e| e == "safetensors") => {
-                let p = check_safetensors_header(path, &str::to_owned, &a.parameters());
+                let p = check_safetensors_header(path, &str::to_owned, a.catalogue().entries());
                 (path.to_path_buf(), p)
             }
             Net::Adm(a) => {
@@ -246,7 +348,7 @@ impl Net {
                     .into_iter()
                     .map(|(k, t)| (k, (t.shape(), t.dtype())))
                     .collect();
-                let p = crate::model::weights::header_problems(&a.parameters(), found);
+                let p = crate::model::weights::header_problems(a.catalogue().entries(), found);
                 (path.to_path_buf(), Ok(p))
             }
             Net::Mlp(_) => return Ok(()),
@@ -277,7 +379,7 @@ impl Net {
                 store,
                 device,
                 trainable,
-                a.parameters(),
+                a.catalogue().entries(),
             )?),
             Net::Mlp(_) => Err(NetError::MlpHasNoWeights {
                 path: path.to_path_buf(),

@@ -6,8 +6,8 @@
 //! `query`/`key`/`value`/`proj_attn` are read as
 //! `to_q`/`to_k`/`to_v`/`to_out.0`.
 
+use super::WEIGHTS_FILE;
 use super::{UNet2D, UNetError};
-use crate::model::diffusers::WEIGHTS_FILE;
 use crate::model::weights::{LoadFailure, load_safetensors_file};
 use crate::tensor_abi::ParamStore;
 use burn::tensor::backend::AutodiffBackend;
@@ -28,7 +28,7 @@ pub fn weights_file(folder: &Path) -> PathBuf {
 
 /// Reads the weights of `net` from the model folder `folder` (see
 /// [`weights_file`]) and registers each as a base parameter of `store`, in
-/// [`UNet2D::parameters`] order, `trainable(key)` deciding which train.
+/// the order of its catalogue, `trainable(key)` deciding which train.
 ///
 /// Nothing is registered unless every key fits: the error lists every
 /// missing key, unexpected key, shape mismatch and unsupported dtype, each
@@ -44,7 +44,7 @@ pub fn load_safetensors<B: AutodiffBackend>(
     load_safetensors_file(
         &file,
         &current_name,
-        &net.parameters(),
+        net.catalogue().entries(),
         store,
         device,
         trainable,

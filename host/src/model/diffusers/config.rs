@@ -1,7 +1,7 @@
-//! [`UNet2D`]: the architecture of a diffusers `UNet2DModel`, read from the
+//! [`UNet2DConfig`]: the architecture of a diffusers `UNet2DModel`, read from the
 //! config values a [`ModelDescription`] holds (diffusers' defaults already
-//! filled in by `model::diffusers`), and the list of its parameters under
-//! their checkpoint keys with their PyTorch shapes.
+//! filled in by `model::diffusers`). The network it defines, with its
+//! parameters under their checkpoint keys, is [`super::UNet2DConfig`].
 
 use super::UNetError;
 use crate::model::{ConfigProblem, ModelDescription};
@@ -28,7 +28,7 @@ pub enum TimeShift {
 /// A diffusers `UNet2DModel`, as far as its forward pass needs. Field names
 /// are the `config.json` keys; defaults are diffusers' (`UNet2DModel.__init__`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct UNet2D {
+pub struct UNet2DConfig {
     /// `sample_size`: image side.
     pub sample_size: usize,
     /// `in_channels`.
@@ -116,9 +116,9 @@ fn kinds(
         .collect()
 }
 
-impl UNet2D {
+impl UNet2DConfig {
     /// The U-Net a `diffusers` description defines.
-    pub fn from_description(d: &ModelDescription) -> Result<UNet2D, UNetError> {
+    pub fn from_description(d: &ModelDescription) -> Result<UNet2DConfig, UNetError> {
         if d.kind != "diffusers" {
             return Err(UNetError::Config {
                 key: "kind".into(),
@@ -145,7 +145,7 @@ impl UNet2D {
                 });
             }
         };
-        let net = UNet2D {
+        let net = UNet2DConfig {
             sample_size: d.usize_value("sample_size")?,
             in_channels: d.usize_value("in_channels")?,
             out_channels: d.usize_value("out_channels")?,
@@ -227,7 +227,8 @@ impl UNet2D {
     }
 
     /// Every parameter with its PyTorch shape, under its checkpoint key.
-    pub fn parameters(&self) -> Vec<(String, Vec<usize>)> {
+    #[cfg(test)]
+    pub(crate) fn legacy_parameters(&self) -> Vec<(String, Vec<usize>)> {
         let mut p: Vec<(String, Vec<usize>)> = Vec::new();
         let c = &self.block_out_channels;
         let t = self.temb_channels;

@@ -15,13 +15,17 @@
 //!   `model.safetensors` (bfloat16).
 
 use super::*;
+use crate::model::nn::layers::tensor;
 use crate::model::test_io::{Io, io, max_err, prim, values};
 use crate::model::torch_file::read_state_dict;
-use crate::model::{ModelDescription, describe};
+use crate::model::{Denoiser, ModelDescription, describe};
 use crate::tensor_abi::{CpuBackend as B, ParamStore};
-use burn::tensor::Int;
-use burn::tensor::TensorData;
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{Int, Tensor, TensorData};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+type P<B> = FloatTensor<B>;
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -61,7 +65,7 @@ fn load(net: &AdmNet, file: &Path, trainable: bool) -> Result<HashMap<String, P<
         &mut store,
         &Default::default(),
         &|_| trainable,
-        net.parameters(),
+        net.catalogue().entries(),
     )?;
     Ok(store
         .entries()
@@ -97,7 +101,7 @@ fn run(
     let (ts, tv) = &io["timesteps"];
     let out = net
         .forward::<B, ()>(
-            params,
+            &net.weights(params).unwrap(),
             prim(xs, xv),
             prim(ts, tv),
             labels(io),
@@ -221,7 +225,7 @@ fn gradients_reach_the_weights_through_every_stage() {
     let (ts, tv) = &io["timesteps"];
     let out = net
         .forward::<B, ()>(
-            &params,
+            &net.weights(&params).unwrap(),
             prim(xs, xv),
             prim(ts, tv),
             labels(&io),
@@ -386,4 +390,19 @@ fn unknown_and_unusable_flags_name_the_key() {
         err,
         "[source.config].num_heads_upsample: an attention block with 32 channels cannot be split into these heads"
     );
+}
+
+/// The catalogue the built network declares is, key for key and in order,
+/// the parameter list the config gave before networks were built from
+/// blocks, across both fixtures' flags with each resampler kind.
+#[test]
+fn catalogue_keeps_the_legacy_parameter_order() {
+    for name in ["full", "plain"] {
+        let c = AdmConfig::from_description(&description(name, "model.safetensors")).unwrap();
+        for updown in [false, true] {
+            let mut c = c.clone();
+            c.resblock_updown = updown;
+            assert_eq!(AdmNet::new(c.clone()).parameters(), c.legacy_parameters());
+        }
+    }
 }

@@ -1,9 +1,8 @@
-//! [`AdmNet`]: the architecture of a guided-diffusion `UNetModel`, read from
+//! [`AdmConfig`]: the architecture of a guided-diffusion `UNetModel`, read from
 //! the flags an `adm` [`ModelDescription`] holds (guided-diffusion's defaults
-//! already filled in by `model::adm`), and the list of its parameters under
-//! their `state_dict()` keys with their PyTorch shapes, in `state_dict()`
-//! order (`UNetModel.__init__` of guided-diffusion's `unet.py`, Dhariwal &
-//! Nichol 2021, arXiv:2105.05233).
+//! already filled in by `model::adm`; `UNetModel.__init__` of
+//! guided-diffusion's `unet.py`, Dhariwal & Nichol 2021, arXiv:2105.05233).
+//! The network it defines is [`super::AdmNet`].
 
 use super::AdmError;
 use crate::model::ModelDescription;
@@ -31,7 +30,7 @@ pub enum AttentionOrder {
 /// Synthesis*, 2021, arXiv:2105.05233), as far as its forward pass needs.
 /// Fields are named for guided-diffusion's flags.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AdmNet {
+pub struct AdmConfig {
     /// `image_size`: image side.
     pub image_size: usize,
     /// `in_channels`.
@@ -89,9 +88,9 @@ fn count_or_unset(d: &ModelDescription, key: &str) -> Result<Option<usize>, AdmE
     }
 }
 
-impl AdmNet {
+impl AdmConfig {
     /// The U-Net an `adm` description defines.
-    pub fn from_description(d: &ModelDescription) -> Result<AdmNet, AdmError> {
+    pub fn from_description(d: &ModelDescription) -> Result<AdmConfig, AdmError> {
         if d.kind != "adm" {
             return Err(invalid(
                 "kind",
@@ -119,7 +118,7 @@ impl AdmNet {
         let num_heads = count_or_unset(d, "num_heads")?
             .ok_or_else(|| invalid("num_heads", "must be positive, found -1".into()))?;
         let num_heads_upsample = count_or_unset(d, "num_heads_upsample")?.unwrap_or(num_heads);
-        let net = AdmNet {
+        let net = AdmConfig {
             image_size,
             in_channels: d.usize_value("in_channels")?,
             model_channels,
@@ -252,7 +251,8 @@ impl AdmNet {
 
     /// Every parameter with its PyTorch shape, under its `state_dict()` key,
     /// in `state_dict()` order.
-    pub fn parameters(&self) -> Vec<(String, Vec<usize>)> {
+    #[cfg(test)]
+    pub(crate) fn legacy_parameters(&self) -> Vec<(String, Vec<usize>)> {
         let mut p: Vec<(String, Vec<usize>)> = Vec::new();
         let t = self.temb_channels();
         let weight_bias = |p: &mut Vec<(String, Vec<usize>)>, name: String, w: Vec<usize>| {

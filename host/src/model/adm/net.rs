@@ -1,0 +1,315 @@
+//! [`AdmNet`]: the ADM U-Net, guided-diffusion's `UNetModel`
+//! (Dhariwal & Nichol, *Diffusion Models Beat GANs on Image Synthesis*, 2021,
+//! arXiv:2105.05233, building on the improved-diffusion U-Net of Nichol &
+//! Dhariwal, *Improved Denoising Diffusion Probabilistic Models*, 2021,
+//! arXiv:2102.09672; layout and behaviour from guided-diffusion's
+//! `guided_diffusion/unet.py` and `nn.py`), built once from its
+//! [`AdmConfig`] into blocks whose parameters are declared under their
+//! `state_dict()` keys (`input_blocks.1.0.in_layers.2.weight`). The
+//! attention block is `attention.rs`; the ResBlock, group norm, resamplers
+//! and time embedding are `model::nn::layers`, shared with the diffusers
+//! U-Net.
+//!
+//! Supported flags: everything `model::adm` accepts (`num_res_blocks`,
+//! `channel_mult`, `attention_resolutions`, `num_heads`,
+//! `num_head_channels`, `num_heads_upsample`, `use_scale_shift_norm`,
+//! `resblock_updown`, `learn_sigma`, `class_cond`, `use_new_attention_order`).
+//! `use_fp16` and `use_checkpoint` change neither names nor results (the host
+//! computes in f32, as `GroupNorm32` does). `dropout` applies in the
+//! training forward alone (a forward given the step's `DropoutRng`); every other forward is guided-diffusion's in eval mode.
+//!
+//! # Injection points and skip connections
+//!
+//! The forward calls the hook `(point, h, temb) -> h'` at `temb` (the time
+//! embedding after the class embedding is added) and at the output of every
+//! ResBlock that `model::adm` lists: `down.{l}.res.{j}` is
+//! `input_blocks.{1 + l·(num_res_blocks + 1) + j}.0`, `mid.res.{0,1}` are
+//! `middle_block.{0,2}`, `up.{i}.res.{j}` is
+//! `output_blocks.{i·(num_res_blocks + 1) + j}.0` (docs/models.md). The
+//! point is the ResBlock's output, *before* the attention block that follows
+//! it. **The hook's result replaces the activation everywhere downstream,
+//! skip connections included**: an input block's skip is its output after
+//! the hook and the attention, as guided-diffusion stores `hs.append(h)`
+//! after the whole block. Every ResBlock gets the hooked `temb`. The
+//! resampling ResBlocks of `resblock_updown` are not injection points.
+
+use super::attention::AttentionBlock;
+use super::config::{AdmConfig, EPS, GROUPS};
+use crate::model::nn::layers::{
+    Conv2d, DropoutRng, GroupNorm, Linear, PointHook, ResBlock, ResSpec, Resample, ResnetKeys,
+    TimeEmbedding, Upsample, temb_point, tensor, timestep_embedding,
+};
+use crate::model::nn::{Catalogue, Vars, Weights};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{Tensor, activation};
+use std::cell::RefCell;
+
+/// guided-diffusion's `ResBlock` layer names: `in_layers` is (norm, SiLU,
+/// conv), `emb_layers` (SiLU, linear), `out_layers` (norm, SiLU, dropout,
+/// conv).
+const ADM_RESBLOCK: ResnetKeys = ResnetKeys {
+    norm1: "in_layers.0",
+    conv1: "in_layers.2",
+    emb_proj: "emb_layers.1",
+    norm2: "out_layers.0",
+    conv2: "out_layers.3",
+    shortcut: "skip_connection",
+};
+
+/// A resolution change between levels.
+#[derive(Debug, Clone, PartialEq)]
+enum Resampler {
+    /// A ResBlock that resamples (`resblock_updown`).
+    Res(ResBlock),
+    /// `Downsample` with `conv_resample`: a 3×3 convolution of stride 2 (`op`).
+    Conv(Conv2d),
+    /// `Upsample` with `conv_resample`: nearest 2×, then a 3×3 convolution.
+    Up(Upsample),
+}
+
+/// A ResBlock and the attention block after it (levels in
+/// `attention_resolutions`).
+type Layer = (ResBlock, Option<AttentionBlock>);
+
+/// A level of input or output blocks: its layers, then the resampler.
+#[derive(Debug, Clone, PartialEq)]
+struct Level {
+    layers: Vec<Layer>,
+    resample: Option<Resampler>,
+}
+
+/// guided-diffusion's `UNetModel`: its config and its blocks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdmNet {
+    /// The architecture.
+    pub config: AdmConfig,
+    catalogue: Catalogue,
+    time_embed: TimeEmbedding,
+    conv_in: Conv2d,
+    input: Vec<Level>,
+    middle: (ResBlock, AttentionBlock, ResBlock),
+    /// Lowest resolution first.
+    output: Vec<Level>,
+    out_norm: GroupNorm,
+    out_conv: Conv2d,
+}
+
+impl AdmNet {
+    /// The network `config` defines, its parameters declared in
+    /// `state_dict()` order.
+    pub fn new(config: AdmConfig) -> Self {
+        let cat = RefCell::new(Catalogue::default());
+        let vars = Vars::root(&cat);
+        let cfg = &config;
+        let t = cfg.temb_channels();
+        let c = &cfg.channels;
+        let res = |vars: &Vars, c_in: usize, c_out: usize, resample: Resample| {
+            let spec = ResSpec {
+                c_in,
+                c_out,
+                temb: t,
+                groups: GROUPS,
+                eps: EPS,
+                scale_shift: cfg.use_scale_shift_norm,
+                output_scale: 1.0,
+                dropout: cfg.dropout,
+                resample,
+            };
+            ResBlock::new(vars, &ADM_RESBLOCK, spec)
+        };
+        let attention = |vars: &Vars, ch: usize, up: bool| {
+            let (heads, _) = cfg
+                .heads(ch, up)
+                .expect("head split checked by AdmConfig::from_description");
+            AttentionBlock::new(vars, ch, heads, cfg.attention_order)
+        };
+
+        let time_embed = TimeEmbedding {
+            lin1: Linear::new(&vars.pp("time_embed.0"), t, cfg.model_channels),
+            lin2: Linear::new(&vars.pp("time_embed.2"), t, t),
+            classes: cfg
+                .num_classes
+                .map(|k| vars.pp("label_emb").param("weight", [k, t])),
+        };
+        let conv_in = Conv2d::new(&vars.pp("input_blocks.0.0"), c[0], cfg.in_channels, 3, 1, 1);
+        // input blocks, numbered k from 1: ResBlock (+ attention) per
+        // layer, then the downsampler; every block's output is a skip
+        let blocks = vars.pp("input_blocks");
+        let (mut k, mut ch, mut skips) = (1, c[0], vec![c[0]]);
+        let mut input = Vec::new();
+        for (l, &out) in c.iter().enumerate() {
+            let mut layers = Vec::new();
+            for _ in 0..cfg.num_res_blocks {
+                let block = blocks.pp(k);
+                let r = res(&block.pp(0), ch, out, Resample::None);
+                ch = out;
+                let a = cfg
+                    .has_attention(l)
+                    .then(|| attention(&block.pp(1), ch, false));
+                layers.push((r, a));
+                skips.push(ch);
+                k += 1;
+            }
+            let resample = (l + 1 < cfg.levels()).then(|| {
+                let pre = blocks.pp(k).pp(0);
+                skips.push(ch);
+                k += 1;
+                if cfg.resblock_updown {
+                    Resampler::Res(res(&pre, ch, ch, Resample::Down))
+                } else {
+                    Resampler::Conv(Conv2d::new(&pre.pp("op"), ch, ch, 3, 2, 1))
+                }
+            });
+            input.push(Level { layers, resample });
+        }
+        let mid = vars.pp("middle_block");
+        let middle = (
+            res(&mid.pp(0), ch, ch, Resample::None),
+            attention(&mid.pp(1), ch, false),
+            res(&mid.pp(2), ch, ch, Resample::None),
+        );
+        // output blocks, numbered k from 0, lowest resolution first:
+        // concat skip -> ResBlock (+ attention); an upsampler last
+        let blocks = vars.pp("output_blocks");
+        let mut k = 0;
+        let mut output = Vec::new();
+        for (l, &out) in c.iter().enumerate().rev() {
+            let mut layers = Vec::new();
+            let mut resample = None;
+            for j in 0..=cfg.num_res_blocks {
+                let block = blocks.pp(k);
+                let skip = skips.pop().unwrap_or(0);
+                let r = res(&block.pp(0), ch + skip, out, Resample::None);
+                ch = out;
+                let a = cfg
+                    .has_attention(l)
+                    .then(|| attention(&block.pp(1), ch, true));
+                if l > 0 && j == cfg.num_res_blocks {
+                    let pre = block.pp(if a.is_some() { 2 } else { 1 });
+                    resample = Some(if cfg.resblock_updown {
+                        Resampler::Res(res(&pre, ch, ch, Resample::Up))
+                    } else {
+                        Resampler::Up(Upsample::new(&pre, ch))
+                    });
+                }
+                layers.push((r, a));
+                k += 1;
+            }
+            output.push(Level { layers, resample });
+        }
+        let out_norm = GroupNorm::new(&vars.pp("out.0"), ch, GROUPS, EPS);
+        let out_conv = Conv2d::new(&vars.pp("out.2"), cfg.out_channels, c[0], 3, 1, 1);
+        drop((vars, blocks, mid));
+        AdmNet {
+            catalogue: cat.into_inner(),
+            time_embed,
+            conv_in,
+            input,
+            middle,
+            output,
+            out_norm,
+            out_conv,
+            config,
+        }
+    }
+
+    /// The network an `adm` description defines.
+    pub fn from_description(d: &crate::model::ModelDescription) -> Result<Self, super::AdmError> {
+        AdmConfig::from_description(d).map(AdmNet::new)
+    }
+
+    /// Every parameter under its `state_dict()` key with its PyTorch shape.
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
+
+    /// The forward pass: the model output for `x` at timesteps `t` (float,
+    /// one per sample), with class `labels` for a class-conditional model,
+    /// calling `hook(point, h, temb)` at every injection point in forward
+    /// order (see the module doc). Without `labels` no class embedding is
+    /// added (guided-diffusion asserts instead).
+    ///
+    /// With `learn_sigma` the output is ε and the variance interpolation `v`
+    /// (Nichol & Dhariwal 2021, eq. 15) concatenated along channels; the
+    /// caller splits them (`diffusion::prediction::split_learned_sigma`).
+    ///
+    /// `dropout`: the training step's stream, with which every ResBlock
+    /// applies the config's `dropout` rate; `None` is eval mode.
+    ///
+    /// # Shapes
+    /// - x: `[B, in_channels, S, S]`, t: `[B]`, labels: `[B]`
+    /// - output: `[B, out_channels, S, S]`
+    pub(crate) fn forward<B: AutodiffBackend, E>(
+        &self,
+        w: &Weights<B>,
+        x: FloatTensor<B>,
+        t: FloatTensor<B>,
+        labels: Option<IntTensor<B>>,
+        hook: &mut PointHook<'_, B, E>,
+        dropout: Option<&DropoutRng>,
+    ) -> Result<FloatTensor<B>, E> {
+        // 1. time (and class) embedding -> `temb`:
+        //    emb = time_embed(timestep_embedding(t, num_channels)) (+ label_emb(y))
+        let e = timestep_embedding(tensor::<B, 1>(&t), self.config.model_channels, true, 0.0);
+        let (temb, temb_act) = temb_point(self.time_embed.forward(w, e, labels), hook)?; // temb_act: every ResBlock's silu(emb)
+        let mut at = |point: &str, h: Tensor<B, 4>| -> Result<Tensor<B, 4>, E> {
+            let hooked = hook(point, h.into_primitive().tensor(), &temb)?;
+            Ok(tensor::<B, 4>(&hooked))
+        };
+        let res = |r: &ResBlock, h: Tensor<B, 4>| r.forward(w, h, &temb_act, dropout);
+        let attend = |a: &Option<AttentionBlock>, h: Tensor<B, 4>| match a {
+            Some(a) => a.forward(w, h),
+            None => h,
+        };
+        let resample = |r: &Resampler, h: Tensor<B, 4>| match r {
+            Resampler::Res(r) => res(r, h),
+            Resampler::Conv(c) => c.forward(w, h),
+            Resampler::Up(u) => u.forward(w, h),
+        };
+
+        // 2. input blocks: conv; per level ResBlock -> point -> attention,
+        //    then a downsampler; every block's output is a skip
+        let mut h = self.conv_in.forward(w, tensor::<B, 4>(&x));
+        let mut skips = vec![h.clone()];
+        for (l, level) in self.input.iter().enumerate() {
+            for (j, (r, a)) in level.layers.iter().enumerate() {
+                h = at(&format!("down.{l}.res.{j}"), res(r, h))?;
+                h = attend(a, h);
+                skips.push(h.clone());
+            }
+            if let Some(r) = &level.resample {
+                h = resample(r, h);
+                skips.push(h.clone());
+            }
+        }
+
+        // 3. middle block: ResBlock -> point -> attention -> ResBlock -> point
+        let (r0, a, r1) = &self.middle;
+        h = at("mid.res.0", res(r0, h))?;
+        h = a.forward(w, h);
+        h = at("mid.res.1", res(r1, h))?;
+
+        // 4. output blocks, lowest resolution first: concat skip -> ResBlock
+        //    -> point -> attention, and an upsampler after a level's last
+        for (i, level) in self.output.iter().enumerate() {
+            for (j, (r, a)) in level.layers.iter().enumerate() {
+                let skip = skips
+                    .pop()
+                    .expect("one skip per output block (guided-diffusion's layout)");
+                h = at(
+                    &format!("up.{i}.res.{j}"),
+                    res(r, Tensor::cat(vec![h, skip], 1)),
+                )?;
+                h = attend(a, h);
+            }
+            if let Some(r) = &level.resample {
+                h = resample(r, h);
+            }
+        }
+
+        // 5. out: norm, SiLU, conv
+        let h = activation::silu(self.out_norm.forward(w, h));
+        Ok(self.out_conv.forward(w, h).into_primitive().tensor())
+    }
+}

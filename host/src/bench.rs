@@ -10,7 +10,7 @@ use crate::diffusion::schedule::Schedule;
 use crate::model::Denoiser;
 use crate::model::Net;
 use crate::tensor_abi::Session;
-use crate::train::optim::AdamConfig;
+use crate::train::optim::{AdamConfig, Optimizer};
 use anyhow::{Result, anyhow};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
@@ -151,6 +151,7 @@ pub fn engine<B: AutodiffBackend>(b: &EngineBench) -> Result<BenchReport> {
         ..Default::default()
     };
 
+    let mut optimizer = Optimizer::<B>::new();
     let mut train = Vec::new();
     for i in 0..b.warmup + b.iters {
         let (x, eps) = (normal(), normal());
@@ -168,8 +169,7 @@ pub fn engine<B: AutodiffBackend>(b: &EngineBench) -> Result<BenchReport> {
         let loss = (out - eps).powf_scalar(2.0).mean();
         Session::<B>::with(|s| {
             let ids = s.params.trainable_ids();
-            s.params
-                .step_clipped(loss.into_primitive().tensor(), &ids, adam, None)
+            optimizer.step(&mut s.params, loss.into_primitive().tensor(), &ids, adam)
         })??;
         if i >= b.warmup {
             train.push(start.elapsed().as_secs_f64());

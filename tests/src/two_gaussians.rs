@@ -160,6 +160,7 @@ pub fn session(source: Rc<ExactSource>) -> SessionGuard {
 /// [`session`] with the session's random stream seeded by `seed`.
 pub fn session_seeded(source: Rc<ExactSource>, seed: u64) -> SessionGuard {
     let guard = Session::<B>::install(Default::default(), seed);
+    dtx::train::optim::install::<B>(Default::default()).unwrap();
     Session::<B>::with(|s| {
         s.services.alpha_bar = Some(source.alpha_bars.iter().map(|&a| a as f32).collect());
         s.services.denoiser = Some(source as Rc<dyn DenoiseService<B>>);

@@ -189,6 +189,7 @@ impl DataService<B> for Labelled {
 /// A session whose denoiser is the tiny U-Net; its model info.
 fn session() -> (SessionGuard, Rc<TinyUNet>, ModelInfo) {
     let guard = Session::<B>::install(Default::default(), 17);
+    dtx::train::optim::install::<B>(Default::default()).unwrap();
     let (net, params, info) = dtx_tests::mock::tiny_unet(3);
     let unet = Rc::new(TinyUNet { net, params });
     Session::<B>::with(|s| {

@@ -6,7 +6,7 @@ use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use dtx::plugins::{InjectArgs, Instance, LoadError, LossArgs, load_library, sha256_file};
 use dtx::tensor_abi::{CpuBackend, Session, SessionGuard, Stored, vtables};
-use dtx::train::optim::AdamConfig;
+use dtx::train::optim::{AdamConfig, Optimizer};
 use dtx_plugin_api::ModelInfo;
 use dtx_plugin_api::abi::{ErrorKind, Hook, PointInfo};
 use dtx_tests::plugin_path;
@@ -16,7 +16,9 @@ type B = CpuBackend;
 type Prim = burn::tensor::ops::FloatTensor<B>;
 
 fn session() -> SessionGuard {
-    Session::<B>::install(Default::default(), 0)
+    let guard = Session::<B>::install(Default::default(), 0);
+    dtx::train::optim::install::<B>(Default::default()).unwrap();
+    guard
 }
 
 fn model() -> ModelInfo {
@@ -153,7 +155,8 @@ fn plugin_parameters_train_through_the_host_autodiff() {
         lr: 0.01,
         ..Default::default()
     };
-    Session::<B>::with(|s| s.params.step(terms[0].1.clone(), &ids, cfg))
+    let mut optimizer = Optimizer::<B>::new();
+    Session::<B>::with(|s| optimizer.step(&mut s.params, terms[0].1.clone(), &ids, cfg))
         .unwrap()
         .unwrap();
 
@@ -191,7 +194,7 @@ fn plugin_parameters_train_through_the_host_autodiff() {
     // Training keeps lowering the loss.
     for step in 1..60 {
         let terms = loss_terms(&mut inst, &b, step);
-        Session::<B>::with(|s| s.params.step(terms[0].1.clone(), &ids, cfg))
+        Session::<B>::with(|s| optimizer.step(&mut s.params, terms[0].1.clone(), &ids, cfg))
             .unwrap()
             .unwrap();
     }
@@ -447,8 +450,8 @@ fn a_plugin_named_in_a_manifest_is_planned_and_its_parameters_train() {
     let terms = loss_terms(&mut inst, &batch(), 0);
     assert_eq!(terms[0].0, "probe.fit");
     Session::<B>::with(|s| {
-        s.params
-            .step(terms[0].1.clone(), &ids, AdamConfig::default())
+        let loss = terms[0].1.clone();
+        Optimizer::new().step(&mut s.params, loss, &ids, AdamConfig::default())
     })
     .unwrap()
     .unwrap();

@@ -18,7 +18,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 use dtx::data::Dataset;
 use dtx::tensor_abi::ParamStore;
-use dtx::train::optim::{Adam, AdamConfig, Rule};
+use dtx::train::optim::{AdamConfig, Optimizer, Rule};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
@@ -192,12 +192,13 @@ pub fn train_and_score<B: AutodiffBackend>(
             .map_err(|e| e.to_string())?;
         shapes.insert(name, dims);
     }
-    let adam = Adam::new(AdamConfig {
+    let adam = AdamConfig {
         rule: Rule::Adam,
         lr: s.lr,
         weight_decay: 0.0,
         ..Default::default()
-    });
+    };
+    let mut optimizer = Optimizer::new();
     let n = train.len();
     for _ in 0..s.steps {
         let mut x = Vec::with_capacity(s.batch * c * h * w);
@@ -212,9 +213,7 @@ pub fn train_and_score<B: AutodiffBackend>(
         let net = Net::of(&store, &shapes);
         let loss = (log_softmax(net.logits(x), 1) * y).sum().neg() / s.batch as f32;
         let grads = loss.backward();
-        for e in store.entries_mut() {
-            adam.step_param(e, &grads, 1.0);
-        }
+        optimizer.step_all(&adam, &mut store, &grads);
     }
 
     let net = Net::of(&store, &shapes);

@@ -11,7 +11,7 @@
 use super::dtx_net::{DtxNet, FEATURE_DIM, HEADS, NORM, layout};
 use crate::data::shapes::{ShapeSpec, ShapesConfig};
 use crate::tensor_abi::ParamStore;
-use crate::train::optim::{Adam, AdamConfig, Rule};
+use crate::train::optim::{AdamConfig, Optimizer, Rule};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
@@ -235,6 +235,7 @@ pub fn train<B: AutodiffBackend>(
             .register_base(&name, t.into_primitive().tensor(), true)
             .expect("layout names are unique");
     }
+    let mut optimizer = Optimizer::new();
     for step in 0..s.steps {
         let res = if step % 2 == 0 { 32 } else { 16 };
         let b = batch(s.seed, step as usize * s.batch, s.batch, res, &mut rng);
@@ -244,15 +245,13 @@ pub fn train<B: AutodiffBackend>(
         // cosine decay to 5 % of the rate
         let frac = step as f32 / s.steps as f32;
         let lr = s.lr * (0.05 + 0.95 * 0.5 * (1.0 + (std::f32::consts::PI * frac).cos()));
-        let adam = Adam::new(AdamConfig {
+        let adam = AdamConfig {
             rule: Rule::AdamW,
             lr,
             weight_decay: 1e-4,
             ..Default::default()
-        });
-        for e in store.entries_mut() {
-            adam.step_param(e, &grads, 1.0);
-        }
+        };
+        optimizer.step_all(&adam, &mut store, &grads);
         if (step + 1) % 100 == 0 || step + 1 == s.steps {
             log(format!(
                 "step {}: kind {:.3} colour {:.3} texture {:.3} position/size {:.4}",

@@ -21,6 +21,7 @@ use crate::plugins::Instance;
 use crate::tensor_abi::{DataService, Session, SessionGuard};
 use crate::train::checkpoint;
 use crate::train::ema::Ema;
+use crate::train::optim::{self, AdamConfig, Optimizer};
 use anyhow::{Result, anyhow};
 use burn::tensor::backend::AutodiffBackend;
 use rand::{SeedableRng, rngs::StdRng};
@@ -60,6 +61,8 @@ pub(super) struct RunContext<B: AutodiffBackend> {
     pub(super) dir: RunDir,
     /// The EMA of the trained weights (`train.ema`), made after `prepare`.
     pub(super) ema: Option<Ema<B>>,
+    /// The optimizer's moments, shared with the `optimizer_step` service.
+    pub(super) optimizer: Rc<RefCell<Optimizer<B>>>,
     /// Declared last, so the session outlives the plugins dropped above it.
     _session: SessionGuard,
 }
@@ -93,6 +96,9 @@ pub(super) fn set_up<B: AutodiffBackend, const D: usize>(
         c.sample_images(plan, sm, target.as_ref(), held_out.as_ref(), &example)?;
     }
     let session = Session::<B>::install(device.clone(), m.run.seed);
+    // One optimizer for the training loop and plugins' `prepare`
+    // (`optimizer_step`): both step the same moments.
+    let optimizer = optim::install::<B>(AdamConfig::default())?;
     Session::<B>::with(|s| s.services.condition_shape = plan.condition.as_ref().map(|c| c.shape))?;
     let dir = match mode {
         Mode::Sample { out } => RunDir::at(out)?,
@@ -147,6 +153,7 @@ pub(super) fn set_up<B: AutodiffBackend, const D: usize>(
         data,
         dir,
         ema: None,
+        optimizer,
         _session: session,
     })
 }

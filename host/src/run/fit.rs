@@ -10,8 +10,7 @@
 use super::context::RunContext;
 use super::dir::RunDir;
 use super::objective::{Draw, Objective};
-use super::student::Student;
-use super::support::{prim_f, progress_bar, ranked, scalar, step_rng};
+use super::support::{prim_f, progress_bar, step_rng};
 use super::{RunOptions, RunSummary};
 use crate::data::BatchPosition;
 use crate::manifest::Train;
@@ -21,18 +20,13 @@ use crate::plan::Plan;
 use crate::plugins::LossArgs;
 use crate::tensor_abi::{Session, Stored};
 use crate::train::checkpoint::{self, Progress};
-use crate::train::ema::Ema;
-use crate::train::optim::AdamConfig;
-use anyhow::{Result, anyhow, bail};
-use burn::tensor::Tensor;
+use crate::train::{self, fit::Recipe};
+use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::FloatTensor;
 use dtx_plugin_api::abi::Hook;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Map, Value, json};
 use std::io::Write;
-
-type P<B> = FloatTensor<B>;
 
 /// Mixed into the run seed for the dropout masks' stream.
 const DROPOUT_STREAM: u64 = 0xD50F_0D50_F0D5_0F0D;
@@ -53,7 +47,7 @@ pub(super) fn fit<B: AutodiffBackend, const D: usize>(
     let mut start = 0u64;
     if opts.resume {
         let latest = ctx.dir.latest_checkpoint();
-        let progress = restore(&ctx.student, &latest, ctx.ema.as_mut(), &ctx.device)?;
+        let progress = restore(ctx, &latest)?;
         ctx.dir.truncate_metrics_after(progress.step)?;
         let data = ctx.data.as_ref().expect("fit runs with data");
         data.borrow_mut().0.iter.restore(BatchPosition {
@@ -108,7 +102,7 @@ pub(super) fn fit<B: AutodiffBackend, const D: usize>(
         if done % t.checkpoint_every.unwrap_or(t.steps.max(1)) == 0 || done == end {
             let data = ctx.data.as_ref().expect("fit runs with data");
             let pos = data.borrow().0.iter.position();
-            save(&ctx.student, &ctx.dir, ctx.ema.as_ref(), pos, done)?;
+            save(ctx, pos, done)?;
             tracing::info!(
                 step = done,
                 "checkpoint written to {}",
@@ -182,27 +176,33 @@ fn train_step<B: AutodiffBackend, const D: usize>(
             Ok(())
         },
     )?;
-    let mut values = Map::new();
-    let total = sum_terms::<B>(&terms, &mut values, || diverged(&ctx.dir, t, step))?;
-    let total_v = scalar(&total);
-    let lr = warmup_lr(t.lr, t.warmup, step);
-    let adam = AdamConfig {
+    let recipe = Recipe {
+        lr: t.lr,
+        warmup: t.warmup,
         rule: t.optimizer.into(),
-        lr: lr as f32,
-        weight_decay: t.weight_decay as f32,
-        ..Default::default()
+        weight_decay: t.weight_decay,
+        grad_clip: t.grad_clip,
     };
-    let grad_norm = Session::<B>::with(|s| {
-        let ids = s.params.trainable_ids();
-        s.params
-            .step_clipped(prim_f(total), &ids, adam, t.grad_clip.map(|c| c as f32))
-    })??;
+    let record = {
+        let mut optimizer = ctx.optimizer.borrow_mut();
+        let context = || diverged(&ctx.dir, t, step);
+        train::fit::step(
+            &recipe,
+            &mut optimizer,
+            ctx.ema.as_mut(),
+            step,
+            &terms,
+            context,
+        )?
+    };
+    let (total_v, lr, grad_norm) = (record.loss, record.lr, record.grad_norm);
+    let mut values = Map::new();
+    for (k, v) in record.terms {
+        values.insert(k, json!(v));
+    }
     values.insert("grad_norm".into(), json!(grad_norm));
     tracing::debug!(step = step + 1, loss = total_v, lr, grad_norm, "step");
-    if let Some(e) = ctx.ema.as_mut() {
-        Session::<B>::with(|s| e.update(&s.params))?;
-    }
-    for (k, v) in Session::<B>::with(|s| s.services.take_logs())? {
+    for (k, v) in record.logs {
         values.insert(k, json!(v));
     }
     values.insert("step".into(), json!(step + 1));
@@ -228,58 +228,18 @@ fn diverged(dir: &RunDir, t: &Train, step: u64) -> (String, String) {
     (format!("training stopped at step {}", step + 1), kept)
 }
 
-/// The learning rate of step `step` (0-based): linear warmup from 0 to `lr`
-/// over `warmup` steps, then constant.
-pub(super) fn warmup_lr(lr: f64, warmup: u64, step: u64) -> f64 {
-    if warmup == 0 {
-        lr
-    } else {
-        lr * ((step + 1) as f64 / warmup as f64).min(1.0)
-    }
-}
-
-/// Adds up named scalar loss terms into `values` (by name); a NaN or
-/// infinite term is an error naming it and every term's value, between the
-/// two parts of `context()` (where it happened, what is kept).
-fn sum_terms<B: AutodiffBackend>(
-    terms: &[(String, P<B>)],
-    values: &mut Map<String, Value>,
-    context: impl Fn() -> (String, String),
-) -> Result<Tensor<B, 1>> {
-    let mut total: Option<Tensor<B, 1>> = None;
-    for (name, term) in terms {
-        let t1: Tensor<B, 1> = ranked::<B, 1>(term.clone()).reshape([1]);
-        let v = scalar(&t1);
-        if !f64::is_finite(v) {
-            let all: Vec<String> = terms
-                .iter()
-                .map(|(n, t)| format!("{n} = {}", scalar(&ranked::<B, 1>(t.clone()).reshape([1]))))
-                .collect();
-            let (head, tail) = context();
-            bail!(
-                "{head}: loss term `{name}` is {v} ({}); {tail}",
-                all.join(", ")
-            );
-        }
-        values.insert(name.clone(), json!(v));
-        total = Some(match total {
-            Some(acc) => acc + t1,
-            None => t1,
-        });
-    }
-    total.ok_or_else(|| anyhow!("no loss terms"))
-}
-
-/// Restores a checkpoint (weights, EMA, plugin states) and returns its progress.
+/// Restores a checkpoint (weights, optimizer moments, EMA, plugin states)
+/// and returns its progress.
 pub(super) fn restore<B: AutodiffBackend>(
-    student: &Student<B>,
+    ctx: &mut RunContext<B>,
     path: &std::path::Path,
-    ema: Option<&mut Ema<B>>,
-    device: &B::Device,
 ) -> Result<Progress> {
-    let (states, progress) =
-        Session::<B>::with(|s| checkpoint::load::<B>(path, &mut s.params, ema, device))??;
-    for mut inst in student.plugins.iter().map(|p| p.borrow_mut()) {
+    let (states, progress) = Session::<B>::with(|s| {
+        let mut optimizer = ctx.optimizer.borrow_mut();
+        let ema = ctx.ema.as_mut();
+        checkpoint::load::<B>(path, &mut s.params, Some(&mut optimizer), ema, &ctx.device)
+    })??;
+    for mut inst in ctx.student.plugins.iter().map(|p| p.borrow_mut()) {
         if let Some((_, st)) = states.iter().find(|(n, _)| *n == inst.name) {
             inst.state_load(st)?;
         }
@@ -289,13 +249,12 @@ pub(super) fn restore<B: AutodiffBackend>(
 
 /// Writes the run's checkpoint after `done` steps, data position `pos`.
 pub(super) fn save<B: AutodiffBackend>(
-    student: &Student<B>,
-    dir: &RunDir,
-    ema: Option<&Ema<B>>,
+    ctx: &RunContext<B>,
     pos: BatchPosition,
     done: u64,
 ) -> Result<()> {
-    let states: Vec<(String, Vec<u8>)> = student
+    let states: Vec<(String, Vec<u8>)> = ctx
+        .student
         .plugins
         .iter()
         .map(|p| {
@@ -309,7 +268,10 @@ pub(super) fn save<B: AutodiffBackend>(
         index: pos.index,
     };
     Session::<B>::with(|s| {
-        checkpoint::save::<B>(&dir.latest_checkpoint(), &s.params, ema, &states, &progress)
+        let path = ctx.dir.latest_checkpoint();
+        let optimizer = ctx.optimizer.borrow();
+        let ema = ctx.ema.as_ref();
+        checkpoint::save::<B>(&path, &s.params, &optimizer, ema, &states, &progress)
     })??;
     Ok(())
 }

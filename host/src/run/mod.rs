@@ -147,7 +147,7 @@ fn run_ranked<B: AutodiffBackend, const D: usize>(
             .any(|p| p.borrow().implements(Hook::Prepare));
         if m.train.is_none() && prepared {
             let start = BatchPosition { epoch: 0, index: 0 };
-            fit::save(&ctx.student, &ctx.dir, None, start, 0)?;
+            fit::save(&ctx, start, 0)?;
         }
     }
     ctx.start_ema(plan)?;
@@ -175,7 +175,7 @@ fn sample_ranked<B: AutodiffBackend, const D: usize>(
     };
     let mut ctx = context::set_up::<B, D>(plan, net, &mode)?;
     ctx.start_ema(plan)?;
-    let progress = fit::restore(&ctx.student, checkpoint, ctx.ema.as_mut(), &ctx.device)?;
+    let progress = fit::restore(&mut ctx, checkpoint)?;
     let mut summary = RunSummary::new(&ctx.dir.path);
     summary.steps = progress.step;
     writeln!(

@@ -7,7 +7,6 @@
 //! primitives, which is how gradients flow through plugin code.
 
 pub(crate) mod ops;
-pub mod optim;
 mod params;
 mod services;
 mod session;
@@ -15,7 +14,8 @@ mod session;
 pub use ops::tensor_ops;
 pub use params::{BASE_OWNER, ParamEntry, ParamStore};
 pub use services::{
-    ConditionService, DataService, DenoiseService, RunServices, SampleService, host_services,
+    ConditionService, DataService, DenoiseService, ParamStepper, RunServices, SampleService,
+    host_services,
 };
 pub use session::{Session, SessionGuard, Stored};
 

@@ -1,12 +1,11 @@
 //! Parameters held by the host — the base model's and every plugin's — with
-//! their values (autodiff leaves), owners, whether they train, and optimizer
-//! state. One store serves the optimizer, the EMA and checkpoints alike.
+//! their values (autodiff leaves), owners and whether they train: the table
+//! a plugin's `ParamId`s index. One store serves the optimizer (whose moments
+//! are `train::optim`'s, by these ids), the EMA and checkpoints alike.
 
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::{FloatTensor, FloatTensorOps};
+use burn::tensor::ops::FloatTensor;
 use dtx_plugin_api::abi::{AbiError, ParamId};
-
-use super::optim::{Adam, AdamConfig, AdamState};
 
 /// One registered parameter.
 pub struct ParamEntry<B: AutodiffBackend> {
@@ -19,8 +18,6 @@ pub struct ParamEntry<B: AutodiffBackend> {
     pub value: FloatTensor<B>,
     /// Whether the optimizer updates it.
     pub trainable: bool,
-    /// Adam moments, once it has been stepped.
-    pub adam: Option<AdamState<B>>,
 }
 
 /// Owner of the base model's parameters.
@@ -78,7 +75,6 @@ impl<B: AutodiffBackend> ParamStore<B> {
             owner: owner.to_owned(),
             value,
             trainable,
-            adam: None,
         });
         Ok(ParamId(self.entries.len() as u64 - 1))
     }
@@ -134,61 +130,6 @@ impl<B: AutodiffBackend> ParamStore<B> {
     /// Every id.
     pub fn ids(&self) -> Vec<ParamId> {
         (0..self.entries.len() as u64).map(ParamId).collect()
-    }
-
-    /// One Adam(W) step on `ids` for the scalar `loss`: backward through the
-    /// whole graph (plugin ops included), then update each parameter.
-    pub fn step(
-        &mut self,
-        loss: FloatTensor<B>,
-        ids: &[ParamId],
-        config: AdamConfig,
-    ) -> Result<(), AbiError> {
-        self.step_clipped(loss, ids, config, None).map(|_| ())
-    }
-
-    /// [`ParamStore::step`] with the gradient's global L2 norm over `ids`
-    /// clipped to `max_norm` (PyTorch's `clip_grad_norm_`: every gradient
-    /// scaled by `min(1, max_norm / (norm + 1e-6))`). Returns the norm before
-    /// clipping.
-    pub fn step_clipped(
-        &mut self,
-        loss: FloatTensor<B>,
-        ids: &[ParamId],
-        config: AdamConfig,
-        max_norm: Option<f32>,
-    ) -> Result<f32, AbiError> {
-        use burn::tensor::TensorMetadata;
-        if loss.shape().num_elements() != 1 {
-            return Err(AbiError::new(
-                dtx_plugin_api::abi::ErrorKind::SHAPE,
-                format!(
-                    "the loss must be a scalar, got shape {:?}",
-                    loss.shape().to_vec()
-                ),
-            ));
-        }
-        let grads = B::backward(loss);
-        type I<B> = <B as AutodiffBackend>::InnerBackend;
-        let mut sq = 0f64;
-        for &id in ids {
-            if let Some(g) = B::grad(&self.get(id)?.value, &grads) {
-                let s = I::<B>::float_sum(I::<B>::float_mul(g.clone(), g));
-                let d = burn::tensor::read_sync(I::<B>::float_into_data(s))
-                    .map_err(|e| AbiError::other(format!("reading a gradient norm: {e:?}")))?;
-                sq += d.iter::<f64>().next().unwrap_or(0.0);
-            }
-        }
-        let norm = sq.sqrt() as f32;
-        let scale = match max_norm {
-            Some(m) if norm > m => m / (norm + 1e-6),
-            _ => 1.0,
-        };
-        let adam = Adam::new(config);
-        for &id in ids {
-            adam.step_param(self.get_mut(id)?, &grads, scale);
-        }
-        Ok(norm)
     }
 
     /// Every value by name as a rank-1-typed tensor (its data keeps the

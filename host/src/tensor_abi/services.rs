@@ -2,7 +2,7 @@
 //! denoiser, data and schedule, which the engine plugs in through
 //! [`RunServices`].
 
-use super::optim::AdamConfig;
+use super::params::ParamStore;
 use super::session::{Session, Stored};
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::std_types::{RNone, ROption, RSlice, RStr, RString, RVec};
@@ -67,6 +67,19 @@ pub trait DataService<B: AutodiffBackend> {
     ) -> Result<(FloatTensor<B>, Option<IntTensor<B>>), AbiError>;
 }
 
+/// What the `optimizer_step` service steps plugin parameters with: the
+/// run's optimizer, which `train/` owns (its moments by parameter id).
+pub trait ParamStepper<B: AutodiffBackend> {
+    /// One step on `ids` of `store` for the scalar `loss` at rate `lr`.
+    fn step(
+        &mut self,
+        store: &mut ParamStore<B>,
+        loss: FloatTensor<B>,
+        ids: &[ParamId],
+        lr: f32,
+    ) -> Result<(), AbiError>;
+}
+
 /// What a run plugs into the session. Missing services answer plugins with an
 /// [`ErrorKind::UNSUPPORTED`] error that says what the run lacks.
 pub struct RunServices<B: AutodiffBackend> {
@@ -89,8 +102,9 @@ pub struct RunServices<B: AutodiffBackend> {
     pub frozen_params: bool,
     /// Scalars logged since the last [`RunServices::take_logs`].
     pub logs: Vec<(String, f64)>,
-    /// Optimizer used by `optimizer_step` (the `prepare` hook's training).
-    pub prepare_optimizer: AdamConfig,
+    /// What `optimizer_step` (the `prepare` hook's training) steps with:
+    /// the run's optimizer (`train::optim::ServiceOptimizer`).
+    pub optimizer: Option<Box<dyn ParamStepper<B>>>,
     /// Optimizer steps taken through `optimizer_step` since the run began:
     /// the progress of a plugin's `prepare`, which the host shows.
     pub prepare_steps: u64,
@@ -110,7 +124,7 @@ impl<B: AutodiffBackend> Default for RunServices<B> {
             condition: None,
             frozen_params: false,
             logs: Vec::new(),
-            prepare_optimizer: AdamConfig::default(),
+            optimizer: None,
             prepare_steps: 0,
             on_prepare_step: None,
         }
@@ -322,11 +336,10 @@ extern "C" fn optimizer_step<B: AutodiffBackend>(
     guarded("optimizer_step", || {
         Session::<B>::with(|s| {
             let loss = s.float(loss)?;
-            let config = AdamConfig {
-                lr,
-                ..s.services.prepare_optimizer
-            };
-            s.params.step(loss, &params, config)?;
+            let optimizer = s.services.optimizer.as_mut().ok_or_else(|| {
+                unsupported("optimizer_step: this session has no optimizer (it runs in `prepare`)")
+            })?;
+            optimizer.step(&mut s.params, loss, &params, lr)?;
             s.services.prepare_steps += 1;
             let n = s.services.prepare_steps;
             if let Some(f) = s.services.on_prepare_step.as_mut() {

@@ -528,21 +528,6 @@ fn services_reach_the_run_and_say_what_is_missing() {
 }
 
 #[test]
-fn optimizer_step_trains_registered_parameters() {
-    let _s = session(0);
-    let host = Host::get();
-    let p = host
-        .param("w", &[3], dtx_plugin_api::abi::ParamInit::constant(2.0))
-        .unwrap();
-    // loss = Σ w², one Adam step of lr 0.1 moves each entry by lr · sign(g) = 0.1.
-    host.optimizer_step(&[&p], p.value().square().sum(), 0.1)
-        .unwrap();
-    close(&p.value().to_f32_vec(), &[1.9, 1.9, 1.9], 1e-6);
-    let err = host.optimizer_step(&[&p], p.value(), 0.1).unwrap_err();
-    assert!(err.message.contains("scalar"), "{}", err.message);
-}
-
-#[test]
 fn sinusoidal_embedding_matches_its_formula() {
     let _s = session(0);
     // dim 4: frequencies 10000^(-i/2) for i = 0, 1 are 1 and 0.01.
@@ -571,44 +556,6 @@ fn a_nested_session_gives_the_outer_one_back() {
     }
     // The outer session, with its handle, is back.
     assert_eq!(t.to_f32_vec(), vec![1.0, 1.0]);
-}
-
-#[test]
-fn sgd_and_global_norm_clipping_follow_their_formulas() {
-    use crate::tensor_abi::optim::{AdamConfig, Rule};
-    let _s = session(0);
-    let host = Host::get();
-    let p = host
-        .param("w", &[2], dtx_plugin_api::abi::ParamInit::constant(0.0))
-        .unwrap();
-    Session::<B>::with(|s| {
-        let id = s.params.by_name("plugin.t.w").unwrap();
-        s.params.get_mut(id).unwrap().value =
-            <B as burn::tensor::ops::FloatTensorOps<B>>::float_set_require_grad(
-                BTensor::<B, 1>::from_floats([3.0, 4.0], &Default::default())
-                    .into_primitive()
-                    .tensor(),
-                true,
-            );
-    })
-    .unwrap();
-    // loss = Σ w², g = 2w = [6, 8], |g| = 10; clipped to 1: g = [0.6, 0.8];
-    // SGD with lr 1: w = [3 − 0.6, 4 − 0.8].
-    let loss = p.value().square().sum();
-    let sgd = AdamConfig {
-        rule: Rule::Sgd,
-        lr: 1.0,
-        ..Default::default()
-    };
-    let lp = float_of(loss.id());
-    let norm = Session::<B>::with(|s| {
-        let ids = s.params.trainable_ids();
-        s.params.step_clipped(lp, &ids, sgd, Some(1.0))
-    })
-    .unwrap()
-    .unwrap();
-    assert!((norm - 10.0).abs() < 1e-5, "{norm}");
-    close(&p.value().to_f32_vec(), &[2.4, 3.2], 1e-5);
 }
 
 mod nn;

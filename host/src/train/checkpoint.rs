@@ -5,12 +5,13 @@
 //! killed mid-write keeps its previous checkpoint.
 
 use super::ema::Ema;
-use super::optim::AdamState;
+use super::optim::{AdamState, Optimizer};
 use crate::model::weights::LoadFailure;
 use crate::tensor_abi::ParamStore;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{TensorData, TensorMetadata, read_sync};
+use dtx_plugin_api::abi::ParamId;
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -71,11 +72,12 @@ fn tensor_of<B: Backend>(view: &TensorView<'_>, device: &B::Device) -> FloatTens
 /// Each plugin instance's saved state, by instance name.
 pub type PluginStates = Vec<(String, Vec<u8>)>;
 
-/// Writes a checkpoint of `store`, `ema`, plugin states and `progress` to
-/// `path` atomically.
+/// Writes a checkpoint of `store` with the optimizer's moments, `ema`,
+/// plugin states and `progress` to `path` atomically.
 pub fn save<B: AutodiffBackend>(
     path: &Path,
     store: &ParamStore<B>,
+    optimizer: &Optimizer<B>,
     ema: Option<&Ema<B>>,
     plugin_states: &[(String, Vec<u8>)],
     progress: &Progress,
@@ -86,10 +88,10 @@ pub fn save<B: AutodiffBackend>(
     };
     let mut blobs: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = BTreeMap::new();
     let mut adam_k: BTreeMap<String, i32> = BTreeMap::new();
-    for e in store.entries() {
+    for (i, e) in store.entries().iter().enumerate() {
         let (shape, bytes) = bytes_of::<B>(e.value.clone());
         blobs.insert(format!("param/{}", e.name), (Dtype::F32, shape, bytes));
-        if let Some(AdamState { m, v, k }) = &e.adam {
+        if let Some(AdamState { m, v, k }) = optimizer.state(ParamId(i as u64)) {
             let (s, b) = bytes_of::<B::InnerBackend>(m.clone());
             blobs.insert(format!("adam_m/{}", e.name), (Dtype::F32, s, b));
             let (s, b) = bytes_of::<B::InnerBackend>(v.clone());
@@ -241,10 +243,12 @@ pub fn export_base(ckpt: &Path, out: &Path, prefer_ema: bool) -> Result<usize, C
 }
 
 /// Restores a checkpoint into `store` (every parameter must exist with the same
-/// shape), `ema`, and returns the plugin states and progress.
+/// shape), the optimizer's moments (when given), `ema`, and returns the
+/// plugin states and progress.
 pub fn load<B: AutodiffBackend>(
     path: &Path,
     store: &mut ParamStore<B>,
+    mut optimizer: Option<&mut Optimizer<B>>,
     ema: Option<&mut Ema<B>>,
     device: &B::Device,
 ) -> Result<(PluginStates, Progress), CheckpointError> {
@@ -269,7 +273,7 @@ pub fn load<B: AutodiffBackend>(
         serde_json::from_str(meta.get("adam_k").map(String::as_str).unwrap_or("{}"))
             .map_err(|e| mismatch(e.to_string()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| io(&e))?;
-    for e in store.entries_mut() {
+    for (i, e) in store.entries_mut().iter_mut().enumerate() {
         let view = st
             .tensor(&format!("param/{}", e.name))
             .map_err(|_| mismatch(format!("it has no parameter `{}`", e.name)))?;
@@ -282,7 +286,7 @@ pub fn load<B: AutodiffBackend>(
             )));
         }
         e.value = B::float_set_require_grad(tensor_of::<B>(&view, device), e.trainable);
-        e.adam = match (
+        let state = match (
             st.tensor(&format!("adam_m/{}", e.name)),
             st.tensor(&format!("adam_v/{}", e.name)),
         ) {
@@ -295,6 +299,9 @@ pub fn load<B: AutodiffBackend>(
             }),
             _ => None,
         };
+        if let Some(o) = optimizer.as_deref_mut() {
+            o.set_state(ParamId(i as u64), state);
+        }
     }
     if let Some(ema) = ema {
         for (name, t) in ema.shadow.iter_mut() {
@@ -352,7 +359,7 @@ mod tests {
             epoch: 0,
             index: 0,
         };
-        save(&file, &store, None, &[], &progress).unwrap();
+        save(&file, &store, &Optimizer::new(), None, &[], &progress).unwrap();
         let expected = vec![
             ("a.weight".to_owned(), vec![2, 3]),
             ("b.weight".to_owned(), vec![2, 2]),

@@ -1,8 +1,10 @@
-//! Training: the optimizer, the EMA, checkpoints, and the loop that trains the
-//! base model and plugin parameters through the host's autodiff.
+//! Training: the optimizer, the EMA, checkpoints, and a training step's
+//! mechanics (`fit`: the loss terms summed, the warmup schedule, one
+//! optimizer step of the base model's and plugins' trainable parameters
+//! through the host's autodiff). The run's loop that drives it is
+//! `run/fit.rs`.
 
 pub mod checkpoint;
 pub mod ema;
-/// The optimizer, kept with the parameter store in `tensor_abi` until the
-/// store moves here (docs/architecture.md).
-pub use crate::tensor_abi::optim;
+pub mod fit;
+pub mod optim;

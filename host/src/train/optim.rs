@@ -1,0 +1,384 @@
+//! Adam with decoupled weight decay (AdamW) over host-held parameters.
+//!
+//! "Decoupled Weight Decay Regularization", Loshchilov & Hutter, 2019
+//! (arXiv:1711.05101), Algorithm 2; with `weight_decay = 0` it is Adam
+//! ("Adam: A Method for Stochastic Optimization", Kingma & Ba, 2015,
+//! arXiv:1412.6980, Algorithm 1):
+//!
+//! ```text
+//! m ← β1 m + (1 − β1) g          v ← β2 v + (1 − β2) g²
+//! m̂ = m / (1 − β1^k)             v̂ = v / (1 − β2^k)
+//! θ ← θ − lr (m̂ / (sqrt(v̂) + ε) + λ θ)
+//! ```
+//!
+//! [`Optimizer`] keeps each parameter's moments by its id in the session's
+//! [`ParamStore`] (the ABI's table of parameter values). The run's optimizer
+//! is shared with the `optimizer_step` host service through
+//! [`ServiceOptimizer`], which implements the ABI's narrow
+//! [`ParamStepper`] interface, so a plugin's `prepare` and the training loop
+//! step the same moments, and the ABI layer needs nothing from `train/`.
+//!
+//! The update runs on the inner (non-autodiff) backend, so it is not recorded
+//! in any graph; the new value becomes a fresh leaf that requires gradients.
+
+use crate::tensor_abi::{ParamEntry, ParamStepper, ParamStore};
+use burn::tensor::Scalar;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ops::{FloatTensor, FloatTensorOps};
+use dtx_plugin_api::abi::{AbiError, ParamId};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// Which update rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rule {
+    /// Adam with decoupled weight decay (default).
+    #[default]
+    AdamW,
+    /// Adam with L2 weight decay added to the gradient (PyTorch's `Adam`).
+    Adam,
+    /// Plain SGD: θ ← θ − lr (g + λ θ).
+    Sgd,
+}
+
+/// Optimizer hyperparameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamConfig {
+    /// Update rule (default AdamW).
+    pub rule: Rule,
+    /// Learning rate (default 3e-4).
+    pub lr: f32,
+    /// First-moment decay β1 (default 0.9).
+    pub beta1: f32,
+    /// Second-moment decay β2 (default 0.999).
+    pub beta2: f32,
+    /// ε in the denominator (default 1e-8).
+    pub eps: f32,
+    /// Decoupled weight decay λ (default 0).
+    pub weight_decay: f32,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        AdamConfig {
+            rule: Rule::AdamW,
+            lr: 3e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+/// Moments of one parameter.
+pub struct AdamState<B: AutodiffBackend> {
+    /// First moment.
+    pub m: FloatTensor<B::InnerBackend>,
+    /// Second moment.
+    pub v: FloatTensor<B::InnerBackend>,
+    /// Steps taken.
+    pub k: i32,
+}
+
+/// The optimizer's state: each parameter's moments, by its id in the
+/// [`ParamStore`] it steps. The hyperparameters come with each step, so a
+/// schedule can change the rate between steps.
+pub struct Optimizer<B: AutodiffBackend> {
+    states: Vec<Option<AdamState<B>>>,
+}
+
+impl<B: AutodiffBackend> Default for Optimizer<B> {
+    fn default() -> Self {
+        Optimizer { states: Vec::new() }
+    }
+}
+
+impl<B: AutodiffBackend> Optimizer<B> {
+    /// An optimizer that has taken no step.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The moments of parameter `id` (`None` before its first step).
+    pub fn state(&self, id: ParamId) -> Option<&AdamState<B>> {
+        self.states.get(id.0 as usize).and_then(Option::as_ref)
+    }
+
+    /// Sets the moments of parameter `id` (a resumed checkpoint's).
+    pub fn set_state(&mut self, id: ParamId, state: Option<AdamState<B>>) {
+        let i = id.0 as usize;
+        if self.states.len() <= i {
+            self.states.resize_with(i + 1, || None);
+        }
+        self.states[i] = state;
+    }
+
+    /// Updates parameter `id` (its entry `p`) from its gradient in `grads`
+    /// with `config`; a parameter without a gradient (not used in the loss)
+    /// or that does not train is left as it is.
+    ///
+    /// `scale` multiplies the gradient first (global-norm clipping).
+    pub fn step_param(
+        &mut self,
+        config: &AdamConfig,
+        id: ParamId,
+        p: &mut ParamEntry<B>,
+        grads: &B::Gradients,
+        scale: f32,
+    ) {
+        if !p.trainable {
+            return;
+        }
+        let Some(g) = B::grad(&p.value, grads) else {
+            return;
+        };
+        type I<B> = <B as AutodiffBackend>::InnerBackend;
+        let c = *config;
+        let theta = B::inner(p.value.clone());
+        let mut g = if scale != 1.0 {
+            I::<B>::float_mul_scalar(g, Scalar::from(scale))
+        } else {
+            g
+        };
+        if c.rule != Rule::AdamW && c.weight_decay != 0.0 {
+            // Coupled (L2) decay: λθ joins the gradient.
+            g = I::<B>::float_add(
+                g,
+                I::<B>::float_mul_scalar(theta.clone(), Scalar::from(c.weight_decay)),
+            );
+        }
+        if c.rule == Rule::Sgd {
+            let theta = I::<B>::float_sub(theta, I::<B>::float_mul_scalar(g, Scalar::from(c.lr)));
+            p.value = B::float_set_require_grad(B::from_inner(theta), true);
+            return;
+        }
+        let previous = self.states.get_mut(id.0 as usize).and_then(Option::take);
+        let (m, v, k) = match previous {
+            Some(s) => (s.m, s.v, s.k + 1),
+            None => {
+                let zeros = I::<B>::float_mul_scalar(g.clone(), Scalar::from(0.0f32));
+                (zeros.clone(), zeros, 1)
+            }
+        };
+        let m = I::<B>::float_add(
+            I::<B>::float_mul_scalar(m, Scalar::from(c.beta1)),
+            I::<B>::float_mul_scalar(g.clone(), Scalar::from(1.0 - c.beta1)),
+        );
+        let g2 = I::<B>::float_mul(g.clone(), g);
+        let v = I::<B>::float_add(
+            I::<B>::float_mul_scalar(v, Scalar::from(c.beta2)),
+            I::<B>::float_mul_scalar(g2, Scalar::from(1.0 - c.beta2)),
+        );
+        let bc1 = 1.0 - c.beta1.powi(k);
+        let bc2 = 1.0 - c.beta2.powi(k);
+        let m_hat = I::<B>::float_div_scalar(m.clone(), Scalar::from(bc1));
+        let v_hat = I::<B>::float_div_scalar(v.clone(), Scalar::from(bc2));
+        let denom = I::<B>::float_add_scalar(I::<B>::float_sqrt(v_hat), Scalar::from(c.eps));
+        let mut update = I::<B>::float_div(m_hat, denom);
+        if c.rule == Rule::AdamW && c.weight_decay != 0.0 {
+            update = I::<B>::float_add(
+                update,
+                I::<B>::float_mul_scalar(theta.clone(), Scalar::from(c.weight_decay)),
+            );
+        }
+        let theta = I::<B>::float_sub(theta, I::<B>::float_mul_scalar(update, Scalar::from(c.lr)));
+        p.value = B::float_set_require_grad(B::from_inner(theta), true);
+        self.set_state(id, Some(AdamState { m, v, k }));
+    }
+
+    /// Steps every parameter of `store` from `grads` (a model trained
+    /// outside a run: the embedded extractor, the CAS classifier).
+    pub fn step_all(
+        &mut self,
+        config: &AdamConfig,
+        store: &mut ParamStore<B>,
+        grads: &B::Gradients,
+    ) {
+        for (i, e) in store.entries_mut().iter_mut().enumerate() {
+            self.step_param(config, ParamId(i as u64), e, grads, 1.0);
+        }
+    }
+
+    /// One step on `ids` of `store` for the scalar `loss`: backward through
+    /// the whole graph (plugin ops included), then update each parameter.
+    pub fn step(
+        &mut self,
+        store: &mut ParamStore<B>,
+        loss: FloatTensor<B>,
+        ids: &[ParamId],
+        config: AdamConfig,
+    ) -> Result<(), AbiError> {
+        self.step_clipped(store, loss, ids, config, None)
+            .map(|_| ())
+    }
+
+    /// [`Optimizer::step`] with the gradient's global L2 norm over `ids`
+    /// clipped to `max_norm` (PyTorch's `clip_grad_norm_`: every gradient
+    /// scaled by `min(1, max_norm / (norm + 1e-6))`). Returns the norm before
+    /// clipping.
+    pub fn step_clipped(
+        &mut self,
+        store: &mut ParamStore<B>,
+        loss: FloatTensor<B>,
+        ids: &[ParamId],
+        config: AdamConfig,
+        max_norm: Option<f32>,
+    ) -> Result<f32, AbiError> {
+        use burn::tensor::TensorMetadata;
+        if loss.shape().num_elements() != 1 {
+            return Err(AbiError::new(
+                dtx_plugin_api::abi::ErrorKind::SHAPE,
+                format!(
+                    "the loss must be a scalar, got shape {:?}",
+                    loss.shape().to_vec()
+                ),
+            ));
+        }
+        let grads = B::backward(loss);
+        type I<B> = <B as AutodiffBackend>::InnerBackend;
+        let mut sq = 0f64;
+        for &id in ids {
+            if let Some(g) = B::grad(&store.get(id)?.value, &grads) {
+                let s = I::<B>::float_sum(I::<B>::float_mul(g.clone(), g));
+                let d = burn::tensor::read_sync(I::<B>::float_into_data(s))
+                    .map_err(|e| AbiError::other(format!("reading a gradient norm: {e:?}")))?;
+                sq += d.iter::<f64>().next().unwrap_or(0.0);
+            }
+        }
+        let norm = sq.sqrt() as f32;
+        let scale = match max_norm {
+            Some(m) if norm > m => m / (norm + 1e-6),
+            _ => 1.0,
+        };
+        for &id in ids {
+            self.step_param(&config, id, store.get_mut(id)?, &grads, scale);
+        }
+        Ok(norm)
+    }
+}
+
+/// Gives the `optimizer_step` service of this thread's session a fresh
+/// optimizer with `config` (the rate comes with each call) and returns its
+/// state, for the training loop to step the same moments.
+pub fn install<B: AutodiffBackend>(
+    config: AdamConfig,
+) -> Result<Rc<RefCell<Optimizer<B>>>, AbiError> {
+    let shared = Rc::new(RefCell::new(Optimizer::new()));
+    let service = ServiceOptimizer {
+        shared: shared.clone(),
+        config,
+    };
+    crate::tensor_abi::Session::<B>::with(|s| s.services.optimizer = Some(Box::new(service)))?;
+    Ok(shared)
+}
+
+/// The run's optimizer as the `optimizer_step` host service uses it: the
+/// shared state, stepped with `config` at the rate the plugin asks for.
+pub struct ServiceOptimizer<B: AutodiffBackend> {
+    /// The state the training loop steps too.
+    pub shared: Rc<RefCell<Optimizer<B>>>,
+    /// Hyperparameters but the rate.
+    pub config: AdamConfig,
+}
+
+impl<B: AutodiffBackend> ParamStepper<B> for ServiceOptimizer<B> {
+    fn step(
+        &mut self,
+        store: &mut ParamStore<B>,
+        loss: FloatTensor<B>,
+        ids: &[ParamId],
+        lr: f32,
+    ) -> Result<(), AbiError> {
+        let config = AdamConfig { lr, ..self.config };
+        self.shared.borrow_mut().step(store, loss, ids, config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The update rules through a plugin's parameters: `optimizer_step` (a
+    //! plugin's `prepare`) with the run's optimizer installed, and SGD with
+    //! clipping on the host side.
+    use super::*;
+    use crate::tensor_abi::{CpuBackend, Session, SessionGuard, vtables};
+    use burn::tensor::Tensor as BTensor;
+    use dtx_plugin_api::Host;
+    use dtx_plugin_api::abi::TensorId;
+
+    type B = CpuBackend;
+
+    fn session(seed: u64) -> SessionGuard {
+        dtx_plugin_api::__private::install_host(vtables::<B>());
+        let guard = Session::<B>::install(Default::default(), seed);
+        Session::<B>::with(|s| s.current_plugin = Some("t".into())).unwrap();
+        guard
+    }
+
+    fn close(a: &[f32], b: &[f32], tol: f32) {
+        assert_eq!(a.len(), b.len(), "lengths differ");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * (1.0 + y.abs()),
+                "index {i}: {x} vs {y} (tol {tol})"
+            );
+        }
+    }
+
+    fn float_of(id: TensorId) -> FloatTensor<B> {
+        Session::<B>::with(|s| s.float(id)).unwrap().unwrap()
+    }
+
+    #[test]
+    fn optimizer_step_trains_registered_parameters() {
+        let _s = session(0);
+        install::<B>(AdamConfig::default()).unwrap();
+        let host = Host::get();
+        let p = host
+            .param("w", &[3], dtx_plugin_api::abi::ParamInit::constant(2.0))
+            .unwrap();
+        // loss = Σ w², one Adam step of lr 0.1 moves each entry by lr · sign(g) = 0.1.
+        host.optimizer_step(&[&p], p.value().square().sum(), 0.1)
+            .unwrap();
+        close(&p.value().to_f32_vec(), &[1.9, 1.9, 1.9], 1e-6);
+        let err = host.optimizer_step(&[&p], p.value(), 0.1).unwrap_err();
+        assert!(err.message.contains("scalar"), "{}", err.message);
+    }
+
+    #[test]
+    fn sgd_and_global_norm_clipping_follow_their_formulas() {
+        let _s = session(0);
+        let host = Host::get();
+        let p = host
+            .param("w", &[2], dtx_plugin_api::abi::ParamInit::constant(0.0))
+            .unwrap();
+        Session::<B>::with(|s| {
+            let id = s.params.by_name("plugin.t.w").unwrap();
+            s.params.get_mut(id).unwrap().value =
+                <B as burn::tensor::ops::FloatTensorOps<B>>::float_set_require_grad(
+                    BTensor::<B, 1>::from_floats([3.0, 4.0], &Default::default())
+                        .into_primitive()
+                        .tensor(),
+                    true,
+                );
+        })
+        .unwrap();
+        // loss = Σ w², g = 2w = [6, 8], |g| = 10; clipped to 1: g = [0.6, 0.8];
+        // SGD with lr 1: w = [3 − 0.6, 4 − 0.8].
+        let loss = p.value().square().sum();
+        let sgd = AdamConfig {
+            rule: Rule::Sgd,
+            lr: 1.0,
+            ..Default::default()
+        };
+        let lp = float_of(loss.id());
+        let norm = Session::<B>::with(|s| {
+            let ids = s.params.trainable_ids();
+            Optimizer::new().step_clipped(&mut s.params, lp, &ids, sgd, Some(1.0))
+        })
+        .unwrap()
+        .unwrap();
+        assert!((norm - 10.0).abs() < 1e-5, "{norm}");
+        close(&p.value().to_f32_vec(), &[2.4, 3.2], 1e-5);
+    }
+}

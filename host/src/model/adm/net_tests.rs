@@ -391,18 +391,3 @@ fn unknown_and_unusable_flags_name_the_key() {
         "[source.config].num_heads_upsample: an attention block with 32 channels cannot be split into these heads"
     );
 }
-
-/// The catalogue the built network declares is, key for key and in order,
-/// the parameter list the config gave before networks were built from
-/// blocks, across both fixtures' flags with each resampler kind.
-#[test]
-fn catalogue_keeps_the_legacy_parameter_order() {
-    for name in ["full", "plain"] {
-        let c = AdmConfig::from_description(&description(name, "model.safetensors")).unwrap();
-        for updown in [false, true] {
-            let mut c = c.clone();
-            c.resblock_updown = updown;
-            assert_eq!(AdmNet::new(c.clone()).parameters(), c.legacy_parameters());
-        }
-    }
-}

@@ -277,27 +277,3 @@ fn gradients_reach_the_weights_through_every_stage() {
         assert!(n > 0.0, "{key}: zero gradient");
     }
 }
-
-/// The catalogue the built network declares is, key for key and in order,
-/// the parameter list the config gave before networks were built from
-/// blocks (the order weights are initialised in), across configs.
-#[test]
-fn catalogue_keeps_the_legacy_parameter_order() {
-    let base = describe("diffusers", Some(&fixture("small")), &toml::Table::new()).unwrap();
-    let cls = describe(
-        "diffusers",
-        Some(&fixture("class-scale-shift")),
-        &toml::Table::new(),
-    )
-    .unwrap();
-    for d in [base, cls] {
-        let c = UNet2DConfig::from_description(&d).unwrap();
-        for (pad, mid, attn) in [(1, true, true), (0, true, false), (1, false, false)] {
-            let mut c = c.clone();
-            c.downsample_padding = pad;
-            c.mid_block = mid;
-            c.add_attention = attn;
-            assert_eq!(UNet2D::new(c.clone()).parameters(), c.legacy_parameters());
-        }
-    }
-}

@@ -157,15 +157,7 @@ pub fn engine<B: AutodiffBackend>(b: &EngineBench) -> Result<BenchReport> {
         let (x, eps) = (normal(), normal());
         let start = Instant::now();
         let p = net.weights(&params()?)?;
-        let out = net.forward::<B, anyhow::Error>(
-            &p,
-            x.into_primitive().tensor(),
-            t.clone().into_primitive().tensor(),
-            None,
-            &mut |_, h, _| Ok(h),
-            None,
-        )?;
-        let out: Tensor<B, 4> = Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(out));
+        let out: Tensor<B, 4> = net.predict(&p, x, t.clone(), None);
         let loss = (out - eps).powf_scalar(2.0).mean();
         Session::<B>::with(|s| {
             let ids = s.params.trainable_ids();
@@ -185,15 +177,7 @@ pub fn engine<B: AutodiffBackend>(b: &EngineBench) -> Result<BenchReport> {
     let mut ddim = Vec::new();
     for i in 0..b.warmup + b.iters {
         let start = Instant::now();
-        let out = net.forward::<B, anyhow::Error>(
-            &weights,
-            x.clone().detach().into_primitive().tensor(),
-            t.clone().into_primitive().tensor(),
-            None,
-            &mut |_, h, _| Ok(h),
-            None,
-        )?;
-        let eps: Tensor<B, 4> = Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(out));
+        let eps: Tensor<B, 4> = net.predict(&weights, x.clone().detach(), t.clone(), None);
         x = ddim_step(eps, x, 500, 480, &alpha_bars, 0.0, None, None).x_prev;
         // force the computation before stopping the clock
         let _ = x.clone().sum().into_scalar();

@@ -7,7 +7,7 @@
 //! unconditional variant, and `--prompt` without a text tower.
 
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
-use dtx::model::{Denoiser, Net};
+use dtx::model::{Denoiser, Hooks, Net};
 use dtx::plugins::{InjectArgs, Instance, load_library};
 use dtx::tensor_abi::{CpuBackend, Session, SessionGuard, vtables};
 use dtx_plugin_api::ModelInfo;
@@ -93,33 +93,72 @@ fn forward(
 ) -> Vec<f32> {
     let n = dims::<4>(&x)[0];
     let tf = prim(vec![t as f32; n], [n]);
-    let ts = t_stored(t, n);
-    let mut inst = inst;
+    let mut hooks = Injection {
+        inst,
+        t: t_stored(t, n),
+        cond,
+    };
     let weights = net.weights(params).unwrap();
+    let x = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
+    let tf = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(tf));
     let out = net
-        .forward::<B, dtx_plugin_api::abi::AbiError>(
-            &weights,
-            x,
-            tf,
-            None,
-            &mut |point, h, temb| match inst.as_deref_mut() {
-                Some(i) if i.points().iter().any(|p| p == point) => Ok(i
-                    .inject(InjectArgs {
-                        point,
-                        h: &h,
-                        t: &ts,
-                        temb,
-                        cond,
-                        labels: None,
-                        training: false,
-                    })
-                    .map_err(|e| dtx_plugin_api::abi::AbiError::other(e.to_string()))?),
-                _ => Ok(h),
-            },
-            None,
-        )
-        .unwrap();
+        .forward(&weights, x, tf, None, &mut hooks, None)
+        .unwrap()
+        .into_primitive()
+        .tensor();
     values::<4>(&out)
+}
+
+/// `inst`'s `inject` at each of its points (none without one).
+struct Injection<'a> {
+    inst: Option<&'a mut Instance<B>>,
+    t: dtx::tensor_abi::Stored<B>,
+    cond: Option<&'a Prim>,
+}
+
+impl Injection<'_> {
+    fn at(
+        &mut self,
+        point: &str,
+        h: Prim,
+        temb: &Prim,
+    ) -> Result<Prim, dtx_plugin_api::abi::AbiError> {
+        match self.inst.as_deref_mut() {
+            Some(i) if i.points().iter().any(|p| p == point) => i
+                .inject(InjectArgs {
+                    point,
+                    h: &h,
+                    t: &self.t,
+                    temb,
+                    cond: self.cond,
+                    labels: None,
+                    training: false,
+                })
+                .map_err(|e| dtx_plugin_api::abi::AbiError::other(e.to_string())),
+            _ => Ok(h),
+        }
+    }
+}
+
+impl Hooks<B, 4> for Injection<'_> {
+    type Error = dtx_plugin_api::abi::AbiError;
+
+    fn temb(&mut self, temb: Tensor<B, 2>) -> Result<Tensor<B, 2>, Self::Error> {
+        let temb = temb.into_primitive().tensor();
+        let out = self.at("temb", temb.clone(), &temb)?;
+        Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+    }
+
+    fn block(
+        &mut self,
+        point: &str,
+        h: Tensor<B, 4>,
+        temb: &Tensor<B, 2>,
+    ) -> Result<Tensor<B, 4>, Self::Error> {
+        let temb = temb.clone().into_primitive().tensor();
+        let out = self.at(point, h.into_primitive().tensor(), &temb)?;
+        Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+    }
 }
 
 /// Zero-initialised f (the default): before the first step the adapted

@@ -5,7 +5,7 @@
 //! end is in `denoiser_guidance_runs.rs`.
 
 use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
-use dtx::model::{Denoiser, Net};
+use dtx::model::{Denoiser, Hooks, Net, Recorder};
 use dtx::plugins::{InjectArgs, Instance, load_library};
 use dtx::tensor_abi::{
     CpuBackend, DataService, DenoiseService, Session, SessionGuard, Stored, vtables,
@@ -111,14 +111,11 @@ impl DenoiseService<B> for TinyUNet {
                 )));
             }
         }
-        self.net.forward::<B, AbiError>(
-            &self.weights(),
-            x_t,
-            Self::t_float(t),
-            labels,
-            &mut |_, h, _| Ok(h),
-            None,
-        )
+        let x = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x_t));
+        let t = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(Self::t_float(t)));
+        let labels = labels.map(Tensor::<B, 1, Int>::from_primitive);
+        let out = self.net.predict(&self.weights(), x, t, labels);
+        Ok(out.into_primitive().tensor())
     }
 
     fn features(
@@ -128,21 +125,16 @@ impl DenoiseService<B> for TinyUNet {
         points: &[String],
         _which: Which,
     ) -> Result<Vec<Prim>, AbiError> {
-        let mut found = HashMap::new();
-        self.net.forward::<B, AbiError>(
-            &self.weights(),
-            x,
-            Self::t_float(t),
-            None,
-            &mut |p, h, _| {
-                if points.iter().any(|q| q == p) {
-                    found.insert(p.to_owned(), h.clone());
-                }
-                Ok(h)
-            },
-            None,
-        )?;
-        Ok(points.iter().map(|p| found.remove(p).unwrap()).collect())
+        let x = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
+        let t = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(Self::t_float(t)));
+        let mut record = Recorder::<B, 4>::new(points);
+        let Ok(_) = self
+            .net
+            .forward(&self.weights(), x, t, None, &mut record, None);
+        Ok(points
+            .iter()
+            .map(|p| record.blocks.remove(p).unwrap().into_primitive().tensor())
+            .collect())
     }
 }
 
@@ -328,31 +320,47 @@ fn eps_with_injection(
     labels: &IntPrim,
 ) -> Prim {
     let n = values(&x).len() / (3 * SIDE * SIDE);
-    let ts = t_stored(t, n);
+    let mut hooks = TembInjection {
+        inst,
+        t: t_stored(t, n),
+        labels,
+    };
+    let x = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
+    let tf = TinyUNet::t_float(t_stored(t, n));
+    let tf = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(tf));
     unet.net
-        .forward::<B, AbiError>(
-            &unet.weights(),
-            x,
-            TinyUNet::t_float(t_stored(t, n)),
-            None,
-            &mut |point, h, temb| {
-                if point != "temb" {
-                    return Ok(h);
-                }
-                inst.inject(InjectArgs {
-                    point,
-                    h: &h,
-                    t: &ts,
-                    temb,
-                    cond: None,
-                    labels: Some(labels),
-                    training: false,
-                })
-                .map_err(|e| AbiError::other(e.to_string()))
-            },
-            None,
-        )
+        .forward(&unet.weights(), x, tf, None, &mut hooks, None)
         .unwrap()
+        .into_primitive()
+        .tensor()
+}
+
+/// The plugin's `inject` at `temb` alone, with `labels`.
+struct TembInjection<'a> {
+    inst: &'a mut Instance<B>,
+    t: Stored<B>,
+    labels: &'a IntPrim,
+}
+
+impl Hooks<B, 4> for TembInjection<'_> {
+    type Error = AbiError;
+
+    fn temb(&mut self, temb: Tensor<B, 2>) -> Result<Tensor<B, 2>, AbiError> {
+        let temb = temb.into_primitive().tensor();
+        let out = self
+            .inst
+            .inject(InjectArgs {
+                point: "temb",
+                h: &temb,
+                t: &self.t,
+                temb: &temb,
+                cond: None,
+                labels: Some(self.labels),
+                training: false,
+            })
+            .map_err(|e| AbiError::other(e.to_string()))?;
+        Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+    }
 }
 
 /// Guidance with the class embedding and CFG both on (issue: x̂0 used to

@@ -6,13 +6,11 @@
 
 use super::model_cmd::ModelSource;
 use super::model_open::OpenedModel;
-use crate::model::Denoiser;
-use crate::model::ModelDescription;
 use crate::model::weights::StoredTensor;
+use crate::model::{Denoiser, ModelDescription, Recorder};
 use crate::tensor_abi::CpuBackend as B;
 use anyhow::{Context, anyhow, bail};
-use burn::tensor::ops::{FloatTensor, FloatTensorOps, IntTensor, IntTensorOps};
-use burn::tensor::{TensorData, TensorMetadata, read_sync};
+use burn::tensor::{Int, Tensor, TensorData};
 use safetensors::tensor::{Dtype, TensorView};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -220,14 +218,57 @@ fn chosen_points(d: &ModelDescription, asked: &[String]) -> anyhow::Result<Vec<S
 /// A tensor's shape and f32 values.
 type Shaped = (Vec<usize>, Vec<f32>);
 
-fn values(p: FloatTensor<B>) -> anyhow::Result<Shaped> {
-    let shape = p.shape().to_vec();
-    let v = read_sync(B::float_into_data(p))
-        .map_err(|e| anyhow!("reading a tensor: {e:?}"))?
+fn values<const D: usize>(t: Tensor<B, D>) -> anyhow::Result<Shaped> {
+    let shape = t.dims().to_vec();
+    let v = t
+        .into_data()
         .convert::<f32>()
         .to_vec::<f32>()
         .map_err(|e| anyhow!("reading a tensor: {e:?}"))?;
     Ok((shape, v))
+}
+
+/// The output and the chosen points' activations (in `points` order) of
+/// the forward at the data's rank `D`.
+fn forward_at<const D: usize>(
+    m: &OpenedModel,
+    inputs: Inputs,
+    points: &[String],
+) -> anyhow::Result<Vec<(String, Shaped)>> {
+    let dev = Default::default();
+    let (xs, xv) = inputs.x;
+    let b = xs[0];
+    let dims: [usize; D] = xs.clone().try_into().map_err(|_| {
+        anyhow!(
+            "an input of rank {} where the model takes rank {D}",
+            xs.len()
+        )
+    })?;
+    let x = Tensor::<B, D>::from_data(TensorData::new(xv, dims), &dev);
+    let t = Tensor::<B, 1>::from_data(TensorData::new(inputs.timesteps, [b]), &dev);
+    let labels = inputs
+        .labels
+        .map(|l| Tensor::<B, 1, Int>::from_data(TensorData::new(l, [b]), &dev));
+    let weights = m.net.weights(&m.params)?;
+    let mut record = Recorder::<B, D>::new(points);
+    let output = match m.net.forward(&weights, x, t, labels, &mut record, None) {
+        Ok(out) => out,
+        Err(never) => match never {},
+    };
+    let mut tensors = vec![("out".to_owned(), values(output)?)];
+    for name in points {
+        let shaped = match (name.as_str(), &record.temb) {
+            ("temb", Some(temb)) => values(temb.clone())?,
+            _ => values(
+                record
+                    .blocks
+                    .remove(name)
+                    .ok_or_else(|| anyhow!("the forward never reached point `{name}`"))?,
+            )?,
+        };
+        tensors.push((name.clone(), shaped));
+    }
+    Ok(tensors)
 }
 
 /// Runs `dtx model forward` on the opened model.
@@ -235,30 +276,10 @@ pub fn run(a: &ForwardArgs, m: &OpenedModel, out: &mut dyn Write) -> anyhow::Res
     let d = &m.description;
     let points = chosen_points(d, &a.points)?;
     let inputs = read_inputs(&a.inputs, d, m.net.num_classes())?;
-    let dev = Default::default();
-    let (xs, xv) = inputs.x;
-    let b = xs[0];
-    let x = B::float_from_data(TensorData::new(xv, xs.clone()), &dev);
-    let t = B::float_from_data(TensorData::new(inputs.timesteps, [b]), &dev);
-    let labels: Option<IntTensor<B>> = inputs
-        .labels
-        .map(|l| B::int_from_data(TensorData::new(l, [b]), &dev));
-    let weights = m.net.weights(&m.params)?;
-    let mut seen: Vec<(String, FloatTensor<B>)> = Vec::new();
-    let mut record = |point: &str, h: FloatTensor<B>, _: &FloatTensor<B>| {
-        if points.iter().any(|p| p == point) {
-            seen.push((point.to_owned(), h.clone()));
-        }
-        Ok(h)
+    let tensors = match m.net.data_shape().len() {
+        1 => forward_at::<2>(m, inputs, &points)?,
+        _ => forward_at::<4>(m, inputs, &points)?,
     };
-    let output = m
-        .net
-        .forward::<B, ()>(&weights, x, t, labels, &mut record, None)
-        .map_err(|()| anyhow!("the forward pass failed"))?;
-    let mut tensors = vec![("out".to_owned(), values(output)?)];
-    for (name, h) in seen {
-        tensors.push((name, values(h)?));
-    }
     write_tensors(&a.out, &tensors)?;
     let (_, (shape, _)) = &tensors[0];
     writeln!(

@@ -2,20 +2,21 @@
 //! vectors, diffusers' `UNet2DModel` and guided-diffusion's ADM U-Net for
 //! images), and [`Net`], the one denoiser type the run engine holds. All
 //! share one forward: a [`Weights`] table for the network's [`Catalogue`],
-//! float timesteps, optional labels, the injection-point hook and, in a
-//! training forward, the dropout stream, so training, sampling, `denoise`,
-//! `features` and plugins' `inject` do not depend on which one runs.
+//! the input at the data's rank, float timesteps, optional labels, the
+//! injection-point [`Hooks`] and, in a training forward, the dropout stream,
+//! so training, sampling, `denoise`, `features` and plugins' `inject` do not
+//! depend on which one runs.
 
 use super::ModelDescription;
 use super::adm::{AdmNet, load_weights};
 use super::diffusers::{UNet2D, load_safetensors};
 use super::mlp::MlpNet;
-use super::nn::layers::{DropoutRng, PointHook};
+use super::nn::layers::{DropoutRng, Hooks, NoHooks, at_rank};
 use super::nn::{Catalogue, Weights, WeightsError};
 use crate::tensor_abi::ParamStore;
-use burn::tensor::TensorData;
-use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Int, Tensor, TensorData};
 use rand::Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 use std::collections::HashMap;
@@ -87,21 +88,38 @@ pub trait Denoiser {
     /// order the network declares them.
     fn catalogue(&self) -> &Catalogue;
 
-    /// The forward pass: the network's output for `x` (`[B, …]`) at float
-    /// timesteps `t` (`[B]`), with class `labels` (`[B]`) for a
-    /// class-conditional net, calling `hook(point, h, temb)` at every
-    /// injection point in forward order; in training mode when `dropout` is
-    /// given (the residual blocks apply their rate with masks from that
-    /// stream), else in eval mode.
-    fn forward<B: AutodiffBackend, E>(
+    /// The forward pass: the network's output for `x` (`[B, …]`, at the
+    /// data's rank `D`: 2 for the MLP, 4 for the U-Nets) at float timesteps
+    /// `t` (`[B]`), with class `labels` (`[B]`) for a class-conditional net,
+    /// calling `hooks` at every injection point in forward order; in
+    /// training mode when `dropout` is given (the residual blocks apply their
+    /// rate with masks from that stream), else in eval mode.
+    ///
+    /// # Panics
+    /// When `D` is not the network's rank (the engine dispatches on it).
+    fn forward<B: AutodiffBackend, H: Hooks<B, D>, const D: usize>(
         &self,
         weights: &Weights<B>,
-        x: FloatTensor<B>,
-        t: FloatTensor<B>,
-        labels: Option<IntTensor<B>>,
-        hook: &mut PointHook<'_, B, E>,
+        x: Tensor<B, D>,
+        t: Tensor<B, 1>,
+        labels: Option<Tensor<B, 1, Int>>,
+        hooks: &mut H,
         dropout: Option<&DropoutRng>,
-    ) -> Result<FloatTensor<B>, E>;
+    ) -> Result<Tensor<B, D>, H::Error>;
+
+    /// [`Denoiser::forward`] in eval mode without hooks.
+    fn predict<B: AutodiffBackend, const D: usize>(
+        &self,
+        weights: &Weights<B>,
+        x: Tensor<B, D>,
+        t: Tensor<B, 1>,
+        labels: Option<Tensor<B, 1, Int>>,
+    ) -> Tensor<B, D> {
+        match self.forward(weights, x, t, labels, &mut NoHooks, None) {
+            Ok(out) => out,
+            Err(never) => match never {},
+        }
+    }
 
     /// Every parameter with its shape, as owned pairs.
     fn parameters(&self) -> Vec<(String, Vec<usize>)> {
@@ -109,7 +127,8 @@ pub trait Denoiser {
     }
 
     /// The table of this network's weights, each found by its key in
-    /// `weights`; an error naming the first key missing or misshapen.
+    /// `weights` (the values of the session's parameter store); an error
+    /// naming the first key missing or misshapen.
     fn weights<B: AutodiffBackend>(
         &self,
         weights: &HashMap<String, FloatTensor<B>>,
@@ -134,16 +153,19 @@ impl Denoiser for MlpNet {
     fn catalogue(&self) -> &Catalogue {
         MlpNet::catalogue(self)
     }
-    fn forward<B: AutodiffBackend, E>(
+    fn forward<B: AutodiffBackend, H: Hooks<B, D>, const D: usize>(
         &self,
         weights: &Weights<B>,
-        x: FloatTensor<B>,
-        t: FloatTensor<B>,
-        labels: Option<IntTensor<B>>,
-        hook: &mut PointHook<'_, B, E>,
-        _dropout: Option<&DropoutRng>,
-    ) -> Result<FloatTensor<B>, E> {
-        MlpNet::forward(self, weights, x, t, labels, hook)
+        x: Tensor<B, D>,
+        t: Tensor<B, 1>,
+        labels: Option<Tensor<B, 1, Int>>,
+        hooks: &mut H,
+        dropout: Option<&DropoutRng>,
+    ) -> Result<Tensor<B, D>, H::Error> {
+        let _ = dropout; // the MLP has none
+        let x = at_rank::<B, D, 2>(x);
+        let out = MlpNet::forward(self, weights, x, t, labels, &mut AtRank::<H, D>(hooks))?;
+        Ok(at_rank::<B, 2, D>(out))
     }
 }
 
@@ -164,16 +186,18 @@ impl Denoiser for UNet2D {
     fn catalogue(&self) -> &Catalogue {
         UNet2D::catalogue(self)
     }
-    fn forward<B: AutodiffBackend, E>(
+    fn forward<B: AutodiffBackend, H: Hooks<B, D>, const D: usize>(
         &self,
         weights: &Weights<B>,
-        x: FloatTensor<B>,
-        t: FloatTensor<B>,
-        labels: Option<IntTensor<B>>,
-        hook: &mut PointHook<'_, B, E>,
+        x: Tensor<B, D>,
+        t: Tensor<B, 1>,
+        labels: Option<Tensor<B, 1, Int>>,
+        hooks: &mut H,
         dropout: Option<&DropoutRng>,
-    ) -> Result<FloatTensor<B>, E> {
-        UNet2D::forward(self, weights, x, t, labels, hook, dropout)
+    ) -> Result<Tensor<B, D>, H::Error> {
+        let (x, mut hooks) = (at_rank::<B, D, 4>(x), AtRank::<H, D>(hooks));
+        let out = UNet2D::forward(self, weights, x, t, labels, &mut hooks, dropout)?;
+        Ok(at_rank::<B, 4, D>(out))
     }
 }
 
@@ -194,16 +218,40 @@ impl Denoiser for AdmNet {
     fn catalogue(&self) -> &Catalogue {
         AdmNet::catalogue(self)
     }
-    fn forward<B: AutodiffBackend, E>(
+    fn forward<B: AutodiffBackend, H: Hooks<B, D>, const D: usize>(
         &self,
         weights: &Weights<B>,
-        x: FloatTensor<B>,
-        t: FloatTensor<B>,
-        labels: Option<IntTensor<B>>,
-        hook: &mut PointHook<'_, B, E>,
+        x: Tensor<B, D>,
+        t: Tensor<B, 1>,
+        labels: Option<Tensor<B, 1, Int>>,
+        hooks: &mut H,
         dropout: Option<&DropoutRng>,
-    ) -> Result<FloatTensor<B>, E> {
-        AdmNet::forward(self, weights, x, t, labels, hook, dropout)
+    ) -> Result<Tensor<B, D>, H::Error> {
+        let (x, mut hooks) = (at_rank::<B, D, 4>(x), AtRank::<H, D>(hooks));
+        let out = AdmNet::forward(self, weights, x, t, labels, &mut hooks, dropout)?;
+        Ok(at_rank::<B, 4, D>(out))
+    }
+}
+
+/// `hooks` of rank `D` seen by a network of rank `Z` (the same rank once
+/// the engine has dispatched on it).
+struct AtRank<'h, H, const D: usize>(&'h mut H);
+
+impl<B: Backend, H: Hooks<B, D>, const D: usize, const Z: usize> Hooks<B, Z> for AtRank<'_, H, D> {
+    type Error = H::Error;
+
+    fn temb(&mut self, temb: Tensor<B, 2>) -> Result<Tensor<B, 2>, H::Error> {
+        self.0.temb(temb)
+    }
+
+    fn block(
+        &mut self,
+        point: &str,
+        h: Tensor<B, Z>,
+        temb: &Tensor<B, 2>,
+    ) -> Result<Tensor<B, Z>, H::Error> {
+        let h = self.0.block(point, at_rank::<B, Z, D>(h), temb)?;
+        Ok(at_rank::<B, D, Z>(h))
     }
 }
 
@@ -245,16 +293,16 @@ impl Denoiser for Net {
     fn catalogue(&self) -> &Catalogue {
         each!(self, n => Denoiser::catalogue(n))
     }
-    fn forward<B: AutodiffBackend, E>(
+    fn forward<B: AutodiffBackend, H: Hooks<B, D>, const D: usize>(
         &self,
         weights: &Weights<B>,
-        x: FloatTensor<B>,
-        t: FloatTensor<B>,
-        labels: Option<IntTensor<B>>,
-        hook: &mut PointHook<'_, B, E>,
+        x: Tensor<B, D>,
+        t: Tensor<B, 1>,
+        labels: Option<Tensor<B, 1, Int>>,
+        hooks: &mut H,
         dropout: Option<&DropoutRng>,
-    ) -> Result<FloatTensor<B>, E> {
-        each!(self, n => Denoiser::forward(n, weights, x, t, labels, hook, dropout))
+    ) -> Result<Tensor<B, D>, H::Error> {
+        each!(self, n => Denoiser::forward(n, weights, x, t, labels, hooks, dropout))
     }
 }
 

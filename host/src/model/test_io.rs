@@ -40,22 +40,6 @@ pub(crate) fn read_io(file: &Path) -> Io {
         .collect()
 }
 
-/// A rank-1 or rank-4 primitive holding `values`.
-pub(crate) fn prim(shape: &[usize], values: &[f32]) -> FloatTensor<B> {
-    let t: Tensor<B, 1> = Tensor::from_data(
-        TensorData::new(values.to_vec(), [values.len()]),
-        &Default::default(),
-    );
-    match shape.len() {
-        1 => t.into_primitive().tensor(),
-        4 => t
-            .reshape([shape[0], shape[1], shape[2], shape[3]])
-            .into_primitive()
-            .tensor(),
-        n => panic!("rank {n}"),
-    }
-}
-
 /// The values of a primitive.
 pub(crate) fn values(p: &FloatTensor<B>) -> Vec<f32> {
     use burn::tensor::ops::FloatTensorOps;
@@ -72,4 +56,53 @@ pub(crate) fn max_err(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// A rank-`D` tensor holding `values` of `shape`.
+pub(crate) fn tensor_of<const D: usize>(shape: &[usize], values: &[f32]) -> Tensor<B, D> {
+    let dims: [usize; D] = shape.try_into().expect("the fixture's rank");
+    Tensor::from_data(TensorData::new(values.to_vec(), dims), &Default::default())
+}
+
+/// The values of a tensor, as f32.
+pub(crate) fn values_of<const D: usize>(t: &Tensor<B, D>) -> Vec<f32> {
+    t.clone()
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap()
+}
+
+/// Hooks that record every point's values in forward order (`temb`
+/// included) and scale the point `replace` names by its factor.
+pub(crate) struct Probe<'a> {
+    pub seen: &'a mut Vec<(String, Vec<f32>)>,
+    pub replace: Option<(&'a str, f32)>,
+}
+
+impl Probe<'_> {
+    fn visit<const R: usize>(&mut self, point: &str, h: Tensor<B, R>) -> Tensor<B, R> {
+        self.seen.push((point.to_owned(), values_of(&h)));
+        match self.replace {
+            Some((p, scale)) if p == point => h.mul_scalar(scale),
+            _ => h,
+        }
+    }
+}
+
+impl<const D: usize> crate::model::Hooks<B, D> for Probe<'_> {
+    type Error = std::convert::Infallible;
+
+    fn temb(&mut self, temb: Tensor<B, 2>) -> Result<Tensor<B, 2>, Self::Error> {
+        Ok(self.visit("temb", temb))
+    }
+
+    fn block(
+        &mut self,
+        point: &str,
+        h: Tensor<B, D>,
+        _temb: &Tensor<B, 2>,
+    ) -> Result<Tensor<B, D>, Self::Error> {
+        Ok(self.visit(point, h))
+    }
 }

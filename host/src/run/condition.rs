@@ -14,8 +14,8 @@ use super::support::{prim_f, ranked};
 use crate::condition::{ConditionPlan, MaskRect, mask_rect, mask_values};
 use crate::data::Dataset;
 use crate::manifest::{EncoderKind, Sample, TokenKind};
-use crate::model::Denoiser;
 use crate::model::clip::{Clip, ClipTokens};
+use crate::model::{Denoiser, Recorder};
 use crate::plan::Plan;
 use crate::tensor_abi::{ConditionService, untracked};
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -25,7 +25,6 @@ use burn::tensor::{Tensor, TensorData};
 use dtx_plugin_api::abi::{AbiError, ErrorKind};
 use rand::rngs::StdRng;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 type P<B> = FloatTensor<B>;
@@ -230,24 +229,24 @@ impl<B: AutodiffBackend> Student<B> {
         let t = plan.t.min(self.alpha_bars.len() - 1);
         let scaled = x * (self.alpha_bars[t].sqrt() as f32);
         let ts = Tensor::<B, 1>::from_data(TensorData::new(vec![t as f32; b], [b]), &dev);
-        let mut found: HashMap<String, P<B>> = HashMap::new();
-        let mut record = |point: &str, h: P<B>, _: &P<B>| {
-            if plan.points.iter().any(|p| p.0 == point) {
-                found.insert(point.to_owned(), h.clone());
-            }
-            Ok(h)
-        };
-        let (x, t) = (prim_f(scaled), prim_f(ts));
-        self.net
-            .forward::<B, AbiError>(&self.source, x, t, None, &mut record, None)?;
+        let names: Vec<String> = plan.points.iter().map(|p| p.0.clone()).collect();
+        let mut record = Recorder::<B, 4>::new(&names);
+        match self
+            .net
+            .forward(&self.source, scaled, ts, None, &mut record, None)
+        {
+            Ok(_) => {}
+            Err(never) => match never {},
+        }
         let (_, d) = plan.shape;
         let g = plan.grid;
         let mut tokens = Vec::new();
         for (name, ch, ..) in &plan.points {
-            let h: Tensor<B, 4> =
-                ranked(untracked::<B>(found.remove(name).ok_or_else(|| {
-                    abi(format!("the source model has no point `{name}`"))
-                })?));
+            let h = record
+                .blocks
+                .remove(name)
+                .ok_or_else(|| abi(format!("the source model has no point `{name}`")))?;
+            let h = Tensor::<B, 4>::from_inner(h.inner()); // untracked
             let pooled = burn::tensor::module::adaptive_avg_pool2d(h, [g, g]);
             let t = pooled.reshape([b, *ch, g * g]).swap_dims(1, 2); // [B, g², C]
             let t = if *ch < d {

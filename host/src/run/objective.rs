@@ -121,13 +121,9 @@ impl Objective<'_> {
         let x0r: Tensor<B, D> = ranked(x0.clone());
         let noise = draw.noise::<D>();
         let x_t = q_sample(x0r.clone(), noise.clone(), ab_t.clone());
-        let out = ranked::<B, D>(student.forward(
-            params,
-            prim_f(x_t.clone()),
-            draw.t_float(),
-            labels,
-            training,
-        )?);
+        let t = ranked::<B, 1>(draw.t_float());
+        let labels = labels.map(Tensor::<B, 1, Int>::from_primitive);
+        let out = student.forward(params, x_t.clone(), t, labels, training)?;
         let (out, variance) = self.split_output(out);
         let ab_b = BatchScalar::PerSample(ab_t);
         let target = match self.prediction {

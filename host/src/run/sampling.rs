@@ -268,12 +268,11 @@ fn trajectory<B: AutodiffBackend, const D: usize>(
                 xp
             };
             let x = ranked::<B, D>(xp.clone());
-            let raw = ranked::<B, D>(match weights {
-                None => student.source_forward(xp.clone(), prim_f(tf.clone()), labels.clone())?,
-                Some(w) => {
-                    student.forward(w, xp.clone(), prim_f(tf.clone()), labels.clone(), false)?
-                }
-            });
+            let typed_labels = labels.clone().map(Tensor::<B, 1, Int>::from_primitive);
+            let raw = match weights {
+                None => student.source_forward(x.clone(), tf.clone(), typed_labels),
+                Some(w) => student.forward(w, x.clone(), tf.clone(), typed_labels, false)?,
+            };
             let (mean, variance) = if learned_sigma {
                 let c = student.data_channels;
                 (

@@ -6,14 +6,13 @@
 
 use crate::data::Dataset;
 use crate::diffusion::prediction::{BatchScalar, Prediction, to_epsilon};
-use crate::model::Denoiser;
-use crate::model::{Net, Weights};
+use crate::model::{Denoiser, Hooks, Net, Recorder, Weights};
 use crate::plugins::{InjectArgs, Instance};
 use crate::tensor_abi::{DenoiseService, Session, Stored};
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 use dtx_plugin_api::abi::{AbiError, ErrorKind, Hook, Which};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -178,70 +177,159 @@ impl<B: AutodiffBackend> Student<B> {
     /// `inject` at its points, in manifest order — except a plugin calling
     /// this from inside one of its own hooks, whose modules are left out of
     /// that call (docs/plugin-authoring.md, "Host services").
-    pub(super) fn forward(
+    pub(super) fn forward<const D: usize>(
+        &self,
+        params: &Weights<B>,
+        x: Tensor<B, D>,
+        t: Tensor<B, 1>,
+        labels: Option<Tensor<B, 1, Int>>,
+        training: bool,
+    ) -> Result<Tensor<B, D>, AbiError> {
+        let mut injecting = Injecting {
+            student: self,
+            t: Stored::Float(t.clone().into_primitive().tensor()),
+            cond: self.current_condition(),
+            labels: labels.clone().map(|l| l.into_primitive()),
+            training,
+        };
+        let dropout = self.dropout.borrow();
+        let dropout = dropout.as_ref().filter(|_| training);
+        self.net
+            .forward(params, x, t, labels, &mut injecting, dropout)
+    }
+
+    /// The frozen source's forward (no plugin), outside every graph.
+    pub(super) fn source_forward<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        t: Tensor<B, 1>,
+        labels: Option<Tensor<B, 1, Int>>,
+    ) -> Tensor<B, D> {
+        let out = self.net.predict(&self.source, x, t, labels);
+        Tensor::from_inner(out.inner())
+    }
+
+    /// [`Student::forward`] (or the source's, `which`) on a service's
+    /// rank-free values, at the rank of `x`: 2 or 4.
+    fn denoise_at<const D: usize>(
+        &self,
+        which: Which,
+        x: P<B>,
+        t: P<B>,
+        labels: Option<IntTensor<B>>,
+    ) -> Result<P<B>, AbiError> {
+        let x = Tensor::<B, D>::from_primitive(TensorPrimitive::Float(x));
+        let t = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t));
+        let labels = labels.map(Tensor::<B, 1, Int>::from_primitive);
+        let out = match which {
+            Which::Source => self.source_forward(x, t, labels),
+            Which::Student => self.forward(&self.student_weights()?, x, t, labels, false)?,
+        };
+        Ok(out.into_primitive().tensor())
+    }
+
+    /// The activations at `points` of the source's or the student's
+    /// weights (no plugin), at the rank of `x`: 2 or 4.
+    fn features_at<const D: usize>(
         &self,
         params: &Weights<B>,
         x: P<B>,
         t: P<B>,
-        labels: Option<IntTensor<B>>,
-        training: bool,
-    ) -> Result<P<B>, AbiError> {
-        let t_stored = Stored::Float(t.clone());
-        let labels2 = labels.clone();
-        let cond = self.current_condition();
-        let dropout = self.dropout.borrow();
-        let dropout = dropout.as_ref().filter(|_| training);
-        self.net.forward::<B, AbiError>(
-            params,
-            x,
-            t,
-            labels,
-            &mut |point, h, temb| {
-                let mut h = h;
-                // plugins whose hooks are running are left out
-                for (i, cell) in self.plugins.iter().enumerate() {
-                    if self.is_running(i) {
-                        continue;
-                    }
-                    let mut inst = cell.borrow_mut();
-                    if !(inst.implements(Hook::Inject) && inst.points().iter().any(|q| q == point))
-                    {
-                        continue;
-                    }
-                    let _running = Running::mark(&self.running, i);
-                    h = inst
-                        .inject(InjectArgs {
-                            point,
-                            h: &h,
-                            t: &t_stored,
-                            temb,
-                            cond: cond.as_ref(),
-                            labels: labels2.as_ref(),
-                            training,
-                        })
-                        .map_err(|e| AbiError::new(e.error.kind, e.to_string()))?;
-                }
-                Ok(h)
-            },
-            dropout,
-        )
+        points: &[String],
+    ) -> Result<Vec<P<B>>, AbiError> {
+        let x = Tensor::<B, D>::from_primitive(TensorPrimitive::Float(x));
+        let t = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t));
+        let mut record = Recorder::<B, D>::new(points);
+        match self.net.forward(params, x, t, None, &mut record, None) {
+            Ok(_) => {}
+            Err(never) => match never {},
+        }
+        points
+            .iter()
+            .map(|p| {
+                let found = match (p.as_str(), &record.temb) {
+                    ("temb", Some(temb)) => Some(temb.clone().into_primitive().tensor()),
+                    _ => record.blocks.remove(p).map(|h| h.into_primitive().tensor()),
+                };
+                found.ok_or_else(|| {
+                    AbiError::other(format!("`{p}` is not an injection point of this model"))
+                })
+            })
+            .collect()
+    }
+}
+
+/// The rank of `x` as a service gets it, 2 or 4; another is an error naming
+/// the service.
+fn service_rank<B: AutodiffBackend>(service: &str, x: &P<B>) -> Result<usize, AbiError> {
+    use burn::tensor::TensorMetadata;
+    match x.shape().num_dims() {
+        r @ (2 | 4) => Ok(r),
+        r => Err(AbiError::new(
+            ErrorKind::SHAPE,
+            format!("{service}: x of rank {r}; this model takes rank 2 or 4"),
+        )),
+    }
+}
+
+/// Every plugin's `inject` at the points of one student forward, those
+/// whose hooks are running left out.
+struct Injecting<'a, B: AutodiffBackend> {
+    student: &'a Student<B>,
+    t: Stored<B>,
+    cond: Option<P<B>>,
+    labels: Option<IntTensor<B>>,
+    training: bool,
+}
+
+impl<B: AutodiffBackend> Injecting<'_, B> {
+    /// `h` at `point` through each bound plugin, in manifest order.
+    fn at(&self, point: &str, h: P<B>, temb: &P<B>) -> Result<P<B>, AbiError> {
+        let student = self.student;
+        let mut h = h;
+        for (i, cell) in student.plugins.iter().enumerate() {
+            if student.is_running(i) {
+                continue;
+            }
+            let mut inst = cell.borrow_mut();
+            if !(inst.implements(Hook::Inject) && inst.points().iter().any(|q| q == point)) {
+                continue;
+            }
+            let _running = Running::mark(&student.running, i);
+            h = inst
+                .inject(InjectArgs {
+                    point,
+                    h: &h,
+                    t: &self.t,
+                    temb,
+                    cond: self.cond.as_ref(),
+                    labels: self.labels.as_ref(),
+                    training: self.training,
+                })
+                .map_err(|e| AbiError::new(e.error.kind, e.to_string()))?;
+        }
+        Ok(h)
+    }
+}
+
+impl<B: AutodiffBackend, const D: usize> Hooks<B, D> for Injecting<'_, B> {
+    type Error = AbiError;
+
+    fn temb(&mut self, temb: Tensor<B, 2>) -> Result<Tensor<B, 2>, AbiError> {
+        let temb = temb.into_primitive().tensor();
+        let out = self.at("temb", temb.clone(), &temb)?;
+        Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
     }
 
-    pub(super) fn source_forward(
-        &self,
-        x: P<B>,
-        t: P<B>,
-        labels: Option<IntTensor<B>>,
-    ) -> Result<P<B>, AbiError> {
-        let out = self.net.forward::<B, AbiError>(
-            &self.source,
-            x,
-            t,
-            labels,
-            &mut |_, h, _| Ok(h),
-            None,
-        )?;
-        Ok(crate::tensor_abi::untracked::<B>(out))
+    fn block(
+        &mut self,
+        point: &str,
+        h: Tensor<B, D>,
+        temb: &Tensor<B, 2>,
+    ) -> Result<Tensor<B, D>, AbiError> {
+        let temb = temb.clone().into_primitive().tensor();
+        let out = self.at(point, h.into_primitive().tensor(), &temb)?;
+        Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
     }
 }
 
@@ -262,15 +350,9 @@ impl<B: AutodiffBackend> DenoiseService<B> for Rc<Student<B>> {
         labels: Option<IntTensor<B>>,
     ) -> Result<P<B>, AbiError> {
         let t = t_float(&t)?;
-        let out = match which {
-            Which::Source => self.source_forward(x_t.clone(), t.clone(), labels)?,
-            Which::Student => self.forward(
-                &self.student_weights()?,
-                x_t.clone(),
-                t.clone(),
-                labels,
-                false,
-            )?,
+        let out = match service_rank::<B>("denoise", &x_t)? {
+            2 => self.denoise_at::<2>(which, x_t.clone(), t.clone(), labels)?,
+            _ => self.denoise_at::<4>(which, x_t.clone(), t.clone(), labels)?,
         };
         self.eps_of(out, x_t, t)
     }
@@ -287,23 +369,10 @@ impl<B: AutodiffBackend> DenoiseService<B> for Rc<Student<B>> {
             Which::Source => self.source.clone(),
             Which::Student => self.student_weights()?,
         };
-        let mut found: HashMap<String, P<B>> = HashMap::new();
-        let mut record = |point: &str, h: P<B>, _: &P<B>| {
-            if points.iter().any(|p| p == point) {
-                found.insert(point.to_owned(), h.clone());
-            }
-            Ok(h)
-        };
-        self.net
-            .forward::<B, AbiError>(&params, x, t, None, &mut record, None)?;
-        points
-            .iter()
-            .map(|p| {
-                found.remove(p).ok_or_else(|| {
-                    AbiError::other(format!("`{p}` is not an injection point of this model"))
-                })
-            })
-            .collect()
+        match service_rank::<B>("features", &x)? {
+            2 => self.features_at::<2>(&params, x, t, points),
+            _ => self.features_at::<4>(&params, x, t, points),
+        }
     }
 }
 

@@ -36,13 +36,12 @@
 use super::attention::AttentionBlock;
 use super::config::{AdmConfig, EPS, GROUPS};
 use crate::model::nn::layers::{
-    Conv2d, DropoutRng, GroupNorm, Linear, PointHook, ResBlock, ResSpec, Resample, ResnetKeys,
-    TimeEmbedding, Upsample, temb_point, tensor, timestep_embedding,
+    Conv2d, DropoutRng, GroupNorm, Hooks, Linear, ResBlock, ResSpec, Resample, ResnetKeys,
+    TimeEmbedding, Upsample, temb_point, timestep_embedding,
 };
 use crate::model::nn::{Catalogue, Vars, Weights};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::{FloatTensor, IntTensor};
-use burn::tensor::{Tensor, activation};
+use burn::tensor::{Int, Tensor, activation};
 use std::cell::RefCell;
 
 /// guided-diffusion's `ResBlock` layer names: `in_layers` is (norm, SiLU,
@@ -226,8 +225,8 @@ impl AdmNet {
 
     /// The forward pass: the model output for `x` at timesteps `t` (float,
     /// one per sample), with class `labels` for a class-conditional model,
-    /// calling `hook(point, h, temb)` at every injection point in forward
-    /// order (see the module doc). Without `labels` no class embedding is
+    /// calling `hooks` at every injection point in forward order (see the
+    /// module doc). Without `labels` no class embedding is
     /// added (guided-diffusion asserts instead).
     ///
     /// With `learn_sigma` the output is ε and the variance interpolation `v`
@@ -240,23 +239,20 @@ impl AdmNet {
     /// # Shapes
     /// - x: `[B, in_channels, S, S]`, t: `[B]`, labels: `[B]`
     /// - output: `[B, out_channels, S, S]`
-    pub(crate) fn forward<B: AutodiffBackend, E>(
+    pub(crate) fn forward<B: AutodiffBackend, H: Hooks<B, 4>>(
         &self,
         w: &Weights<B>,
-        x: FloatTensor<B>,
-        t: FloatTensor<B>,
-        labels: Option<IntTensor<B>>,
-        hook: &mut PointHook<'_, B, E>,
+        x: Tensor<B, 4>,
+        t: Tensor<B, 1>,
+        labels: Option<Tensor<B, 1, Int>>,
+        hooks: &mut H,
         dropout: Option<&DropoutRng>,
-    ) -> Result<FloatTensor<B>, E> {
+    ) -> Result<Tensor<B, 4>, H::Error> {
         // 1. time (and class) embedding -> `temb`:
         //    emb = time_embed(timestep_embedding(t, num_channels)) (+ label_emb(y))
-        let e = timestep_embedding(tensor::<B, 1>(&t), self.config.model_channels, true, 0.0);
-        let (temb, temb_act) = temb_point(self.time_embed.forward(w, e, labels), hook)?; // temb_act: every ResBlock's silu(emb)
-        let mut at = |point: &str, h: Tensor<B, 4>| -> Result<Tensor<B, 4>, E> {
-            let hooked = hook(point, h.into_primitive().tensor(), &temb)?;
-            Ok(tensor::<B, 4>(&hooked))
-        };
+        let e = timestep_embedding(t, self.config.model_channels, true, 0.0);
+        let (temb, temb_act) = temb_point(self.time_embed.forward(w, e, labels), hooks)?; // temb_act: every ResBlock's silu(emb)
+        let mut at = |point: &str, h: Tensor<B, 4>| hooks.block(point, h, &temb);
         let res = |r: &ResBlock, h: Tensor<B, 4>| r.forward(w, h, &temb_act, dropout);
         let attend = |a: &Option<AttentionBlock>, h: Tensor<B, 4>| match a {
             Some(a) => a.forward(w, h),
@@ -270,7 +266,7 @@ impl AdmNet {
 
         // 2. input blocks: conv; per level ResBlock -> point -> attention,
         //    then a downsampler; every block's output is a skip
-        let mut h = self.conv_in.forward(w, tensor::<B, 4>(&x));
+        let mut h = self.conv_in.forward(w, x);
         let mut skips = vec![h.clone()];
         for (l, level) in self.input.iter().enumerate() {
             for (j, (r, a)) in level.layers.iter().enumerate() {
@@ -310,6 +306,6 @@ impl AdmNet {
 
         // 5. out: norm, SiLU, conv
         let h = activation::silu(self.out_norm.forward(w, h));
-        Ok(self.out_conv.forward(w, h).into_primitive().tensor())
+        Ok(self.out_conv.forward(w, h))
     }
 }

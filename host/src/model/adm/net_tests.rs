@@ -15,12 +15,11 @@
 //!   `model.safetensors` (bfloat16).
 
 use super::*;
-use crate::model::nn::layers::tensor;
-use crate::model::test_io::{Io, io, max_err, prim, values};
+use crate::model::test_io::{Io, Probe, io, max_err, tensor_of, values, values_of};
 use crate::model::torch_file::read_state_dict;
 use crate::model::{Denoiser, ModelDescription, describe};
 use crate::tensor_abi::{CpuBackend as B, ParamStore};
-use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Int, Tensor, TensorData};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -80,11 +79,10 @@ fn net_and_params(name: &str, weights: &str) -> (AdmNet, HashMap<String, P<B>>) 
     (net, params)
 }
 
-fn labels(io: &Io) -> Option<IntTensor<B>> {
+fn labels(io: &Io) -> Option<Tensor<B, 1, Int>> {
     io.get("y").map(|(_, v)| {
         let ints: Vec<i64> = v.iter().map(|&f| f as i64).collect();
         Tensor::<B, 1, Int>::from_data(TensorData::new(ints, [v.len()]), &Default::default())
-            .into_primitive()
     })
 }
 
@@ -99,26 +97,11 @@ fn run(
 ) -> Vec<f32> {
     let (xs, xv) = &io["x"];
     let (ts, tv) = &io["timesteps"];
-    let out = net
-        .forward::<B, ()>(
-            &net.weights(params).unwrap(),
-            prim(xs, xv),
-            prim(ts, tv),
-            labels(io),
-            &mut |point, h, _| {
-                seen.push((point.to_owned(), values(&h)));
-                Ok(match replace {
-                    Some((p, scale)) if p == point => tensor::<B, 4>(&h)
-                        .mul_scalar(scale)
-                        .into_primitive()
-                        .tensor(),
-                    _ => h,
-                })
-            },
-            None,
-        )
-        .unwrap();
-    values(&out)
+    let mut probe = Probe { seen, replace };
+    let (x, t) = (tensor_of(xs, xv), tensor_of(ts, tv));
+    let w = net.weights(params).unwrap();
+    let out = net.forward(&w, x, t, labels(io), &mut probe, None).unwrap();
+    values_of(&out)
 }
 
 /// Max abs error at every point and the output; asserts the tolerance.
@@ -223,17 +206,9 @@ fn gradients_reach_the_weights_through_every_stage() {
     let io = io(&fixture("full"));
     let (xs, xv) = &io["x"];
     let (ts, tv) = &io["timesteps"];
-    let out = net
-        .forward::<B, ()>(
-            &net.weights(&params).unwrap(),
-            prim(xs, xv),
-            prim(ts, tv),
-            labels(&io),
-            &mut |_, h, _| Ok(h),
-            None,
-        )
-        .unwrap();
-    let grads = tensor::<B, 4>(&out).powf_scalar(2.0).sum().backward();
+    let w = net.weights(&params).unwrap();
+    let out = net.predict(&w, tensor_of::<4>(xs, xv), tensor_of(ts, tv), labels(&io));
+    let grads = out.powf_scalar(2.0).sum().backward();
     for key in [
         "label_emb.weight",
         "time_embed.0.weight",

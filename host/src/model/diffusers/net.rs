@@ -25,13 +25,12 @@
 
 use super::config::{BlockKind, TimeShift, UNet2DConfig};
 use crate::model::nn::layers::{
-    Attention, Conv2d, DIFFUSERS_RESNET, Downsample, DropoutRng, GroupNorm, Linear, PointHook,
-    ResBlock, ResSpec, Resample, TimeEmbedding, Upsample, temb_point, tensor, timestep_embedding,
+    Attention, Conv2d, DIFFUSERS_RESNET, Downsample, DropoutRng, GroupNorm, Hooks, Linear,
+    ResBlock, ResSpec, Resample, TimeEmbedding, Upsample, temb_point, timestep_embedding,
 };
 use crate::model::nn::{Catalogue, Vars, Weights};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::{FloatTensor, IntTensor};
-use burn::tensor::{Tensor, activation};
+use burn::tensor::{Int, Tensor, activation};
 use std::cell::RefCell;
 
 /// One resnet of a down or up block, with the attention that follows it in
@@ -199,8 +198,8 @@ impl UNet2D {
     /// The forward pass: the model output (ε, or whatever the checkpoint
     /// predicts) for `x` at timesteps `t` (float, one per sample), with class
     /// `labels` for a class-conditional model, calling
-    /// `hook(point, h, temb)` at every injection point in forward order (see
-    /// the module doc). Without `labels` no class embedding is added
+    /// `hooks` at every injection point in forward order (see the module
+    /// doc). Without `labels` no class embedding is added
     /// (diffusers raises instead). `dropout`: the training step's stream,
     /// with which every resnet applies the config's `dropout` rate; `None`
     /// is eval mode.
@@ -208,41 +207,38 @@ impl UNet2D {
     /// # Shapes
     /// - x: `[B, in_channels, S, S]`, t: `[B]`, labels: `[B]`
     /// - output: `[B, out_channels, S, S]`
-    pub(crate) fn forward<B: AutodiffBackend, E>(
+    pub(crate) fn forward<B: AutodiffBackend, H: Hooks<B, 4>>(
         &self,
         w: &Weights<B>,
-        x: FloatTensor<B>,
-        t: FloatTensor<B>,
-        labels: Option<IntTensor<B>>,
-        hook: &mut PointHook<'_, B, E>,
+        x: Tensor<B, 4>,
+        t: Tensor<B, 1>,
+        labels: Option<Tensor<B, 1, Int>>,
+        hooks: &mut H,
         dropout: Option<&DropoutRng>,
-    ) -> Result<FloatTensor<B>, E> {
+    ) -> Result<Tensor<B, 4>, H::Error> {
         let cfg = &self.config;
         // 0. center the input
-        let mut h = tensor::<B, 4>(&x);
+        let mut h = x;
         if cfg.center_input_sample {
             h = h.mul_scalar(2.0).sub_scalar(1.0);
         }
 
         // 1. time (and class) embedding -> `temb`; every resnet's silu(temb)
         let e = timestep_embedding(
-            tensor::<B, 1>(&t),
+            t,
             cfg.block_out_channels[0],
             cfg.flip_sin_to_cos,
             cfg.freq_shift,
         );
-        let (temb, temb_act) = temb_point(self.time_embedding.forward(w, e, labels), hook)?;
-        let mut at = |point: &str, h: Tensor<B, 4>| -> Result<Tensor<B, 4>, E> {
-            let hooked = hook(point, h.into_primitive().tensor(), &temb)?;
-            Ok(tensor::<B, 4>(&hooked))
-        };
+        let (temb, temb_act) = temb_point(self.time_embedding.forward(w, e, labels), hooks)?;
+        let mut at = |point: &str, h: Tensor<B, 4>| hooks.block(point, h, &temb);
         // One layer of a down or up block: resnet -> point -> attention.
         type At<'h, B, E> = dyn FnMut(&str, Tensor<B, 4>) -> Result<Tensor<B, 4>, E> + 'h;
-        let layer = |at: &mut At<'_, B, E>,
+        let layer = |at: &mut At<'_, B, H::Error>,
                      l: &Layer,
                      point: &str,
                      h: Tensor<B, 4>|
-         -> Result<Tensor<B, 4>, E> {
+         -> Result<Tensor<B, 4>, H::Error> {
             let h = l.resnet.forward(w, h, &temb_act, dropout);
             let h = at(point, h)?;
             Ok(match &l.attention {
@@ -294,6 +290,6 @@ impl UNet2D {
 
         // 6. post-process
         let h = activation::silu(self.conv_norm_out.forward(w, h));
-        Ok(self.conv_out.forward(w, h).into_primitive().tensor())
+        Ok(self.conv_out.forward(w, h))
     }
 }

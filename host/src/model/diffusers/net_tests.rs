@@ -6,9 +6,8 @@
 //! output and at every injection point.
 
 use super::*;
-use crate::model::nn::layers::tensor;
-use crate::model::test_io::{Io, io, max_err, prim, values};
-use crate::model::{Denoiser, DropoutRng, Weights, describe};
+use crate::model::test_io::{Io, Probe, io, max_err, tensor_of, values_of};
+use crate::model::{Denoiser, DropoutRng, NoHooks, Weights, describe};
 use crate::tensor_abi::{CpuBackend as B, ParamStore};
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -52,26 +51,14 @@ fn run(
     let labels = io.get("class_labels").map(|(_, v)| {
         let ints: Vec<i64> = v.iter().map(|&f| f as i64).collect();
         Tensor::<B, 1, Int>::from_data(TensorData::new(ints, [v.len()]), &Default::default())
-            .into_primitive()
     });
-    let out = net
-        .forward::<B, ()>(
-            params,
-            prim(xs, xv),
-            prim(ts, tv),
-            labels,
-            &mut |point, h, _| {
-                seen.push((point.to_owned(), values(&h)));
-                Ok(if Some(point) == zero {
-                    tensor::<B, 4>(&h).mul_scalar(0.0).into_primitive().tensor()
-                } else {
-                    h
-                })
-            },
-            None,
-        )
-        .unwrap();
-    values(&out)
+    let mut probe = Probe {
+        seen,
+        replace: zero.map(|p| (p, 0.0)),
+    };
+    let (x, t) = (tensor_of(xs, xv), tensor_of(ts, tv));
+    let out = net.forward(params, x, t, labels, &mut probe, None).unwrap();
+    values_of(&out)
 }
 
 fn parity(name: &str) {
@@ -154,17 +141,9 @@ fn dropout_applies_only_in_training_and_only_when_configured() {
     let (xs, xv) = &io["x"];
     let (ts, tv) = &io["timesteps"];
     let fwd = |net: &UNet2D, rng: Option<&DropoutRng>| {
-        values(
-            &net.forward::<B, ()>(
-                &params,
-                prim(xs, xv),
-                prim(ts, tv),
-                None,
-                &mut |_, h, _| Ok(h),
-                rng,
-            )
-            .unwrap(),
-        )
+        let (x, t) = (tensor_of(xs, xv), tensor_of(ts, tv));
+        let out = net.forward(&params, x, t, None, &mut NoHooks, rng);
+        values_of(&out.unwrap())
     };
     let eval = fwd(&net, None);
     assert!(max_err(&eval, &io["output"].1) <= TOLERANCE);
@@ -242,18 +221,10 @@ fn gradients_reach_the_weights_through_every_stage() {
     let io = io(&dir);
     let (xs, xv) = &io["x"];
     let (ts, tv) = &io["timesteps"];
-    let labels = Tensor::<B, 1, Int>::from_ints([1, 3], &Default::default()).into_primitive();
-    let out = net
-        .forward::<B, ()>(
-            &net.weights(&params).unwrap(),
-            prim(xs, xv),
-            prim(ts, tv),
-            Some(labels),
-            &mut |_, h, _| Ok(h),
-            None,
-        )
-        .unwrap();
-    let loss = tensor::<B, 4>(&out).powf_scalar(2.0).sum();
+    let labels = Tensor::<B, 1, Int>::from_ints([1, 3], &Default::default());
+    let w = net.weights(&params).unwrap();
+    let out = net.predict(&w, tensor_of::<4>(xs, xv), tensor_of(ts, tv), Some(labels));
+    let loss = out.powf_scalar(2.0).sum();
     let grads = loss.backward();
     for key in [
         "class_embedding.weight",

@@ -16,11 +16,10 @@
 
 use super::block_names;
 use crate::model::ModelDescription;
-use crate::model::nn::layers::{PointHook, tensor};
+use crate::model::nn::layers::{Hooks, temb_point};
 use crate::model::nn::{Catalogue, Param, Vars, Weights};
 use crate::tensor_abi::ParamStore;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Int, Tensor, TensorData, activation};
 use rand::Rng;
 use rand_distr::{Distribution, Normal, Uniform};
@@ -231,47 +230,43 @@ impl MlpNet {
     }
 
     /// The forward pass: ε prediction for `x` `[B, D]` at timesteps `t` `[B]`
-    /// (float), calling `hook(point, h, temb)` at every injection point.
+    /// (float), calling `hooks` at every injection point.
     ///
     /// # Shapes
     /// - x: `[B, D]`, t: `[B]`, labels: `[B]`
     /// - output: `[B, D]`
-    pub(crate) fn forward<B: AutodiffBackend, E>(
+    pub(crate) fn forward<B: AutodiffBackend, H: Hooks<B, 2>>(
         &self,
         w: &Weights<B>,
-        x: FloatTensor<B>,
-        t: FloatTensor<B>,
-        labels: Option<IntTensor<B>>,
-        hook: &mut PointHook<'_, B, E>,
-    ) -> Result<FloatTensor<B>, E> {
+        x: Tensor<B, 2>,
+        t: Tensor<B, 1>,
+        labels: Option<Tensor<B, 1, Int>>,
+        hooks: &mut H,
+    ) -> Result<Tensor<B, 2>, H::Error> {
         // 1. time (and class) embedding
-        let e = timestep_embedding(tensor::<B, 1>(&t), self.config.hidden); // [B, H]
+        let e = timestep_embedding(t, self.config.hidden); // [B, H]
         let [te0, te2] = &self.time_embed;
         let mut temb = te2.forward(w, activation::silu(te0.forward(w, e)));
         if let (Some(table), Some(y)) = (self.class_embed, labels) {
-            temb = temb
-                + w.get(table)
-                    .select(0, Tensor::<B, 1, Int>::from_primitive(y)); // [K+1, H] rows
+            temb = temb + w.get(table).select(0, y); // rows of the [K + 1, H] table
         }
-        let temb0 = temb.into_primitive().tensor();
-        let temb = hook("temb", temb0.clone(), &temb0)?; // [B, H]
+        let (temb, temb_act) = temb_point(temb, hooks)?; // [B, H]
         // 2. input projection
-        let mut h = self.in_proj.forward(w, tensor::<B, 2>(&x)); // [B, H]
+        let mut h = self.in_proj.forward(w, x); // [B, H]
         // 3. residual blocks, each an injection point
-        let temb_act = activation::silu(tensor::<B, 2>(&temb));
         for b in &self.blocks {
             let u = b
                 .fc1
                 .forward(w, activation::silu(b.norm.forward(w, h.clone())))
                 + b.temb_proj.forward(w, temb_act.clone()); // [B, 2H]
             let out = h + b.fc2.forward(w, activation::silu(u)); // [B, H]
-            h = tensor::<B, 2>(&hook(&b.point, out.into_primitive().tensor(), &temb)?);
+            h = hooks.block(&b.point, out, &temb)?;
         }
         // 4. output
         let out = self
             .out_proj
             .forward(w, activation::silu(self.out_norm.forward(w, h))); // [B, D]
-        Ok(out.into_primitive().tensor())
+        Ok(out)
     }
 }
 
@@ -308,10 +303,6 @@ mod tests {
         .unwrap()
     }
 
-    fn t2(p: &FloatTensor<B>) -> Tensor<B, 2> {
-        tensor::<B, 2>(p)
-    }
-
     #[test]
     fn every_documented_parameter_is_registered_with_its_shape() {
         let n = net();
@@ -325,38 +316,32 @@ mod tests {
 
     #[test]
     fn forward_visits_every_point_in_order_and_the_hook_can_change_it() {
+        use crate::model::test_io::{Probe, values_of};
         let n = net();
         let s = store(&n);
         let p = params(&n, &s);
         let dev = Default::default();
-        let x = Tensor::<B, 2>::ones([4, 2], &dev).into_primitive().tensor();
-        let t = Tensor::<B, 1>::from_floats([1.0, 10.0, 100.0, 999.0], &dev)
-            .into_primitive()
-            .tensor();
-        let y = Tensor::<B, 1, Int>::from_ints([0, 1, 2, 3], &dev).into_primitive();
+        let x = Tensor::<B, 2>::ones([4, 2], &dev);
+        let t = Tensor::<B, 1>::from_floats([1.0, 10.0, 100.0, 999.0], &dev);
+        let y = Tensor::<B, 1, Int>::from_ints([0, 1, 2, 3], &dev);
         let mut seen = Vec::new();
+        let mut probe = Probe {
+            seen: &mut seen,
+            replace: None,
+        };
         let out = n
-            .forward::<B, ()>(&p, x.clone(), t.clone(), Some(y), &mut |point, h, _| {
-                seen.push(point.to_owned());
-                Ok(h)
-            })
+            .forward(&p, x.clone(), t.clone(), Some(y), &mut probe)
             .unwrap();
-        assert_eq!(seen, ["temb", "down.0.res.0", "mid.res.0", "up.0.res.0"]);
-        assert_eq!(t2(&out).dims(), [4, 2]);
+        let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["temb", "down.0.res.0", "mid.res.0", "up.0.res.0"]);
+        assert_eq!(out.dims(), [4, 2]);
         // Zeroing the last block's output changes the result.
-        let zeroed = n
-            .forward::<B, ()>(&p, x, t, None, &mut |point, h, _| {
-                Ok(if point == "up.0.res.0" {
-                    t2(&h).mul_scalar(0.0).into_primitive().tensor()
-                } else {
-                    h
-                })
-            })
-            .unwrap();
-        assert_ne!(
-            t2(&out).into_data().to_vec::<f32>().unwrap(),
-            t2(&zeroed).into_data().to_vec::<f32>().unwrap()
-        );
+        let mut probe = Probe {
+            seen: &mut Vec::new(),
+            replace: Some(("up.0.res.0", 0.0)),
+        };
+        let zeroed = n.forward(&p, x, t, None, &mut probe).unwrap();
+        assert_ne!(values_of(&out), values_of(&zeroed));
     }
 
     #[test]

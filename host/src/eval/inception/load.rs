@@ -75,8 +75,9 @@ pub(super) fn ignored(key: &str) -> bool {
 /// `torch.save` checkpoint in either format is read as one, anything else as
 /// safetensors.
 fn read(file: &Path) -> Result<BTreeMap<String, ReadTensor>, String> {
-    if is_torch_save(file)? {
-        return Ok(read_tensors(read_state_dict(file)?, ignored));
+    if is_torch_save(file).map_err(|e| e.to_string())? {
+        let tensors = read_state_dict(file).map_err(|e| e.to_string())?;
+        return Ok(read_tensors(tensors, ignored));
     }
     let bytes = crate::util::fs::read(file).map_err(|e| e.to_string())?;
     let st = safetensors::SafeTensors::deserialize(&bytes)

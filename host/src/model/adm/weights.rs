@@ -38,7 +38,7 @@ pub fn load_weights<B: AutodiffBackend>(
                 let found: BTreeMap<_, _> = tensors.into_iter().collect();
                 register_fitting(expected, found, store, device, trainable)
             }
-            Err(reason) => Err(LoadFailure::Read(reason)),
+            Err(reason) => Err(LoadFailure::Read(reason.to_string())),
         },
         _ => Err(LoadFailure::Read(
             "an ADM checkpoint ends in .pt (guided-diffusion's torch.save) or .safetensors".into(),

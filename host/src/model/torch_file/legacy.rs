@@ -13,6 +13,7 @@
 //! then, for each key in that order, its element count as a little-endian
 //! `i64` and its elements, little-endian.
 
+use super::TorchFileError;
 use super::pickle::{Unpickler, Value, storage_key};
 use super::{TorchTensor, element_size, state_dict_entries};
 use std::collections::HashMap;
@@ -25,18 +26,18 @@ pub(super) const MAGIC_NUMBER: i128 = 0x1950_a86a_20f9_469c_fc6c;
 const PROTOCOL_VERSION: i128 = 1001;
 
 /// The tensors of the legacy-format checkpoint `file`, in file order.
-pub(super) fn read(file: &Path) -> Result<Vec<(String, TorchTensor)>, String> {
+pub(super) fn read(file: &Path) -> Result<Vec<(String, TorchTensor)>, TorchFileError> {
     let bytes = crate::util::fs::read(file).map_err(|e| e.to_string())?;
     read_bytes(&bytes)
 }
 
 /// [`read`] of the file's bytes.
-fn read_bytes(bytes: &[u8]) -> Result<Vec<(String, TorchTensor)>, String> {
+fn read_bytes(bytes: &[u8]) -> Result<Vec<(String, TorchTensor)>, TorchFileError> {
     let mut pickles = Unpickler::new(bytes, "legacy torch.save file");
     match pickles.load()? {
         Value::Int(MAGIC_NUMBER) => {}
         v => {
-            return Err(format!(
+            return Err(bad!(
                 "not a torch.save checkpoint: the legacy format starts with the magic \
                  number 0x1950a86a20f9469cfc6c, this file with {}",
                 v.describe()
@@ -46,12 +47,12 @@ fn read_bytes(bytes: &[u8]) -> Result<Vec<(String, TorchTensor)>, String> {
     match pickles.load()? {
         Value::Int(PROTOCOL_VERSION) => {}
         Value::Int(v) => {
-            return Err(format!(
+            return Err(bad!(
                 "legacy torch.save protocol version {v}; dtx reads {PROTOCOL_VERSION}"
             ));
         }
         v => {
-            return Err(format!(
+            return Err(bad!(
                 "the legacy format's protocol version is {}, not an int",
                 v.describe()
             ));
@@ -62,7 +63,7 @@ fn read_bytes(bytes: &[u8]) -> Result<Vec<(String, TorchTensor)>, String> {
     let keys = match pickles.load()? {
         Value::List(keys) => keys,
         v => {
-            return Err(format!(
+            return Err(bad!(
                 "the list of storage keys after the state dict is {}",
                 v.describe()
             ));
@@ -104,7 +105,7 @@ fn storage_data<'a>(
     at: usize,
     key: &str,
     dtype: &str,
-) -> Result<(&'a [u8], usize), String> {
+) -> Result<(&'a [u8], usize), TorchFileError> {
     let truncated = |what: String| {
         format!(
             "the file is truncated: storage `{key}` needs {what}, but the file ends at byte {}",
@@ -145,14 +146,16 @@ mod tests {
         for len in 0..bytes.len() {
             assert!(read_bytes(&bytes[..len]).is_err(), "cut at {len}");
         }
-        let err = read_bytes(&bytes[..bytes.len() - 1]).unwrap_err();
+        let err = read_bytes(&bytes[..bytes.len() - 1])
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("the file is truncated: storage `")
                 && err.ends_with(&format!("the file ends at byte {}", bytes.len() - 1)),
             "{err}"
         );
         // in sys_info: its BINUNICODE 'short' spans bytes 95 to 104
-        let err = read_bytes(&bytes[..100]).unwrap_err();
+        let err = read_bytes(&bytes[..100]).unwrap_err().to_string();
         assert_eq!(
             err,
             "legacy torch.save file, opcode 0x58 at byte 95: the pickle ends early"
@@ -162,8 +165,9 @@ mod tests {
     #[test]
     fn a_wrong_magic_number_or_version_says_so() {
         // the magic number's pickle with its last byte changed
-        let err =
-            read_bytes(b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x18.").unwrap_err();
+        let err = read_bytes(b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x18.")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("not a torch.save checkpoint: the legacy format"),
             "{err}"
@@ -172,7 +176,7 @@ mod tests {
         // the version's BININT2 at bytes 17..19: 1001 → 1002
         assert_eq!(bytes[17..20], [b'M', 0xe9, 0x03]);
         bytes[18] = 0xea;
-        let err = read_bytes(&bytes).unwrap_err();
+        let err = read_bytes(&bytes).unwrap_err().to_string();
         assert_eq!(
             err,
             "legacy torch.save protocol version 1002; dtx reads 1001"
@@ -188,7 +192,7 @@ mod tests {
             .unwrap();
         let mut bytes = bytes.clone();
         bytes[at..at + 4].copy_from_slice(b"Dumb");
-        let err = read_bytes(&bytes).unwrap_err();
+        let err = read_bytes(&bytes).unwrap_err().to_string();
         assert!(
             err.ends_with("unsupported storage type torch.DumbStorage"),
             "{err}"

@@ -17,9 +17,44 @@
 //! releases, and anything a state dict does not contain (arbitrary Python
 //! classes become opaque values and are skipped when they are not tensors).
 
+/// A [`TorchFileError::Malformed`] with a formatted reason.
+macro_rules! bad {
+    ($($arg:tt)*) => {
+        $crate::model::torch_file::TorchFileError::Malformed(format!($($arg)*))
+    };
+}
+
 mod archive;
 mod legacy;
 mod pickle;
+
+/// Why a `torch.save` checkpoint cannot be read: a sentence naming the key
+/// where there is one (the caller adds the file).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TorchFileError {
+    /// The file cannot be opened or read.
+    #[error("{0}")]
+    Io(String),
+    /// It is in neither `torch.save` format.
+    #[error("not a torch.save checkpoint: {0}")]
+    NotTorchSave(String),
+    /// Its archive, pickle or storages are broken, or use what the reader
+    /// does not support.
+    #[error("{0}")]
+    Malformed(String),
+}
+
+impl From<String> for TorchFileError {
+    fn from(reason: String) -> Self {
+        TorchFileError::Malformed(reason)
+    }
+}
+
+impl From<&str> for TorchFileError {
+    fn from(reason: &str) -> Self {
+        TorchFileError::Malformed(reason.to_owned())
+    }
+}
 
 use crate::model::weights::{StoredTensor, le_bytes_to_f32};
 use pickle::{TensorRef, Value};
@@ -56,17 +91,17 @@ impl StoredTensor for TorchTensor {
 /// wraps its state dict (`{"state_dict": …}` or `{"model": …}`) is
 /// unwrapped. Errors are a sentence naming the key where there is one; the
 /// caller adds the file.
-pub(crate) fn read_state_dict(file: &Path) -> Result<Vec<(String, TorchTensor)>, String> {
+pub(crate) fn read_state_dict(file: &Path) -> Result<Vec<(String, TorchTensor)>, TorchFileError> {
     let head = head(file)?;
     match format(&head) {
         Ok(Format::Zip) => archive::read(file),
         Ok(Format::Legacy) => legacy::read(file),
-        Err(reason) => Err(format!("not a torch.save checkpoint: {reason}")),
+        Err(reason) => Err(TorchFileError::NotTorchSave(reason)),
     }
 }
 
 /// Whether `file` starts as a `torch.save` checkpoint in either format does.
-pub(crate) fn is_torch_save(file: &Path) -> Result<bool, String> {
+pub(crate) fn is_torch_save(file: &Path) -> Result<bool, TorchFileError> {
     Ok(format(&head(file)?).is_ok())
 }
 
@@ -80,11 +115,11 @@ enum Format {
 
 /// The first 512 bytes of `file` (a tar header's length), or all of a
 /// shorter one.
-fn head(file: &Path) -> Result<Vec<u8>, String> {
+fn head(file: &Path) -> Result<Vec<u8>, TorchFileError> {
     let mut head = Vec::with_capacity(512);
     crate::util::fs::open(file)
         .and_then(|f| f.take(512).read_to_end(&mut head))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| TorchFileError::Io(e.to_string()))?;
     Ok(head)
 }
 
@@ -120,9 +155,9 @@ fn format(head: &[u8]) -> Result<Format, String> {
 /// The `(key, tensor)` items of the unpickled root: a dict of tensors, or a
 /// dict holding one under `state_dict` or `model`. Non-tensor items (a
 /// state dict has none, other dicts may) are skipped.
-fn state_dict_entries(root: Value) -> Result<Vec<(String, TensorRef)>, String> {
+fn state_dict_entries(root: Value) -> Result<Vec<(String, TensorRef)>, TorchFileError> {
     let Value::Dict(items) = root else {
-        return Err(format!(
+        return Err(bad!(
             "the pickle holds {}, not a state dict",
             root.describe()
         ));
@@ -159,12 +194,13 @@ fn element_size(dtype: &str) -> usize {
 
 impl TensorRef {
     /// The tensor's values, gathered from its storage's bytes.
-    fn gather(&self, storage: &[u8]) -> Result<TorchTensor, String> {
+    fn gather(&self, storage: &[u8]) -> Result<TorchTensor, TorchFileError> {
         let size = element_size(self.dtype);
         if self.stride.len() != self.shape.len() {
-            return Err(format!(
+            return Err(bad!(
                 "size {:?} and stride {:?} differ in rank",
-                self.shape, self.stride
+                self.shape,
+                self.stride
             ));
         }
         let too_large = || format!("size {:?} is too large", self.shape);
@@ -188,7 +224,7 @@ impl TensorRef {
                 })
                 .ok_or_else(too_large)?;
             if last >= storage.len() / size {
-                return Err(format!(
+                return Err(bad!(
                     "size {:?}, stride {:?} and offset {} reach element {last}, past the \
                      end of its storage ({} elements)",
                     self.shape,
@@ -306,19 +342,25 @@ mod tests {
         for (name, head) in [("noise.pt", &b""[..]), ("pickle.pt", b"\x80\x02")] {
             noise[..head.len()].copy_from_slice(head);
             let file = temp_file(name, &noise);
-            assert_eq!(read_state_dict(&file).unwrap_err(), expected);
+            assert_eq!(read_state_dict(&file).unwrap_err().to_string(), expected);
             assert!(!is_torch_save(&file).unwrap());
         }
         let mut tar = vec![0u8; 1024];
         tar[257..263].copy_from_slice(b"ustar\0");
-        let err = read_state_dict(&temp_file("tar.pt", &tar)).unwrap_err();
+        let err = read_state_dict(&temp_file("tar.pt", &tar))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("not a torch.save checkpoint: a tar archive"),
             "{err}"
         );
-        let err = read_state_dict(&temp_file("empty.pt", b"")).unwrap_err();
+        let err = read_state_dict(&temp_file("empty.pt", b""))
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "not a torch.save checkpoint: the file is empty");
-        let err = read_state_dict(&temp_file("zip.pt", b"PK\x03\x04 cut")).unwrap_err();
+        let err = read_state_dict(&temp_file("zip.pt", b"PK\x03\x04 cut"))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("not a torch.save checkpoint: a zip archive that cannot be read"),
             "{err}"
@@ -330,11 +372,11 @@ mod tests {
         let bytes = std::fs::read(fixture("reader_legacy.pt")).unwrap();
         assert!(is_torch_save(&fixture("reader_legacy.pt")).unwrap());
         let file = temp_file("cut.pt", &bytes[..bytes.len() - 3]);
-        let err = read_state_dict(&file).unwrap_err();
+        let err = read_state_dict(&file).unwrap_err().to_string();
         assert!(err.starts_with("the file is truncated: storage `"), "{err}");
         // inside the state dict's pickle
         let file = temp_file("cut-pickle.pt", &bytes[..600]);
-        let err = read_state_dict(&file).unwrap_err();
+        let err = read_state_dict(&file).unwrap_err().to_string();
         assert!(
             err.starts_with("legacy torch.save file, opcode")
                 && err.ends_with("the pickle ends early"),
@@ -351,7 +393,7 @@ mod tests {
             shape: vec![2, 2],
             stride: vec![2, 1],
         };
-        let err = t.gather(&[0u8; 16]).unwrap_err();
+        let err = t.gather(&[0u8; 16]).unwrap_err().to_string();
         assert_eq!(
             err,
             "size [2, 2], stride [2, 1] and offset 2 reach element 5, past the end of its storage (4 elements)"

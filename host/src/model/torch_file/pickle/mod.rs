@@ -3,6 +3,7 @@
 //! objects are created; a global is a name, a storage is its key and dtype, a
 //! tensor rebuild is a [`TensorRef`], and any other call is an opaque value.
 
+use super::TorchFileError;
 use std::collections::HashMap;
 
 /// A tensor as the pickle describes it: a strided view of a storage.
@@ -22,7 +23,7 @@ pub(super) struct TensorRef {
 }
 
 /// The safetensors name of a torch storage class.
-fn storage_dtype(class: &str) -> Result<&'static str, String> {
+fn storage_dtype(class: &str) -> Result<&'static str, TorchFileError> {
     Ok(match class {
         "FloatStorage" => "F32",
         "HalfStorage" => "F16",
@@ -34,16 +35,16 @@ fn storage_dtype(class: &str) -> Result<&'static str, String> {
         "CharStorage" => "I8",
         "ByteStorage" => "U8",
         "BoolStorage" => "BOOL",
-        other => return Err(format!("unsupported storage type torch.{other}")),
+        other => return Err(bad!("unsupported storage type torch.{other}")),
     })
 }
 
 /// A storage key: a string in the files torch writes.
-pub(super) fn storage_key(key: &Value) -> Result<String, String> {
+pub(super) fn storage_key(key: &Value) -> Result<String, TorchFileError> {
     match key {
         Value::Str(s) => Ok(s.clone()),
         Value::Int(n) => Ok(n.to_string()),
-        v => Err(format!("a storage key is {}", v.describe())),
+        v => Err(bad!("a storage key is {}", v.describe())),
     }
 }
 
@@ -93,26 +94,23 @@ impl Value {
         }
     }
 
-    fn usize(&self, what: &str) -> Result<usize, String> {
+    fn usize(&self, what: &str) -> Result<usize, TorchFileError> {
         match self {
             Value::Int(n) => usize::try_from(*n)
-                .map_err(|_| format!("expected a non-negative int for {what}, found {n}")),
-            v => Err(format!(
+                .map_err(|_| bad!("expected a non-negative int for {what}, found {n}")),
+            v => Err(bad!(
                 "expected a non-negative int for {what}, found {}",
                 v.describe()
             )),
         }
     }
 
-    fn usizes(&self, what: &str) -> Result<Vec<usize>, String> {
+    fn usizes(&self, what: &str) -> Result<Vec<usize>, TorchFileError> {
         match self {
             Value::Tuple(items) | Value::List(items) => {
                 items.iter().map(|v| v.usize(what)).collect()
             }
-            v => Err(format!(
-                "expected a tuple for {what}, found {}",
-                v.describe()
-            )),
+            v => Err(bad!("expected a tuple for {what}, found {}", v.describe())),
         }
     }
 }
@@ -156,7 +154,7 @@ impl<'a> Unpickler<'a> {
         &self.storages
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], TorchFileError> {
         let end = self
             .pos
             .checked_add(n)
@@ -167,28 +165,28 @@ impl<'a> Unpickler<'a> {
         Ok(bytes)
     }
 
-    fn u8(&mut self) -> Result<u8, String> {
+    fn u8(&mut self) -> Result<u8, TorchFileError> {
         Ok(self.take(1)?[0])
     }
 
-    fn u16(&mut self) -> Result<u16, String> {
+    fn u16(&mut self) -> Result<u16, TorchFileError> {
         let b = self.take(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
 
-    fn u32(&mut self) -> Result<u32, String> {
+    fn u32(&mut self) -> Result<u32, TorchFileError> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn u64(&mut self) -> Result<u64, String> {
+    fn u64(&mut self) -> Result<u64, TorchFileError> {
         let b = self.take(8)?;
         Ok(u64::from_le_bytes([
             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
         ]))
     }
 
-    fn line(&mut self) -> Result<String, String> {
+    fn line(&mut self) -> Result<String, TorchFileError> {
         let rest = &self.data[self.pos..];
         let end = rest
             .iter()
@@ -198,17 +196,17 @@ impl<'a> Unpickler<'a> {
         Ok(String::from_utf8_lossy(&rest[..end]).into_owned())
     }
 
-    fn string(&mut self, n: usize) -> Result<String, String> {
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "a string is not UTF-8".to_owned())
+    fn string(&mut self, n: usize) -> Result<String, TorchFileError> {
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "a string is not UTF-8".into())
     }
 
-    fn pop(&mut self) -> Result<Value, String> {
+    fn pop(&mut self) -> Result<Value, TorchFileError> {
         self.stack
             .pop()
-            .ok_or_else(|| "the pickle stack underflows".to_owned())
+            .ok_or_else(|| "the pickle stack underflows".into())
     }
 
-    fn pop_mark(&mut self) -> Result<Vec<Value>, String> {
+    fn pop_mark(&mut self) -> Result<Vec<Value>, TorchFileError> {
         let mark = self.marks.pop().ok_or("a pickle opcode expects a MARK")?;
         if mark > self.stack.len() {
             return Err("the pickle stack underflows".into());
@@ -216,20 +214,20 @@ impl<'a> Unpickler<'a> {
         Ok(self.stack.split_off(mark))
     }
 
-    fn top(&mut self) -> Result<&mut Value, String> {
+    fn top(&mut self) -> Result<&mut Value, TorchFileError> {
         self.stack
             .last_mut()
-            .ok_or_else(|| "the pickle stack underflows".to_owned())
+            .ok_or_else(|| "the pickle stack underflows".into())
     }
 
-    fn memo_get(&self, i: u32) -> Result<Value, String> {
+    fn memo_get(&self, i: u32) -> Result<Value, TorchFileError> {
         self.memo
             .get(&i)
             .cloned()
-            .ok_or_else(|| format!("the pickle refers to memo entry {i}, never stored"))
+            .ok_or_else(|| bad!("the pickle refers to memo entry {i}, never stored"))
     }
 
-    fn memo_put(&mut self, i: u32) -> Result<(), String> {
+    fn memo_put(&mut self, i: u32) -> Result<(), TorchFileError> {
         let v = self
             .stack
             .last()
@@ -239,7 +237,7 @@ impl<'a> Unpickler<'a> {
         Ok(())
     }
 
-    fn set_items(&mut self, items: Vec<Value>) -> Result<(), String> {
+    fn set_items(&mut self, items: Vec<Value>) -> Result<(), TorchFileError> {
         if !items.len().is_multiple_of(2) {
             return Err("SETITEMS with an odd number of values".into());
         }
@@ -260,7 +258,7 @@ impl<'a> Unpickler<'a> {
             }
             // setting items on an opaque object: ignored
             Value::Object(_) => Ok(()),
-            v => Err(format!("SETITEMS on {}", v.describe())),
+            v => Err(bad!("SETITEMS on {}", v.describe())),
         }
     }
 
@@ -268,7 +266,7 @@ impl<'a> Unpickler<'a> {
     /// numel)`, to which the legacy format appends `view_metadata`: `None`,
     /// or for a view (torch < 0.4) `(view_key, offset, numel)` into the
     /// storage `key`.
-    fn persistent(&mut self, pid: Value) -> Result<Value, String> {
+    fn persistent(&mut self, pid: Value) -> Result<Value, TorchFileError> {
         if let Value::Tuple(items) = &pid
             && let [Value::Str(tag), Value::Global(_, class), key, rest @ ..] = items.as_slice()
             && tag == "storage"
@@ -278,30 +276,30 @@ impl<'a> Unpickler<'a> {
             let offset = match rest.get(2) {
                 None | Some(Value::None) => 0,
                 Some(Value::Tuple(view)) if view.len() == 3 => view[1].usize("a view's offset")?,
-                Some(v) => return Err(format!("a storage's view_metadata is {}", v.describe())),
+                Some(v) => return Err(bad!("a storage's view_metadata is {}", v.describe())),
             };
             self.storages.insert(key.clone(), dtype);
             return Ok(Value::Storage { key, dtype, offset });
         }
-        Err(format!(
+        Err(bad!(
             "unsupported persistent id {}: not a torch storage",
             pid.describe()
         ))
     }
 
     /// `func(*args)` for the callables a state dict uses.
-    fn call(&self, func: Value, args: Value) -> Result<Value, String> {
+    fn call(&self, func: Value, args: Value) -> Result<Value, TorchFileError> {
         let Value::Global(module, name) = &func else {
             return Ok(Value::Object("call".into()));
         };
         let args = match args {
             Value::Tuple(a) => a,
-            v => return Err(format!("{module}.{name} called with {}", v.describe())),
+            v => return Err(bad!("{module}.{name} called with {}", v.describe())),
         };
         Ok(match (module.as_str(), name.as_str()) {
             ("torch._utils", "_rebuild_tensor" | "_rebuild_tensor_v2") => {
                 let [storage, offset, size, stride, ..] = args.as_slice() else {
-                    return Err(format!("torch._utils.{name} with {} arguments", args.len()));
+                    return Err(bad!("torch._utils.{name} with {} arguments", args.len()));
                 };
                 let Value::Storage {
                     key,
@@ -309,7 +307,7 @@ impl<'a> Unpickler<'a> {
                     offset: view_offset,
                 } = storage
                 else {
-                    return Err(format!(
+                    return Err(bad!(
                         "torch._utils.{name} of {}, not a storage",
                         storage.describe()
                     ));
@@ -339,7 +337,7 @@ impl<'a> Unpickler<'a> {
     /// returns the value it built; the position is then just past it, where
     /// the legacy format puts the next pickle. Stack and memo start empty,
     /// as each of `torch.save`'s `pickle.dump`s starts a new pickler.
-    pub(super) fn load(&mut self) -> Result<Value, String> {
+    pub(super) fn load(&mut self) -> Result<Value, TorchFileError> {
         self.stack.clear();
         self.marks.clear();
         self.memo.clear();
@@ -363,26 +361,28 @@ mod opcodes;
 mod tests {
     use super::*;
 
-    fn load(pickle: &[u8]) -> Result<Value, String> {
+    fn load(pickle: &[u8]) -> Result<Value, TorchFileError> {
         Unpickler::new(pickle, "data.pkl").load()
     }
 
     #[test]
     fn truncated_and_unknown_pickles_are_errors_not_panics() {
         // PROTO 2, EMPTY_DICT, then the pickle stops short.
-        let err = load(b"\x80\x02}(X\x05\x00\x00\x00ab").unwrap_err();
+        let err = load(b"\x80\x02}(X\x05\x00\x00\x00ab")
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "data.pkl, opcode 0x58 at byte 4: the pickle ends early"
         );
-        let err = load(b"\x80\x02").unwrap_err();
+        let err = load(b"\x80\x02").unwrap_err().to_string();
         assert_eq!(err, "data.pkl, byte 2: the pickle ends early");
-        let err = load(b"\x80\x02\xff").unwrap_err();
+        let err = load(b"\x80\x02\xff").unwrap_err().to_string();
         assert_eq!(
             err,
             "data.pkl, opcode 0xff at byte 2: unsupported pickle opcode 0xff"
         );
-        let err = load(b"s").unwrap_err();
+        let err = load(b"s").unwrap_err().to_string();
         assert!(err.contains("underflows"), "{err}");
         // LONG1 of -2 (one byte 0xfe), then STOP.
         assert_eq!(load(b"\x8a\x01\xfe.").unwrap(), Value::Int(-2));
@@ -399,7 +399,8 @@ mod tests {
         );
         let err =
             load(b"\x8a\x11\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00.")
-                .unwrap_err();
+                .unwrap_err()
+                .to_string();
         assert!(err.ends_with("an integer of 17 bytes"), "{err}");
     }
 
@@ -420,7 +421,7 @@ mod tests {
             Value::Tuple(vec![Value::Str("b".into()), Value::Str("b".into())])
         );
         assert_eq!(pickles.position(), data.len());
-        let err = pickles.load().unwrap_err();
+        let err = pickles.load().unwrap_err().to_string();
         assert_eq!(
             err,
             format!("the file, byte {}: the pickle ends early", data.len())
@@ -471,7 +472,7 @@ mod tests {
                 offset: 0,
             }
         );
-        let err = u.persistent(pid(Value::Int(3))).unwrap_err();
+        let err = u.persistent(pid(Value::Int(3))).unwrap_err().to_string();
         assert_eq!(err, "a storage's view_metadata is an int");
     }
 }

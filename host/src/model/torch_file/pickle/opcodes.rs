@@ -2,10 +2,11 @@
 //! (framing, numbers, text, collections, objects, memo), dispatched by
 //! [`Unpickler::step`].
 
+use super::super::TorchFileError;
 use super::{Unpickler, Value};
 
 impl Unpickler<'_> {
-    pub(super) fn step(&mut self, op: u8) -> Result<(), String> {
+    pub(super) fn step(&mut self, op: u8) -> Result<(), TorchFileError> {
         match op {
             0x80 | 0x95 | b'.' | b'(' => self.framing(op),
             b'N' | 0x88 | 0x89 | b'J' | b'K' | b'M' | 0x8a | b'G' => self.number(op),
@@ -20,7 +21,7 @@ impl Unpickler<'_> {
     }
 
     /// PROTO, FRAME, STOP and MARK.
-    fn framing(&mut self, op: u8) -> Result<(), String> {
+    fn framing(&mut self, op: u8) -> Result<(), TorchFileError> {
         match op {
             0x80 => {
                 self.u8()?; // PROTO
@@ -36,7 +37,7 @@ impl Unpickler<'_> {
     }
 
     /// None, booleans, integers and floats.
-    fn number(&mut self, op: u8) -> Result<(), String> {
+    fn number(&mut self, op: u8) -> Result<(), TorchFileError> {
         match op {
             b'N' => self.stack.push(Value::None),
             0x88 => self.stack.push(Value::Bool(true)),
@@ -58,7 +59,7 @@ impl Unpickler<'_> {
                 let n = usize::from(self.u8()?);
                 let bytes = self.take(n)?;
                 if n > 16 {
-                    return Err(format!("an integer of {n} bytes"));
+                    return Err(bad!("an integer of {n} bytes"));
                 }
                 let mut v: i128 = 0;
                 for (i, &b) in bytes.iter().enumerate() {
@@ -80,7 +81,7 @@ impl Unpickler<'_> {
     }
 
     /// Strings and bytes.
-    fn text(&mut self, op: u8) -> Result<(), String> {
+    fn text(&mut self, op: u8) -> Result<(), TorchFileError> {
         match op {
             // BINUNICODE; BINSTRING, a Python 2 `str`, which torch.load
             // decodes as UTF-8
@@ -115,7 +116,7 @@ impl Unpickler<'_> {
     }
 
     /// Tuples, lists and dicts, and adding to them.
-    fn collection(&mut self, op: u8) -> Result<(), String> {
+    fn collection(&mut self, op: u8) -> Result<(), TorchFileError> {
         match op {
             b'}' => self.stack.push(Value::Dict(Vec::new())),
             b']' => self.stack.push(Value::List(Vec::new())),
@@ -168,7 +169,7 @@ impl Unpickler<'_> {
     }
 
     /// Globals, persistent ids (tensor storages), calls, NEWOBJ and BUILD.
-    fn object(&mut self, op: u8) -> Result<(), String> {
+    fn object(&mut self, op: u8) -> Result<(), TorchFileError> {
         match op {
             b'c' => {
                 let module = self.line()?;
@@ -215,7 +216,7 @@ impl Unpickler<'_> {
     }
 
     /// The memo: PUT and GET.
-    fn memo(&mut self, op: u8) -> Result<(), String> {
+    fn memo(&mut self, op: u8) -> Result<(), TorchFileError> {
         match op {
             b'q' => {
                 let i = self.u8()?;
@@ -246,6 +247,6 @@ impl Unpickler<'_> {
 }
 
 /// The error for an opcode the reader does not implement.
-fn unsupported(op: u8) -> String {
-    format!("unsupported pickle opcode 0x{op:02x}")
+fn unsupported(op: u8) -> TorchFileError {
+    bad!("unsupported pickle opcode 0x{op:02x}")
 }

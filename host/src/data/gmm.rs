@@ -49,35 +49,67 @@ pub struct Gmm {
     components: Vec<Component>,
 }
 
+/// Why components do not make a mixture ([`Gmm::new`]; [`Gmm::from_config`]
+/// places it at the data set's key).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GmmError {
+    /// No component.
+    #[error("a mixture needs at least one component")]
+    Empty,
+    /// A weight that is negative or not finite.
+    #[error("component {k}: weight {weight} is not a finite number >= 0")]
+    Weight {
+        /// The component.
+        k: usize,
+        /// Its weight.
+        weight: f64,
+    },
+    /// A standard deviation that is not positive and finite.
+    #[error("component {k}: std {std:?} must be positive and finite")]
+    Std {
+        /// The component.
+        k: usize,
+        /// Its standard deviations.
+        std: [f64; 2],
+    },
+    /// A mean that is not finite.
+    #[error("component {k}: mean {mean:?} is not finite")]
+    Mean {
+        /// The component.
+        k: usize,
+        /// Its mean.
+        mean: [f64; 2],
+    },
+    /// Every weight is 0.
+    #[error("the weights sum to 0")]
+    ZeroWeights,
+}
+
 impl Gmm {
     /// A mixture of `components`; weights are normalised to sum to 1.
-    /// Errors (as plain sentences, for [`Gmm::from_config`] to place) when
-    /// there are no components, a weight is negative or all are zero, or a
-    /// standard deviation is not positive and finite.
-    pub fn new(mut components: Vec<Component>) -> Result<Gmm, String> {
+    /// Errors when there are no components, a weight is negative or all are
+    /// zero, or a standard deviation is not positive and finite.
+    pub fn new(mut components: Vec<Component>) -> Result<Gmm, GmmError> {
         if components.is_empty() {
-            return Err("a mixture needs at least one component".into());
+            return Err(GmmError::Empty);
         }
         for (k, c) in components.iter().enumerate() {
             if !(c.weight >= 0.0 && c.weight.is_finite()) {
-                return Err(format!(
-                    "component {k}: weight {} is not a finite number >= 0",
-                    c.weight
-                ));
+                return Err(GmmError::Weight {
+                    k,
+                    weight: c.weight,
+                });
             }
             if c.std.iter().any(|s| !(*s > 0.0 && s.is_finite())) {
-                return Err(format!(
-                    "component {k}: std {:?} must be positive and finite",
-                    c.std
-                ));
+                return Err(GmmError::Std { k, std: c.std });
             }
             if c.mean.iter().any(|m| !m.is_finite()) {
-                return Err(format!("component {k}: mean {:?} is not finite", c.mean));
+                return Err(GmmError::Mean { k, mean: c.mean });
             }
         }
         let total: f64 = components.iter().map(|c| c.weight).sum();
         if total <= 0.0 {
-            return Err("the weights sum to 0".into());
+            return Err(GmmError::ZeroWeights);
         }
         for c in &mut components {
             c.weight /= total;
@@ -281,7 +313,7 @@ impl Gmm {
             };
             components.push(Component { weight, mean, std });
         }
-        Gmm::new(components).map_err(|reason| cfg.bad("components", reason))
+        Gmm::new(components).map_err(|reason| cfg.bad("components", reason.to_string()))
     }
 }
 

@@ -75,16 +75,45 @@ pub(crate) struct Outputs<B: Backend> {
     pub regress: Tensor<B, 2>,
 }
 
+/// Why bytes do not hold the extractor's weights.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DtxNetError {
+    /// Not a safetensors file.
+    #[error("not a safetensors file: {0}")]
+    NotSafetensors(String),
+    /// A tensor of the layout is absent.
+    #[error("missing tensor `{0}`")]
+    Missing(String),
+    /// A tensor has another shape than the layout's.
+    #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    Shape {
+        /// The tensor.
+        name: String,
+        /// Its shape.
+        found: Vec<usize>,
+        /// The layout's.
+        expected: Vec<usize>,
+    },
+    /// A tensor of a dtype that is not read.
+    #[error("tensor `{name}` has unsupported dtype {dtype}")]
+    Dtype {
+        /// The tensor.
+        name: String,
+        /// Its dtype.
+        dtype: String,
+    },
+}
+
 impl<B: Backend> DtxNet<B> {
     /// The shipped network.
-    pub fn embedded(device: &B::Device) -> Result<Self, String> {
+    pub fn embedded(device: &B::Device) -> Result<Self, DtxNetError> {
         Self::from_safetensors(WEIGHTS, device)
     }
 
     /// A network from safetensors bytes holding exactly [`layout`]'s tensors.
-    pub fn from_safetensors(bytes: &[u8], device: &B::Device) -> Result<Self, String> {
+    pub fn from_safetensors(bytes: &[u8], device: &B::Device) -> Result<Self, DtxNetError> {
         let st = safetensors::SafeTensors::deserialize(bytes)
-            .map_err(|e| format!("not a safetensors file: {e}"))?;
+            .map_err(|e| DtxNetError::NotSafetensors(e.to_string()))?;
         let mut named = Vec::new();
         // the standardisation is optional (a network straight from training)
         let norm_layout = NORM
@@ -94,16 +123,18 @@ impl<B: Backend> DtxNet<B> {
         for (name, shape) in layout().into_iter().chain(norm_layout) {
             let view = st
                 .tensor(&name)
-                .map_err(|_| format!("missing tensor `{name}`"))?;
+                .map_err(|_| DtxNetError::Missing(name.clone()))?;
             if view.shape() != shape.as_slice() {
-                return Err(format!(
-                    "tensor `{name}` has shape {:?}, expected {shape:?}",
-                    view.shape()
-                ));
+                return Err(DtxNetError::Shape {
+                    name,
+                    found: view.shape().to_vec(),
+                    expected: shape,
+                });
             }
             let dtype = format!("{:?}", view.dtype());
-            let data = crate::model::weights::le_bytes_to_f32(&dtype, view.data())
-                .ok_or_else(|| format!("tensor `{name}` has unsupported dtype {dtype}"))?;
+            let Some(data) = crate::model::weights::le_bytes_to_f32(&dtype, view.data()) else {
+                return Err(DtxNetError::Dtype { name, dtype });
+            };
             named.push((name, data));
         }
         Ok(Self::from_values(named, device))
@@ -298,7 +329,8 @@ mod tests {
         let bytes = safetensors::serialize([("stage0.conv0.bias", view)], None).unwrap();
         let err = DtxNet::<B>::from_safetensors(&bytes, &device)
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(err.contains("stage0.conv0.weight"), "{err}");
     }
 }

@@ -117,23 +117,50 @@ pub fn machine_memory() -> f64 {
     })
 }
 
+/// Why a tensor cannot be allocated ([`check_allocation`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AllocationError {
+    /// The element count overflows.
+    #[error("shape {shape:?} has more elements than a tensor can hold")]
+    TooManyElements {
+        /// The shape asked for.
+        shape: Vec<usize>,
+    },
+    /// More bytes than the machine's memory.
+    #[error(
+        "a tensor of shape {shape:?} needs {:.1} GiB, more than this machine's {:.1} GiB of memory",
+        need / GIB,
+        have / GIB
+    )]
+    TooLarge {
+        /// The shape asked for.
+        shape: Vec<usize>,
+        /// Bytes it needs.
+        need: f64,
+        /// Bytes of memory the machine has.
+        have: f64,
+    },
+}
+
 /// Checks that a tensor of `shape` with `bytes_per_value` bytes a value can
 /// exist on this machine: its element count does not overflow and it fits
 /// in the machine's memory. Returns the element count, or why not (naming
 /// the shape and the figures).
-pub fn check_allocation(shape: &[usize], bytes_per_value: usize) -> Result<usize, String> {
+pub fn check_allocation(shape: &[usize], bytes_per_value: usize) -> Result<usize, AllocationError> {
     let n = shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| format!("shape {shape:?} has more elements than a tensor can hold"))?;
-    let bytes = n as f64 * bytes_per_value as f64;
-    let available = machine_memory();
-    if bytes > available {
-        return Err(format!(
-            "a tensor of shape {shape:?} needs {:.1} GiB, more than this machine's {:.1} GiB of memory",
-            bytes / GIB,
-            available / GIB
-        ));
+        .ok_or_else(|| AllocationError::TooManyElements {
+            shape: shape.to_vec(),
+        })?;
+    let need = n as f64 * bytes_per_value as f64;
+    let have = machine_memory();
+    if need > have {
+        return Err(AllocationError::TooLarge {
+            shape: shape.to_vec(),
+            need,
+            have,
+        });
     }
     Ok(n)
 }

@@ -176,7 +176,7 @@ fn float_data<B: AutodiffBackend>(
 /// create, or an error when it overflows or cannot fit in memory (a plugin
 /// config's huge width must not abort the process).
 fn alloc(shape: &[usize]) -> Result<usize, AbiError> {
-    crate::util::check_allocation(shape, 8).map_err(shape_err)
+    crate::util::check_allocation(shape, 8).map_err(|e| shape_err(e.to_string()))
 }
 
 fn check_len(len: usize, shape: &[usize]) -> Result<(), AbiError> {

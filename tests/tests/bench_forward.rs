@@ -67,6 +67,18 @@ fn a_forwarded_help_is_dtx_bench_s_from_any_folder() {
     assert!(r.stdout.contains("--runs <DIR>"), "{}", r.stdout);
 }
 
+/// `dtx bench help <name>` prints the same help as `dtx bench <name>
+/// --help`, dtx-bench's, not the forwarding stub's.
+#[test]
+fn bench_help_name_is_the_forwarded_help() {
+    for name in FORWARDED {
+        let help = run_dtx(&["bench", "help", name], &outside());
+        let flag = run_dtx(&["bench", name, "--help"], &outside());
+        assert_eq!(help.code, 0, "{name}: {}", help.stderr);
+        assert_eq!(help.stdout, flag.stdout, "{name}");
+    }
+}
+
 #[test]
 fn exit_status_and_errors_pass_through() {
     // a failed benchmark: exit 1, the error once on stderr

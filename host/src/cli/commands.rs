@@ -195,6 +195,10 @@ pub struct ForwardArgs {
     pub args: Vec<std::ffi::OsString>,
 }
 
+/// The benchmarks the `dtx-bench` executable runs (`dtx bench <name>`
+/// forwards to it).
+pub const FORWARDED_BENCHES: [&str; 4] = ["transfer", "gmm", "cas", "anl"];
+
 impl BenchCommand {
     /// The `dtx-bench` subcommand and its arguments, for the benchmarks
     /// that executable runs; `None` for `engine`, which runs in-process.

@@ -11,7 +11,8 @@ mod model_forward;
 mod model_open;
 
 pub use commands::{
-    BenchCommand, Cli, Command, ForwardArgs, Job, PluginsCommand, execute, plan_and_run,
+    BenchCommand, Cli, Command, FORWARDED_BENCHES, ForwardArgs, Job, PluginsCommand, execute,
+    plan_and_run,
 };
 
 use std::ffi::OsString;
@@ -48,6 +49,22 @@ pub fn main_with(
 ) -> i32 {
     use clap::Parser;
     let args: Vec<OsString> = args.into_iter().collect();
+    // `dtx bench help <name>` of a benchmark dtx-bench runs is that
+    // benchmark's own `--help` (clap's help subcommand would describe the
+    // forwarding stub).
+    if let [_, b, h, name] = args.as_slice()
+        && b == "bench"
+        && h == "help"
+        && let Some(name) = name.to_str().filter(|n| FORWARDED_BENCHES.contains(n))
+    {
+        return match forward::bench(name, &["--help".into()], out, Some(&mut *err)) {
+            Ok(code) => code,
+            Err(e) => {
+                let _ = writeln!(err, "{}", render_error(&e));
+                EXIT_FAILURE
+            }
+        };
+    }
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {

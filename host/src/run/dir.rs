@@ -7,7 +7,6 @@
 //! run never leaves the folder locked.
 
 use crate::manifest::resume;
-use anyhow::{Context, Result, bail};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -23,10 +22,92 @@ pub struct RunDir {
     _lock: File,
 }
 
+/// Why a run folder cannot be opened, written or resumed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunDirError {
+    /// A file-system step failed on a path.
+    #[error("{doing} `{}`", path.display())]
+    Io {
+        /// What was being done (`creating`, `writing`, …).
+        doing: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Appending to `metrics.jsonl` failed.
+    #[error("writing metrics.jsonl")]
+    Metrics(#[source] std::io::Error),
+    /// Another process holds the folder's lock.
+    #[error(
+        "run folder `{}` is in use by {who}; nothing was written. Wait for it to finish, or set another `run.name` (`--set run.name=…`)",
+        dir.display()
+    )]
+    InUse {
+        /// The run folder.
+        dir: PathBuf,
+        /// Who holds it, as far as its lock file says.
+        who: String,
+    },
+    /// A fresh run in a folder that has a checkpoint.
+    #[error(
+        "run folder `{}` already holds a run: resume it with `dtx run --resume`, or set another `run.name` (`--set run.name=…`)",
+        .0.display()
+    )]
+    HoldsRun(PathBuf),
+    /// `--resume` of a folder without a checkpoint.
+    #[error(
+        "nothing to resume: `{}` has no checkpoint (a run writes its first one after `train.checkpoint_every` steps, or at the end); run it again without `--resume`",
+        .0.display()
+    )]
+    NothingToResume(PathBuf),
+    /// `--resume` of a folder whose `manifest.toml` is gone.
+    #[error(
+        "cannot resume `{}`: its `manifest.toml` is missing, so what the first part ran with is unknown",
+        .0.display()
+    )]
+    ManifestMissing(PathBuf),
+    /// The recorded manifest cannot be compared with the new one.
+    #[error("reading the run's manifest in `{}`", dir.display())]
+    RecordedManifest {
+        /// The run folder.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// `--resume` with a manifest changed where it may not change.
+    #[error(
+        "cannot resume `{}`: the manifest differs from the one its checkpoint was trained with:\n{changes}\nonly {allowed} may change on resume; undo these changes, or start a new run with another `run.name`",
+        dir.display()
+    )]
+    Changed {
+        /// The run folder.
+        dir: PathBuf,
+        /// One indented line per refused change.
+        changes: String,
+        /// The keys that may change, quoted.
+        allowed: String,
+    },
+}
+
+type Result<T> = std::result::Result<T, RunDirError>;
+
+/// A closure that wraps an I/O error as [`RunDirError::Io`].
+fn io(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RunDirError {
+    let path = path.to_path_buf();
+    move |source| RunDirError::Io {
+        doing,
+        path,
+        source,
+    }
+}
+
 /// Locks `dir` (created if needed) for this process, or says which process
 /// holds it.
 pub fn lock(dir: &Path) -> Result<File> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating `{}`", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     let path = dir.join(LOCK_FILE);
     let mut file = OpenOptions::new()
         .read(true)
@@ -34,7 +115,7 @@ pub fn lock(dir: &Path) -> Result<File> {
         .create(true)
         .truncate(false)
         .open(&path)
-        .with_context(|| format!("opening the lock file `{}`", path.display()))?;
+        .map_err(io("opening the lock file", &path))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -46,13 +127,13 @@ pub fn lock(dir: &Path) -> Result<File> {
             } else {
                 format!("another dtx process ({holder})")
             };
-            bail!(
-                "run folder `{}` is in use by {who}; nothing was written. Wait for it to finish, or set another `run.name` (`--set run.name=…`)",
-                dir.display()
-            );
+            return Err(RunDirError::InUse {
+                dir: dir.to_path_buf(),
+                who,
+            });
         }
         Err(std::fs::TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("locking `{}`", path.display()));
+            return Err(io("locking", &path)(e));
         }
     }
     // Who holds it, for the message above; best effort.
@@ -79,32 +160,26 @@ impl RunDir {
         // Checks that need no lock come first, so a refused run creates nothing.
         let refuse_fresh = || -> Result<()> {
             if !resume && latest.exists() {
-                bail!(
-                    "run folder `{}` already holds a run: resume it with `dtx run --resume`, or set another `run.name` (`--set run.name=…`)",
-                    path.display()
-                );
+                return Err(RunDirError::HoldsRun(path.clone()));
             }
             Ok(())
         };
         refuse_fresh()?;
         if resume && !latest.exists() {
-            bail!(
-                "nothing to resume: `{}` has no checkpoint (a run writes its first one after `train.checkpoint_every` steps, or at the end); run it again without `--resume`",
-                path.display()
-            );
+            return Err(RunDirError::NothingToResume(path));
         }
         let lock = lock(&path)?;
         // Checked again under the lock: another run may have written its
         // first checkpoint in between.
         refuse_fresh()?;
         let ckpt = path.join("checkpoints");
-        std::fs::create_dir_all(&ckpt).with_context(|| format!("creating `{}`", ckpt.display()))?;
+        std::fs::create_dir_all(&ckpt).map_err(io("creating", &ckpt))?;
         let manifest_path = path.join("manifest.toml");
         if resume {
             record_resume(&path, &manifest_path, manifest_toml)?;
         } else {
             crate::util::write_atomic(&manifest_path, manifest_toml.as_bytes())
-                .with_context(|| format!("writing `{}`", manifest_path.display()))?;
+                .map_err(io("writing", &manifest_path))?;
         }
         let metrics_path = path.join("metrics.jsonl");
         let metrics = OpenOptions::new()
@@ -113,7 +188,7 @@ impl RunDir {
             .write(true)
             .truncate(!resume)
             .open(&metrics_path)
-            .with_context(|| format!("opening `{}`", metrics_path.display()))?;
+            .map_err(io("opening", &metrics_path))?;
         Ok(RunDir {
             path,
             metrics,
@@ -126,8 +201,7 @@ impl RunDir {
     pub fn at(path: &Path) -> Result<RunDir> {
         let lock = lock(path)?;
         let metrics_path = path.join("metrics.jsonl");
-        let metrics = File::create(&metrics_path)
-            .with_context(|| format!("creating `{}`", metrics_path.display()))?;
+        let metrics = File::create(&metrics_path).map_err(io("creating", &metrics_path))?;
         Ok(RunDir {
             path: path.to_path_buf(),
             metrics,
@@ -146,8 +220,7 @@ impl RunDir {
     /// uninterrupted run would. `prepare` records stay.
     pub fn truncate_metrics_after(&mut self, step: u64) -> Result<()> {
         let path = self.path.join("metrics.jsonl");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading `{}`", path.display()))?;
+        let text = std::fs::read_to_string(&path).map_err(io("reading", &path))?;
         let mut kept = String::new();
         for line in text.lines() {
             let keep = match serde_json::from_str::<serde_json::Value>(line) {
@@ -164,25 +237,24 @@ impl RunDir {
                 kept.push('\n');
             }
         }
-        crate::util::write_atomic(&path, kept.as_bytes())
-            .with_context(|| format!("writing `{}`", path.display()))?;
+        crate::util::write_atomic(&path, kept.as_bytes()).map_err(io("writing", &path))?;
         self.metrics = OpenOptions::new()
             .append(true)
             .open(&path)
-            .with_context(|| format!("opening `{}`", path.display()))?;
+            .map_err(io("opening", &path))?;
         Ok(())
     }
 
     /// Appends one JSON line to `metrics.jsonl`.
     pub fn log(&mut self, record: &serde_json::Value) -> Result<()> {
-        writeln!(self.metrics, "{record}").context("writing metrics.jsonl")?;
+        writeln!(self.metrics, "{record}").map_err(RunDirError::Metrics)?;
         Ok(())
     }
 
     /// Writes a file in the run folder.
     pub fn write(&self, name: &str, bytes: &[u8]) -> Result<PathBuf> {
         let p = self.path.join(name);
-        std::fs::write(&p, bytes).with_context(|| format!("writing `{}`", p.display()))?;
+        std::fs::write(&p, bytes).map_err(io("writing", &p))?;
         Ok(p)
     }
 }
@@ -194,12 +266,9 @@ fn record_resume(dir: &Path, first: &Path, manifest_toml: &str) -> Result<()> {
     let old = match std::fs::read_to_string(first) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!(
-                "cannot resume `{}`: its `manifest.toml` is missing, so what the first part ran with is unknown",
-                dir.display()
-            )
+            return Err(RunDirError::ManifestMissing(dir.to_path_buf()));
         }
-        Err(e) => return Err(e).with_context(|| format!("reading `{}`", first.display())),
+        Err(e) => return Err(io("reading", first)(e)),
     };
     // The most recent record is what the checkpoint continues from.
     let mut latest = old;
@@ -209,30 +278,32 @@ fn record_resume(dir: &Path, first: &Path, manifest_toml: &str) -> Result<()> {
         match std::fs::read_to_string(&p) {
             Ok(t) => latest = t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-            Err(e) => return Err(e).with_context(|| format!("reading `{}`", p.display())),
+            Err(e) => return Err(io("reading", &p)(e)),
         }
         k += 1;
     }
-    let changes = resume::changes(&latest, manifest_toml)
-        .with_context(|| format!("reading the run's manifest in `{}`", dir.display()))?;
+    let changes = resume::changes(&latest, manifest_toml).map_err(|source| {
+        RunDirError::RecordedManifest {
+            dir: dir.to_path_buf(),
+            source,
+        }
+    })?;
     let refused = resume::unsafe_changes(&changes);
     if !refused.is_empty() {
         let list: Vec<String> = refused.iter().map(|c| format!("  {c}")).collect();
-        bail!(
-            "cannot resume `{}`: the manifest differs from the one its checkpoint was trained with:\n{}\nonly {} may change on resume; undo these changes, or start a new run with another `run.name`",
-            dir.display(),
-            list.join("\n"),
-            resume::SAFE_TO_CHANGE
+        return Err(RunDirError::Changed {
+            dir: dir.to_path_buf(),
+            changes: list.join("\n"),
+            allowed: resume::SAFE_TO_CHANGE
                 .iter()
                 .map(|s| format!("`{s}`"))
                 .collect::<Vec<_>>()
-                .join(", ")
-        );
+                .join(", "),
+        });
     }
     if !changes.is_empty() {
         let p = dir.join(format!("manifest.resume-{k}.toml"));
-        crate::util::write_atomic(&p, manifest_toml.as_bytes())
-            .with_context(|| format!("writing `{}`", p.display()))?;
+        crate::util::write_atomic(&p, manifest_toml.as_bytes()).map_err(io("writing", &p))?;
     }
     Ok(())
 }

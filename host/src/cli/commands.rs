@@ -495,8 +495,10 @@ impl Job<'_> {
         log: &mut dyn Write,
     ) -> anyhow::Result<crate::run::RunSummary> {
         match self {
-            Job::Run(opts) => crate::run::run::<B>(plan, opts, log),
-            Job::Sample { checkpoint, out } => crate::run::sample::<B>(plan, checkpoint, out, log),
+            Job::Run(opts) => Ok(crate::run::run::<B>(plan, opts, log)?),
+            Job::Sample { checkpoint, out } => {
+                Ok(crate::run::sample::<B>(plan, checkpoint, out, log)?)
+            }
         }
     }
 }

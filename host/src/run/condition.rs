@@ -9,6 +9,7 @@
 //! images; sampling encodes condition image `k mod n` for sample `k`, with a
 //! rectangle masked out of it first (Sec. 3.3).
 
+use super::error::{Context as _, Result, fail, run_error};
 use super::student::Student;
 use super::support::{prim_f, ranked};
 use crate::condition::{ConditionPlan, MaskRect, mask_rect, mask_values};
@@ -18,7 +19,6 @@ use crate::model::clip::{Clip, ClipTokens};
 use crate::model::{Denoiser, Recorder};
 use crate::plan::Plan;
 use crate::tensor_abi::{ConditionService, untracked};
-use anyhow::{Context as _, Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorData};
@@ -105,16 +105,16 @@ impl<B: AutodiffBackend> RunCondition<B> {
         let name = sample.condition.clone().unwrap_or_else(|| "target".into());
         let set = match name.as_str() {
             "target" => target.cloned().ok_or_else(|| {
-                anyhow!("`sample.condition = \"target\"`: the run has no [target] images")
+                run_error!("`sample.condition = \"target\"`: the run has no [target] images")
             })?,
             "held_out" => held_out.filter(|h| !h.is_empty()).cloned().ok_or_else(|| {
-                anyhow!("`sample.condition = \"held_out\"`: the run holds out no target images (set `target.holdout`)")
+                run_error!("`sample.condition = \"held_out\"`: the run holds out no target images (set `target.holdout`)")
             })?,
             path => load_images(&plan.manifest.resolve_path(std::path::Path::new(path)), data_shape)
                 .with_context(|| format!("`sample.condition = \"{path}\"`"))?,
         };
         if set.sample_shape != data_shape {
-            bail!(
+            fail!(
                 "`sample.condition`: `{}` gives images of shape {:?}, the model takes {:?}",
                 set.source,
                 set.sample_shape,
@@ -159,7 +159,7 @@ impl<B: AutodiffBackend> RunCondition<B> {
     pub(super) fn set_prompt(&mut self, prompt: &str) -> Result<()> {
         let e = self
             .encode_prompt(prompt)
-            .map_err(|e| anyhow!("the prompt {prompt:?}: {}", e.message))?;
+            .map_err(|e| run_error!("the prompt {prompt:?}: {}", e.message))?;
         self.sampling = Some(SampleConditions::Prompt(e));
         Ok(())
     }
@@ -172,7 +172,7 @@ fn load_images(path: &std::path::Path, data_shape: &[usize]) -> Result<Dataset> 
         return Ok(crate::data::load_folder(path, res, false)?);
     }
     let img = image::open(path)
-        .map_err(|e| anyhow!("cannot read image `{}`: {e}", path.display()))?
+        .map_err(|e| run_error!("cannot read image `{}`: {e}", path.display()))?
         .to_rgb8();
     let img = crate::data::pixels::resize_crop(img, res as u32);
     Ok(Dataset {
@@ -324,7 +324,7 @@ impl<B: AutodiffBackend> Student<B> {
         let cache = c.cache.borrow();
         let (plain, mirrored) = cache
             .as_ref()
-            .ok_or_else(|| anyhow!("the training images' embeddings were not computed"))?;
+            .ok_or_else(|| run_error!("the training images' embeddings were not computed"))?;
         let rows = |t: &P<B>| {
             let ids: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
             let ids = Tensor::<B, 1, burn::tensor::Int>::from_data(

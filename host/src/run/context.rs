@@ -7,6 +7,7 @@
 
 use super::condition::RunCondition;
 use super::dir::RunDir;
+use super::error::{Result, run_error};
 use super::evaluation::EvalSetup;
 use super::inputs::{self, Data, SharedData};
 use super::sampling::SourceSampler;
@@ -22,7 +23,6 @@ use crate::tensor_abi::{DataService, Session, SessionGuard};
 use crate::train::checkpoint;
 use crate::train::ema::Ema;
 use crate::train::optim::{self, AdamConfig, Optimizer};
-use anyhow::{Result, anyhow};
 use burn::tensor::backend::AutodiffBackend;
 use rand::{SeedableRng, rngs::StdRng};
 use std::cell::RefCell;
@@ -256,7 +256,7 @@ fn base_weights<B: AutodiffBackend>(
     is_trainable: &dyn Fn(&str) -> bool,
 ) -> Result<()> {
     let m = &plan.manifest.manifest;
-    let src = m.source.as_ref().ok_or_else(|| anyhow!("no [source]"))?;
+    let src = m.source.as_ref().ok_or_else(|| run_error!("no [source]"))?;
     let random =
         src.init == Init::Random || (matches!(net, Net::Mlp(_)) && src.kind != SourceKind::Dtx);
     if !random && src.kind == SourceKind::Dtx {
@@ -264,7 +264,7 @@ fn base_weights<B: AutodiffBackend>(
             .path
             .as_ref()
             .map(|p| crate::model::dtx_checkpoint(&plan.manifest.resolve_path(p)))
-            .ok_or_else(|| anyhow!("[source]: `path` names the dtx run folder"))?;
+            .ok_or_else(|| run_error!("[source]: `path` names the dtx run folder"))?;
         Session::<B>::with(|s| {
             checkpoint::load_base::<B>(
                 &path,
@@ -278,15 +278,15 @@ fn base_weights<B: AutodiffBackend>(
     } else if random {
         let mut init_rng = StdRng::seed_from_u64(m.run.seed);
         Session::<B>::with(|s| net.init(&mut s.params, &mut init_rng, device, is_trainable))?
-            .map_err(|e| anyhow!("[source]: {e}"))
+            .map_err(|e| run_error!("[source]: {e}"))
     } else {
         let path = src
             .path
             .as_ref()
             .map(|p| plan.manifest.resolve_path(p))
-            .ok_or_else(|| anyhow!("[source]: `path` is required to load pretrained weights"))?;
+            .ok_or_else(|| run_error!("[source]: `path` is required to load pretrained weights"))?;
         Session::<B>::with(|s| net.load(&path, &mut s.params, device, is_trainable))?
-            .map_err(|e| anyhow!("[source] `{}`: {e}", path.display()))
+            .map_err(|e| run_error!("[source] `{}`: {e}", path.display()))
     }
 }
 

@@ -2,12 +2,12 @@
 //! loaded before training (a bad weights file or folder fails the run before
 //! it costs anything), and the metrics run over the samples at the end.
 
+use super::error::{Result, fail, run_error};
 use super::sampling::Drawn;
 use crate::data::Dataset;
 use crate::eval::{EvalInputs, Evaluation, Extractor, KidSettings, evaluate};
 use crate::manifest::Reference;
 use crate::plan::Plan;
-use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::Backend;
 
 /// What a run needs to evaluate its samples.
@@ -44,7 +44,7 @@ pub(super) fn prepare<B: Backend>(
         .as_deref()
         .map(|p| plan.manifest.resolve_path(p));
     let extractor = Extractor::load(&e.extractor, weights.as_deref(), device)
-        .map_err(|err| anyhow!("[eval] extractor `{}`: {err:#}", e.extractor))?;
+        .map_err(|err| run_error!("[eval] extractor `{}`: {err:#}", e.extractor))?;
     let shape_of = |d: &Dataset| d.sample_shape.clone();
     let reference = match (&e.reference, held_out, target) {
         (Some(Reference::HeldOut) | None, Some(h), _) => (
@@ -52,7 +52,7 @@ pub(super) fn prepare<B: Backend>(
             shape_of(h),
             "held-out target images".to_owned(),
         ),
-        (Some(Reference::HeldOut), None, _) => bail!(
+        (Some(Reference::HeldOut), None, _) => fail!(
             "`eval.reference = \"held_out\"`, but the target holds out no images: set `target.holdout` (the number of target images kept out of training), or use `eval.reference = \"target\"`"
         ),
         (Some(Reference::Target) | None, _, Some(t)) => {
@@ -70,19 +70,19 @@ pub(super) fn prepare<B: Backend>(
             let path = plan.manifest.resolve_path(f);
             let res = example.get(1).copied().unwrap_or(32);
             let ds = crate::data::load_folder(&path, res, false)
-                .map_err(|err| anyhow!("`eval.reference`: {err}"))?;
+                .map_err(|err| run_error!("`eval.reference`: {err}"))?;
             (
                 ds.samples.clone(),
                 shape_of(&ds),
                 format!("`{}`", path.display()),
             )
         }
-        (_, _, None) => bail!(
+        (_, _, None) => fail!(
             "`[eval]` compares samples with target images, but there is no [target]: set `eval.reference` to a folder of images"
         ),
     };
     if reference.1.len() != 3 {
-        bail!(
+        fail!(
             "`[eval]` metrics need image data; the reference set holds examples of shape {:?}",
             reference.1
         );
@@ -151,6 +151,6 @@ impl<B: Backend> EvalSetup<B> {
             seed,
         };
         evaluate(&self.extractor, &self.metrics, &inputs, kid, device)
-            .map_err(|e| anyhow!("[eval]: {e:#}"))
+            .map_err(|e| run_error!("[eval]: {e:#}"))
     }
 }

@@ -9,6 +9,7 @@
 
 use super::context::RunContext;
 use super::dir::RunDir;
+use super::error::Result;
 use super::objective::{Draw, Objective};
 use super::support::{prim_f, progress_bar, step_rng};
 use super::{RunOptions, RunSummary};
@@ -21,7 +22,6 @@ use crate::plugins::LossArgs;
 use crate::tensor_abi::{Session, Stored};
 use crate::train::checkpoint::{self, Progress};
 use crate::train::{self, fit::Recipe};
-use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use dtx_plugin_api::abi::Hook;
 use rand::{Rng, SeedableRng, rngs::StdRng};

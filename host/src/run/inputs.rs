@@ -4,12 +4,12 @@
 //! all checked against the model, so bad data leaves no run folder behind.
 //! [`Data`] serves them to plugins (`dataset_batch`).
 
+use super::error::{Result, fail, run_error};
 use crate::data::{self, BatchIter, Dataset};
 use crate::model::Denoiser;
 use crate::model::Net;
 use crate::plan::Plan;
 use crate::tensor_abi::{DataService, Session};
-use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use dtx_plugin_api::abi::{AbiError, ErrorKind};
@@ -118,14 +118,14 @@ pub(super) fn load_source_data(plan: &Plan, data_shape: &[usize]) -> Result<Opti
             }
             let seed = m.run.seed ^ 0x5eed_0f50_12ce;
             data::builtin(name, &config, seed, sd.limit.unwrap_or(10_000))
-                .map_err(|e| anyhow!("[source.data]: {e}"))?
+                .map_err(|e| run_error!("[source.data]: {e}"))?
         }
         None => {
             let path = plan
                 .manifest
                 .resolve_path(std::path::Path::new(&sd.dataset));
             let ds = data::load_folder(&path, model_res.unwrap_or(32), sd.labels)
-                .map_err(|e| anyhow!("[source.data]: {e}"))?;
+                .map_err(|e| run_error!("[source.data]: {e}"))?;
             match sd.limit {
                 Some(n) if n < ds.len() => ds.limit(n, m.run.seed)?,
                 _ => ds,
@@ -133,7 +133,7 @@ pub(super) fn load_source_data(plan: &Plan, data_shape: &[usize]) -> Result<Opti
         }
     };
     if ds.sample_shape != data_shape {
-        bail!(
+        fail!(
             "[source.data] `{}` gives examples of shape {:?}, but the source model takes {:?}",
             sd.dataset,
             ds.sample_shape,
@@ -141,7 +141,7 @@ pub(super) fn load_source_data(plan: &Plan, data_shape: &[usize]) -> Result<Opti
         );
     }
     if sd.labels && ds.labels.is_none() {
-        bail!(
+        fail!(
             "`source.data.labels = true` but `{}` has no labels",
             sd.dataset
         );
@@ -165,7 +165,7 @@ pub(super) fn load_targets(
         && top as usize >= k
         && (k > 0 || plan.plugins.is_empty())
     {
-        bail!(
+        fail!(
             "target `{}` has class label {top}, but the source model has {k} classes (labels 0 to {})",
             t.source,
             k.saturating_sub(1)
@@ -182,7 +182,7 @@ pub fn load_target(plan: &Plan, data_shape: &[usize]) -> Result<(Dataset, Datase
     let t = m
         .target
         .as_ref()
-        .ok_or_else(|| anyhow!("training needs a [target] section"))?;
+        .ok_or_else(|| run_error!("training needs a [target] section"))?;
     let model_res = plan.model.as_ref().map(|d| d.resolution).filter(|&r| r > 0);
     let ds = match t.builtin() {
         Some(name) => {
@@ -216,7 +216,7 @@ pub fn load_target(plan: &Plan, data_shape: &[usize]) -> Result<(Dataset, Datase
         _ => rest,
     };
     if train.sample_shape != data_shape {
-        bail!(
+        fail!(
             "target `{}` gives examples of shape {:?}, but the source model takes {:?}{}",
             t.dataset,
             train.sample_shape,
@@ -229,7 +229,7 @@ pub fn load_target(plan: &Plan, data_shape: &[usize]) -> Result<(Dataset, Datase
         );
     }
     if t.labels && train.labels.is_none() {
-        bail!("`target.labels = true` but `{}` has no labels", t.dataset);
+        fail!("`target.labels = true` but `{}` has no labels", t.dataset);
     }
     let train = if t.labels {
         train
@@ -268,12 +268,12 @@ pub(super) fn run_classes(
     };
     if let Some(l) = m.sample.as_ref().and_then(|s| s.label) {
         if k == 0 {
-            bail!(
+            fail!(
                 "`dtx run` does not carry out `sample.label`: the source model is not class-conditional and the run has no labelled target (`target.labels = true`) for a plugin to condition on"
             );
         }
         if l as usize >= k {
-            bail!(
+            fail!(
                 "`sample.label = {l}`: the run has {k} classes, 0 to {}",
                 k - 1
             );
@@ -297,10 +297,10 @@ pub(super) fn sample_masks(
         MaskSource::Target => (target, "target"),
     };
     let Some(set) = set.filter(|s| !s.is_empty()) else {
-        bail!("`sample.masks`: the run has no {key} images");
+        fail!("`sample.masks`: the run has no {key} images");
     };
     if set.masks.is_none() {
-        bail!(
+        fail!(
             "`sample.masks`: `{}` has no masks (`builtin:shapes` has them; a folder set needs `target.masks`)",
             set.source
         );
@@ -337,7 +337,7 @@ pub(super) fn unsupported_settings(plan: &Plan, net: &Net) -> Result<()> {
     if problems.is_empty() {
         return Ok(());
     }
-    bail!(
+    fail!(
         "`dtx run` does not carry out these settings: {}",
         problems.join("; ")
     )

@@ -9,6 +9,7 @@
 mod condition;
 mod context;
 pub mod dir;
+pub mod error;
 mod evaluation;
 mod fit;
 mod inputs;
@@ -24,10 +25,10 @@ use crate::data::BatchPosition;
 use crate::model::Denoiser;
 use crate::model::Net;
 use crate::plan::Plan;
-use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
 use context::{Mode, RunContext};
 use dtx_plugin_api::abi::Hook;
+use error::{Result, fail, run_error};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -115,11 +116,11 @@ fn source_net(plan: &Plan) -> Result<Net> {
     let desc = plan
         .model
         .as_ref()
-        .ok_or_else(|| anyhow!("`dtx run` needs a [source] model"))?;
-    let net = Net::from_description(desc).map_err(|e| anyhow!("[source]: {e}"))?;
+        .ok_or_else(|| run_error!("`dtx run` needs a [source] model"))?;
+    let net = Net::from_description(desc).map_err(|e| run_error!("[source]: {e}"))?;
     match net.data_shape().len() {
         1 | 3 => Ok(net),
-        n => bail!("[source]: examples of rank {n} are not supported"),
+        n => fail!("[source]: examples of rank {n} are not supported"),
     }
 }
 

@@ -2,6 +2,7 @@
 //! and noise), the forward process, the student's prediction and the
 //! (weighted) simple loss; the same on a held-out set for validation.
 
+use super::error::Result;
 use super::student::Student;
 use super::support::{normal, prim_f, ranked, step_rng};
 use crate::data::Dataset;
@@ -11,7 +12,6 @@ use crate::diffusion::prediction::{
 };
 use crate::diffusion::schedule::snr;
 use crate::diffusion::vlb::vlb_terms;
-use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Int, Tensor, TensorData, TensorMetadata};

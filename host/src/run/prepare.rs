@@ -3,10 +3,10 @@
 //! `metrics.jsonl`.
 
 use super::dir::RunDir;
+use super::error::Result;
 use super::student::Student;
 use super::support::progress_spinner;
 use crate::tensor_abi::Session;
-use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use dtx_plugin_api::abi::Hook;
 use std::collections::HashMap;

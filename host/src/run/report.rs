@@ -3,9 +3,9 @@
 
 use super::RunSummary;
 use super::dir::RunDir;
+use super::error::{Result, run_error};
 use crate::data::{Dataset, Gmm};
 use crate::plan::Plan;
-use anyhow::Result;
 use image::{Rgb, RgbImage};
 use std::fmt::Write as _;
 
@@ -58,7 +58,7 @@ pub fn write_samples(
         let mut rgb = Vec::with_capacity(samples.len() / c.max(1) * 3);
         for (i, one) in samples.chunks(c * h * w).enumerate() {
             let img = crate::data::rgb_from_chw(one, c, h, w).ok_or_else(|| {
-                anyhow::anyhow!("cannot write {c}-channel samples as images (1 or 3 channels)")
+                run_error!("cannot write {c}-channel samples as images (1 or 3 channels)")
             })?;
             img.save(sub.join(format!("{i:05}.png")))?;
             rgb.extend(crate::data::chw_from_rgb(&img));

@@ -2,6 +2,7 @@
 //! loop with the plugins' `score` corrections at every step and their
 //! `filter` decisions on every batch, until `sample.count` are accepted.
 
+use super::error::{Result, RunError, run_error};
 use super::student::Student;
 use super::support::{batch_shape, normal, prim_f, progress_bar, ranked, step_rng};
 use crate::diffusion::prediction::{BatchScalar, to_epsilon};
@@ -9,7 +10,6 @@ use crate::diffusion::sampler::{Sampler, SamplerConfig, VarianceType, alpha_bar_
 use crate::manifest::{Sample, Sampler as SamplerKind};
 use crate::model::{Denoiser, Weights};
 use crate::tensor_abi::{SampleService, Session, Stored};
-use anyhow::{Result, anyhow};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Int, Tensor, TensorData};
@@ -251,7 +251,7 @@ fn trajectory<B: AutodiffBackend, const D: usize>(
     let has_score = weights.is_some() && student.others_implement(Hook::Score);
     let mut step_index = 0u64;
     let num_steps = cfg.steps as u64;
-    sample::<B, D, anyhow::Error>(
+    sample::<B, D, RunError>(
         |x, ts| {
             let tf =
                 Tensor::<B, 1, Int>::from_data(TensorData::new(ts.to_vec(), [ts.len()]), device)
@@ -421,7 +421,7 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
             Some(
                 s.into_data()
                     .to_vec::<f32>()
-                    .map_err(|e| anyhow!("{e:?}"))?,
+                    .map_err(|e| run_error!("{e:?}"))?,
             )
         } else {
             None
@@ -433,7 +433,7 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
         let values = samples
             .into_data()
             .to_vec::<f32>()
-            .map_err(|e| anyhow!("{e:?}"))?;
+            .map_err(|e| run_error!("{e:?}"))?;
         let batch = Batch {
             values: &values,
             keep: &keep,

@@ -4,12 +4,12 @@
 //! explicitly ([`Student::each_hooked`]): a hook that asks for the student's
 //! forward gets every other plugin's `inject`, not its own.
 
+use super::error::Result;
 use crate::data::Dataset;
 use crate::diffusion::prediction::{BatchScalar, Prediction, to_epsilon};
 use crate::model::{Denoiser, Hooks, Net, Recorder, Weights};
 use crate::plugins::{InjectArgs, Instance};
 use crate::tensor_abi::{DenoiseService, Session, Stored};
-use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};

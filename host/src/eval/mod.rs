@@ -14,7 +14,7 @@ pub mod train_extractor;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use metrics::{Features, Kid};
+use metrics::{Features, Kid, MetricError};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -29,26 +29,66 @@ pub enum Extractor<B: Backend> {
     Inception(Box<inception::InceptionV3<B>>),
 }
 
+/// Why an extractor cannot load, or features or metrics cannot be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// An extractor name that is not one.
+    #[error("unknown feature extractor `{0}` (dtx, inception)")]
+    UnknownExtractor(String),
+    /// The shipped extractor's weights do not load.
+    #[error("the embedded dtx extractor: {0}")]
+    Embedded(dtx_net::DtxNetError),
+    /// Inception without its weights file.
+    #[error(
+        "the Inception extractor needs pytorch-fid's FID weights (pt_inception-2015-12-05-*.pth): give their path"
+    )]
+    InceptionWeightsNeeded,
+    /// Inception's weights file does not load.
+    #[error(transparent)]
+    Inception(#[from] inception::InceptionError),
+    /// Examples that are not images.
+    #[error("feature extractors take images [C, H, W], not examples of shape {0:?}")]
+    NotImages(Vec<usize>),
+    /// Images of another channel count.
+    #[error("feature extractors take 1- or 3-channel images, not {0}")]
+    Channels(usize),
+    /// Features that cannot be read back.
+    #[error("{0}")]
+    Read(String),
+    /// A metric that cannot be computed, named as the run names it.
+    #[error("{metric}: {reason}")]
+    Metric {
+        /// `KID_dtx`, `FID`, …
+        metric: &'static str,
+        /// Why.
+        reason: MetricError,
+    },
+    /// `nearest` without the training images.
+    #[error("`nearest` needs the training images")]
+    NeedsTraining,
+    /// `source_distance` without the source model's samples.
+    #[error("`source_distance` needs the source model's samples")]
+    NeedsSource,
+    /// A distance that cannot be computed.
+    #[error(transparent)]
+    Distance(#[from] MetricError),
+}
+
 impl<B: Backend> Extractor<B> {
     /// The extractor called `name` (`dtx`, `inception`); Inception needs its
     /// weights file.
-    pub fn load(name: &str, weights: Option<&Path>, device: &B::Device) -> anyhow::Result<Self> {
+    pub fn load(name: &str, weights: Option<&Path>, device: &B::Device) -> Result<Self, EvalError> {
         match name {
             "dtx" => Ok(Extractor::Dtx(
-                dtx_net::DtxNet::embedded(device)
-                    .map_err(|e| anyhow::anyhow!("the embedded dtx extractor: {e}"))?,
+                dtx_net::DtxNet::embedded(device).map_err(EvalError::Embedded)?,
             )),
             "inception" => {
-                let path = weights.ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "the Inception extractor needs pytorch-fid's FID weights (pt_inception-2015-12-05-*.pth): give their path"
-                    )
-                })?;
+                let path = weights.ok_or(EvalError::InceptionWeightsNeeded)?;
                 Ok(Extractor::Inception(Box::new(
                     inception::InceptionV3::load(path, device)?,
                 )))
             }
-            other => anyhow::bail!("unknown feature extractor `{other}` (dtx, inception)"),
+            other => Err(EvalError::UnknownExtractor(other.to_owned())),
         }
     }
 
@@ -75,14 +115,12 @@ impl<B: Backend> Extractor<B> {
         images: &[f32],
         example: &[usize],
         device: &B::Device,
-    ) -> anyhow::Result<Features> {
+    ) -> Result<Features, EvalError> {
         let [c, h, w] = *example else {
-            anyhow::bail!(
-                "feature extractors take images [C, H, W], not examples of shape {example:?}"
-            );
+            return Err(EvalError::NotImages(example.to_vec()));
         };
         if c != 1 && c != 3 {
-            anyhow::bail!("feature extractors take 1- or 3-channel images, not {c}");
+            return Err(EvalError::Channels(c));
         }
         let per = c * h * w;
         let mut out = Vec::new();
@@ -99,7 +137,7 @@ impl<B: Backend> Extractor<B> {
             out.extend(
                 f.into_data()
                     .to_vec::<f32>()
-                    .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+                    .map_err(|e| EvalError::Read(format!("{e:?}")))?,
             );
         }
         Ok(Features::from_f32(&out, dim.max(1)))
@@ -170,7 +208,7 @@ pub fn evaluate<B: Backend>(
     inputs: &EvalInputs<'_>,
     kid: KidSettings,
     device: &B::Device,
-) -> anyhow::Result<Evaluation> {
+) -> Result<Evaluation, EvalError> {
     let wants = |m: &str| metrics.iter().any(|x| x == m);
     let samples = extractor.features(inputs.samples.0, inputs.samples.1, device)?;
     let (reference_images, reference_shape, reference_name) = &inputs.reference;
@@ -196,22 +234,25 @@ pub fn evaluate<B: Backend>(
     };
     if let Some(r) = &reference {
         if wants("kid") {
+            let named = |reason| EvalError::Metric {
+                metric: kid_name,
+                reason,
+            };
             let k = metrics::kid(&samples, r, kid.subsets, kid.max_subset_size, kid.seed)
-                .map_err(|e| anyhow::anyhow!("{kid_name}: {e}"))?;
-            let full =
-                metrics::kid_full(&samples, r).map_err(|e| anyhow::anyhow!("{kid_name}: {e}"))?;
+                .map_err(named)?;
+            let full = metrics::kid_full(&samples, r).map_err(named)?;
             out.kid = Some((k, full));
         }
         if wants("fd") {
-            out.fd = Some(
-                metrics::frechet_distance(&samples, r)
-                    .map_err(|e| anyhow::anyhow!("{fd_name}: {e}"))?,
-            );
+            out.fd = Some(metrics::frechet_distance(&samples, r).map_err(|reason| {
+                EvalError::Metric {
+                    metric: fd_name,
+                    reason,
+                }
+            })?);
         }
         if wants("nearest") {
-            let (images, shape) = inputs
-                .train
-                .ok_or_else(|| anyhow::anyhow!("`nearest` needs the training images"))?;
+            let (images, shape) = inputs.train.ok_or(EvalError::NeedsTraining)?;
             let train = extractor.features(images, shape, device)?;
             let from_samples = metrics::nearest_distances(&samples, &train)?;
             let from_reference = (reference_name != "target")
@@ -224,9 +265,7 @@ pub fn evaluate<B: Backend>(
         }
     }
     if wants("source_distance") {
-        let source = inputs
-            .source_samples
-            .ok_or_else(|| anyhow::anyhow!("`source_distance` needs the source model's samples"))?;
+        let source = inputs.source_samples.ok_or(EvalError::NeedsSource)?;
         let s = extractor.features(source, inputs.samples.1, device)?;
         out.source_distance = Some(metrics::mean_paired_distance(&samples, &s)?);
     }

@@ -52,6 +52,9 @@ pub enum RunError {
     /// The network.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// A feature extractor or metric.
+    #[error(transparent)]
+    Eval(#[from] crate::eval::EvalError),
     /// The network's weights table.
     #[error(transparent)]
     Weights(#[from] WeightsError),

@@ -2,7 +2,7 @@
 //! loaded before training (a bad weights file or folder fails the run before
 //! it costs anything), and the metrics run over the samples at the end.
 
-use super::error::{Result, fail, run_error};
+use super::error::{Context as _, Result, fail, run_error};
 use super::sampling::Drawn;
 use crate::data::Dataset;
 use crate::eval::{EvalInputs, Evaluation, Extractor, KidSettings, evaluate};
@@ -44,7 +44,7 @@ pub(super) fn prepare<B: Backend>(
         .as_deref()
         .map(|p| plan.manifest.resolve_path(p));
     let extractor = Extractor::load(&e.extractor, weights.as_deref(), device)
-        .map_err(|err| run_error!("[eval] extractor `{}`: {err:#}", e.extractor))?;
+        .with_context(|| format!("[eval] extractor `{}`", e.extractor))?;
     let shape_of = |d: &Dataset| d.sample_shape.clone();
     let reference = match (&e.reference, held_out, target) {
         (Some(Reference::HeldOut) | None, Some(h), _) => (
@@ -150,7 +150,6 @@ impl<B: Backend> EvalSetup<B> {
             max_subset_size: self.subset_size,
             seed,
         };
-        evaluate(&self.extractor, &self.metrics, &inputs, kid, device)
-            .map_err(|e| run_error!("[eval]: {e:#}"))
+        evaluate(&self.extractor, &self.metrics, &inputs, kid, device).context("[eval]")
     }
 }

@@ -5,7 +5,7 @@
 mod commands;
 mod eval_cmd;
 mod eval_features;
-pub mod forward;
+pub(crate) mod forward;
 mod model_cmd;
 mod model_forward;
 mod model_open;

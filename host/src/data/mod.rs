@@ -10,10 +10,10 @@
 mod config;
 mod dataset;
 mod error;
-pub mod folder;
+pub(crate) mod folder;
 pub mod gmm;
 mod iter;
-pub mod pixels;
+pub(crate) mod pixels;
 pub mod shapes;
 
 pub use dataset::Dataset;

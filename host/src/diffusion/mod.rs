@@ -6,10 +6,10 @@
 
 pub mod prediction;
 pub mod sampler;
-pub mod schedule;
-pub mod spacing;
-pub mod vlb;
-pub mod weighting;
+pub(crate) mod schedule;
+pub(crate) mod spacing;
+pub(crate) mod vlb;
+pub(crate) mod weighting;
 
 #[cfg(test)]
 mod diffusers_parity;

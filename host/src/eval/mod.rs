@@ -8,7 +8,7 @@
 
 pub mod dtx_net;
 pub mod inception;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod paired;
 pub mod train_extractor;
 

@@ -15,7 +15,7 @@ mod error;
 mod load;
 mod overrides;
 mod paths;
-pub mod resume;
+pub(crate) mod resume;
 mod schema;
 mod serde_errors;
 mod spans;

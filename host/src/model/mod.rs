@@ -18,17 +18,17 @@
 pub mod adm;
 pub mod clip;
 mod config;
-pub mod denoiser;
+pub(crate) mod denoiser;
 mod describe;
 pub mod diffusers;
 mod error;
-pub mod mlp;
-pub mod nn;
+pub(crate) mod mlp;
+pub(crate) mod nn;
 mod safetensors_header;
 #[cfg(test)]
 mod test_io;
 pub(crate) mod torch_file;
-pub mod weights;
+pub(crate) mod weights;
 
 pub use denoiser::{Denoiser, Net, NetError};
 pub use describe::{

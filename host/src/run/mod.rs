@@ -9,14 +9,14 @@
 mod condition;
 mod context;
 pub mod dir;
-pub mod error;
+pub(crate) mod error;
 mod evaluation;
 mod fit;
 mod inputs;
 mod objective;
 mod plot;
 mod prepare;
-pub mod report;
+pub(crate) mod report;
 mod sampling;
 mod student;
 mod support;

@@ -4,7 +4,7 @@
 //! through the host's autodiff). The run's loop that drives it is
 //! `run/fit.rs`.
 
-pub mod checkpoint;
-pub mod ema;
-pub mod fit;
+pub(crate) mod checkpoint;
+pub(crate) mod ema;
+pub(crate) mod fit;
 pub mod optim;

@@ -1,8 +1,8 @@
 //! Small helpers shared by the host's error messages.
 
-pub mod fs;
-pub mod limits;
-pub mod resize;
+pub(crate) mod fs;
+pub(crate) mod limits;
+pub(crate) mod resize;
 
 /// The folder of the running executable; for test and bench executables,
 /// which cargo puts in `target/<profile>/deps`, the profile folder, where it

@@ -32,6 +32,7 @@ use error::{Result, fail, run_error};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+pub use error::RunError;
 pub use inputs::load_target;
 pub use sampling::SamplingStats;
 

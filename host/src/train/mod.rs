@@ -8,3 +8,6 @@ pub(crate) mod checkpoint;
 pub(crate) mod ema;
 pub(crate) mod fit;
 pub mod optim;
+
+pub use checkpoint::CheckpointError;
+pub use fit::FitError;

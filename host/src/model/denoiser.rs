@@ -169,69 +169,46 @@ impl Denoiser for MlpNet {
     }
 }
 
-impl Denoiser for UNet2D {
-    fn data_shape(&self) -> Vec<usize> {
-        let c = &self.config;
-        vec![c.in_channels, c.sample_size, c.sample_size]
-    }
-    fn out_channels(&self) -> usize {
-        self.config.out_channels
-    }
-    fn num_classes(&self) -> usize {
-        self.config.num_class_embeds.unwrap_or(0)
-    }
-    fn dropout(&self) -> f64 {
-        self.config.dropout
-    }
-    fn catalogue(&self) -> &Catalogue {
-        UNet2D::catalogue(self)
-    }
-    fn forward<B: AutodiffBackend, H: Hooks<B, D>, const D: usize>(
-        &self,
-        weights: &Weights<B>,
-        x: Tensor<B, D>,
-        t: Tensor<B, 1>,
-        labels: Option<Tensor<B, 1, Int>>,
-        hooks: &mut H,
-        dropout: Option<&DropoutRng>,
-    ) -> Result<Tensor<B, D>, H::Error> {
-        let (x, mut hooks) = (at_rank::<B, D, 4>(x), AtRank::<H, D>(hooks));
-        let out = UNet2D::forward(self, weights, x, t, labels, &mut hooks, dropout)?;
-        Ok(at_rank::<B, 4, D>(out))
-    }
+/// [`Denoiser`] for a U-Net over `[B, C, S, S]`, from its config's
+/// image side and class count (an `Option`).
+macro_rules! image_denoiser {
+    ($net:ty, side: $side:ident, classes: $classes:ident) => {
+        impl Denoiser for $net {
+            fn data_shape(&self) -> Vec<usize> {
+                let c = &self.config;
+                vec![c.in_channels, c.$side, c.$side]
+            }
+            fn out_channels(&self) -> usize {
+                self.config.out_channels
+            }
+            fn num_classes(&self) -> usize {
+                self.config.$classes.unwrap_or(0)
+            }
+            fn dropout(&self) -> f64 {
+                self.config.dropout
+            }
+            fn catalogue(&self) -> &Catalogue {
+                <$net>::catalogue(self)
+            }
+            fn forward<B: AutodiffBackend, H: Hooks<B, D>, const D: usize>(
+                &self,
+                weights: &Weights<B>,
+                x: Tensor<B, D>,
+                t: Tensor<B, 1>,
+                labels: Option<Tensor<B, 1, Int>>,
+                hooks: &mut H,
+                dropout: Option<&DropoutRng>,
+            ) -> Result<Tensor<B, D>, H::Error> {
+                let (x, mut hooks) = (at_rank::<B, D, 4>(x), AtRank::<H, D>(hooks));
+                let out = <$net>::forward(self, weights, x, t, labels, &mut hooks, dropout)?;
+                Ok(at_rank::<B, 4, D>(out))
+            }
+        }
+    };
 }
 
-impl Denoiser for AdmNet {
-    fn data_shape(&self) -> Vec<usize> {
-        let c = &self.config;
-        vec![c.in_channels, c.image_size, c.image_size]
-    }
-    fn out_channels(&self) -> usize {
-        self.config.out_channels
-    }
-    fn num_classes(&self) -> usize {
-        self.config.num_classes.unwrap_or(0)
-    }
-    fn dropout(&self) -> f64 {
-        self.config.dropout
-    }
-    fn catalogue(&self) -> &Catalogue {
-        AdmNet::catalogue(self)
-    }
-    fn forward<B: AutodiffBackend, H: Hooks<B, D>, const D: usize>(
-        &self,
-        weights: &Weights<B>,
-        x: Tensor<B, D>,
-        t: Tensor<B, 1>,
-        labels: Option<Tensor<B, 1, Int>>,
-        hooks: &mut H,
-        dropout: Option<&DropoutRng>,
-    ) -> Result<Tensor<B, D>, H::Error> {
-        let (x, mut hooks) = (at_rank::<B, D, 4>(x), AtRank::<H, D>(hooks));
-        let out = AdmNet::forward(self, weights, x, t, labels, &mut hooks, dropout)?;
-        Ok(at_rank::<B, 4, D>(out))
-    }
-}
+image_denoiser!(UNet2D, side: sample_size, classes: num_class_embeds);
+image_denoiser!(AdmNet, side: image_size, classes: num_classes);
 
 /// `hooks` of rank `D` seen by a network of rank `Z` (the same rank once
 /// the engine has dispatched on it).

@@ -82,4 +82,4 @@ pub type CudaBackend = burn::backend::Autodiff<burn::backend::Cuda>;
 pub const HAS_CUDA: bool = cfg!(feature = "cuda");
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -11,14 +11,17 @@ use dtx_plugin_api::{DType, Host, Tensor};
 
 type B = CpuBackend;
 
-fn session(seed: u64) -> SessionGuard {
+/// A session on the CPU backend with plugin `t` running (also for
+/// `train::optim`'s tests).
+pub(crate) fn session(seed: u64) -> SessionGuard {
     dtx_plugin_api::__private::install_host(vtables::<B>());
     let guard = Session::<B>::install(Default::default(), seed);
     Session::<B>::with(|s| s.current_plugin = Some("t".into())).unwrap();
     guard
 }
 
-fn close(a: &[f32], b: &[f32], tol: f32) {
+/// Asserts `a ≈ b` entry by entry, relative tolerance `tol`.
+pub(crate) fn close(a: &[f32], b: &[f32], tol: f32) {
     assert_eq!(a.len(), b.len(), "lengths differ");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
         assert!(
@@ -270,7 +273,8 @@ fn block_in_burn(x: BTensor<B, 3>, ctx: BTensor<B, 3>, w: &[BTensor<B, 2>]) -> B
             .matmul(w[5].clone().unsqueeze())
 }
 
-fn float_of(id: TensorId) -> burn::tensor::ops::FloatTensor<B> {
+/// The float tensor behind handle `id`.
+pub(crate) fn float_of(id: TensorId) -> burn::tensor::ops::FloatTensor<B> {
     Session::<B>::with(|s| s.float(id)).unwrap().unwrap()
 }
 

@@ -301,33 +301,12 @@ mod tests {
     //! plugin's `prepare`) with the run's optimizer installed, and SGD with
     //! clipping on the host side.
     use super::*;
-    use crate::tensor_abi::{CpuBackend, Session, SessionGuard, vtables};
+    use crate::tensor_abi::tests::{close, float_of, session};
+    use crate::tensor_abi::{CpuBackend, Session};
     use burn::tensor::Tensor as BTensor;
     use dtx_plugin_api::Host;
-    use dtx_plugin_api::abi::TensorId;
 
     type B = CpuBackend;
-
-    fn session(seed: u64) -> SessionGuard {
-        dtx_plugin_api::__private::install_host(vtables::<B>());
-        let guard = Session::<B>::install(Default::default(), seed);
-        Session::<B>::with(|s| s.current_plugin = Some("t".into())).unwrap();
-        guard
-    }
-
-    fn close(a: &[f32], b: &[f32], tol: f32) {
-        assert_eq!(a.len(), b.len(), "lengths differ");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (x - y).abs() <= tol * (1.0 + y.abs()),
-                "index {i}: {x} vs {y} (tol {tol})"
-            );
-        }
-    }
-
-    fn float_of(id: TensorId) -> FloatTensor<B> {
-        Session::<B>::with(|s| s.float(id)).unwrap().unwrap()
-    }
 
     #[test]
     fn optimizer_step_trains_registered_parameters() {

@@ -9,7 +9,7 @@
 
 use super::context::RunContext;
 use super::dir::RunDir;
-use super::error::Result;
+use super::error::{Result, RunError};
 use super::objective::{Draw, Objective};
 use super::support::{prim_f, progress_bar, step_rng};
 use super::{RunOptions, RunSummary};
@@ -20,12 +20,17 @@ use crate::model::DropoutRng;
 use crate::plan::Plan;
 use crate::plugins::LossArgs;
 use crate::tensor_abi::{Session, Stored};
+use crate::train;
 use crate::train::checkpoint::{self, Progress};
-use crate::train::{self, fit::Recipe};
+use crate::train::ema::Ema;
+use crate::train::fit::{Recipe, StepRecord, Trainee};
+use crate::train::optim::Optimizer;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ops::FloatTensor;
 use dtx_plugin_api::abi::Hook;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Map, Value, json};
+use std::cell::RefCell;
 use std::io::Write;
 
 /// Mixed into the run seed for the dropout masks' stream.
@@ -64,16 +69,77 @@ pub(super) fn fit<B: AutodiffBackend, const D: usize>(
     }
     // A bar on a terminal; plain lines otherwise; nothing with --quiet.
     let bar = progress_bar(quiet, end.saturating_sub(start), "train");
-    for step in start..end {
-        let timer = std::time::Instant::now();
-        let (mut values, total, examples) = train_step::<B, D>(ctx, plan, t, step)?;
+    let recipe = Recipe {
+        lr: t.lr,
+        warmup: t.warmup,
+        rule: t.optimizer.into(),
+        weight_decay: t.weight_decay,
+        grad_clip: t.grad_clip,
+    };
+    let mut trainee = RunTrainee::<B, D> {
+        ctx,
+        plan,
+        t,
+        quiet,
+        log,
+        summary,
+        bar: bar.as_ref(),
+        end,
+        examples: 0,
+    };
+    train::fit::fit(&mut trainee, &recipe, start..end)?;
+    if let Some(b) = &bar {
+        b.finish();
+    }
+    Ok(())
+}
+
+/// The run as [`train::fit::Trainee`]: each step's batch, objective and
+/// plugin losses; after each, its `metrics.jsonl` record, validation,
+/// progress and checkpoint.
+struct RunTrainee<'a, B: AutodiffBackend, const D: usize> {
+    ctx: &'a mut RunContext<B>,
+    plan: &'a Plan,
+    t: &'a Train,
+    quiet: bool,
+    log: &'a mut dyn Write,
+    summary: &'a mut RunSummary,
+    bar: Option<&'a indicatif::ProgressBar>,
+    /// The step training stops after.
+    end: u64,
+    /// Examples in the current step's batch.
+    examples: usize,
+}
+
+impl<B: AutodiffBackend, const D: usize> Trainee<B> for RunTrainee<'_, B, D> {
+    type Error = RunError;
+
+    fn terms(&mut self, step: u64) -> Result<Vec<(String, FloatTensor<B>)>> {
+        let (terms, examples) = step_terms::<B, D>(self.ctx, self.plan, self.t, step)?;
+        self.examples = examples;
+        Ok(terms)
+    }
+
+    fn state(&mut self) -> (&RefCell<Optimizer<B>>, Option<&mut Ema<B>>) {
+        (&self.ctx.optimizer, self.ctx.ema.as_mut())
+    }
+
+    fn diverged(&self, step: u64) -> (String, String) {
+        diverged(&self.ctx.dir, self.t, step)
+    }
+
+    fn after(&mut self, step: u64, record: StepRecord) -> Result<()> {
+        let (ctx, t, quiet) = (&mut *self.ctx, self.t, self.quiet);
+        let m = &self.plan.manifest.manifest;
+        let total = record.loss;
+        let mut values = step_values(step, record.clone());
         values.insert(
             "samples_per_s".into(),
-            json!(examples as f64 / timer.elapsed().as_secs_f64().max(1e-9)),
+            json!(self.examples as f64 / record.elapsed.as_secs_f64().max(1e-9)),
         );
         let done = step + 1;
         if let (Some(v_every), Some(h)) = (t.validate_every, &ctx.held_out)
-            && (done % v_every == 0 || done == t.steps)
+            && (done.is_multiple_of(v_every) || done == t.steps)
         {
             let v = objective(ctx, t).validation::<B, D>(
                 &ctx.student,
@@ -83,23 +149,23 @@ pub(super) fn fit<B: AutodiffBackend, const D: usize>(
                 &ctx.device,
             )?;
             values.insert("val.simple".into(), json!(v));
-            if bar.is_none() && !quiet {
-                writeln!(log, "step {done}: validation loss {v:.5}")?;
+            if self.bar.is_none() && !quiet {
+                writeln!(self.log, "step {done}: validation loss {v:.5}")?;
             }
         }
         ctx.dir.log(&Value::Object(values))?;
-        summary.final_loss = Some(total);
-        match &bar {
+        self.summary.final_loss = Some(total);
+        match self.bar {
             Some(b) => {
                 b.inc(1);
                 b.set_message(format!("loss {total:.4}"));
             }
-            None if !quiet && (done % (t.steps / 10).max(1) == 0 || done == end) => {
-                writeln!(log, "step {done}/{}: loss {total:.5}", t.steps)?;
+            None if !quiet && (done.is_multiple_of((t.steps / 10).max(1)) || done == self.end) => {
+                writeln!(self.log, "step {done}/{}: loss {total:.5}", t.steps)?;
             }
             None => {}
         }
-        if done % t.checkpoint_every.unwrap_or(t.steps.max(1)) == 0 || done == end {
+        if done.is_multiple_of(t.checkpoint_every.unwrap_or(t.steps.max(1))) || done == self.end {
             let data = ctx.data.as_ref().expect("fit runs with data");
             let pos = data.borrow().0.iter.position();
             save(ctx, pos, done)?;
@@ -109,12 +175,28 @@ pub(super) fn fit<B: AutodiffBackend, const D: usize>(
                 ctx.dir.latest_checkpoint().display()
             );
         }
-        summary.steps = done;
+        self.summary.steps = done;
+        Ok(())
     }
-    if let Some(b) = &bar {
-        b.finish();
+}
+
+/// Step `step`'s record for `metrics.jsonl`: each loss term, the gradient
+/// norm, what plugins logged, the step, the loss and the rate.
+fn step_values(step: u64, record: StepRecord) -> Map<String, Value> {
+    let (total_v, lr, grad_norm) = (record.loss, record.lr, record.grad_norm);
+    let mut values = Map::new();
+    for (k, v) in record.terms {
+        values.insert(k, json!(v));
     }
-    Ok(())
+    values.insert("grad_norm".into(), json!(grad_norm));
+    tracing::debug!(step = step + 1, loss = total_v, lr, grad_norm, "step");
+    for (k, v) in record.logs {
+        values.insert(k, json!(v));
+    }
+    values.insert("step".into(), json!(step + 1));
+    values.insert("loss".into(), json!(total_v));
+    values.insert("lr".into(), json!(lr));
+    values
 }
 
 /// The run's denoising objective.
@@ -127,16 +209,16 @@ fn objective<'a, B: AutodiffBackend>(ctx: &'a RunContext<B>, t: &Train) -> Objec
     }
 }
 
-/// Training step `step` (0-based): the objective and the plugins' losses on
-/// the next batch, one optimizer step, the EMA. Returns the step's record
-/// for `metrics.jsonl` (loss terms, gradient norm, learning rate, what
-/// plugins logged), its total loss and the number of examples.
-fn train_step<B: AutodiffBackend, const D: usize>(
+/// The loss terms of training step `step` (0-based): the objective and
+/// every plugin's `loss` on the next batch, with the step's random streams
+/// set; and the batch's size.
+#[allow(clippy::type_complexity)]
+fn step_terms<B: AutodiffBackend, const D: usize>(
     ctx: &mut RunContext<B>,
     plan: &Plan,
     t: &Train,
     step: u64,
-) -> Result<(Map<String, Value>, f64, usize)> {
+) -> Result<(Vec<(String, FloatTensor<B>)>, usize)> {
     let m = &plan.manifest.manifest;
     let student = &ctx.student;
     let data = ctx.data.as_ref().expect("fit runs with data");
@@ -176,39 +258,7 @@ fn train_step<B: AutodiffBackend, const D: usize>(
             Ok(())
         },
     )?;
-    let recipe = Recipe {
-        lr: t.lr,
-        warmup: t.warmup,
-        rule: t.optimizer.into(),
-        weight_decay: t.weight_decay,
-        grad_clip: t.grad_clip,
-    };
-    let record = {
-        let mut optimizer = ctx.optimizer.borrow_mut();
-        let context = || diverged(&ctx.dir, t, step);
-        train::fit::step(
-            &recipe,
-            &mut optimizer,
-            ctx.ema.as_mut(),
-            step,
-            &terms,
-            context,
-        )?
-    };
-    let (total_v, lr, grad_norm) = (record.loss, record.lr, record.grad_norm);
-    let mut values = Map::new();
-    for (k, v) in record.terms {
-        values.insert(k, json!(v));
-    }
-    values.insert("grad_norm".into(), json!(grad_norm));
-    tracing::debug!(step = step + 1, loss = total_v, lr, grad_norm, "step");
-    for (k, v) in record.logs {
-        values.insert(k, json!(v));
-    }
-    values.insert("step".into(), json!(step + 1));
-    values.insert("loss".into(), json!(total_v));
-    values.insert("lr".into(), json!(lr));
-    Ok((values, total_v, b.indices.len()))
+    Ok((terms, b.indices.len()))
 }
 
 /// Where a diverged step happened and what is kept to resume from, for the

@@ -1,9 +1,10 @@
-//! One training step's mechanics, whatever computed the loss: the named
-//! loss terms summed (a non-finite term is an error naming it), the
-//! learning rate of the step ([`Recipe`]: linear warmup, then constant),
-//! one optimizer step of every trainable parameter of the session with
-//! global-norm clipping, the EMA, and the scalars plugins logged. The run
-//! (`run/fit.rs`) drives the loop: it draws each batch, asks the objective
+//! The training loop, whatever computes the loss: [`fit`] asks a
+//! [`Trainee`] for each step's named loss terms, sums them (a non-finite
+//! term is an error naming it), takes one optimizer step of every trainable
+//! parameter of the session at the step's rate ([`Recipe`]: linear warmup,
+//! then constant) with global-norm clipping, moves the EMA, collects what
+//! plugins logged, and hands the trainee the step's [`StepRecord`]. The run
+//! (`run/fit.rs`) is the trainee: it draws each batch, asks the objective
 //! and the plugins for the terms, and keeps `metrics.jsonl`, validation and
 //! checkpoints.
 
@@ -14,6 +15,9 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 use dtx_plugin_api::abi::AbiError;
+use std::cell::RefCell;
+use std::ops::Range;
+use std::time::{Duration, Instant};
 
 /// How the parameters train: the update rule and its hyperparameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -55,6 +59,63 @@ pub struct StepRecord {
     pub grad_norm: f32,
     /// What plugins logged during the step (`<plugin>.<name>`).
     pub logs: Vec<(String, f64)>,
+    /// How long computing the terms and the update took.
+    pub elapsed: Duration,
+}
+
+/// What [`fit`] trains.
+pub trait Trainee<B: AutodiffBackend> {
+    /// What a step may fail with.
+    type Error: From<FitError>;
+
+    /// The named scalar loss terms of step `step` (0-based).
+    fn terms(&mut self, step: u64) -> Result<Vec<(String, FloatTensor<B>)>, Self::Error>;
+
+    /// The optimizer (shared with the `optimizer_step` service) and the EMA
+    /// the update moves.
+    fn state(&mut self) -> (&RefCell<Optimizer<B>>, Option<&mut Ema<B>>);
+
+    /// Where a non-finite term at `step` stopped training, and what is kept
+    /// to resume from.
+    fn diverged(&self, step: u64) -> (String, String);
+
+    /// After step `step`'s update.
+    fn after(&mut self, step: u64, record: StepRecord) -> Result<(), Self::Error>;
+}
+
+/// Trains `trainee` over `steps` with `recipe`: per step its terms, the
+/// update ([`step`]), then its [`Trainee::after`].
+pub fn fit<B: AutodiffBackend, T: Trainee<B>>(
+    trainee: &mut T,
+    recipe: &Recipe,
+    steps: Range<u64>,
+) -> Result<(), T::Error> {
+    for s in steps {
+        let timer = Instant::now();
+        let terms = trainee.terms(s)?;
+        let result = {
+            let (optimizer, ema) = trainee.state();
+            step(recipe, &mut optimizer.borrow_mut(), ema, s, &terms)
+        };
+        let mut record = result.map_err(|e| match e {
+            FitError::NonFinite {
+                term, value, all, ..
+            } => {
+                let (at, kept) = trainee.diverged(s);
+                FitError::NonFinite {
+                    at,
+                    term,
+                    value,
+                    all,
+                    kept,
+                }
+            }
+            e => e,
+        })?;
+        record.elapsed = timer.elapsed();
+        trainee.after(s, record)?;
+    }
+    Ok(())
 }
 
 /// Why a training step failed.
@@ -101,11 +162,10 @@ fn value_of<B: AutodiffBackend>(t: &Tensor<B, 1>) -> f64 {
 }
 
 /// Adds up named scalar loss terms; returns the sum and each term's value.
-/// A NaN or infinite term is an error naming it and every term's value,
-/// between the two parts of `context()` (where it happened, what is kept).
+/// A NaN or infinite term is an error naming it and every term's value
+/// ([`fit`] says where it happened and what is kept).
 pub fn sum_terms<B: AutodiffBackend>(
     terms: &[(String, FloatTensor<B>)],
-    context: impl Fn() -> (String, String),
 ) -> Result<(Tensor<B, 1>, TermValues), FitError> {
     let mut total: Option<Tensor<B, 1>> = None;
     let mut values = Vec::with_capacity(terms.len());
@@ -117,13 +177,12 @@ pub fn sum_terms<B: AutodiffBackend>(
                 .iter()
                 .map(|(n, t)| format!("{n} = {}", value_of(&as_scalar::<B>(t))))
                 .collect();
-            let (at, kept) = context();
             return Err(FitError::NonFinite {
-                at,
+                at: String::new(),
                 term: name.clone(),
                 value: v,
                 all: all.join(", "),
-                kept,
+                kept: String::new(),
             });
         }
         values.push((name.clone(), v));
@@ -138,16 +197,14 @@ pub fn sum_terms<B: AutodiffBackend>(
 /// Training step `step` (0-based) from its loss `terms`: their sum is
 /// minimised by one step of `optimizer` on every trainable parameter of
 /// the session at the recipe's rate, then `ema` follows the new values.
-/// `context` says where a non-finite term happened and what is kept.
 pub fn step<B: AutodiffBackend>(
     recipe: &Recipe,
     optimizer: &mut Optimizer<B>,
     ema: Option<&mut Ema<B>>,
     step: u64,
     terms: &[(String, FloatTensor<B>)],
-    context: impl Fn() -> (String, String),
 ) -> Result<StepRecord, FitError> {
-    let (total, values) = sum_terms::<B>(terms, context)?;
+    let (total, values) = sum_terms::<B>(terms)?;
     let loss = value_of(&total);
     let lr = recipe.lr_at(step);
     let config = AdamConfig {
@@ -172,6 +229,7 @@ pub fn step<B: AutodiffBackend>(
         lr,
         grad_norm,
         logs,
+        elapsed: Duration::ZERO,
     })
 }
 

@@ -12,6 +12,22 @@
 
 use std::path::{Path, PathBuf};
 
+/// Where a benchmark finds the shipped manifests and puts its runs: the
+/// flags every benchmark that runs manifests shares.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Places {
+    /// The shipped manifests folder, for the benchmark's default manifests
+    /// (default: $DTX_MANIFESTS, else the repository's or installation's
+    /// `manifests/` found from the executable, else `./manifests`).
+    #[arg(long = "manifests", value_name = "DIR")]
+    pub manifests_dir: Option<PathBuf>,
+    /// Folder for the runs and the benchmark's `bench-<name>/` results
+    /// (default: the manifests' `run.output_dir`, `runs/` beside the
+    /// shipped manifests folder).
+    #[arg(long, value_name = "DIR")]
+    pub runs: Option<PathBuf>,
+}
+
 /// The variable naming the manifests folder.
 pub const MANIFESTS_VAR: &str = "DTX_MANIFESTS";
 

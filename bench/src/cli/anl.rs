@@ -47,15 +47,9 @@ pub struct AnlArgs {
     /// the first arm's output folder (replaced on a rerun).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// The shipped manifests folder, for the default arms (default:
-    /// $DTX_MANIFESTS, else the repository's or installation's `manifests/`
-    /// found from the executable, else `./manifests`).
-    #[arg(long = "manifests", value_name = "DIR")]
-    pub manifests_dir: Option<PathBuf>,
-    /// Folder for the runs and `bench-anl/` (default: the arms'
-    /// `run.output_dir`, `runs/` beside the shipped manifests folder).
-    #[arg(long, value_name = "DIR")]
-    pub runs: Option<PathBuf>,
+    /// Where the shipped manifests are and the runs go.
+    #[command(flatten)]
+    pub places: crate::shipped::Places,
 }
 
 /// The arm every other is compared with, seed by seed: the one of this
@@ -93,7 +87,7 @@ struct SweepRow {
 fn arms(a: &AnlArgs) -> anyhow::Result<Vec<(String, PathBuf)>> {
     if a.arms.is_empty() {
         let files = DEFAULT_ARMS.map(|(_, f)| f);
-        let dir = crate::shipped::find_manifests(a.manifests_dir.as_deref(), &files)?;
+        let dir = crate::shipped::find_manifests(a.places.manifests_dir.as_deref(), &files)?;
         return Ok(DEFAULT_ARMS
             .iter()
             .map(|(n, f)| (n.to_string(), dir.join(f)))
@@ -165,7 +159,7 @@ pub fn run(a: &AnlArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         bail!(need);
     }
     let mut overrides = a.set.clone();
-    overrides.extend(crate::shipped::runs_override(a.runs.as_deref())?);
+    overrides.extend(crate::shipped::runs_override(a.places.runs.as_deref())?);
     // Every arm resolves (plugins built, [eval] present) before anything
     // runs; its trainable parameters do not depend on the seed or steps.
     let mut params = Vec::new();

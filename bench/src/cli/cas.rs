@@ -37,16 +37,9 @@ pub struct CasArgs {
     /// Also write the Markdown table to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// The shipped manifests folder, which holds the arms' rejection.toml
-    /// and sdft-rejection.toml (default: $DTX_MANIFESTS, else the
-    /// repository's or installation's `manifests/` found from the
-    /// executable, else `./manifests`).
-    #[arg(long = "manifests", value_name = "DIR")]
-    pub manifests_dir: Option<PathBuf>,
-    /// Folder for the runs and `bench-cas/` (default: the manifests'
-    /// `run.output_dir`, `runs/` beside the shipped manifests folder).
-    #[arg(long, value_name = "DIR")]
-    pub runs: Option<PathBuf>,
+    /// Where the shipped manifests are and the runs go.
+    #[command(flatten)]
+    pub places: crate::shipped::Places,
     /// Two training, sampling and plugin-classifier steps, a short CAS
     /// classifier (for tests; the numbers mean nothing).
     #[arg(long, hide = true)]
@@ -111,10 +104,10 @@ pub fn run(a: &CasArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let synthetic: Vec<&Arm> = ARMS.iter().filter(|a| a.manifest.is_some()).collect();
     let mut files: Vec<&str> = synthetic.iter().filter_map(|a| a.manifest).collect();
     files.dedup();
-    let manifests = crate::shipped::find_manifests(a.manifests_dir.as_deref(), &files)?;
+    let manifests = crate::shipped::find_manifests(a.places.manifests_dir.as_deref(), &files)?;
     let manifest_of = |arm: &Arm| manifests.join(arm.manifest.expect("synthetic arm"));
     let mut base = a.set.clone();
-    base.extend(crate::shipped::runs_override(a.runs.as_deref())?);
+    base.extend(crate::shipped::runs_override(a.places.runs.as_deref())?);
     // Every arm's manifest loads, and the targets agree, before anything runs.
     let mut classes: Option<Vec<String>> = None;
     for arm in &synthetic {

@@ -34,15 +34,9 @@ pub struct TransferArgs {
     /// in the first manifest's output folder (replaced on a rerun).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// The shipped manifests folder, for the default manifests (default:
-    /// $DTX_MANIFESTS, else the repository's or installation's `manifests/`
-    /// found from the executable, else `./manifests`).
-    #[arg(long = "manifests", value_name = "DIR")]
-    pub manifests_dir: Option<PathBuf>,
-    /// Folder for the runs and `bench-transfer/` (default: the manifests'
-    /// `run.output_dir`, `runs/` beside the shipped manifests folder).
-    #[arg(long, value_name = "DIR")]
-    pub runs: Option<PathBuf>,
+    /// Where the shipped manifests are and the runs go.
+    #[command(flatten)]
+    pub places: crate::shipped::Places,
 }
 
 /// The baseline every other manifest is compared with, seed by seed: the
@@ -86,13 +80,14 @@ pub fn run(a: &TransferArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         bail!("--seeds needs at least one seed");
     }
     let manifests: Vec<PathBuf> = if a.manifests.is_empty() {
-        let dir = crate::shipped::find_manifests(a.manifests_dir.as_deref(), &DEFAULT_MANIFESTS)?;
+        let dir =
+            crate::shipped::find_manifests(a.places.manifests_dir.as_deref(), &DEFAULT_MANIFESTS)?;
         DEFAULT_MANIFESTS.iter().map(|f| dir.join(f)).collect()
     } else {
         a.manifests.clone()
     };
     let mut overrides = a.set.clone();
-    overrides.extend(crate::shipped::runs_override(a.runs.as_deref())?);
+    overrides.extend(crate::shipped::runs_override(a.places.runs.as_deref())?);
     // Every manifest loads (and has metrics) before anything runs.
     let mut loaded = Vec::new();
     let mut results_dir = None;

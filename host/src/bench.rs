@@ -1,7 +1,10 @@
 //! `dtx bench engine`: times the engine's two hot loops on a diffusers
 //! `UNet2DModel` — one training step (forward, ε-MSE, backward, AdamW) and
-//! one DDIM sampling step (forward without a graph, the DDIM update) — and
-//! reads the process's peak resident memory. `benches/python/unet_bench.py`
+//! one DDIM sampling step (forward without a graph, the DDIM update) — the
+//! same DDIM step with ε tracked from x_t as sampling with a `score` hook
+//! runs it (timing, and how resident memory grows over the steps: flat
+//! when each step's graph is released), and reads the process's peak
+//! resident memory. `benches/python/unet_bench.py`
 //! does the same in PyTorch + diffusers with the same architecture, batch
 //! and thread count; docs/performance.md has both and how to reproduce.
 
@@ -44,6 +47,14 @@ pub struct BenchReport {
     pub train_step_s: f64,
     /// Median seconds per DDIM step.
     pub ddim_step_s: f64,
+    /// Median seconds per DDIM step with ε tracked from x_t, as sampling
+    /// with a `score` hook runs it (x_t a leaf that requires gradients, the
+    /// recorded graph released after the step).
+    pub tracked_ddim_step_s: f64,
+    /// Resident memory after the last tracked DDIM step minus after the
+    /// first timed one, MiB: flat when each step's graph is released (it
+    /// grows by the graph through the U-Net every step when it is kept).
+    pub tracked_ddim_rss_growth_mib: f64,
     /// Peak resident set size of the process, MiB (Linux `VmHWM`; 0 elsewhere).
     pub peak_rss_mib: f64,
     /// Compute threads the backend may use (`RAYON_NUM_THREADS` or all cores).
@@ -186,10 +197,37 @@ pub fn engine<B: AutodiffBackend>(b: &EngineBench) -> Result<BenchReport> {
         }
         tracing::debug!(step = i, rss_mib = current_rss_mib(), "bench ddim step");
     }
+    // ε tracked from x_t (sampling with `score` hooks): the graph recorded
+    // through the U-Net is released after each step (run/sampling.rs).
+    let mut tracked = Vec::new();
+    let mut rss_first = 0.0;
+    for i in 0..b.warmup + b.iters {
+        let start = Instant::now();
+        let leaf = x.clone().detach().require_grad();
+        let eps: Tensor<B, 4> = net.predict(&weights, leaf.clone(), t.clone(), None);
+        let eps = Tensor::from_inner(eps.inner());
+        x = ddim_step(eps, x, 500, 480, &alpha_bars, 0.0, None, None).x_prev;
+        crate::tensor_abi::release_graph::<B>(leaf.into_primitive().tensor());
+        let _ = x.clone().sum().into_scalar();
+        if i >= b.warmup {
+            tracked.push(start.elapsed().as_secs_f64());
+        }
+        if i == b.warmup {
+            rss_first = current_rss_mib();
+        }
+        tracing::debug!(
+            step = i,
+            rss_mib = current_rss_mib(),
+            "bench tracked ddim step"
+        );
+    }
+    let tracked_growth = current_rss_mib() - rss_first;
     Ok(BenchReport {
         parameters,
         train_step_s: median(train),
         ddim_step_s: median(ddim),
+        tracked_ddim_step_s: median(tracked),
+        tracked_ddim_rss_growth_mib: tracked_growth,
         peak_rss_mib: peak_rss_mib(),
         threads: std::env::var("RAYON_NUM_THREADS")
             .ok()

@@ -459,7 +459,7 @@ fn bench_engine(
     } else {
         writeln!(
             out,
-            "U-Net {:?} x{} layers, {} parameters, batch {} at {}x{}, {} threads\n  training step (fwd+bwd+AdamW): {:.3} s\n  DDIM step:                     {:.3} s\n  peak memory:                   {:.0} MiB",
+            "U-Net {:?} x{} layers, {} parameters, batch {} at {}x{}, {} threads\n  training step (fwd+bwd+AdamW): {:.3} s\n  DDIM step:                     {:.3} s\n  DDIM step, ε tracked from x_t: {:.3} s (memory {:+.0} MiB over {} steps)\n  peak memory:                   {:.0} MiB",
             cfg.channels,
             cfg.layers,
             r.parameters,
@@ -469,6 +469,9 @@ fn bench_engine(
             r.threads,
             r.train_step_s,
             r.ddim_step_s,
+            r.tracked_ddim_step_s,
+            r.tracked_ddim_rss_growth_mib,
+            cfg.iters.saturating_sub(1),
             r.peak_rss_mib
         )?;
     }

@@ -20,14 +20,13 @@ use crate::model::{Denoiser, Recorder};
 use crate::plan::Plan;
 use crate::tensor_abi::{ConditionService, untracked};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorData};
 use dtx_plugin_api::abi::{AbiError, ErrorKind};
 use rand::rngs::StdRng;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-type P<B> = FloatTensor<B>;
+use crate::tensor_abi::Prim as P;
 
 /// Embeddings of the training images, and of their mirror images.
 type Cached<B> = (P<B>, Option<P<B>>);

@@ -11,13 +11,13 @@ use crate::model::Net;
 use crate::plan::Plan;
 use crate::tensor_abi::{DataService, Session};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::ops::IntTensor;
 use dtx_plugin_api::abi::{AbiError, ErrorKind};
 use rand::Rng;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-type P<B> = FloatTensor<B>;
+use crate::tensor_abi::Prim as P;
 
 /// The run's data with the device its batches go to, shared by the training
 /// loop and the `dataset_batch` service.

@@ -13,12 +13,12 @@ use crate::diffusion::prediction::{
 use crate::diffusion::schedule::snr;
 use crate::diffusion::vlb::vlb_terms;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::ops::IntTensor;
 use burn::tensor::{Int, Tensor, TensorData, TensorMetadata};
 use rand::Rng;
 use rand::rngs::StdRng;
 
-type P<B> = FloatTensor<B>;
+use crate::tensor_abi::Prim as P;
 
 /// The random part of one training step: a timestep per example, drawn
 /// uniformly from `0..T`, then standard normal noise of the batch's shape.

@@ -11,12 +11,12 @@ use crate::manifest::{Sample, Sampler as SamplerKind};
 use crate::model::{Denoiser, Weights};
 use crate::tensor_abi::{SampleService, Session, Stored};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::ops::IntTensor;
 use burn::tensor::{Int, Tensor, TensorData};
 use dtx_plugin_api::abi::{AbiError, Hook};
 use std::collections::HashMap;
 
-type P<B> = FloatTensor<B>;
+use crate::tensor_abi::Prim as P;
 
 /// The filters' bookkeeping at the end of a run.
 #[derive(Debug, Clone, Default, serde::Serialize)]

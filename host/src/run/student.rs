@@ -11,14 +11,14 @@ use crate::model::{Denoiser, Hooks, Net, Recorder, Weights};
 use crate::plugins::{InjectArgs, Instance};
 use crate::tensor_abi::{DenoiseService, Session, Stored};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::ops::IntTensor;
 use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 use dtx_plugin_api::abi::{AbiError, ErrorKind, Hook, Which};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-type P<B> = FloatTensor<B>;
+use crate::tensor_abi::Prim as P;
 
 /// The model and plugins of a run, shared with the host services.
 pub(super) struct Student<B: AutodiffBackend> {

@@ -3,11 +3,10 @@
 //! noise, batch shapes, and progress bars.
 
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-type P<B> = FloatTensor<B>;
+use crate::tensor_abi::Prim as P;
 
 pub(super) fn prim_f<B: AutodiffBackend, const D: usize>(t: Tensor<B, D>) -> P<B> {
     t.into_primitive().tensor()

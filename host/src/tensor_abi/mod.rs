@@ -71,6 +71,11 @@ pub fn release_graph<B: AutodiffBackend>(leaf: burn::tensor::ops::FloatTensor<B>
     let _ = B::backward(root);
 }
 
+/// A rank-free float tensor of backend `B`: what the ABI's handles hold and
+/// what plugins' hooks exchange (the host's code above this layer works on
+/// ranked `burn::tensor::Tensor`s and converts at the hook calls).
+pub type Prim<B> = burn::tensor::ops::FloatTensor<B>;
+
 /// The CPU backend: burn's `flex` backend with autodiff.
 pub type CpuBackend = burn::backend::Autodiff<burn::backend::Flex>;
 

@@ -19,12 +19,11 @@ use crate::model::test_io::{Io, Probe, io, max_err, tensor_of, values, values_of
 use crate::model::torch_file::read_state_dict;
 use crate::model::{Denoiser, ModelDescription, describe};
 use crate::tensor_abi::{CpuBackend as B, ParamStore};
-use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Int, Tensor, TensorData};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-type P<B> = FloatTensor<B>;
+use crate::tensor_abi::Prim as P;
 
 const TOLERANCE: f32 = 1e-4;
 

@@ -9,11 +9,10 @@ use super::*;
 use crate::model::test_io::{Io, Probe, io, max_err, tensor_of, values_of};
 use crate::model::{Denoiser, DropoutRng, NoHooks, Weights, describe};
 use crate::tensor_abi::{CpuBackend as B, ParamStore};
-use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Int, Tensor, TensorData};
 use std::collections::HashMap;
 
-type P<B> = FloatTensor<B>;
+use crate::tensor_abi::Prim as P;
 use std::path::{Path, PathBuf};
 
 const TOLERANCE: f32 = 1e-4;

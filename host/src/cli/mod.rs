@@ -9,6 +9,7 @@ pub(crate) mod forward;
 mod model_cmd;
 mod model_forward;
 mod model_open;
+mod plugins_cmd;
 
 pub use commands::{
     BenchCommand, Cli, Command, FORWARDED_BENCHES, ForwardArgs, Job, PluginsCommand, execute,

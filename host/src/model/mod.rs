@@ -35,6 +35,7 @@ pub use describe::{
     ConfigProblem, ModelDescription, Point, describe, dtx_checkpoint, dtx_run_folder,
 };
 pub use error::{KeyLocation, ModelError, Origin};
-pub use nn::layers::{DropoutRng, Hooks, NoHooks, Recorder};
+pub use nn::hooks::{Hooks, NoHooks, Recorder};
+pub use nn::layers::DropoutRng;
 pub use nn::{Catalogue, Weights, WeightsError};
 pub use safetensors_header::{TensorHeader, read_safetensors_header};

@@ -35,9 +35,10 @@
 
 use super::attention::AttentionBlock;
 use super::config::{AdmConfig, EPS, GROUPS};
+use crate::model::nn::hooks::Hooks;
 use crate::model::nn::layers::{
-    Conv2d, DropoutRng, GroupNorm, Hooks, Linear, ResBlock, ResSpec, Resample, ResnetKeys,
-    TimeEmbedding, Upsample, temb_point, timestep_embedding,
+    Conv2d, DropoutRng, GroupNorm, Linear, ResBlock, ResSpec, Resample, ResnetKeys, TimeEmbedding,
+    Upsample, temb_point, timestep_embedding,
 };
 use crate::model::nn::{Catalogue, Vars, Weights};
 use burn::tensor::backend::AutodiffBackend;

@@ -24,9 +24,10 @@
 //! hooked `temb`.
 
 use super::config::{BlockKind, TimeShift, UNet2DConfig};
+use crate::model::nn::hooks::Hooks;
 use crate::model::nn::layers::{
-    Attention, Conv2d, DIFFUSERS_RESNET, Downsample, DropoutRng, GroupNorm, Hooks, Linear,
-    ResBlock, ResSpec, Resample, TimeEmbedding, Upsample, temb_point, timestep_embedding,
+    Attention, Conv2d, DIFFUSERS_RESNET, Downsample, DropoutRng, GroupNorm, Linear, ResBlock,
+    ResSpec, Resample, TimeEmbedding, Upsample, temb_point, timestep_embedding,
 };
 use crate::model::nn::{Catalogue, Vars, Weights};
 use burn::tensor::backend::AutodiffBackend;

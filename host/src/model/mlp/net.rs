@@ -16,7 +16,8 @@
 
 use super::block_names;
 use crate::model::ModelDescription;
-use crate::model::nn::layers::{Hooks, temb_point};
+use crate::model::nn::hooks::Hooks;
+use crate::model::nn::layers::temb_point;
 use crate::model::nn::{Catalogue, Param, Vars, Weights};
 use crate::tensor_abi::ParamStore;
 use burn::tensor::backend::AutodiffBackend;

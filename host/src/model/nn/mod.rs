@@ -9,6 +9,7 @@
 //! of the catalogue is present with its shape, so a missing or misshapen
 //! weight is an error naming the key and both shapes before anything runs.
 
+pub(crate) mod hooks;
 pub(crate) mod layers;
 
 use burn::tensor::backend::Backend;
@@ -150,18 +151,6 @@ impl<B: Backend> Weights<B> {
             tensors.push(t);
         }
         Ok(Weights { tensors })
-    }
-
-    /// The tensors with their keys, in catalogue order.
-    pub fn named<'c>(
-        &'c self,
-        catalogue: &'c Catalogue,
-    ) -> impl Iterator<Item = (&'c str, &'c FloatTensor<B>)> + 'c {
-        catalogue
-            .entries()
-            .iter()
-            .map(|(k, _)| k.as_str())
-            .zip(self.tensors.iter())
     }
 
     /// Each tensor passed through `f` (e.g. detached), in the same order.

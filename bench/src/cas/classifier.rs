@@ -130,10 +130,59 @@ fn image(set: &Dataset, i: usize, flip: bool, out: &mut Vec<f32>) {
     }
 }
 
-fn labels_of(set: &Dataset) -> Result<&[i64], String> {
+/// Why the classifier cannot be trained or scored on the sets given.
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifierError {
+    /// The samples are not images `[C, H, W]`.
+    #[error("images [C, H, W] needed, got {shape:?}")]
+    NotImages {
+        /// The training set's sample shape.
+        shape: Vec<usize>,
+    },
+    /// Train and test images differ in shape, or a side is not a multiple
+    /// of 4.
+    #[error(
+        "train images {train:?} and test images {test:?} must match, with sides multiples of 4"
+    )]
+    ShapeMismatch {
+        /// The training images' shape.
+        train: Vec<usize>,
+        /// The test images' shape.
+        test: Vec<usize>,
+    },
+    /// A set has no labels.
+    #[error("`{set}` has no labels")]
+    NoLabels {
+        /// Where the set came from (`Dataset::source`).
+        set: String,
+    },
+    /// The train or the test set is empty.
+    #[error("the train and test sets need at least one image each")]
+    Empty,
+    /// A label outside `0..classes`.
+    #[error("label {label} is not one of the {classes} classes")]
+    BadLabel {
+        /// The label.
+        label: i64,
+        /// The number of classes.
+        classes: usize,
+    },
+    /// The parameter store refused a weight.
+    #[error("{source}")]
+    Register {
+        /// The weight's name (`conv0.weight`).
+        name: String,
+        /// What the store said.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn labels_of(set: &Dataset) -> Result<&[i64], ClassifierError> {
     set.labels
         .as_deref()
-        .ok_or_else(|| format!("`{}` has no labels", set.source))
+        .ok_or_else(|| ClassifierError::NoLabels {
+            set: set.source.clone(),
+        })
 }
 
 /// Trains the classifier on `train` (labelled images `[3, H, W]` in
@@ -145,27 +194,27 @@ pub fn train_and_score<B: AutodiffBackend>(
     k: usize,
     s: ClassifierSettings,
     device: &B::Device,
-) -> Result<f64, String> {
+) -> Result<f64, ClassifierError> {
     let shape = train.sample_shape.clone();
     let [c, h, w] = shape[..] else {
-        return Err(format!("images [C, H, W] needed, got {shape:?}"));
+        return Err(ClassifierError::NotImages { shape });
     };
     if h % 4 != 0 || w % 4 != 0 || test.sample_shape != shape {
-        return Err(format!(
-            "train images {shape:?} and test images {:?} must match, with sides multiples of 4",
-            test.sample_shape
-        ));
+        return Err(ClassifierError::ShapeMismatch {
+            train: shape,
+            test: test.sample_shape.clone(),
+        });
     }
     let (y_train, y_test) = (labels_of(train)?, labels_of(test)?);
     if train.is_empty() || test.is_empty() {
-        return Err("the train and test sets need at least one image each".into());
+        return Err(ClassifierError::Empty);
     }
-    if let Some(bad) = y_train
+    if let Some(&label) = y_train
         .iter()
         .chain(y_test)
         .find(|&&y| y < 0 || y as usize >= k)
     {
-        return Err(format!("label {bad} is not one of the {k} classes"));
+        return Err(ClassifierError::BadLabel { label, classes: k });
     }
 
     let mut rng = StdRng::seed_from_u64(s.seed);
@@ -189,7 +238,10 @@ pub fn train_and_score<B: AutodiffBackend>(
         let t = Tensor::<B, 1>::from_data(TensorData::new(values, [len]), device).require_grad();
         store
             .register_base(&name, t.into_primitive().tensor(), true)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ClassifierError::Register {
+                name: name.clone(),
+                source: e.into(),
+            })?;
         shapes.insert(name, dims);
     }
     let adam = AdamConfig {
@@ -305,7 +357,8 @@ mod tests {
         let set = halves(4, 0);
         let e =
             train_and_score::<CpuBackend>(&set, &set, 1, Default::default(), &Default::default())
-                .unwrap_err();
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("label 1 is not one of the 1 classes"), "{e}");
     }
 }

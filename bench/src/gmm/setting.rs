@@ -13,6 +13,19 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+/// A name that is no [`Method`]'s, from [`Method::parse`]; its message lists
+/// the valid names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown method `{name}`{}; methods: {} (the `exact` reference row is always there)",
+    suggestion.map(|n| format!(" (did you mean `{n}`?)")).unwrap_or_default(),
+    Method::ALL.map(|m| m.name()).join(", "))]
+pub struct UnknownMethod {
+    /// The name given.
+    pub name: String,
+    /// The method name nearest to it, when one is close.
+    pub suggestion: Option<&'static str>,
+}
+
 /// A method the benchmark compares (the exact reference row is not one: it
 /// runs no model).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,19 +65,13 @@ impl Method {
     }
 
     /// The method called `name`; the error lists the valid names.
-    pub fn parse(name: &str) -> Result<Method, String> {
+    pub fn parse(name: &str) -> Result<Method, UnknownMethod> {
         Method::ALL
             .into_iter()
             .find(|m| m.name() == name)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
-                let hint = dtx::util::nearest(name, names.iter().copied())
-                    .map(|n| format!(" (did you mean `{n}`?)"))
-                    .unwrap_or_default();
-                format!(
-                    "unknown method `{name}`{hint}; methods: {} (the `exact` reference row is always there)",
-                    names.join(", ")
-                )
+            .ok_or_else(|| UnknownMethod {
+                name: name.to_owned(),
+                suggestion: dtx::util::nearest(name, Method::ALL.iter().map(|m| m.name())),
             })
     }
 
@@ -404,7 +411,7 @@ mod tests {
         for m in Method::ALL {
             assert_eq!(Method::parse(m.name()), Ok(m));
         }
-        let e = Method::parse("finetun").unwrap_err();
+        let e = Method::parse("finetun").unwrap_err().to_string();
         assert!(e.contains("did you mean `finetune`?"), "{e}");
         assert_eq!(Method::Target.paper(100), Some(0.253));
         assert_eq!(Method::Tgdp.paper(1000), Some(0.673));

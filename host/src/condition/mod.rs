@@ -13,7 +13,7 @@ pub const DEFAULT_MASK_RATE: f64 = 0.5;
 pub use mask::{MaskRect, mask_rect, mask_values};
 
 use crate::manifest::{Condition, EncoderKind, TokenKind};
-use crate::model::ModelDescription;
+use crate::model::{ModelDescription, ModelError};
 use std::path::{Path, PathBuf};
 
 /// A `[condition]` table resolved against the model.
@@ -118,7 +118,8 @@ pub fn resolve(
             let dir = clip_dir.ok_or_else(|| {
                 problem("condition.path", "`encoder = \"clip\"` needs `path`".into())
             })?;
-            let shape = clip_shape(dir, c.tokens()).map_err(|m| problem("condition.path", m))?;
+            let shape = clip_shape(dir, c.tokens())
+                .map_err(|e| problem("condition.path", e.to_string()))?;
             Ok(ConditionPlan {
                 encoder: EncoderKind::Clip,
                 points: Vec::new(),
@@ -132,25 +133,63 @@ pub fn resolve(
     }
 }
 
+/// Why a CLIP folder cannot give the embedding shape.
+#[derive(Debug, thiserror::Error)]
+enum ClipFolderError {
+    /// One of the three files the encoder loads is not there.
+    #[error(
+        "the CLIP folder `{}` has no `{file}` (it needs config.json, model.safetensors and tokenizer.json, as transformers' CLIPModel and CLIPTokenizerFast save them)",
+        dir.display()
+    )]
+    MissingFile {
+        /// The folder.
+        dir: PathBuf,
+        /// The file it lacks.
+        file: &'static str,
+    },
+    /// The folder's config or weights do not describe a CLIP model dtx runs.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// `config.json` cannot be read.
+    #[error("`{}`: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
+    /// `config.json` is not JSON.
+    #[error("`{}`: {source}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// serde_json's message (with line and column).
+        source: serde_json::Error,
+    },
+}
+
 /// `(N, D_c)` from a CLIP folder's `config.json`, with transformers'
 /// defaults (projection 512, image 224, patch 32); the three files the
 /// encoder loads must exist.
-fn clip_shape(dir: &Path, tokens: TokenKind) -> Result<(usize, usize), String> {
-    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-        if !dir.join(f).is_file() {
-            return Err(format!(
-                "the CLIP folder `{}` has no `{f}` (it needs config.json, model.safetensors and tokenizer.json, as transformers' CLIPModel and CLIPTokenizerFast save them)",
-                dir.display()
-            ));
+fn clip_shape(dir: &Path, tokens: TokenKind) -> Result<(usize, usize), ClipFolderError> {
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        if !dir.join(file).is_file() {
+            return Err(ClipFolderError::MissingFile {
+                dir: dir.to_owned(),
+                file,
+            });
         }
     }
-    crate::model::clip::Clip::<crate::tensor_abi::CpuBackend>::check_folder(dir)
-        .map_err(|e| e.to_string())?;
+    crate::model::clip::Clip::<crate::tensor_abi::CpuBackend>::check_folder(dir)?;
     let path = dir.join("config.json");
-    let text =
-        crate::util::fs::read_to_string(&path).map_err(|e| format!("`{}`: {e}", path.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("`{}`: {e}", path.display()))?;
+    let text = match crate::util::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(source) => return Err(ClipFolderError::Read { path, source }),
+    };
+    let v: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(source) => return Err(ClipFolderError::Json { path, source }),
+    };
     let num = |v: Option<&serde_json::Value>, default: usize| {
         v.and_then(|x| x.as_u64()).map_or(default, |x| x as usize)
     };

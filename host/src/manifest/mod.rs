@@ -23,14 +23,15 @@ mod validate;
 
 pub use error::{ManifestDiagnostic, ManifestError, diagnostic, line_col};
 pub use load::{LoadedManifest, load, load_str};
-pub use overrides::Override;
 pub(crate) use overrides::apply_override;
+pub use overrides::{Override, OverrideError};
 pub use schema::{
     Backend, Condition, EXTRACTORS, Ema, EncoderKind, Eval, HOOK_NAMES, Init, LossWeight, METRICS,
     Manifest, MaskSource, Optimizer, PluginSpec, Prediction, Reference, Run, SECTION_KEYS, Sample,
     Sampler, Schedule, Source, SourceData, SourceKind, Target, TokenKind, Train, Trainable,
+    UnknownVariant,
 };
-pub use spans::{EntrySpans, KeyPath, Segment, SpanMap};
+pub use spans::{EntrySpans, KeyPath, KeyPathError, Segment, SpanMap};
 pub use validate::{MAX_BATCH, MAX_CLASSES, MAX_EXAMPLES, MAX_TIMESTEPS};
 
 #[cfg(test)]

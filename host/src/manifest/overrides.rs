@@ -2,7 +2,7 @@
 //! document before serde sees it, so an overridden value is checked like any
 //! other and an unknown key is an unknown key.
 
-use super::spans::{KeyPath, Segment};
+use super::spans::{KeyPath, KeyPathError, Segment};
 
 /// One `--set key.path=value` applied to the manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,13 +13,71 @@ pub struct Override {
     pub text: String,
 }
 
+/// Why a `--set key.path=value` cannot be applied: one sentence, without
+/// the override itself (the caller names it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OverrideError {
+    /// No `=` in the override.
+    #[error("no `=` between key and value")]
+    NoEquals,
+    /// Nothing before the `=`.
+    #[error("the key before `=` is empty")]
+    EmptyKey,
+    /// The key is not a key path.
+    #[error(transparent)]
+    KeyPath(#[from] KeyPathError),
+    /// A whole number TOML cannot hold.
+    #[error(
+        "`{text}` is outside the range of a 64-bit integer ({} to {})",
+        i64::MIN,
+        i64::MAX
+    )]
+    IntegerRange {
+        /// The value as typed.
+        text: String,
+    },
+    /// An array index past the array's end.
+    #[error(
+        "index {index} is out of range: `{array}` has {len} entr{}",
+        if *len == 1 { "y" } else { "ies" }
+    )]
+    IndexOutOfRange {
+        /// The index given.
+        index: usize,
+        /// The array's key path.
+        array: KeyPath,
+        /// How many entries the array has.
+        len: usize,
+    },
+    /// A table key given where the document has an array.
+    #[error("`{array}` is an array: pick an entry by index, as in `{array}[0].{key}`")]
+    ArrayNeedsIndex {
+        /// The array's key path.
+        array: KeyPath,
+        /// The key given after it.
+        key: String,
+    },
+    /// An index into an array the manifest does not have.
+    #[error("`{path}` is not in the manifest, so it has no entries")]
+    NoEntries {
+        /// The missing array's key path.
+        path: KeyPath,
+    },
+    /// A key below a value that is neither a table nor an array.
+    #[error("`{path}` is {}, not a table", article_type(found))]
+    NotATable {
+        /// The value's key path.
+        path: KeyPath,
+        /// Its TOML type (`integer`, `string`, …).
+        found: &'static str,
+    },
+}
+
 /// Applies `key.path=value` to `doc`, returning the path it set.
-pub(crate) fn apply_override(doc: &mut toml::Table, raw: &str) -> Result<KeyPath, String> {
-    let (key, value) = raw
-        .split_once('=')
-        .ok_or_else(|| "no `=` between key and value".to_owned())?;
+pub(crate) fn apply_override(doc: &mut toml::Table, raw: &str) -> Result<KeyPath, OverrideError> {
+    let (key, value) = raw.split_once('=').ok_or(OverrideError::NoEquals)?;
     if key.trim().is_empty() {
-        return Err("the key before `=` is empty".to_owned());
+        return Err(OverrideError::EmptyKey);
     }
     let path = KeyPath::parse(key)?;
     let value = parse_value(value.trim())?;
@@ -34,7 +92,7 @@ pub(crate) fn apply_override(doc: &mut toml::Table, raw: &str) -> Result<KeyPath
 /// The value as TOML (`10`, `0.5`, `"x"`, `[1, 2]`, `{ decay = 0.9 }`), or
 /// else the text itself as a string — except a whole number TOML cannot
 /// hold, which is an error rather than a string the key then refuses.
-fn parse_value(text: &str) -> Result<toml::Value, String> {
+fn parse_value(text: &str) -> Result<toml::Value, OverrideError> {
     let parsed = toml::from_str::<toml::Table>(&format!("value = {text}"))
         .ok()
         .filter(|table| table.len() == 1)
@@ -44,16 +102,14 @@ fn parse_value(text: &str) -> Result<toml::Value, String> {
     }
     let digits = text.strip_prefix(['+', '-']).unwrap_or(text);
     if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit() || c == '_') {
-        return Err(format!(
-            "`{text}` is outside the range of a 64-bit integer ({} to {})",
-            i64::MIN,
-            i64::MAX
-        ));
+        return Err(OverrideError::IntegerRange {
+            text: text.to_owned(),
+        });
     }
     Ok(toml::Value::String(text.to_owned()))
 }
 
-fn insert(root: &mut toml::Value, path: &KeyPath, value: toml::Value) -> Result<(), String> {
+fn insert(root: &mut toml::Value, path: &KeyPath, value: toml::Value) -> Result<(), OverrideError> {
     let segments = path.segments();
     let mut node = root;
     let mut here = KeyPath::root();
@@ -64,10 +120,11 @@ fn insert(root: &mut toml::Value, path: &KeyPath, value: toml::Value) -> Result<
             (toml::Value::Array(items), Segment::Index(index)) => {
                 let len = items.len();
                 let Some(item) = items.get_mut(*index) else {
-                    return Err(format!(
-                        "index {index} is out of range: `{here}` has {len} entr{}",
-                        if len == 1 { "y" } else { "ies" }
-                    ));
+                    return Err(OverrideError::IndexOutOfRange {
+                        index: *index,
+                        array: here,
+                        len,
+                    });
                 };
                 if last {
                     *item = value;
@@ -77,9 +134,10 @@ fn insert(root: &mut toml::Value, path: &KeyPath, value: toml::Value) -> Result<
                 item
             }
             (toml::Value::Array(_), Segment::Key(key)) => {
-                return Err(format!(
-                    "`{here}` is an array: pick an entry by index, as in `{here}[0].{key}`"
-                ));
+                return Err(OverrideError::ArrayNeedsIndex {
+                    array: here,
+                    key: key.clone(),
+                });
             }
             (toml::Value::Table(table), segment) => {
                 let key = match segment {
@@ -92,23 +150,21 @@ fn insert(root: &mut toml::Value, path: &KeyPath, value: toml::Value) -> Result<
                 }
                 here = here.key(key.clone());
                 if !table.contains_key(&key) && next_is_index {
-                    return Err(format!(
-                        "`{here}` is not in the manifest, so it has no entries"
-                    ));
+                    return Err(OverrideError::NoEntries { path: here });
                 }
                 table
                     .entry(key)
                     .or_insert_with(|| toml::Value::Table(toml::Table::new()))
             }
             (other, _) => {
-                return Err(format!(
-                    "`{here}` is {}, not a table",
-                    article_type(other.type_str())
-                ));
+                return Err(OverrideError::NotATable {
+                    path: here,
+                    found: other.type_str(),
+                });
             }
         };
     }
-    Err("empty key path".to_owned())
+    Err(KeyPathError::Empty.into())
 }
 
 fn article_type(type_str: &str) -> String {
@@ -153,12 +209,16 @@ mod tests {
         assert_eq!(doc["plugin"][0]["config"]["lambda"].as_float(), Some(0.5));
         apply_override(&mut doc, "train.steps=3").unwrap();
         assert_eq!(doc["train"]["steps"].as_integer(), Some(3));
-        let err = apply_override(&mut doc, "train.batch=18446744073709551616").unwrap_err();
+        let err = apply_override(&mut doc, "train.batch=18446744073709551616")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("outside the range of a 64-bit integer"),
             "{err}"
         );
-        let err = apply_override(&mut doc, "plugin.config.lambda=1").unwrap_err();
+        let err = apply_override(&mut doc, "plugin.config.lambda=1")
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "`plugin` is an array: pick an entry by index, as in `plugin[0].config`"

@@ -555,7 +555,7 @@ mod tests {
             Ok(Prediction::VPrediction)
         );
         assert_eq!(Optimizer::AdamW.to_string(), "adamw");
-        let err = "cdua".parse::<Backend>().unwrap_err();
+        let err = "cdua".parse::<Backend>().unwrap_err().to_string();
         assert_eq!(err, "unknown variant `cdua`, expected `cpu` or `cuda`");
         assert_eq!(SourceKind::VARIANTS, ["diffusers", "adm", "mlp", "dtx"]);
     }

@@ -77,11 +77,11 @@ impl KeyPath {
 
     /// Parses `a.b[2].c`, `a.b.2.c` (an all-digit segment is an index) and
     /// quoted keys (`config."a.b"`).
-    pub fn parse(text: &str) -> Result<KeyPath, String> {
+    pub fn parse(text: &str) -> Result<KeyPath, KeyPathError> {
         let mut path = KeyPath::root();
         let mut chars = text.trim().chars().peekable();
         if chars.peek().is_none() {
-            return Err("empty key path".to_owned());
+            return Err(KeyPathError::Empty);
         }
         let mut expect_segment = true;
         while let Some(&c) = chars.peek() {
@@ -96,7 +96,7 @@ impl KeyPath {
                     let index = digits
                         .trim()
                         .parse()
-                        .map_err(|_| format!("`[{digits}]` is not an array index"))?;
+                        .map_err(|_| KeyPathError::BadIndex { index: digits })?;
                     path = path.index(index);
                 }
                 '"' if expect_segment => {
@@ -107,7 +107,11 @@ impl KeyPath {
                             Some('"') => break,
                             Some('\\') => key.extend(chars.next()),
                             Some(c) => key.push(c),
-                            None => return Err(format!("unclosed quote in `{text}`")),
+                            None => {
+                                return Err(KeyPathError::UnclosedQuote {
+                                    path: text.to_owned(),
+                                });
+                            }
                         }
                     }
                     path = path.key(key);
@@ -125,14 +129,55 @@ impl KeyPath {
                     };
                     expect_segment = false;
                 }
-                _ => return Err(format!("unexpected `{c}` in key path `{text}`")),
+                _ => {
+                    return Err(KeyPathError::Unexpected {
+                        found: c,
+                        path: text.to_owned(),
+                    });
+                }
             }
         }
         if expect_segment {
-            return Err(format!("key path `{text}` ends with `.`"));
+            return Err(KeyPathError::TrailingDot {
+                path: text.to_owned(),
+            });
         }
         Ok(path)
     }
+}
+
+/// Why text is not a [`KeyPath`]; each variant keeps the text as given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyPathError {
+    /// Nothing but whitespace.
+    #[error("empty key path")]
+    Empty,
+    /// Brackets around something other than a whole number.
+    #[error("`[{index}]` is not an array index")]
+    BadIndex {
+        /// What stood between the brackets.
+        index: String,
+    },
+    /// A `"` with no closing `"`.
+    #[error("unclosed quote in `{path}`")]
+    UnclosedQuote {
+        /// The key path as given.
+        path: String,
+    },
+    /// A character that cannot start or follow a segment there.
+    #[error("unexpected `{found}` in key path `{path}`")]
+    Unexpected {
+        /// The character.
+        found: char,
+        /// The key path as given.
+        path: String,
+    },
+    /// A `.` with no segment after it.
+    #[error("key path `{path}` ends with `.`")]
+    TrailingDot {
+        /// The key path as given.
+        path: String,
+    },
 }
 
 fn is_bare_key_char(c: char) -> bool {
@@ -161,8 +206,8 @@ impl fmt::Display for KeyPath {
 }
 
 impl FromStr for KeyPath {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
+    type Err = KeyPathError;
+    fn from_str(text: &str) -> Result<Self, KeyPathError> {
         KeyPath::parse(text)
     }
 }

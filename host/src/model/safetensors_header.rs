@@ -148,29 +148,55 @@ pub fn read_safetensors_header(file: &Path) -> Result<Vec<TensorHeader>, ModelEr
             .cmp(&b.data_offsets)
             .then(a.name.cmp(&b.name))
     });
-    check_coverage(&tensors, data_len).map_err(bad)?;
+    check_coverage(&tensors, data_len).map_err(|e| bad(e.to_string()))?;
     Ok(tensors)
+}
+
+/// Why the tensors' data does not tile the bytes after the header, as the
+/// safetensors crate requires.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum CoverageError {
+    /// A tensor does not start where the one before it (in offset order)
+    /// ends: a gap or an overlap.
+    #[error(
+        "entry `{name}` starts at data byte {start}, but the tensor before it ends at \
+         {previous_end}; tensors must follow each other without gaps or overlaps"
+    )]
+    NotContiguous {
+        /// The tensor's name.
+        name: String,
+        /// Its first data byte.
+        start: u64,
+        /// The end of the tensor before it (0 for the first).
+        previous_end: u64,
+    },
+    /// The tensors end before the data does.
+    #[error("the tensors cover {covered} of the {data_len} data bytes after the header")]
+    Uncovered {
+        /// Bytes the tensors span.
+        covered: u64,
+        /// Bytes after the header.
+        data_len: u64,
+    },
 }
 
 /// As the safetensors crate reads a file (and so as a run will): the
 /// tensors' data, in offset order, is contiguous and covers the `data_len`
 /// bytes after the header.
-fn check_coverage(tensors: &[TensorHeader], data_len: u64) -> Result<(), String> {
+fn check_coverage(tensors: &[TensorHeader], data_len: u64) -> Result<(), CoverageError> {
     let mut covered = 0;
     for t in tensors {
         if t.data_offsets.0 != covered {
-            return Err(format!(
-                "entry `{}` starts at data byte {}, but the tensor before it ends at {covered}; \
-                 tensors must follow each other without gaps or overlaps",
-                t.name, t.data_offsets.0
-            ));
+            return Err(CoverageError::NotContiguous {
+                name: t.name.clone(),
+                start: t.data_offsets.0,
+                previous_end: covered,
+            });
         }
         covered = t.data_offsets.1;
     }
     if covered != data_len {
-        return Err(format!(
-            "the tensors cover {covered} of the {data_len} data bytes after the header"
-        ));
+        return Err(CoverageError::Uncovered { covered, data_len });
     }
     Ok(())
 }

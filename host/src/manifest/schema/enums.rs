@@ -9,8 +9,9 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 /// Declares a unit enum spelled as a fixed string in the manifest, with
-/// `VARIANTS`, `as_str`, `Display`, `FromStr` and serde impls whose errors
-/// list the accepted spellings.
+/// `VARIANTS`, `as_str`, `Display`, `FromStr` (its error an
+/// [`UnknownVariant`]) and serde impls whose errors list the accepted
+/// spellings.
 macro_rules! string_enum {
     // `listed "kind";` before the enum: every variant written
     // `Variant => "name": "description",` is also a built-in of that kind
@@ -66,14 +67,14 @@ macro_rules! string_enum {
         }
 
         impl FromStr for $name {
-            type Err = String;
-            fn from_str(text: &str) -> Result<Self, String> {
+            type Err = UnknownVariant;
+            fn from_str(text: &str) -> Result<Self, UnknownVariant> {
                 match text {
                     $( $text => Ok($name::$variant), )+
-                    _ => Err(format!(
-                        "unknown variant `{text}`, expected {}",
-                        one_of(Self::VARIANTS)
-                    )),
+                    _ => Err(UnknownVariant {
+                        text: text.to_owned(),
+                        expected: Self::VARIANTS,
+                    }),
                 }
             }
         }
@@ -103,6 +104,18 @@ macro_rules! string_enum {
             }
         }
     };
+}
+
+/// A spelling that is none of a string enum's variants, from its `FromStr`
+/// impl: "unknown variant `cdua`, expected `cpu` or `cuda`", worded as serde
+/// words the same error while deserialising.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown variant `{text}`, expected {}", one_of(expected))]
+pub struct UnknownVariant {
+    /// The text given.
+    pub text: String,
+    /// Every accepted spelling, in declaration order (the enum's `VARIANTS`).
+    pub expected: &'static [&'static str],
 }
 
 /// "`a` or `b`" / "one of `a`, `b`, `c`", as serde words it.

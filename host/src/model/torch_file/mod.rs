@@ -37,11 +37,32 @@ pub(crate) enum TorchFileError {
     Io(String),
     /// It is in neither `torch.save` format.
     #[error("not a torch.save checkpoint: {0}")]
-    NotTorchSave(String),
+    NotTorchSave(UnknownFormat),
     /// Its archive, pickle or storages are broken, or use what the reader
     /// does not support.
     #[error("{0}")]
     Malformed(String),
+}
+
+/// Why a file's first bytes are in neither `torch.save` format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum UnknownFormat {
+    /// A tar archive (`ustar` at byte 257), the format of torch's first
+    /// releases.
+    #[error(
+        "a tar archive, the format of torch's first releases, which dtx does not read; \
+         re-save it with a newer torch"
+    )]
+    Tar,
+    /// No bytes at all.
+    #[error("the file is empty")]
+    Empty,
+    /// Neither a zip archive's nor a legacy pickle's first bytes.
+    #[error(
+        "it starts neither as a zip archive (`PK\\x03\\x04`, torch ≥ 1.6) nor with the \
+         pickled magic number of torch's legacy format"
+    )]
+    Neither,
 }
 
 impl From<String> for TorchFileError {
@@ -124,7 +145,7 @@ fn head(file: &Path) -> Result<Vec<u8>, TorchFileError> {
 }
 
 /// The format whose start `head` is, or why it is neither.
-fn format(head: &[u8]) -> Result<Format, String> {
+fn format(head: &[u8]) -> Result<Format, UnknownFormat> {
     if head.starts_with(b"PK\x03\x04") {
         return Ok(Format::Zip);
     }
@@ -136,20 +157,12 @@ fn format(head: &[u8]) -> Result<Format, String> {
         return Ok(Format::Legacy);
     }
     if head.get(257..262) == Some(b"ustar") {
-        return Err(
-            "a tar archive, the format of torch's first releases, which dtx \
-             does not read; re-save it with a newer torch"
-                .into(),
-        );
+        return Err(UnknownFormat::Tar);
     }
     if head.is_empty() {
-        return Err("the file is empty".into());
+        return Err(UnknownFormat::Empty);
     }
-    Err(
-        "it starts neither as a zip archive (`PK\\x03\\x04`, torch ≥ 1.6) nor with the \
-         pickled magic number of torch's legacy format"
-            .into(),
-    )
+    Err(UnknownFormat::Neither)
 }
 
 /// The `(key, tensor)` items of the unpickled root: a dict of tensors, or a

@@ -207,7 +207,7 @@ pub fn engine<B: AutodiffBackend>(b: &EngineBench) -> Result<BenchReport> {
         let eps: Tensor<B, 4> = net.predict(&weights, leaf.clone(), t.clone(), None);
         let eps = Tensor::from_inner(eps.inner());
         x = ddim_step(eps, x, 500, 480, &alpha_bars, 0.0, None, None).x_prev;
-        crate::tensor_abi::release_graph::<B>(leaf.into_primitive().tensor());
+        crate::tensor_abi::release_graph::<B, 4>(leaf);
         let _ = x.clone().sum().into_scalar();
         if i >= b.warmup {
             tracked.push(start.elapsed().as_secs_f64());

@@ -4,11 +4,10 @@
 //! ABI. Run with `cargo bench -p dtx-tests --bench abi`; figures go in
 //! docs/performance.md.
 
-use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Distribution, Tensor, TensorPrimitive};
+use burn::tensor::{Distribution, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
 use dtx::plugins::{InjectArgs, Instance, load_library};
-use dtx::tensor_abi::{CpuBackend, Session, Stored, vtables};
+use dtx::tensor_abi::{CpuBackend, Session, vtables};
 use dtx_plugin_api::ModelInfo;
 use dtx_plugin_api::abi::PointInfo;
 use dtx_tests::block::{BlockParams, block};
@@ -39,10 +38,8 @@ fn bench(c: &mut Criterion) {
     let dev = Default::default();
     let h = Tensor::<B, 4>::random([8, 64, 32, 32], Distribution::Normal(0.0, 1.0), &dev);
     let cond = Tensor::<B, 3>::random([8, 4, 64], Distribution::Normal(0.0, 1.0), &dev);
-    let t = Stored::Float(Tensor::<B, 1>::zeros([8], &dev).into_primitive().tensor());
-    let temb = Tensor::<B, 2>::zeros([8, 64], &dev)
-        .into_primitive()
-        .tensor();
+    let t = Tensor::<B, 1>::zeros([8], &dev);
+    let temb = Tensor::<B, 2>::zeros([8, 64], &dev);
 
     let mut group = c.benchmark_group("cross-attention + MLP block, fwd+bwd, B=8 C=64 32x32");
     group.sample_size(20);
@@ -53,25 +50,20 @@ fn bench(c: &mut Criterion) {
             std::hint::black_box(grads);
         })
     });
-    let h_p = h.clone().into_primitive().tensor();
-    let cond_p = cond.clone().into_primitive().tensor();
     group.bench_function("(b) plugin through the ABI", |bench| {
         bench.iter(|| {
             let y = inst
                 .inject(InjectArgs {
                     point: "mid.res.0",
-                    h: &h_p,
+                    h: &h,
                     t: &t,
                     temb: &temb,
-                    cond: Some(&cond_p),
+                    cond: Some(&cond),
                     labels: None,
                     training: true,
                 })
                 .expect("inject");
-            let y = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(y));
-            let grads = <B as AutodiffBackend>::backward(
-                y.powf_scalar(2.0).mean().into_primitive().tensor(),
-            );
+            let grads = y.powf_scalar(2.0).mean().backward();
             std::hint::black_box(grads);
         })
     });

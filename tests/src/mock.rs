@@ -1,8 +1,8 @@
 //! Small pieces the plugin tests' mock sessions share: a deterministic
-//! normal generator and timesteps as the host stores them.
+//! normal generator and timesteps as the hooks take them.
 
 use burn::tensor::{Tensor, TensorData};
-use dtx::tensor_abi::{CpuBackend, Stored};
+use dtx::tensor_abi::CpuBackend;
 
 /// A small deterministic normal generator (xorshift + Box–Muller), so a
 /// test's data do not depend on a rand version.
@@ -24,16 +24,9 @@ impl Normal {
     }
 }
 
-/// Timesteps `[n]`, all `t`, as a float tensor of the session.
-pub fn t_stored(t: usize, n: usize) -> Stored<CpuBackend> {
-    Stored::Float(
-        Tensor::<CpuBackend, 1>::from_data(
-            TensorData::new(vec![t as f32; n], [n]),
-            &Default::default(),
-        )
-        .into_primitive()
-        .tensor(),
-    )
+/// Timesteps `[n]`, all `t`, as a float tensor (what the hooks take).
+pub fn timesteps(t: usize, n: usize) -> Tensor<CpuBackend, 1> {
+    Tensor::from_data(TensorData::new(vec![t as f32; n], [n]), &Default::default())
 }
 
 /// The tiny diffusers U-Net of `tests/fixtures/models/tiny-diffusers` with

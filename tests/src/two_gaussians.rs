@@ -6,10 +6,10 @@
 
 use crate::mock::Normal;
 use crate::plugin_path;
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Int, Tensor, TensorData};
 use dtx::plugins::{Instance, load_library};
 use dtx::tensor_abi::{
-    CpuBackend, DataService, DenoiseService, Session, SessionGuard, Stored, vtables,
+    CpuBackend, DataService, DenoiseService, Labels, Ranked, Session, SessionGuard, vtables,
 };
 use dtx_plugin_api::ModelInfo;
 use dtx_plugin_api::abi::{AbiError, Which};
@@ -18,26 +18,19 @@ use std::rc::Rc;
 
 /// The backend.
 pub type B = CpuBackend;
-/// A float tensor.
-pub type Prim = burn::tensor::ops::FloatTensor<B>;
 
 /// `values` as a `[rows, D]` tensor.
-pub fn prim(values: &[f32], rows: usize) -> Prim {
+pub fn points(values: &[f32], rows: usize) -> Tensor<B, 2> {
     let d = values.len() / rows;
-    Tensor::<B, 2>::from_data(
+    Tensor::from_data(
         TensorData::new(values.to_vec(), [rows, d]),
         &Default::default(),
     )
-    .into_primitive()
-    .tensor()
 }
 
-/// A `[rows, D]` tensor's values.
-pub fn values(t: &Prim) -> Vec<f32> {
-    Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(t.clone()))
-        .into_data()
-        .to_vec()
-        .unwrap()
+/// A tensor's values.
+pub fn values<const D: usize>(t: &Tensor<B, D>) -> Vec<f32> {
+    t.clone().into_data().to_vec().unwrap()
 }
 
 /// Source p = N(MU_P, S² I) and target q = N(MU_Q, S² I) in 2-D.
@@ -103,30 +96,24 @@ impl ExactSource {
 impl DenoiseService<B> for ExactSource {
     fn denoise(
         &self,
-        x_t: Prim,
-        t: Stored<B>,
+        x_t: Ranked<B>,
+        t: Tensor<B, 1>,
         which: Which,
-        _labels: Option<burn::tensor::ops::IntTensor<B>>,
-    ) -> Result<Prim, AbiError> {
+        _labels: Option<Tensor<B, 1, Int>>,
+    ) -> Result<Ranked<B>, AbiError> {
         assert!(matches!(which, Which::Source), "tgdp only asks the source");
-        let Stored::Float(t) = t else {
-            return Err(AbiError::other("float timesteps expected"));
-        };
-        let x = values(&x_t);
-        let ts = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t))
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
-        Ok(prim(&self.eps(&x, &ts), ts.len()))
+        let x = values(&x_t.at::<2>("denoise: x_t")?);
+        let ts = values(&t);
+        Ok(Ranked::new(points(&self.eps(&x, &ts), ts.len())))
     }
 
     fn features(
         &self,
-        _x: Prim,
-        _t: Stored<B>,
+        _x: Ranked<B>,
+        _t: Tensor<B, 1>,
         _points: &[String],
         _which: Which,
-    ) -> Result<Vec<Prim>, AbiError> {
+    ) -> Result<Vec<Ranked<B>>, AbiError> {
         Err(AbiError::other("no features"))
     }
 }
@@ -135,11 +122,7 @@ impl DenoiseService<B> for ExactSource {
 pub struct Gaussians(Normal);
 
 impl DataService<B> for Gaussians {
-    fn batch(
-        &mut self,
-        split: &str,
-        n: usize,
-    ) -> Result<(Prim, Option<burn::tensor::ops::IntTensor<B>>), AbiError> {
+    fn batch(&mut self, split: &str, n: usize) -> Result<(Ranked<B>, Option<Labels<B>>), AbiError> {
         let mu = match split {
             "source" => MU_P,
             "target" => MU_Q,
@@ -148,7 +131,7 @@ impl DataService<B> for Gaussians {
         let v: Vec<f32> = (0..n * 2)
             .map(|k| (mu[k % 2] + S * self.0.sample()) as f32)
             .collect();
-        Ok((prim(&v, n), None))
+        Ok((Ranked::new(points(&v, n)), None))
     }
 }
 
@@ -219,9 +202,9 @@ pub fn score_fn(inst: &mut Instance<B>) -> impl FnMut(&[f32], &[f32], usize) -> 
         let n = x.len() / 2;
         let out = inst
             .score(
-                &prim(x, n),
-                &crate::mock::t_stored(t, n),
-                &prim(eps, n),
+                &points(x, n),
+                &crate::mock::timesteps(t, n),
+                &points(eps, n),
                 None,
                 0,
                 T as u64,

@@ -11,29 +11,21 @@ use dtx::model::{Denoiser, Hooks, Net};
 use dtx::plugins::{InjectArgs, Instance, load_library};
 use dtx::tensor_abi::{CpuBackend, Session, SessionGuard, vtables};
 use dtx_plugin_api::ModelInfo;
-use dtx_tests::mock::{Normal, t_stored};
+use dtx_tests::mock::{Normal, timesteps};
 use dtx_tests::runs::{self, tensors};
 use dtx_tests::{plugin_path, workspace_root};
 use std::collections::HashMap;
 
 type B = CpuBackend;
-type Prim = burn::tensor::ops::FloatTensor<B>;
+/// The U-Net's weights by name, as the session's parameters hold them.
+type Params = HashMap<String, burn::tensor::ops::FloatTensor<B>>;
 
-fn prim<const D: usize>(v: Vec<f32>, shape: [usize; D]) -> Prim {
-    Tensor::<B, D>::from_data(TensorData::new(v, shape), &Default::default())
-        .into_primitive()
-        .tensor()
+fn tensor<const D: usize>(v: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(v, shape), &Default::default())
 }
 
-fn values<const D: usize>(p: &Prim) -> Vec<f32> {
-    Tensor::<B, D>::from_primitive(TensorPrimitive::Float(p.clone()))
-        .into_data()
-        .to_vec()
-        .unwrap()
-}
-
-fn dims<const D: usize>(p: &Prim) -> [usize; D] {
-    Tensor::<B, D>::from_primitive(TensorPrimitive::Float(p.clone())).dims()
+fn values<const D: usize>(t: &Tensor<B, D>) -> Vec<f32> {
+    t.clone().into_data().to_vec().unwrap()
 }
 
 fn normal(rng: &mut Normal, n: usize) -> Vec<f32> {
@@ -43,9 +35,7 @@ fn normal(rng: &mut Normal, n: usize) -> Vec<f32> {
 /// A session whose condition embeddings are `cond` (`(N, D_c)`), with the
 /// tiny diffusers U-Net's random weights registered; its net, weights and
 /// model info.
-fn diffusers_session(
-    cond: Option<(usize, usize)>,
-) -> (SessionGuard, Net, HashMap<String, Prim>, ModelInfo) {
+fn diffusers_session(cond: Option<(usize, usize)>) -> (SessionGuard, Net, Params, ModelInfo) {
     let guard = Session::<B>::install(Default::default(), 11);
     Session::<B>::with(|s| s.services.condition_shape = cond).unwrap();
     let (net, params, info) = dtx_tests::mock::tiny_unet(3);
@@ -85,44 +75,40 @@ fn plugin(config: &str, model: &ModelInfo) -> Result<Instance<B>, String> {
 /// The U-Net's output with `inst` injecting at its points (`None`: none).
 fn forward(
     net: &Net,
-    params: &HashMap<String, Prim>,
+    params: &Params,
     inst: Option<&mut Instance<B>>,
-    x: Prim,
+    x: Tensor<B, 4>,
     t: usize,
-    cond: Option<&Prim>,
+    cond: Option<&Tensor<B, 3>>,
 ) -> Vec<f32> {
-    let n = dims::<4>(&x)[0];
-    let tf = prim(vec![t as f32; n], [n]);
+    let n = x.dims()[0];
+    let tf = timesteps(t, n);
     let mut hooks = Injection {
         inst,
-        t: t_stored(t, n),
+        t: tf.clone(),
         cond,
     };
     let weights = net.weights(params).unwrap();
-    let x = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
-    let tf = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(tf));
     let out = net
         .forward(&weights, x, tf, None, &mut hooks, None)
-        .unwrap()
-        .into_primitive()
-        .tensor();
-    values::<4>(&out)
+        .unwrap();
+    values(&out)
 }
 
 /// `inst`'s `inject` at each of its points (none without one).
 struct Injection<'a> {
     inst: Option<&'a mut Instance<B>>,
-    t: dtx::tensor_abi::Stored<B>,
-    cond: Option<&'a Prim>,
+    t: Tensor<B, 1>,
+    cond: Option<&'a Tensor<B, 3>>,
 }
 
 impl Injection<'_> {
-    fn at(
+    fn at<const D: usize>(
         &mut self,
         point: &str,
-        h: Prim,
-        temb: &Prim,
-    ) -> Result<Prim, dtx_plugin_api::abi::AbiError> {
+        h: Tensor<B, D>,
+        temb: &Tensor<B, 2>,
+    ) -> Result<Tensor<B, D>, dtx_plugin_api::abi::AbiError> {
         match self.inst.as_deref_mut() {
             Some(i) if i.points().iter().any(|p| p == point) => i
                 .inject(InjectArgs {
@@ -144,9 +130,7 @@ impl Hooks<B, 4> for Injection<'_> {
     type Error = dtx_plugin_api::abi::AbiError;
 
     fn temb(&mut self, temb: Tensor<B, 2>) -> Result<Tensor<B, 2>, Self::Error> {
-        let temb = temb.into_primitive().tensor();
-        let out = self.at("temb", temb.clone(), &temb)?;
-        Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+        self.at("temb", temb.clone(), &temb)
     }
 
     fn block(
@@ -155,9 +139,7 @@ impl Hooks<B, 4> for Injection<'_> {
         h: Tensor<B, 4>,
         temb: &Tensor<B, 2>,
     ) -> Result<Tensor<B, 4>, Self::Error> {
-        let temb = temb.clone().into_primitive().tensor();
-        let out = self.at(point, h.into_primitive().tensor(), &temb)?;
-        Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+        self.at(point, h, temb)
     }
 }
 
@@ -180,12 +162,12 @@ fn zero_initialised_adapters_leave_the_source_output_unchanged() {
         );
         let mut rng = Normal(7);
         let x = normal(&mut rng, 2 * 3 * 16 * 16);
-        let cond = cond_shape.map(|(n, d)| prim(normal(&mut rng, 2 * n * d), [2, n, d]));
+        let cond = cond_shape.map(|(n, d)| tensor(normal(&mut rng, 2 * n * d), [2, n, d]));
         let source = forward(
             &net,
             &params,
             None,
-            prim(x.clone(), [2, 3, 16, 16]),
+            tensor(x.clone(), [2, 3, 16, 16]),
             500,
             None,
         );
@@ -193,7 +175,7 @@ fn zero_initialised_adapters_leave_the_source_output_unchanged() {
             &net,
             &params,
             Some(&mut inst),
-            prim(x, [2, 3, 16, 16]),
+            tensor(x, [2, 3, 16, 16]),
             500,
             cond.as_ref(),
         );
@@ -238,10 +220,10 @@ fn attention_shapes_fit_every_point_of_both_unet_kinds() {
             let mut rng = Normal(1);
             for p in info.points.iter().filter(|p| p.name.contains(".res.")) {
                 let shape = [2, p.channels, p.height, p.width];
-                let h = prim(normal(&mut rng, shape.iter().product()), shape);
-                let c = cond.map(|(n, d)| prim(normal(&mut rng, 2 * n * d), [2, n, d]));
-                let t = t_stored(10, 2);
-                let temb = prim(vec![0.0; 2 * info.temb_channels], [2, info.temb_channels]);
+                let h = tensor(normal(&mut rng, shape.iter().product()), shape);
+                let c = cond.map(|(n, d)| tensor(normal(&mut rng, 2 * n * d), [2, n, d]));
+                let t = timesteps(10, 2);
+                let temb = tensor(vec![0.0; 2 * info.temb_channels], [2, info.temb_channels]);
                 let out = inst
                     .inject(InjectArgs {
                         point: p.name.as_str(),
@@ -253,13 +235,8 @@ fn attention_shapes_fit_every_point_of_both_unet_kinds() {
                         training: true,
                     })
                     .unwrap();
-                assert_eq!(dims::<4>(&out), shape, "{kind} {mode} {}", p.name);
-                assert_ne!(
-                    values::<4>(&out),
-                    values::<4>(&h),
-                    "{kind} {mode} {}",
-                    p.name
-                );
+                assert_eq!(out.dims(), shape, "{kind} {mode} {}", p.name);
+                assert_ne!(values(&out), values(&h), "{kind} {mode} {}", p.name);
             }
             // a single token: softmax over one key is 1, so no W_Q / W_K
             let per_point: usize = info
@@ -514,20 +491,20 @@ fn eq_8_and_9_with_tokens(tokens: usize) {
     let mut rng = Normal(9);
     let h = normal(&mut rng, b * c * hw);
     let cond = normal(&mut rng, b * tokens * 5);
-    let t = t_stored(10, b);
-    let temb = prim(vec![0.0; b * info.temb_channels], [b, info.temb_channels]);
+    let t = timesteps(10, b);
+    let temb = tensor(vec![0.0; b * info.temb_channels], [b, info.temb_channels]);
     let out = inst
         .inject(InjectArgs {
             point: "mid.res.0",
-            h: &prim(h.clone(), [b, c, p.height, p.width]),
+            h: &tensor(h.clone(), [b, c, p.height, p.width]),
             t: &t,
             temb: &temb,
-            cond: Some(&prim(cond.clone(), [b, tokens, 5])),
+            cond: Some(&tensor(cond.clone(), [b, tokens, 5])),
             labels: None,
             training: false,
         })
         .unwrap();
-    let got = values::<4>(&out);
+    let got = values(&out);
     // the registered parameters by name
     let w: HashMap<String, Vec<f64>> = inst
         .parameters()
@@ -535,12 +512,8 @@ fn eq_8_and_9_with_tokens(tokens: usize) {
         .map(|pi| {
             let v = Session::<B>::with(|s| s.params.get(pi.id).unwrap().value.clone()).unwrap();
             let n: usize = pi.shape.iter().product();
-            let flat = values::<1>(
-                &Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(v))
-                    .reshape([n])
-                    .into_primitive()
-                    .tensor(),
-            );
+            let flat =
+                values(&Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(v)).reshape([n]));
             (
                 pi.name.to_string(),
                 flat.into_iter().map(f64::from).collect(),

@@ -8,19 +8,17 @@ use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 use dtx::model::{Denoiser, Hooks, Net, Recorder};
 use dtx::plugins::{InjectArgs, Instance, load_library};
 use dtx::tensor_abi::{
-    CpuBackend, DataService, DenoiseService, Session, SessionGuard, Stored, vtables,
+    CpuBackend, DataService, DenoiseService, Labels, Ranked, Session, SessionGuard, vtables,
 };
 use dtx_plugin_api::ModelInfo;
 use dtx_plugin_api::abi::{AbiError, Which};
-use dtx_tests::mock::{Normal, t_stored};
+use dtx_tests::mock::{Normal, timesteps};
 use dtx_tests::plugin_path;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
 type B = CpuBackend;
-type Prim = burn::tensor::ops::FloatTensor<B>;
-type IntPrim = burn::tensor::ops::IntTensor<B>;
 
 const T: usize = 1000;
 const SIDE: usize = 16;
@@ -44,33 +42,34 @@ fn images(rng: &mut Normal, n: usize) -> Vec<f32> {
         .collect()
 }
 
-fn image_prim(v: &[f32]) -> Prim {
+/// Images' values `v` as a `[n, 3, SIDE, SIDE]` tensor.
+fn image_tensor(v: &[f32]) -> Tensor<B, 4> {
     let n = v.len() / (3 * SIDE * SIDE);
-    Tensor::<B, 4>::from_data(
+    Tensor::from_data(
         TensorData::new(v.to_vec(), [n, 3, SIDE, SIDE]),
         &Default::default(),
     )
-    .into_primitive()
-    .tensor()
 }
 
-fn values(p: &Prim) -> Vec<f32> {
-    Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(p.clone()))
-        .into_data()
-        .to_vec()
-        .unwrap()
+fn values<const D: usize>(t: &Tensor<B, D>) -> Vec<f32> {
+    t.clone().into_data().to_vec().unwrap()
 }
 
-fn int_prim(v: &[i64]) -> IntPrim {
-    Tensor::<B, 1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), &Default::default())
-        .into_primitive()
+/// Class ids `[N]`.
+fn class_ids(v: &[i64]) -> Tensor<B, 1, Int> {
+    Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), &Default::default())
+}
+
+/// Class labels, as the hooks take them.
+fn classes(v: &[i64]) -> Labels<B> {
+    Labels::Classes(class_ids(v))
 }
 
 /// The tiny diffusers U-Net of tests/fixtures with random weights, as the
 /// run's denoiser (student and source alike).
 struct TinyUNet {
     net: Net,
-    params: HashMap<String, Prim>,
+    params: HashMap<String, burn::tensor::ops::FloatTensor<B>>,
 }
 
 impl TinyUNet {
@@ -78,62 +77,41 @@ impl TinyUNet {
     fn weights(&self) -> dtx::model::Weights<B> {
         self.net.weights(&self.params).unwrap()
     }
-
-    fn t_float(t: Stored<B>) -> Prim {
-        match t {
-            Stored::Float(t) => t,
-            Stored::Int(t) => Tensor::<B, 1, Int>::from_primitive(t)
-                .float()
-                .into_primitive()
-                .tensor(),
-            Stored::Bool(_) => panic!("timesteps"),
-        }
-    }
 }
 
 impl DenoiseService<B> for TinyUNet {
     fn denoise(
         &self,
-        x_t: Prim,
-        t: Stored<B>,
+        x_t: Ranked<B>,
+        t: Tensor<B, 1>,
         _which: Which,
-        labels: Option<IntPrim>,
-    ) -> Result<Prim, AbiError> {
+        labels: Option<Tensor<B, 1, Int>>,
+    ) -> Result<Ranked<B>, AbiError> {
         // A network's class input takes one label per example: masks
         // handed on as labels (the `mask` preset's old mistake) are refused
-        // here as a class-conditional net would fail on them.
-        if let Some(l) = &labels {
-            use burn::tensor::TensorMetadata;
-            let rank = l.shape().num_dims();
-            if rank != 1 {
-                return Err(AbiError::other(format!(
-                    "labels of rank {rank} reached the network's class input"
-                )));
-            }
-        }
-        let x = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x_t));
-        let t = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(Self::t_float(t)));
-        let labels = labels.map(Tensor::<B, 1, Int>::from_primitive);
+        // before they get here (the service's labels are `[N]` by type; the
+        // host's boundary checks a plugin's handle), as a class-conditional
+        // net would fail on them.
+        let x = x_t.at::<4>("denoise: x_t")?;
         let out = self.net.predict(&self.weights(), x, t, labels);
-        Ok(out.into_primitive().tensor())
+        Ok(Ranked::new(out))
     }
 
     fn features(
         &self,
-        x: Prim,
-        t: Stored<B>,
+        x: Ranked<B>,
+        t: Tensor<B, 1>,
         points: &[String],
         _which: Which,
-    ) -> Result<Vec<Prim>, AbiError> {
-        let x = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
-        let t = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(Self::t_float(t)));
+    ) -> Result<Vec<Ranked<B>>, AbiError> {
+        let x = x.at::<4>("features: x")?;
         let mut record = Recorder::<B, 4>::new(points);
         let Ok(_) = self
             .net
             .forward(&self.weights(), x, t, None, &mut record, None);
         Ok(points
             .iter()
-            .map(|p| record.blocks.remove(p).unwrap().into_primitive().tensor())
+            .map(|p| Ranked::new(record.blocks.remove(p).unwrap()))
             .collect())
     }
 }
@@ -153,28 +131,31 @@ fn masks(n: usize) -> Vec<i64> {
         .collect()
 }
 
-fn mask_prim(v: &[i64]) -> IntPrim {
+/// Masks' values `v` as `[n, SIDE, SIDE]` labels.
+fn mask_labels(v: &[i64]) -> Labels<B> {
     let n = v.len() / (SIDE * SIDE);
-    Tensor::<B, 3, Int>::from_data(
+    Labels::Masks(Tensor::from_data(
         TensorData::new(v.to_vec(), [n, SIDE, SIDE]),
         &Default::default(),
-    )
-    .into_primitive()
+    ))
 }
 
 impl DataService<B> for Labelled {
-    fn batch(&mut self, split: &str, n: usize) -> Result<(Prim, Option<IntPrim>), AbiError> {
+    fn batch(&mut self, split: &str, n: usize) -> Result<(Ranked<B>, Option<Labels<B>>), AbiError> {
         let (split, by_mask) = match split.strip_suffix(":masks") {
             Some(s) => (s, true),
             None => (split, false),
         };
         assert!(split == "target" || split == "validation", "{split}");
         let labels = if by_mask {
-            mask_prim(&masks(n))
+            mask_labels(&masks(n))
         } else {
-            int_prim(&(0..n as i64).map(|i| i % 2).collect::<Vec<_>>())
+            classes(&(0..n as i64).map(|i| i % 2).collect::<Vec<_>>())
         };
-        Ok((image_prim(&images(&mut self.0, n)), Some(labels)))
+        Ok((
+            Ranked::new(image_tensor(&images(&mut self.0, n))),
+            Some(labels),
+        ))
     }
 }
 
@@ -217,7 +198,7 @@ fn guidance_gradient_matches_finite_differences_through_a_tiny_unet() {
     check_guidance_gradient(
         r#"{"num_classes": 2, "timesteps": [300], "channels": 8, "steps": 20, "pool": 16,
             "batch": 8, "validation": 0, "lambda": 2.0, "reject": true, "threshold": 0.0}"#,
-        int_prim(&[0, 1]),
+        classes(&[0, 1]),
         1.0,
     );
 }
@@ -230,13 +211,13 @@ fn mask_guidance_gradient_matches_finite_differences() {
     check_guidance_gradient(
         r#"{"preset": "mask", "num_classes": 2, "channels": 8, "steps": 20, "pool": 16,
             "batch": 8, "validation": 0, "lambda": 2.0, "reject": true, "threshold": 0.0}"#,
-        mask_prim(&masks(2)),
+        mask_labels(&masks(2)),
         (SIDE * SIDE) as f64,
     );
 }
 
 /// `pixels`: the filter's score is exp(log p / pixels).
-fn check_guidance_gradient(config: &str, labels: IntPrim, pixels: f64) {
+fn check_guidance_gradient(config: &str, labels: Labels<B>, pixels: f64) {
     let (_guard, unet, model) = session();
     let mut inst = plugin(config, &model).unwrap();
     inst.prepare("sample", "").unwrap();
@@ -246,12 +227,10 @@ fn check_guidance_gradient(config: &str, labels: IntPrim, pixels: f64) {
     let x = images(&mut Normal(99), n);
     // As the host hands them: x_t a leaf, ε tracked from it.
     let xp = leaf(&x);
-    let eps = unet
-        .denoise(xp.clone(), t_stored(t, n), Which::Student, None)
-        .unwrap();
+    let eps = student_eps(&unet, xp.clone(), t);
     let eps_hat = values(
         &inst
-            .score(&xp, &t_stored(t, n), &eps, Some(&labels), 0, 1)
+            .score(&xp, &timesteps(t, n), &eps, Some(&labels), 0, 1)
             .unwrap(),
     );
     let grad: Vec<f64> = values(&eps)
@@ -262,17 +241,13 @@ fn check_guidance_gradient(config: &str, labels: IntPrim, pixels: f64) {
 
     // Σ log p(y | f(x̂0(x))), evaluated without the score hook
     let log_lik = |inst: &mut Instance<B>, x: &[f32]| -> f64 {
-        let eps = values(
-            &unet
-                .denoise(image_prim(x), t_stored(t, n), Which::Student, None)
-                .unwrap(),
-        );
+        let eps = values(&student_eps(&unet, image_tensor(x), t));
         let x0: Vec<f32> = x
             .iter()
             .zip(&eps)
             .map(|(&xi, &e)| ((xi as f64 - (1.0 - ab).sqrt() * e as f64) / ab.sqrt()) as f32)
             .collect();
-        let out = inst.filter(&image_prim(&x0), Some(&labels)).unwrap();
+        let out = inst.filter(&image_tensor(&x0), Some(&labels)).unwrap();
         out.scores.iter().map(|&p| pixels * (p as f64).ln()).sum()
     };
 
@@ -305,9 +280,17 @@ fn check_guidance_gradient(config: &str, labels: IntPrim, pixels: f64) {
 }
 
 /// `x` as a leaf that tracks gradients, as `score` receives x_t.
-fn leaf(x: &[f32]) -> Prim {
-    use burn::tensor::ops::FloatTensorOps;
-    B::float_set_require_grad(image_prim(x), true)
+fn leaf(x: &[f32]) -> Tensor<B, 4> {
+    image_tensor(x).require_grad()
+}
+
+/// The student's ε at `x`, all timesteps `t`, through the denoise service.
+fn student_eps(unet: &TinyUNet, x: Tensor<B, 4>, t: usize) -> Tensor<B, 4> {
+    let n = x.dims()[0];
+    unet.denoise(Ranked::new(x), timesteps(t, n), Which::Student, None)
+        .unwrap()
+        .at::<4>("ε")
+        .unwrap()
 }
 
 /// The student's ε with the plugin's injections (its class embedding at
@@ -315,40 +298,34 @@ fn leaf(x: &[f32]) -> Prim {
 fn eps_with_injection(
     unet: &TinyUNet,
     inst: &mut Instance<B>,
-    x: Prim,
+    x: Tensor<B, 4>,
     t: usize,
-    labels: &IntPrim,
-) -> Prim {
-    let n = values(&x).len() / (3 * SIDE * SIDE);
+    labels: &Labels<B>,
+) -> Tensor<B, 4> {
+    let n = x.dims()[0];
+    let tf = timesteps(t, n);
     let mut hooks = TembInjection {
         inst,
-        t: t_stored(t, n),
+        t: tf.clone(),
         labels,
     };
-    let x = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
-    let tf = TinyUNet::t_float(t_stored(t, n));
-    let tf = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(tf));
     unet.net
         .forward(&unet.weights(), x, tf, None, &mut hooks, None)
         .unwrap()
-        .into_primitive()
-        .tensor()
 }
 
 /// The plugin's `inject` at `temb` alone, with `labels`.
 struct TembInjection<'a> {
     inst: &'a mut Instance<B>,
-    t: Stored<B>,
-    labels: &'a IntPrim,
+    t: Tensor<B, 1>,
+    labels: &'a Labels<B>,
 }
 
 impl Hooks<B, 4> for TembInjection<'_> {
     type Error = AbiError;
 
     fn temb(&mut self, temb: Tensor<B, 2>) -> Result<Tensor<B, 2>, AbiError> {
-        let temb = temb.into_primitive().tensor();
-        let out = self
-            .inst
+        self.inst
             .inject(InjectArgs {
                 point: "temb",
                 h: &temb,
@@ -358,8 +335,7 @@ impl Hooks<B, 4> for TembInjection<'_> {
                 labels: Some(self.labels),
                 training: false,
             })
-            .map_err(|e| AbiError::other(e.to_string()))?;
-        Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+            .map_err(|e| AbiError::other(e.to_string()))
     }
 }
 
@@ -396,7 +372,7 @@ fn guidance_with_the_class_embedding_differentiates_the_sampled_eps() {
         e.value = scaled.into_primitive().tensor();
     })
     .unwrap();
-    let labels = int_prim(&[1, 0]);
+    let labels = classes(&[1, 0]);
     let (n, t) = (2, 500);
     let ab = alpha_bars()[t] as f64;
     let s1a = (1.0 - ab).sqrt();
@@ -405,20 +381,22 @@ fn guidance_with_the_class_embedding_differentiates_the_sampled_eps() {
     let eps = eps_with_injection(&unet, &mut inst, xp.clone(), t, &labels);
     let out = values(
         &inst
-            .score(&xp, &t_stored(t, n), &eps, Some(&labels), 0, 1)
+            .score(&xp, &timesteps(t, n), &eps, Some(&labels), 0, 1)
             .unwrap(),
     );
     // ε being sampled, as a function of x (conditional via the embedding)
     let sampled_eps = |inst: &mut Instance<B>, x: &[f32], conditional: bool| -> Vec<f64> {
-        let null = values(
-            &unet
-                .denoise(image_prim(x), t_stored(t, n), Which::Student, None)
-                .unwrap(),
-        );
+        let null = values(&student_eps(&unet, image_tensor(x), t));
         if !conditional {
             return null.iter().map(|&v| v as f64).collect();
         }
-        let cond = values(&eps_with_injection(&unet, inst, image_prim(x), t, &labels));
+        let cond = values(&eps_with_injection(
+            &unet,
+            inst,
+            image_tensor(x),
+            t,
+            &labels,
+        ));
         cond.iter()
             .zip(&null)
             .map(|(&c, &u)| (1.0 + w) * c as f64 - w * u as f64)
@@ -437,7 +415,7 @@ fn guidance_with_the_class_embedding_differentiates_the_sampled_eps() {
             .zip(&e)
             .map(|(&xi, &ei)| ((xi as f64 - s1a * ei) / ab.sqrt()) as f32)
             .collect();
-        let out = inst.filter(&image_prim(&x0), Some(&labels)).unwrap();
+        let out = inst.filter(&image_tensor(&x0), Some(&labels)).unwrap();
         out.scores.iter().map(|&p| (p as f64).ln()).sum()
     };
     let top = grad.iter().fold(0.0f64, |m, g| m.max(g.abs()));
@@ -472,13 +450,6 @@ fn guidance_with_the_class_embedding_differentiates_the_sampled_eps() {
     );
 }
 
-fn rows(p: &Prim) -> Vec<f32> {
-    Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(p.clone()))
-        .into_data()
-        .to_vec()
-        .unwrap()
-}
-
 /// The class embedding at `temb`: `h + E[y]` at sampling; label dropout 1
 /// drops every training label to the null class (zero); no labels is the
 /// null class. CFG in `score`: `(1 + w) ε − w ε_null`, ε_null from
@@ -506,18 +477,16 @@ fn class_embedding_and_classifier_free_guidance() {
             .expect("class_embedding registered")
             .value
             .clone();
-        rows(&e)
+        values(&Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(e)))
     })
     .unwrap();
     assert_eq!(table.len(), 3 * d);
     let temb: Vec<f32> = (0..2 * d).map(|i| (i as f32 * 0.37).sin()).collect();
-    let h = Tensor::<B, 2>::from_data(TensorData::new(temb.clone(), [2, d]), &Default::default())
-        .into_primitive()
-        .tensor();
-    let labels = int_prim(&[2, 0]);
-    let t = t_stored(10, 2);
-    let mut inject = |labels: Option<&IntPrim>, training: bool| {
-        rows(
+    let h = Tensor::<B, 2>::from_data(TensorData::new(temb.clone(), [2, d]), &Default::default());
+    let labels = classes(&[2, 0]);
+    let t = timesteps(10, 2);
+    let mut inject = |labels: Option<&Labels<B>>, training: bool| {
+        values(
             &inst
                 .inject(InjectArgs {
                     point: "temb",
@@ -551,20 +520,16 @@ fn class_embedding_and_classifier_free_guidance() {
     let out = values(
         &inst
             .score(
-                &image_prim(&x),
-                &t_stored(400, n),
-                &image_prim(&eps),
+                &image_tensor(&x),
+                &timesteps(400, n),
+                &image_tensor(&eps),
                 Some(&labels),
                 0,
                 1,
             )
             .unwrap(),
     );
-    let null = values(
-        &unet
-            .denoise(image_prim(&x), t_stored(400, n), Which::Student, None)
-            .unwrap(),
-    );
+    let null = values(&student_eps(&unet, image_tensor(&x), 400));
     for i in 0..out.len() {
         let want = (1.0 + w) * eps[i] - w * null[i];
         assert!(

@@ -2,10 +2,9 @@
 //! through the real loader: every hook runs on host tensors, their parameters
 //! are trained by the host's autodiff, and every load failure is a clear error.
 
-use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use dtx::plugins::{InjectArgs, Instance, LoadError, LossArgs, load_library, sha256_file};
-use dtx::tensor_abi::{CpuBackend, Session, SessionGuard, Stored, vtables};
+use dtx::tensor_abi::{CpuBackend, Session, SessionGuard, vtables};
 use dtx::train::optim::{AdamConfig, Optimizer};
 use dtx_plugin_api::ModelInfo;
 use dtx_plugin_api::abi::{ErrorKind, Hook, PointInfo};
@@ -13,7 +12,6 @@ use dtx_tests::plugin_path;
 use std::sync::Arc;
 
 type B = CpuBackend;
-type Prim = burn::tensor::ops::FloatTensor<B>;
 
 fn session() -> SessionGuard {
     let guard = Session::<B>::install(Default::default(), 0);
@@ -51,22 +49,21 @@ fn test_plugin(config: &str) -> Result<Instance<B>, dtx::plugins::HookError> {
     Instance::<B>::new("test", lib, config, &model())
 }
 
-fn prim(values: &[f32], shape: &[usize]) -> Prim {
-    <B as FloatTensorOps<B>>::float_from_data(
-        TensorData::new(values.to_vec(), shape.to_vec()),
-        &Default::default(),
-    )
+fn tensor<const D: usize>(values: &[f32], shape: [usize; D]) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(values.to_vec(), shape), &Default::default())
 }
 
-fn values(t: &Prim) -> Vec<f32> {
-    Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t.clone()))
-        .into_data()
-        .to_vec()
-        .unwrap()
+fn values<const D: usize>(t: &Tensor<B, D>) -> Vec<f32> {
+    t.clone().into_data().to_vec().unwrap()
 }
 
-fn scalar(t: Prim) -> f32 {
+fn scalar(t: Tensor<B, 1>) -> f32 {
     values(&t)[0]
+}
+
+/// The session's handle for a loss term (what the optimizer steps on).
+fn loss_prim(t: &Tensor<B, 1>) -> burn::tensor::ops::FloatTensor<B> {
+    t.clone().into_primitive().tensor()
 }
 
 fn param(name: &str) -> Vec<f32> {
@@ -77,7 +74,10 @@ fn param(name: &str) -> Vec<f32> {
             .into_iter()
             .find(|&id| s.params.get(id).unwrap().name == name)
             .unwrap();
-        values(&s.params.get(id).unwrap().value)
+        let value = s.params.get(id).unwrap().value.clone();
+        values(&Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(
+            value,
+        )))
     })
     .unwrap()
 }
@@ -87,26 +87,26 @@ fn live() -> usize {
 }
 
 struct Batch {
-    x0: Prim,
-    noise: Prim,
-    t: Stored<B>,
-    x_t: Prim,
-    pred: Prim,
+    x0: Tensor<B, 2>,
+    noise: Tensor<B, 2>,
+    t: Tensor<B, 1>,
+    x_t: Tensor<B, 2>,
+    pred: Tensor<B, 2>,
 }
 
 fn batch() -> Batch {
     let x0: Vec<f32> = (0..8).map(|i| i as f32 / 8.0).collect();
     let noise: Vec<f32> = (0..8).map(|i| ((i * 7) % 5) as f32 / 5.0 - 0.4).collect();
     Batch {
-        x0: prim(&x0, &[4, 2]),
-        noise: prim(&noise, &[4, 2]),
-        t: Stored::Float(prim(&[1.0, 2.0, 3.0, 4.0], &[4])),
-        x_t: prim(&x0, &[4, 2]),
-        pred: prim(&x0.iter().map(|v| v * 0.5).collect::<Vec<_>>(), &[4, 2]),
+        x0: tensor(&x0, [4, 2]),
+        noise: tensor(&noise, [4, 2]),
+        t: tensor(&[1.0, 2.0, 3.0, 4.0], [4]),
+        x_t: tensor(&x0, [4, 2]),
+        pred: tensor(&x0.iter().map(|v| v * 0.5).collect::<Vec<_>>(), [4, 2]),
     }
 }
 
-fn loss_terms(inst: &mut Instance<B>, b: &Batch, step: u64) -> Vec<(String, Prim)> {
+fn loss_terms(inst: &mut Instance<B>, b: &Batch, step: u64) -> Vec<(String, Tensor<B, 1>)> {
     inst.loss(LossArgs {
         x0: &b.x0,
         noise: &b.noise,
@@ -156,7 +156,7 @@ fn plugin_parameters_train_through_the_host_autodiff() {
         ..Default::default()
     };
     let mut optimizer = Optimizer::<B>::new();
-    Session::<B>::with(|s| optimizer.step(&mut s.params, terms[0].1.clone(), &ids, cfg))
+    Session::<B>::with(|s| optimizer.step(&mut s.params, loss_prim(&terms[0].1), &ids, cfg))
         .unwrap()
         .unwrap();
 
@@ -164,8 +164,7 @@ fn plugin_parameters_train_through_the_host_autodiff() {
     let dev = Default::default();
     let s_t = Tensor::<B, 1>::from_floats([s0], &dev).require_grad();
     let b_t = Tensor::<B, 1>::from_floats([b0], &dev).require_grad();
-    let pred = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(b.pred.clone()));
-    let noise = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(b.noise.clone()));
+    let (pred, noise) = (b.pred.clone(), b.noise.clone());
     let sp = burn::tensor::activation::softplus(s_t.clone(), 1.0);
     let fit = (pred * sp.unsqueeze() + b_t.clone().unsqueeze() - noise)
         .powf_scalar(2.0)
@@ -194,7 +193,7 @@ fn plugin_parameters_train_through_the_host_autodiff() {
     // Training keeps lowering the loss.
     for step in 1..60 {
         let terms = loss_terms(&mut inst, &b, step);
-        Session::<B>::with(|s| optimizer.step(&mut s.params, terms[0].1.clone(), &ids, cfg))
+        Session::<B>::with(|s| optimizer.step(&mut s.params, loss_prim(&terms[0].1), &ids, cfg))
             .unwrap()
             .unwrap();
     }
@@ -221,12 +220,12 @@ fn every_hook_runs_on_host_tensors_and_every_op_is_touched() {
     assert!((w.iter().sum::<f32>() / 4.0 - 1.0).abs() < 1e-2, "{w:?}");
 
     // inject: h + gain · tanh(h) with gain = 0 is h itself.
-    let h = prim(
+    let h = tensor(
         &(0..32).map(|i| i as f32 / 32.0).collect::<Vec<_>>(),
-        &[1, 2, 4, 4],
+        [1, 2, 4, 4],
     );
-    let temb = prim(&[0.0; 8], &[1, 8]);
-    let t = Stored::Float(prim(&[5.0], &[1]));
+    let temb = tensor(&[0.0; 8], [1, 8]);
+    let t = tensor(&[5.0], [1]);
     let out = inst
         .inject(InjectArgs {
             point: "mid.res.0",
@@ -246,13 +245,13 @@ fn every_hook_runs_on_host_tensors_and_every_op_is_touched() {
     assert!(scalar(terms[1].1.clone()).is_finite());
 
     // score: eps + guidance · ∇(½ Σ x²) = eps + 2 x (gradient taken by the host).
-    let x = prim(&[1.0, -2.0], &[1, 2]);
-    let eps = prim(&[0.5, 0.5], &[1, 2]);
+    let x = tensor(&[1.0, -2.0], [1, 2]);
+    let eps = tensor(&[0.5, 0.5], [1, 2]);
     let guided = inst.score(&x, &t, &eps, None, 0, 10).unwrap();
     assert_eq!(values(&guided), vec![2.5, -3.5]);
 
     // filter: keep the samples whose mean is above 0.3.
-    let samples = prim(&[0.0, 0.1, 1.0, 0.9], &[2, 2]);
+    let samples = tensor(&[0.0, 0.1, 1.0, 0.9], [2, 2]);
     let f = inst.filter(&samples, None).unwrap();
     assert_eq!(f.keep.as_slice(), [false, true]);
 
@@ -288,7 +287,7 @@ fn a_panicking_hook_is_an_error_naming_plugin_and_hook_and_the_host_goes_on() {
         "{msg}"
     );
     // The same instance still serves its other hooks.
-    let samples = prim(&[0.0, 1.0], &[2, 1]);
+    let samples = tensor(&[0.0, 1.0], [2, 1]);
     assert_eq!(inst.filter(&samples, None).unwrap().keep.len(), 2);
     // A panic in the constructor is reported the same way.
     let err = test_plugin(r#"{"panic_in": "new"}"#)
@@ -401,15 +400,15 @@ fn the_block_plugin_computes_what_burn_computes() {
         .into_data()
         .to_vec::<f32>()
         .unwrap();
-    let t = Stored::Float(prim(&[0.0, 0.0], &[2]));
-    let temb = prim(&[0.0; 16], &[2, 8]);
+    let t = tensor(&[0.0, 0.0], [2]);
+    let temb = tensor(&[0.0; 16], [2, 8]);
     let via = inst
         .inject(InjectArgs {
             point: "mid.res.0",
-            h: &h.into_primitive().tensor(),
+            h: &h,
             t: &t,
             temb: &temb,
-            cond: Some(&cond.into_primitive().tensor()),
+            cond: Some(&cond),
             labels: None,
             training: false,
         })
@@ -450,7 +449,7 @@ fn a_plugin_named_in_a_manifest_is_planned_and_its_parameters_train() {
     let terms = loss_terms(&mut inst, &batch(), 0);
     assert_eq!(terms[0].0, "probe.fit");
     Session::<B>::with(|s| {
-        let loss = terms[0].1.clone();
+        let loss = loss_prim(&terms[0].1);
         Optimizer::new().step(&mut s.params, loss, &ids, AdamConfig::default())
     })
     .unwrap()

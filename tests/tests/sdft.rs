@@ -4,9 +4,9 @@
 //! fine-tuning when both λ are 0, a frozen source, resume with fresh
 //! auxiliary noise, and the diffusers and ADM (learned sigma) models.
 
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Int, Tensor, TensorData};
 use dtx::plugins::{Instance, LossArgs, load_library};
-use dtx::tensor_abi::{CpuBackend, DenoiseService, Session, SessionGuard, Stored, vtables};
+use dtx::tensor_abi::{CpuBackend, DenoiseService, Ranked, Session, SessionGuard, vtables};
 use dtx_plugin_api::ModelInfo;
 use dtx_plugin_api::abi::{AbiError, Which};
 use dtx_tests::runs::{self, tensors};
@@ -16,21 +16,15 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 type B = CpuBackend;
-type Prim = burn::tensor::ops::FloatTensor<B>;
 
 // --- the loss hook on a mock denoiser ---------------------------------------
 
-fn prim(values: &[f32], shape: [usize; 2]) -> Prim {
-    Tensor::<B, 2>::from_data(TensorData::new(values.to_vec(), shape), &Default::default())
-        .into_primitive()
-        .tensor()
+fn tensor<const D: usize>(values: &[f32], shape: [usize; D]) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(values.to_vec(), shape), &Default::default())
 }
 
-fn values(t: &Prim) -> Vec<f32> {
-    Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t.clone()))
-        .into_data()
-        .to_vec()
-        .unwrap()
+fn values<const D: usize>(t: &Tensor<B, D>) -> Vec<f32> {
+    t.clone().into_data().to_vec().unwrap()
 }
 
 /// One `denoise` call the plugin made: which model, input, timesteps.
@@ -51,33 +45,28 @@ struct Mock {
 impl DenoiseService<B> for Mock {
     fn denoise(
         &self,
-        x_t: Prim,
-        t: Stored<B>,
+        x_t: Ranked<B>,
+        t: Tensor<B, 1>,
         which: Which,
-        _labels: Option<burn::tensor::ops::IntTensor<B>>,
-    ) -> Result<Prim, AbiError> {
-        let Stored::Float(t) = t else {
-            return Err(AbiError::other("mock: float timesteps expected"));
-        };
+        _labels: Option<Tensor<B, 1, Int>>,
+    ) -> Result<Ranked<B>, AbiError> {
+        let x = x_t.at::<2>("mock: x_t")?;
         let source = matches!(which, Which::Source);
         self.calls.borrow_mut().push(Call {
             source,
-            x: values(&x_t),
+            x: values(&x),
             t: values(&t),
         });
-        let x = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(x_t));
-        Ok(x.mul_scalar(if source { 0.5 } else { 2.0 })
-            .into_primitive()
-            .tensor())
+        Ok(Ranked::new(x.mul_scalar(if source { 0.5 } else { 2.0 })))
     }
 
     fn features(
         &self,
-        _x: Prim,
-        _t: Stored<B>,
+        _x: Ranked<B>,
+        _t: Tensor<B, 1>,
         _points: &[String],
         _which: Which,
-    ) -> Result<Vec<Prim>, AbiError> {
+    ) -> Result<Vec<Ranked<B>>, AbiError> {
         Err(AbiError::other("mock: no features"))
     }
 }
@@ -110,11 +99,11 @@ fn sdft(config: &str) -> Instance<B> {
 
 /// The step: 4 examples of 3 values at timesteps 1..4.
 struct Step {
-    x0: Prim,
-    noise: Prim,
-    t: Stored<B>,
-    x_t: Prim,
-    pred: Prim,
+    x0: Tensor<B, 2>,
+    noise: Tensor<B, 2>,
+    t: Tensor<B, 1>,
+    x_t: Tensor<B, 2>,
+    pred: Tensor<B, 2>,
     noise_v: Vec<f32>,
     x_t_v: Vec<f32>,
     pred_v: Vec<f32>,
@@ -128,15 +117,11 @@ fn step() -> Step {
     let ts = vec![1, 2, 3, 4];
     let tf: Vec<f32> = ts.iter().map(|&t| t as f32).collect();
     Step {
-        x0: prim(&x_t_v, [4, 3]),
-        noise: prim(&noise_v, [4, 3]),
-        t: Stored::Float(
-            Tensor::<B, 1>::from_data(TensorData::new(tf, [4]), &Default::default())
-                .into_primitive()
-                .tensor(),
-        ),
-        x_t: prim(&x_t_v, [4, 3]),
-        pred: prim(&pred_v, [4, 3]),
+        x0: tensor(&x_t_v, [4, 3]),
+        noise: tensor(&noise_v, [4, 3]),
+        t: tensor(&tf, [4]),
+        x_t: tensor(&x_t_v, [4, 3]),
+        pred: tensor(&pred_v, [4, 3]),
         noise_v,
         x_t_v,
         pred_v,

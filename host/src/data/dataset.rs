@@ -3,9 +3,8 @@
 //! conversion of a batch of rows to backend tensors.
 
 use super::DataError;
-use burn::tensor::TensorData;
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -74,15 +73,15 @@ impl Dataset {
         &self,
         indices: &[usize],
         device: &B::Device,
-    ) -> Option<IntTensor<B>> {
+    ) -> Option<Tensor<B, 3, Int>> {
         let m = self.masks.as_ref()?;
         let per = self.mask_size();
         let v: Vec<i64> = indices
             .iter()
             .flat_map(|&i| m[i * per..(i + 1) * per].iter().copied())
             .collect();
-        let shape = vec![indices.len(), self.sample_shape[1], self.sample_shape[2]];
-        Some(B::int_from_data(TensorData::new(v, shape), device))
+        let shape = [indices.len(), self.sample_shape[1], self.sample_shape[2]];
+        Some(Tensor::from_data(TensorData::new(v, shape), device))
     }
 
     /// The values of sample `i`. Panics when `i >= len()`.
@@ -208,33 +207,37 @@ impl Dataset {
 
     /// The samples at `indices` as a `[batch, ..sample_shape]` f32 tensor
     /// on `device`, with their labels as a `[batch]` i64 tensor when the set
-    /// has labels.
-    ///
-    /// Rank-free primitives, as the host's tensor table holds them
-    /// (`Tensor::from_primitive` gives a ranked tensor).
-    pub fn to_tensor<B: Backend>(
+    /// has labels. `D` is the rank of a batch: one more than
+    /// `sample_shape`'s (a caller's bug otherwise: it panics).
+    pub fn to_tensor<B: Backend, const D: usize>(
         &self,
         indices: &[usize],
         device: &B::Device,
-    ) -> (FloatTensor<B>, Option<IntTensor<B>>) {
-        self.to_tensor_flipped::<B>(indices, None, device)
+    ) -> (Tensor<B, D>, Option<Tensor<B, 1, Int>>) {
+        self.to_tensor_flipped::<B, D>(indices, None, device)
     }
 
     /// [`Dataset::to_tensor`] with per-sample horizontal flips (a
     /// [`super::Batch`]'s `flips`).
-    pub fn to_tensor_flipped<B: Backend>(
+    pub fn to_tensor_flipped<B: Backend, const D: usize>(
         &self,
         indices: &[usize],
         flips: Option<&[bool]>,
         device: &B::Device,
-    ) -> (FloatTensor<B>, Option<IntTensor<B>>) {
+    ) -> (Tensor<B, D>, Option<Tensor<B, 1, Int>>) {
+        assert_eq!(
+            D,
+            self.sample_shape.len() + 1,
+            "a batch of this set has rank {}",
+            self.sample_shape.len() + 1
+        );
         let (values, labels) = self.gather(indices, flips);
         let mut shape = vec![indices.len()];
         shape.extend_from_slice(&self.sample_shape);
-        let x = B::float_from_data(TensorData::new(values, shape), device);
+        let x = Tensor::from_data(TensorData::new(values, shape), device);
         let y = labels.map(|l| {
             let n = l.len();
-            B::int_from_data(TensorData::new(l, vec![n]), device)
+            Tensor::from_data(TensorData::new(l, [n]), device)
         });
         (x, y)
     }
@@ -344,12 +347,10 @@ mod tests {
         type B = burn::backend::Flex;
         let d = points(6);
         let device = Default::default();
-        let (x, y) = d.to_tensor::<B>(&[4, 1], &device);
-        let x =
-            burn::tensor::Tensor::<B, 2>::from_primitive(burn::tensor::TensorPrimitive::Float(x));
+        let (x, y) = d.to_tensor::<B, 2>(&[4, 1], &device);
         assert_eq!(x.dims(), [2, 2]);
         assert_eq!(x.into_data().to_vec::<f32>().unwrap(), [8.0, 9.0, 2.0, 3.0]);
-        let y = burn::tensor::Tensor::<B, 1, burn::tensor::Int>::from_primitive(y.unwrap());
+        let y = y.unwrap();
         assert_eq!(
             y.into_data().convert::<i64>().to_vec::<i64>().unwrap(),
             [1, 1]

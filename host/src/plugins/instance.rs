@@ -1,12 +1,20 @@
 //! A constructed plugin and the host side of each hook call: put the context's
 //! tensors in the session, name the running plugin, call, take the results back
 //! and release the context's handles.
+//!
+//! The calls take and give burn tensors at their rank; the rank-free
+//! primitive the ABI's handles hold is met here and nowhere above. Every
+//! value a plugin hands back is checked before the host uses it: `inject`
+//! returns `h`'s shape and dtype, `score` ε's, each `loss` term is a scalar
+//! and `filter` decides once per sample. A violation is a [`HookError`]
+//! naming the plugin, the hook, the point or term, and both shapes.
 
 use super::load::PluginLibrary;
-use crate::tensor_abi::{Session, Stored};
+use crate::tensor_abi::{Labels, Session, Stored};
 use abi_stable::std_types::{RNone, ROption, RSome, RStr};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorMetadata, TensorPrimitive};
 use dtx_plugin_api::abi::{
     AbiError, ErrorKind, FilterCtx, FilterOutput, Hook, InjectCtx, LossCtx, ModelInfo, ParamInfo,
     PluginInstanceBox, PrepareCtx, ScoreCtx, TensorId,
@@ -93,12 +101,18 @@ impl<B: AutodiffBackend> Ctx<B> {
         self.ids.push(id);
         Ok(id)
     }
-    fn float(&mut self, t: &FloatTensor<B>) -> Result<TensorId, AbiError> {
-        self.put(Stored::Float(t.clone()))
+    fn float<const D: usize>(&mut self, t: &Tensor<B, D>) -> Result<TensorId, AbiError> {
+        self.put(Stored::Float(t.clone().into_primitive().tensor()))
     }
-    fn opt(&mut self, t: Option<&Stored<B>>) -> Result<ROption<TensorId>, AbiError> {
-        Ok(match t {
-            Some(t) => RSome(self.put(t.clone())?),
+    fn labels(&mut self, l: Option<&Labels<B>>) -> Result<ROption<TensorId>, AbiError> {
+        Ok(match l {
+            Some(l) => RSome(self.put(l.stored())?),
+            None => RNone,
+        })
+    }
+    fn cond(&mut self, c: Option<&Tensor<B, 3>>) -> Result<ROption<TensorId>, AbiError> {
+        Ok(match c {
+            Some(c) => RSome(self.float(c)?),
             None => RNone,
         })
     }
@@ -132,38 +146,79 @@ fn take_float<B: AutodiffBackend>(id: TensorId) -> Result<FloatTensor<B>, AbiErr
     })?
 }
 
-/// Tensors of an `inject` call.
-pub struct InjectArgs<'a, B: AutodiffBackend> {
+/// Takes a float tensor a plugin returned in place of `like`: it must have
+/// `like`'s shape and dtype; `what` says what was returned (for the error).
+fn take_like<B: AutodiffBackend, const D: usize>(
+    id: TensorId,
+    like: &Tensor<B, D>,
+    what: impl FnOnce() -> String,
+) -> Result<Tensor<B, D>, AbiError> {
+    let p = take_float::<B>(id)?;
+    let (found, want) = (p.shape().to_vec(), like.dims().to_vec());
+    if found != want {
+        return Err(AbiError::new(
+            ErrorKind::SHAPE,
+            format!("{} has shape {found:?}; expected {want:?}", what()),
+        ));
+    }
+    let (found, want) = (p.dtype(), like.dtype());
+    if found != want {
+        return Err(AbiError::new(
+            ErrorKind::SHAPE,
+            format!("{} has dtype {found:?}; expected {want:?}", what()),
+        ));
+    }
+    Ok(Tensor::from_primitive(TensorPrimitive::Float(p)))
+}
+
+/// Takes a loss term a plugin returned: one element, given as `[1]`.
+fn take_scalar<B: AutodiffBackend>(id: TensorId, term: &str) -> Result<Tensor<B, 1>, AbiError> {
+    let p = take_float::<B>(id)?;
+    let shape = p.shape().to_vec();
+    if shape.iter().product::<usize>() != 1 {
+        return Err(AbiError::new(
+            ErrorKind::SHAPE,
+            format!(
+                "loss term `{term}` has shape {shape:?}; a loss term must be a scalar \
+                 (shape [] or [1]: reduce it, e.g. with mean)"
+            ),
+        ));
+    }
+    Ok(Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(p)).reshape([1]))
+}
+
+/// Tensors of an `inject` call at a point whose activation has rank `D`.
+pub struct InjectArgs<'a, B: AutodiffBackend, const D: usize> {
     /// Injection point.
     pub point: &'a str,
     /// Activation.
-    pub h: &'a FloatTensor<B>,
+    pub h: &'a Tensor<B, D>,
     /// Timesteps.
-    pub t: &'a Stored<B>,
+    pub t: &'a Tensor<B, 1>,
     /// Time embedding.
-    pub temb: &'a FloatTensor<B>,
-    /// Condition embedding.
-    pub cond: Option<&'a FloatTensor<B>>,
+    pub temb: &'a Tensor<B, 2>,
+    /// Condition embedding `[N, L, E]`.
+    pub cond: Option<&'a Tensor<B, 3>>,
     /// Labels.
-    pub labels: Option<&'a IntTensor<B>>,
+    pub labels: Option<&'a Labels<B>>,
     /// Training forward?
     pub training: bool,
 }
 
-/// Tensors of a `loss` call.
-pub struct LossArgs<'a, B: AutodiffBackend> {
+/// Tensors of a `loss` call on data of rank `D`.
+pub struct LossArgs<'a, B: AutodiffBackend, const D: usize> {
     /// Clean batch.
-    pub x0: &'a FloatTensor<B>,
+    pub x0: &'a Tensor<B, D>,
     /// Noise.
-    pub noise: &'a FloatTensor<B>,
+    pub noise: &'a Tensor<B, D>,
     /// Timesteps.
-    pub t: &'a Stored<B>,
+    pub t: &'a Tensor<B, 1>,
     /// Noised batch.
-    pub x_t: &'a FloatTensor<B>,
+    pub x_t: &'a Tensor<B, D>,
     /// Student prediction.
-    pub pred: &'a FloatTensor<B>,
+    pub pred: &'a Tensor<B, D>,
     /// Labels.
-    pub labels: Option<&'a IntTensor<B>>,
+    pub labels: Option<&'a Labels<B>>,
     /// Step.
     pub step: u64,
 }
@@ -225,38 +280,48 @@ impl<B: AutodiffBackend> Instance<B> {
         self.inner.parameters().into_vec()
     }
 
-    /// `inject`: the new activation.
-    pub fn inject(&mut self, a: InjectArgs<'_, B>) -> Result<FloatTensor<B>, HookError> {
+    /// `inject`: the new activation, checked to have `h`'s shape and dtype.
+    pub fn inject<const D: usize>(
+        &mut self,
+        a: InjectArgs<'_, B, D>,
+    ) -> Result<Tensor<B, D>, HookError> {
         let fail = self.fail(Hook::Inject);
         let mut run = || -> Result<TensorId, AbiError> {
             let mut c = Ctx::<B>::new();
             let ctx = InjectCtx {
                 point: RStr::from(a.point),
                 h: c.float(a.h)?,
-                t: c.put(a.t.clone())?,
+                t: c.float(a.t)?,
                 temb: c.float(a.temb)?,
-                cond: c.opt(a.cond.map(|x| Stored::Float(x.clone())).as_ref())?,
-                labels: c.opt(a.labels.map(|x| Stored::Int(x.clone())).as_ref())?,
+                cond: c.cond(a.cond)?,
+                labels: c.labels(a.labels)?,
                 training: a.training,
             };
             let _running = Running::<B>::start(&self.name);
             self.inner.inject(&ctx).into_result()
         };
         let id = run().map_err(&fail)?;
-        take_float::<B>(id).map_err(fail)
+        take_like(id, a.h, || {
+            format!("the activation returned at point `{}`", a.point)
+        })
+        .map_err(fail)
     }
 
-    /// `loss`: the named terms (names prefixed `<plugin>.`).
-    pub fn loss(&mut self, a: LossArgs<'_, B>) -> Result<Vec<(String, FloatTensor<B>)>, HookError> {
+    /// `loss`: the named terms (names prefixed `<plugin>.`), each checked to
+    /// be a scalar and given as `[1]`.
+    pub fn loss<const D: usize>(
+        &mut self,
+        a: LossArgs<'_, B, D>,
+    ) -> Result<Vec<(String, Tensor<B, 1>)>, HookError> {
         let mut c = Ctx::<B>::new();
         let mut build = || -> Result<LossCtx, AbiError> {
             Ok(LossCtx {
                 x0: c.float(a.x0)?,
                 noise: c.float(a.noise)?,
-                t: c.put(a.t.clone())?,
+                t: c.float(a.t)?,
                 x_t: c.float(a.x_t)?,
                 pred: c.float(a.pred)?,
-                labels: c.opt(a.labels.map(|x| Stored::Int(x.clone())).as_ref())?,
+                labels: c.labels(a.labels)?,
                 step: a.step,
             })
         };
@@ -273,7 +338,7 @@ impl<B: AutodiffBackend> Instance<B> {
         let mut first_err = None;
         for term in terms {
             // Take every returned handle, even after an error, so none leaks.
-            match take_float::<B>(term.value) {
+            match take_scalar::<B>(term.value, &term.name) {
                 Ok(t) => out.push((format!("{}.{}", self.name, term.name), t)),
                 Err(e) => first_err = first_err.or(Some(e)),
             }
@@ -284,24 +349,24 @@ impl<B: AutodiffBackend> Instance<B> {
         }
     }
 
-    /// `score`: the corrected ε.
-    pub fn score(
+    /// `score`: the corrected ε, checked to have `eps`'s shape and dtype.
+    pub fn score<const D: usize>(
         &mut self,
-        x_t: &FloatTensor<B>,
-        t: &Stored<B>,
-        eps: &FloatTensor<B>,
-        labels: Option<&IntTensor<B>>,
+        x_t: &Tensor<B, D>,
+        t: &Tensor<B, 1>,
+        eps: &Tensor<B, D>,
+        labels: Option<&Labels<B>>,
         step_index: u64,
         num_steps: u64,
-    ) -> Result<FloatTensor<B>, HookError> {
+    ) -> Result<Tensor<B, D>, HookError> {
         let fail = self.fail(Hook::Score);
-        let mut run = || -> Result<FloatTensor<B>, AbiError> {
+        let mut run = || -> Result<Tensor<B, D>, AbiError> {
             let mut c = Ctx::<B>::new();
             let ctx = ScoreCtx {
                 x_t: c.float(x_t)?,
-                t: c.put(t.clone())?,
+                t: c.float(t)?,
                 eps: c.float(eps)?,
-                labels: c.opt(labels.map(|x| Stored::Int(x.clone())).as_ref())?,
+                labels: c.labels(labels)?,
                 step_index,
                 num_steps,
             };
@@ -309,25 +374,24 @@ impl<B: AutodiffBackend> Instance<B> {
                 let _running = Running::<B>::start(&self.name);
                 self.inner.score(&ctx).into_result()?
             };
-            take_float::<B>(id)
+            take_like(id, eps, || "the returned ε".to_owned())
         };
         run().map_err(fail)
     }
 
     /// `filter`: scores and decisions, checked to have one entry per sample.
-    pub fn filter(
+    pub fn filter<const D: usize>(
         &mut self,
-        samples: &FloatTensor<B>,
-        labels: Option<&IntTensor<B>>,
+        samples: &Tensor<B, D>,
+        labels: Option<&Labels<B>>,
     ) -> Result<FilterOutput, HookError> {
-        use burn::tensor::TensorMetadata;
-        let n = samples.shape().to_vec().first().copied().unwrap_or(0);
+        let n = samples.dims()[0];
         let fail = self.fail(Hook::Filter);
         let mut run = || -> Result<FilterOutput, AbiError> {
             let mut c = Ctx::<B>::new();
             let ctx = FilterCtx {
                 samples: c.float(samples)?,
-                labels: c.opt(labels.map(|x| Stored::Int(x.clone())).as_ref())?,
+                labels: c.labels(labels)?,
             };
             let _running = Running::<B>::start(&self.name);
             let out = self.inner.filter(&ctx).into_result()?;

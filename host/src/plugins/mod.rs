@@ -4,6 +4,7 @@
 mod instance;
 mod load;
 
+pub use crate::tensor_abi::Labels;
 pub use instance::{HookError, InjectArgs, Instance, LossArgs};
 pub use load::{
     ConfigKeyDescription, LoadError, PLUGIN_PATH_VAR, PluginDescription, PluginLibrary, is_path,

@@ -11,14 +11,13 @@
 
 use super::error::{Context as _, Result, fail, run_error};
 use super::student::Student;
-use super::support::{prim_f, ranked};
 use crate::condition::{ConditionPlan, MaskRect, mask_rect, mask_values};
 use crate::data::Dataset;
 use crate::manifest::{EncoderKind, Sample, TokenKind};
 use crate::model::clip::{Clip, ClipTokens};
 use crate::model::{Denoiser, Recorder};
 use crate::plan::Plan;
-use crate::tensor_abi::{ConditionService, untracked};
+use crate::tensor_abi::ConditionService;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use dtx_plugin_api::abi::{AbiError, ErrorKind};
@@ -26,10 +25,8 @@ use rand::rngs::StdRng;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use crate::tensor_abi::Prim as P;
-
-/// Embeddings of the training images, and of their mirror images.
-type Cached<B> = (P<B>, Option<P<B>>);
+/// Embeddings `[n, N, D]` of the training images, and of their mirror images.
+type Cached<B> = (Tensor<B, 3>, Option<Tensor<B, 3>>);
 
 /// The run's encoder and the embedding its forwards see.
 pub(super) struct RunCondition<B: AutodiffBackend> {
@@ -39,7 +36,7 @@ pub(super) struct RunCondition<B: AutodiffBackend> {
     /// images when the run flips.
     cache: RefCell<Option<Cached<B>>>,
     /// The embedding `[B, N, D]` of the batch being denoised.
-    pub(super) current: RefCell<Option<P<B>>>,
+    pub(super) current: RefCell<Option<Tensor<B, 3>>>,
     /// What samples are conditioned on.
     pub(super) sampling: Option<SampleConditions<B>>,
 }
@@ -55,7 +52,7 @@ pub(super) enum SampleConditions<B: AutodiffBackend> {
         per_sample: bool,
     },
     /// One text embedding `[1, N, D]` for every sample.
-    Prompt(P<B>),
+    Prompt(Tensor<B, 3>),
 }
 
 fn clip_tokens(t: TokenKind) -> ClipTokens {
@@ -134,7 +131,7 @@ impl<B: AutodiffBackend> RunCondition<B> {
 
 impl<B: AutodiffBackend> RunCondition<B> {
     /// The embedding `[1, N, D]` of `prompt` through the CLIP text tower.
-    pub(super) fn encode_prompt(&self, prompt: &str) -> Result<P<B>, AbiError> {
+    pub(super) fn encode_prompt(&self, prompt: &str) -> Result<Tensor<B, 3>, AbiError> {
         let clip = match (&self.clip, self.plan.tokens) {
             (Some(clip), TokenKind::Pooled) => clip,
             (Some(_), TokenKind::Patches) => {
@@ -151,7 +148,7 @@ impl<B: AutodiffBackend> RunCondition<B> {
             }
         };
         let e = clip.encode_text(&[prompt]).map_err(abi)?;
-        Ok(untracked::<B>(prim_f(e)))
+        Ok(Tensor::from_inner(e.inner()))
     }
 
     /// Conditions every sample on `prompt` (`sample.prompt`, `--prompt`).
@@ -201,12 +198,16 @@ impl<B: AutodiffBackend> Student<B> {
     /// Embeddings `[B, N, D]` of images `[B, C, H, W]` in data space, each
     /// multiplied by `mask` (`[B, 1, H, W]`, 0 = masked) in [0, 1] space
     /// first; untracked.
-    pub(super) fn encode(&self, x: P<B>, mask: Option<P<B>>) -> Result<P<B>, AbiError> {
+    pub(super) fn encode(
+        &self,
+        x: Tensor<B, 4>,
+        mask: Option<Tensor<B, 4>>,
+    ) -> Result<Tensor<B, 3>, AbiError> {
         let c = self.run_condition()?;
-        let x: Tensor<B, 4> = ranked(untracked::<B>(x));
+        let x = Tensor::<B, 4>::from_inner(x.inner());
         let x01 = (x + 1.0) * 0.5;
         let x01 = match mask {
-            Some(m) => x01 * ranked::<B, 4>(m),
+            Some(m) => x01 * m,
             None => x01,
         };
         let out = match &c.clip {
@@ -216,7 +217,7 @@ impl<B: AutodiffBackend> Student<B> {
                 .map_err(abi)?,
             None => self.unet_tokens(&c.plan, x01 * 2.0 - 1.0)?,
         };
-        Ok(untracked::<B>(prim_f(out)))
+        Ok(Tensor::from_inner(out.inner()))
     }
 
     /// The embedded encoder: the frozen source at `t` on √ᾱ_t·x, each
@@ -263,19 +264,19 @@ impl<B: AutodiffBackend> Student<B> {
     }
 
     /// The embedding of `prompt` through the CLIP text tower.
-    pub(super) fn encode_prompt(&self, prompt: &str) -> Result<P<B>, AbiError> {
+    pub(super) fn encode_prompt(&self, prompt: &str) -> Result<Tensor<B, 3>, AbiError> {
         self.run_condition()?.encode_prompt(prompt)
     }
 
     /// Sets the embedding the student's forwards see.
-    pub(super) fn set_condition(&self, c: Option<P<B>>) {
+    pub(super) fn set_condition(&self, c: Option<Tensor<B, 3>>) {
         if let Some(rc) = &self.condition {
             *rc.current.borrow_mut() = c;
         }
     }
 
     /// The embedding the student's forwards see now.
-    pub(super) fn current_condition(&self) -> Option<P<B>> {
+    pub(super) fn current_condition(&self) -> Option<Tensor<B, 3>> {
         self.condition
             .as_ref()
             .and_then(|c| c.current.borrow().clone())
@@ -294,14 +295,14 @@ impl<B: AutodiffBackend> Student<B> {
             return Ok(());
         };
         let idx: Vec<usize> = (0..target.len()).collect();
-        let encode_all = |flipped: bool| -> Result<P<B>> {
+        let encode_all = |flipped: bool| -> Result<Tensor<B, 3>> {
             let mut parts = Vec::new();
             for chunk in idx.chunks(batch.max(1)) {
                 let flips = vec![flipped; chunk.len()];
-                let (x, _) = target.to_tensor_flipped::<B>(chunk, Some(&flips), device);
-                parts.push(ranked::<B, 3>(self.encode(x, None)?));
+                let (x, _) = target.to_tensor_flipped::<B, 4>(chunk, Some(&flips), device);
+                parts.push(self.encode(x, None)?);
             }
-            Ok(prim_f(Tensor::cat(parts, 0)))
+            Ok(Tensor::cat(parts, 0))
         };
         let plain = encode_all(false)?;
         let mirrored = if flip { Some(encode_all(true)?) } else { None };
@@ -324,13 +325,13 @@ impl<B: AutodiffBackend> Student<B> {
         let (plain, mirrored) = cache
             .as_ref()
             .ok_or_else(|| run_error!("the training images' embeddings were not computed"))?;
-        let rows = |t: &P<B>| {
+        let rows = |t: &Tensor<B, 3>| {
             let ids: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
             let ids = Tensor::<B, 1, burn::tensor::Int>::from_data(
                 TensorData::new(ids, [indices.len()]),
                 device,
             );
-            ranked::<B, 3>(t.clone()).select(0, ids)
+            t.clone().select(0, ids)
         };
         let mut out = rows(plain);
         if let (Some(m), Some(f)) = (mirrored, flips) {
@@ -341,7 +342,7 @@ impl<B: AutodiffBackend> Student<B> {
             out = out.clone() + (m - out) * mask;
         }
         drop(cache);
-        self.set_condition(Some(prim_f(out)));
+        self.set_condition(Some(out));
         Ok(())
     }
 
@@ -362,8 +363,7 @@ impl<B: AutodiffBackend> Student<B> {
         match &c.sampling {
             None => Ok(Vec::new()),
             Some(SampleConditions::Prompt(e)) => {
-                let e: Tensor<B, 3> = ranked(e.clone());
-                self.set_condition(Some(prim_f(e.repeat_dim(0, n))));
+                self.set_condition(Some(e.clone().repeat_dim(0, n)));
                 Ok(Vec::new())
             }
             Some(SampleConditions::Images {
@@ -383,8 +383,8 @@ impl<B: AutodiffBackend> Student<B> {
                     TensorData::new(mask_values(&rects, h, w), [n, 1, h, w]),
                     device,
                 );
-                let (x, _) = set.to_tensor::<B>(&idx, device);
-                let e = self.encode(x, Some(prim_f(mask)))?;
+                let (x, _) = set.to_tensor::<B, 4>(&idx, device);
+                let e = self.encode(x, Some(mask))?;
                 self.set_condition(Some(e));
                 Ok(idx.into_iter().zip(rects).collect())
             }
@@ -401,10 +401,10 @@ impl<B: AutodiffBackend> Student<B> {
 }
 
 impl<B: AutodiffBackend> ConditionService<B> for Rc<Student<B>> {
-    fn encode_image(&self, x: P<B>) -> Result<P<B>, AbiError> {
+    fn encode_image(&self, x: Tensor<B, 4>) -> Result<Tensor<B, 3>, AbiError> {
         self.encode(x, None)
     }
-    fn encode_text(&self, prompt: &str) -> Result<P<B>, AbiError> {
+    fn encode_text(&self, prompt: &str) -> Result<Tensor<B, 3>, AbiError> {
         self.encode_prompt(prompt)
     }
 }

@@ -211,7 +211,7 @@ fn build_student<B: AutodiffBackend>(
             .map(|e| (e.name.clone(), e.value.clone()))
             .collect()
     })?;
-    let source = net.weights(&source)?.map(crate::tensor_abi::untracked::<B>);
+    let source = net.weights(&source)?.untracked();
     let timesteps = m.train.as_ref().map(|t| t.timesteps).unwrap_or(1000);
     let schedule: Schedule = m
         .train

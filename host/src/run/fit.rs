@@ -10,23 +10,22 @@
 use super::context::RunContext;
 use super::dir::RunDir;
 use super::error::{Result, RunError};
-use super::objective::{Draw, Objective};
-use super::support::{prim_f, progress_bar, step_rng};
+use super::objective::{Draw, Objective, Terms};
+use super::support::{progress_bar, step_rng};
 use super::{RunOptions, RunSummary};
 use crate::data::BatchPosition;
 use crate::manifest::Train;
 use crate::model::Denoiser;
 use crate::model::DropoutRng;
 use crate::plan::Plan;
-use crate::plugins::LossArgs;
-use crate::tensor_abi::{Session, Stored};
+use crate::plugins::{Labels, LossArgs};
+use crate::tensor_abi::Session;
 use crate::train;
 use crate::train::checkpoint::{self, Progress};
 use crate::train::ema::Ema;
 use crate::train::fit::{Recipe, StepRecord, Trainee};
 use crate::train::optim::Optimizer;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::FloatTensor;
 use dtx_plugin_api::abi::Hook;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Map, Value, json};
@@ -114,7 +113,7 @@ struct RunTrainee<'a, B: AutodiffBackend, const D: usize> {
 impl<B: AutodiffBackend, const D: usize> Trainee<B> for RunTrainee<'_, B, D> {
     type Error = RunError;
 
-    fn terms(&mut self, step: u64) -> Result<Vec<(String, FloatTensor<B>)>> {
+    fn terms(&mut self, step: u64) -> Result<Terms<B>> {
         let (terms, examples) = step_terms::<B, D>(self.ctx, self.plan, self.t, step)?;
         self.examples = examples;
         Ok(terms)
@@ -218,7 +217,7 @@ fn step_terms<B: AutodiffBackend, const D: usize>(
     plan: &Plan,
     t: &Train,
     step: u64,
-) -> Result<(Vec<(String, FloatTensor<B>)>, usize)> {
+) -> Result<(Terms<B>, usize)> {
     let m = &plan.manifest.manifest;
     let student = &ctx.student;
     let data = ctx.data.as_ref().expect("fit runs with data");
@@ -235,21 +234,21 @@ fn step_terms<B: AutodiffBackend, const D: usize>(
         data.borrow()
             .0
             .target
-            .to_tensor_flipped::<B>(&b.indices, flips, &ctx.device);
+            .to_tensor_flipped::<B, D>(&b.indices, flips, &ctx.device);
     student.condition_batch(&b.indices, flips, &ctx.device)?;
-    let draw = Draw::new::<D>(&mut rng, &x0, t.timesteps, &ctx.device);
+    let draw = Draw::new(&mut rng, &x0, t.timesteps, &ctx.device);
     let params = student.params()?;
     let (mut terms, pred, x_t) =
         objective(ctx, t).simple::<B, D>(student, &params, &x0, labels.clone(), &draw, true)?;
-    let t_stored = Stored::Float(draw.t_float());
+    let ts = draw.t_float();
+    let labels = labels.map(Labels::Classes);
     student.each_hooked(
         |p| p.implements(Hook::Loss),
         |inst| -> Result<()> {
-            let noise_p = prim_f(draw.noise::<D>());
             terms.extend(inst.loss(LossArgs {
                 x0: &x0,
-                noise: &noise_p,
-                t: &t_stored,
+                noise: &draw.noise,
+                t: &ts,
                 x_t: &x_t,
                 pred: &pred,
                 labels: labels.as_ref(),

@@ -9,15 +9,13 @@ use crate::data::{self, BatchIter, Dataset};
 use crate::model::Denoiser;
 use crate::model::Net;
 use crate::plan::Plan;
-use crate::tensor_abi::{DataService, Session};
+use crate::tensor_abi::{DataService, Labels, Ranked, Session};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::IntTensor;
+use burn::tensor::{Int, Tensor};
 use dtx_plugin_api::abi::{AbiError, ErrorKind};
 use rand::Rng;
 use std::cell::RefCell;
 use std::rc::Rc;
-
-use crate::tensor_abi::Prim as P;
 
 /// The run's data with the device its batches go to, shared by the training
 /// loop and the `dataset_batch` service.
@@ -35,7 +33,7 @@ pub(super) struct Data {
 }
 
 impl<B: AutodiffBackend> DataService<B> for Rc<RefCell<(Data, B::Device)>> {
-    fn batch(&mut self, split: &str, n: usize) -> Result<(P<B>, Option<IntTensor<B>>), AbiError> {
+    fn batch(&mut self, split: &str, n: usize) -> Result<(Ranked<B>, Option<Labels<B>>), AbiError> {
         let (d, dev) = &mut *self.borrow_mut();
         // `<split>:masks`: the per-pixel masks `[B, H, W]` as the labels
         let (split, masks) = match split.strip_suffix(":masks") {
@@ -83,12 +81,12 @@ impl<B: AutodiffBackend> DataService<B> for Rc<RefCell<(Data, B::Device)>> {
         let len = set.len();
         let idx: Vec<usize> =
             Session::<B>::with(|s| (0..n).map(|_| s.rng.random_range(0..len)).collect())?;
-        let (x, labels) = set.to_tensor::<B>(&idx, dev);
+        let (x, labels) = ranked_batch::<B>(set, &idx, dev)?;
         if !masks {
-            return Ok((x, labels));
+            return Ok((x, labels.map(Labels::Classes)));
         }
         match set.mask_tensor::<B>(&idx, dev) {
-            Some(m) => Ok((x, Some(m))),
+            Some(m) => Ok((x, Some(Labels::Masks(m)))),
             None => Err(AbiError::new(
                 ErrorKind::UNSUPPORTED,
                 format!(
@@ -97,6 +95,33 @@ impl<B: AutodiffBackend> DataService<B> for Rc<RefCell<(Data, B::Device)>> {
                 ),
             )),
         }
+    }
+}
+
+/// The samples of `set` at `idx` as a batch of the set's rank, with their
+/// classes.
+#[allow(clippy::type_complexity)]
+fn ranked_batch<B: AutodiffBackend>(
+    set: &Dataset,
+    idx: &[usize],
+    dev: &B::Device,
+) -> Result<(Ranked<B>, Option<Tensor<B, 1, Int>>), AbiError> {
+    match set.sample_shape.len() {
+        1 => {
+            let (x, l) = set.to_tensor::<B, 2>(idx, dev);
+            Ok((Ranked::Two(x), l))
+        }
+        3 => {
+            let (x, l) = set.to_tensor::<B, 4>(idx, dev);
+            Ok((Ranked::Four(x), l))
+        }
+        r => Err(AbiError::new(
+            ErrorKind::UNSUPPORTED,
+            format!(
+                "dataset `{}`: samples of shape {:?} (rank {r}); a batch is points or images",
+                set.source, set.sample_shape
+            ),
+        )),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::error::Result;
 use super::student::Student;
-use super::support::{normal, prim_f, ranked, step_rng};
+use super::support::{normal, step_rng};
 use crate::data::Dataset;
 use crate::diffusion::Weighting;
 use crate::diffusion::prediction::{
@@ -12,39 +12,35 @@ use crate::diffusion::prediction::{
 };
 use crate::diffusion::schedule::snr;
 use crate::diffusion::vlb::vlb_terms;
+use crate::tensor_abi::Ranked;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::IntTensor;
-use burn::tensor::{Int, Tensor, TensorData, TensorMetadata};
+use burn::tensor::{Int, Tensor, TensorData};
 use rand::Rng;
 use rand::rngs::StdRng;
 
-use crate::tensor_abi::Prim as P;
-
-/// The random part of one training step: a timestep per example, drawn
-/// uniformly from `0..T`, then standard normal noise of the batch's shape.
-pub(super) struct Draw<B: AutodiffBackend> {
+/// The random part of one training step on a batch of rank `D`: a timestep
+/// per example, drawn uniformly from `0..T`, then standard normal noise of
+/// the batch's shape.
+pub(super) struct Draw<B: AutodiffBackend, const D: usize> {
     pub(super) ts: Vec<i64>,
-    noise: P<B>,
+    /// The noise ε.
+    pub(super) noise: Tensor<B, D>,
     device: B::Device,
 }
 
-impl<B: AutodiffBackend> Draw<B> {
+impl<B: AutodiffBackend, const D: usize> Draw<B, D> {
     /// Draws for the batch `x0` (timesteps first, then noise, from `rng`).
-    pub(super) fn new<const D: usize>(
+    pub(super) fn new(
         rng: &mut StdRng,
-        x0: &P<B>,
+        x0: &Tensor<B, D>,
         timesteps: usize,
         device: &B::Device,
     ) -> Self {
-        let dims: [usize; D] = x0
-            .shape()
-            .to_vec()
-            .try_into()
-            .expect("the batch has the run's rank");
+        let dims = x0.dims();
         let ts: Vec<i64> = (0..dims[0])
             .map(|_| rng.random_range(0..timesteps as i64))
             .collect();
-        let noise = prim_f(normal::<B, D>(rng, dims, device));
+        let noise = normal::<B, D>(rng, dims, device);
         Draw {
             ts,
             noise,
@@ -52,20 +48,15 @@ impl<B: AutodiffBackend> Draw<B> {
         }
     }
 
-    /// The noise, ranked.
-    pub(super) fn noise<const D: usize>(&self) -> Tensor<B, D> {
-        ranked(self.noise.clone())
-    }
-
     /// The timesteps as floats `[B]`, as the denoisers take them.
-    pub(super) fn t_float(&self) -> P<B> {
+    pub(super) fn t_float(&self) -> Tensor<B, 1> {
         let n = self.ts.len();
-        prim_f(
-            Tensor::<B, 1, Int>::from_data(TensorData::new(self.ts.clone(), [n]), &self.device)
-                .float(),
-        )
+        Tensor::<B, 1, Int>::from_data(TensorData::new(self.ts.clone(), [n]), &self.device).float()
     }
 }
+
+/// Named scalar loss terms (`[1]` each), in order.
+pub(super) type Terms<B> = Vec<(String, Tensor<B, 1>)>;
 
 /// What the base model is trained to do.
 pub(super) struct Objective<'a> {
@@ -105,11 +96,11 @@ impl Objective<'_> {
         &self,
         student: &Student<B>,
         params: &crate::model::Weights<B>,
-        x0: &P<B>,
-        labels: Option<IntTensor<B>>,
-        draw: &Draw<B>,
+        x0: &Tensor<B, D>,
+        labels: Option<Tensor<B, 1, Int>>,
+        draw: &Draw<B, D>,
         training: bool,
-    ) -> Result<(Vec<(String, P<B>)>, P<B>, P<B>)> {
+    ) -> Result<(Terms<B>, Tensor<B, D>, Tensor<B, D>)> {
         let n = draw.ts.len();
         let dev = &draw.device;
         let ab: Vec<f32> = draw
@@ -118,11 +109,10 @@ impl Objective<'_> {
             .map(|&i| self.alpha_bars[i as usize] as f32)
             .collect();
         let ab_t = Tensor::<B, 1>::from_data(TensorData::new(ab, [n]), dev);
-        let x0r: Tensor<B, D> = ranked(x0.clone());
-        let noise = draw.noise::<D>();
+        let x0r = x0.clone();
+        let noise = draw.noise.clone();
         let x_t = q_sample(x0r.clone(), noise.clone(), ab_t.clone());
-        let t = ranked::<B, 1>(draw.t_float());
-        let labels = labels.map(Tensor::<B, 1, Int>::from_primitive);
+        let t = draw.t_float();
         let out = student.forward(params, x_t.clone(), t, labels, training)?;
         let (out, variance) = self.split_output(out);
         let ab_b = BatchScalar::PerSample(ab_t);
@@ -146,7 +136,7 @@ impl Objective<'_> {
             }
         };
         let eps = to_epsilon(out, x_t.clone(), &ab_b, self.prediction);
-        let mut terms = vec![("loss.simple".to_owned(), prim_f(simple))];
+        let mut terms = vec![("loss.simple".to_owned(), simple)];
         if let Some(v_raw) = variance {
             // hybrid objective: (T / 1000) · L_t, the mean behind a stop-gradient
             let t_count = self.alpha_bars.len() as f64;
@@ -160,9 +150,9 @@ impl Objective<'_> {
             )
             .mean()
             .mul_scalar(t_count / 1000.0);
-            terms.push(("loss.vlb".to_owned(), prim_f(vb)));
+            terms.push(("loss.vlb".to_owned(), vb));
         }
-        Ok((terms, prim_f(eps), prim_f(x_t)))
+        Ok((terms, eps, x_t))
     }
 
     /// The base objective (weighted L_simple, plus L_vlb for a learned
@@ -182,22 +172,20 @@ impl Objective<'_> {
         let idx: Vec<usize> = (0..held.len()).collect();
         let mut sum = 0.0;
         for chunk in idx.chunks(batch.max(1)) {
-            let (x0, labels) = held.to_tensor::<B>(chunk, device);
+            let (x0, labels) = held.to_tensor::<B, D>(chunk, device);
             if student.condition.is_some() {
-                student.set_condition(Some(student.encode(x0.clone(), None)?));
+                let images = Ranked::new(x0.clone()).at::<4>("a held-out batch")?;
+                student.set_condition(Some(student.encode(images, None)?));
             }
-            let draw = Draw::new::<D>(&mut rng, &x0, self.alpha_bars.len(), device);
+            let draw = Draw::new(&mut rng, &x0, self.alpha_bars.len(), device);
             let (terms, _, _) = self.simple::<B, D>(student, &params, &x0, labels, &draw, false)?;
             // the base objective: L_simple (+ L_vlb for a learned variance)
             let total = terms
-                .iter()
-                .map(|(_, t)| {
-                    ranked::<B, 1>(crate::tensor_abi::untracked::<B>(t.clone())).reshape([1])
-                })
-                .reduce(|a, b| a + b)
+                .into_iter()
+                .map(|(_, t)| Tensor::from_inner(t.inner()).reshape([1]))
+                .reduce(|a: Tensor<B, 1>, b| a + b)
                 .expect("L_simple is always there");
-            let v: Tensor<B, 1> = total;
-            sum += super::support::scalar(&v.reshape([1])) * chunk.len() as f64;
+            sum += super::support::scalar(&total) * chunk.len() as f64;
         }
         Ok(sum / held.len().max(1) as f64)
     }

@@ -4,19 +4,16 @@
 
 use super::error::{Result, RunError, run_error};
 use super::student::Student;
-use super::support::{batch_shape, normal, prim_f, progress_bar, ranked, step_rng};
+use super::support::{batch_shape, normal, progress_bar, step_rng};
 use crate::diffusion::prediction::{BatchScalar, to_epsilon};
 use crate::diffusion::sampler::{Sampler, SamplerConfig, VarianceType, alpha_bar_at, sample};
 use crate::manifest::{Sample, Sampler as SamplerKind};
 use crate::model::{Denoiser, Weights};
-use crate::tensor_abi::{SampleService, Session, Stored};
+use crate::tensor_abi::{Labels, Ranked, SampleService, Session};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::IntTensor;
 use burn::tensor::{Int, Tensor, TensorData};
 use dtx_plugin_api::abi::{AbiError, Hook};
 use std::collections::HashMap;
-
-use crate::tensor_abi::Prim as P;
 
 /// The filters' bookkeeping at the end of a run.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -59,13 +56,13 @@ pub(super) fn sample_stage<B: AutodiffBackend, const D: usize>(
     };
     let weights: Weights<B> = match &ctx.ema {
         Some(e) => {
-            let ema: HashMap<String, P<B>> = Session::<B>::with(|s| e.values(&s.params))?
+            let ema: HashMap<String, _> = Session::<B>::with(|s| e.values(&s.params))?
                 .into_iter()
                 .collect();
             ctx.student.net.weights(&ema)?
         }
         // no graph through the weights while sampling
-        None => ctx.student.params()?.map(crate::tensor_abi::untracked::<B>),
+        None => ctx.student.params()?.untracked(),
     };
     let with_source = ctx.eval_setup.as_ref().is_some_and(|e| e.wants_source());
     let drawn = draw::<B, D>(
@@ -238,13 +235,13 @@ fn trajectory<B: AutodiffBackend, const D: usize>(
     cfg: &SamplerConfig,
     learned_sigma: bool,
     x_big_t: Tensor<B, D>,
-    labels: Option<IntTensor<B>>,
-    hook_labels: Option<IntTensor<B>>,
+    labels: Option<Tensor<B, 1, Int>>,
+    hook_labels: Option<Labels<B>>,
     rng: &mut rand::rngs::StdRng,
     device: &B::Device,
 ) -> Result<Tensor<B, D>> {
     // what `score` hooks aim for: the masks when sampling by mask, else the classes
-    let hook_labels = hook_labels.or_else(|| labels.clone());
+    let hook_labels = hook_labels.or_else(|| labels.clone().map(Labels::Classes));
     let alpha_bars = &student.alpha_bars;
     // (the source alone is sampled from inside plugins' hooks too, with
     // their cells borrowed: it runs no hook and asks none)
@@ -261,17 +258,11 @@ fn trajectory<B: AutodiffBackend, const D: usize>(
             // (every plugin's injection included, its own too: Eq. 13 of
             // denoiser-guidance builds x̂0 from it). The graph is released
             // at the end of the step (`tensor_abi::release_graph`).
-            let xp = crate::tensor_abi::untracked::<B>(prim_f(x.clone()));
-            let xp = if has_score {
-                B::float_set_require_grad(xp, true)
-            } else {
-                xp
-            };
-            let x = ranked::<B, D>(xp.clone());
-            let typed_labels = labels.clone().map(Tensor::<B, 1, Int>::from_primitive);
+            let x = Tensor::<B, D>::from_inner(x.clone().inner());
+            let x = if has_score { x.require_grad() } else { x };
             let raw = match weights {
-                None => student.source_forward(x.clone(), tf.clone(), typed_labels),
-                Some(w) => student.forward(w, x.clone(), tf.clone(), typed_labels, false)?,
+                None => student.source_forward(x.clone(), tf.clone(), labels.clone()),
+                Some(w) => student.forward(w, x.clone(), tf.clone(), labels.clone(), false)?,
             };
             let (mean, variance) = if learned_sigma {
                 let c = student.data_channels;
@@ -283,32 +274,24 @@ fn trajectory<B: AutodiffBackend, const D: usize>(
                 (raw, None)
             };
             let ab_s = BatchScalar::Shared(alpha_bar_at(alpha_bars, ts[0]));
-            let mut eps = prim_f(to_epsilon(mean, x.clone(), &ab_s, student.prediction));
-            let t_stored = Stored::Float(prim_f(tf));
+            let mut eps = to_epsilon(mean, x.clone(), &ab_s, student.prediction);
             // the source alone runs no hook (and may be sampled from inside
             // a plugin's own hook, whose cell is borrowed)
             if weights.is_some() {
                 student.each_hooked(
                     |p| p.implements(Hook::Score),
                     |inst| -> Result<()> {
-                        eps = inst.score(
-                            &xp,
-                            &t_stored,
-                            &eps,
-                            hook_labels.as_ref(),
-                            step_index,
-                            num_steps,
-                        )?;
+                        eps =
+                            inst.score(&x, &tf, &eps, hook_labels.as_ref(), step_index, num_steps)?;
                         Ok(())
                     },
                 )?;
             }
             step_index += 1;
-            let eps = ranked::<B, D>(crate::tensor_abi::untracked::<B>(eps));
+            let eps = Tensor::<B, D>::from_inner(eps.inner());
             if has_score {
                 // nothing tracked from x_t is kept past this step
-                drop(x);
-                crate::tensor_abi::release_graph::<B>(xp);
+                crate::tensor_abi::release_graph::<B, D>(x);
             }
             Ok(match (variance, cfg.sampler) {
                 (Some(v), Sampler::Ddpm { .. }) => Tensor::cat(vec![eps, v], 1),
@@ -373,8 +356,8 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
         condition_source: student.condition_source(),
     };
     let run = |x_big_t: Tensor<B, D>,
-               labels: Option<IntTensor<B>>,
-               masks: Option<IntTensor<B>>,
+               labels: Option<Tensor<B, 1, Int>>,
+               masks: Option<Labels<B>>,
                source: bool,
                rng: &mut rand::rngs::StdRng| {
         let w = (!source).then_some(weights);
@@ -401,9 +384,9 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
     while out.accepted_count() < sm.count && out.attempts < max_attempts {
         let n = sm.batch.min(sm.count - out.accepted_count()).max(1);
         let label_values = batch_labels(student.classes, sm, out.attempts, n);
-        let labels = label_values.as_ref().map(|v| {
-            Tensor::<B, 1, Int>::from_data(TensorData::new(v.clone(), [n]), device).into_primitive()
-        });
+        let labels = label_values
+            .as_ref()
+            .map(|v| Tensor::<B, 1, Int>::from_data(TensorData::new(v.clone(), [n]), device));
         // sample k of the run is conditioned on mask k (cycling)
         let mask_idx: Vec<usize> = match &student.sample_masks {
             Some(m) => (0..n).map(|i| (out.attempts + i) % m.len()).collect(),
@@ -412,7 +395,8 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
         let masks = student
             .sample_masks
             .as_ref()
-            .and_then(|m| m.mask_tensor::<B>(&mask_idx, device));
+            .and_then(|m| m.mask_tensor::<B>(&mask_idx, device))
+            .map(Labels::Masks);
         let conditions = student.condition_samples(out.attempts, n, &mut condition_rng, device)?;
         out.attempts += n;
         let x_big_t: Tensor<B, D> = normal(&mut rng, batch_shape::<D>(n, &example), device);
@@ -427,9 +411,10 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
             None
         };
         let samples = run(x_big_t, labels.clone(), masks.clone(), false, &mut rng)?;
-        let sp = prim_f(samples.clone());
-        let filter_labels = masks.clone().or_else(|| labels.clone());
-        let keep = filter_batch(student, &sp, filter_labels.as_ref(), &mut out.rejected)?;
+        let filter_labels = masks
+            .clone()
+            .or_else(|| labels.clone().map(Labels::Classes));
+        let keep = filter_batch(student, &samples, filter_labels.as_ref(), &mut out.rejected)?;
         let values = samples
             .into_data()
             .to_vec::<f32>()
@@ -465,9 +450,12 @@ pub(super) struct SourceSampler<B: AutodiffBackend, const D: usize> {
 }
 
 impl<B: AutodiffBackend, const D: usize> SampleService<B> for SourceSampler<B, D> {
-    fn sample_source(&self, count: usize, labels: Option<IntTensor<B>>) -> Result<P<B>, AbiError> {
+    fn sample_source(
+        &self,
+        count: usize,
+        labels: Option<Tensor<B, 1, Int>>,
+    ) -> Result<Ranked<B>, AbiError> {
         let example = self.student.net.data_shape();
-        let labels = labels.map(Tensor::<B, 1, Int>::from_primitive);
         if let Some(l) = &labels {
             let n = l.dims()[0];
             if n != count {
@@ -486,9 +474,7 @@ impl<B: AutodiffBackend, const D: usize> SampleService<B> for SourceSampler<B, D
             let n = self.settings.batch.max(1).min(count - done);
             let x_big_t: Tensor<B, D> =
                 normal(&mut rng, batch_shape::<D>(n, &example), &self.device);
-            let l = labels
-                .as_ref()
-                .map(|l| l.clone().narrow(0, done, n).into_primitive());
+            let l = labels.as_ref().map(|l| l.clone().narrow(0, done, n));
             let x = trajectory::<B, D>(
                 &self.student,
                 None,
@@ -507,21 +493,20 @@ impl<B: AutodiffBackend, const D: usize> SampleService<B> for SourceSampler<B, D
         if parts.is_empty() {
             return Err(AbiError::other("sample_source: count must be at least 1"));
         }
-        Ok(prim_f(Tensor::cat(parts, 0)))
+        Ok(Ranked::new(Tensor::cat(parts, 0)))
     }
 }
 
 /// Every `filter` hook's decisions on the batch `samples`, in manifest
 /// order: which samples all of them keep. Rejections are counted per
 /// plugin in `rejected` (a sample counts against the first that rejects it).
-fn filter_batch<B: AutodiffBackend>(
+fn filter_batch<B: AutodiffBackend, const D: usize>(
     student: &Student<B>,
-    samples: &P<B>,
-    labels: Option<&IntTensor<B>>,
+    samples: &Tensor<B, D>,
+    labels: Option<&Labels<B>>,
     rejected: &mut HashMap<String, usize>,
 ) -> Result<Vec<bool>> {
-    use burn::tensor::TensorMetadata;
-    let n = samples.shape().to_vec().first().copied().unwrap_or(0);
+    let n = samples.dims()[0];
     let mut keep = vec![true; n];
     student.each_hooked(
         |p| p.implements(Hook::Filter),

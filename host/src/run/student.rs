@@ -9,16 +9,13 @@ use crate::data::Dataset;
 use crate::diffusion::prediction::{BatchScalar, Prediction, to_epsilon};
 use crate::model::{Denoiser, Hooks, Net, Recorder, Weights};
 use crate::plugins::{InjectArgs, Instance};
-use crate::tensor_abi::{DenoiseService, Session, Stored};
+use crate::tensor_abi::{DenoiseService, Labels, Ranked, Session};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::IntTensor;
-use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
-use dtx_plugin_api::abi::{AbiError, ErrorKind, Hook, Which};
+use burn::tensor::{Int, Tensor, TensorData};
+use dtx_plugin_api::abi::{AbiError, Hook, Which};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-
-use crate::tensor_abi::Prim as P;
 
 /// The model and plugins of a run, shared with the host services.
 pub(super) struct Student<B: AutodiffBackend> {
@@ -57,23 +54,22 @@ pub(super) struct Student<B: AutodiffBackend> {
 /// The network output `out` as ε: the mean channels of a learned-variance
 /// output, converted from x0 or v with ᾱ at each example's `t`.
 fn as_eps<B: AutodiffBackend, const D: usize>(
-    out: P<B>,
-    x_t: P<B>,
-    t: P<B>,
+    out: Tensor<B, D>,
+    x_t: Tensor<B, D>,
+    t: Tensor<B, 1>,
     prediction: Prediction,
     alpha_bars: &[f64],
     channels: usize,
-) -> Result<P<B>, AbiError> {
-    let out: Tensor<B, D> = Tensor::from_primitive(TensorPrimitive::Float(out));
+) -> Result<Tensor<B, D>, AbiError> {
     let out = if D > 2 && out.dims()[1] == 2 * channels {
         out.narrow(1, 0, channels)
     } else {
         out
     };
     if prediction == Prediction::Epsilon {
-        return Ok(out.into_primitive().tensor());
+        return Ok(out);
     }
-    let ts: Vec<f32> = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t))
+    let ts: Vec<f32> = t
         .into_data()
         .to_vec::<f32>()
         .map_err(|e| AbiError::other(format!("reading timesteps: {e:?}")))?;
@@ -89,30 +85,7 @@ fn as_eps<B: AutodiffBackend, const D: usize>(
         TensorData::new(ab, [n]),
         &out.device(),
     ));
-    let x_t: Tensor<B, D> = Tensor::from_primitive(TensorPrimitive::Float(x_t));
-    Ok(to_epsilon(out, x_t, &ab, prediction)
-        .into_primitive()
-        .tensor())
-}
-
-impl<B: AutodiffBackend> Student<B> {
-    /// [`as_eps`] at the rank of `x_t`.
-    fn eps_of(&self, out: P<B>, x_t: P<B>, t: P<B>) -> Result<P<B>, AbiError> {
-        use burn::tensor::TensorMetadata;
-        let (p, ab, c) = (
-            self.prediction,
-            self.alpha_bars.as_slice(),
-            self.data_channels,
-        );
-        match x_t.shape().num_dims() {
-            2 => as_eps::<B, 2>(out, x_t, t, p, ab, c),
-            4 => as_eps::<B, 4>(out, x_t, t, p, ab, c),
-            r => Err(AbiError::new(
-                ErrorKind::SHAPE,
-                format!("denoise: x_t of rank {r}; this model takes rank 2 or 4"),
-            )),
-        }
-    }
+    Ok(to_epsilon(out, x_t, &ab, prediction))
 }
 
 impl<B: AutodiffBackend> Student<B> {
@@ -120,7 +93,7 @@ impl<B: AutodiffBackend> Student<B> {
     /// parameters), as the network's table.
     pub(super) fn params(&self) -> Result<Weights<B>, AbiError> {
         Session::<B>::with(|s| {
-            let base: HashMap<&str, &P<B>> = s
+            let base: HashMap<&str, &_> = s
                 .params
                 .entries()
                 .iter()
@@ -187,9 +160,9 @@ impl<B: AutodiffBackend> Student<B> {
     ) -> Result<Tensor<B, D>, AbiError> {
         let mut injecting = Injecting {
             student: self,
-            t: Stored::Float(t.clone().into_primitive().tensor()),
+            t: t.clone(),
             cond: self.current_condition(),
-            labels: labels.clone().map(|l| l.into_primitive()),
+            labels: labels.clone().map(Labels::Classes),
             training,
         };
         let dropout = self.dropout.borrow();
@@ -209,36 +182,42 @@ impl<B: AutodiffBackend> Student<B> {
         Tensor::from_inner(out.inner())
     }
 
-    /// [`Student::forward`] (or the source's, `which`) on a service's
-    /// rank-free values, at the rank of `x`: 2 or 4.
+    /// [`Student::forward`] (or the source's, `which`) as ε, for the
+    /// `denoise` service.
     fn denoise_at<const D: usize>(
         &self,
         which: Which,
-        x: P<B>,
-        t: P<B>,
-        labels: Option<IntTensor<B>>,
-    ) -> Result<P<B>, AbiError> {
-        let x = Tensor::<B, D>::from_primitive(TensorPrimitive::Float(x));
-        let t = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t));
-        let labels = labels.map(Tensor::<B, 1, Int>::from_primitive);
+        x: Tensor<B, D>,
+        t: Tensor<B, 1>,
+        labels: Option<Tensor<B, 1, Int>>,
+    ) -> Result<Tensor<B, D>, AbiError> {
         let out = match which {
-            Which::Source => self.source_forward(x, t, labels),
-            Which::Student => self.forward(&self.student_weights()?, x, t, labels, false)?,
+            Which::Source => self.source_forward(x.clone(), t.clone(), labels),
+            Which::Student => self.forward(
+                &self.student_weights()?,
+                x.clone(),
+                t.clone(),
+                labels,
+                false,
+            )?,
         };
-        Ok(out.into_primitive().tensor())
+        let (p, ab, c) = (
+            self.prediction,
+            self.alpha_bars.as_slice(),
+            self.data_channels,
+        );
+        as_eps::<B, D>(out, x, t, p, ab, c)
     }
 
     /// The activations at `points` of the source's or the student's
-    /// weights (no plugin), at the rank of `x`: 2 or 4.
+    /// weights (no plugin).
     fn features_at<const D: usize>(
         &self,
         params: &Weights<B>,
-        x: P<B>,
-        t: P<B>,
+        x: Tensor<B, D>,
+        t: Tensor<B, 1>,
         points: &[String],
-    ) -> Result<Vec<P<B>>, AbiError> {
-        let x = Tensor::<B, D>::from_primitive(TensorPrimitive::Float(x));
-        let t = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t));
+    ) -> Result<Vec<Ranked<B>>, AbiError> {
         let mut record = Recorder::<B, D>::new(points);
         match self.net.forward(params, x, t, None, &mut record, None) {
             Ok(_) => {}
@@ -248,8 +227,8 @@ impl<B: AutodiffBackend> Student<B> {
             .iter()
             .map(|p| {
                 let found = match (p.as_str(), &record.temb) {
-                    ("temb", Some(temb)) => Some(temb.clone().into_primitive().tensor()),
-                    _ => record.blocks.remove(p).map(|h| h.into_primitive().tensor()),
+                    ("temb", Some(temb)) => Some(Ranked::Two(temb.clone())),
+                    _ => record.blocks.remove(p).map(Ranked::new),
                 };
                 found.ok_or_else(|| {
                     AbiError::other(format!("`{p}` is not an injection point of this model"))
@@ -259,32 +238,24 @@ impl<B: AutodiffBackend> Student<B> {
     }
 }
 
-/// The rank of `x` as a service gets it, 2 or 4; another is an error naming
-/// the service.
-fn service_rank<B: AutodiffBackend>(service: &str, x: &P<B>) -> Result<usize, AbiError> {
-    use burn::tensor::TensorMetadata;
-    match x.shape().num_dims() {
-        r @ (2 | 4) => Ok(r),
-        r => Err(AbiError::new(
-            ErrorKind::SHAPE,
-            format!("{service}: x of rank {r}; this model takes rank 2 or 4"),
-        )),
-    }
-}
-
 /// Every plugin's `inject` at the points of one student forward, those
 /// whose hooks are running left out.
 struct Injecting<'a, B: AutodiffBackend> {
     student: &'a Student<B>,
-    t: Stored<B>,
-    cond: Option<P<B>>,
-    labels: Option<IntTensor<B>>,
+    t: Tensor<B, 1>,
+    cond: Option<Tensor<B, 3>>,
+    labels: Option<Labels<B>>,
     training: bool,
 }
 
 impl<B: AutodiffBackend> Injecting<'_, B> {
     /// `h` at `point` through each bound plugin, in manifest order.
-    fn at(&self, point: &str, h: P<B>, temb: &P<B>) -> Result<P<B>, AbiError> {
+    fn at<const K: usize>(
+        &self,
+        point: &str,
+        h: Tensor<B, K>,
+        temb: &Tensor<B, 2>,
+    ) -> Result<Tensor<B, K>, AbiError> {
         let student = self.student;
         let mut h = h;
         for (i, cell) in student.plugins.iter().enumerate() {
@@ -316,9 +287,7 @@ impl<B: AutodiffBackend, const D: usize> Hooks<B, D> for Injecting<'_, B> {
     type Error = AbiError;
 
     fn temb(&mut self, temb: Tensor<B, 2>) -> Result<Tensor<B, 2>, AbiError> {
-        let temb = temb.into_primitive().tensor();
-        let out = self.at("temb", temb.clone(), &temb)?;
-        Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+        self.at("temb", temb.clone(), &temb)
     }
 
     fn block(
@@ -327,51 +296,38 @@ impl<B: AutodiffBackend, const D: usize> Hooks<B, D> for Injecting<'_, B> {
         h: Tensor<B, D>,
         temb: &Tensor<B, 2>,
     ) -> Result<Tensor<B, D>, AbiError> {
-        let temb = temb.clone().into_primitive().tensor();
-        let out = self.at(point, h.into_primitive().tensor(), &temb)?;
-        Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+        self.at(point, h, temb)
     }
-}
-
-fn t_float<B: AutodiffBackend>(t: &Stored<B>) -> Result<P<B>, AbiError> {
-    Ok(match t {
-        Stored::Float(t) => t.clone(),
-        Stored::Int(t) => B::int_into_float(t.clone(), burn::tensor::FloatDType::F32),
-        Stored::Bool(_) => return Err(AbiError::other("timesteps must be numbers")),
-    })
 }
 
 impl<B: AutodiffBackend> DenoiseService<B> for Rc<Student<B>> {
     fn denoise(
         &self,
-        x_t: P<B>,
-        t: Stored<B>,
+        x_t: Ranked<B>,
+        t: Tensor<B, 1>,
         which: Which,
-        labels: Option<IntTensor<B>>,
-    ) -> Result<P<B>, AbiError> {
-        let t = t_float(&t)?;
-        let out = match service_rank::<B>("denoise", &x_t)? {
-            2 => self.denoise_at::<2>(which, x_t.clone(), t.clone(), labels)?,
-            _ => self.denoise_at::<4>(which, x_t.clone(), t.clone(), labels)?,
-        };
-        self.eps_of(out, x_t, t)
+        labels: Option<Tensor<B, 1, Int>>,
+    ) -> Result<Ranked<B>, AbiError> {
+        Ok(match x_t {
+            Ranked::Two(x) => Ranked::Two(self.denoise_at(which, x, t, labels)?),
+            Ranked::Four(x) => Ranked::Four(self.denoise_at(which, x, t, labels)?),
+        })
     }
 
     fn features(
         &self,
-        x: P<B>,
-        t: Stored<B>,
+        x: Ranked<B>,
+        t: Tensor<B, 1>,
         points: &[String],
         which: Which,
-    ) -> Result<Vec<P<B>>, AbiError> {
-        let t = t_float(&t)?;
+    ) -> Result<Vec<Ranked<B>>, AbiError> {
         let params = match which {
             Which::Source => self.source.clone(),
             Which::Student => self.student_weights()?,
         };
-        match service_rank::<B>("features", &x)? {
-            2 => self.features_at::<2>(&params, x, t, points),
-            _ => self.features_at::<4>(&params, x, t, points),
+        match x {
+            Ranked::Two(x) => self.features_at(&params, x, t, points),
+            Ranked::Four(x) => self.features_at(&params, x, t, points),
         }
     }
 }

@@ -1,20 +1,9 @@
-//! Small pieces the stages of a run share: conversions between burn's ranked
-//! tensors and the ABI's rank-free primitive, the per-step RNG, Gaussian
-//! noise, batch shapes, and progress bars.
+//! Small pieces the stages of a run share: the per-step RNG, Gaussian
+//! noise, batch shapes, scalars and progress bars.
 
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng, rngs::StdRng};
-
-use crate::tensor_abi::Prim as P;
-
-pub(super) fn prim_f<B: AutodiffBackend, const D: usize>(t: Tensor<B, D>) -> P<B> {
-    t.into_primitive().tensor()
-}
-
-pub(super) fn ranked<B: AutodiffBackend, const D: usize>(p: P<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(p))
-}
 
 pub(super) fn scalar<B: AutodiffBackend>(t: &Tensor<B, 1>) -> f64 {
     t.clone()

@@ -10,6 +10,7 @@ pub(crate) mod ops;
 mod params;
 mod services;
 mod session;
+mod typed;
 
 pub use ops::tensor_ops;
 pub use params::{BASE_OWNER, ParamEntry, ParamStore};
@@ -18,6 +19,7 @@ pub use services::{
     host_services,
 };
 pub use session::{Session, SessionGuard, Stored};
+pub use typed::{Labels, Ranked, classes_at, float_at, timesteps};
 
 use burn::tensor::backend::AutodiffBackend;
 use dtx_plugin_api::abi::HostVtables;
@@ -63,12 +65,8 @@ pub fn untracked<B: AutodiffBackend>(
 /// recorded from it unreachable, and the same pass frees them. It reads the
 /// leaf alone, so it costs next to nothing; gradients still flow for any
 /// backward a hook ran before.
-pub fn release_graph<B: AutodiffBackend>(leaf: burn::tensor::ops::FloatTensor<B>) {
-    let root = B::float_sum(B::float_mul_scalar(
-        leaf,
-        burn::tensor::Scalar::from(0.0f32),
-    ));
-    let _ = B::backward(root);
+pub fn release_graph<B: AutodiffBackend, const D: usize>(leaf: burn::tensor::Tensor<B, D>) {
+    let _ = (leaf * 0.0).sum().backward();
 }
 
 /// A rank-free float tensor of backend `B`: what the ABI's handles hold and

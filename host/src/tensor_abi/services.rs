@@ -4,11 +4,12 @@
 
 use super::params::ParamStore;
 use super::session::{Session, Stored};
+use super::typed::{Labels, Ranked, classes_at, float_at, timesteps};
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::std_types::{RNone, ROption, RSlice, RStr, RString, RVec};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::{FloatTensor, IntTensor};
-use burn::tensor::{DType as BurnDType, TensorData};
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType as BurnDType, Int, Tensor, TensorData};
 use dtx_plugin_api::abi::{
     AbiError, AbiResult, DataBatch, ErrorKind, HostServices, HostServicesRef, ParamId, ParamInit,
     TensorId, Which,
@@ -19,23 +20,24 @@ use std::rc::Rc;
 
 /// A denoiser the host exposes to plugins (`denoise` and `features`).
 pub trait DenoiseService<B: AutodiffBackend> {
-    /// ε prediction of `which` for `x_t` at timesteps `t`.
+    /// ε prediction of `which` for `x_t` at timesteps `t` `[N]`, at
+    /// `x_t`'s rank.
     fn denoise(
         &self,
-        x_t: FloatTensor<B>,
-        t: Stored<B>,
+        x_t: Ranked<B>,
+        t: Tensor<B, 1>,
         which: Which,
-        labels: Option<IntTensor<B>>,
-    ) -> Result<FloatTensor<B>, AbiError>;
+        labels: Option<Tensor<B, 1, Int>>,
+    ) -> Result<Ranked<B>, AbiError>;
 
     /// Activations of `which` at `points` for input `x` at timesteps `t`.
     fn features(
         &self,
-        x: FloatTensor<B>,
-        t: Stored<B>,
+        x: Ranked<B>,
+        t: Tensor<B, 1>,
         points: &[String],
         which: Which,
-    ) -> Result<Vec<FloatTensor<B>>, AbiError>;
+    ) -> Result<Vec<Ranked<B>>, AbiError>;
 }
 
 /// Samples of the frozen source model (`sample_source`).
@@ -45,26 +47,27 @@ pub trait SampleService<B: AutodiffBackend> {
     fn sample_source(
         &self,
         count: usize,
-        labels: Option<IntTensor<B>>,
-    ) -> Result<FloatTensor<B>, AbiError>;
+        labels: Option<Tensor<B, 1, Int>>,
+    ) -> Result<Ranked<B>, AbiError>;
 }
 
 /// The run's condition encoder (`encode_image`, `encode_text`).
 pub trait ConditionService<B: AutodiffBackend> {
     /// Embeddings `[B, N, D_c]` of images `[B, C, H, W]` in data space.
-    fn encode_image(&self, x: FloatTensor<B>) -> Result<FloatTensor<B>, AbiError>;
+    fn encode_image(&self, x: Tensor<B, 4>) -> Result<Tensor<B, 3>, AbiError>;
     /// The embedding `[1, N, D_c]` of a text prompt.
-    fn encode_text(&self, prompt: &str) -> Result<FloatTensor<B>, AbiError>;
+    fn encode_text(&self, prompt: &str) -> Result<Tensor<B, 3>, AbiError>;
 }
 
 /// Datasets the host exposes to plugins (`dataset_batch`).
 pub trait DataService<B: AutodiffBackend> {
-    /// The next `batch` samples of `split`, with labels when the set has them.
+    /// The next `batch` samples of `split`, with labels when the set has
+    /// them (masks for a `<split>:masks` split).
     fn batch(
         &mut self,
         split: &str,
         batch: usize,
-    ) -> Result<(FloatTensor<B>, Option<IntTensor<B>>), AbiError>;
+    ) -> Result<(Ranked<B>, Option<Labels<B>>), AbiError>;
 }
 
 /// What the `optimizer_step` service steps plugin parameters with: the
@@ -232,7 +235,12 @@ extern "C" fn denoise<B: AutodiffBackend>(
             let labels = labels.into_option().map(|l| s.int(l)).transpose()?;
             Ok((svc, s.float(x_t)?, s.get(t)?, labels))
         })??;
-        let eps = svc.denoise(x, t, which, labels)?;
+        let x = Ranked::from_float("denoise: x_t", x)?;
+        let t = timesteps("denoise: t", t)?;
+        let labels = labels
+            .map(|l| classes_at("denoise: labels", l))
+            .transpose()?;
+        let eps = svc.denoise(x, t, which, labels)?.into_float();
         Session::<B>::with(|s| s.insert(Stored::Float(eps)))
     })
 }
@@ -253,11 +261,13 @@ extern "C" fn features<B: AutodiffBackend>(
             Ok((svc, s.float(x)?, s.get(t)?))
         })??;
         let points: Vec<String> = points.iter().map(|p| p.as_str().to_owned()).collect();
+        let x = Ranked::from_float("features: x", x)?;
+        let t = timesteps("features: t", t)?;
         let feats = svc.features(x, t, &points, which)?;
         Session::<B>::with(|s| {
             feats
                 .into_iter()
-                .map(|f| s.insert(Stored::Float(f)))
+                .map(|f| s.insert(Stored::Float(f.into_float())))
                 .collect()
         })
     })
@@ -319,9 +329,9 @@ extern "C" fn dataset_batch<B: AutodiffBackend>(
         })?;
         let (x, labels) = data.borrow_mut().batch(split.as_str(), batch)?;
         Session::<B>::with(|s| DataBatch {
-            x: s.insert(Stored::Float(x)),
+            x: s.insert(Stored::Float(x.into_float())),
             labels: match labels {
-                Some(l) => ROption::RSome(s.insert(Stored::Int(l))),
+                Some(l) => ROption::RSome(s.insert(l.stored())),
                 None => RNone,
             },
         })
@@ -381,7 +391,10 @@ extern "C" fn sample_source<B: AutodiffBackend>(
             let labels = labels.into_option().map(|l| s.int(l)).transpose()?;
             Ok((svc, labels))
         })??;
-        let x = svc.sample_source(count, labels)?;
+        let labels = labels
+            .map(|l| classes_at("sample_source: labels", l))
+            .transpose()?;
+        let x = svc.sample_source(count, labels)?.into_float();
         Session::<B>::with(|s| s.insert(Stored::Float(x)))
     })
 }
@@ -412,7 +425,8 @@ extern "C" fn encode_image<B: AutodiffBackend>(x: TensorId) -> AbiResult<TensorI
     guarded("encode_image", || {
         let enc = encoder::<B>("encode_image")?;
         let x = Session::<B>::with(|s| s.float(x))??;
-        let c = enc.encode_image(x)?;
+        let x = float_at::<B, 4>("encode_image: x", x)?;
+        let c = enc.encode_image(x)?.into_primitive().tensor();
         Session::<B>::with(|s| s.insert(Stored::Float(c)))
     })
 }
@@ -420,7 +434,7 @@ extern "C" fn encode_image<B: AutodiffBackend>(x: TensorId) -> AbiResult<TensorI
 extern "C" fn encode_text<B: AutodiffBackend>(prompt: RStr<'_>) -> AbiResult<TensorId> {
     guarded("encode_text", || {
         let enc = encoder::<B>("encode_text")?;
-        let c = enc.encode_text(prompt.as_str())?;
+        let c = enc.encode_text(prompt.as_str())?.into_primitive().tensor();
         Session::<B>::with(|s| s.insert(Stored::Float(c)))
     })
 }

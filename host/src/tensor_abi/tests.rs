@@ -407,27 +407,27 @@ struct Halver;
 impl super::DenoiseService<B> for Halver {
     fn denoise(
         &self,
-        x_t: burn::tensor::ops::FloatTensor<B>,
-        _t: Stored<B>,
+        x_t: super::Ranked<B>,
+        _t: BTensor<B, 1>,
         which: dtx_plugin_api::Which,
-        _labels: Option<burn::tensor::ops::IntTensor<B>>,
-    ) -> Result<burn::tensor::ops::FloatTensor<B>, dtx_plugin_api::AbiError> {
+        _labels: Option<BTensor<B, 1, burn::tensor::Int>>,
+    ) -> Result<super::Ranked<B>, dtx_plugin_api::AbiError> {
         let k = if which == dtx_plugin_api::Which::Student {
             0.5
         } else {
             0.25
         };
-        let x = BTensor::<B, 2>::from_primitive(TensorPrimitive::Float(x_t));
-        Ok((x * k).into_primitive().tensor())
+        let x = x_t.at::<2>("x_t")?;
+        Ok(super::Ranked::Two(x * k))
     }
 
     fn features(
         &self,
-        x: burn::tensor::ops::FloatTensor<B>,
-        _t: Stored<B>,
+        x: super::Ranked<B>,
+        _t: BTensor<B, 1>,
         points: &[String],
         _which: dtx_plugin_api::Which,
-    ) -> Result<Vec<burn::tensor::ops::FloatTensor<B>>, dtx_plugin_api::AbiError> {
+    ) -> Result<Vec<super::Ranked<B>>, dtx_plugin_api::AbiError> {
         Ok(points.iter().map(|_| x.clone()).collect())
     }
 }
@@ -440,24 +440,16 @@ impl super::DataService<B> for Ones {
         &mut self,
         split: &str,
         n: usize,
-    ) -> Result<
-        (
-            burn::tensor::ops::FloatTensor<B>,
-            Option<burn::tensor::ops::IntTensor<B>>,
-        ),
-        dtx_plugin_api::AbiError,
-    > {
+    ) -> Result<(super::Ranked<B>, Option<super::Labels<B>>), dtx_plugin_api::AbiError> {
         if split != "target" {
             return Err(dtx_plugin_api::AbiError::other(format!(
                 "no split `{split}`"
             )));
         }
         let dev = Default::default();
-        let x = BTensor::<B, 2>::ones([n, 2], &dev)
-            .into_primitive()
-            .tensor();
-        let y = BTensor::<B, 1, burn::tensor::Int>::full([n], 3, &dev).into_primitive();
-        Ok((x, Some(y)))
+        let x = BTensor::<B, 2>::ones([n, 2], &dev);
+        let y = BTensor::<B, 1, burn::tensor::Int>::full([n], 3, &dev);
+        Ok((super::Ranked::Two(x), Some(super::Labels::Classes(y))))
     }
 }
 
@@ -529,6 +521,33 @@ fn services_reach_the_run_and_say_what_is_missing() {
     close(&a.to_f32_vec(), &[0.9, 0.7], 0.0);
     let err = host.alpha_bar(&Tensor::from_i64(&[3], &[1])).unwrap_err();
     assert!(err.message.contains("outside 0..3"), "{}", err.message);
+    // A service checks what a plugin hands it before the run sees it.
+    let err = host
+        .denoise(
+            &Tensor::ones(&[2, 2, 2]),
+            &t,
+            dtx_plugin_api::Which::Source,
+            None,
+        )
+        .unwrap_err();
+    assert!(
+        err.message.contains("denoise: x_t has rank 3") && err.message.contains("rank 2 or 4"),
+        "{}",
+        err.message
+    );
+    let err = host
+        .denoise(
+            &x,
+            &Tensor::from_i64(&[1, 2], &[1, 2]),
+            dtx_plugin_api::Which::Source,
+            None,
+        )
+        .unwrap_err();
+    assert!(
+        err.message.contains("denoise: t has rank 2"),
+        "{}",
+        err.message
+    );
 }
 
 #[test]

@@ -11,9 +11,8 @@
 use super::ema::Ema;
 use super::optim::{AdamConfig, Optimizer, Rule};
 use crate::tensor_abi::Session;
+use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Tensor, TensorPrimitive};
 use dtx_plugin_api::abi::AbiError;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -68,8 +67,8 @@ pub trait Trainee<B: AutodiffBackend> {
     /// What a step may fail with.
     type Error: From<FitError>;
 
-    /// The named scalar loss terms of step `step` (0-based).
-    fn terms(&mut self, step: u64) -> Result<Vec<(String, FloatTensor<B>)>, Self::Error>;
+    /// The named scalar loss terms of step `step` (0-based), `[1]` each.
+    fn terms(&mut self, step: u64) -> Result<Vec<(String, Tensor<B, 1>)>, Self::Error>;
 
     /// The optimizer (shared with the `optimizer_step` service) and the EMA
     /// the update moves.
@@ -147,11 +146,6 @@ pub enum FitError {
 /// Each loss term's value by name, in order.
 pub type TermValues = Vec<(String, f64)>;
 
-/// A term's value as a one-element tensor.
-fn as_scalar<B: AutodiffBackend>(term: &FloatTensor<B>) -> Tensor<B, 1> {
-    Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(term.clone())).reshape([1])
-}
-
 /// The value of a one-element tensor (NaN if it has none).
 fn value_of<B: AutodiffBackend>(t: &Tensor<B, 1>) -> f64 {
     t.clone()
@@ -165,17 +159,17 @@ fn value_of<B: AutodiffBackend>(t: &Tensor<B, 1>) -> f64 {
 /// A NaN or infinite term is an error naming it and every term's value
 /// ([`fit`] says where it happened and what is kept).
 pub fn sum_terms<B: AutodiffBackend>(
-    terms: &[(String, FloatTensor<B>)],
+    terms: &[(String, Tensor<B, 1>)],
 ) -> Result<(Tensor<B, 1>, TermValues), FitError> {
     let mut total: Option<Tensor<B, 1>> = None;
     let mut values = Vec::with_capacity(terms.len());
     for (name, term) in terms {
-        let t1 = as_scalar::<B>(term);
+        let t1 = term.clone().reshape([1]);
         let v = value_of(&t1);
         if !f64::is_finite(v) {
             let all: Vec<String> = terms
                 .iter()
-                .map(|(n, t)| format!("{n} = {}", value_of(&as_scalar::<B>(t))))
+                .map(|(n, t)| format!("{n} = {}", value_of(&t.clone().reshape([1]))))
                 .collect();
             return Err(FitError::NonFinite {
                 at: String::new(),
@@ -202,7 +196,7 @@ pub fn step<B: AutodiffBackend>(
     optimizer: &mut Optimizer<B>,
     ema: Option<&mut Ema<B>>,
     step: u64,
-    terms: &[(String, FloatTensor<B>)],
+    terms: &[(String, Tensor<B, 1>)],
 ) -> Result<StepRecord, FitError> {
     let (total, values) = sum_terms::<B>(terms)?;
     let loss = value_of(&total);

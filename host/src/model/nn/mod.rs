@@ -160,6 +160,15 @@ impl<B: Backend> Weights<B> {
         }
     }
 
+    /// The same values outside every autodiff graph (no history, no
+    /// gradient): for forwards that nothing differentiates.
+    pub fn untracked(&self) -> Self
+    where
+        B: burn::tensor::backend::AutodiffBackend,
+    {
+        self.map(crate::tensor_abi::untracked::<B>)
+    }
+
     /// Parameter `p` as a rank-`D` tensor.
     pub(crate) fn get<const D: usize>(&self, p: Param<D>) -> Tensor<B, D> {
         Tensor::from_primitive(TensorPrimitive::Float(self.tensors[p.0].clone()))

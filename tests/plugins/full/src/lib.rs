@@ -42,6 +42,12 @@ pub struct Config {
     /// In `loss`, call the condition services (`condition_shape`,
     /// `encode_image` on x0, `encode_text`) and log what they answer.
     pub probe_condition: bool,
+    /// A malformed value to hand back, to test the host's checks ("" for
+    /// none): `inject_channels` (half of `h`'s channels), `inject_batch`
+    /// (one example), `inject_dtype` (i64), `loss_vector` (a `[B]` term),
+    /// `score_short` (ε one sample short), `filter_short` (one decision
+    /// short).
+    pub malform: String,
 }
 
 impl Default for Config {
@@ -56,6 +62,7 @@ impl Default for Config {
             prepare_steps: 20,
             nan_at_step: -1,
             probe_condition: false,
+            malform: String::new(),
         }
     }
 }
@@ -255,6 +262,7 @@ impl Plugin for TestPlugin {
                 "bool",
                 "call condition_shape, encode_image and encode_text in loss",
             ),
+            ConfigKey::new("malform", "string", "a malformed value to hand back"),
         ]
     }
 
@@ -278,7 +286,13 @@ impl Plugin for TestPlugin {
 
     fn inject(&mut self, ctx: &Inject<'_>) -> Result<Tensor, AbiError> {
         self.maybe_panic("inject");
-        Ok(&*ctx.h + self.gain.value() * ctx.h.tanh())
+        let h = &*ctx.h + self.gain.value() * ctx.h.tanh();
+        Ok(match self.cfg.malform.as_str() {
+            "inject_channels" => h.narrow(1, 0, h.dim(1) / 2),
+            "inject_batch" => h.narrow(0, 0, 1),
+            "inject_dtype" => h.cast(DType::I64),
+            _ => h,
+        })
     }
 
     fn loss(&mut self, ctx: &Loss<'_>) -> Result<Vec<(String, Tensor)>, AbiError> {
@@ -318,6 +332,13 @@ impl Plugin for TestPlugin {
                 exercise(&ctx.pred) * self.cfg.exercise_weight,
             ));
         }
+        if self.cfg.malform == "loss_vector" {
+            let b = ctx.pred.dim(0) as i64;
+            terms.push((
+                "per_example".into(),
+                ctx.pred.square().reshape(&[b, -1]).mean_dims(&[1], false),
+            ));
+        }
         Ok(terms)
     }
 
@@ -325,7 +346,12 @@ impl Plugin for TestPlugin {
         self.maybe_panic("score");
         let x = ctx.x_t.require_grad();
         let g = (x.square().sum() * 0.5).grad(&[&x]).remove(0);
-        Ok(&*ctx.eps + g * self.cfg.guidance)
+        let eps = &*ctx.eps + g * self.cfg.guidance;
+        Ok(if self.cfg.malform == "score_short" {
+            eps.narrow(0, 0, eps.dim(0) - 1)
+        } else {
+            eps
+        })
     }
 
     fn filter(&mut self, ctx: &Filter<'_>) -> Result<FilterOutput, AbiError> {
@@ -336,10 +362,13 @@ impl Plugin for TestPlugin {
             .reshape(&[b, -1])
             .mean_dims(&[1], false)
             .to_f32_vec();
-        let keep = means
+        let mut keep = means
             .iter()
             .map(|&m| m > self.cfg.threshold)
             .collect::<Vec<_>>();
+        if self.cfg.malform == "filter_short" {
+            keep.pop();
+        }
         Ok(FilterOutput {
             scores: means.into(),
             keep: keep.into(),

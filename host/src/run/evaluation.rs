@@ -2,8 +2,8 @@
 //! loaded before training (a bad weights file or folder fails the run before
 //! it costs anything), and the metrics run over the samples at the end.
 
+use super::drawn::Drawn;
 use super::error::{Context as _, Result, fail, run_error};
-use super::sampling::Drawn;
 use crate::data::Dataset;
 use crate::eval::{EvalInputs, Evaluation, Extractor, KidSettings, evaluate};
 use crate::manifest::Reference;

@@ -9,6 +9,7 @@
 mod condition;
 mod context;
 pub mod dir;
+mod drawn;
 pub(crate) mod error;
 mod evaluation;
 mod fit;
@@ -32,9 +33,9 @@ use error::{Result, fail, run_error};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+pub use drawn::SamplingStats;
 pub use error::RunError;
 pub use inputs::load_target;
-pub use sampling::SamplingStats;
 
 /// How to run.
 #[derive(Debug, Clone, Default)]

@@ -2,6 +2,7 @@
 //! loop with the plugins' `score` corrections at every step and their
 //! `filter` decisions on every batch, until `sample.count` are accepted.
 
+use super::drawn::{Batch, Drawn, FilterScores, record};
 use super::error::{Result, RunError, run_error};
 use super::student::Student;
 use super::support::{batch_shape, normal, progress_bar, step_rng};
@@ -14,30 +15,6 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
 use dtx_plugin_api::abi::{AbiError, Hook};
 use std::collections::HashMap;
-
-/// The filters' bookkeeping at the end of a run.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct SamplingStats {
-    /// `sample.count`.
-    pub requested: usize,
-    /// Samples kept.
-    pub accepted: usize,
-    /// Samples drawn in all (accepted and rejected).
-    pub drawn: usize,
-    /// Rejections per filter plugin, by name.
-    pub rejected: std::collections::BTreeMap<String, usize>,
-}
-
-impl SamplingStats {
-    /// Accepted over drawn (1 when nothing was drawn).
-    pub fn acceptance_rate(&self) -> f64 {
-        if self.drawn == 0 {
-            1.0
-        } else {
-            self.accepted as f64 / self.drawn as f64
-        }
-    }
-}
 
 /// Stage 4 of a run, sampling: `sample.count` samples from the student
 /// (its EMA weights when the run keeps an EMA), filtered, written to the run
@@ -99,92 +76,6 @@ pub(super) fn sample_stage<B: AutodiffBackend, const D: usize>(
     shape.extend_from_slice(&ctx.example);
     summary.samples = Some((drawn.accepted, shape));
     Ok(())
-}
-
-/// Logs and writes what sampling produced: the log lines, the `sample`
-/// record in `metrics.jsonl`, the samples (with `labels.csv` and the masks
-/// they followed); returns the record and the accepted samples' classes.
-pub(super) fn record(
-    drawn: &Drawn,
-    sm: &Sample,
-    dir: &mut super::dir::RunDir,
-    log: &mut dyn std::io::Write,
-    example: &[usize],
-    target: Option<&crate::data::Dataset>,
-) -> Result<(SamplingStats, Option<Vec<i64>>)> {
-    writeln!(
-        log,
-        "sampled {} of {} ({} drawn)",
-        drawn.accepted_count(),
-        sm.count,
-        drawn.attempts
-    )?;
-    for (p, r) in &drawn.rejected {
-        writeln!(log, "  filter `{p}` rejected {r}")?;
-    }
-    let stats = SamplingStats {
-        requested: sm.count,
-        accepted: drawn.accepted_count(),
-        drawn: drawn.attempts,
-        rejected: drawn.rejected.clone().into_iter().collect(),
-    };
-    dir.log(&serde_json::json!({"sample": {"requested": sm.count, "accepted": stats.accepted, "drawn": stats.drawn, "acceptance_rate": stats.acceptance_rate(), "rejected": stats.rejected}}))?;
-    if !drawn.rejected.is_empty() || stats.accepted < sm.count {
-        writeln!(
-            log,
-            "  acceptance rate {:.1}%",
-            100.0 * stats.acceptance_rate()
-        )?;
-    }
-    let labels = (!drawn.labels.is_empty()).then(|| drawn.labels.clone());
-    super::report::write_samples(dir, &drawn.accepted, example, target, labels.as_deref())?;
-    if let [_, h, w] = example[..] {
-        super::report::write_masks(dir, &drawn.masks, [h, w])?;
-    }
-    if let Some(source) = &drawn.condition_source {
-        let mut csv = String::from("file,condition,image,top,left,height,width\n");
-        for (i, (k, r)) in drawn.conditions.iter().enumerate() {
-            csv.push_str(&format!(
-                "{i:05}.png,{source},{k},{},{},{},{}\n",
-                r.top, r.left, r.height, r.width
-            ));
-        }
-        std::fs::create_dir_all(dir.path.join("samples"))?;
-        std::fs::write(dir.path.join("samples").join("conditions.csv"), csv)?;
-    }
-    Ok((stats, labels))
-}
-
-/// What sampling produced.
-pub(super) struct Drawn {
-    /// Accepted samples, flat, example after example.
-    pub(super) accepted: Vec<f32>,
-    /// The source model's samples from the accepted samples' initial noise
-    /// (empty unless asked for).
-    pub(super) source: Vec<f32>,
-    /// Scalars per example.
-    pub(super) per_example: usize,
-    /// Examples drawn in all.
-    pub(super) attempts: usize,
-    /// Rejections per filter plugin.
-    pub(super) rejected: HashMap<String, usize>,
-    /// The class each accepted sample was drawn for (empty when the run
-    /// samples without labels).
-    pub(super) labels: Vec<i64>,
-    /// The mask each accepted sample was conditioned on, `[H, W]` each,
-    /// flat (empty without `sample.masks`).
-    pub(super) masks: Vec<i64>,
-    /// The condition image (its index) and the masked rectangle of each
-    /// accepted sample (empty unless the run conditions on images).
-    pub(super) conditions: Vec<(usize, crate::condition::MaskRect)>,
-    /// Where the condition images came from (`target`, `held_out`, a path).
-    pub(super) condition_source: Option<String>,
-}
-
-impl Drawn {
-    pub(super) fn accepted_count(&self) -> usize {
-        self.accepted.len() / self.per_example.max(1)
-    }
 }
 
 /// Class labels for a batch of `n` when the run has classes (a
@@ -354,7 +245,12 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
         masks: Vec::new(),
         conditions: Vec::new(),
         condition_source: student.condition_source(),
+        scores: Vec::new(),
+        logs: Vec::new(),
     };
+    // what was logged before sampling belongs to the stages that took it
+    let _ = Session::<B>::with(|s| s.services.take_logs())?;
+    let mut batch_index = 0;
     let run = |x_big_t: Tensor<B, D>,
                labels: Option<Tensor<B, 1, Int>>,
                masks: Option<Labels<B>>,
@@ -414,7 +310,8 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
         let filter_labels = masks
             .clone()
             .or_else(|| labels.clone().map(Labels::Classes));
-        let keep = filter_batch(student, &samples, filter_labels.as_ref(), &mut out.rejected)?;
+        let (keep, filters) =
+            filter_batch(student, &samples, filter_labels.as_ref(), &mut out.rejected)?;
         let values = samples
             .into_data()
             .to_vec::<f32>()
@@ -422,12 +319,17 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
         let batch = Batch {
             values: &values,
             keep: &keep,
+            filters: &filters,
             labels: label_values.as_deref(),
             mask_idx: &mask_idx,
             conditions: &conditions,
             source: from_source.as_deref(),
         };
         let accepted = out.accept(&batch, student.sample_masks.as_ref(), sm.count);
+        let logs = Session::<B>::with(|s| s.services.take_logs())?;
+        out.logs
+            .extend(logs.into_iter().map(|(k, v)| (batch_index, k, v)));
+        batch_index += 1;
         if let Some(b) = &bar {
             b.inc(accepted as u64);
         }
@@ -498,16 +400,18 @@ impl<B: AutodiffBackend, const D: usize> SampleService<B> for SourceSampler<B, D
 }
 
 /// Every `filter` hook's decisions on the batch `samples`, in manifest
-/// order: which samples all of them keep. Rejections are counted per
-/// plugin in `rejected` (a sample counts against the first that rejects it).
+/// order: which samples all of them keep, and each one's scores and
+/// decisions. Rejections are counted per plugin in `rejected` (a sample
+/// counts against the first that rejects it).
 fn filter_batch<B: AutodiffBackend, const D: usize>(
     student: &Student<B>,
     samples: &Tensor<B, D>,
     labels: Option<&Labels<B>>,
     rejected: &mut HashMap<String, usize>,
-) -> Result<Vec<bool>> {
+) -> Result<(Vec<bool>, Vec<FilterScores>)> {
     let n = samples.dims()[0];
     let mut keep = vec![true; n];
+    let mut filters = Vec::new();
     student.each_hooked(
         |p| p.implements(Hook::Filter),
         |inst| -> Result<()> {
@@ -518,64 +422,13 @@ fn filter_batch<B: AutodiffBackend, const D: usize>(
                 }
                 keep[i] &= *k;
             }
+            filters.push(FilterScores {
+                plugin: inst.name.clone(),
+                scores: decision.scores.to_vec(),
+                keep: decision.keep.to_vec(),
+            });
             Ok(())
         },
     )?;
-    Ok(keep)
-}
-
-/// One sampled batch as [`Drawn::accept`] reads it.
-struct Batch<'a> {
-    /// The samples, flat.
-    values: &'a [f32],
-    /// Whether every filter keeps each.
-    keep: &'a [bool],
-    /// The class each was drawn for.
-    labels: Option<&'a [i64]>,
-    /// The index of the mask each followed (`sample.masks`).
-    mask_idx: &'a [usize],
-    /// The condition image each was drawn for.
-    conditions: &'a [(usize, crate::condition::MaskRect)],
-    /// The source's sample from the same noise, flat.
-    source: Option<&'a [f32]>,
-}
-
-impl Drawn {
-    /// Keeps the samples of `batch` that every filter kept, with their
-    /// labels, masks, conditions and source samples, until `count` are
-    /// accepted; returns how many it kept.
-    fn accept(
-        &mut self,
-        batch: &Batch,
-        masks: Option<&crate::data::Dataset>,
-        count: usize,
-    ) -> usize {
-        let per_example = self.per_example;
-        let mut kept = 0;
-        for (i, chunk) in batch.values.chunks(per_example).enumerate() {
-            if !batch.keep[i] || self.accepted_count() >= count {
-                continue;
-            }
-            self.accepted.extend_from_slice(chunk);
-            if let Some(v) = batch.labels {
-                self.labels.push(v[i]);
-            }
-            if let Some(m) = masks {
-                let per = m.mask_size();
-                let k = batch.mask_idx[i];
-                self.masks.extend_from_slice(
-                    &m.masks.as_ref().expect("checked by sample_masks")[k * per..(k + 1) * per],
-                );
-            }
-            if let Some(c) = batch.conditions.get(i) {
-                self.conditions.push(*c);
-            }
-            if let Some(s) = batch.source {
-                self.source
-                    .extend_from_slice(&s[i * per_example..(i + 1) * per_example]);
-            }
-            kept += 1;
-        }
-        kept
-    }
+    Ok((keep, filters))
 }

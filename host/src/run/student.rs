@@ -209,19 +209,40 @@ impl<B: AutodiffBackend> Student<B> {
         as_eps::<B, D>(out, x, t, p, ab, c)
     }
 
-    /// The activations at `points` of the source's or the student's
-    /// weights (no plugin).
+    /// The activations at `points` of the source's weights (no plugin), or
+    /// of the student's with every plugin's `inject` but the running one's
+    /// (what the rest of the network sees at each point).
     fn features_at<const D: usize>(
         &self,
-        params: &Weights<B>,
+        which: Which,
         x: Tensor<B, D>,
         t: Tensor<B, 1>,
         points: &[String],
     ) -> Result<Vec<Ranked<B>>, AbiError> {
         let mut record = Recorder::<B, D>::new(points);
-        match self.net.forward(params, x, t, None, &mut record, None) {
-            Ok(_) => {}
-            Err(never) => match never {},
+        match which {
+            Which::Source => match self
+                .net
+                .forward(&self.source, x, t, None, &mut record, None)
+            {
+                Ok(_) => {}
+                Err(never) => match never {},
+            },
+            Which::Student => {
+                let mut observed = Observed {
+                    inject: Injecting {
+                        student: self,
+                        t: t.clone(),
+                        cond: self.current_condition(),
+                        labels: None,
+                        training: false,
+                    },
+                    record: &mut record,
+                };
+                let weights = self.student_weights()?;
+                self.net
+                    .forward(&weights, x, t, None, &mut observed, None)?;
+            }
         }
         points
             .iter()
@@ -235,6 +256,38 @@ impl<B: AutodiffBackend> Student<B> {
                 })
             })
             .collect()
+    }
+}
+
+/// The student's forward for `features(student)`: every plugin's `inject`
+/// (the running one's left out), then the activation recorded.
+struct Observed<'a, 'r, B: AutodiffBackend, const D: usize> {
+    inject: Injecting<'a, B>,
+    record: &'r mut Recorder<B, D>,
+}
+
+impl<B: AutodiffBackend, const D: usize> Hooks<B, D> for Observed<'_, '_, B, D> {
+    type Error = AbiError;
+
+    fn temb(&mut self, temb: Tensor<B, 2>) -> Result<Tensor<B, 2>, AbiError> {
+        let temb = Hooks::<B, D>::temb(&mut self.inject, temb)?;
+        match self.record.temb(temb) {
+            Ok(t) => Ok(t),
+            Err(never) => match never {},
+        }
+    }
+
+    fn block(
+        &mut self,
+        point: &str,
+        h: Tensor<B, D>,
+        temb: &Tensor<B, 2>,
+    ) -> Result<Tensor<B, D>, AbiError> {
+        let h = self.inject.block(point, h, temb)?;
+        match self.record.block(point, h, temb) {
+            Ok(h) => Ok(h),
+            Err(never) => match never {},
+        }
     }
 }
 
@@ -321,13 +374,9 @@ impl<B: AutodiffBackend> DenoiseService<B> for Rc<Student<B>> {
         points: &[String],
         which: Which,
     ) -> Result<Vec<Ranked<B>>, AbiError> {
-        let params = match which {
-            Which::Source => self.source.clone(),
-            Which::Student => self.student_weights()?,
-        };
         match x {
-            Ranked::Two(x) => self.features_at(&params, x, t, points),
-            Ranked::Four(x) => self.features_at(&params, x, t, points),
+            Ranked::Two(x) => self.features_at(which, x, t, points),
+            Ranked::Four(x) => self.features_at(which, x, t, points),
         }
     }
 }

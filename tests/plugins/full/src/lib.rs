@@ -48,6 +48,12 @@ pub struct Config {
     /// `score_short` (ε one sample short), `filter_short` (one decision
     /// short).
     pub malform: String,
+    /// Weight of the `feature` term: the squared gap between the student's
+    /// and the source's `features` at the first of `points` on the step's
+    /// x_t (logged as `feature_gap`).
+    pub feature_weight: f32,
+    /// In `score` and `filter`, log a value (`eps_norm`, `filter_mean`).
+    pub log_sampling: bool,
 }
 
 impl Default for Config {
@@ -63,6 +69,8 @@ impl Default for Config {
             nan_at_step: -1,
             probe_condition: false,
             malform: String::new(),
+            feature_weight: 0.0,
+            log_sampling: false,
         }
     }
 }
@@ -263,6 +271,12 @@ impl Plugin for TestPlugin {
                 "call condition_shape, encode_image and encode_text in loss",
             ),
             ConfigKey::new("malform", "string", "a malformed value to hand back"),
+            ConfigKey::new(
+                "feature_weight",
+                "float",
+                "weight of the student-source feature gap term",
+            ),
+            ConfigKey::new("log_sampling", "bool", "log a value in score and filter"),
         ]
     }
 
@@ -332,6 +346,14 @@ impl Plugin for TestPlugin {
                 exercise(&ctx.pred) * self.cfg.exercise_weight,
             ));
         }
+        if self.cfg.feature_weight != 0.0 {
+            let p = [self.cfg.points[0].as_str()];
+            let student = ctx.host.features(&ctx.x_t, &ctx.t, &p, Which::Student)?;
+            let source = ctx.host.features(&ctx.x_t, &ctx.t, &p, Which::Source)?;
+            let gap = (&student[0] - &source[0]).square().mean();
+            ctx.host.log_scalar("feature_gap", gap.item() as f64);
+            terms.push(("feature".into(), gap * self.cfg.feature_weight));
+        }
         if self.cfg.malform == "loss_vector" {
             let b = ctx.pred.dim(0) as i64;
             terms.push((
@@ -347,6 +369,10 @@ impl Plugin for TestPlugin {
         let x = ctx.x_t.require_grad();
         let g = (x.square().sum() * 0.5).grad(&[&x]).remove(0);
         let eps = &*ctx.eps + g * self.cfg.guidance;
+        if self.cfg.log_sampling {
+            ctx.host
+                .log_scalar("eps_norm", eps.square().mean().item() as f64);
+        }
         Ok(if self.cfg.malform == "score_short" {
             eps.narrow(0, 0, eps.dim(0) - 1)
         } else {
@@ -366,6 +392,10 @@ impl Plugin for TestPlugin {
             .iter()
             .map(|&m| m > self.cfg.threshold)
             .collect::<Vec<_>>();
+        if self.cfg.log_sampling {
+            let m = means.iter().sum::<f32>() / means.len().max(1) as f32;
+            ctx.host.log_scalar("filter_mean", m as f64);
+        }
         if self.cfg.malform == "filter_short" {
             keep.pop();
         }

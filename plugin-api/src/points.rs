@@ -1,9 +1,28 @@
 //! Injection-point patterns: exact names (`mid.res.0`) or globs where `*`
 //! matches any run of characters (`down.*`, `*.res.0`, `*`). One matcher, used
 //! by plugins and the host alike.
+//!
+//! **Branch points.** A name ending in `.branch` (`down.0.res.1.branch`,
+//! `mid.attn.0.branch`: a residual branch before its skip sum) is selected
+//! only by a pattern that itself ends in `branch` (`*.branch`,
+//! `down.*.res.*.branch`, `mid.attn.0.branch`). So `*`, `mid.*` and
+//! `down.*.res.*` select block outputs and `temb` alone, as they did before
+//! branch points existed, and a manifest written then keeps its meaning.
 
-/// Whether `name` matches `pattern`.
+/// The suffix of a branch point's name.
+pub const BRANCH_SUFFIX: &str = ".branch";
+
+/// Whether `name` matches `pattern` (a name ending in `.branch` only when
+/// `pattern` ends in `branch`; see the module doc).
 pub fn matches(pattern: &str, name: &str) -> bool {
+    if name.ends_with(BRANCH_SUFFIX) && !pattern.ends_with("branch") {
+        return false;
+    }
+    glob(pattern, name)
+}
+
+/// Whether `name` matches `pattern`, `*` matching any run of characters.
+fn glob(pattern: &str, name: &str) -> bool {
     let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
     // Classic wildcard matching with backtracking to the last `*`.
     let (mut i, mut j, mut star, mut mark) = (0, 0, None, 0);
@@ -72,6 +91,59 @@ mod tests {
         assert!(matches("*", "temb"));
         assert!(matches("up.*.res.*", "up.1.res.2"));
         assert!(!matches("up.*.res.1", "up.1.res.2"));
+    }
+
+    #[test]
+    fn branch_points_need_a_pattern_ending_in_branch() {
+        for name in [
+            "down.0.res.1.branch",
+            "mid.attn.0.branch",
+            "up.2.res.0.branch",
+        ] {
+            for pattern in ["*", "down.*", "mid.*", "up.*", "*.res.*", "*.0", "*.*"] {
+                assert!(!matches(pattern, name), "{pattern} selects {name}");
+            }
+            assert!(matches("*.branch", name));
+            assert!(matches("*branch", name));
+            assert!(matches(name, name));
+        }
+        assert!(matches("down.*.res.*.branch", "down.0.res.1.branch"));
+        assert!(!matches("down.*.res.*.branch", "down.0.attn.1.branch"));
+        assert!(!matches("down.*.res.*.branch", "down.0.res.1"));
+        assert!(matches("*.attn.*.branch", "mid.attn.0.branch"));
+        assert!(!matches("mid.attn.0", "mid.attn.0.branch"));
+        // Block outputs and temb are selected as before.
+        assert!(matches("*", "temb") && matches("*", "mid.res.0"));
+        assert!(matches("mid.*", "mid.res.1") && matches("down.*", "down.1.res.0"));
+        assert!(!matches("*.branch", "mid.res.0"));
+    }
+
+    #[test]
+    fn resolve_leaves_branch_points_out_of_older_patterns() {
+        let avail: Vec<String> = [
+            "temb",
+            "mid.res.0.branch",
+            "mid.res.0",
+            "mid.attn.0.branch",
+            "mid.res.1.branch",
+            "mid.res.1",
+        ]
+        .map(String::from)
+        .to_vec();
+        let got = resolve(&["mid.*".into()], &avail).unwrap();
+        assert_eq!(got, vec![&avail[2], &avail[5]]);
+        let got = resolve(&["*".into()], &avail).unwrap();
+        assert_eq!(got, vec![&avail[0], &avail[2], &avail[5]]);
+        let got = resolve(&["mid.res.*.branch".into()], &avail).unwrap();
+        assert_eq!(got, vec![&avail[1], &avail[4]]);
+        let got = resolve(&["*.branch".into(), "mid.res.1".into()], &avail).unwrap();
+        assert_eq!(got, vec![&avail[1], &avail[3], &avail[4], &avail[5]]);
+        // A branch point is named exactly; an older glob does not reach it.
+        let err = resolve(&["mid.attn.*".into()], &avail).unwrap_err();
+        assert!(
+            err.contains("`mid.attn.*` matches no injection point"),
+            "{err}"
+        );
     }
 
     #[test]

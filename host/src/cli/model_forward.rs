@@ -34,6 +34,8 @@ pub struct ForwardArgs {
     /// Injection points whose activations to write, comma-separated, or
     /// `all` (`temb`, `down.{i}.res.{j}`, `mid.res.{j}`, `up.{i}.res.{j}`:
     /// the output of that residual block, before anything that follows it).
+    /// Branch points (`….branch`) are written when named; `all` leaves
+    /// them out, as the glob `*` does.
     #[arg(long, value_delimiter = ',')]
     pub points: Vec<String>,
     /// The model's kind and config.
@@ -191,11 +193,16 @@ fn read_inputs(file: &Path, d: &ModelDescription, classes: usize) -> anyhow::Res
 }
 
 /// The points `--points` names, in forward order; unknown names are an
-/// error listing the model's points.
+/// error listing the model's points. `all` is every point the glob `*`
+/// selects: `temb` and the block outputs, not the branch points.
 fn chosen_points(d: &ModelDescription, asked: &[String]) -> anyhow::Result<Vec<String>> {
     let names: Vec<&str> = d.points.iter().map(|p| p.name.as_str()).collect();
     if asked.iter().any(|p| p == "all") {
-        return Ok(names.iter().map(|n| (*n).to_owned()).collect());
+        return Ok(names
+            .iter()
+            .filter(|n| dtx_plugin_api::points::matches("*", n))
+            .map(|n| (*n).to_owned())
+            .collect());
     }
     for p in asked {
         if !names.contains(&p.as_str()) {

@@ -8,10 +8,14 @@ use dtx_plugin_api::{ModelInfo, PointInfo};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-/// One injection point: the output of a residual block, or the time embedding.
+/// One injection point: the output of a residual block, a residual branch
+/// before its skip sum, or the time embedding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Point {
-    /// DESIGN.md's name: `temb`, `down.{i}.res.{j}`, `mid.res.{j}`, `up.{i}.res.{j}`.
+    /// DESIGN.md's name: `temb`, `down.{i}.res.{j}`, `mid.res.{j}`,
+    /// `up.{i}.res.{j}`; a block's residual branch `<block>.branch`; an
+    /// attention's output before its residual sum `down.{i}.attn.{j}.branch`,
+    /// `mid.attn.0.branch`, `up.{i}.attn.{j}.branch`.
     pub name: String,
     /// Channels of the activation (`D` at `temb` and for vector models).
     pub channels: usize,
@@ -20,8 +24,9 @@ pub struct Point {
     /// Spatial width at the model's resolution; 0 for vector activations.
     pub width: usize,
     /// Checkpoint key prefix of the module whose output this is
-    /// (`down_blocks.1.resnets.0`, `input_blocks.4.0`, `time_embed`): the
-    /// loader's table from point names to its own layout.
+    /// (`down_blocks.1.resnets.0`, `input_blocks.4.0`, `time_embed`;
+    /// `down_blocks.1.resnets.0.conv2`, `input_blocks.4.1.proj_out` at a
+    /// branch): the loader's table from point names to its own layout.
     pub module: String,
 }
 
@@ -406,7 +411,8 @@ mod tests {
         assert_eq!(info.data_channels, 2);
         assert_eq!(info.temb_channels, 4);
         assert_eq!(info.points.len(), d.points.len());
-        assert_eq!(info.points[1].name.as_str(), "down.0.res.0");
+        assert_eq!(info.points[1].name.as_str(), "down.0.res.0.branch");
+        assert_eq!(info.points[2].name.as_str(), "down.0.res.0");
     }
 
     #[test]

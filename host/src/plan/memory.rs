@@ -49,10 +49,14 @@ fn example_values(d: &ModelDescription) -> f64 {
     }
 }
 
-/// Values of every injection point for one example.
+/// Values of every block output (and `temb`) for one example: the
+/// activations the estimate scales. Branch points are left out: they are
+/// views inside the blocks the outputs already stand for, and counting
+/// them would change no memory the forward uses.
 fn point_values(d: &ModelDescription) -> f64 {
     d.points
         .iter()
+        .filter(|p| !p.name.ends_with(dtx_plugin_api::points::BRANCH_SUFFIX))
         .map(|p| p.channels as f64 * p.height.max(1) as f64 * p.width.max(1) as f64)
         .sum::<f64>()
         .max(example_values(d))

@@ -24,16 +24,23 @@ pub struct FeatureSpec {
     pub norm: Option<(Vec<f32>, Vec<f32>)>,
 }
 
-/// The last residual point of a block, `prefix` = `mid.res.`, `up.1.res.`, ….
+/// The last residual block output of a block, `prefix` = `mid.res.`,
+/// `up.1.res.`, … (`<prefix>{j}` with the largest `j`; branch points such as
+/// `<prefix>{j}.branch` are not block outputs).
 fn last_with_prefix<'a>(available: &'a [PointInfo], prefix: &str) -> Option<&'a PointInfo> {
     available
         .iter()
-        .filter(|p| p.name.as_str().starts_with(prefix))
-        .max_by_key(|p| {
-            p.name.as_str()[prefix.len()..]
+        .filter_map(|p| {
+            let j = p
+                .name
+                .as_str()
+                .strip_prefix(prefix)?
                 .parse::<usize>()
-                .unwrap_or(0)
+                .ok()?;
+            Some((j, p))
         })
+        .max_by_key(|(j, _)| *j)
+        .map(|(_, p)| p)
 }
 
 impl FeatureSpec {
@@ -171,5 +178,40 @@ impl FeatureSpec {
                 .mean_dims(&[3, 5], false);
         }
         f.interpolate([th, tw], dtx_plugin_api::abi::InterpolateMode::BILINEAR)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(name: &str) -> PointInfo {
+        PointInfo {
+            name: name.into(),
+            channels: 4,
+            height: 2,
+            width: 2,
+        }
+    }
+
+    #[test]
+    fn the_last_block_output_skips_branch_points() {
+        let available: Vec<PointInfo> = [
+            "temb",
+            "mid.res.0.branch",
+            "mid.res.0",
+            "mid.attn.0.branch",
+            "mid.res.1.branch",
+            "mid.res.1",
+            "up.0.res.0.branch",
+            "up.0.res.0",
+            "up.0.res.1.branch",
+        ]
+        .map(point)
+        .to_vec();
+        let last = |prefix| last_with_prefix(&available, prefix).map(|p| p.name.to_string());
+        assert_eq!(last("mid.res.").as_deref(), Some("mid.res.1"));
+        assert_eq!(last("up.0.res.").as_deref(), Some("up.0.res.0"));
+        assert_eq!(last("down.0.res."), None);
     }
 }

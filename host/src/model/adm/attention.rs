@@ -40,7 +40,8 @@ impl Conv1x1 {
 /// [q, k, v] = qkv(u), split into heads (legacy: per head [q_h, k_h, v_h];
 ///             new: [q, k, v], each split into heads)
 /// a = softmax(q kᵀ / sqrt(C / heads)) v, heads concatenated
-/// out = x + proj_out(a)
+/// o = proj_out(a) as [B, C, H, W]                   -> the `….attn.{j}.branch` point
+/// out = x + o
 /// ```
 ///
 /// guided-diffusion scales q and k by `(C / heads)^(-1/4)` each before the
@@ -66,13 +67,19 @@ impl AttentionBlock {
         }
     }
 
+    /// The block's forward with `branch` applied to `proj_out(a)`, as
+    /// `[B, C, H, W]`, before the residual sum: `out = x + branch(o)` (an
+    /// identity `branch`: guided-diffusion's `x + o`, op for op).
+    ///
     /// # Shapes
-    /// - x: `[B, C, H, W]`; output: `[B, C, H, W]`
-    pub(crate) fn forward<B: AutodiffBackend>(
+    /// - x: `[B, C, H, W]`; `branch` takes and returns `[B, C, H, W]`;
+    ///   output: `[B, C, H, W]`
+    pub(crate) fn forward_with<B: AutodiffBackend, E>(
         &self,
         w: &Weights<B>,
         x: Tensor<B, 4>,
-    ) -> Tensor<B, 4> {
+        branch: impl FnOnce(Tensor<B, 4>) -> Result<Tensor<B, 4>, E>,
+    ) -> Result<Tensor<B, 4>, E> {
         let [b, c, h, wd] = x.dims();
         let (n, heads) = (h * wd, self.heads);
         let d = c / heads;
@@ -104,6 +111,6 @@ impl AttentionBlock {
             .reshape([b, n, c])
             .swap_dims(1, 2)
             .reshape([b, c, h, wd]);
-        x + o
+        Ok(x + branch(o)?)
     }
 }

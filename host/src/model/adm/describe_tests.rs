@@ -32,20 +32,82 @@ fn small_config_with_learned_sigma() {
         .iter()
         .map(|p| (p.name.as_str(), p.channels, p.height, p.module.as_str()))
         .collect();
+    // Per layer: the ResBlock's branch, its output, the attention's branch
+    // (attention at 16×16: level 1, up level 1, and the middle block).
     assert_eq!(
         got,
         [
             ("temb", 256, 0, "time_embed"),
+            (
+                "down.0.res.0.branch",
+                64,
+                32,
+                "input_blocks.1.0.out_layers.3"
+            ),
             ("down.0.res.0", 64, 32, "input_blocks.1.0"),
+            (
+                "down.1.res.0.branch",
+                128,
+                16,
+                "input_blocks.3.0.out_layers.3"
+            ),
             ("down.1.res.0", 128, 16, "input_blocks.3.0"),
+            ("down.1.attn.0.branch", 128, 16, "input_blocks.3.1.proj_out"),
+            (
+                "down.2.res.0.branch",
+                128,
+                8,
+                "input_blocks.5.0.out_layers.3"
+            ),
             ("down.2.res.0", 128, 8, "input_blocks.5.0"),
+            ("mid.res.0.branch", 128, 8, "middle_block.0.out_layers.3"),
             ("mid.res.0", 128, 8, "middle_block.0"),
+            ("mid.attn.0.branch", 128, 8, "middle_block.1.proj_out"),
+            ("mid.res.1.branch", 128, 8, "middle_block.2.out_layers.3"),
             ("mid.res.1", 128, 8, "middle_block.2"),
+            (
+                "up.0.res.0.branch",
+                128,
+                8,
+                "output_blocks.0.0.out_layers.3"
+            ),
             ("up.0.res.0", 128, 8, "output_blocks.0.0"),
+            (
+                "up.0.res.1.branch",
+                128,
+                8,
+                "output_blocks.1.0.out_layers.3"
+            ),
             ("up.0.res.1", 128, 8, "output_blocks.1.0"),
+            (
+                "up.1.res.0.branch",
+                128,
+                16,
+                "output_blocks.2.0.out_layers.3"
+            ),
             ("up.1.res.0", 128, 16, "output_blocks.2.0"),
+            ("up.1.attn.0.branch", 128, 16, "output_blocks.2.1.proj_out"),
+            (
+                "up.1.res.1.branch",
+                128,
+                16,
+                "output_blocks.3.0.out_layers.3"
+            ),
             ("up.1.res.1", 128, 16, "output_blocks.3.0"),
+            ("up.1.attn.1.branch", 128, 16, "output_blocks.3.1.proj_out"),
+            (
+                "up.2.res.0.branch",
+                64,
+                32,
+                "output_blocks.4.0.out_layers.3"
+            ),
             ("up.2.res.0", 64, 32, "output_blocks.4.0"),
+            (
+                "up.2.res.1.branch",
+                64,
+                32,
+                "output_blocks.5.0.out_layers.3"
+            ),
             ("up.2.res.1", 64, 32, "output_blocks.5.0"),
         ]
     );
@@ -126,9 +188,11 @@ fn released_guided_diffusion_flags_are_accepted() {
            use_scale_shift_norm = true"#,
     ))
     .unwrap();
+    // temb, 30 ResBlocks with their branches, attention at 3 of 4
+    // levels: 3 × 3 down, 3 × 4 up, and the middle block's.
     assert_eq!(
         (d.points.len(), d.temb_channels, d.out_channels),
-        (1 + 12 + 2 + 16, 768, 6)
+        (1 + 2 * (12 + 2 + 16) + (9 + 12 + 1), 768, 6)
     );
     assert_eq!(d.point("up.0.res.3").unwrap().module, "output_blocks.3.0");
     let d = describe_config(&table(

@@ -34,6 +34,7 @@ pub use weights::load_weights;
 
 use super::config::{ConfigReader, check_keys, found, table_to_json};
 use super::describe::{Point, header_parameters};
+use super::nn::hooks::LayerPoints;
 use super::{KeyLocation, ModelDescription, ModelError, Origin};
 use serde_json::Value;
 use std::path::Path;
@@ -288,7 +289,8 @@ pub fn describe_config(config: &toml::Table) -> Result<ModelDescription, ModelEr
     heads.check(&r, &channels, &attention_ds)?;
 
     let temb_channels = nc * 4;
-    let points = points(&channels, nrb, image_size, temb_channels);
+    let has_attention = |l: usize| attention_ds.contains(&(1 << l));
+    let points = points(&channels, nrb, image_size, temb_channels, has_attention);
     Ok(ModelDescription {
         kind: "adm".into(),
         data_channels: in_channels,
@@ -428,36 +430,65 @@ impl Heads {
     }
 }
 
-/// The injection points, in forward order, with their ADM modules.
-fn points(channels: &[usize], nrb: usize, image_size: usize, temb_channels: usize) -> Vec<Point> {
+/// The injection points, in forward order, with their ADM modules: `temb`,
+/// then per layer its ResBlock's branch (`out_layers.3`), the ResBlock's
+/// output, and the branch of the attention block after it (`proj_out`) on
+/// the levels `has_attention` names and in the middle block.
+fn points(
+    channels: &[usize],
+    nrb: usize,
+    image_size: usize,
+    temb_channels: usize,
+    has_attention: impl Fn(usize) -> bool,
+) -> Vec<Point> {
     let levels = channels.len();
     let mut points = vec![Point::vector("temb", temb_channels, "time_embed")];
+    // A layer's points at `ch` channels on a `size` map; `res` is its
+    // ResBlock's module, `attn` its attention block's, if any.
+    let mut layer = |p: LayerPoints, ch, size, res: String, attn: Option<String>| {
+        points.push(Point::image(
+            p.branch,
+            ch,
+            size,
+            format!("{res}.out_layers.3"),
+        ));
+        points.push(Point::image(p.res, ch, size, res));
+        if let Some(attn) = attn {
+            let module = format!("{attn}.proj_out");
+            points.push(Point::image(p.attn_branch, ch, size, module));
+        }
+    };
     for (l, &ch) in channels.iter().enumerate() {
         for j in 0..nrb {
-            points.push(Point::image(
-                format!("down.{l}.res.{j}"),
-                ch,
-                image_size >> l,
-                format!("input_blocks.{}.0", 1 + l * (nrb + 1) + j),
-            ));
+            let k = 1 + l * (nrb + 1) + j;
+            let attn = has_attention(l).then(|| format!("input_blocks.{k}.1"));
+            let p = LayerPoints::new(&format!("down.{l}"), j);
+            layer(p, ch, image_size >> l, format!("input_blocks.{k}.0"), attn);
         }
     }
-    for (j, module) in [(0, "middle_block.0"), (1, "middle_block.2")] {
-        points.push(Point::image(
-            format!("mid.res.{j}"),
-            channels[levels - 1],
-            image_size >> (levels - 1),
-            module.into(),
-        ));
-    }
+    let (ch, size) = (channels[levels - 1], image_size >> (levels - 1));
+    let attn = Some("middle_block.1".to_owned());
+    layer(
+        LayerPoints::new("mid", 0),
+        ch,
+        size,
+        "middle_block.0".into(),
+        attn,
+    );
+    layer(
+        LayerPoints::new("mid", 1),
+        ch,
+        size,
+        "middle_block.2".into(),
+        None,
+    );
     for (i, &ch) in channels.iter().rev().enumerate() {
+        let l = levels - 1 - i;
         for j in 0..=nrb {
-            points.push(Point::image(
-                format!("up.{i}.res.{j}"),
-                ch,
-                image_size >> (levels - 1 - i),
-                format!("output_blocks.{}.0", i * (nrb + 1) + j),
-            ));
+            let k = i * (nrb + 1) + j;
+            let attn = has_attention(l).then(|| format!("output_blocks.{k}.1"));
+            let p = LayerPoints::new(&format!("up.{i}"), j);
+            layer(p, ch, image_size >> l, format!("output_blocks.{k}.0"), attn);
         }
     }
     points

@@ -27,15 +27,23 @@
 //! `middle_block.{0,2}`, `up.{i}.res.{j}` is
 //! `output_blocks.{i·(num_res_blocks + 1) + j}.0` (docs/models.md). The
 //! point is the ResBlock's output, *before* the attention block that follows
-//! it. **The hook's result replaces the activation everywhere downstream,
-//! skip connections included**: an input block's skip is its output after
+//! it. Inside the blocks it calls the hook at each of these ResBlocks'
+//! residual branch (`out_layers.3`'s output, before the skip connection is
+//! added), `<point>.branch`, and at each attention block's `proj_out`
+//! output before its residual sum: `down.{l}.attn.{j}.branch`
+//! (`input_blocks.{k}.1`), `mid.attn.0.branch` (`middle_block.1`),
+//! `up.{i}.attn.{j}.branch` (`output_blocks.{k}.1`); there the hook's result
+//! takes the branch's place in the sum. A layer's points come in forward
+//! order: `….res.{j}.branch`, `….res.{j}`, `….attn.{j}.branch`. **The
+//! hook's result replaces the activation everywhere downstream, skip
+//! connections included**: an input block's skip is its output after
 //! the hook and the attention, as guided-diffusion stores `hs.append(h)`
 //! after the whole block. Every ResBlock gets the hooked `temb`. The
 //! resampling ResBlocks of `resblock_updown` are not injection points.
 
 use super::attention::AttentionBlock;
 use super::config::{AdmConfig, EPS, GROUPS};
-use crate::model::nn::hooks::Hooks;
+use crate::model::nn::hooks::{Hooks, LayerPoints};
 use crate::model::nn::layers::{
     Conv2d, DropoutRng, GroupNorm, Linear, ResBlock, ResSpec, Resample, ResnetKeys, TimeEmbedding,
     Upsample, temb_point, timestep_embedding,
@@ -69,8 +77,13 @@ enum Resampler {
 }
 
 /// A ResBlock and the attention block after it (levels in
-/// `attention_resolutions`).
-type Layer = (ResBlock, Option<AttentionBlock>);
+/// `attention_resolutions`), with their points.
+#[derive(Debug, Clone, PartialEq)]
+struct Layer {
+    res: ResBlock,
+    attention: Option<AttentionBlock>,
+    points: LayerPoints,
+}
 
 /// A level of input or output blocks: its layers, then the resampler.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +102,8 @@ pub struct AdmNet {
     conv_in: Conv2d,
     input: Vec<Level>,
     middle: (ResBlock, AttentionBlock, ResBlock),
+    /// `mid.res.0` (with `mid.attn.0.branch`) and `mid.res.1`.
+    middle_points: [LayerPoints; 2],
     /// Lowest resolution first.
     output: Vec<Level>,
     out_norm: GroupNorm,
@@ -140,14 +155,19 @@ impl AdmNet {
         let mut input = Vec::new();
         for (l, &out) in c.iter().enumerate() {
             let mut layers = Vec::new();
-            for _ in 0..cfg.num_res_blocks {
+            let level = format!("down.{l}");
+            for j in 0..cfg.num_res_blocks {
                 let block = blocks.pp(k);
                 let r = res(&block.pp(0), ch, out, Resample::None);
                 ch = out;
                 let a = cfg
                     .has_attention(l)
                     .then(|| attention(&block.pp(1), ch, false));
-                layers.push((r, a));
+                layers.push(Layer {
+                    res: r,
+                    attention: a,
+                    points: LayerPoints::new(&level, j),
+                });
                 skips.push(ch);
                 k += 1;
             }
@@ -177,6 +197,7 @@ impl AdmNet {
         for (l, &out) in c.iter().enumerate().rev() {
             let mut layers = Vec::new();
             let mut resample = None;
+            let level = format!("up.{}", output.len());
             for j in 0..=cfg.num_res_blocks {
                 let block = blocks.pp(k);
                 let skip = skips.pop().unwrap_or(0);
@@ -193,7 +214,11 @@ impl AdmNet {
                         Resampler::Up(Upsample::new(&pre, ch))
                     });
                 }
-                layers.push((r, a));
+                layers.push(Layer {
+                    res: r,
+                    attention: a,
+                    points: LayerPoints::new(&level, j),
+                });
                 k += 1;
             }
             output.push(Level { layers, resample });
@@ -207,6 +232,7 @@ impl AdmNet {
             conv_in,
             input,
             middle,
+            middle_points: [LayerPoints::new("mid", 0), LayerPoints::new("mid", 1)],
             output,
             out_norm,
             out_conv,
@@ -254,25 +280,45 @@ impl AdmNet {
         let e = timestep_embedding(t, self.config.model_channels, true, 0.0);
         let (temb, temb_act) = temb_point(self.time_embed.forward(w, e, labels), hooks)?; // temb_act: every ResBlock's silu(emb)
         let mut at = |point: &str, h: Tensor<B, 4>| hooks.block(point, h, &temb);
-        let res = |r: &ResBlock, h: Tensor<B, 4>| r.forward(w, h, &temb_act, dropout);
-        let attend = |a: &Option<AttentionBlock>, h: Tensor<B, 4>| match a {
-            Some(a) => a.forward(w, h),
-            None => h,
+        type At<'h, B, E> = dyn FnMut(&str, Tensor<B, 4>) -> Result<Tensor<B, 4>, E> + 'h;
+        // A ResBlock with the hook at its branch (`<point>.branch`), then at
+        // its output (`<point>`).
+        let res = |at: &mut At<'_, B, H::Error>,
+                   r: &ResBlock,
+                   p: &LayerPoints,
+                   h: Tensor<B, 4>|
+         -> Result<Tensor<B, 4>, H::Error> {
+            let h = r.forward_with(w, h, &temb_act, dropout, |b| at(&p.branch, b))?;
+            at(&p.res, h)
+        };
+        // An attention block with the hook at its branch.
+        let attend = |at: &mut At<'_, B, H::Error>,
+                      a: Option<&AttentionBlock>,
+                      p: &LayerPoints,
+                      h: Tensor<B, 4>|
+         -> Result<Tensor<B, 4>, H::Error> {
+            match a {
+                Some(a) => a.forward_with(w, h, |o| at(&p.attn_branch, o)),
+                None => Ok(h),
+            }
+        };
+        let layer = |at: &mut At<'_, B, H::Error>, l: &Layer, h: Tensor<B, 4>| {
+            let h = res(at, &l.res, &l.points, h)?;
+            attend(at, l.attention.as_ref(), &l.points, h)
         };
         let resample = |r: &Resampler, h: Tensor<B, 4>| match r {
-            Resampler::Res(r) => res(r, h),
+            Resampler::Res(r) => r.forward(w, h, &temb_act, dropout),
             Resampler::Conv(c) => c.forward(w, h),
             Resampler::Up(u) => u.forward(w, h),
         };
 
-        // 2. input blocks: conv; per level ResBlock -> point -> attention,
+        // 2. input blocks: conv; per level ResBlock -> points -> attention,
         //    then a downsampler; every block's output is a skip
         let mut h = self.conv_in.forward(w, x);
         let mut skips = vec![h.clone()];
-        for (l, level) in self.input.iter().enumerate() {
-            for (j, (r, a)) in level.layers.iter().enumerate() {
-                h = at(&format!("down.{l}.res.{j}"), res(r, h))?;
-                h = attend(a, h);
+        for level in &self.input {
+            for l in &level.layers {
+                h = layer(&mut at, l, h)?;
                 skips.push(h.clone());
             }
             if let Some(r) = &level.resample {
@@ -281,24 +327,21 @@ impl AdmNet {
             }
         }
 
-        // 3. middle block: ResBlock -> point -> attention -> ResBlock -> point
+        // 3. middle block: ResBlock -> points -> attention -> ResBlock -> points
         let (r0, a, r1) = &self.middle;
-        h = at("mid.res.0", res(r0, h))?;
-        h = a.forward(w, h);
-        h = at("mid.res.1", res(r1, h))?;
+        let [p0, p1] = &self.middle_points;
+        h = res(&mut at, r0, p0, h)?;
+        h = attend(&mut at, Some(a), p0, h)?;
+        h = res(&mut at, r1, p1, h)?;
 
         // 4. output blocks, lowest resolution first: concat skip -> ResBlock
-        //    -> point -> attention, and an upsampler after a level's last
-        for (i, level) in self.output.iter().enumerate() {
-            for (j, (r, a)) in level.layers.iter().enumerate() {
+        //    -> points -> attention, and an upsampler after a level's last
+        for level in &self.output {
+            for l in &level.layers {
                 let skip = skips
                     .pop()
                     .expect("one skip per output block (guided-diffusion's layout)");
-                h = at(
-                    &format!("up.{i}.res.{j}"),
-                    res(r, Tensor::cat(vec![h, skip], 1)),
-                )?;
-                h = attend(a, h);
+                h = layer(&mut at, l, Tensor::cat(vec![h, skip], 1))?;
             }
             if let Some(r) = &level.resample {
                 h = resample(r, h);

@@ -15,9 +15,12 @@
 //!   `model.safetensors` (bfloat16).
 
 use super::*;
-use crate::model::test_io::{Io, Probe, io, max_err, tensor_of, values, values_of};
+use crate::model::test_io::{
+    Io, Probe, check_branch_points, check_recorded_branch, io, max_err, tensor_of, values,
+    values_of,
+};
 use crate::model::torch_file::read_state_dict;
-use crate::model::{Denoiser, ModelDescription, describe};
+use crate::model::{Denoiser, ModelDescription, NoHooks, describe};
 use crate::tensor_abi::{CpuBackend as B, ParamStore};
 use burn::tensor::{Int, Tensor, TensorData};
 use std::collections::HashMap;
@@ -193,6 +196,40 @@ fn hook_results_flow_downstream_through_the_skips() {
     for point in ["up.1.res.1", "mid.res.1", "temb"] {
         let changed = run(&net, &params, &io, Some((point, 0.0)), &mut Vec::new());
         assert!(max_err(&plain, &changed) > 1e-3, "{point}");
+    }
+}
+
+/// The branch points (`….res.{j}.branch` at `out_layers.3`,
+/// `….attn.{j}.branch` at `proj_out`) come in the description's order at
+/// its shapes; a hook there replaces the branch in its residual sum; a hook
+/// returning the branch leaves the output bit-identical; a recorder records
+/// one when asked. `full` resamples with ResBlocks, which have no points.
+#[test]
+fn branch_points_replace_the_residual_branches() {
+    for name in ["full", "plain"] {
+        let d = description(name, "model.safetensors");
+        let (net, params) = net_and_params(name, "model.safetensors");
+        let w = net.weights(&params).unwrap();
+        let io = io(&fixture(name));
+        let (xs, xv) = &io["x"];
+        let (ts, tv) = &io["timesteps"];
+        let fwd = |hooks: &mut dyn FnMut(Tensor<B, 4>, Tensor<B, 1>) -> Tensor<B, 4>| {
+            values_of(&hooks(tensor_of(xs, xv), tensor_of(ts, tv)))
+        };
+        let plain = fwd(&mut |x, t| {
+            net.forward(&w, x, t, labels(&io), &mut NoHooks, None)
+                .unwrap()
+        });
+        check_branch_points(
+            &d,
+            |trace| fwd(&mut |x, t| net.forward(&w, x, t, labels(&io), trace, None).unwrap()),
+            &plain,
+        );
+        for branch in ["mid.attn.0.branch", "up.0.res.1.branch"] {
+            check_recorded_branch(&d, branch, "down.0.res.0", |rec| {
+                fwd(&mut |x, t| net.forward(&w, x, t, labels(&io), rec, None).unwrap());
+            });
+        }
     }
 }
 

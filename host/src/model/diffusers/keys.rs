@@ -8,6 +8,7 @@ use super::super::ModelError;
 use super::super::config::{ConfigReader, value_text};
 use super::super::describe::Point;
 use super::super::mlp::{MAX_DEPTH, MAX_WIDTH};
+use super::super::nn::hooks::LayerPoints;
 use serde_json::Value;
 
 const DOWN_TYPES: &[&str] = &["DownBlock2D", "AttnDownBlock2D"];
@@ -32,6 +33,7 @@ pub(super) struct Keys {
     pub(super) attn_groups: Option<usize>,
     pub(super) eps: f64,
     pub(super) shift: String,
+    pub(super) add_attention: bool,
     pub(super) class_embed_type: Option<String>,
 }
 
@@ -136,7 +138,7 @@ pub(super) fn read_keys(r: &mut ConfigReader) -> Result<Keys, ModelError> {
     let attn_groups = r.opt_usize("attn_norm_num_groups", None)?;
     let eps = r.f64("norm_eps", Some(1e-5))?;
     let shift = r.string("resnet_time_scale_shift", Some("default"))?;
-    r.bool("add_attention", Some(true))?;
+    let add_attention = r.bool("add_attention", Some(true))?;
     let class_embed_type = r.opt_string("class_embed_type", None)?;
     r.opt_usize("num_class_embeds", None)?;
     r.opt_usize("num_train_timesteps", None)?;
@@ -158,6 +160,7 @@ pub(super) fn read_keys(r: &mut ConfigReader) -> Result<Keys, ModelError> {
         attn_groups,
         eps,
         shift,
+        add_attention,
         class_embed_type,
     })
 }
@@ -349,45 +352,53 @@ pub(super) fn check_consistency(r: &ConfigReader, k: &Keys) -> Result<(), ModelE
     Ok(())
 }
 
-/// The injection points, in forward order.
+/// The injection points, in forward order: `temb`, then per layer its
+/// resnet's branch (`conv2`), the resnet's output, and the branch of the
+/// attention after it (`to_out.0`) where the block has one.
 pub(super) fn points(k: &Keys, temb_channels: usize) -> Vec<Point> {
     let Keys {
         resolution,
         ref channels,
         layers,
+        ref down_types,
         ref mid_type,
+        ref up_types,
+        add_attention,
         ..
     } = *k;
     let levels = channels.len();
     let mut points = vec![Point::vector("temb", temb_channels, "time_embedding")];
+    // A layer's points at `c` channels on a `size` map; `block` is its
+    // checkpoint prefix (`down_blocks.0`), `attn` whether it has attention.
+    let mut layer = |p: LayerPoints, c, size, block: &str, j: usize, attn: bool| {
+        let resnet = format!("{block}.resnets.{j}");
+        points.push(Point::image(p.branch, c, size, format!("{resnet}.conv2")));
+        points.push(Point::image(p.res, c, size, resnet));
+        if attn {
+            let module = format!("{block}.attentions.{j}.to_out.0");
+            points.push(Point::image(p.attn_branch, c, size, module));
+        }
+    };
     for (i, &c) in channels.iter().enumerate() {
+        let attn = down_types[i] == "AttnDownBlock2D";
         for j in 0..layers {
-            points.push(Point::image(
-                format!("down.{i}.res.{j}"),
-                c,
-                resolution >> i,
-                format!("down_blocks.{i}.resnets.{j}"),
-            ));
+            let p = LayerPoints::new(&format!("down.{i}"), j);
+            layer(p, c, resolution >> i, &format!("down_blocks.{i}"), j, attn);
         }
     }
     if mid_type.is_some() {
+        let (c, size) = (channels[levels - 1], resolution >> (levels - 1));
         for j in 0..2 {
-            points.push(Point::image(
-                format!("mid.res.{j}"),
-                channels[levels - 1],
-                resolution >> (levels - 1),
-                format!("mid_block.resnets.{j}"),
-            ));
+            let attn = j == 0 && add_attention;
+            layer(LayerPoints::new("mid", j), c, size, "mid_block", j, attn);
         }
     }
     for (i, &c) in channels.iter().rev().enumerate() {
+        let attn = up_types[i] == "AttnUpBlock2D";
         for j in 0..=layers {
-            points.push(Point::image(
-                format!("up.{i}.res.{j}"),
-                c,
-                resolution >> (levels - 1 - i),
-                format!("up_blocks.{i}.resnets.{j}"),
-            ));
+            let p = LayerPoints::new(&format!("up.{i}"), j);
+            let size = resolution >> (levels - 1 - i);
+            layer(p, c, size, &format!("up_blocks.{i}"), j, attn);
         }
     }
     points

@@ -165,26 +165,65 @@ mod tests {
             ),
             ("diffusers", 3, 16, 128)
         );
+        // Per layer: the resnet's branch, its output, the attention's
+        // branch (AttnDownBlock2D at level 1, AttnUpBlock2D at up level 0,
+        // the mid block).
         let want: Vec<(String, usize, usize, usize)> = [
             ("temb", 128, 0, 0),
+            ("down.0.res.0.branch", 32, 16, 16),
             ("down.0.res.0", 32, 16, 16),
+            ("down.1.res.0.branch", 64, 8, 8),
             ("down.1.res.0", 64, 8, 8),
+            ("down.1.attn.0.branch", 64, 8, 8),
+            ("mid.res.0.branch", 64, 8, 8),
             ("mid.res.0", 64, 8, 8),
+            ("mid.attn.0.branch", 64, 8, 8),
+            ("mid.res.1.branch", 64, 8, 8),
             ("mid.res.1", 64, 8, 8),
+            ("up.0.res.0.branch", 64, 8, 8),
             ("up.0.res.0", 64, 8, 8),
+            ("up.0.attn.0.branch", 64, 8, 8),
+            ("up.0.res.1.branch", 64, 8, 8),
             ("up.0.res.1", 64, 8, 8),
+            ("up.0.attn.1.branch", 64, 8, 8),
+            ("up.1.res.0.branch", 32, 16, 16),
             ("up.1.res.0", 32, 16, 16),
+            ("up.1.res.1.branch", 32, 16, 16),
             ("up.1.res.1", 32, 16, 16),
         ]
         .iter()
         .map(|&(n, c, h, w)| (n.to_owned(), c, h, w))
         .collect();
         assert_eq!(points(&d), want);
+        let module = |p: &str| d.point(p).unwrap().module.as_str();
+        assert_eq!(module("temb"), "time_embedding");
+        assert_eq!(module("up.1.res.1"), "up_blocks.1.resnets.1");
+        assert_eq!(module("mid.res.1"), "mid_block.resnets.1");
         assert_eq!(
-            d.point("up.1.res.1").unwrap().module,
-            "up_blocks.1.resnets.1"
+            module("down.0.res.0.branch"),
+            "down_blocks.0.resnets.0.conv2"
         );
-        assert_eq!(d.point("mid.res.1").unwrap().module, "mid_block.resnets.1");
+        assert_eq!(
+            module("down.1.attn.0.branch"),
+            "down_blocks.1.attentions.0.to_out.0"
+        );
+        assert_eq!(module("mid.res.1.branch"), "mid_block.resnets.1.conv2");
+        assert_eq!(
+            module("mid.attn.0.branch"),
+            "mid_block.attentions.0.to_out.0"
+        );
+        assert_eq!(
+            module("up.0.attn.1.branch"),
+            "up_blocks.0.attentions.1.to_out.0"
+        );
+        // Without `add_attention` the mid block has no attention point.
+        let config = SMALL.replace(
+            "\"norm_num_groups\": 8",
+            "\"norm_num_groups\": 8, \"add_attention\": false",
+        );
+        let d = describe(&folder("diffusers-no-mid-attn", &config)).unwrap();
+        assert!(d.point("mid.attn.0.branch").is_none());
+        assert!(d.point("mid.res.1.branch").is_some());
         // Defaults are in force and listed, sorted; metadata keys are not.
         assert_eq!(d.config_value("norm_eps"), Some("1e-5"));
         assert_eq!(d.config_value("mid_block_type"), Some("\"UNetMidBlock2D\""));
@@ -340,9 +379,10 @@ mod tests {
         let dir =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/tiny-diffusers");
         let d = describe(&dir).unwrap();
+        // 8 block outputs and temb, 8 resnet branches, 1 + 1 + 2 attentions
         assert_eq!(
             (d.resolution, d.points.len(), d.temb_channels),
-            (16, 9, 128)
+            (16, 9 + 8 + 4, 128)
         );
     }
 }

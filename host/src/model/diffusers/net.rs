@@ -16,15 +16,22 @@
 //! class embedding is added) and at the output of every resnet:
 //! `down.{i}.res.{j}`, `mid.res.{j}`, `up.{i}.res.{j}` (docs/models.md). In
 //! attention blocks the point is the resnet's output, *before* the attention
-//! that follows it. **The hook's result replaces the activation everywhere
-//! downstream, skip connections included**: a down level's skip stores the
+//! that follows it. Inside the blocks it calls the hook at each resnet's
+//! residual branch (`conv2`'s output, before the shortcut is added),
+//! `<resnet>.branch`, and at each attention's output before its residual
+//! sum, `down.{i}.attn.{j}.branch`, `mid.attn.0.branch`,
+//! `up.{i}.attn.{j}.branch`; there the hook's result takes the branch's
+//! place in the sum. A layer's points come in forward order:
+//! `….res.{j}.branch`, `….res.{j}`, `….attn.{j}.branch`. **The hook's
+//! result replaces the activation everywhere downstream, skip connections
+//! included**: a down level's skip stores the
 //! value after the hook (and after the attention, as diffusers stores the
 //! attention's output), so a module injected at `down.{i}.res.{j}` also
 //! changes what the decoder receives through the skip. Every resnet gets the
 //! hooked `temb`.
 
 use super::config::{BlockKind, TimeShift, UNet2DConfig};
-use crate::model::nn::hooks::Hooks;
+use crate::model::nn::hooks::{Hooks, LayerPoints};
 use crate::model::nn::layers::{
     Attention, Conv2d, DIFFUSERS_RESNET, Downsample, DropoutRng, GroupNorm, Linear, ResBlock,
     ResSpec, Resample, TimeEmbedding, Upsample, temb_point, timestep_embedding,
@@ -40,6 +47,7 @@ use std::cell::RefCell;
 struct Layer {
     resnet: ResBlock,
     attention: Option<Attention>,
+    points: LayerPoints,
 }
 
 /// A down level: its layers, then a downsampler (all levels but the last).
@@ -62,6 +70,8 @@ struct MidBlock {
     resnet0: ResBlock,
     attention: Option<Attention>,
     resnet1: ResBlock,
+    /// `mid.res.0` (with `mid.attn.0.branch`) and `mid.res.1`.
+    points: [LayerPoints; 2],
 }
 
 /// A diffusers `UNet2DModel`: its config and its blocks.
@@ -107,12 +117,13 @@ impl UNet2D {
             let norm = norm_groups.map(|g| (g, cfg.norm_eps));
             Attention::new(vars, ch, cfg.heads(ch), norm, rescale)
         };
-        let layer = |vars: &Vars, kind: BlockKind, j: usize, c_in: usize, c_out: usize| Layer {
+        let layer = |vars: &Vars, level: &str, kind: BlockKind, j: usize, c_in, c_out| Layer {
             resnet: res(&vars.pp("resnets").pp(j), c_in, c_out, 1.0),
             attention: (kind == BlockKind::Attn).then(|| {
                 let vars = vars.pp("attentions").pp(j);
                 attention(&vars, c_out, Some(cfg.norm_num_groups), 1.0)
             }),
+            points: LayerPoints::new(level, j),
         };
 
         let conv_in = Conv2d::new(&vars.pp("conv_in"), c[0], cfg.in_channels, 3, 1, 1);
@@ -129,11 +140,12 @@ impl UNet2D {
             .enumerate()
             .map(|(i, &o)| {
                 let vars = vars.pp("down_blocks").pp(i);
+                let level = format!("down.{i}");
                 DownBlock {
                     layers: (0..cfg.layers_per_block)
                         .map(|j| {
                             let c_in = if j > 0 { o } else { c[i.saturating_sub(1)] };
-                            layer(&vars, cfg.down[i], j, c_in, o)
+                            layer(&vars, &level, cfg.down[i], j, c_in, o)
                         })
                         .collect(),
                     downsampler: (i + 1 < levels).then(|| {
@@ -151,15 +163,17 @@ impl UNet2D {
                     .add_attention
                     .then(|| attention(&vars.pp("attentions.0"), m, cfg.mid_attn_groups(), scale)),
                 resnet1: res(&vars.pp("resnets.1"), m, m, scale),
+                points: [LayerPoints::new("mid", 0), LayerPoints::new("mid", 1)],
             }
         });
         let up_blocks = (0..levels)
             .map(|i| {
                 let o = c[levels - 1 - i];
                 let vars = vars.pp("up_blocks").pp(i);
+                let level = format!("up.{i}");
                 UpBlock {
                     layers: (0..=cfg.layers_per_block)
-                        .map(|j| layer(&vars, cfg.up[i], j, cfg.up_resnet_in(i, j), o))
+                        .map(|j| layer(&vars, &level, cfg.up[i], j, cfg.up_resnet_in(i, j), o))
                         .collect(),
                     upsampler: (i + 1 < levels).then(|| Upsample::new(&vars.pp("upsamplers.0"), o)),
                 }
@@ -233,29 +247,42 @@ impl UNet2D {
         );
         let (temb, temb_act) = temb_point(self.time_embedding.forward(w, e, labels), hooks)?;
         let mut at = |point: &str, h: Tensor<B, 4>| hooks.block(point, h, &temb);
-        // One layer of a down or up block: resnet -> point -> attention.
+        // A resnet with the hook at its branch (`<point>.branch`), then
+        // at its output (`<point>`).
         type At<'h, B, E> = dyn FnMut(&str, Tensor<B, 4>) -> Result<Tensor<B, 4>, E> + 'h;
-        let layer = |at: &mut At<'_, B, H::Error>,
-                     l: &Layer,
-                     point: &str,
-                     h: Tensor<B, 4>|
+        let resnet = |at: &mut At<'_, B, H::Error>,
+                      r: &ResBlock,
+                      p: &LayerPoints,
+                      h: Tensor<B, 4>|
          -> Result<Tensor<B, 4>, H::Error> {
-            let h = l.resnet.forward(w, h, &temb_act, dropout);
-            let h = at(point, h)?;
-            Ok(match &l.attention {
-                Some(a) => a.forward(w, h),
-                None => h,
-            })
+            let h = r.forward_with(w, h, &temb_act, dropout, |b| at(&p.branch, b))?;
+            at(&p.res, h)
+        };
+        // An attention with the hook at its branch (`….attn.{j}.branch`).
+        let attend = |at: &mut At<'_, B, H::Error>,
+                      a: &Option<Attention>,
+                      p: &LayerPoints,
+                      h: Tensor<B, 4>|
+         -> Result<Tensor<B, 4>, H::Error> {
+            match a {
+                Some(a) => a.forward_with(w, h, |o| at(&p.attn_branch, o)),
+                None => Ok(h),
+            }
+        };
+        // One layer of a down or up block: resnet -> points -> attention.
+        let layer = |at: &mut At<'_, B, H::Error>, l: &Layer, h: Tensor<B, 4>| {
+            let h = resnet(at, &l.resnet, &l.points, h)?;
+            attend(at, &l.attention, &l.points, h)
         };
 
         // 2. pre-process
         h = self.conv_in.forward(w, h);
         let mut skips = vec![h.clone()];
 
-        // 3. down: resnet -> point -> attention, skip after each; downsampler
-        for (i, block) in self.down_blocks.iter().enumerate() {
-            for (j, l) in block.layers.iter().enumerate() {
-                h = layer(&mut at, l, &format!("down.{i}.res.{j}"), h)?;
+        // 3. down: resnet -> points -> attention, skip after each; downsampler
+        for block in &self.down_blocks {
+            for l in &block.layers {
+                h = layer(&mut at, l, h)?;
                 skips.push(h.clone());
             }
             if let Some(d) = &block.downsampler {
@@ -264,25 +291,22 @@ impl UNet2D {
             }
         }
 
-        // 4. mid: resnet -> point -> attention -> resnet -> point
+        // 4. mid: resnet -> points -> attention -> resnet -> points
         if let Some(mid) = &self.mid_block {
-            h = mid.resnet0.forward(w, h, &temb_act, dropout);
-            h = at("mid.res.0", h)?;
-            if let Some(a) = &mid.attention {
-                h = a.forward(w, h);
-            }
-            h = mid.resnet1.forward(w, h, &temb_act, dropout);
-            h = at("mid.res.1", h)?;
+            let [p0, p1] = &mid.points;
+            h = resnet(&mut at, &mid.resnet0, p0, h)?;
+            h = attend(&mut at, &mid.attention, p0, h)?;
+            h = resnet(&mut at, &mid.resnet1, p1, h)?;
         }
 
-        // 5. up: concat skip -> resnet -> point -> attention; upsampler
-        for (i, block) in self.up_blocks.iter().enumerate() {
-            for (j, l) in block.layers.iter().enumerate() {
+        // 5. up: concat skip -> resnet -> points -> attention; upsampler
+        for block in &self.up_blocks {
+            for l in &block.layers {
                 let skip = skips
                     .pop()
                     .expect("one skip per up resnet (diffusers' layout)");
                 h = Tensor::cat(vec![h, skip], 1);
-                h = layer(&mut at, l, &format!("up.{i}.res.{j}"), h)?;
+                h = layer(&mut at, l, h)?;
             }
             if let Some(u) = &block.upsampler {
                 h = u.forward(w, h);

@@ -6,7 +6,9 @@
 //! output and at every injection point.
 
 use super::*;
-use crate::model::test_io::{Io, Probe, io, max_err, tensor_of, values_of};
+use crate::model::test_io::{
+    Io, Probe, check_branch_points, check_recorded_branch, io, max_err, tensor_of, values_of,
+};
 use crate::model::{Denoiser, DropoutRng, NoHooks, Weights, describe};
 use crate::tensor_abi::{CpuBackend as B, ParamStore};
 use burn::tensor::{Int, Tensor, TensorData};
@@ -113,6 +115,40 @@ fn zeroing_mid_res_0_changes_the_output() {
     let plain = run(&net, &params, &io, None, &mut Vec::new());
     let zeroed = run(&net, &params, &io, Some("mid.res.0"), &mut Vec::new());
     assert!(max_err(&plain, &zeroed) > 1e-3);
+}
+
+/// The branch points (`….res.{j}.branch`, `….attn.{j}.branch`) come in the
+/// description's order at its shapes; a hook there replaces the branch in
+/// its residual sum (doubling changes the output, zeroing every branch
+/// makes the middle blocks their shortcuts); a hook returning the branch
+/// leaves the output bit-identical; a recorder records one when asked.
+#[test]
+fn branch_points_replace_the_residual_branches() {
+    for name in ["small", "class-scale-shift"] {
+        let dir = fixture(name);
+        let d = describe("diffusers", Some(&dir), &toml::Table::new()).unwrap();
+        let (net, params) = net_and_params(&dir);
+        let io = io(&dir);
+        let (xs, xv) = &io["x"];
+        let (ts, tv) = &io["timesteps"];
+        let fwd = |hooks: &mut dyn FnMut(Tensor<B, 4>, Tensor<B, 1>) -> Tensor<B, 4>| {
+            values_of(&hooks(tensor_of(xs, xv), tensor_of(ts, tv)))
+        };
+        let plain = fwd(&mut |x, t| {
+            net.forward(&params, x, t, None, &mut NoHooks, None)
+                .unwrap()
+        });
+        check_branch_points(
+            &d,
+            |trace| fwd(&mut |x, t| net.forward(&params, x, t, None, trace, None).unwrap()),
+            &plain,
+        );
+        for branch in ["up.0.attn.1.branch", "down.0.res.0.branch"] {
+            check_recorded_branch(&d, branch, "mid.res.1", |rec| {
+                fwd(&mut |x, t| net.forward(&params, x, t, None, rec, None).unwrap());
+            });
+        }
+    }
 }
 
 #[test]

@@ -9,7 +9,8 @@
 //! h    = in_proj(x)
 //! for block in down.0.res.0 … down.{B-1}.res.0, mid.res.0, up.0.res.0 … up.{B-1}.res.0:
 //!     u = block.fc1(silu(block.norm(h))) + block.temb_proj(silu(temb))
-//!     h = h + block.fc2(silu(u))                                         -> point `block`
+//!     r = block.fc2(silu(u))                                             -> point `block.branch`
+//!     h = h + r                                                          -> point `block`
 //! out  = out_proj(silu(out_norm(h)))
 //! ```
 //! `norm` and `out_norm` are LayerNorms; weights are written `[in, out]`.
@@ -102,12 +103,16 @@ pub fn describe(path: Option<&Path>, config: &toml::Table) -> Result<ModelDescri
         });
     }
 
+    // Each block's branch (`fc2`'s output), then its output.
     let mut points = vec![Point::vector("temb", hidden, "time_embed")];
-    points.extend(
-        block_names(blocks)
-            .into_iter()
-            .map(|b| Point::vector(b.clone(), hidden, b)),
-    );
+    for b in block_names(blocks) {
+        points.push(Point::vector(
+            format!("{b}.branch"),
+            hidden,
+            format!("{b}.fc2"),
+        ));
+        points.push(Point::vector(b.clone(), hidden, b));
+    }
     Ok(ModelDescription {
         kind: "mlp".into(),
         data_channels: data_dim,
@@ -146,20 +151,33 @@ mod tests {
     #[test]
     fn points_are_temb_then_every_block() {
         let d = describe(None, &table("hidden = 64\nblocks = 2")).unwrap();
-        let got: Vec<(&str, usize, usize, usize)> = d
+        let got: Vec<(&str, usize, usize, usize, &str)> = d
             .points
             .iter()
-            .map(|p| (p.name.as_str(), p.channels, p.height, p.width))
+            .map(|p| {
+                (
+                    p.name.as_str(),
+                    p.channels,
+                    p.height,
+                    p.width,
+                    p.module.as_str(),
+                )
+            })
             .collect();
         assert_eq!(
             got,
             [
-                ("temb", 64, 0, 0),
-                ("down.0.res.0", 64, 0, 0),
-                ("down.1.res.0", 64, 0, 0),
-                ("mid.res.0", 64, 0, 0),
-                ("up.0.res.0", 64, 0, 0),
-                ("up.1.res.0", 64, 0, 0),
+                ("temb", 64, 0, 0, "time_embed"),
+                ("down.0.res.0.branch", 64, 0, 0, "down.0.res.0.fc2"),
+                ("down.0.res.0", 64, 0, 0, "down.0.res.0"),
+                ("down.1.res.0.branch", 64, 0, 0, "down.1.res.0.fc2"),
+                ("down.1.res.0", 64, 0, 0, "down.1.res.0"),
+                ("mid.res.0.branch", 64, 0, 0, "mid.res.0.fc2"),
+                ("mid.res.0", 64, 0, 0, "mid.res.0"),
+                ("up.0.res.0.branch", 64, 0, 0, "up.0.res.0.fc2"),
+                ("up.0.res.0", 64, 0, 0, "up.0.res.0"),
+                ("up.1.res.0.branch", 64, 0, 0, "up.1.res.0.fc2"),
+                ("up.1.res.0", 64, 0, 0, "up.1.res.0"),
             ]
         );
         assert_eq!((d.data_channels, d.resolution, d.temb_channels), (2, 0, 64));

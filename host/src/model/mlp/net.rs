@@ -7,7 +7,8 @@
 //! h    = in_proj(x)
 //! for each block (down.*, mid.res.0, up.*):
 //!     u = fc1(silu(norm(h))) + temb_proj(silu(temb))
-//!     h = h + fc2(silu(u))                                          -> block
+//!     r = fc2(silu(u))                                              -> block.branch
+//!     h = h + r                                                     -> block
 //! out  = out_proj(silu(out_norm(h)))
 //! ```
 //!
@@ -88,10 +89,34 @@ impl LayerNorm {
 #[derive(Debug, Clone, PartialEq)]
 struct Block {
     point: String,
+    /// `<point>.branch`: `fc2`'s output, before the skip sum.
+    branch: String,
     norm: LayerNorm,
     fc1: Dense,
     temb_proj: Dense,
     fc2: Dense,
+}
+
+impl Block {
+    /// `h + branch(fc2(silu(u)))` with `u = fc1(silu(norm(h))) +
+    /// temb_proj(silu(temb))`; an identity `branch` is the plain block.
+    ///
+    /// # Shapes
+    /// - h: `[B, H]`, temb_act: `[B, H]`; `branch` takes and returns
+    ///   `[B, H]`; output: `[B, H]`
+    fn forward_with<B: AutodiffBackend, E>(
+        &self,
+        w: &Weights<B>,
+        h: Tensor<B, 2>,
+        temb_act: &Tensor<B, 2>,
+        branch: impl FnOnce(Tensor<B, 2>) -> Result<Tensor<B, 2>, E>,
+    ) -> Result<Tensor<B, 2>, E> {
+        let u = self
+            .fc1
+            .forward(w, activation::silu(self.norm.forward(w, h.clone())))
+            + self.temb_proj.forward(w, temb_act.clone()); // [B, 2H]
+        Ok(h + branch(self.fc2.forward(w, activation::silu(u)))?) // [B, H]
+    }
 }
 
 /// The residual MLP denoiser: its config and its layers.
@@ -159,6 +184,7 @@ impl MlpNet {
                     fc1: Dense::new(&vars.pp("fc1"), h, 2 * h),
                     temb_proj: Dense::new(&vars.pp("temb_proj"), h, 2 * h),
                     fc2: Dense::new(&vars.pp("fc2"), 2 * h, h),
+                    branch: format!("{point}.branch"),
                     point,
                 }
             })
@@ -254,13 +280,9 @@ impl MlpNet {
         let (temb, temb_act) = temb_point(temb, hooks)?; // [B, H]
         // 2. input projection
         let mut h = self.in_proj.forward(w, x); // [B, H]
-        // 3. residual blocks, each an injection point
+        // 3. residual blocks: the branch, then the output, each a point
         for b in &self.blocks {
-            let u = b
-                .fc1
-                .forward(w, activation::silu(b.norm.forward(w, h.clone())))
-                + b.temb_proj.forward(w, temb_act.clone()); // [B, 2H]
-            let out = h + b.fc2.forward(w, activation::silu(u)); // [B, H]
+            let out = b.forward_with(w, h, &temb_act, |r| hooks.block(&b.branch, r, &temb))?;
             h = hooks.block(&b.point, out, &temb)?;
         }
         // 4. output
@@ -274,6 +296,7 @@ impl MlpNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::NoHooks;
     use crate::tensor_abi::CpuBackend as B;
     use rand::SeedableRng;
 
@@ -343,6 +366,37 @@ mod tests {
         };
         let zeroed = n.forward(&p, x, t, None, &mut probe).unwrap();
         assert_ne!(values_of(&out), values_of(&zeroed));
+    }
+
+    /// Each block's branch point (`fc2`'s output) comes before its output
+    /// point, as the description lists them; a hook there replaces the
+    /// branch in `h + branch`, so zeroing every branch makes every block
+    /// the identity; a recorder records one when asked.
+    #[test]
+    fn branch_points_replace_the_residual_branches() {
+        use crate::model::test_io::{Trace, check_branch_points, check_recorded_branch, values_of};
+        let table: toml::Table = "hidden = 8\nblocks = 2\nnum_classes = 3".parse().unwrap();
+        let d = crate::model::describe("mlp", None, &table).unwrap();
+        let n = MlpNet::from_description(&d).unwrap();
+        let s = store(&n);
+        let p = params(&n, &s);
+        let dev = Default::default();
+        let x = || Tensor::<B, 2>::from_floats([[1.0, -2.0], [0.5, 3.0], [2.0, 0.0]], &dev);
+        let t = || Tensor::<B, 1>::from_floats([1.0, 50.0, 999.0], &dev);
+        let plain = values_of(&n.forward(&p, x(), t(), None, &mut NoHooks).unwrap());
+        let run = |hooks: &mut Trace| values_of(&n.forward(&p, x(), t(), None, hooks).unwrap());
+        check_branch_points(&d, run, &plain);
+        // Zeroed branches: every block passes its input on.
+        let mut zeroed = Trace::new(Some(("*.res.*.branch", 0.0)));
+        run(&mut zeroed);
+        let h0 = values_of(&n.in_proj.forward(&p, x()));
+        for b in block_names(2) {
+            assert_eq!(zeroed.at(&b), h0, "{b}");
+            assert!(zeroed.at(&format!("{b}.branch")).iter().all(|&v| v == 0.0));
+        }
+        check_recorded_branch(&d, "up.1.res.0.branch", "mid.res.0", |rec| {
+            n.forward(&p, x(), t(), None, rec).unwrap();
+        });
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What a forward calls at its injection points ([`Hooks`]), the two hooks
-//! the host needs everywhere ([`NoHooks`], [`Recorder`]), and the rank cast
-//! between a forward typed at the data's rank and a network's own.
+//! the host needs everywhere ([`NoHooks`], [`Recorder`]), the names of a
+//! layer's points ([`LayerPoints`]), and the rank cast between a forward
+//! typed at the data's rank and a network's own.
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
@@ -19,7 +20,10 @@ pub trait Hooks<B: Backend, const D: usize> {
     }
 
     /// At a block's point (`down.0.res.1`, `mid.res.0`, …): its output `h`,
-    /// at the data's rank `D`, and the hooked `temb`.
+    /// at the data's rank `D`, and the hooked `temb`. Also at a branch point
+    /// (`down.0.res.1.branch`, `mid.attn.0.branch`, …): `h` is then the
+    /// residual branch before its skip sum, and what the hook returns takes
+    /// its place in the sum.
     fn block(
         &mut self,
         point: &str,
@@ -28,6 +32,30 @@ pub trait Hooks<B: Backend, const D: usize> {
     ) -> Result<Tensor<B, D>, Self::Error> {
         let _ = (point, temb);
         Ok(h)
+    }
+}
+
+/// The injection points of one residual block and the attention that may
+/// follow it in the same layer, named once when a network is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LayerPoints {
+    /// `<level>.res.{j}`: the block's output.
+    pub res: String,
+    /// `<level>.res.{j}.branch`: its residual branch before the skip sum.
+    pub branch: String,
+    /// `<level>.attn.{j}.branch`: the attention's output before its
+    /// residual sum (a name only, where the layer has no attention).
+    pub attn_branch: String,
+}
+
+impl LayerPoints {
+    /// The points of layer `j` of `level` (`down.0`, `mid`, `up.2`).
+    pub(crate) fn new(level: &str, j: usize) -> Self {
+        LayerPoints {
+            res: format!("{level}.res.{j}"),
+            branch: format!("{level}.res.{j}.branch"),
+            attn_branch: format!("{level}.attn.{j}.branch"),
+        }
     }
 }
 

@@ -333,6 +333,7 @@ impl Resample {
 /// default:     h = norm2(h + p)
 /// scale_shift: h = norm2(h) · (1 + p[:C]) + p[C:]
 /// h = conv2(dropout(silu(h)))                        (dropout only in training)
+///                                                    -> the `….branch` point
 /// out = (shortcut(x) or x + h) / output_scale
 /// ```
 #[derive(Debug, Clone, PartialEq)]
@@ -381,6 +382,28 @@ impl ResBlock {
         temb_act: &Tensor<B, 2>,
         rng: Option<&DropoutRng>,
     ) -> Tensor<B, 4> {
+        let identity = Ok::<_, std::convert::Infallible>;
+        match self.forward_with(w, x, temb_act, rng, identity) {
+            Ok(out) => out,
+            Err(never) => match never {},
+        }
+    }
+
+    /// [`Self::forward`] with `branch` applied to the residual branch (the
+    /// output of `conv2`) before the skip sum: `out = (shortcut(x) +
+    /// branch(h)) / output_scale`. An identity `branch` is `forward`, op
+    /// for op.
+    ///
+    /// # Shapes
+    /// - as [`Self::forward`]; `branch` takes and returns `[B, C_out, H', W']`
+    pub(crate) fn forward_with<B: AutodiffBackend, E>(
+        &self,
+        w: &Weights<B>,
+        x: Tensor<B, 4>,
+        temb_act: &Tensor<B, 2>,
+        rng: Option<&DropoutRng>,
+        branch: impl FnOnce(Tensor<B, 4>) -> Result<Tensor<B, 4>, E>,
+    ) -> Result<Tensor<B, 4>, E> {
         let u = activation::silu(self.norm1.forward(w, x.clone()));
         let (u, x) = (self.resample.apply(u), self.resample.apply(x));
         let h = self.conv1.forward(w, u); // [B, C, H, W]
@@ -398,17 +421,17 @@ impl ResBlock {
             Some(rng) if self.dropout > 0.0 => dropout(h, self.dropout, rng),
             _ => h,
         };
-        let h = self.conv2.forward(w, h);
+        let h = branch(self.conv2.forward(w, h))?;
         let x = match &self.shortcut {
             Some(conv) => conv.forward(w, x),
             None => x,
         };
         let out = x + h;
-        if self.output_scale == 1.0 {
+        Ok(if self.output_scale == 1.0 {
             out
         } else {
             out.div_scalar(self.output_scale)
-        }
+        })
     }
 }
 
@@ -438,7 +461,8 @@ pub(crate) fn attend<B: AutodiffBackend>(
 /// u = group_norm(x) (when the block has one), as [B, HW, C]
 /// q, k, v = to_q(u), to_k(u), to_v(u), split into `heads` of `head_dim`
 /// a = softmax(q kᵀ / sqrt(head_dim)) v
-/// out = (to_out.0(a) + x) / rescale
+/// o = to_out.0(a) as [B, C, H, W]                    -> the `….attn.{j}.branch` point
+/// out = (o + x) / rescale
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Attention {
@@ -475,13 +499,20 @@ impl Attention {
         }
     }
 
+    /// The attention's forward with `branch` applied to its output
+    /// `to_out.0(a)`, as `[B, C, H, W]`, before the residual sum: `out =
+    /// (branch(o) + x) / rescale` (an identity `branch`: diffusers' `(o +
+    /// x) / rescale`, op for op).
+    ///
     /// # Shapes
-    /// - x: `[B, C, H, W]`; output: `[B, C, H, W]`
-    pub(crate) fn forward<B: AutodiffBackend>(
+    /// - x: `[B, C, H, W]`; `branch` takes and returns `[B, C, H, W]`;
+    ///   output: `[B, C, H, W]`
+    pub(crate) fn forward_with<B: AutodiffBackend, E>(
         &self,
         w: &Weights<B>,
         x: Tensor<B, 4>,
-    ) -> Tensor<B, 4> {
+        branch: impl FnOnce(Tensor<B, 4>) -> Result<Tensor<B, 4>, E>,
+    ) -> Result<Tensor<B, 4>, E> {
         let [b, c, h, wd] = x.dims();
         let (heads, head_dim) = (self.heads, self.head_dim);
         let n = h * wd;
@@ -503,12 +534,12 @@ impl Attention {
             .reshape([b, n, c])
             .swap_dims(1, 2)
             .reshape([b, c, h, wd]);
-        let out = o + x;
-        if self.rescale == 1.0 {
+        let out = branch(o)? + x;
+        Ok(if self.rescale == 1.0 {
             out
         } else {
             out.div_scalar(self.rescale)
-        }
+        })
     }
 }
 
@@ -593,103 +624,4 @@ pub(crate) fn upsample_nearest<B: AutodiffBackend>(x: Tensor<B, 4>) -> Tensor<B,
 /// - x: `[B, C, H, W]`; output: `[B, C, H/2, W/2]`
 pub(crate) fn avg_pool<B: AutodiffBackend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     avg_pool2d(x, [2, 2], [2, 2], [0, 0], true, false)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::nn::Catalogue;
-    use crate::tensor_abi::CpuBackend as B;
-
-    /// A downsampler over one channel at `d`, its kernel `kernel`, bias 0.
-    fn downsampler(kernel: Tensor<B, 4>, padding: usize) -> (Downsample, Weights<B>) {
-        let c = RefCell::new(Catalogue::default());
-        let d = Downsample::new(&Vars::root(&c).pp("d"), 1, padding);
-        let c = c.into_inner();
-        let w = Weights::gather(&c, |k| {
-            Some(match k {
-                "d.conv.weight" => kernel.clone().into_primitive().tensor(),
-                _ => Tensor::<B, 1>::zeros([1], &Default::default())
-                    .into_primitive()
-                    .tensor(),
-            })
-        })
-        .unwrap();
-        (d, w)
-    }
-
-    #[test]
-    fn dropout_zeroes_a_fraction_p_and_rescales_the_rest() {
-        let dev = Default::default();
-        let x = Tensor::<B, 2>::ones([100, 100], &dev);
-        let v = |t: Tensor<B, 2>| t.into_data().to_vec::<f32>().unwrap();
-        let a = v(dropout(x.clone(), 0.25, &DropoutRng::new(7)));
-        // 10 000 Bernoulli(0.25) draws: sd of the fraction 0.0043; 0.02 is
-        // more than 4 sd.
-        let zeros = a.iter().filter(|&&z| z == 0.0).count() as f64 / 1e4;
-        assert!((zeros - 0.25).abs() < 0.02, "{zeros}");
-        assert!(a.iter().all(|&z| z == 0.0 || z == 1.0 / 0.75));
-        // the same stream gives the same mask; another seed another one
-        assert_eq!(a, v(dropout(x.clone(), 0.25, &DropoutRng::new(7))));
-        assert_ne!(a, v(dropout(x.clone(), 0.25, &DropoutRng::new(8))));
-        // p = 0 is the identity and draws nothing
-        let rng = DropoutRng::new(7);
-        assert_eq!(v(dropout(x.clone(), 0.0, &rng)), v(x.clone()));
-        assert_eq!(a, v(dropout(x, 0.25, &rng)));
-    }
-
-    #[test]
-    fn downsample_padding_0_pads_right_and_bottom_only() {
-        // x = 1..16 on a 4x4 grid, a 3x3 all-ones kernel, stride 2. With
-        // diffusers' (0, 1, 0, 1) pad the windows start at rows/cols 0 and 2:
-        // out[0,0] = sum x[0..3, 0..3] = 1+2+3+5+6+7+9+10+11 = 54,
-        // out[1,1] = sum x[2..4, 2..4] (the padded row and column add 0)
-        //          = 11+12+15+16 = 54; out[0,1] = x[0..3, 2..4] = 3+4+7+8+11+12 = 45;
-        // out[1,0] = x[2..4, 0..3] = 9+10+11+13+14+15 = 72.
-        let dev = Default::default();
-        let x = Tensor::<B, 1>::from_floats(
-            [
-                1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12., 13., 14., 15., 16.,
-            ],
-            &dev,
-        )
-        .reshape([1, 1, 4, 4]);
-        let (d, w) = downsampler(Tensor::ones([1, 1, 3, 3], &dev), 0);
-        let out = d.forward(&w, x.clone());
-        assert_eq!(out.dims(), [1, 1, 2, 2]);
-        assert_eq!(
-            out.into_data().to_vec::<f32>().unwrap(),
-            [54., 45., 72., 54.]
-        );
-        // Padding 1 is symmetric: out[0,0] = x[0..2, 0..2] = 1+2+5+6 = 14.
-        let (d, w) = downsampler(Tensor::ones([1, 1, 3, 3], &dev), 1);
-        let out = d.forward(&w, x);
-        assert_eq!(out.into_data().to_vec::<f32>().unwrap()[0], 14.);
-    }
-
-    #[test]
-    fn timestep_embedding_matches_get_timestep_embedding() {
-        // diffusers get_timestep_embedding(tensor([2.]), 4, flip, shift):
-        // half = 2, f = [1, exp(-ln(1e4)/(2 - shift))].
-        let dev = Default::default();
-        let t = || Tensor::<B, 1>::from_floats([2.0], &dev);
-        let got = timestep_embedding(t(), 4, false, 1.0)
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
-        let f1 = (-(10000f32.ln())).exp(); // shift 1: half - shift = 1
-        let want = [2f32.sin(), (2. * f1).sin(), 2f32.cos(), (2. * f1).cos()];
-        for (a, b) in got.iter().zip(want) {
-            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
-        }
-        let got = timestep_embedding(t(), 5, true, 0.0)
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
-        let f1 = (-(10000f32.ln()) / 2.).exp();
-        let want = [2f32.cos(), (2. * f1).cos(), 2f32.sin(), (2. * f1).sin(), 0.];
-        for (a, b) in got.iter().zip(want) {
-            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
-        }
-    }
 }

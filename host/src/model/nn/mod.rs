@@ -11,6 +11,8 @@
 
 pub(crate) mod hooks;
 pub(crate) mod layers;
+#[cfg(test)]
+mod layers_tests;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
@@ -45,6 +47,11 @@ impl Catalogue {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// The position of `key` in the catalogue (and in a [`Weights`] table).
+    pub fn index_of(&self, key: &str) -> Option<usize> {
+        self.entries.iter().position(|(k, _)| k == key)
     }
 
     /// The shape of `key`, if the network has it.
@@ -158,6 +165,18 @@ impl<B: Backend> Weights<B> {
         Weights {
             tensors: self.tensors.iter().cloned().map(f).collect(),
         }
+    }
+
+    /// The tensor at position `i` of the catalogue (rank-free: a weight's
+    /// rank is its layer's). Panics when `i` is out of range.
+    pub fn tensor(&self, i: usize) -> &FloatTensor<B> {
+        &self.tensors[i]
+    }
+
+    /// Replaces the tensor at position `i` (the caller checked its shape:
+    /// a plugin's `weights` return is, in `plugins/instance.rs`).
+    pub fn set(&mut self, i: usize, t: FloatTensor<B>) {
+        self.tensors[i] = t;
     }
 
     /// The same values outside every autodiff graph (no history, no

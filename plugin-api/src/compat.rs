@@ -1,12 +1,15 @@
 //! The one function that decides whether a plugin built against one version of
 //! `dtx-plugin-api` can run in a host built against another.
 //!
-//! The rule (documented in `docs/abi-policy.md`): the major versions are equal, and
-//! the plugin's minor version is not newer than the host's. Minor versions only
-//! append to the prefix-type vtables, so a host reads everything an older plugin
-//! has; a plugin built against a newer minor may call entries the host lacks.
-//! Patch versions and pre-release tags do not matter. The major version is the
-//! compatibility line even while it is 0 (unlike cargo's caret rule for 0.x).
+//! The rule (documented in `docs/abi-policy.md`) is semver's, as abi_stable's
+//! layout check applies it to every type a plugin shares with the host: from
+//! 1.0 on, the major versions are equal and the plugin's minor is not newer
+//! than the host's (minor versions only append to the prefix-type vtables,
+//! so a host reads everything an older plugin has); before 1.0 the minor is
+//! the compatibility line, so `0.y` plugins run in `0.y` hosts only.
+//! Patch versions and pre-release tags do not matter. (Up to 0.3 this file
+//! let an older `0.y` minor load; abi_stable refuses it by package version
+//! anyway, so the host now says so in one line before that check.)
 
 use std::fmt;
 
@@ -48,7 +51,11 @@ impl fmt::Display for ApiVersion {
 
 /// Whether a plugin built against `plugin` runs in a host built against `host`.
 pub fn is_compatible(plugin: ApiVersion, host: ApiVersion) -> bool {
-    plugin.major == host.major && plugin.minor <= host.minor
+    if host.major == 0 {
+        plugin.major == 0 && plugin.minor == host.minor
+    } else {
+        plugin.major == host.major && plugin.minor <= host.minor
+    }
 }
 
 #[cfg(test)]
@@ -84,7 +91,15 @@ mod tests {
             is_compatible(v("0.1.5"), v("0.1.0")),
             "patch does not matter"
         );
-        assert!(is_compatible(v("0.1.0"), v("0.3.2")), "older minor loads");
+        assert!(
+            !is_compatible(v("0.3.0"), v("0.4.2")),
+            "before 1.0 the minor is the line"
+        );
+        assert!(is_compatible(v("1.1.0"), v("1.3.2")), "older minor loads");
+        assert!(
+            !is_compatible(v("1.2.0"), v("1.1.0")),
+            "newer minor is refused"
+        );
         assert!(
             !is_compatible(v("0.2.0"), v("0.1.0")),
             "newer minor is refused"

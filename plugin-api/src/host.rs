@@ -223,6 +223,31 @@ impl Host {
         Ok(unsafe { Tensor::from_raw(id) })
     }
 
+    /// The run's denoiser beyond [`crate::ModelInfo`]: its prediction type,
+    /// class count, data shape and every base parameter with its key, shape,
+    /// role and block (the catalogue `dtx model inspect` prints). Known while
+    /// the plugin is constructed. Since 0.4.
+    pub fn model_details(&self) -> Result<crate::abi::ModelDetails, AbiError> {
+        let f = vtables()
+            .services
+            .model_details()
+            .ok_or_else(|| older_host("model_details"))?;
+        f().into_result()
+    }
+
+    /// An input of the running hook beyond its context, by name (`None`
+    /// when the hook has none of that name). Later minor versions add hook
+    /// inputs here; api 0.4 defines none. Since 0.4.
+    pub fn hook_input(&self, name: &str) -> Result<Option<Tensor>, AbiError> {
+        let f = vtables()
+            .services
+            .hook_input()
+            .ok_or_else(|| older_host("hook_input"))?;
+        let id = f(RStr::from(name)).into_result()?;
+        // SAFETY: owned handle from the host.
+        Ok(id.into_option().map(|id| unsafe { Tensor::from_raw(id) }))
+    }
+
     /// One optimizer step on `params` for the scalar `loss` (for `prepare`).
     pub fn optimizer_step(&self, params: &[&Param], loss: Tensor, lr: f32) -> Result<(), AbiError> {
         let ids: Vec<ParamId> = params.iter().map(|p| p.id).collect();
@@ -234,6 +259,7 @@ impl Host {
 fn older_host(service: &str) -> AbiError {
     let since = match service {
         "num_timesteps" | "sample_source" => "0.2",
+        "model_details" | "hook_input" => "0.4",
         _ => "0.3",
     };
     AbiError::new(

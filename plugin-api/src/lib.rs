@@ -62,19 +62,24 @@ mod plugin;
 pub mod points;
 mod tensor;
 
-pub use abi::{AbiError, DType, Hook, HookSet, ModelInfo, PointInfo, Which};
+pub use abi::{
+    AbiError, BaseParamInfo, DType, Hook, HookSet, ModelDetails, ModelInfo, ParamRole, PointInfo,
+    Which,
+};
 pub use config::ConfigKey;
 pub use host::{Host, Param};
-pub use plugin::{Filter, Inject, Loss, Plugin, Prepare, Score};
+pub use plugin::{Filter, Group, Inject, Loss, Plugin, Prepare, Recipe, Score, Weights};
 pub use tensor::{Tensor, TensorRef};
 
 /// Everything a plugin author usually needs.
 pub mod prelude {
-    pub use crate::abi::{AbiError, Conv2dOptions, FilterOutput, ModelInfo, ParamInit, Which};
+    pub use crate::abi::{
+        AbiError, Conv2dOptions, FilterOutput, ModelDetails, ModelInfo, ParamInit, ParamRole, Which,
+    };
     pub use crate::nn;
     pub use crate::{
-        ConfigKey, Filter, Hook, Host, Inject, Loss, Param, Plugin, Prepare, Score, Tensor,
-        TensorRef, export_plugin,
+        ConfigKey, Filter, Group, Hook, Host, Inject, Loss, Param, Plugin, Prepare, Recipe, Score,
+        Tensor, TensorRef, Weights, export_plugin,
     };
 }
 

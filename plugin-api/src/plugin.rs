@@ -3,8 +3,8 @@
 
 use crate::abi::{
     self, AbiError, AbiResult, ErrorKind, FilterOutput, Hook, HookSet, HostVtables, LossTerm,
-    ModelInfo, ParamInfo, PluginInfo, PluginInstance, PluginInstance_TO, PluginInstanceBox,
-    PluginModule, PluginModuleRef, TensorId,
+    ModelInfo, ParamGroup, ParamInfo, PluginInfo, PluginInstance, PluginInstance_TO,
+    PluginInstanceBox, PluginModule, PluginModuleRef, PluginRecipe, TensorId,
 };
 use crate::config::{self, ConfigKey};
 use crate::host::{Host, Param, opt_ref, take_registered};
@@ -98,6 +98,46 @@ pub struct Prepare<'a> {
     pub host: &'a Host,
 }
 
+/// The `weights` hook's context (api 0.4): one base weight of one student
+/// forward.
+#[derive(Debug)]
+pub struct Weights<'a> {
+    /// The weight's checkpoint key (one of [`Plugin::weight_targets`]).
+    pub key: &'a str,
+    /// The weight `W` (after earlier plugins' `weights`), as the checkpoint
+    /// shapes it.
+    pub w: TensorRef,
+    /// Whether this is a training forward (`false` while sampling, where the
+    /// host asks once per sampling run).
+    pub training: bool,
+    /// The host's services.
+    pub host: &'a Host,
+}
+
+/// Parameters of a plugin that train with their own settings
+/// ([`Recipe::groups`]).
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// The group's name (shown by `dtx plan`).
+    pub name: String,
+    /// Its parameters.
+    pub params: Vec<Param>,
+    /// Their learning rate is the run's times this.
+    pub lr_scale: f32,
+    /// Their weight decay, when not the run's.
+    pub weight_decay: Option<f32>,
+}
+
+/// How a plugin wants the run to train (api 0.4).
+#[derive(Debug, Clone, Default)]
+pub struct Recipe {
+    /// Base parameters that must train besides the manifest's `trainable`:
+    /// checkpoint keys or globs (`*.bias`).
+    pub train_base: Vec<String>,
+    /// Groups of the plugin's parameters with their own rate or decay.
+    pub groups: Vec<Group>,
+}
+
 /// A transfer method. Implement the hooks listed in [`Plugin::HOOKS`]; the host
 /// calls no other.
 pub trait Plugin: Sized + 'static {
@@ -162,6 +202,27 @@ pub trait Plugin: Sized + 'static {
         Err(not_implemented::<Self>(Hook::Prepare, ""))
     }
 
+    /// The base parameters the `weights` hook re-parameterises: checkpoint
+    /// keys or globs over them (`*.to_q.weight`), resolved against the
+    /// model after [`Plugin::new`] (one that matches nothing is an error).
+    /// Api 0.4.
+    fn weight_targets(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// `weights`: returns `W'` for `ctx.w`, of the same shape (e.g. LoRA's
+    /// `W + (α/r)·B·A`). Api 0.4.
+    fn weights(&mut self, ctx: &Weights<'_>) -> Result<Tensor, AbiError> {
+        Err(not_implemented::<Self>(Hook::Weights, ctx.key))
+    }
+
+    /// How the run should train: base parameters that must train (DiffFit's
+    /// biases and norms) and groups of this plugin's parameters with their
+    /// own learning-rate multiplier and weight decay. Api 0.4.
+    fn recipe(&self) -> Recipe {
+        Recipe::default()
+    }
+
     /// Non-parameter state for checkpoints.
     fn state_save(&self) -> Result<Vec<u8>, AbiError> {
         Ok(Vec::new())
@@ -213,6 +274,7 @@ struct Adapter<P: Plugin> {
     inner: P,
     params: Vec<Param>,
     points: Vec<String>,
+    targets: Vec<String>,
     host: Host,
 }
 
@@ -333,6 +395,44 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
     fn state_load(&mut self, state: RSlice<'_, u8>) -> AbiResult<()> {
         guard::<P, _>("state_load", || self.inner.state_load(state.as_slice()))
     }
+
+    fn weights(&mut self, ctx: &abi::WeightsCtx<'_>) -> AbiResult<TensorId> {
+        let host = self.host;
+        guard::<P, _>("weights", || {
+            let c = Weights {
+                key: ctx.key.as_str(),
+                // SAFETY: context handles are valid for the hook call.
+                w: unsafe { TensorRef::from_raw(ctx.w) },
+                training: ctx.training,
+                host: &host,
+            };
+            self.inner.weights(&c).map(Tensor::into_raw)
+        })
+    }
+
+    fn weight_targets(&self) -> RVec<RString> {
+        self.targets
+            .iter()
+            .map(|k| RString::from(k.as_str()))
+            .collect()
+    }
+
+    fn recipe(&self) -> PluginRecipe {
+        let r = self.inner.recipe();
+        PluginRecipe {
+            train_base: r.train_base.into_iter().map(RString::from).collect(),
+            groups: r
+                .groups
+                .into_iter()
+                .map(|g| ParamGroup {
+                    name: g.name.into(),
+                    params: g.params.iter().map(Param::id).collect(),
+                    lr_scale: g.lr_scale,
+                    weight_decay: g.weight_decay.into(),
+                })
+                .collect(),
+        }
+    }
 }
 
 extern "C" fn info<P: Plugin>() -> PluginInfo {
@@ -367,14 +467,47 @@ extern "C" fn new<P: Plugin>(
             .into_iter()
             .cloned()
             .collect();
+        let targets = resolve_targets(&inner.weight_targets(), &host)?;
         let adapter = Adapter {
             inner,
             params,
             points,
+            targets,
             host,
         };
         Ok(PluginInstance_TO::from_value(adapter, TD_Opaque))
     })
+}
+
+/// The base parameters `patterns` select, in the model's order; a pattern
+/// that selects none is an error listing what the model has.
+fn resolve_targets(patterns: &[String], host: &Host) -> Result<Vec<String>, AbiError> {
+    if patterns.is_empty() {
+        return Ok(Vec::new());
+    }
+    let details = host.model_details()?;
+    let keys: Vec<&str> = details.parameters.iter().map(|p| p.key.as_str()).collect();
+    for p in patterns {
+        if !keys.iter().any(|k| crate::points::matches(p, k)) {
+            let what = if crate::points::is_glob(p) {
+                "matches no base parameter"
+            } else {
+                "is not a base parameter"
+            };
+            return Err(AbiError::new(
+                ErrorKind::CONFIG,
+                format!(
+                    "`{p}` {what} of this model (`dtx model inspect` lists its {} parameters)",
+                    keys.len()
+                ),
+            ));
+        }
+    }
+    Ok(keys
+        .into_iter()
+        .filter(|k| patterns.iter().any(|p| crate::points::matches(p, k)))
+        .map(str::to_owned)
+        .collect())
 }
 
 /// The root module of a plugin crate (used by [`crate::export_plugin!`]; also

@@ -25,6 +25,8 @@ pub const PLUGIN_CRATES: &[&str] = &[
     "dtx-plugin-tgdp",
     "dtx-plugin-denoiser-guidance",
     "dtx-plugin-anl",
+    "dtx-plugin-lora",
+    "dtx-plugin-difffit",
     "dtx-test-plugin",
     "dtx-test-plugin-incompatible",
     "dtx-test-plugin-block",
@@ -84,6 +86,25 @@ pub fn build_plugins() -> &'static Path {
         assert!(
             out.status.success(),
             "building the test plugins failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // a plugin built against dtx-plugin-api 0.3 (a workspace of its own:
+        // tests/compat), into the same folder
+        let mut compat = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        compat
+            .current_dir(workspace_root())
+            .args(["build", "--manifest-path", "tests/compat/Cargo.toml"])
+            .arg("--target-dir")
+            .arg(&target);
+        if profile.file_name().is_some_and(|n| n == "release") {
+            compat.arg("--release");
+        }
+        let out = compat
+            .output()
+            .expect("running cargo build for the 0.3 compatibility plugin");
+        assert!(
+            out.status.success(),
+            "building tests/compat failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
         profile

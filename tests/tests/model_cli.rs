@@ -200,11 +200,16 @@ fn forward_writes_only_the_points_asked_for() {
         "--out",
         file.to_str().unwrap(),
         "--points",
-        "mid.res.1,temb",
+        "mid.res.1,temb,mid.attn.0.branch",
     ]);
     out.ok();
     let got = f32_tensors(&file);
-    assert_eq!(got.keys().collect::<Vec<_>>(), ["mid.res.1", "out", "temb"]);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        ["mid.attn.0.branch", "mid.res.1", "out", "temb"]
+    );
+    // The attention's output before its residual sum: [B, 64, 8, 8].
+    assert_eq!(got["mid.attn.0.branch"].len(), got["mid.res.1"].len());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -516,7 +521,7 @@ fn bad_forward_inputs_name_key_expected_and_found() {
             vec![x_ok.clone(), t_ok.clone()],
             "temb,down.2.res.0",
             "error: --points: the model has no injection point `down.2.res.0`; did you mean \
-             `down.0.res.0`? its points: all, temb, down.0.res.0,",
+             `down.0.res.0`? its points: all, temb, down.0.res.0.branch, down.0.res.0,",
         ),
     ];
     for (case, model, tensors, points, want) in cases {

@@ -88,6 +88,30 @@ fn a_score_or_filter_short_of_the_batch_is_refused() {
 }
 
 #[test]
+fn a_weight_of_another_shape_names_the_parameter() {
+    let out = out_dir("malformed", "weights");
+    let r = dtx_run(
+        "two-plugins.toml",
+        &out,
+        &[
+            "train.steps=2",
+            "train.batch=8",
+            "plugin[1].config.malform=\"weights_shape\"",
+            "plugin[1].config.weights=[\"mid.res.0.fc1.weight\"]",
+        ],
+        &[],
+    );
+    let _ = std::fs::remove_dir_all(&out);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    for w in [
+        "plugin `probe` failed in hook `weights`",
+        "the weight returned for `mid.res.0.fc1.weight` has shape [63, 128]; expected [64, 128]",
+    ] {
+        assert!(r.stderr.contains(w), "no `{w}` in\n{}", r.stderr);
+    }
+}
+
+#[test]
 fn a_well_formed_probe_runs() {
     let (code, stderr) = run_malformed("");
     assert_eq!(code, 0, "{stderr}");

@@ -77,6 +77,10 @@ pub struct InspectArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Also list every base parameter with its shape, role and block: the
+    /// catalogue plugins read (`host.model_details()`, api 0.4).
+    #[arg(long)]
+    pub parameters: bool,
 }
 
 /// Runs `dtx model <command>`.
@@ -99,8 +103,20 @@ fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let blocks = block_counts(&parameters);
     let total: usize = blocks.iter().map(|(_, n)| n).sum();
     let d = &m.description;
+    let catalogue = a
+        .parameters
+        .then(|| crate::model::base_parameters(&parameters, &m.description));
     if a.json {
-        let value = inspect_json(a, &m, &parameters, &blocks, total);
+        let mut value = inspect_json(a, &m, &parameters, &blocks, total);
+        if let Some(c) = &catalogue {
+            value["catalogue"] = c
+                .iter()
+                .map(|p| {
+                    json!({"key": p.key.as_str(), "shape": p.shape.as_slice(),
+                        "role": p.role.name(), "block": p.block.as_str()})
+                })
+                .collect();
+        }
         writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
         return Ok(());
     }
@@ -137,7 +153,26 @@ fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         "data: {side}; output channels {}; {classes}",
         d.out_channels
     )?;
-    inspect_tables(&m, &parameters, &blocks, total, out)
+    inspect_tables(&m, &parameters, &blocks, total, out)?;
+    if let Some(c) = &catalogue {
+        writeln!(out, "\nbase parameters (key, shape, role, block):")?;
+        let width = c.iter().map(|p| p.key.len()).max().unwrap_or(0);
+        for p in c.iter() {
+            let shape = format!("{:?}", p.shape.as_slice());
+            let block = if p.block.is_empty() {
+                "-"
+            } else {
+                p.block.as_str()
+            };
+            writeln!(
+                out,
+                "  {:<width$}  {shape:<16}  {:<9}  {block}",
+                p.key.as_str(),
+                p.role.name()
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// `dtx model inspect --json`: everything the text output shows, as JSON.

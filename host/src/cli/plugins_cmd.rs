@@ -80,13 +80,23 @@ fn find_plugin(name: &str, extra: &[PathBuf]) -> anyhow::Result<Arc<PluginLibrar
             let hint = crate::util::nearest(name, names.iter().copied())
                 .map(|n| format!("; did you mean `{n}`?"))
                 .unwrap_or_default();
+            let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
             bail!(
-                "no plugin named `{name}` (found: {}){hint}",
+                "no plugin named `{name}` (found: {}){hint}\n\
+                 searched: {}; a plugin built elsewhere: give its file \
+                 (`dtx plugins inspect path/to/libmy_plugin.so`), its folder (`--dir DIR`), \
+                 or add the folder to {}",
                 if names.is_empty() {
                     "none".to_string()
                 } else {
                     names.join(", ")
-                }
+                },
+                if searched.is_empty() {
+                    "no folder".to_string()
+                } else {
+                    searched.join(", ")
+                },
+                plugins::PLUGIN_PATH_VAR
             )
         }
     }

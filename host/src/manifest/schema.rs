@@ -24,7 +24,7 @@ pub use sample::*;
 
 /// Hook names a `[[plugin]]` entry may list in `hooks`, in the order the
 /// stages run them (the names of `dtx_plugin_api::Hook::ALL`).
-pub const HOOK_NAMES: &[&str] = &["prepare", "inject", "loss", "score", "filter"];
+pub const HOOK_NAMES: &[&str] = &["prepare", "weights", "inject", "loss", "score", "filter"];
 
 /// The keys each section accepts (for hints such as "`steps` belongs in
 /// `[train]`"); a test checks them against the structs below.

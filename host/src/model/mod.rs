@@ -20,6 +20,7 @@ pub mod clip;
 mod config;
 pub(crate) mod denoiser;
 mod describe;
+mod details;
 pub mod diffusers;
 mod error;
 pub(crate) mod mlp;
@@ -34,6 +35,7 @@ pub use denoiser::{Denoiser, Net, NetError};
 pub use describe::{
     ConfigProblem, ModelDescription, Point, describe, dtx_checkpoint, dtx_run_folder,
 };
+pub use details::{base_parameters, details};
 pub use error::{KeyLocation, ModelError, Origin};
 pub use nn::hooks::{Hooks, NoHooks, Recorder};
 pub use nn::layers::DropoutRng;

@@ -9,6 +9,9 @@
 
 mod memory;
 mod preflight;
+mod render;
+
+pub(crate) use render::thousands;
 
 use crate::manifest::{LoadedManifest, ManifestDiagnostic, ManifestError};
 use crate::model::Denoiser;
@@ -16,8 +19,7 @@ use crate::model::{self, ModelDescription};
 use crate::plugins::{self, Instance, LoadError, PluginLibrary};
 use crate::tensor_abi::{CpuBackend, Session, vtables};
 use burn::tensor::backend::AutodiffBackend;
-use dtx_plugin_api::abi::{ErrorKind, Hook, ModelInfo};
-use std::fmt::Write as _;
+use dtx_plugin_api::abi::{ErrorKind, Hook, ModelInfo, PluginRecipe};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -35,6 +37,11 @@ pub struct PlannedPlugin {
     pub points: Vec<String>,
     /// Number of trainable scalars it registered.
     pub parameters: usize,
+    /// The base weights its `weights` hook re-parameterises (api 0.4).
+    pub weight_targets: Vec<String>,
+    /// What it asks of training (api 0.4): base parameters to train,
+    /// groups of its own parameters with their own rate.
+    pub recipe: PluginRecipe,
     /// Its config as JSON, as it is handed to the plugin.
     pub config_json: String,
 }
@@ -207,8 +214,15 @@ pub fn resolve_on<B: AutodiffBackend>(loaded: LoadedManifest) -> Result<Plan, Ma
     // Plugins are built in a planning session: their parameters are counted,
     // their configs and injection points checked, and nothing else runs.
     let _session = Session::<B>::install(Default::default(), m.run.seed);
-    Session::<B>::with(|s| s.services.condition_shape = condition.as_ref().map(|c| c.shape))
-        .expect("the planning session was just installed");
+    let details = model.as_ref().map(|d| {
+        let prediction = m.source.as_ref().map(|s| s.prediction.as_str());
+        crate::model::details(d, prediction.unwrap_or("epsilon"))
+    });
+    Session::<B>::with(|s| {
+        s.services.condition_shape = condition.as_ref().map(|c| c.shape);
+        s.services.model_details = details;
+    })
+    .expect("the planning session was just installed");
     let dirs = plugins::search_dirs(Some(&loaded.base_dir()));
     let mut planned = Vec::new();
     for (i, spec) in m.plugins.iter().enumerate() {
@@ -329,12 +343,20 @@ fn plan_plugin<B: AutodiffBackend>(
     } else {
         Vec::new()
     };
+    let weight_targets = if hooks.contains(&Hook::Weights) {
+        instance.weight_targets().to_vec()
+    } else {
+        Vec::new()
+    };
+    let recipe = instance.recipe();
     Ok(PlannedPlugin {
         name: spec.name.clone(),
         library,
         hooks,
         points,
         parameters,
+        weight_targets,
+        recipe,
         config_json: json,
     })
 }
@@ -465,221 +487,4 @@ fn stages(
         });
     }
     out
-}
-
-/// `1234567` → `1,234,567`.
-pub(crate) fn thousands(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-impl Plan {
-    /// Trainable base parameters: `None` when the model's parameters are not
-    /// known without its checkpoint.
-    pub fn base_trainable(&self) -> Option<usize> {
-        use crate::manifest::Trainable;
-        let model = self.model.as_ref()?;
-        let trainable = self
-            .manifest
-            .manifest
-            .train
-            .as_ref()
-            .map(|t| t.trainable.clone())
-            .unwrap_or_default();
-        match trainable {
-            Trainable::None => Some(0),
-            _ if !model.parameters_known() => None,
-            Trainable::All => Some(model.total_parameters()),
-            Trainable::Globs(g) => Some(model.count_matching(&g)),
-        }
-    }
-
-    /// The plan as text: stages, hook bindings, injection points, parameter
-    /// counts and plugin files.
-    pub fn render(&self) -> String {
-        let mut o = String::new();
-        self.render_header(&mut o);
-        self.render_stages(&mut o);
-        self.render_points(&mut o);
-        self.render_parameters(&mut o);
-        self.render_plugins(&mut o);
-        o
-    }
-
-    /// The run, the model, the target and the source data.
-    fn render_header(&self, o: &mut String) {
-        let m = &self.manifest.manifest;
-        let _ = writeln!(
-            o,
-            "plan for run `{}` (backend {}, seed {})",
-            m.run.name,
-            m.run.backend.as_str(),
-            m.run.seed
-        );
-        let _ = writeln!(o, "manifest: {}", self.manifest.file.display());
-        match &self.model {
-            Some(d) => {
-                let _ = writeln!(
-                    o,
-                    "model: {}{} ({} data channels{}, time embedding {}), {} injection points",
-                    d.kind,
-                    match &self.manifest.manifest.source {
-                        Some(s) if s.init == crate::manifest::Init::Random && d.kind != "mlp" => {
-                            ", random init"
-                        }
-                        _ => "",
-                    },
-                    d.data_channels,
-                    if d.resolution > 0 {
-                        format!(", {0}x{0}", d.resolution)
-                    } else {
-                        String::new()
-                    },
-                    d.temb_channels,
-                    d.points.len()
-                );
-            }
-            None => o.push_str("model: none ([source] not given)\n"),
-        }
-        if let Some(t) = &m.target {
-            let limit = t.limit.map(|l| format!(", {l}-shot")).unwrap_or_default();
-            let held = if t.holdout > 0 {
-                format!(", {} held out", t.holdout)
-            } else {
-                String::new()
-            };
-            let flip = if t.flip { ", random flips" } else { "" };
-            let _ = writeln!(o, "target: {}{limit}{held}{flip}", t.dataset);
-        }
-        if let Some(d) = m.source.as_ref().and_then(|s| s.data.as_ref()) {
-            let n = match (d.limit, d.builtin()) {
-                (Some(n), _) => format!(", {n} examples"),
-                (None, Some(_)) => ", 10000 examples".to_owned(),
-                (None, None) => String::new(),
-            };
-            let _ = writeln!(o, "source data: {}{n} (dataset split `source`)", d.dataset);
-        }
-    }
-
-    /// The stages in order and the plugins bound to each hook.
-    fn render_stages(&self, o: &mut String) {
-        o.push_str("\nstages:\n");
-        if self.stages.is_empty() {
-            o.push_str("  (none: add [train] or [sample])\n");
-        }
-        for (i, s) in self.stages.iter().enumerate() {
-            let _ = writeln!(o, "  {}. {:<8} {}", i + 1, s.name, s.detail);
-        }
-
-        o.push_str("\nhooks:\n");
-        for hook in Hook::ALL {
-            let bound = with_hook(&self.plugins, hook);
-            let _ = writeln!(
-                o,
-                "  {:<8} {}",
-                hook.name(),
-                if bound.is_empty() {
-                    "-".into()
-                } else {
-                    bound.join(" -> ")
-                }
-            );
-        }
-    }
-
-    /// Every injection point with its size and the plugins injecting there.
-    fn render_points(&self, o: &mut String) {
-        if let Some(d) = &self.model {
-            o.push_str("\ninjection points:\n");
-            let width = d.points.iter().map(|p| p.name.len()).max().unwrap_or(0);
-            for p in &d.points {
-                let size = if p.height > 0 {
-                    format!("{}x{}x{}", p.channels, p.height, p.width)
-                } else {
-                    format!("{}", p.channels)
-                };
-                let here: Vec<&str> = self
-                    .plugins
-                    .iter()
-                    .filter(|pl| pl.points.contains(&p.name))
-                    .map(|pl| pl.name.as_str())
-                    .collect();
-                let _ = writeln!(
-                    o,
-                    "  {:<width$}  {:<12} {}",
-                    p.name,
-                    size,
-                    if here.is_empty() {
-                        "-".into()
-                    } else {
-                        here.join(" -> ")
-                    }
-                );
-            }
-        }
-    }
-
-    /// Trainable parameters of the base model and of each plugin.
-    fn render_parameters(&self, o: &mut String) {
-        o.push_str("\ntrainable parameters:\n");
-        let base_total = self
-            .model
-            .as_ref()
-            .filter(|d| d.parameters_known())
-            .map(|d| d.total_parameters());
-        let base = match (self.base_trainable(), base_total) {
-            (Some(n), Some(t)) => format!("{} of {}", thousands(n), thousands(t)),
-            (Some(0), None) => "0 (frozen)".into(),
-            (Some(n), None) => thousands(n),
-            (None, _) => "unknown until the checkpoint is read".into(),
-        };
-        let _ = writeln!(o, "  {:<12} {}", "base", base);
-        let mut plugin_total = 0;
-        for p in &self.plugins {
-            plugin_total += p.parameters;
-            let _ = writeln!(o, "  {:<12} {}", p.name, thousands(p.parameters));
-        }
-        if !self.plugins.is_empty() {
-            let _ = writeln!(o, "  {:<12} {}", "plugins", thousands(plugin_total));
-        }
-    }
-
-    /// Each plugin with its library and version.
-    fn render_plugins(&self, o: &mut String) {
-        if !self.plugins.is_empty() {
-            o.push_str("\nplugins:\n");
-            for p in &self.plugins {
-                let d = &p.library.description;
-                let _ = writeln!(
-                    o,
-                    "  {}: {} {} (dtx-plugin-api {}) {}",
-                    p.name,
-                    d.name,
-                    d.version,
-                    d.api_version,
-                    p.library.path.display()
-                );
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::thousands;
-
-    #[test]
-    fn thousands_groups_digits() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1000), "1,000");
-        assert_eq!(thousands(1234567), "1,234,567");
-    }
 }

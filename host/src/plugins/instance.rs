@@ -16,8 +16,8 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorMetadata, TensorPrimitive};
 use dtx_plugin_api::abi::{
-    AbiError, ErrorKind, FilterCtx, FilterOutput, Hook, InjectCtx, LossCtx, ModelInfo, ParamInfo,
-    PluginInstanceBox, PrepareCtx, ScoreCtx, TensorId,
+    AbiError, ErrorKind, FilterCtx, FilterOutput, Hook, HookSet, InjectCtx, LossCtx, ModelInfo,
+    ParamInfo, PluginInstanceBox, PluginRecipe, PrepareCtx, ScoreCtx, TensorId, WeightsCtx,
 };
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -53,6 +53,12 @@ pub struct Instance<B: AutodiffBackend> {
     /// Its injection points, read once at construction (they are fixed then,
     /// and the forward asks at every point of every step).
     points: Vec<String>,
+    /// The base weights its `weights` hook re-parameterises (api 0.4),
+    /// read once at construction.
+    weight_targets: Vec<String>,
+    /// The hooks the run binds (the manifest's `hooks`, else every hook
+    /// the plugin implements).
+    bound: HookSet,
     _backend: PhantomData<fn() -> B>,
 }
 
@@ -247,11 +253,23 @@ impl<B: AutodiffBackend> Instance<B> {
             .into_iter()
             .map(|p| p.into_string())
             .collect();
+        let weight_targets = if library.description.hooks.contains(Hook::Weights) {
+            inner
+                .weight_targets()
+                .into_iter()
+                .map(|k| k.into_string())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let bound = library.description.hooks;
         Ok(Instance {
             name: name.to_owned(),
             library,
             inner,
             points,
+            weight_targets,
+            bound,
             _backend: PhantomData,
         })
     }
@@ -265,9 +283,20 @@ impl<B: AutodiffBackend> Instance<B> {
         }
     }
 
-    /// Whether the plugin declares `hook`.
+    /// Binds only `hooks` (the manifest's `[[plugin]] hooks`), among those
+    /// the plugin implements.
+    pub fn bind(&mut self, hooks: &[Hook]) {
+        self.bound = hooks
+            .iter()
+            .copied()
+            .filter(|h| self.library.description.hooks.contains(*h))
+            .collect();
+    }
+
+    /// Whether the run calls `hook` of this plugin: it implements it and the
+    /// manifest binds it.
     pub fn implements(&self, hook: Hook) -> bool {
-        self.library.description.hooks.contains(hook)
+        self.bound.contains(hook)
     }
 
     /// The injection points it injects at (exact names).
@@ -278,6 +307,62 @@ impl<B: AutodiffBackend> Instance<B> {
     /// The parameters it registered.
     pub fn parameters(&self) -> Vec<ParamInfo> {
         self.inner.parameters().into_vec()
+    }
+
+    /// The base weights its `weights` hook re-parameterises (checkpoint
+    /// keys; empty without the hook).
+    pub fn weight_targets(&self) -> &[String] {
+        &self.weight_targets
+    }
+
+    /// How it wants the run to train (api 0.4; a 0.3 plugin asks nothing).
+    pub fn recipe(&self) -> PluginRecipe {
+        let _running = Running::<B>::start(&self.name);
+        self.inner.recipe()
+    }
+
+    /// `weights`: `W'` for the base weight `key`, checked to have `w`'s
+    /// shape and dtype. Rank-free: a weight's rank is its layer's.
+    pub fn weights(
+        &mut self,
+        key: &str,
+        w: &FloatTensor<B>,
+        training: bool,
+    ) -> Result<FloatTensor<B>, HookError> {
+        let fail = self.fail(Hook::Weights);
+        let mut run = || -> Result<FloatTensor<B>, AbiError> {
+            let mut c = Ctx::<B>::new();
+            let ctx = WeightsCtx {
+                key: RStr::from(key),
+                w: c.put(Stored::Float(w.clone()))?,
+                training,
+            };
+            let id = {
+                let _running = Running::<B>::start(&self.name);
+                self.inner.weights(&ctx).into_result()?
+            };
+            let p = take_float::<B>(id)?;
+            let (found, want) = (p.shape().to_vec(), w.shape().to_vec());
+            if found != want {
+                return Err(AbiError::new(
+                    ErrorKind::SHAPE,
+                    format!(
+                        "the weight returned for `{key}` has shape {found:?}; expected {want:?}"
+                    ),
+                ));
+            }
+            let (found, want) = (p.dtype(), w.dtype());
+            if found != want {
+                return Err(AbiError::new(
+                    ErrorKind::SHAPE,
+                    format!(
+                        "the weight returned for `{key}` has dtype {found:?}; expected {want:?}"
+                    ),
+                ));
+            }
+            Ok(p)
+        };
+        run().map_err(fail)
     }
 
     /// `inject`: the new activation, checked to have `h`'s shape and dtype.

@@ -60,7 +60,7 @@ pub enum LoadError {
     },
     /// The plugin was built against an incompatible `dtx-plugin-api`.
     #[error(
-        "plugin `{}` was built against dtx-plugin-api {plugin_api}, which is not compatible with this host's {host_api}: rebuild the plugin against dtx-plugin-api {host_api} (e.g. `cargo build --release -p <plugin crate>`)",
+        "plugin `{}` was built against dtx-plugin-api {plugin_api}, which is not compatible with this host's {host_api}: rebuild the plugin against dtx-plugin-api {host_api} (a crate of its own: set `dtx-plugin-api = \"{host_api}\"`, or the path to this dtx's `plugin-api`, in its Cargo.toml, then `cargo build --release`; a crate of the dtx workspace: `cargo build --release -p <plugin crate>`)",
         .path.display()
     )]
     IncompatibleApi {
@@ -73,8 +73,8 @@ pub enum LoadError {
     },
     /// abi_stable's layout check failed: same version, different types.
     #[error(
-        "plugin `{}` (built against dtx-plugin-api {plugin_api}; host has {host_api}) has an incompatible ABI layout: rebuild it against this host's dtx-plugin-api.\n{details}",
-        .path.display()
+        "plugin `{}` (built against dtx-plugin-api {plugin_api}; host has {host_api}) shares types whose layout differs from the host's: {}\nrebuild it against this dtx's dtx-plugin-api (a crate of its own: `cargo build --release` after pointing its `dtx-plugin-api` dependency at this dtx's; in the dtx workspace: `cargo build --release -p <plugin crate>`); DTX_LAYOUT_DETAILS=1 prints abi_stable's full report",
+        .path.display(), layout_summary(.details)
     )]
     Layout {
         /// File.
@@ -313,6 +313,45 @@ pub fn sha256_file(path: &Path) -> Result<String, LoadError> {
 }
 
 /// Loads and checks a plugin file: the sha256 pin (before any of its code runs),
+/// The first difference abi_stable's layout report names, in one line: the
+/// type, what differs, and the two sides (its report runs to hundreds of
+/// lines, the useful one near the end). With `DTX_LAYOUT_DETAILS=1`, the
+/// whole report follows.
+pub fn layout_summary(details: &str) -> String {
+    let at = details.find("\nError:");
+    let what = at.map(|i| {
+        let rest: Vec<&str> = details[i + 1..].lines().take(5).map(str::trim).collect();
+        match rest.as_slice() {
+            [e, "Expected:", x, "Found:", y, ..] => {
+                format!(
+                    "{} (expected {x}, found {y})",
+                    e.trim_start_matches("Error:")
+                )
+            }
+            [e, ..] => e.trim_start_matches("Error:").to_owned(),
+            [] => String::new(),
+        }
+    });
+    let ty = at.and_then(|i| {
+        let before = &details[..i];
+        let block = before.rfind("Layout of expected type:")?;
+        before[block..]
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("type:"))
+            .map(str::to_owned)
+    });
+    let mut out = match (ty, what) {
+        (Some(t), Some(w)) => format!("type `{t}`: {w}"),
+        (None, Some(w)) => w,
+        _ => "abi_stable found no single difference".to_owned(),
+    };
+    if std::env::var_os("DTX_LAYOUT_DETAILS").is_some() {
+        out.push('\n');
+        out.push_str(details);
+    }
+    out
+}
+
 /// the api version (one tested rule, [`is_compatible`]) and abi_stable's layout
 /// check; then hands it the host's vtables and reads its description.
 ///
@@ -607,6 +646,24 @@ mod tests {
             LoadError::MissingFile {
                 path: PathBuf::from("/tmp/./nope/libnope.so")
             }
+        );
+    }
+
+    #[test]
+    fn a_layout_report_is_summarised_in_one_line() {
+        // the shape of abi_stable 0.11's report, cut down: the useful line
+        // comes after hundreds of others
+        let report = "Compared <this>:\n    --- Type Layout ---\n    type:PrefixRef<'a, PluginModule>\n\
+            Layout of expected type:\n    --- Type Layout ---\n    type:PluginInfo\n    size:168 align:8\n\
+            Layout of found type:\n    --- Type Layout ---\n    type:PluginInfo\n\n\n\
+            Error:incompatible package versions\nExpected:\n    0.4.0\nFound:\n    0.3.0\n1 error(s)inside:\n";
+        assert_eq!(
+            layout_summary(report),
+            "type `PluginInfo`: incompatible package versions (expected 0.4.0, found 0.3.0)"
+        );
+        assert_eq!(
+            layout_summary("nothing"),
+            "abi_stable found no single difference"
         );
     }
 }

@@ -99,7 +99,14 @@ pub(super) fn set_up<B: AutodiffBackend, const D: usize>(
     // One optimizer for the training loop and plugins' `prepare`
     // (`optimizer_step`): both step the same moments.
     let optimizer = optim::install::<B>(AdamConfig::default())?;
-    Session::<B>::with(|s| s.services.condition_shape = plan.condition.as_ref().map(|c| c.shape))?;
+    let details = plan.model.as_ref().map(|d| {
+        let prediction = m.source.as_ref().map(|s| s.prediction.as_str());
+        crate::model::details(d, prediction.unwrap_or("epsilon"))
+    });
+    Session::<B>::with(|s| {
+        s.services.condition_shape = plan.condition.as_ref().map(|c| c.shape);
+        s.services.model_details = details;
+    })?;
     let dir = match mode {
         Mode::Sample { out } => RunDir::at(out)?,
         Mode::Run { resume } => RunDir::open(
@@ -117,6 +124,7 @@ pub(super) fn set_up<B: AutodiffBackend, const D: usize>(
         condition,
         &device,
     )?);
+    super::recipe::apply(&student, &optimizer)?;
     let data = match &target {
         Some(ds) => {
             let batch = m.train.as_ref().map(|t| t.batch).unwrap_or(16);
@@ -222,7 +230,9 @@ fn build_student<B: AutodiffBackend>(
     let model_info = desc.to_model_info();
     let mut plugins = Vec::new();
     for p in &plan.plugins {
-        let instance = Instance::<B>::new(&p.name, p.library.clone(), &p.config_json, &model_info)?;
+        let mut instance =
+            Instance::<B>::new(&p.name, p.library.clone(), &p.config_json, &model_info)?;
+        instance.bind(&p.hooks);
         plugins.push(RefCell::new(instance));
     }
     let data_channels = net.data_shape()[0];

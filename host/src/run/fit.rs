@@ -237,7 +237,7 @@ fn step_terms<B: AutodiffBackend, const D: usize>(
             .to_tensor_flipped::<B, D>(&b.indices, flips, &ctx.device);
     student.condition_batch(&b.indices, flips, &ctx.device)?;
     let draw = Draw::new(&mut rng, &x0, t.timesteps, &ctx.device);
-    let params = student.params()?;
+    let params = student.adapted(student.params()?, true)?;
     let (mut terms, pred, x_t) =
         objective(ctx, t).simple::<B, D>(student, &params, &x0, labels.clone(), &draw, true)?;
     let ts = draw.t_float();

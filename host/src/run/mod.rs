@@ -17,6 +17,7 @@ mod inputs;
 mod objective;
 mod plot;
 mod prepare;
+mod recipe;
 pub(crate) mod report;
 mod sampling;
 mod student;

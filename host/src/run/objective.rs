@@ -167,7 +167,7 @@ impl Objective<'_> {
         batch: usize,
         device: &B::Device,
     ) -> Result<f64> {
-        let params = student.params()?;
+        let params = student.adapted(student.params()?, false)?;
         let mut rng = step_rng(seed, u64::MAX - 2);
         let idx: Vec<usize> = (0..held.len()).collect();
         let mut sum = 0.0;

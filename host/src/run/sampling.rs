@@ -200,12 +200,16 @@ fn trajectory<B: AutodiffBackend, const D: usize>(
 struct SamplingWeights<'a, B: AutodiffBackend>(&'a Student<B>);
 
 impl<'a, B: AutodiffBackend> SamplingWeights<'a, B> {
-    fn set(student: &'a Student<B>, weights: &Weights<B>) -> Self {
-        *student.sampling_weights.borrow_mut() = Some(weights.clone());
+    /// `weights` with every plugin's `weights` hook, set as the sampled
+    /// weights.
+    fn set(student: &'a Student<B>, weights: &Weights<B>) -> Result<(Self, Weights<B>)> {
         // no graph through plugin parameters while sampling: nothing trains,
         // and graphs that never reach a backward pile up in memory
-        let _ = Session::<B>::with(|s| s.services.frozen_params = true);
-        SamplingWeights(student)
+        Session::<B>::with(|s| s.services.frozen_params = true)?;
+        let guard = SamplingWeights(student);
+        let adapted = student.adapted(weights.clone(), false)?.untracked();
+        *student.sampling_weights.borrow_mut() = Some(adapted.clone());
+        Ok((guard, adapted))
     }
 }
 
@@ -251,6 +255,10 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
     // what was logged before sampling belongs to the stages that took it
     let _ = Session::<B>::with(|s| s.services.take_logs())?;
     let mut batch_index = 0;
+    // sampled with every plugin's `weights` hook, applied once for the
+    // whole run; hooks that call `denoise(student)` see these weights
+    let (_sampling, adapted) = SamplingWeights::set(student, weights)?;
+    let weights = &adapted;
     let run = |x_big_t: Tensor<B, D>,
                labels: Option<Tensor<B, 1, Int>>,
                masks: Option<Labels<B>>,
@@ -273,8 +281,6 @@ pub(super) fn draw<B: AutodiffBackend, const D: usize>(
     let mut source_rng = step_rng(seed, u64::MAX - 2);
     // the masks of masked sampling have their own stream
     let mut condition_rng = step_rng(seed, u64::MAX - 3);
-    // hooks that call `denoise(student)` see the weights being sampled
-    let _weights = SamplingWeights::set(student, weights);
     let bar = progress_bar(quiet, sm.count as u64, "sample");
     let max_attempts = sm.max_attempts_factor.max(1) * sm.count;
     while out.accepted_count() < sm.count && out.attempts < max_attempts {

@@ -106,12 +106,41 @@ impl<B: AutodiffBackend> Student<B> {
     }
 
     /// The student's weights for the services: the sampled ones while
-    /// sampling, else the current training weights.
+    /// sampling, else the current training weights with every plugin's
+    /// `weights` hook (but a running one's).
     fn student_weights(&self) -> Result<Weights<B>, AbiError> {
         match &*self.sampling_weights.borrow() {
             Some(w) => Ok(w.clone()),
-            None => self.params(),
+            None => self.adapted(self.params()?, false),
         }
+    }
+
+    /// `base` with every plugin's `weights` hook applied to its targets, in
+    /// manifest order (each sees the weight after the plugins before it);
+    /// plugins whose hooks are running are left out, as in
+    /// [`Student::forward`]. The frozen source is never adapted.
+    pub(super) fn adapted(&self, base: Weights<B>, training: bool) -> Result<Weights<B>, AbiError> {
+        let mut w = base;
+        for (i, cell) in self.plugins.iter().enumerate() {
+            if self.is_running(i) || !cell.borrow().implements(Hook::Weights) {
+                continue;
+            }
+            let _running = Running::mark(&self.running, i);
+            let mut inst = cell.borrow_mut();
+            for key in inst.weight_targets().to_vec() {
+                let at = self.net.catalogue().index_of(&key).ok_or_else(|| {
+                    AbiError::other(format!(
+                        "plugin `{}`: `{key}` is not a weight of this model",
+                        inst.name
+                    ))
+                })?;
+                let new = inst
+                    .weights(&key, w.tensor(at), training)
+                    .map_err(|e| AbiError::new(e.error.kind, e.to_string()))?;
+                w.set(at, new);
+            }
+        }
+        Ok(w)
     }
 
     /// Calls `f` on each plugin `select` picks, in manifest order, with that

@@ -87,6 +87,16 @@ impl<B: AutodiffBackend> ParamStore<B> {
             .map(|i| ParamId(i as u64))
     }
 
+    /// Makes the parameter `id` train (a plugin's recipe asks for it).
+    pub fn set_trainable(&mut self, id: ParamId) -> Result<(), AbiError> {
+        let e = self.get_mut(id)?;
+        if !e.trainable {
+            e.trainable = true;
+            e.value = B::float_set_require_grad(B::float_detach(e.value.clone()), true);
+        }
+        Ok(())
+    }
+
     /// Every entry, in registration order.
     pub fn entries(&self) -> &[ParamEntry<B>] {
         &self.entries

@@ -11,8 +11,8 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType as BurnDType, Int, Tensor, TensorData};
 use dtx_plugin_api::abi::{
-    AbiError, AbiResult, DataBatch, ErrorKind, HostServices, HostServicesRef, ParamId, ParamInit,
-    TensorId, Which,
+    AbiError, AbiResult, DataBatch, ErrorKind, HostServices, HostServicesRef, ModelDetails,
+    ParamId, ParamInit, TensorId, Which,
 };
 use rand_distr::{Distribution as _, Normal, Uniform};
 use std::cell::RefCell;
@@ -114,6 +114,9 @@ pub struct RunServices<B: AutodiffBackend> {
     /// Called after each `optimizer_step` with the step count (a progress
     /// bar or line).
     pub on_prepare_step: Option<Box<dyn FnMut(u64)>>,
+    /// The run's denoiser beyond `ModelInfo` (`model_details`), set before
+    /// plugins are built.
+    pub model_details: Option<ModelDetails>,
 }
 
 impl<B: AutodiffBackend> Default for RunServices<B> {
@@ -130,6 +133,7 @@ impl<B: AutodiffBackend> Default for RunServices<B> {
             optimizer: None,
             prepare_steps: 0,
             on_prepare_step: None,
+            model_details: None,
         }
     }
 }
@@ -439,6 +443,22 @@ extern "C" fn encode_text<B: AutodiffBackend>(prompt: RStr<'_>) -> AbiResult<Ten
     })
 }
 
+extern "C" fn model_details<B: AutodiffBackend>() -> AbiResult<ModelDetails> {
+    guarded("model_details", || {
+        Session::<B>::with(|s| {
+            s.services.model_details.clone().ok_or_else(|| {
+                unsupported("model_details: this run has no denoiser (add a [source] section)")
+            })
+        })?
+    })
+}
+
+extern "C" fn hook_input<B: AutodiffBackend>(name: RStr<'_>) -> AbiResult<ROption<TensorId>> {
+    // api 0.4 defines no input beyond the hook contexts
+    let _ = name;
+    guarded("hook_input", || Session::<B>::with(|_| RNone))
+}
+
 /// The host-services vtable over backend `B`.
 pub fn host_services<B: AutodiffBackend>() -> HostServicesRef {
     HostServices {
@@ -456,6 +476,8 @@ pub fn host_services<B: AutodiffBackend>() -> HostServicesRef {
         condition_shape: condition_shape::<B>,
         encode_image: encode_image::<B>,
         encode_text: encode_text::<B>,
+        model_details: model_details::<B>,
+        hook_input: hook_input::<B>,
     }
     .leak_into_prefix()
 }

@@ -86,11 +86,26 @@ pub struct AdamState<B: AutodiffBackend> {
 /// schedule can change the rate between steps.
 pub struct Optimizer<B: AutodiffBackend> {
     states: Vec<Option<AdamState<B>>>,
+    /// Per parameter id, the group settings a plugin's recipe gave it.
+    groups: Vec<Option<GroupSetting>>,
+}
+
+/// How a parameter group trains beside the run's settings (a plugin's
+/// recipe: LoRA+'s faster `B`, DiffFit's γ).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroupSetting {
+    /// The learning rate is the step's times this.
+    pub lr_scale: f32,
+    /// The weight decay, when not the step's.
+    pub weight_decay: Option<f32>,
 }
 
 impl<B: AutodiffBackend> Default for Optimizer<B> {
     fn default() -> Self {
-        Optimizer { states: Vec::new() }
+        Optimizer {
+            states: Vec::new(),
+            groups: Vec::new(),
+        }
     }
 }
 
@@ -103,6 +118,27 @@ impl<B: AutodiffBackend> Optimizer<B> {
     /// The moments of parameter `id` (`None` before its first step).
     pub fn state(&self, id: ParamId) -> Option<&AdamState<B>> {
         self.states.get(id.0 as usize).and_then(Option::as_ref)
+    }
+
+    /// Puts parameter `id` in a group with its own rate and decay.
+    pub fn set_group(&mut self, id: ParamId, setting: GroupSetting) {
+        let i = id.0 as usize;
+        if self.groups.len() <= i {
+            self.groups.resize(i + 1, None);
+        }
+        self.groups[i] = Some(setting);
+    }
+
+    /// `config` as parameter `id` steps with it: its group's rate and decay.
+    fn config_for(&self, id: ParamId, config: &AdamConfig) -> AdamConfig {
+        match self.groups.get(id.0 as usize).copied().flatten() {
+            Some(g) => AdamConfig {
+                lr: config.lr * g.lr_scale,
+                weight_decay: g.weight_decay.unwrap_or(config.weight_decay),
+                ..*config
+            },
+            None => *config,
+        }
     }
 
     /// Sets the moments of parameter `id` (a resumed checkpoint's).
@@ -252,6 +288,7 @@ impl<B: AutodiffBackend> Optimizer<B> {
             _ => 1.0,
         };
         for &id in ids {
+            let config = self.config_for(id, &config);
             self.step_param(&config, id, store.get_mut(id)?, &grads, scale);
         }
         Ok(norm)

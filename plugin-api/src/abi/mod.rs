@@ -123,6 +123,30 @@ pub trait PluginInstance {
     /// Restores what [`PluginInstance::state_save`] wrote.
     #[sabi(last_prefix_field)]
     fn state_load(&mut self, state: RSlice<'_, u8>) -> AbiResult<()>;
+
+    /// `weights` (api 0.4): the re-parameterised weight `W'` for `ctx.w`, of
+    /// the same shape (ownership passes to the host). Called for each key of
+    /// [`PluginInstance::weight_targets`] in every student forward (once per
+    /// sampling run while sampling). A plugin built against 0.3 has none.
+    fn weights(&mut self, ctx: &WeightsCtx<'_>) -> AbiResult<TensorId> {
+        let _ = ctx;
+        RResult::RErr(AbiError::new(
+            ErrorKind::UNSUPPORTED,
+            "this plugin has no `weights` hook",
+        ))
+    }
+
+    /// The base parameters its `weights` hook re-parameterises (checkpoint
+    /// keys, resolved against the model when it was built). Api 0.4.
+    fn weight_targets(&self) -> RVec<RString> {
+        RVec::new()
+    }
+
+    /// How it wants the run to train: base parameters that must train and
+    /// groups of its parameters with their own rate. Api 0.4.
+    fn recipe(&self) -> PluginRecipe {
+        PluginRecipe::default()
+    }
 }
 
 /// What a plugin says about itself.

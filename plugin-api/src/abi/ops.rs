@@ -5,7 +5,7 @@
 //! minor version can add codes without changing any layout. A host that does not
 //! know a code answers with an [`super::ErrorKind::UNSUPPORTED`] error naming it.
 
-use super::{AbiResult, DType, ParamId, TensorId, Which};
+use super::{AbiResult, DType, ModelDetails, ParamId, TensorId, Which};
 use abi_stable::{
     StableAbi,
     std_types::{ROption, RSlice, RStr, RString, RVec},
@@ -463,4 +463,13 @@ pub struct HostServices {
     /// The condition embedding `[1, N, D_c]` of a text prompt (a CLIP
     /// `[condition]` encoder only). Added in 0.3.
     pub encode_text: extern "C" fn(prompt: RStr<'_>) -> AbiResult<TensorId>,
+    /// The run's denoiser beyond `ModelInfo`: its prediction type, class
+    /// count, data shape and every base parameter (key, shape, role,
+    /// block). Available while a plugin is constructed. Added in 0.4.
+    pub model_details: extern "C" fn() -> AbiResult<ModelDetails>,
+    /// An input of the running hook beyond its context struct, by name;
+    /// `None` when the hook has no such input. The contexts' layouts are
+    /// fixed within a major version: a later minor version adds hook inputs
+    /// here instead (api 0.4 defines none). Added in 0.4.
+    pub hook_input: extern "C" fn(name: RStr<'_>) -> AbiResult<ROption<TensorId>>,
 }

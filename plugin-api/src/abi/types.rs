@@ -132,12 +132,16 @@ pub enum Hook {
     Filter,
     /// `prepare`: auxiliary training before the main stages.
     Prepare,
+    /// `weights`: re-parameterised base weights `W → W'` in every student
+    /// forward (api 0.4).
+    Weights,
 }
 
 impl Hook {
     /// Every hook, in the order the stages run them.
-    pub const ALL: [Hook; 5] = [
+    pub const ALL: [Hook; 6] = [
         Hook::Prepare,
+        Hook::Weights,
         Hook::Inject,
         Hook::Loss,
         Hook::Score,
@@ -152,6 +156,7 @@ impl Hook {
             Hook::Score => "score",
             Hook::Filter => "filter",
             Hook::Prepare => "prepare",
+            Hook::Weights => "weights",
         }
     }
 
@@ -167,6 +172,7 @@ impl Hook {
             Hook::Score => 4,
             Hook::Filter => 8,
             Hook::Prepare => 16,
+            Hook::Weights => 32,
         }
     }
 }
@@ -218,7 +224,9 @@ pub enum Which {
 #[repr(C)]
 #[derive(StableAbi, Clone, Debug, PartialEq)]
 pub struct PointInfo {
-    /// Name (`temb`, `down.{i}.res.{j}`, `mid.res.{j}`, `up.{i}.res.{j}`).
+    /// Name: `temb`, a block's output (`down.{i}.res.{j}`, `mid.res.{j}`,
+    /// `up.{i}.res.{j}`), or, since 0.4, a residual branch before its skip
+    /// sum (`….res.{j}.branch`, `….attn.{j}.branch`).
     pub name: RString,
     /// Channels of the activation there (`D` at `temb`).
     pub channels: usize,
@@ -226,6 +234,120 @@ pub struct PointInfo {
     pub height: usize,
     /// Spatial size `W` of the activation (0 for vector activations).
     pub width: usize,
+}
+
+/// What a base parameter is, for choosing which to adapt or train. A
+/// newtype over `u32` so that later versions can add roles.
+#[repr(transparent)]
+#[derive(StableAbi, Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ParamRole(pub u32);
+
+impl ParamRole {
+    /// A convolution's kernel (`[out, in, k, k]`, or `[out, in, 1]`).
+    pub const CONV: Self = Self(0);
+    /// A linear layer's weight (a matrix).
+    pub const LINEAR: Self = Self(1);
+    /// A normalisation layer's scale or shift.
+    pub const NORM: Self = Self(2);
+    /// The bias of a convolution or linear layer.
+    pub const BIAS: Self = Self(3);
+    /// An embedding table (class labels).
+    pub const EMBEDDING: Self = Self(4);
+
+    /// The role's name (`conv`, `linear`, `norm`, `bias`, `embedding`).
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            0 => "conv",
+            1 => "linear",
+            2 => "norm",
+            3 => "bias",
+            4 => "embedding",
+            _ => "other",
+        }
+    }
+
+    /// The role called `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        (0..5).map(Self).find(|r| r.name() == name)
+    }
+}
+
+impl fmt::Display for ParamRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One parameter of the base model (api 0.4).
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub struct BaseParamInfo {
+    /// Its checkpoint key (`down_blocks.0.resnets.1.conv1.weight`).
+    pub key: RString,
+    /// Its shape, as the checkpoint stores it.
+    pub shape: RVec<usize>,
+    /// What it is.
+    pub role: ParamRole,
+    /// The block it belongs to, named as the injection points are
+    /// (`down.0.res.1`, `mid.attn.0`, `temb`); empty outside every block
+    /// (`conv_in`, the output layers, resamplers).
+    pub block: RString,
+}
+
+/// The run's denoiser beyond [`ModelInfo`] (api 0.4, from
+/// `HostServices::model_details`).
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, Default, PartialEq)]
+pub struct ModelDetails {
+    /// What the network predicts: `epsilon`, `sample` or `v_prediction`.
+    pub prediction: RString,
+    /// Classes of a class-conditional model (0: unconditional).
+    pub num_classes: usize,
+    /// The shape of one example (`[C, H, W]` or `[D]`).
+    pub data_shape: RVec<usize>,
+    /// Every base parameter, in the network's declaration order.
+    pub parameters: RVec<BaseParamInfo>,
+}
+
+/// Context of the `weights` hook (api 0.4): one base weight of one student
+/// forward.
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct WeightsCtx<'a> {
+    /// The weight's checkpoint key.
+    pub key: RStr<'a>,
+    /// The weight `W` as the student has it (after earlier plugins'
+    /// `weights`).
+    pub w: TensorId,
+    /// Whether the forward is a training forward (`false`: sampling, where
+    /// `W'` is computed once per sampling run).
+    pub training: bool,
+}
+
+/// Parameters of a plugin that train with their own settings (api 0.4).
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub struct ParamGroup {
+    /// The group's name (for `dtx plan` and checkpoints).
+    pub name: RString,
+    /// Its parameters.
+    pub params: RVec<ParamId>,
+    /// Their learning rate is the run's times this.
+    pub lr_scale: f32,
+    /// Their weight decay, when not the run's.
+    pub weight_decay: ROption<f32>,
+}
+
+/// How a plugin wants the run to train (api 0.4): base parameters that
+/// must train, and groups of its own parameters with their own rate.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, Default, PartialEq)]
+pub struct PluginRecipe {
+    /// Base parameters that train besides the manifest's `trainable`:
+    /// checkpoint keys or globs (`*.bias`).
+    pub train_base: RVec<RString>,
+    /// Groups of the plugin's parameters.
+    pub groups: RVec<ParamGroup>,
 }
 
 /// What a plugin learns about the run's denoiser when it is built.

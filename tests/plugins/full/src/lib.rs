@@ -54,6 +54,9 @@ pub struct Config {
     pub feature_weight: f32,
     /// In `score` and `filter`, log a value (`eps_norm`, `filter_mean`).
     pub log_sampling: bool,
+    /// Base weights its `weights` hook returns unchanged (or, with
+    /// `malform = "weights_shape"`, one row short).
+    pub weights: Vec<String>,
 }
 
 impl Default for Config {
@@ -71,6 +74,7 @@ impl Default for Config {
             malform: String::new(),
             feature_weight: 0.0,
             log_sampling: false,
+            weights: Vec::new(),
         }
     }
 }
@@ -230,9 +234,10 @@ impl Plugin for TestPlugin {
     const NAME: &'static str = "test";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
     const DESCRIPTION: &'static str =
-        "Implements all five hooks and touches every tensor op (for the host's tests)";
+        "Implements every hook and touches every tensor op (for the host's tests)";
     const HOOKS: &'static [Hook] = &[
         Hook::Prepare,
+        Hook::Weights,
         Hook::Inject,
         Hook::Loss,
         Hook::Score,
@@ -277,6 +282,11 @@ impl Plugin for TestPlugin {
                 "weight of the student-source feature gap term",
             ),
             ConfigKey::new("log_sampling", "bool", "log a value in score and filter"),
+            ConfigKey::new(
+                "weights",
+                "[string]",
+                "base weights the weights hook passes through",
+            ),
         ]
     }
 
@@ -296,6 +306,19 @@ impl Plugin for TestPlugin {
 
     fn points(&self) -> Vec<String> {
         self.cfg.points.clone()
+    }
+
+    fn weight_targets(&self) -> Vec<String> {
+        self.cfg.weights.clone()
+    }
+
+    fn weights(&mut self, ctx: &Weights<'_>) -> Result<Tensor, AbiError> {
+        let w: Tensor = (*ctx.w).clone();
+        Ok(if self.cfg.malform == "weights_shape" {
+            w.narrow(0, 0, w.dim(0) - 1)
+        } else {
+            w
+        })
     }
 
     fn inject(&mut self, ctx: &Inject<'_>) -> Result<Tensor, AbiError> {

@@ -134,6 +134,34 @@ impl Host {
             .collect())
     }
 
+    /// [`Host::features`] with class `labels` `[B]`: a class-conditional
+    /// model's features for those classes, and the labels every plugin's
+    /// `inject` sees in that forward. Since 0.4.
+    pub fn features_labelled(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        points: &[&str],
+        which: Which,
+        labels: Option<&Tensor>,
+    ) -> Result<Vec<Tensor>, AbiError> {
+        let f = vtables()
+            .services
+            .features_labelled()
+            .ok_or_else(|| older_host("features_labelled"))?;
+        let points: Vec<RStr<'_>> = points.iter().map(|p| RStr::from(*p)).collect();
+        let labels = match labels {
+            Some(l) => RSome(l.id()),
+            None => RNone,
+        };
+        let ids = f(x.id(), t.id(), points.as_slice().into(), which, labels).into_result()?;
+        // SAFETY: owned handles from the host.
+        Ok(ids
+            .into_iter()
+            .map(|id| unsafe { Tensor::from_raw(id) })
+            .collect())
+    }
+
     /// `ᾱ_t` of the run's noise schedule at integer timesteps `t`.
     pub fn alpha_bar(&self, t: &Tensor) -> Result<Tensor, AbiError> {
         let id = (vtables().services.alpha_bar())(t.id()).into_result()?;
@@ -259,7 +287,7 @@ impl Host {
 fn older_host(service: &str) -> AbiError {
     let since = match service {
         "num_timesteps" | "sample_source" => "0.2",
-        "model_details" | "hook_input" => "0.4",
+        "model_details" | "hook_input" | "features_labelled" => "0.4",
         _ => "0.3",
     };
     AbiError::new(

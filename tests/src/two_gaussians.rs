@@ -113,6 +113,7 @@ impl DenoiseService<B> for ExactSource {
         _t: Tensor<B, 1>,
         _points: &[String],
         _which: Which,
+        _labels: Option<burn::tensor::Tensor<B, 1, burn::tensor::Int>>,
     ) -> Result<Vec<Ranked<B>>, AbiError> {
         Err(AbiError::other("no features"))
     }

@@ -103,6 +103,7 @@ impl DenoiseService<B> for TinyUNet {
         t: Tensor<B, 1>,
         points: &[String],
         _which: Which,
+        _labels: Option<burn::tensor::Tensor<B, 1, burn::tensor::Int>>,
     ) -> Result<Vec<Ranked<B>>, AbiError> {
         let x = x.at::<4>("features: x")?;
         let mut record = Recorder::<B, 4>::new(points);

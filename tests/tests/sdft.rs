@@ -66,6 +66,7 @@ impl DenoiseService<B> for Mock {
         _t: Tensor<B, 1>,
         _points: &[String],
         _which: Which,
+        _labels: Option<burn::tensor::Tensor<B, 1, burn::tensor::Int>>,
     ) -> Result<Vec<Ranked<B>>, AbiError> {
         Err(AbiError::other("mock: no features"))
     }

@@ -194,7 +194,7 @@ pub fn run(a: &AnlArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 ]);
                 writeln!(out, "== {name}, {steps} steps, seed {seed}")?;
                 let run_name = format!("bench-anl-{name}-{steps}-seed{seed}");
-                let (summary, seconds) = super::transfer::fresh_run(path, set, &run_name)?;
+                let (summary, seconds, _) = super::transfer::fresh_run(path, set, &run_name)?;
                 let e = summary
                     .evaluation
                     .context("the run produced no evaluation")?;

@@ -54,6 +54,9 @@ struct Row {
     reference_nearest: Option<f64>,
     source_distance: Option<f64>,
     seconds: f64,
+    /// Parameters that train (the base's that train and every plugin's),
+    /// as `dtx plan` counts them; `None` when the base's are unknown.
+    trainable: Option<usize>,
     names: (String, String),
 }
 
@@ -103,7 +106,7 @@ pub fn run(a: &TransferArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             let mut set = overrides.clone();
             set.push(format!("run.seed={seed}"));
             writeln!(out, "== {name}, seed {seed} ({})", path.display())?;
-            let (summary, seconds) = fresh_run(path, set, &bench_name)?;
+            let (summary, seconds, trainable) = fresh_run(path, set, &bench_name)?;
             let e = summary
                 .evaluation
                 .context("the run produced no evaluation (no [sample] section?)")?;
@@ -124,6 +127,7 @@ pub fn run(a: &TransferArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 reference_nearest: e.nearest.and_then(|n| n.reference),
                 source_distance: e.source_distance,
                 seconds,
+                trainable,
                 names: e.names.clone(),
             });
         }
@@ -219,12 +223,13 @@ pub(super) fn load_with_metrics(
 }
 
 /// Runs `path` with overrides `set` as run `run_name` (an earlier run of
-/// that name is replaced), quietly; its summary and wall time in seconds.
+/// that name is replaced), quietly; its summary, wall time in seconds and
+/// trainable parameters (as `dtx plan` counts them).
 pub(super) fn fresh_run(
     path: &std::path::Path,
     mut set: Vec<String>,
     run_name: &str,
-) -> anyhow::Result<(dtx::run::RunSummary, f64)> {
+) -> anyhow::Result<(dtx::run::RunSummary, f64, Option<usize>)> {
     set.push(format!("run.name=\"{run_name}\""));
     let m = manifest::load(path, &set)?;
     let dir = m.output_dir().join(run_name);
@@ -236,10 +241,15 @@ pub(super) fn fresh_run(
         quiet: true,
         ..Default::default()
     };
+    let plan = dtx::plan::resolve(m.clone())?;
+    let trainable = plan
+        .base_trainable()
+        .map(|b| b + plan.plugins.iter().map(|p| p.parameters).sum::<usize>());
+    drop(plan);
     let started = std::time::Instant::now();
     let summary = dtx::cli::plan_and_run(m, dtx::cli::Job::Run(&opts), &mut Vec::new())
         .with_context(|| format!("bench run `{run_name}` of `{}`", path.display()))?;
-    Ok((summary, started.elapsed().as_secs_f64()))
+    Ok((summary, started.elapsed().as_secs_f64(), trainable))
 }
 
 /// Per-run rows, then mean ± sd per manifest over the seeds.
@@ -254,12 +264,12 @@ fn tables(rows: &[Row], manifests: &[(PathBuf, String)]) -> String {
     );
     let _ = writeln!(
         o,
-        "| run | seed {header}\n|---|---|---|---|---|---|---|---|"
+        "| run | seed {header} trainable |\n|---|---|---|---|---|---|---|---|---|"
     );
     for r in rows {
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {} | {} | {} | {} | {:.0} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |",
             r.name,
             r.seed,
             cell(r.kid),
@@ -267,7 +277,8 @@ fn tables(rows: &[Row], manifests: &[(PathBuf, String)]) -> String {
             cell(r.nearest),
             cell(r.reference_nearest),
             cell(r.source_distance),
-            r.seconds
+            r.seconds,
+            r.trainable.map_or("–".into(), |n| n.to_string())
         );
     }
     let seeds = rows.iter().filter(|r| r.name == manifests[0].1).count();
@@ -328,6 +339,7 @@ mod tests {
             reference_nearest: Some(6.5),
             source_distance: None,
             seconds: 100.0,
+            trainable: Some(702_499),
             names: ("KID_dtx".into(), "FD_dtx".into()),
         }
     }
@@ -358,7 +370,7 @@ mod tests {
         let md = tables(&rows, &manifests(&["scratch", "naive-finetune", "sdft"]));
         // The per-run and mean ± sd tables are as before.
         assert!(
-            md.contains("| sdft | 0 | 1254.198 | 125.420 | 7.000 | 6.500 | – | 100 |"),
+            md.contains("| sdft | 0 | 1254.198 | 125.420 | 7.000 | 6.500 | – | 100 | 702499 |"),
             "{md}"
         );
         assert!(md.contains("Mean ± sd over 3 seeds:"), "{md}");

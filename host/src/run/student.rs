@@ -247,12 +247,13 @@ impl<B: AutodiffBackend> Student<B> {
         x: Tensor<B, D>,
         t: Tensor<B, 1>,
         points: &[String],
+        labels: Option<Tensor<B, 1, Int>>,
     ) -> Result<Vec<Ranked<B>>, AbiError> {
         let mut record = Recorder::<B, D>::new(points);
         match which {
             Which::Source => match self
                 .net
-                .forward(&self.source, x, t, None, &mut record, None)
+                .forward(&self.source, x, t, labels, &mut record, None)
             {
                 Ok(_) => {}
                 Err(never) => match never {},
@@ -263,14 +264,14 @@ impl<B: AutodiffBackend> Student<B> {
                         student: self,
                         t: t.clone(),
                         cond: self.current_condition(),
-                        labels: None,
+                        labels: labels.clone().map(Labels::Classes),
                         training: false,
                     },
                     record: &mut record,
                 };
                 let weights = self.student_weights()?;
                 self.net
-                    .forward(&weights, x, t, None, &mut observed, None)?;
+                    .forward(&weights, x, t, labels, &mut observed, None)?;
             }
         }
         points
@@ -402,10 +403,11 @@ impl<B: AutodiffBackend> DenoiseService<B> for Rc<Student<B>> {
         t: Tensor<B, 1>,
         points: &[String],
         which: Which,
+        labels: Option<Tensor<B, 1, Int>>,
     ) -> Result<Vec<Ranked<B>>, AbiError> {
         match x {
-            Ranked::Two(x) => self.features_at(which, x, t, points),
-            Ranked::Four(x) => self.features_at(which, x, t, points),
+            Ranked::Two(x) => self.features_at(which, x, t, points, labels),
+            Ranked::Four(x) => self.features_at(which, x, t, points, labels),
         }
     }
 }

@@ -30,13 +30,16 @@ pub trait DenoiseService<B: AutodiffBackend> {
         labels: Option<Tensor<B, 1, Int>>,
     ) -> Result<Ranked<B>, AbiError>;
 
-    /// Activations of `which` at `points` for input `x` at timesteps `t`.
+    /// Activations of `which` at `points` for input `x` at timesteps `t`,
+    /// with class `labels` `[N]` for a class-conditional model (and the
+    /// plugins' `inject`s that read labels).
     fn features(
         &self,
         x: Ranked<B>,
         t: Tensor<B, 1>,
         points: &[String],
         which: Which,
+        labels: Option<Tensor<B, 1, Int>>,
     ) -> Result<Vec<Ranked<B>>, AbiError>;
 }
 
@@ -255,19 +258,33 @@ extern "C" fn features<B: AutodiffBackend>(
     points: RSlice<'_, RStr<'_>>,
     which: Which,
 ) -> AbiResult<RVec<TensorId>> {
+    features_labelled::<B>(x, t, points, which, RNone)
+}
+
+extern "C" fn features_labelled<B: AutodiffBackend>(
+    x: TensorId,
+    t: TensorId,
+    points: RSlice<'_, RStr<'_>>,
+    which: Which,
+    labels: ROption<TensorId>,
+) -> AbiResult<RVec<TensorId>> {
     guarded("features", || {
-        let (svc, x, t) = Session::<B>::with(|s| -> Result<_, AbiError> {
+        let (svc, x, t, labels) = Session::<B>::with(|s| -> Result<_, AbiError> {
             let svc = s.services.denoiser.clone().ok_or_else(|| {
                 unsupported(
                     "features: this run has no denoiser (add a [source] section to the manifest)",
                 )
             })?;
-            Ok((svc, s.float(x)?, s.get(t)?))
+            let labels = labels.into_option().map(|l| s.int(l)).transpose()?;
+            Ok((svc, s.float(x)?, s.get(t)?, labels))
         })??;
         let points: Vec<String> = points.iter().map(|p| p.as_str().to_owned()).collect();
         let x = Ranked::from_float("features: x", x)?;
         let t = timesteps("features: t", t)?;
-        let feats = svc.features(x, t, &points, which)?;
+        let labels = labels
+            .map(|l| classes_at("features: labels", l))
+            .transpose()?;
+        let feats = svc.features(x, t, &points, which, labels)?;
         Session::<B>::with(|s| {
             feats
                 .into_iter()
@@ -478,6 +495,7 @@ pub fn host_services<B: AutodiffBackend>() -> HostServicesRef {
         encode_text: encode_text::<B>,
         model_details: model_details::<B>,
         hook_input: hook_input::<B>,
+        features_labelled: features_labelled::<B>,
     }
     .leak_into_prefix()
 }

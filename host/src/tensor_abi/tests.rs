@@ -427,7 +427,16 @@ impl super::DenoiseService<B> for Halver {
         _t: BTensor<B, 1>,
         points: &[String],
         _which: dtx_plugin_api::Which,
+        labels: Option<BTensor<B, 1, burn::tensor::Int>>,
     ) -> Result<Vec<super::Ranked<B>>, dtx_plugin_api::AbiError> {
+        // with labels: x times the first label, so a test sees them arrive
+        let x = match labels {
+            Some(l) => {
+                let k = l.into_data().iter::<i64>().next().unwrap_or(1) as f32;
+                super::Ranked::Two(x.at::<2>("x")? * k)
+            }
+            None => x,
+        };
         Ok(points.iter().map(|_| x.clone()).collect())
     }
 }
@@ -508,6 +517,17 @@ fn services_reach_the_run_and_say_what_is_missing() {
         )
         .unwrap();
     assert_eq!(feats.len(), 2);
+    // features with labels reach the denoiser (the mock scales by the first)
+    let feats = host
+        .features_labelled(
+            &x,
+            &t,
+            &["mid.res.0"],
+            dtx_plugin_api::Which::Source,
+            Some(&Tensor::from_i64(&[3], &[1])),
+        )
+        .unwrap();
+    close(&feats[0].to_f32_vec(), &[6.0, -12.0], 0.0);
     let (batch, labels) = host.dataset_batch("target", 3).unwrap();
     assert_eq!(batch.shape(), vec![3, 2]);
     assert_eq!(labels.unwrap().to_i64_vec(), vec![3, 3, 3]);

@@ -472,4 +472,13 @@ pub struct HostServices {
     /// fixed within a major version: a later minor version adds hook inputs
     /// here instead (api 0.4 defines none). Added in 0.4.
     pub hook_input: extern "C" fn(name: RStr<'_>) -> AbiResult<ROption<TensorId>>,
+    /// `features` with class `labels` `[B]` for a class-conditional model
+    /// (and for the plugins' `inject`s that read labels). Added in 0.4.
+    pub features_labelled: extern "C" fn(
+        x: TensorId,
+        t: TensorId,
+        points: RSlice<'_, RStr<'_>>,
+        which: Which,
+        labels: ROption<TensorId>,
+    ) -> AbiResult<RVec<TensorId>>,
 }

@@ -17,6 +17,23 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
+/// Parameter groups by parameter name: `(learning-rate scale, weight
+/// decay)`.
+type Groups = BTreeMap<String, (f32, Option<f32>)>;
+
+/// The group settings of every parameter of `store` that has some.
+fn groups_of<B: AutodiffBackend>(store: &ParamStore<B>, optimizer: &Optimizer<B>) -> Groups {
+    store
+        .entries()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let g = optimizer.group(ParamId(i as u64))?;
+            Some((e.name.clone(), (g.lr_scale, g.weight_decay)))
+        })
+        .collect()
+}
+
 /// Format tag written in every checkpoint's metadata.
 pub const FORMAT: &str = "dtx-checkpoint-1";
 
@@ -88,6 +105,7 @@ pub fn save<B: AutodiffBackend>(
     };
     let mut blobs: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = BTreeMap::new();
     let mut adam_k: BTreeMap<String, i32> = BTreeMap::new();
+    let groups = groups_of(store, optimizer);
     for (i, e) in store.entries().iter().enumerate() {
         let (shape, bytes) = bytes_of::<B>(e.value.clone());
         blobs.insert(format!("param/{}", e.name), (Dtype::F32, shape, bytes));
@@ -129,6 +147,10 @@ pub fn save<B: AutodiffBackend>(
     meta.insert(
         "adam_k".to_owned(),
         serde_json::to_string(&adam_k).expect("serialisable"),
+    );
+    meta.insert(
+        "groups".to_owned(),
+        serde_json::to_string(&groups).expect("serialisable"),
     );
     meta.insert(
         "ema".to_owned(),
@@ -272,6 +294,33 @@ pub fn load<B: AutodiffBackend>(
     let adam_k: BTreeMap<String, i32> =
         serde_json::from_str(meta.get("adam_k").map(String::as_str).unwrap_or("{}"))
             .map_err(|e| mismatch(e.to_string()))?;
+    if let Some(o) = optimizer.as_deref() {
+        // parameter groups (plugins' recipes) are rebuilt from the plugins
+        // before a restore; they must be the ones the checkpoint trained with
+        let saved: Groups =
+            serde_json::from_str(meta.get("groups").map(String::as_str).unwrap_or("{}"))
+                .map_err(|e| mismatch(format!("bad parameter-group record: {e}")))?;
+        let now = groups_of(store, o);
+        if let Some(name) = saved
+            .keys()
+            .chain(now.keys())
+            .find(|k| saved.get(*k) != now.get(*k))
+        {
+            let show = |g: Option<&(f32, Option<f32>)>| match g {
+                Some((lr, wd)) => format!(
+                    "learning rate x{lr}{}",
+                    wd.map(|d| format!(", weight decay {d}"))
+                        .unwrap_or_default()
+                ),
+                None => "no group".to_owned(),
+            };
+            return Err(mismatch(format!(
+                "parameter `{name}` trained with {} there, and this run gives it {}: a plugin's recipe changed (rebuilt plugin?); resume with the plugin it was trained with",
+                show(saved.get(name)),
+                show(now.get(name))
+            )));
+        }
+    }
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| io(&e))?;
     for (i, e) in store.entries_mut().iter_mut().enumerate() {
         let view = st
@@ -381,5 +430,63 @@ mod tests {
         );
         assert!(into.entries().is_empty(), "nothing registered on error");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Parameter groups are written into a checkpoint and must be the same
+    /// when it is restored: a changed recipe is refused, naming the
+    /// parameter and both settings.
+    #[test]
+    fn parameter_groups_are_kept_and_checked_on_restore() {
+        use crate::train::optim::GroupSetting;
+        let dev = Default::default();
+        let mut store = ParamStore::<B>::default();
+        let id = store
+            .register(
+                "lora",
+                "b",
+                B::float_from_data(TensorData::new(vec![0.5f32; 2], vec![2]), &dev),
+            )
+            .unwrap();
+        let fast = GroupSetting {
+            lr_scale: 4.0,
+            weight_decay: None,
+        };
+        let mut saved_with = Optimizer::new();
+        saved_with.set_group(id, fast);
+        let dir = std::env::temp_dir().join(format!("dtx-ckpt-groups-{}", std::process::id()));
+        let file = dir.join("latest.safetensors");
+        let progress = Progress {
+            step: 2,
+            epoch: 0,
+            index: 0,
+        };
+        save(&file, &store, &saved_with, None, &[], &progress).unwrap();
+        // the same groups: restored
+        let mut same = Optimizer::new();
+        same.set_group(id, fast);
+        load::<B>(&file, &mut store, Some(&mut same), None, &dev).unwrap();
+        // another rate: refused, naming the parameter and both settings
+        let mut other = Optimizer::new();
+        other.set_group(
+            id,
+            GroupSetting {
+                lr_scale: 1.0,
+                weight_decay: Some(0.1),
+            },
+        );
+        let err = load::<B>(&file, &mut store, Some(&mut other), None, &dev)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("parameter `plugin.lora.b` trained with learning rate x4 there")
+                && err.contains("this run gives it learning rate x1, weight decay 0.1"),
+            "{err}"
+        );
+        // none at all: refused too
+        let err = load::<B>(&file, &mut store, Some(&mut Optimizer::new()), None, &dev)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("this run gives it no group"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -129,6 +129,11 @@ impl<B: AutodiffBackend> Optimizer<B> {
         self.groups[i] = Some(setting);
     }
 
+    /// The group settings of parameter `id`, when a recipe gave it some.
+    pub fn group(&self, id: ParamId) -> Option<GroupSetting> {
+        self.groups.get(id.0 as usize).copied().flatten()
+    }
+
     /// `config` as parameter `id` steps with it: its group's rate and decay.
     fn config_for(&self, id: ParamId, config: &AdamConfig) -> AdamConfig {
         match self.groups.get(id.0 as usize).copied().flatten() {

@@ -35,8 +35,8 @@ fn unet() -> Net {
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     let desc = dtx::model::describe("diffusers", Some(&dir), &toml::Table::new()).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    let details = dtx::model::details(&desc, "epsilon");
     let net = Net::from_description(&desc).unwrap();
+    let details = dtx::model::details_of(&net, &desc, "epsilon");
     Session::<B>::with(|s| s.services.model_details = Some(details)).unwrap();
     net
 }

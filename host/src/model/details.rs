@@ -29,19 +29,24 @@ const EMBEDDING_LAYERS: [&str; 3] = ["class_embedding", "label_emb", "class_embe
 /// network's own catalogue (its declaration order); a description whose
 /// network cannot be built lists the checkpoint's parameters, if known.
 pub fn details(desc: &ModelDescription, prediction: &str) -> ModelDetails {
-    let (params, data_shape, classes) = match Net::from_description(desc) {
-        Ok(net) => (
-            net.catalogue().entries().to_vec(),
-            net.data_shape(),
-            net.num_classes(),
-        ),
-        Err(_) => (desc.parameters.clone(), Vec::new(), 0),
-    };
+    match Net::from_description(desc) {
+        Ok(net) => details_of(&net, desc, prediction),
+        Err(_) => ModelDetails {
+            prediction: RString::from(prediction),
+            num_classes: 0,
+            data_shape: RVec::new(),
+            parameters: base_parameters(&desc.parameters, desc),
+        },
+    }
+}
+
+/// [`details`] of `net`, built from `desc` already (the run has it).
+pub fn details_of(net: &Net, desc: &ModelDescription, prediction: &str) -> ModelDetails {
     ModelDetails {
         prediction: RString::from(prediction),
-        num_classes: classes,
-        data_shape: RVec::from(data_shape),
-        parameters: base_parameters(&params, desc),
+        num_classes: net.num_classes(),
+        data_shape: RVec::from(net.data_shape()),
+        parameters: base_parameters(net.catalogue().entries(), desc),
     }
 }
 

@@ -35,7 +35,7 @@ pub use denoiser::{Denoiser, Net, NetError};
 pub use describe::{
     ConfigProblem, ModelDescription, Point, describe, dtx_checkpoint, dtx_run_folder,
 };
-pub use details::{base_parameters, details};
+pub use details::{base_parameters, details, details_of};
 pub use error::{KeyLocation, ModelError, Origin};
 pub use nn::hooks::{Hooks, NoHooks, Recorder};
 pub use nn::layers::DropoutRng;

@@ -157,10 +157,22 @@ fn take_float<B: AutodiffBackend>(id: TensorId) -> Result<FloatTensor<B>, AbiErr
 fn take_like<B: AutodiffBackend, const D: usize>(
     id: TensorId,
     like: &Tensor<B, D>,
-    what: impl FnOnce() -> String,
+    what: impl Fn() -> String,
 ) -> Result<Tensor<B, D>, AbiError> {
+    let like = like.clone().into_primitive().tensor();
+    let p = take_float_like::<B>(id, &like, what)?;
+    Ok(Tensor::from_primitive(TensorPrimitive::Float(p)))
+}
+
+/// [`take_like`] at any rank: the returned tensor must have `like`'s shape
+/// and dtype (a `weights` return, whose rank is its layer's).
+fn take_float_like<B: AutodiffBackend>(
+    id: TensorId,
+    like: &FloatTensor<B>,
+    what: impl Fn() -> String,
+) -> Result<FloatTensor<B>, AbiError> {
     let p = take_float::<B>(id)?;
-    let (found, want) = (p.shape().to_vec(), like.dims().to_vec());
+    let (found, want) = (p.shape().to_vec(), like.shape().to_vec());
     if found != want {
         return Err(AbiError::new(
             ErrorKind::SHAPE,
@@ -174,7 +186,7 @@ fn take_like<B: AutodiffBackend, const D: usize>(
             format!("{} has dtype {found:?}; expected {want:?}", what()),
         ));
     }
-    Ok(Tensor::from_primitive(TensorPrimitive::Float(p)))
+    Ok(p)
 }
 
 /// Takes a loss term a plugin returned: one element, given as `[1]`.
@@ -341,26 +353,7 @@ impl<B: AutodiffBackend> Instance<B> {
                 let _running = Running::<B>::start(&self.name);
                 self.inner.weights(&ctx).into_result()?
             };
-            let p = take_float::<B>(id)?;
-            let (found, want) = (p.shape().to_vec(), w.shape().to_vec());
-            if found != want {
-                return Err(AbiError::new(
-                    ErrorKind::SHAPE,
-                    format!(
-                        "the weight returned for `{key}` has shape {found:?}; expected {want:?}"
-                    ),
-                ));
-            }
-            let (found, want) = (p.dtype(), w.dtype());
-            if found != want {
-                return Err(AbiError::new(
-                    ErrorKind::SHAPE,
-                    format!(
-                        "the weight returned for `{key}` has dtype {found:?}; expected {want:?}"
-                    ),
-                ));
-            }
-            Ok(p)
+            take_float_like::<B>(id, w, || format!("the weight returned for `{key}`"))
         };
         run().map_err(fail)
     }

@@ -101,7 +101,7 @@ pub(super) fn set_up<B: AutodiffBackend, const D: usize>(
     let optimizer = optim::install::<B>(AdamConfig::default())?;
     let details = plan.model.as_ref().map(|d| {
         let prediction = m.source.as_ref().map(|s| s.prediction.as_str());
-        crate::model::details(d, prediction.unwrap_or("epsilon"))
+        crate::model::details_of(&net, d, prediction.unwrap_or("epsilon"))
     });
     Session::<B>::with(|s| {
         s.services.condition_shape = plan.condition.as_ref().map(|c| c.shape);

@@ -66,3 +66,42 @@ pub fn tensors(path: &Path) -> (serde_json::Value, BTreeMap<String, Vec<u8>>) {
     }
     (meta, out)
 }
+
+/// The latest checkpoint's tensors of a run made three ways: straight,
+/// stopped after `stop` steps, and that stopped run resumed to the end.
+pub struct Resumed {
+    /// The uninterrupted run's.
+    pub straight: BTreeMap<String, Vec<u8>>,
+    /// The run stopped after `stop` steps.
+    pub half: BTreeMap<String, Vec<u8>>,
+    /// The stopped run, resumed.
+    pub resumed: BTreeMap<String, Vec<u8>>,
+}
+
+/// Runs `tests/manifests/ok/<manifest>` (run name `run`) straight, and
+/// again with `--stop-after stop` then `--resume`, each in a fresh folder
+/// under `prefix`; panics with stderr when a run fails. The folders are
+/// removed afterwards.
+pub fn straight_and_resumed(prefix: &str, manifest: &str, run: &str, stop: u64) -> Resumed {
+    let ok = |r: Output| assert_eq!(r.code, 0, "{}", r.stderr);
+    let ckpt = |d: &Path| tensors(&d.join(run).join("checkpoints/latest.safetensors")).1;
+    let straight = out_dir(prefix, "straight");
+    ok(dtx_run(manifest, &straight, &[], &[]));
+    let split = out_dir(prefix, "split");
+    ok(dtx_run(
+        manifest,
+        &split,
+        &[],
+        &["--stop-after", &stop.to_string()],
+    ));
+    let half = ckpt(&split);
+    ok(dtx_run(manifest, &split, &[], &["--resume"]));
+    let out = Resumed {
+        straight: ckpt(&straight),
+        half,
+        resumed: ckpt(&split),
+    };
+    let _ = std::fs::remove_dir_all(&straight);
+    let _ = std::fs::remove_dir_all(&split);
+    out
+}

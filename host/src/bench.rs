@@ -38,6 +38,21 @@ pub struct EngineBench {
     pub iters: usize,
 }
 
+impl Default for EngineBench {
+    /// `dtx bench engine`'s defaults: diffusers' CIFAR-10 U-Net layout
+    /// (channels 64,128,128, 2 layers per block), 32×32, batch 16.
+    fn default() -> Self {
+        EngineBench {
+            batch: 16,
+            size: 32,
+            channels: vec![64, 128, 128],
+            layers: 2,
+            warmup: 2,
+            iters: 10,
+        }
+    }
+}
+
 /// Timings in seconds (median over the timed steps) and peak memory.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchReport {
@@ -97,7 +112,8 @@ pub fn unet_config(b: &EngineBench) -> serde_json::Value {
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }

@@ -5,7 +5,7 @@
 //! guide and DESIGN.md for the architecture.
 #![warn(missing_docs)]
 
-pub(crate) mod bench;
+pub mod bench;
 pub mod cli;
 pub(crate) mod condition;
 pub mod data;

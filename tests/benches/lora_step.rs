@@ -11,6 +11,7 @@
 //! figures go in docs/performance.md.
 
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use dtx::bench::{EngineBench, median, unet_config};
 use dtx::model::{Denoiser, Net};
 use dtx::plugins::{Instance, load_library};
 use dtx::tensor_abi::{CpuBackend, Session, vtables};
@@ -22,17 +23,10 @@ use std::time::Instant;
 type B = CpuBackend;
 const ITERS: usize = 5;
 
-fn unet() -> Net {
+fn unet(bench: &EngineBench) -> Net {
     let dir = std::env::temp_dir().join(format!("dtx-lora-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = serde_json::json!({
-        "_class_name": "UNet2DModel", "sample_size": 32, "in_channels": 3, "out_channels": 3,
-        "block_out_channels": [64, 128, 128], "layers_per_block": 2,
-        "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"],
-        "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
-        "norm_num_groups": 32, "attention_head_dim": 32,
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    std::fs::write(dir.join("config.json"), unet_config(bench).to_string()).unwrap();
     let desc = dtx::model::describe("diffusers", Some(&dir), &toml::Table::new()).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let net = Net::from_description(&desc).unwrap();
@@ -41,15 +35,12 @@ fn unet() -> Net {
     net
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
     let _session = Session::<B>::install(Default::default(), 0);
     dtx::train::optim::install::<B>(AdamConfig::default()).unwrap();
-    let net = unet();
+    let bench = EngineBench::default();
+    let net = unet(&bench);
+    let (n, side) = (bench.batch, bench.size);
     let device = Default::default();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     Session::<B>::with(|s| net.init(&mut s.params, &mut rng, &device, &|_| true))
@@ -87,10 +78,9 @@ fn main() {
         .map(|(_, s)| s.iter().product::<usize>())
         .sum();
 
-    let t =
-        Tensor::<B, 1, Int>::from_data(TensorData::new(vec![500i64; 16], [16]), &device).float();
+    let t = Tensor::<B, 1, Int>::from_data(TensorData::new(vec![500i64; n], [n]), &device).float();
     let normal =
-        || Tensor::<B, 4>::random([16, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+        || Tensor::<B, 4>::random([n, 3, side, side], Distribution::Normal(0.0, 1.0), &device);
     let adam = AdamConfig {
         lr: 1e-4,
         ..Default::default()

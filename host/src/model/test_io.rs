@@ -73,44 +73,6 @@ pub(crate) fn values_of<const D: usize>(t: &Tensor<B, D>) -> Vec<f32> {
         .unwrap()
 }
 
-/// Hooks that record the values at `temb` and every block output in
-/// forward order (the points the fixtures hold; `….branch` points are
-/// passed over, see [`Trace`]) and scale the point `replace` names, a
-/// branch point included, by its factor.
-pub(crate) struct Probe<'a> {
-    pub seen: &'a mut Vec<(String, Vec<f32>)>,
-    pub replace: Option<(&'a str, f32)>,
-}
-
-impl Probe<'_> {
-    fn visit<const R: usize>(&mut self, point: &str, h: Tensor<B, R>) -> Tensor<B, R> {
-        if !point.ends_with(dtx_plugin_api::points::BRANCH_SUFFIX) {
-            self.seen.push((point.to_owned(), values_of(&h)));
-        }
-        match self.replace {
-            Some((p, scale)) if p == point => h.mul_scalar(scale),
-            _ => h,
-        }
-    }
-}
-
-impl<const D: usize> crate::model::Hooks<B, D> for Probe<'_> {
-    type Error = std::convert::Infallible;
-
-    fn temb(&mut self, temb: Tensor<B, 2>) -> Result<Tensor<B, 2>, Self::Error> {
-        Ok(self.visit("temb", temb))
-    }
-
-    fn block(
-        &mut self,
-        point: &str,
-        h: Tensor<B, D>,
-        _temb: &Tensor<B, 2>,
-    ) -> Result<Tensor<B, D>, Self::Error> {
-        Ok(self.visit(point, h))
-    }
-}
-
 /// Hooks that record every point a forward calls, branch points included,
 /// with the activation's shape past the batch (`[C, H, W]`, `[C]`) and
 /// values, and scale the points `scale`'s pattern selects (a glob under the
@@ -137,6 +99,17 @@ impl Trace {
         self.seen
             .push((point.to_owned(), h.dims()[1..].to_vec(), values_of(&h)));
         h
+    }
+
+    /// What was recorded at `temb` and every block output, in forward
+    /// order, without the `….branch` points (the points the reference
+    /// fixtures hold).
+    pub(crate) fn block_outputs(&self) -> Vec<(String, Vec<f32>)> {
+        self.seen
+            .iter()
+            .filter(|(n, ..)| !n.ends_with(dtx_plugin_api::points::BRANCH_SUFFIX))
+            .map(|(n, _, v)| (n.clone(), v.clone()))
+            .collect()
     }
 
     /// The values recorded at `point`.

@@ -16,6 +16,68 @@ use burn::tensor::{Int, Tensor, TensorData};
 use dtx_plugin_api::abi::{AbiError, Hook};
 use std::collections::HashMap;
 
+/// The student's samples at the end of a run, from its EMA weights when it
+/// keeps an EMA (the plugins' already swapped in by the caller).
+fn draw_stage<B: AutodiffBackend, const D: usize>(
+    ctx: &super::context::RunContext<B>,
+    sm: &Sample,
+    seed: u64,
+    quiet: bool,
+) -> Result<Drawn> {
+    let weights: Weights<B> = match &ctx.ema {
+        Some(e) => {
+            let ema: HashMap<String, _> = Session::<B>::with(|s| e.values(&s.params))?
+                .into_iter()
+                .collect();
+            ctx.student.net.weights(&ema)?
+        }
+        // no graph through the weights while sampling
+        None => ctx.student.params()?.untracked(),
+    };
+    let with_source = ctx.eval_setup.as_ref().is_some_and(|e| e.wants_source());
+    draw::<B, D>(
+        &ctx.student,
+        &weights,
+        sm,
+        seed,
+        &ctx.device,
+        quiet,
+        with_source,
+    )
+}
+
+/// Puts the EMA averages of the plugins' parameters (`plugin.…`) into the
+/// store; returns the values they replace.
+fn swap_plugin_values<B: AutodiffBackend>(
+    store: &mut crate::tensor_abi::ParamStore<B>,
+    ema: &crate::train::ema::Ema<B>,
+) -> Vec<(usize, burn::tensor::ops::FloatTensor<B>)> {
+    let mut live = Vec::new();
+    for (i, e) in store.entries_mut().iter_mut().enumerate() {
+        if !e.name.starts_with("plugin.") {
+            continue;
+        }
+        if let Some(avg) = ema.shadow.get(&e.name) {
+            live.push((
+                i,
+                std::mem::replace(&mut e.value, B::from_inner(avg.clone())),
+            ));
+        }
+    }
+    live
+}
+
+/// Puts back what [`swap_plugin_values`] replaced.
+fn swap_back<B: AutodiffBackend>(
+    store: &mut crate::tensor_abi::ParamStore<B>,
+    live: Vec<(usize, burn::tensor::ops::FloatTensor<B>)>,
+) {
+    let entries = store.entries_mut();
+    for (i, v) in live {
+        entries[i].value = v;
+    }
+}
+
 /// Stage 4 of a run, sampling: `sample.count` samples from the student
 /// (its EMA weights when the run keeps an EMA), filtered, written to the run
 /// folder, and evaluated when the manifest has `[eval]`; what it produced goes
@@ -31,26 +93,21 @@ pub(super) fn sample_stage<B: AutodiffBackend, const D: usize>(
     let Some(sm) = &m.sample else {
         return Ok(());
     };
-    let weights: Weights<B> = match &ctx.ema {
-        Some(e) => {
-            let ema: HashMap<String, _> = Session::<B>::with(|s| e.values(&s.params))?
-                .into_iter()
-                .collect();
-            ctx.student.net.weights(&ema)?
-        }
-        // no graph through the weights while sampling
-        None => ctx.student.params()?.untracked(),
+    // With an EMA every averaged parameter is sampled at its average, as
+    // `dtx sample` loads a checkpoint: the base through the weights table,
+    // the plugins' own (which their hooks read from the store) swapped into
+    // the store for this stage and the trained values put back after it.
+    let live = match &ctx.ema {
+        Some(e) => Some(Session::<B>::with(|s| {
+            swap_plugin_values(&mut s.params, e)
+        })?),
+        None => None,
     };
-    let with_source = ctx.eval_setup.as_ref().is_some_and(|e| e.wants_source());
-    let drawn = draw::<B, D>(
-        &ctx.student,
-        &weights,
-        sm,
-        m.run.seed,
-        &ctx.device,
-        quiet,
-        with_source,
-    )?;
+    let drawn = draw_stage::<B, D>(ctx, sm, m.run.seed, quiet);
+    if let Some(live) = live {
+        Session::<B>::with(|s| swap_back(&mut s.params, live))?;
+    }
+    let drawn = drawn?;
     let (stats, labels) = record(
         &drawn,
         sm,

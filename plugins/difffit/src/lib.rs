@@ -18,9 +18,13 @@
 //! attention block's branch (`….attn.{j}.branch`); on the MLP denoiser, one
 //! on each residual block's branch. Each γ is a scalar per block.
 //!
-//! The paper trains with a learning rate 10× the pre-training one; that is
-//! the run's `train.lr` (`manifests/difffit.toml`). γ may train at its own
-//! multiple of it (`gamma_lr_scale`, a parameter group).
+//! The paper fine-tunes at a larger learning rate than full fine-tuning.
+//! The factor `manifests/difffit.toml` uses, 10× the pre-training rate,
+//! comes from secondary summaries of the paper: its text is not among the
+//! papers this project ships, and we could not check the factor against
+//! it, so take it as a starting point. That rate is the run's `train.lr`;
+//! γ may train at its own multiple of it (`gamma_lr_scale`, a parameter
+//! group).
 
 use dtx_plugin_api::prelude::*;
 use serde::{Deserialize, Serialize};

@@ -16,7 +16,7 @@
 
 use super::*;
 use crate::model::test_io::{
-    Io, Probe, check_branch_points, check_recorded_branch, io, max_err, tensor_of, values,
+    Io, Trace, check_branch_points, check_recorded_branch, io, max_err, tensor_of, values,
     values_of,
 };
 use crate::model::torch_file::read_state_dict;
@@ -99,10 +99,11 @@ fn run(
 ) -> Vec<f32> {
     let (xs, xv) = &io["x"];
     let (ts, tv) = &io["timesteps"];
-    let mut probe = Probe { seen, replace };
+    let mut trace = Trace::new(replace);
     let (x, t) = (tensor_of(xs, xv), tensor_of(ts, tv));
     let w = net.weights(params).unwrap();
-    let out = net.forward(&w, x, t, labels(io), &mut probe, None).unwrap();
+    let out = net.forward(&w, x, t, labels(io), &mut trace, None).unwrap();
+    seen.extend(trace.block_outputs());
     values_of(&out)
 }
 

@@ -7,7 +7,7 @@
 
 use super::*;
 use crate::model::test_io::{
-    Io, Probe, check_branch_points, check_recorded_branch, io, max_err, tensor_of, values_of,
+    Io, Trace, check_branch_points, check_recorded_branch, io, max_err, tensor_of, values_of,
 };
 use crate::model::{Denoiser, DropoutRng, NoHooks, Weights, describe};
 use crate::tensor_abi::{CpuBackend as B, ParamStore};
@@ -53,12 +53,10 @@ fn run(
         let ints: Vec<i64> = v.iter().map(|&f| f as i64).collect();
         Tensor::<B, 1, Int>::from_data(TensorData::new(ints, [v.len()]), &Default::default())
     });
-    let mut probe = Probe {
-        seen,
-        replace: zero.map(|p| (p, 0.0)),
-    };
+    let mut trace = Trace::new(zero.map(|p| (p, 0.0)));
     let (x, t) = (tensor_of(xs, xv), tensor_of(ts, tv));
-    let out = net.forward(params, x, t, labels, &mut probe, None).unwrap();
+    let out = net.forward(params, x, t, labels, &mut trace, None).unwrap();
+    seen.extend(trace.block_outputs());
     values_of(&out)
 }
 

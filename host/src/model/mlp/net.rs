@@ -340,7 +340,7 @@ mod tests {
 
     #[test]
     fn forward_visits_every_point_in_order_and_the_hook_can_change_it() {
-        use crate::model::test_io::{Probe, values_of};
+        use crate::model::test_io::{Trace, values_of};
         let n = net();
         let s = store(&n);
         let p = params(&n, &s);
@@ -348,23 +348,17 @@ mod tests {
         let x = Tensor::<B, 2>::ones([4, 2], &dev);
         let t = Tensor::<B, 1>::from_floats([1.0, 10.0, 100.0, 999.0], &dev);
         let y = Tensor::<B, 1, Int>::from_ints([0, 1, 2, 3], &dev);
-        let mut seen = Vec::new();
-        let mut probe = Probe {
-            seen: &mut seen,
-            replace: None,
-        };
+        let mut trace = Trace::new(None);
         let out = n
-            .forward(&p, x.clone(), t.clone(), Some(y), &mut probe)
+            .forward(&p, x.clone(), t.clone(), Some(y), &mut trace)
             .unwrap();
+        let seen = trace.block_outputs();
         let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["temb", "down.0.res.0", "mid.res.0", "up.0.res.0"]);
         assert_eq!(out.dims(), [4, 2]);
         // Zeroing the last block's output changes the result.
-        let mut probe = Probe {
-            seen: &mut Vec::new(),
-            replace: Some(("up.0.res.0", 0.0)),
-        };
-        let zeroed = n.forward(&p, x, t, None, &mut probe).unwrap();
+        let mut trace = Trace::new(Some(("up.0.res.0", 0.0)));
+        let zeroed = n.forward(&p, x, t, None, &mut trace).unwrap();
         assert_ne!(values_of(&out), values_of(&zeroed));
     }
 

@@ -9,6 +9,7 @@
 pub mod block;
 pub mod files;
 pub mod mock;
+pub mod outside;
 
 pub mod runs;
 pub mod two_gaussians;

@@ -53,6 +53,47 @@ fn plugins_list_finds_workspace_plugins_and_reports_refused_ones() {
     );
 }
 
+/// The lines after `head` up to the next blank line.
+fn section<'a>(text: &'a str, head: &str) -> Vec<&'a str> {
+    let at = text
+        .find(head)
+        .unwrap_or_else(|| panic!("no `{head}` in:\n{text}"));
+    text[at..]
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .collect()
+}
+
+#[test]
+fn plugins_inspect_with_a_model_lists_the_catalogue_model_inspect_lists() {
+    let root = workspace_root();
+    let model = root.join("manifests/models/shapes-source");
+    let model = model.to_str().unwrap();
+    let p = run_dtx(&["plugins", "inspect", "lora", "--model", model], &root);
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    let m = run_dtx(&["model", "inspect", model, "--parameters"], &root);
+    assert_eq!(m.code, 0, "{}", m.stderr);
+    let from_plugins = section(&p.stdout, "as host.model_details() gives them");
+    assert_eq!(from_plugins, section(&m.stdout, "base parameters (key"));
+    // (an unconditional model: no class embedding)
+    for role in ["conv", "linear", "norm", "bias"] {
+        assert!(
+            from_plugins
+                .iter()
+                .any(|l| l.split_whitespace().any(|w| w == role)),
+            "no {role} parameter in:\n{}",
+            p.stdout
+        );
+    }
+    // a model that cannot be read is the error, alone
+    let bad = run_dtx(
+        &["plugins", "inspect", "lora", "--model", "no/such/model"],
+        &root,
+    );
+    assert!(bad.failed().contains("no/such/model"), "{}", bad.stderr);
+}
+
 #[test]
 fn plugins_inspect_shows_hooks_and_config_keys() {
     let out = run_dtx(&["plugins", "inspect", "example"], &workspace_root());

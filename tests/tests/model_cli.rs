@@ -63,6 +63,11 @@ fn inspect_snapshots() {
         ("shapes-source", vec![shipped.clone()]),
         ("shapes-source-json", vec![shipped.clone(), "--json".into()]),
         (
+            // the catalogue plugins read (api 0.4's model_details)
+            "shapes-source-parameters",
+            vec![shipped.clone(), "--parameters".into()],
+        ),
+        (
             "shapes-source-at-64",
             vec![shipped, "--resolution".into(), "64".into()],
         ),
@@ -314,6 +319,44 @@ fn forward_runs_a_trained_mlp_on_vectors() {
         "{}",
         shown.stdout
     );
+    // each plugin tensor with its shape and norm, the norm as the
+    // checkpoint's bytes give it (f64 sum of squares; 1e-12 relative)
+    let json = dtx(&["model", "inspect", run.to_str().unwrap(), "--json"]);
+    json.ok();
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let listed = v["plugin_parameters"]["list"].as_array().unwrap();
+    let (_, ckpt) = dtx_tests::runs::tensors(&run.join("checkpoints/latest.safetensors"));
+    let stored: Vec<_> = ckpt
+        .iter()
+        .filter(|(k, _)| k.starts_with("param/plugin."))
+        .collect();
+    assert_eq!(listed.len(), stored.len());
+    assert!(!stored.is_empty());
+    for (key, bytes) in stored {
+        let name = key.strip_prefix("param/").unwrap();
+        let entry = listed.iter().find(|e| e["name"] == name).expect(name);
+        let norm = bytes
+            .chunks_exact(4)
+            .map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap())).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let shown_norm = entry["norm"].as_f64().unwrap();
+        assert!((shown_norm - norm).abs() <= 1e-12 * norm.max(1.0), "{name}");
+        assert_eq!(
+            bytes.len() / 4,
+            entry["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .product::<usize>()
+        );
+        assert!(
+            shown.stdout.contains(name),
+            "{name} not listed:\n{}",
+            shown.stdout
+        );
+    }
     let x = [0.5f32, -1.0, 2.0, 0.25, -0.75, 1.5];
     let t = [0i64, 40, 99];
     let inputs = out.join("in.safetensors");

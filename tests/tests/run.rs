@@ -67,6 +67,39 @@ fn a_run_writes_its_folder() {
     let rows: Vec<Vec<f32>> =
         serde_json::from_str(&std::fs::read_to_string(more.join("samples.json")).unwrap()).unwrap();
     assert_eq!(rows.len(), 5);
+    // `--set` changes a plugin (or sampling) key for one sampling: the
+    // probe's score guidance moves every sample …
+    let guided = out.join("guided").display().to_string();
+    let g = run_in_process(&[
+        "sample",
+        &d,
+        "--count",
+        "5",
+        "--steps",
+        "4",
+        "--seed",
+        "9",
+        "--out",
+        &guided,
+        "--set",
+        "plugin[1].config.guidance=0.5",
+    ]);
+    assert_eq!(g.code, 0, "{}", g.stderr);
+    let guided_rows: Vec<Vec<f32>> = serde_json::from_str(
+        &std::fs::read_to_string(PathBuf::from(&guided).join("samples.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(guided_rows.len(), 5);
+    assert_ne!(guided_rows, rows);
+    // … and a key the checkpoint fixes is refused
+    let fixed = run_in_process(&["sample", &d, "--set", "train.steps=3"]);
+    assert!(
+        fixed
+            .failed()
+            .contains("`train.steps` is not sampling or plugin key"),
+        "{}",
+        fixed.stderr
+    );
     let nope = out.join("nope").display().to_string();
     let missing = run_in_process(&["sample", &nope]);
     assert_eq!(missing.code, 1);

@@ -118,22 +118,22 @@ pub enum BenchCommand {
     /// A diffusers UNet2DModel training step and DDIM step on random data.
     Engine {
         /// Examples per step.
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = crate::bench::EngineBench::default().batch)]
         batch: usize,
         /// Image side.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = crate::bench::EngineBench::default().size)]
         size: usize,
         /// `block_out_channels`, comma-separated.
         #[arg(long, default_value = "64,128,128", value_delimiter = ',')]
         channels: Vec<usize>,
         /// `layers_per_block`.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = crate::bench::EngineBench::default().layers)]
         layers: usize,
         /// Untimed steps first.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = crate::bench::EngineBench::default().warmup)]
         warmup: usize,
         /// Timed steps (the median is reported).
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = crate::bench::EngineBench::default().iters)]
         iters: usize,
         /// Print one JSON object instead of text.
         #[arg(long)]
@@ -214,6 +214,31 @@ impl BenchCommand {
 /// `dtx plugins <command>`.
 #[derive(Debug, Subcommand)]
 pub enum PluginsCommand {
+    /// Create a plugin crate that builds and loads on the first try:
+    /// Cargo.toml on dtx-plugin-api, src/lib.rs with a working example in
+    /// each chosen hook, a test, run.toml using it on the shipped source
+    /// model, and a README with the steps.
+    New {
+        /// The plugin's name (lowercase letters, digits, `_`, `-`); the
+        /// crate is `dtx-plugin-NAME`.
+        name: String,
+        /// Hooks to implement, comma-separated, among inject, weights,
+        /// loss, score, filter.
+        #[arg(long, value_delimiter = ',', default_value = "inject,loss")]
+        hooks: Vec<String>,
+        /// The folder to create (default: ./NAME); it must not exist or be
+        /// empty.
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// dtx-plugin-api's source folder for the dependency (default: the
+        /// one this dtx was built from).
+        #[arg(long, value_name = "DIR")]
+        api: Option<PathBuf>,
+        /// The source model run.toml uses (default: the shipped
+        /// models/shapes-source).
+        #[arg(long, value_name = "PATH")]
+        model: Option<PathBuf>,
+    },
     /// List every plugin in the search path (DTX_PLUGIN_PATH, then the folder of
     /// the dtx executable) and in `--dir` folders: name, version, hooks, file.
     List {
@@ -223,12 +248,22 @@ pub enum PluginsCommand {
     },
     /// Show one plugin's hooks, injection points and config keys (type,
     /// default, help). NAME is a plugin name, a library name or a file path.
+    /// With --model, also the catalogue of that model's base parameters the
+    /// plugin would read (`host.model_details()`): key, shape, role, block.
     Inspect {
         /// Plugin name, library name or path.
         name: String,
         /// Extra folders to search first.
         #[arg(long)]
         dir: Vec<PathBuf>,
+        /// A model to list the base parameters of: a diffusers folder, an
+        /// ADM checkpoint, a dtx run folder or checkpoint (none for
+        /// `--kind mlp`).
+        #[arg(long, value_name = "PATH")]
+        model: Option<PathBuf>,
+        /// How to read --model.
+        #[command(flatten)]
+        source: super::model_cmd::ModelSource,
     },
 }
 
@@ -296,11 +331,31 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             }
         }
         Command::Plugins {
+            command:
+                PluginsCommand::New {
+                    name,
+                    hooks,
+                    path,
+                    api,
+                    model,
+                },
+        } => super::plugins_cmd::new(&name, &hooks, path, api, model, out)?,
+        Command::Plugins {
             command: PluginsCommand::List { dir },
         } => super::plugins_cmd::list(&dir, out)?,
         Command::Plugins {
-            command: PluginsCommand::Inspect { name, dir },
-        } => super::plugins_cmd::inspect(&name, &dir, out)?,
+            command:
+                PluginsCommand::Inspect {
+                    name,
+                    dir,
+                    model,
+                    source,
+                },
+        } => {
+            let with_model = model.is_some() || source.kind.is_some();
+            let model = with_model.then_some((model.as_deref(), &source));
+            super::plugins_cmd::inspect(&name, &dir, model, out)?
+        }
         Command::List => {
             let mut kind = "";
             for b in crate::registry::all() {
@@ -354,6 +409,27 @@ pub struct SampleArgs {
     /// image, in [0, 1) (default: the run's `sample.mask_rate`, or 0.5).
     #[arg(long)]
     pub mask_rate: Option<f64>,
+    /// Override a sampling or plugin key of the run's manifest for this
+    /// sampling, `key=value` (TOML value): `sample.…` keys and plugin
+    /// config keys, `plugin[i].config.…` (a guidance weight, a filter
+    /// threshold). Other keys are fixed by the checkpoint and refused.
+    /// Applied after the flags above.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+/// Whether `dtx sample --set` may change `key` (the text before `=`):
+/// `sample.…` and `plugin[i].config.…` / `plugin.i.config.…`.
+fn sampling_key(key: &str) -> bool {
+    let key = key.trim().replace('[', ".").replace(']', "");
+    if key.starts_with("sample.") || key == "sample" {
+        return true;
+    }
+    let parts: Vec<&str> = key.split('.').collect();
+    parts.len() >= 4
+        && parts[0] == "plugin"
+        && parts[1].parse::<usize>().is_ok()
+        && parts[2] == "config"
 }
 
 /// `dtx sample`: the run's manifest with the flags as overrides of its
@@ -370,6 +446,7 @@ fn sample(args: SampleArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         prompt,
         condition,
         mask_rate,
+        set: overrides,
     } = args;
     for (flag, value) in [("--eta", eta), ("--mask-rate", mask_rate)] {
         if let Some(v) = value.filter(|v| !v.is_finite()) {
@@ -419,6 +496,26 @@ fn sample(args: SampleArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Some(d) = mask_rate {
         set.push(format!("sample.mask_rate={d}"));
     }
+    let refused: Vec<&str> = overrides
+        .iter()
+        .filter_map(|o| o.split_once('=').map_or(Some(o.as_str()), |(k, _)| Some(k)))
+        .filter(|k| !sampling_key(k))
+        .collect();
+    if !refused.is_empty() {
+        let list: Vec<String> = refused.iter().map(|k| format!("`{}`", k.trim())).collect();
+        let (what, verb) = if list.len() == 1 {
+            ("key", "is")
+        } else {
+            ("keys", "are")
+        };
+        bail!(
+            "dtx sample --set: {} {verb} not sampling or plugin {what}; `dtx sample` takes \
+             `sample.…` and `plugin[i].config.…` keys (the run's other settings are fixed by \
+             its checkpoint)",
+            list.join(", ")
+        );
+    }
+    set.extend(overrides);
     let loaded = manifest::load(&manifest_path, &set)?;
     if loaded.manifest.sample.is_none() {
         bail!("the run has no [sample] section: give `--count` (and `--steps`) to sample from it");

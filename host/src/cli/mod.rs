@@ -10,6 +10,7 @@ mod model_cmd;
 mod model_forward;
 mod model_open;
 mod plugins_cmd;
+mod scaffold;
 
 pub use commands::{
     BenchCommand, Cli, Command, FORWARDED_BENCHES, ForwardArgs, Job, PluginsCommand, execute,

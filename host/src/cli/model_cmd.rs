@@ -35,7 +35,7 @@ impl ModelSource {
     /// Opens the model. The model loaders name a config value by where a
     /// manifest keeps it (`[source.config].image_size`); here it came from
     /// the command line, and the error says so.
-    fn open(&self, path: Option<&std::path::Path>) -> anyhow::Result<OpenedModel> {
+    pub(super) fn open(&self, path: Option<&std::path::Path>) -> anyhow::Result<OpenedModel> {
         let config = config_table(self.config.as_deref(), &self.set)?;
         open(path, self.kind.as_deref(), &config).map_err(|e| {
             let text = format!("{e:#}")
@@ -156,21 +156,31 @@ fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     inspect_tables(&m, &parameters, &blocks, total, out)?;
     if let Some(c) = &catalogue {
         writeln!(out, "\nbase parameters (key, shape, role, block):")?;
-        let width = c.iter().map(|p| p.key.len()).max().unwrap_or(0);
-        for p in c.iter() {
-            let shape = format!("{:?}", p.shape.as_slice());
-            let block = if p.block.is_empty() {
-                "-"
-            } else {
-                p.block.as_str()
-            };
-            writeln!(
-                out,
-                "  {:<width$}  {shape:<16}  {:<9}  {block}",
-                p.key.as_str(),
-                p.role.name()
-            )?;
-        }
+        write_catalogue(c, out)?;
+    }
+    Ok(())
+}
+
+/// The base-parameter catalogue, one line each: key, shape, role, block
+/// (`dtx model inspect --parameters`, `dtx plugins inspect --model`).
+pub(super) fn write_catalogue(
+    c: &[dtx_plugin_api::abi::BaseParamInfo],
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let width = c.iter().map(|p| p.key.len()).max().unwrap_or(0);
+    for p in c {
+        let shape = format!("{:?}", p.shape.as_slice());
+        let block = if p.block.is_empty() {
+            "-"
+        } else {
+            p.block.as_str()
+        };
+        writeln!(
+            out,
+            "  {:<width$}  {shape:<16}  {:<9}  {block}",
+            p.key.as_str(),
+            p.role.name()
+        )?;
     }
     Ok(())
 }
@@ -195,7 +205,7 @@ fn inspect_json(
     let plugin_total: usize = m
         .plugin_parameters
         .iter()
-        .map(|(_, s)| s.iter().product::<usize>())
+        .map(|t| t.shape.iter().product::<usize>())
         .sum();
     let value = json!({
         "kind": m.kind,
@@ -220,6 +230,9 @@ fn inspect_json(
         "plugin_parameters": {
             "total": plugin_total,
             "tensors": m.plugin_parameters.len(),
+            "list": m.plugin_parameters.iter().map(|t| json!({
+                "name": t.name, "shape": t.shape, "norm": t.norm, "max_abs": t.max_abs,
+            })).collect::<Vec<_>>(),
         },
     });
     value
@@ -252,7 +265,12 @@ fn inspect_tables(
     }
     if !m.plugin_parameters.is_empty() {
         // per instance: `plugin.<instance>`
-        let per = counts_by(&m.plugin_parameters, |name| {
+        let shapes: Vec<(String, Vec<usize>)> = m
+            .plugin_parameters
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect();
+        let per = counts_by(&shapes, |name| {
             name.split('.').take(2).collect::<Vec<_>>().join(".")
         });
         let n: usize = per.iter().map(|(_, c)| c).sum();
@@ -265,6 +283,21 @@ fn inspect_tables(
         let width = per.iter().map(|(i, _)| i.len()).max().unwrap_or(0);
         for (inst, c) in &per {
             writeln!(out, "  {inst:<width$}  {:>12}", thousands(*c))?;
+        }
+        writeln!(out, "\n  each (name, shape, norm, max |value|):")?;
+        let width = m
+            .plugin_parameters
+            .iter()
+            .map(|t| t.name.len())
+            .max()
+            .unwrap_or(0);
+        for t in &m.plugin_parameters {
+            let shape = format!("{:?}", t.shape);
+            writeln!(
+                out,
+                "  {:<width$}  {shape:<16}  {:>11.5e}  {:>11.5e}",
+                t.name, t.norm, t.max_abs
+            )?;
         }
     }
     match d.resolution {

@@ -33,11 +33,64 @@ pub struct OpenedModel {
     /// The base weights by checkpoint key (empty without weights).
     pub params: HashMap<String, FloatTensor<CpuBackend>>,
     /// A dtx checkpoint's plugin parameters (`plugin.<instance>.<name>`)
-    /// with their shapes: kept in the file, not part of the base model.
-    pub plugin_parameters: Vec<(String, Vec<usize>)>,
+    /// with their shapes and sizes: kept in the file, not part of the base
+    /// model.
+    pub plugin_parameters: Vec<PluginTensor>,
     /// Whether the weights are a dtx checkpoint's EMA values (loaded in
     /// place of the trained values, as `dtx sample` does).
     pub ema: bool,
+}
+
+/// One plugin parameter of a dtx checkpoint: its trained value's shape and
+/// size, so a user sees that it trained (a LoRA `B` that left zero).
+#[derive(Debug, Clone)]
+pub struct PluginTensor {
+    /// `plugin.<instance>.<name>`.
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Euclidean norm of all its values.
+    pub norm: f64,
+    /// Largest absolute value.
+    pub max_abs: f64,
+}
+
+/// The plugin parameters (`param/plugin.…`) of the dtx checkpoint `ckpt`,
+/// in the file's order, with their norms (f32 values; f64 accumulation).
+fn plugin_tensors(ckpt: &Path) -> anyhow::Result<Vec<PluginTensor>> {
+    let bytes = std::fs::read(ckpt).map_err(|e| anyhow!("`{}`: {e}", ckpt.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow!("`{}`: not a safetensors file: {e}", ckpt.display()))?;
+    let mut out = Vec::new();
+    for (key, view) in st.tensors() {
+        let Some(name) = key
+            .strip_prefix("param/")
+            .filter(|n| n.starts_with("plugin."))
+        else {
+            continue;
+        };
+        if view.dtype() != safetensors::Dtype::F32 {
+            bail!(
+                "`{}`: `{key}` is {:?}; dtx checkpoints hold f32",
+                ckpt.display(),
+                view.dtype()
+            );
+        }
+        let (mut sq, mut max_abs) = (0f64, 0f64);
+        for c in view.data().chunks_exact(4) {
+            let v = f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+            sq += v * v;
+            max_abs = max_abs.max(v.abs());
+        }
+        out.push(PluginTensor {
+            name: name.to_owned(),
+            shape: view.shape().to_vec(),
+            norm: sq.sqrt(),
+            max_abs,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
 }
 
 /// The kind of model at `path`: a folder with `config.json` is a diffusers
@@ -116,15 +169,7 @@ pub fn open(
             )?;
             let header = crate::model::read_safetensors_header(&ckpt)?;
             ema = header.iter().any(|t| t.name.starts_with("ema/"));
-            let plugins = header
-                .into_iter()
-                .filter_map(|t| {
-                    t.name
-                        .strip_prefix("param/")
-                        .filter(|n| n.starts_with("plugin."))
-                        .map(|n| (n.to_owned(), t.shape))
-                })
-                .collect();
+            let plugins = plugin_tensors(&ckpt)?;
             (Some(ckpt), plugins)
         }
         (_, Some(p)) => {

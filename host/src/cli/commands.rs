@@ -77,6 +77,11 @@ pub enum Command {
     /// keeps them), with its plugins' score corrections and filters; writes
     /// samples.json (and samples.png for 2-D data) to `--out`.
     Sample(SampleArgs),
+    /// Export a run's adapted model as files other libraries read:
+    /// `diffusers` (the model with its weight-level plugins merged, as a
+    /// UNet2DModel folder; an ADM source's state dict with its flags) or
+    /// `peft` (a LoRA run's adapter as PEFT saves one). docs/export.md.
+    Export(super::export_cmd::ExportArgs),
     /// Compares generated images with reference images: KID and FD on
     /// features of the embedded `dtx` extractor (`KID_dtx`, `FD_dtx`) or of
     /// the FID Inception-v3 (`--extractor inception --inception-weights
@@ -299,6 +304,7 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             quiet,
         } => pretrain(&manifest, set, model_out, resume, quiet, out)?,
         Command::Sample(args) => sample(args, out)?,
+        Command::Export(args) => super::export_cmd::run(&args, out)?,
         Command::Bench {
             command:
                 BenchCommand::Engine {

@@ -5,6 +5,7 @@
 mod commands;
 mod eval_cmd;
 mod eval_features;
+mod export_cmd;
 pub(crate) mod forward;
 mod model_cmd;
 mod model_forward;

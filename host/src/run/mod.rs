@@ -12,6 +12,7 @@ pub mod dir;
 mod drawn;
 pub(crate) mod error;
 mod evaluation;
+pub mod export;
 mod fit;
 mod inputs;
 mod objective;

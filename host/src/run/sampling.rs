@@ -48,7 +48,7 @@ fn draw_stage<B: AutodiffBackend, const D: usize>(
 
 /// Puts the EMA averages of the plugins' parameters (`plugin.…`) into the
 /// store; returns the values they replace.
-fn swap_plugin_values<B: AutodiffBackend>(
+pub(super) fn swap_plugin_values<B: AutodiffBackend>(
     store: &mut crate::tensor_abi::ParamStore<B>,
     ema: &crate::train::ema::Ema<B>,
 ) -> Vec<(usize, burn::tensor::ops::FloatTensor<B>)> {
@@ -68,7 +68,7 @@ fn swap_plugin_values<B: AutodiffBackend>(
 }
 
 /// Puts back what [`swap_plugin_values`] replaced.
-fn swap_back<B: AutodiffBackend>(
+pub(super) fn swap_back<B: AutodiffBackend>(
     store: &mut crate::tensor_abi::ParamStore<B>,
     live: Vec<(usize, burn::tensor::ops::FloatTensor<B>)>,
 ) {
@@ -254,12 +254,12 @@ fn trajectory<B: AutodiffBackend, const D: usize>(
 }
 
 /// Sets [`Student::sampling_weights`] while alive.
-struct SamplingWeights<'a, B: AutodiffBackend>(&'a Student<B>);
+pub(super) struct SamplingWeights<'a, B: AutodiffBackend>(&'a Student<B>);
 
 impl<'a, B: AutodiffBackend> SamplingWeights<'a, B> {
     /// `weights` with every plugin's `weights` hook, set as the sampled
     /// weights.
-    fn set(student: &'a Student<B>, weights: &Weights<B>) -> Result<(Self, Weights<B>)> {
+    pub(super) fn set(student: &'a Student<B>, weights: &Weights<B>) -> Result<(Self, Weights<B>)> {
         // no graph through plugin parameters while sampling: nothing trains,
         // and graphs that never reach a backward pile up in memory
         Session::<B>::with(|s| s.services.frozen_params = true)?;

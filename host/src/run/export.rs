@@ -1,0 +1,165 @@
+//! `dtx export`: a run's model as one set of base weights, its weight-level
+//! plugins merged in. Each tensor is what the run samples with: the
+//! checkpoint's values (its EMA averages when the run keeps an EMA, base
+//! and plugin parameters alike), passed once through every plugin's
+//! `weights` hook in manifest order (LoRA's `W + (α/r)·B·A`), exactly as
+//! sampling computes them. A plugin whose effect is not in the weights (an
+//! `inject` module, a `score` correction, a `filter`) cannot be merged: the
+//! export is refused, naming it and the hook, before anything runs.
+
+use super::context::{self, Mode};
+use super::error::{Result, fail, run_error};
+use super::student::Student;
+use crate::model::{Denoiser, Net, Weights};
+use crate::plan::Plan;
+use crate::tensor_abi::Session;
+use burn::tensor::backend::AutodiffBackend;
+use dtx_plugin_api::abi::Hook;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The merged model.
+#[derive(Debug, Clone)]
+pub struct Exported {
+    /// Every base parameter by checkpoint key, in the network's order:
+    /// shape and f32 values.
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    /// The plugins merged (instance name, how many weights each changed).
+    pub merged: Merged,
+    /// The checkpoint's training step.
+    pub step: u64,
+    /// Whether the values are EMA averages.
+    pub ema: bool,
+}
+
+/// The plugins merged: instance name and how many weights each changed.
+type Merged = Vec<(String, usize)>;
+
+/// Hooks whose effect lives outside the base weights.
+const UNMERGEABLE: &[Hook] = &[Hook::Inject, Hook::Score, Hook::Filter];
+
+/// The plugins of `plan` that an export cannot merge, as `name (hooks)`.
+pub fn unmergeable(plan: &Plan) -> Vec<String> {
+    plan.plugins
+        .iter()
+        .filter_map(|p| {
+            let hooks: Vec<&str> = p
+                .hooks
+                .iter()
+                .filter(|h| UNMERGEABLE.contains(h))
+                .map(|h| h.name())
+                .collect();
+            (!hooks.is_empty()).then(|| format!("`{}` ({})", p.name, hooks.join(", ")))
+        })
+        .collect()
+}
+
+/// Why the run's plugins cannot be merged, naming each that cannot and its
+/// hooks; `None` when they all can.
+pub fn refusal(plan: &Plan) -> Option<String> {
+    let refused = unmergeable(plan);
+    (!refused.is_empty()).then(|| {
+        format!(
+            "cannot merge {} into the base weights: what they do happens outside them \
+             (only plugins whose model changes are `weights` hooks, such as `lora`, merge; \
+             `loss` and `prepare` hooks change nothing at export)",
+            refused.join(", ")
+        )
+    })
+}
+
+/// The run `plan` describes, restored from `checkpoint`, as merged base
+/// weights. `scratch` is a folder the run may lock and write its (empty)
+/// metrics file into; the caller removes what it does not keep.
+pub fn merged_weights<B: AutodiffBackend>(
+    plan: &Plan,
+    checkpoint: &Path,
+    scratch: &Path,
+) -> Result<Exported> {
+    if let Some(why) = refusal(plan) {
+        fail!("{why}");
+    }
+    let desc = plan
+        .model
+        .as_ref()
+        .ok_or_else(|| run_error!("the run has no [source] model"))?;
+    let net = Net::from_description(desc).map_err(|e| run_error!("[source]: {e}"))?;
+    match net.data_shape().len() {
+        1 => merged_ranked::<B, 2>(plan, checkpoint, scratch, net),
+        3 => merged_ranked::<B, 4>(plan, checkpoint, scratch, net),
+        n => fail!("[source]: examples of rank {n} are not supported"),
+    }
+}
+
+fn merged_ranked<B: AutodiffBackend, const D: usize>(
+    plan: &Plan,
+    checkpoint: &Path,
+    scratch: &Path,
+    net: Net,
+) -> Result<Exported> {
+    let mode = Mode::Sample {
+        out: scratch.to_path_buf(),
+    };
+    let mut ctx = context::set_up::<B, D>(plan, net, &mode)?;
+    ctx.start_ema(plan)?;
+    let progress = super::fit::restore(&mut ctx, checkpoint)?;
+    let ema = ctx.ema.is_some();
+    // the values sampling uses: EMA averages of plugin parameters swapped
+    // into the store for the hooks, the base's gathered from the average
+    let live = match &ctx.ema {
+        Some(e) => Some(Session::<B>::with(|s| {
+            super::sampling::swap_plugin_values(&mut s.params, e)
+        })?),
+        None => None,
+    };
+    let merged = merge::<B>(&ctx.student, ctx.ema.as_ref());
+    if let Some(live) = live {
+        Session::<B>::with(|s| super::sampling::swap_back(&mut s.params, live))?;
+    }
+    let (weights, merged) = merged?;
+    let catalogue = ctx.student.net.catalogue().clone();
+    let mut tensors = Vec::with_capacity(catalogue.len());
+    for (i, (key, shape)) in catalogue.entries().iter().enumerate() {
+        let data = burn::tensor::read_sync(B::float_into_data(weights.tensor(i).clone()))
+            .map_err(|e| run_error!("reading `{key}`: {e:?}"))?;
+        let values: Vec<f32> = data
+            .convert::<f32>()
+            .to_vec()
+            .map_err(|e| run_error!("reading `{key}`: {e:?}"))?;
+        tensors.push((key.clone(), shape.clone(), values));
+    }
+    Ok(Exported {
+        tensors,
+        merged,
+        step: progress.step,
+        ema,
+    })
+}
+
+/// The student's base weights (EMA averages when kept) through every
+/// plugin's `weights` hook, and how many weights each plugin changed.
+fn merge<B: AutodiffBackend>(
+    student: &Student<B>,
+    ema: Option<&crate::train::ema::Ema<B>>,
+) -> Result<(Weights<B>, Merged)> {
+    let base: Weights<B> = match ema {
+        Some(e) => {
+            let values: HashMap<String, _> = Session::<B>::with(|s| e.values(&s.params))?
+                .into_iter()
+                .collect();
+            student.net.weights(&values)?
+        }
+        None => student.params()?.untracked(),
+    };
+    let (_sampling, adapted) = super::sampling::SamplingWeights::set(student, &base)?;
+    let merged = student
+        .plugins
+        .iter()
+        .filter_map(|cell| {
+            let inst = cell.borrow();
+            inst.implements(Hook::Weights)
+                .then(|| (inst.name.clone(), inst.weight_targets().len()))
+        })
+        .collect();
+    Ok((adapted, merged))
+}

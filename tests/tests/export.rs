@@ -1,0 +1,211 @@
+//! `dtx export` (issue 22 item 4): a LoRA run's model merged into a
+//! diffusers folder samples exactly what the run sampled with the plugin,
+//! the PEFT adapter holds the factors whose update `(α/r)·B·A` is the
+//! merged folder's change to each weight (f64 reference, 1e-6), and what
+//! cannot be merged is refused by name. tests/fixtures/export/check_peft.py
+//! checks the same files against diffusers and PEFT themselves (by hand;
+//! docs/export.md).
+
+use dtx_tests::run_in_process;
+use dtx_tests::runs::{dtx_run, ok_manifest, out_dir, tensors};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Every accepted sample's PNG bytes, by file name.
+fn pngs(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir.join("samples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&p).unwrap())
+        })
+        .collect()
+}
+
+/// The f32 values of a safetensors tensor's raw bytes.
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_lora_run_exports_a_merged_folder_that_samples_as_the_run_and_a_peft_adapter() {
+    let out = out_dir("export", "lora");
+    let r = dtx_run("lora-unet.toml", &out, &[], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let run = out.join("lora-unet");
+    let merged = out.join("merged");
+    let e = run_in_process(&[
+        "export",
+        run.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert_eq!(e.code, 0, "{}", e.stderr);
+    assert!(e.stdout.contains("merged `lora`"), "{}", e.stdout);
+    let mut files: Vec<String> = std::fs::read_dir(&merged)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        ["config.json", "diffusion_pytorch_model.safetensors"]
+    );
+
+    // a run on the merged folder with no plugin samples what the LoRA run
+    // sampled: the same weights, bit for bit. It keeps the LoRA run's
+    // [train] (its 100-step schedule is the sampler's) at a rate that moves
+    // no weight (lr 1e-30: W + 1e-30 rounds to W).
+    let manifest = std::fs::read_to_string(ok_manifest("lora-unet.toml")).unwrap();
+    let start = manifest.find("[[plugin]]").unwrap();
+    let end = manifest.find("[sample]").unwrap();
+    let plain = format!("{}{}", &manifest[..start], &manifest[end..])
+        .replace(
+            "path = \"../../fixtures/models/tiny-diffusers\"\ninit = \"random\"       # the folder has a config.json and no weights",
+            &format!("path = \"{}\"", merged.display()),
+        )
+        .replace("name = \"lora-unet\"", "name = \"merged\"");
+    assert!(plain.contains(&merged.display().to_string()), "{plain}");
+    let m = out.join("merged.toml");
+    std::fs::write(&m, &plain).unwrap();
+    let set = format!("run.output_dir=\"{}\"", out.display());
+    let again = run_in_process(&[
+        "run",
+        m.to_str().unwrap(),
+        "--quiet",
+        "--set",
+        &set,
+        "--set",
+        "train.lr=1e-30",
+        "--set",
+        "train.trainable=\"all\"",
+    ]);
+    assert_eq!(again.code, 0, "{}\n{plain}", again.stderr);
+    let ran = pngs(&run);
+    assert!(!ran.is_empty());
+    assert_eq!(ran, pngs(&out.join("merged")));
+
+    // the PEFT adapter: (α/r)·B·A is the merged change to each weight
+    let peft = out.join("peft");
+    let p = run_in_process(&[
+        "export",
+        run.to_str().unwrap(),
+        "--format",
+        "peft",
+        "--out",
+        peft.to_str().unwrap(),
+    ]);
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(peft.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["r"], 2);
+    assert_eq!(config["lora_alpha"], 4.0);
+    let scale = 4.0 / 2.0;
+    let (_, adapter) = tensors(&peft.join("adapter_model.safetensors"));
+    let (_, merged_w) = tensors(&merged.join("diffusion_pytorch_model.safetensors"));
+    let (_, ckpt) = tensors(&run.join("checkpoints/latest.safetensors"));
+    let modules = config["target_modules"].as_array().unwrap();
+    assert!(!modules.is_empty());
+    assert_eq!(adapter.len(), 2 * modules.len());
+    for module in modules {
+        let module = module.as_str().unwrap();
+        let a = f32s(&adapter[&format!("base_model.model.{module}.lora_A.weight")]);
+        let b = f32s(&adapter[&format!("base_model.model.{module}.lora_B.weight")]);
+        let key = format!("{module}.weight");
+        let w0 = f32s(&ckpt[&format!("param/{key}")]);
+        let w1 = f32s(&merged_w[&key]);
+        let r = 2;
+        let (out_ch, fan_in) = (b.len() / r, a.len() / r);
+        assert_eq!(out_ch * fan_in, w0.len(), "{key}");
+        for i in 0..out_ch {
+            for j in 0..fan_in {
+                let d: f64 = (0..r)
+                    .map(|k| b[i * r + k] as f64 * a[k * fan_in + j] as f64)
+                    .sum();
+                let want = w0[i * fan_in + j] as f64 + scale * d;
+                let got = w1[i * fan_in + j] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-6,
+                    "{key}[{i}, {j}]: {got} vs {want}"
+                );
+            }
+        }
+    }
+    // weights no LoRA targets are the base's as they were
+    let untouched = merged_w
+        .keys()
+        .filter(|k| {
+            !modules
+                .iter()
+                .any(|m| format!("{}.weight", m.as_str().unwrap()) == **k)
+        })
+        .count();
+    assert!(untouched > 0);
+    for (k, v) in &merged_w {
+        if !modules
+            .iter()
+            .any(|m| format!("{}.weight", m.as_str().unwrap()) == *k)
+        {
+            assert_eq!(v, &ckpt[&format!("param/{k}")], "{k}");
+        }
+    }
+
+    // an existing folder is refused and left as it was
+    let taken = run_in_process(&[
+        "export",
+        run.to_str().unwrap(),
+        "--out",
+        peft.to_str().unwrap(),
+    ]);
+    assert!(
+        taken.failed().contains("already exists"),
+        "{}",
+        taken.stderr
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn what_cannot_be_merged_is_refused_by_name() {
+    let out = out_dir("export", "refused");
+    let r = dtx_run(
+        "two-plugins.toml",
+        &out,
+        &["train.steps=2", "sample.count=2", "sample.steps=2"],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let run = out.join("two-plugins");
+    let dest = out.join("x");
+    let e = run_in_process(&[
+        "export",
+        run.to_str().unwrap(),
+        "--out",
+        dest.to_str().unwrap(),
+    ]);
+    let msg = e.failed();
+    // the MLP source, before any plugin
+    assert!(msg.contains("MLP"), "{msg}");
+    assert!(!dest.exists());
+    let p = run_in_process(&[
+        "export",
+        run.to_str().unwrap(),
+        "--format",
+        "peft",
+        "--out",
+        dest.to_str().unwrap(),
+    ]);
+    let msg = p.failed();
+    assert!(msg.contains("`adapter` (inject)"), "{msg}");
+    assert!(!dest.exists());
+    let f = run_in_process(&["export", run.to_str().unwrap(), "--format", "onnx"]);
+    assert!(f.failed().contains("`onnx` is not a format"));
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -160,12 +160,17 @@ pub fn open(
         ("mlp", _) | (_, None) => (None, Vec::new()),
         ("dtx", Some(p)) => {
             let ckpt = dtx_checkpoint(p);
+            let from_source = |p: &Path, s: &mut ParamStore<CpuBackend>| {
+                net.load(p, s, &device, &|_| false)
+                    .map_err(|e| e.to_string())
+            };
             crate::train::checkpoint::load_base::<CpuBackend>(
                 &ckpt,
                 &net.parameters(),
                 &mut store,
                 &device,
                 &|_| false,
+                Some(&from_source),
             )?;
             let header = crate::model::read_safetensors_header(&ckpt)?;
             ema = header.iter().any(|t| t.name.starts_with("ema/"));

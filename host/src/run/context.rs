@@ -63,6 +63,9 @@ pub(super) struct RunContext<B: AutodiffBackend> {
     pub(super) ema: Option<Ema<B>>,
     /// The optimizer's moments, shared with the `optimizer_step` service.
     pub(super) optimizer: Rc<RefCell<Optimizer<B>>>,
+    /// The weights file the base was loaded from, when it was: checkpoints
+    /// refer to it for the frozen base instead of holding it.
+    pub(super) base: Option<crate::train::base_ref::BaseRef>,
     /// Declared last, so the session outlives the plugins dropped above it.
     _session: SessionGuard,
 }
@@ -162,6 +165,7 @@ pub(super) fn set_up<B: AutodiffBackend, const D: usize>(
         dir,
         ema: None,
         optimizer,
+        base: base_ref(plan)?,
         _session: session,
     })
 }
@@ -257,6 +261,24 @@ fn build_student<B: AutodiffBackend>(
     })
 }
 
+/// The reference to the source's weights file when the base was loaded
+/// from one (a pretrained diffusers or ADM source); `None` for a random
+/// init, an MLP or a dtx run (whose checkpoints then hold the whole base).
+fn base_ref(plan: &Plan) -> Result<Option<crate::train::base_ref::BaseRef>> {
+    let Some(src) = plan.manifest.manifest.source.as_ref() else {
+        return Ok(None);
+    };
+    let file_source = matches!(src.kind, SourceKind::Diffusers | SourceKind::Adm);
+    match (&src.path, file_source && src.init != Init::Random) {
+        (Some(p), true) => {
+            let path = plan.manifest.resolve_path(p);
+            crate::train::base_ref::BaseRef::of(&path)
+                .map_err(|e| run_error!("[source] `{}`: {e}", path.display()))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Registers the base weights: the checkpoint's (`init = "pretrained"`), or
 /// a fresh init from `run.seed` (`init = "random"`, and MLP sources).
 fn base_weights<B: AutodiffBackend>(
@@ -275,6 +297,10 @@ fn base_weights<B: AutodiffBackend>(
             .as_ref()
             .map(|p| crate::model::dtx_checkpoint(&plan.manifest.resolve_path(p)))
             .ok_or_else(|| run_error!("[source]: `path` names the dtx run folder"))?;
+        let from_source = |p: &std::path::Path, s: &mut crate::tensor_abi::ParamStore<B>| {
+            net.load(p, s, device, is_trainable)
+                .map_err(|e| e.to_string())
+        };
         Session::<B>::with(|s| {
             checkpoint::load_base::<B>(
                 &path,
@@ -282,6 +308,7 @@ fn base_weights<B: AutodiffBackend>(
                 &mut s.params,
                 device,
                 is_trainable,
+                Some(&from_source),
             )
         })??;
         Ok(())

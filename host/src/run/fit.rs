@@ -286,7 +286,15 @@ pub(super) fn restore<B: AutodiffBackend>(
     let (states, progress) = Session::<B>::with(|s| {
         let mut optimizer = ctx.optimizer.borrow_mut();
         let ema = ctx.ema.as_mut();
-        checkpoint::load::<B>(path, &mut s.params, Some(&mut optimizer), ema, &ctx.device)
+        let base = ctx.base.as_ref();
+        checkpoint::load::<B>(
+            path,
+            &mut s.params,
+            Some(&mut optimizer),
+            ema,
+            &ctx.device,
+            base,
+        )
     })??;
     for mut inst in ctx.student.plugins.iter().map(|p| p.borrow_mut()) {
         if let Some((_, st)) = states.iter().find(|(n, _)| *n == inst.name) {
@@ -320,7 +328,8 @@ pub(super) fn save<B: AutodiffBackend>(
         let path = ctx.dir.latest_checkpoint();
         let optimizer = ctx.optimizer.borrow();
         let ema = ctx.ema.as_ref();
-        checkpoint::save::<B>(&path, &s.params, &optimizer, ema, &states, &progress)
+        let base = ctx.base.as_ref();
+        checkpoint::save::<B>(&path, &s.params, &optimizer, ema, &states, &progress, base)
     })??;
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! bit-identically. Written atomically (temp file, fsync, rename), so a run
 //! killed mid-write keeps its previous checkpoint.
 
+use super::base_ref::BaseRef;
 use super::ema::Ema;
 use super::optim::{AdamState, Optimizer};
 use crate::model::weights::LoadFailure;
@@ -86,6 +87,24 @@ fn tensor_of<B: Backend>(view: &TensorView<'_>, device: &B::Device) -> FloatTens
     B::float_from_data(TensorData::new(values, view.shape().to_vec()), device)
 }
 
+/// Registers a model's weights from its source (a folder or file) in a
+/// store: what reads the base a checkpoint refers to.
+pub type SourceLoader<'a, B> = dyn Fn(&Path, &mut ParamStore<B>) -> Result<(), String> + 'a;
+
+/// Whether a store entry is a base tensor that does not train: what a
+/// checkpoint with a [`BaseRef`] leaves in the base file.
+fn is_frozen_base(name: &str, trainable: bool) -> bool {
+    !trainable && !name.starts_with("plugin.")
+}
+
+/// The base a checkpoint refers to (its `base` metadata), if it does.
+pub fn base_of(metadata: &HashMap<String, String>) -> Result<Option<BaseRef>, String> {
+    metadata
+        .get("base")
+        .map(|s| serde_json::from_str(s).map_err(|e| format!("bad base record: {e}")))
+        .transpose()
+}
+
 /// Each plugin instance's saved state, by instance name.
 pub type PluginStates = Vec<(String, Vec<u8>)>;
 
@@ -98,15 +117,22 @@ pub fn save<B: AutodiffBackend>(
     ema: Option<&Ema<B>>,
     plugin_states: &[(String, Vec<u8>)],
     progress: &Progress,
+    base: Option<&BaseRef>,
 ) -> Result<(), CheckpointError> {
     let io = |e: &dyn std::fmt::Display| CheckpointError::Io {
         path: path.into(),
         message: e.to_string(),
     };
+    let mut frozen = 0usize;
     let mut blobs: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = BTreeMap::new();
     let mut adam_k: BTreeMap<String, i32> = BTreeMap::new();
     let groups = groups_of(store, optimizer);
     for (i, e) in store.entries().iter().enumerate() {
+        // with a base file to refer to, its frozen tensors stay there
+        if base.is_some() && is_frozen_base(&e.name, e.trainable) {
+            frozen += 1;
+            continue;
+        }
         let (shape, bytes) = bytes_of::<B>(e.value.clone());
         blobs.insert(format!("param/{}", e.name), (Dtype::F32, shape, bytes));
         if let Some(AdamState { m, v, k }) = optimizer.state(ParamId(i as u64)) {
@@ -156,6 +182,11 @@ pub fn save<B: AutodiffBackend>(
         "ema".to_owned(),
         ema.map(|e| e.decay.to_string()).unwrap_or_default(),
     );
+    if let Some(b) = base.filter(|_| frozen > 0) {
+        let mut v = serde_json::to_value(b).expect("serialisable");
+        v["frozen_tensors"] = frozen.into();
+        meta.insert("base".to_owned(), v.to_string());
+    }
     let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| io(&e))?;
     write_atomically(path, &bytes)
 }
@@ -217,6 +248,7 @@ pub fn load_base<B: AutodiffBackend>(
     store: &mut ParamStore<B>,
     device: &B::Device,
     trainable: &dyn Fn(&str) -> bool,
+    load_source: Option<&SourceLoader<'_, B>>,
 ) -> Result<(), CheckpointError> {
     let mismatch = |message: String| CheckpointError::Mismatch {
         path: ckpt.into(),
@@ -230,6 +262,21 @@ pub fn load_base<B: AutodiffBackend>(
         path: ckpt.into(),
         message: e.to_string(),
     })?;
+    let (_, metadata) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| CheckpointError::Io {
+            path: ckpt.into(),
+            message: e.to_string(),
+        })?;
+    let meta = metadata.metadata().clone().unwrap_or_default();
+    if let Some(base) = base_of(&meta).map_err(&mismatch)? {
+        let load = load_source.ok_or_else(|| {
+            mismatch(format!(
+                "it holds only what trained, on the base `{}`, and nothing here reads that base",
+                base.source
+            ))
+        })?;
+        return load_referred_base(ckpt, &st, &base, load, store, device);
+    }
     let views = base_views(ckpt, &st, true)?;
     crate::model::weights::register_fitting(expected, views, store, device, trainable).map_err(
         |failure| match failure {
@@ -240,6 +287,62 @@ pub fn load_base<B: AutodiffBackend>(
             LoadFailure::Read(m) | LoadFailure::Store(m) => mismatch(m),
         },
     )
+}
+
+/// [`load_base`] of a checkpoint that refers to its base: the base from its
+/// source file (the digest checked first), then the checkpoint's own base
+/// tensors (those that trained; EMA values when kept) over it.
+fn load_referred_base<B: AutodiffBackend>(
+    ckpt: &Path,
+    st: &safetensors::SafeTensors<'_>,
+    base: &BaseRef,
+    load_source: &SourceLoader<'_, B>,
+    store: &mut ParamStore<B>,
+    device: &B::Device,
+) -> Result<(), CheckpointError> {
+    let mismatch = |message: String| CheckpointError::Mismatch {
+        path: ckpt.into(),
+        message,
+    };
+    let now = super::base_ref::sha256_of(Path::new(&base.path)).map_err(|e| {
+        mismatch(format!(
+            "it holds only what trained, on the base `{}`, which cannot be read: {e}",
+            base.path
+        ))
+    })?;
+    if now != base.sha256 {
+        return Err(mismatch(format!(
+            "its base `{}` changed since it was trained (sha256 {} then, {now} now)",
+            base.path, base.sha256
+        )));
+    }
+    load_source(Path::new(&base.source), store)
+        .map_err(|e| mismatch(format!("its base `{}`: {e}", base.source)))?;
+    for name in st.names() {
+        let Some(key) = name.strip_prefix("param/") else {
+            continue;
+        };
+        if key.starts_with("plugin.") {
+            continue;
+        }
+        let view = st
+            .tensor(&format!("ema/{key}"))
+            .or_else(|_| st.tensor(name))
+            .map_err(|e| mismatch(e.to_string()))?;
+        let id = store
+            .by_name(key)
+            .ok_or_else(|| mismatch(format!("`{key}` is not a parameter of its base model")))?;
+        let e = store.get_mut(id).map_err(|e| mismatch(e.to_string()))?;
+        if view.shape() != e.value.shape().to_vec().as_slice() {
+            return Err(mismatch(format!(
+                "`{key}` has shape {:?}, its base model's {:?}",
+                view.shape(),
+                e.value.shape().to_vec()
+            )));
+        }
+        e.value = B::float_set_require_grad(tensor_of::<B>(&view, device), e.trainable);
+    }
+    Ok(())
 }
 
 /// Writes the base model's weights from checkpoint `ckpt` to `out` as a
@@ -273,6 +376,7 @@ pub fn load<B: AutodiffBackend>(
     mut optimizer: Option<&mut Optimizer<B>>,
     ema: Option<&mut Ema<B>>,
     device: &B::Device,
+    base: Option<&BaseRef>,
 ) -> Result<(PluginStates, Progress), CheckpointError> {
     let io = |e: &dyn std::fmt::Display| CheckpointError::Io {
         path: path.into(),
@@ -321,11 +425,36 @@ pub fn load<B: AutodiffBackend>(
             )));
         }
     }
+    // a checkpoint that refers to its base instead of holding it: this
+    // run's source must be that file, whose frozen tensors the store holds
+    let saved_base = base_of(&meta).map_err(&mismatch)?;
+    if let Some(sb) = &saved_base {
+        match base {
+            Some(b) if b.sha256 == sb.sha256 => {}
+            Some(b) => {
+                return Err(mismatch(format!(
+                    "it was trained on the base `{}` (sha256 {}), and this run's source `{}` \
+                     has sha256 {}: the base changed; continue on the base it trained on",
+                    sb.path, sb.sha256, b.path, b.sha256
+                )));
+            }
+            None => {
+                return Err(mismatch(format!(
+                    "it holds only what trained, on the base `{}` (sha256 {}), and this run's \
+                     source is not a weights file to read that base from",
+                    sb.path, sb.sha256
+                )));
+            }
+        }
+    }
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| io(&e))?;
     for (i, e) in store.entries_mut().iter_mut().enumerate() {
-        let view = st
-            .tensor(&format!("param/{}", e.name))
-            .map_err(|_| mismatch(format!("it has no parameter `{}`", e.name)))?;
+        let view = match st.tensor(&format!("param/{}", e.name)) {
+            Ok(v) => v,
+            // frozen: the value the source gave it is the checkpoint's
+            Err(_) if saved_base.is_some() && is_frozen_base(&e.name, e.trainable) => continue,
+            Err(_) => return Err(mismatch(format!("it has no parameter `{}`", e.name))),
+        };
         if view.shape() != e.value.shape().to_vec().as_slice() {
             return Err(mismatch(format!(
                 "parameter `{}` has shape {:?}, this run expects {:?}",
@@ -408,14 +537,14 @@ mod tests {
             epoch: 0,
             index: 0,
         };
-        save(&file, &store, &Optimizer::new(), None, &[], &progress).unwrap();
+        save(&file, &store, &Optimizer::new(), None, &[], &progress, None).unwrap();
         let expected = vec![
             ("a.weight".to_owned(), vec![2, 3]),
             ("b.weight".to_owned(), vec![2, 2]),
             ("c.weight".to_owned(), vec![5]),
         ];
         let mut into = ParamStore::<B>::default();
-        let err = load_base::<B>(&file, &expected, &mut into, &dev, &|_| false)
+        let err = load_base::<B>(&file, &expected, &mut into, &dev, &|_| false, None)
             .unwrap_err()
             .to_string();
         assert_eq!(
@@ -460,11 +589,11 @@ mod tests {
             epoch: 0,
             index: 0,
         };
-        save(&file, &store, &saved_with, None, &[], &progress).unwrap();
+        save(&file, &store, &saved_with, None, &[], &progress, None).unwrap();
         // the same groups: restored
         let mut same = Optimizer::new();
         same.set_group(id, fast);
-        load::<B>(&file, &mut store, Some(&mut same), None, &dev).unwrap();
+        load::<B>(&file, &mut store, Some(&mut same), None, &dev, None).unwrap();
         // another rate: refused, naming the parameter and both settings
         let mut other = Optimizer::new();
         other.set_group(
@@ -474,7 +603,7 @@ mod tests {
                 weight_decay: Some(0.1),
             },
         );
-        let err = load::<B>(&file, &mut store, Some(&mut other), None, &dev)
+        let err = load::<B>(&file, &mut store, Some(&mut other), None, &dev, None)
             .unwrap_err()
             .to_string();
         assert!(
@@ -483,9 +612,16 @@ mod tests {
             "{err}"
         );
         // none at all: refused too
-        let err = load::<B>(&file, &mut store, Some(&mut Optimizer::new()), None, &dev)
-            .unwrap_err()
-            .to_string();
+        let err = load::<B>(
+            &file,
+            &mut store,
+            Some(&mut Optimizer::new()),
+            None,
+            &dev,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("this run gives it no group"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -4,6 +4,7 @@
 //! through the host's autodiff). The run's loop that drives it is
 //! `run/fit.rs`.
 
+pub mod base_ref;
 pub(crate) mod checkpoint;
 pub(crate) mod ema;
 pub(crate) mod fit;

@@ -19,6 +19,19 @@ debug = "line-tables-only"
 opt-level = 3
 debug = false
 
+# dtx's own crates build as the workspace's members do
+[profile.dev.package.dtx]
+opt-level = 1
+debug = "line-tables-only"
+
+[profile.dev.package.dtx-plugin-testing]
+opt-level = 1
+debug = "line-tables-only"
+
+[profile.dev.package.dtx-plugin-api]
+opt-level = 1
+debug = "line-tables-only"
+
 [profile.release]
 debug = false
 "#;

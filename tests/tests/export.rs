@@ -209,3 +209,64 @@ fn what_cannot_be_merged_is_refused_by_name() {
     assert!(f.failed().contains("`onnx` is not a format"));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// An ADM run (its output blocks fine-tuned, the rest frozen in the source
+/// `.pt`: a checkpoint that refers to its base) exports guided-diffusion's
+/// state dict with its flags; dtx reads the pair back, and its forward is
+/// the run's, bit for bit.
+#[test]
+fn an_adm_run_exports_its_state_dict_and_flags() {
+    use dtx_tests::files::{f32_bytes, f32_tensors, i64_bytes, write_safetensors};
+    use safetensors::Dtype::{F32, I64};
+    let out = out_dir("export", "adm");
+    let r = dtx_run("adm-pt.toml", &out, &[], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let run = out.join("adm-pt");
+    let dest = out.join("adm-export");
+    let e = run_in_process(&[
+        "export",
+        run.to_str().unwrap(),
+        "--out",
+        dest.to_str().unwrap(),
+    ]);
+    assert_eq!(e.code, 0, "{}", e.stderr);
+    let model = dest.join("model.safetensors");
+    let flags = dest.join("config.toml");
+    let text = std::fs::read_to_string(&flags).unwrap();
+    assert!(
+        text.contains("num_classes = 5") && text.contains("learn_sigma = true"),
+        "{text}"
+    );
+    let x: Vec<f32> = (0..2 * 3 * 8 * 8)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
+    let inputs = out.join("in.safetensors");
+    write_safetensors(
+        &inputs,
+        &[
+            ("x", F32, vec![2, 3, 8, 8], f32_bytes(&x)),
+            ("timesteps", I64, vec![2], i64_bytes(&[10, 90])),
+            ("class_labels", I64, vec![2], i64_bytes(&[1, 3])),
+        ],
+    );
+    let forward = |args: &[&str], file: &Path| {
+        let mut all = vec!["model", "forward"];
+        all.extend(args);
+        all.extend([
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--out",
+            file.to_str().unwrap(),
+        ]);
+        let f = run_in_process(&all);
+        assert_eq!(f.code, 0, "{}", f.stderr);
+        f32_tensors(file)["out"].clone()
+    };
+    let exported = forward(
+        &[model.to_str().unwrap(), "--config", flags.to_str().unwrap()],
+        &out.join("exported.safetensors"),
+    );
+    let ran = forward(&[run.to_str().unwrap()], &out.join("ran.safetensors"));
+    assert_eq!(exported, ran);
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -27,6 +27,7 @@ fn a_new_plugin_with_every_hook_tests_builds_plans_and_runs_unedited() {
         "Cargo.toml",
         "src/lib.rs",
         "tests/config.rs",
+        "tests/hooks.rs",
         "run.toml",
         "README.md",
     ] {

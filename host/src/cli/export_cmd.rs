@@ -172,7 +172,13 @@ fn write_f32<'a>(
     let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .map(|(k, s, v)| (k, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
         .collect();
-    let views = owned
+    write_f32_bytes(path, &owned)
+}
+
+/// Writes f32 tensors given as little-endian bytes (key, shape, bytes) as a
+/// safetensors file, atomically.
+fn write_f32_bytes(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)]) -> anyhow::Result<()> {
+    let views = tensors
         .iter()
         .map(|(k, s, b)| {
             safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
@@ -296,17 +302,9 @@ fn peft(plan: &plan::Plan, ckpt: &Path, dest: &Path, out: &mut dyn Write) -> any
         bail!("plugin `{}` has no parameters in the checkpoint", p.name);
     }
     std::fs::create_dir_all(dest).with_context(|| format!("creating `{}`", dest.display()))?;
-    let views = factors
-        .iter()
-        .map(|(k, (s, b))| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .map(|v| (k.clone(), v))
-                .map_err(|e| anyhow!("`{k}`: {e}"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let meta = std::collections::HashMap::from([("format".to_owned(), "pt".to_owned())]);
-    let data = safetensors::serialize(views, Some(meta))?;
-    crate::util::write_atomic(&dest.join("adapter_model.safetensors"), &data)?;
+    let owned: Vec<(String, Vec<usize>, Vec<u8>)> =
+        factors.into_iter().map(|(k, (s, b))| (k, s, b)).collect();
+    write_f32_bytes(&dest.join("adapter_model.safetensors"), &owned)?;
     let config = serde_json::json!({
         "peft_type": "LORA",
         "task_type": null,

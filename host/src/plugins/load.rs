@@ -581,6 +581,32 @@ fn load_uncached(
                 message: other.to_string(),
             },
         })?;
+    describe_module(path, module, plugin_api, vtables)
+}
+
+/// A plugin compiled into this process (its crate linked as a library, as
+/// the `dtx-plugin-testing` harness links it): the module
+/// `dtx_plugin_api::__private::root_module::<P>()` gives, handed the
+/// host's vtables and described like a loaded file, under the pseudo-path
+/// `<in-process NAME>`. No file, no layout check: the plugin and the host
+/// share one `dtx-plugin-api`.
+pub fn in_process_library(
+    module: PluginModuleRef,
+    vtables: HostVtables,
+) -> Result<Arc<PluginLibrary>, LoadError> {
+    let api = ApiVersion::current().to_string();
+    let mut lib = describe_module(Path::new("<in-process>"), module, api, vtables)?;
+    lib.path = PathBuf::from(format!("<in-process {}>", lib.description.name));
+    Ok(Arc::new(lib))
+}
+
+/// Hands `module` the host's vtables and reads its description.
+fn describe_module(
+    path: &Path,
+    module: PluginModuleRef,
+    plugin_api: String,
+    vtables: HostVtables,
+) -> Result<PluginLibrary, LoadError> {
     let init = std::panic::catch_unwind(|| {
         (module.init_host())(vtables);
         (module.info())()

@@ -7,8 +7,9 @@ mod load;
 pub use crate::tensor_abi::Labels;
 pub use instance::{HookError, InjectArgs, Instance, LossArgs};
 pub use load::{
-    ConfigKeyDescription, LoadError, PLUGIN_PATH_VAR, PluginDescription, PluginLibrary, is_path,
-    library_file_name, library_names_in, load_library, resolve_library, search_dirs, sha256_file,
+    ConfigKeyDescription, LoadError, PLUGIN_PATH_VAR, PluginDescription, PluginLibrary,
+    in_process_library, is_path, library_file_name, library_names_in, load_library,
+    resolve_library, search_dirs, sha256_file,
 };
 
 use dtx_plugin_api::abi::HostVtables;

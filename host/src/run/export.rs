@@ -7,7 +7,6 @@
 //! `inject` module, a `score` correction, a `filter`) cannot be merged: the
 //! export is refused, naming it and the hook, before anything runs.
 
-use super::context::{self, Mode};
 use super::error::{Result, fail, run_error};
 use super::student::Student;
 use crate::model::{Denoiser, Net, Weights};
@@ -97,12 +96,7 @@ fn merged_ranked<B: AutodiffBackend, const D: usize>(
     scratch: &Path,
     net: Net,
 ) -> Result<Exported> {
-    let mode = Mode::Sample {
-        out: scratch.to_path_buf(),
-    };
-    let mut ctx = context::set_up::<B, D>(plan, net, &mode)?;
-    ctx.start_ema(plan)?;
-    let progress = super::fit::restore(&mut ctx, checkpoint)?;
+    let (ctx, progress) = super::restored::<B, D>(plan, net, checkpoint, scratch)?;
     let ema = ctx.ema.is_some();
     // the values sampling uses: EMA averages of plugin parameters swapped
     // into the store for the hooks, the base's gathered from the average

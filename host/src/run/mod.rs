@@ -28,6 +28,7 @@ use crate::data::BatchPosition;
 use crate::model::Denoiser;
 use crate::model::Net;
 use crate::plan::Plan;
+use crate::train::checkpoint::Progress;
 use burn::tensor::backend::AutodiffBackend;
 use context::{Mode, RunContext};
 use dtx_plugin_api::abi::Hook;
@@ -175,12 +176,7 @@ fn sample_ranked<B: AutodiffBackend, const D: usize>(
     log: &mut dyn Write,
     net: Net,
 ) -> Result<RunSummary> {
-    let mode = Mode::Sample {
-        out: out.to_path_buf(),
-    };
-    let mut ctx = context::set_up::<B, D>(plan, net, &mode)?;
-    ctx.start_ema(plan)?;
-    let progress = fit::restore(&mut ctx, checkpoint)?;
+    let (mut ctx, progress) = restored::<B, D>(plan, net, checkpoint, out)?;
     let mut summary = RunSummary::new(&ctx.dir.path);
     summary.steps = progress.step;
     writeln!(
@@ -192,6 +188,24 @@ fn sample_ranked<B: AutodiffBackend, const D: usize>(
     sampling::sample_stage::<B, D>(&mut ctx, plan, true, log, &mut summary)?;
     finish(plan, &ctx, &summary, log)?;
     Ok(summary)
+}
+
+/// A run set up from `checkpoint` (no `prepare`, no training; its EMA
+/// restored when it keeps one), writing into the folder `out`: what `dtx
+/// sample` and `dtx export` start from.
+fn restored<B: AutodiffBackend, const D: usize>(
+    plan: &Plan,
+    net: Net,
+    checkpoint: &Path,
+    out: &Path,
+) -> Result<(RunContext<B>, Progress)> {
+    let mode = Mode::Sample {
+        out: out.to_path_buf(),
+    };
+    let mut ctx = context::set_up::<B, D>(plan, net, &mode)?;
+    ctx.start_ema(plan)?;
+    let progress = fit::restore(&mut ctx, checkpoint)?;
+    Ok((ctx, progress))
 }
 
 /// The last stage: a warning for each plugin library that changed on disk

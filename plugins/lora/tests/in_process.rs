@@ -79,13 +79,63 @@ fn gradients_reach_both_factors_as_finite_differences_say() {
 }
 
 #[test]
-fn a_bad_config_names_its_key() {
+fn the_factors_have_peft_shapes_and_start_as_the_paper_says() {
     let host = TestHost::tiny_unet();
-    let err = host.plugin::<Lora>("rank = 0").err().unwrap();
-    assert!(err.contains("rank"), "{err}");
-    let err = host
-        .plugin::<Lora>("targets = [\"no.such.weight\"]")
-        .err()
-        .unwrap();
-    assert!(err.contains("targets"), "{err}");
+    let config = format!("rank = 2\ntargets = [\"{LINEAR}\", \"{CONV}\"]");
+    let p = host.plugin::<Lora>(&config).unwrap();
+    let (lin, conv) = (host.base_weight(LINEAR), host.base_weight(CONV));
+    let (o, i) = (lin.shape[0], lin.shape[1]);
+    let (co, ci, k) = (conv.shape[0], conv.shape[1], conv.shape[2]);
+    let mut shapes = p.parameters();
+    shapes.sort();
+    let mut want = vec![
+        (
+            "mid_block.attentions.0.to_q.lora_A.weight".to_owned(),
+            vec![2, i],
+        ),
+        (
+            "mid_block.attentions.0.to_q.lora_B.weight".to_owned(),
+            vec![o, 2],
+        ),
+        (
+            "down_blocks.0.resnets.0.conv1.lora_A.weight".to_owned(),
+            vec![2, ci, k, k],
+        ),
+        (
+            "down_blocks.0.resnets.0.conv1.lora_B.weight".to_owned(),
+            vec![co, 2, 1, 1],
+        ),
+    ];
+    want.sort();
+    assert_eq!(shapes, want);
+    // A Kaiming-uniform (a = √5): on ±1/√fan_in and not all zero; B zero
+    for (module, fan_in) in [
+        ("mid_block.attentions.0.to_q", i),
+        ("down_blocks.0.resnets.0.conv1", ci * k * k),
+    ] {
+        let a = p.param(&format!("{module}.lora_A.weight")).unwrap().values;
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        assert!(a.iter().all(|x| x.abs() <= bound) && a.iter().any(|&x| x != 0.0));
+        let b = p.param(&format!("{module}.lora_B.weight")).unwrap().values;
+        assert!(b.iter().all(|&x| x == 0.0));
+    }
+}
+
+#[test]
+fn bad_configs_name_the_key() {
+    let host = TestHost::tiny_unet();
+    for (config, key, says) in [
+        ("rank = 0", "rank", "at least 1"),
+        ("alpha = -1.0", "alpha", "must be > 0"),
+        ("roles = [\"norm\"]", "roles[0]", "not a role LoRA adapts"),
+        (
+            "targets = [\"nothing.*\"]",
+            "targets",
+            "select no base weight",
+        ),
+        ("lr_ratio = 0.0", "lr_ratio", "must be > 0"),
+    ] {
+        let e = host.plugin::<Lora>(config).err().expect(config);
+        assert!(e.contains(key) && e.contains(says), "{config}: {e}");
+    }
 }

@@ -11,10 +11,8 @@ use super::error::{Result, fail, run_error};
 use super::student::Student;
 use crate::model::{Denoiser, Net, Weights};
 use crate::plan::Plan;
-use crate::tensor_abi::Session;
 use burn::tensor::backend::AutodiffBackend;
 use dtx_plugin_api::abi::Hook;
-use std::collections::HashMap;
 use std::path::Path;
 
 /// The merged model.
@@ -100,16 +98,9 @@ fn merged_ranked<B: AutodiffBackend, const D: usize>(
     let ema = ctx.ema.is_some();
     // the values sampling uses: EMA averages of plugin parameters swapped
     // into the store for the hooks, the base's gathered from the average
-    let live = match &ctx.ema {
-        Some(e) => Some(Session::<B>::with(|s| {
-            super::sampling::swap_plugin_values(&mut s.params, e)
-        })?),
-        None => None,
-    };
-    let merged = merge::<B>(&ctx.student, ctx.ema.as_ref());
-    if let Some(live) = live {
-        Session::<B>::with(|s| super::sampling::swap_back(&mut s.params, live))?;
-    }
+    let merged = super::sampling::with_plugin_averages(ctx.ema.as_ref(), || {
+        merge::<B>(&ctx.student, ctx.ema.as_ref())
+    });
     let (weights, merged) = merged?;
     let catalogue = ctx.student.net.catalogue().clone();
     let mut tensors = Vec::with_capacity(catalogue.len());
@@ -136,15 +127,7 @@ fn merge<B: AutodiffBackend>(
     student: &Student<B>,
     ema: Option<&crate::train::ema::Ema<B>>,
 ) -> Result<(Weights<B>, Merged)> {
-    let base: Weights<B> = match ema {
-        Some(e) => {
-            let values: HashMap<String, _> = Session::<B>::with(|s| e.values(&s.params))?
-                .into_iter()
-                .collect();
-            student.net.weights(&values)?
-        }
-        None => student.params()?.untracked(),
-    };
+    let base = super::sampling::sampled_base(student, ema)?;
     let (_sampling, adapted) = super::sampling::SamplingWeights::set(student, &base)?;
     let merged = student
         .plugins

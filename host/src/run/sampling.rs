@@ -24,16 +24,7 @@ fn draw_stage<B: AutodiffBackend, const D: usize>(
     seed: u64,
     quiet: bool,
 ) -> Result<Drawn> {
-    let weights: Weights<B> = match &ctx.ema {
-        Some(e) => {
-            let ema: HashMap<String, _> = Session::<B>::with(|s| e.values(&s.params))?
-                .into_iter()
-                .collect();
-            ctx.student.net.weights(&ema)?
-        }
-        // no graph through the weights while sampling
-        None => ctx.student.params()?.untracked(),
-    };
+    let weights = sampled_base(&ctx.student, ctx.ema.as_ref())?;
     let with_source = ctx.eval_setup.as_ref().is_some_and(|e| e.wants_source());
     draw::<B, D>(
         &ctx.student,
@@ -46,9 +37,47 @@ fn draw_stage<B: AutodiffBackend, const D: usize>(
     )
 }
 
+/// The base weights sampling uses: the EMA averages when the run keeps an
+/// EMA, else the trained values; untracked either way (no graph through
+/// the weights while sampling).
+pub(super) fn sampled_base<B: AutodiffBackend>(
+    student: &Student<B>,
+    ema: Option<&crate::train::ema::Ema<B>>,
+) -> Result<Weights<B>> {
+    Ok(match ema {
+        Some(e) => {
+            let values: HashMap<String, _> = Session::<B>::with(|s| e.values(&s.params))?
+                .into_iter()
+                .collect();
+            student.net.weights(&values)?
+        }
+        None => student.params()?.untracked(),
+    })
+}
+
+/// Runs `f` with the EMA averages of the plugins' parameters in the store
+/// (their hooks read them there) when the run keeps an EMA, and puts the
+/// trained values back after it, whatever `f` returned.
+pub(super) fn with_plugin_averages<B: AutodiffBackend, T>(
+    ema: Option<&crate::train::ema::Ema<B>>,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let live = match ema {
+        Some(e) => Some(Session::<B>::with(|s| {
+            swap_plugin_values(&mut s.params, e)
+        })?),
+        None => None,
+    };
+    let out = f();
+    if let Some(live) = live {
+        Session::<B>::with(|s| swap_back(&mut s.params, live))?;
+    }
+    out
+}
+
 /// Puts the EMA averages of the plugins' parameters (`plugin.…`) into the
 /// store; returns the values they replace.
-pub(super) fn swap_plugin_values<B: AutodiffBackend>(
+fn swap_plugin_values<B: AutodiffBackend>(
     store: &mut crate::tensor_abi::ParamStore<B>,
     ema: &crate::train::ema::Ema<B>,
 ) -> Vec<(usize, burn::tensor::ops::FloatTensor<B>)> {
@@ -68,7 +97,7 @@ pub(super) fn swap_plugin_values<B: AutodiffBackend>(
 }
 
 /// Puts back what [`swap_plugin_values`] replaced.
-pub(super) fn swap_back<B: AutodiffBackend>(
+fn swap_back<B: AutodiffBackend>(
     store: &mut crate::tensor_abi::ParamStore<B>,
     live: Vec<(usize, burn::tensor::ops::FloatTensor<B>)>,
 ) {
@@ -97,17 +126,9 @@ pub(super) fn sample_stage<B: AutodiffBackend, const D: usize>(
     // `dtx sample` loads a checkpoint: the base through the weights table,
     // the plugins' own (which their hooks read from the store) swapped into
     // the store for this stage and the trained values put back after it.
-    let live = match &ctx.ema {
-        Some(e) => Some(Session::<B>::with(|s| {
-            swap_plugin_values(&mut s.params, e)
-        })?),
-        None => None,
-    };
-    let drawn = draw_stage::<B, D>(ctx, sm, m.run.seed, quiet);
-    if let Some(live) = live {
-        Session::<B>::with(|s| swap_back(&mut s.params, live))?;
-    }
-    let drawn = drawn?;
+    let drawn = with_plugin_averages(ctx.ema.as_ref(), || {
+        draw_stage::<B, D>(ctx, sm, m.run.seed, quiet)
+    })?;
     let (stats, labels) = record(
         &drawn,
         sm,

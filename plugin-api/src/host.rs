@@ -94,6 +94,15 @@ impl Host {
         Ok(p)
     }
 
+    /// The root of the plugin's parameter names: `host.scope().pp("attn").pp(0)`
+    /// registers parameters as `attn.0.<name>`.
+    pub fn scope(&self) -> Scope {
+        Scope {
+            host: *self,
+            prefix: String::new(),
+        }
+    }
+
     /// Logs a scalar as `<plugin>.<name>` at the current step.
     pub fn log_scalar(&self, name: &str, value: f64) {
         (vtables().services.log_scalar())(RStr::from(name), value)
@@ -303,4 +312,57 @@ pub(crate) fn opt_ref(id: ROption<crate::abi::TensorId>) -> Option<crate::Tensor
     // SAFETY: context handles stay valid for the duration of the hook.
     id.into_option()
         .map(|id| unsafe { crate::TensorRef::from_raw(id) })
+}
+
+/// Where parameters are registered: a prefix for their names, built one
+/// segment at a time ([`Scope::pp`], as candle's `VarBuilder::pp`), so no
+/// name is spelled with `format!`. Every [`crate::nn`] block's `init` takes
+/// one.
+///
+/// ```no_run
+/// # use dtx_plugin_api::prelude::*;
+/// # fn f(host: &Host) -> Result<(), AbiError> {
+/// let layer = host.scope().pp("adapters").pp(3);
+/// let w = layer.param("weight", &[4, 4], ParamInit::zeros())?; // "adapters.3.weight"
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Scope {
+    host: Host,
+    prefix: String,
+}
+
+impl Scope {
+    /// The scope one segment deeper: `<prefix>.<segment>` (or `<segment>`
+    /// at the root).
+    pub fn pp(&self, segment: impl std::fmt::Display) -> Scope {
+        Scope {
+            host: self.host,
+            prefix: self.name(segment),
+        }
+    }
+
+    /// The full name of `leaf` in this scope.
+    pub fn name(&self, leaf: impl std::fmt::Display) -> String {
+        if self.prefix.is_empty() {
+            leaf.to_string()
+        } else {
+            format!("{}.{leaf}", self.prefix)
+        }
+    }
+
+    /// This scope's prefix (empty at the root).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The host.
+    pub fn host(&self) -> Host {
+        self.host
+    }
+
+    /// Registers the trainable parameter `<prefix>.<name>` (see [`Host::param`]).
+    pub fn param(&self, name: &str, shape: &[usize], init: ParamInit) -> Result<Param, AbiError> {
+        self.host.param(&self.name(name), shape, init)
+    }
 }

@@ -12,10 +12,10 @@
 //! ```no_run
 //! use dtx_plugin_api::prelude::*;
 //!
-//! #[derive(serde::Deserialize, serde::Serialize)]
+//! #[derive(serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 //! #[serde(default, deny_unknown_fields)]
 //! pub struct Config {
-//!     /// Weight of the penalty.
+//!     /// Weight of the penalty (>= 0).
 //!     lambda: f32,
 //! }
 //! impl Default for Config {
@@ -25,16 +25,12 @@
 //! /// Adds `lambda · mean(pred²)` to the training loss.
 //! pub struct Penalty { lambda: f32 }
 //!
+//! #[hooks]
 //! impl Plugin for Penalty {
 //!     type Config = Config;
 //!     const NAME: &'static str = "penalty";
 //!     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 //!     const DESCRIPTION: &'static str = "Penalises large predictions";
-//!     const HOOKS: &'static [Hook] = &[Hook::Loss];
-//!
-//!     fn config_keys() -> Vec<ConfigKey> {
-//!         vec![ConfigKey::new("lambda", "float", "weight of the penalty")]
-//!     }
 //!
 //!     fn new(config: Config, _host: &Host, _model: &ModelInfo) -> Result<Self, AbiError> {
 //!         if config.lambda < 0.0 {
@@ -51,6 +47,10 @@
 //!
 //! export_plugin!(Penalty);
 //! ```
+//!
+//! `#[hooks]` derives the hook list from the methods the block defines (here
+//! `loss`), and the key table `dtx plugins inspect` prints comes from
+//! `Config`: names, types, defaults, and each field's doc comment as help.
 #![warn(missing_docs)]
 
 pub mod abi;
@@ -66,9 +66,11 @@ pub use abi::{
     AbiError, BaseParamInfo, DType, Hook, HookSet, ModelDetails, ModelInfo, ParamRole, PointInfo,
     Which,
 };
-pub use config::ConfigKey;
-pub use host::{Host, Param};
+pub use dtx_plugin_macros::hooks;
+pub use host::{Host, Param, Scope};
 pub use plugin::{Filter, Group, Inject, Loss, Plugin, Prepare, Recipe, Score, Weights};
+/// The `JsonSchema` derive plugin configs use (`schemars` 1).
+pub use schemars;
 pub use tensor::{Tensor, TensorRef};
 
 /// Everything a plugin author usually needs.
@@ -76,10 +78,10 @@ pub mod prelude {
     pub use crate::abi::{
         AbiError, Conv2dOptions, FilterOutput, ModelDetails, ModelInfo, ParamInit, ParamRole, Which,
     };
-    pub use crate::nn;
+    pub use crate::nn::{self, Initializer};
     pub use crate::{
-        ConfigKey, Filter, Group, Hook, Host, Inject, Loss, Param, Plugin, Prepare, Recipe, Score,
-        Tensor, TensorRef, Weights, export_plugin,
+        Filter, Group, Hook, Host, Inject, Loss, Param, Plugin, Prepare, Recipe, Scope, Score,
+        Tensor, TensorRef, Weights, export_plugin, hooks,
     };
 }
 

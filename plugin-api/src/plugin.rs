@@ -6,7 +6,7 @@ use crate::abi::{
     ModelInfo, ParamGroup, ParamInfo, PluginInfo, PluginInstance, PluginInstance_TO,
     PluginInstanceBox, PluginModule, PluginModuleRef, PluginRecipe, TensorId,
 };
-use crate::config::{self, ConfigKey};
+use crate::config;
 use crate::host::{Host, Param, opt_ref, take_registered};
 use crate::tensor::{Tensor, TensorRef, install};
 use abi_stable::{
@@ -138,27 +138,26 @@ pub struct Recipe {
     pub groups: Vec<Group>,
 }
 
-/// A transfer method. Implement the hooks listed in [`Plugin::HOOKS`]; the host
-/// calls no other.
+/// A transfer method. Write `#[hooks]` on the `impl Plugin for …` block and
+/// define the hook methods it implements; the host calls no other.
 pub trait Plugin: Sized + 'static {
-    /// The `[plugin.config]` table: serde, with `#[serde(default, deny_unknown_fields)]`.
-    type Config: DeserializeOwned + Serialize + Default;
+    /// The `[plugin.config]` table: serde, with `#[serde(default,
+    /// deny_unknown_fields)]`, and `schemars::JsonSchema`. Each field's doc
+    /// comment is its help in `dtx plugins inspect`; its type and default
+    /// come from the field's type and `Default`.
+    type Config: DeserializeOwned + Serialize + Default + schemars::JsonSchema;
     /// Name used in manifests (`[[plugin]] name`).
     const NAME: &'static str;
     /// The plugin's version (usually `env!("CARGO_PKG_VERSION")`).
     const VERSION: &'static str;
     /// One line on what it does.
     const DESCRIPTION: &'static str;
-    /// The hooks it implements.
+    /// The hooks it implements: derived by [`crate::hooks`] from the methods
+    /// the impl block defines (write it by hand only without the attribute).
     const HOOKS: &'static [Hook];
 
     /// Injection points it asks for (exact names or globs such as `down.*`).
     fn injection_points() -> Vec<String> {
-        Vec::new()
-    }
-
-    /// Its config keys with type and help (defaults come from `Config::default()`).
-    fn config_keys() -> Vec<ConfigKey> {
         Vec::new()
     }
 
@@ -442,7 +441,7 @@ extern "C" fn info<P: Plugin>() -> PluginInfo {
         description: P::DESCRIPTION.into(),
         hooks: P::HOOKS.iter().copied().collect::<HookSet>(),
         injection_points: P::injection_points().into_iter().map(Into::into).collect(),
-        config: config::describe::<P::Config>(&P::config_keys()).into(),
+        config: config::describe::<P::Config>().into(),
     }
 }
 

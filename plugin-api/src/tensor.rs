@@ -1,7 +1,13 @@
 //! [`Tensor`]: an RAII handle to a tensor the host owns.
 //!
-//! Every method runs a host operation through the [`TensorOps`] vtable. Operations
-//! that the host rejects (mismatched shapes, a released handle) unwind with the
+//! Every method runs a host operation through the [`TensorOps`] vtable.
+//!
+//! Sizes and shapes are `usize` everywhere (`shape()`, `dim()`, `reshape`,
+//! `narrow`'s start and length, constructors); an axis argument is an `isize`
+//! that counts from the end when negative (`softmax(-1)`, `permute(&[0, 2, 1, 3])`,
+//! `cat(.., 1)`). No call needs a cast between integer types.
+//!
+//! Operations that the host rejects (mismatched shapes, a released handle) unwind with the
 //! host's [`AbiError`] as payload (without printing a panic message); the plugin
 //! adapter catches it and returns it from the hook with the plugin's and hook's
 //! names. So plugin code reads like ordinary tensor code: `(&a + &b).matmul(&w)`.
@@ -396,13 +402,26 @@ impl Tensor {
 
     // --- shape --------------------------------------------------------------
 
-    /// Reshape; one entry may be `-1`.
-    pub fn reshape(&self, shape: &[i64]) -> Tensor {
-        Tensor::wrap((ops().reshape())(self.id, shape.into()))
+    /// Reshape to `shape` (same number of elements; [`Tensor::flatten`]
+    /// merges trailing dims without spelling their product).
+    pub fn reshape(&self, shape: &[usize]) -> Tensor {
+        let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        Tensor::wrap((ops().reshape())(self.id, dims.as_slice().into()))
     }
-    /// Permutes dims.
-    pub fn permute(&self, axes: &[usize]) -> Tensor {
-        Tensor::wrap((ops().permute())(self.id, axes.into()))
+    /// Merges the dims from `start` (negative counts from the end) to the
+    /// last into one: `[B, C, H, W].flatten(1)` is `[B, C·H·W]`.
+    pub fn flatten(&self, start: isize) -> Tensor {
+        let shape = self.shape();
+        let s = self.axis(start, shape.len());
+        let mut dims = shape[..s].to_vec();
+        dims.push(shape[s..].iter().product());
+        self.reshape(&dims)
+    }
+    /// Permutes dims (each axis may count from the end when negative).
+    pub fn permute(&self, axes: &[isize]) -> Tensor {
+        let rank = self.rank();
+        let axes: Vec<usize> = axes.iter().map(|&a| self.axis(a, rank)).collect();
+        Tensor::wrap((ops().permute())(self.id, axes.as_slice().into()))
     }
     /// Swaps two dims (negative counts from the end).
     pub fn transpose(&self, d0: isize, d1: isize) -> Tensor {
@@ -433,27 +452,38 @@ impl Tensor {
     pub fn slice(&self, ranges: &[SliceRange]) -> Tensor {
         Tensor::wrap((ops().slice())(self.id, ranges.into()))
     }
-    /// Concatenates along `dim`.
-    pub fn cat(xs: &[&Tensor], dim: usize) -> Tensor {
+    /// Concatenates along `dim` (negative counts from the end).
+    pub fn cat(xs: &[&Tensor], dim: isize) -> Tensor {
         let ids: Vec<TensorId> = xs.iter().map(|t| t.id).collect();
-        Tensor::wrap((ops().cat())(ids.as_slice().into(), dim))
+        let d = match xs.first() {
+            Some(x) => x.axis(dim, x.rank()),
+            None => dim.max(0) as usize,
+        };
+        Tensor::wrap((ops().cat())(ids.as_slice().into(), d))
     }
-    /// Stacks along a new `dim`.
-    pub fn stack(xs: &[&Tensor], dim: usize) -> Tensor {
+    /// Stacks along a new `dim` (negative counts from the end of the result).
+    pub fn stack(xs: &[&Tensor], dim: isize) -> Tensor {
         let ids: Vec<TensorId> = xs.iter().map(|t| t.id).collect();
-        Tensor::wrap((ops().stack())(ids.as_slice().into(), dim))
+        let d = match xs.first() {
+            Some(x) => x.axis(dim, x.rank() + 1),
+            None => dim.max(0) as usize,
+        };
+        Tensor::wrap((ops().stack())(ids.as_slice().into(), d))
     }
     /// Broadcasts to `shape`.
     pub fn expand(&self, shape: &[usize]) -> Tensor {
         Tensor::wrap((ops().expand())(self.id, shape.into()))
     }
-    /// Selects along `dim` with a 1-D i64 index.
-    pub fn index_select(&self, dim: usize, index: &Tensor) -> Tensor {
-        Tensor::wrap((ops().index_select())(self.id, dim, index.id))
+    /// Selects along `dim` (negative counts from the end) with a 1-D i64 index.
+    pub fn index_select(&self, dim: isize, index: &Tensor) -> Tensor {
+        let d = self.axis(dim, self.rank());
+        Tensor::wrap((ops().index_select())(self.id, d, index.id))
     }
-    /// Gathers along `dim` with an i64 index of the same rank.
-    pub fn gather(&self, dim: usize, index: &Tensor) -> Tensor {
-        Tensor::wrap((ops().gather())(self.id, dim, index.id))
+    /// Gathers along `dim` (negative counts from the end) with an i64 index
+    /// of the same rank.
+    pub fn gather(&self, dim: isize, index: &Tensor) -> Tensor {
+        let d = self.axis(dim, self.rank());
+        Tensor::wrap((ops().gather())(self.id, d, index.id))
     }
 
     // --- modules ------------------------------------------------------------

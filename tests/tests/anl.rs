@@ -1,13 +1,12 @@
 //! The `anl` plugin (plugins/anl, docs/plugins/anl.md) through the real
-//! loader: zero-initialised adapters leave the source model's output
-//! unchanged, the attention runs at every residual block of both U-Net
-//! kinds (diffusers and ADM), conditional and unconditional, config errors
-//! name their key, and `dtx run` end to end: only the ANL parameters
+//! loader (its module's equations, zero initialisation, gradients and config
+//! errors on the diffusers U-Net are plugins/anl/tests/in_process.rs): the
+//! attention runs at every residual block of the ADM U-Net, conditional and
+//! unconditional, and `dtx run` end to end: only the ANL parameters
 //! change, masked sampling from held-out condition images, the
 //! unconditional variant, and `--prompt` without a text tower.
 
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
-use dtx::model::{Denoiser, Hooks, Net};
+use burn::tensor::{Tensor, TensorData};
 use dtx::plugins::{InjectArgs, Instance, load_library};
 use dtx::tensor_abi::{CpuBackend, Session, SessionGuard, vtables};
 use dtx_plugin_api::ModelInfo;
@@ -17,8 +16,6 @@ use dtx_tests::{plugin_path, workspace_root};
 use std::collections::HashMap;
 
 type B = CpuBackend;
-/// The U-Net's weights by name, as the session's parameters hold them.
-type Params = HashMap<String, burn::tensor::ops::FloatTensor<B>>;
 
 fn tensor<const D: usize>(v: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {
     Tensor::from_data(TensorData::new(v, shape), &Default::default())
@@ -36,16 +33,6 @@ fn is_block_output(point: &str) -> bool {
 
 fn normal(rng: &mut Normal, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.sample() as f32).collect()
-}
-
-/// A session whose condition embeddings are `cond` (`(N, D_c)`), with the
-/// tiny diffusers U-Net's random weights registered; its net, weights and
-/// model info.
-fn diffusers_session(cond: Option<(usize, usize)>) -> (SessionGuard, Net, Params, ModelInfo) {
-    let guard = Session::<B>::install(Default::default(), 11);
-    Session::<B>::with(|s| s.services.condition_shape = cond).unwrap();
-    let (net, params, info) = dtx_tests::mock::tiny_unet(3);
-    (guard, net, params, info)
 }
 
 /// The ADM fixture's model info (tests/fixtures/adm/full), in a session
@@ -78,134 +65,15 @@ fn plugin(config: &str, model: &ModelInfo) -> Result<Instance<B>, String> {
     Instance::<B>::new("anl", lib, config, model).map_err(|e| format!("{e:#}"))
 }
 
-/// The U-Net's output with `inst` injecting at its points (`None`: none).
-fn forward(
-    net: &Net,
-    params: &Params,
-    inst: Option<&mut Instance<B>>,
-    x: Tensor<B, 4>,
-    t: usize,
-    cond: Option<&Tensor<B, 3>>,
-) -> Vec<f32> {
-    let n = x.dims()[0];
-    let tf = timesteps(t, n);
-    let mut hooks = Injection {
-        inst,
-        t: tf.clone(),
-        cond,
-    };
-    let weights = net.weights(params).unwrap();
-    let out = net
-        .forward(&weights, x, tf, None, &mut hooks, None)
-        .unwrap();
-    values(&out)
-}
-
-/// `inst`'s `inject` at each of its points (none without one).
-struct Injection<'a> {
-    inst: Option<&'a mut Instance<B>>,
-    t: Tensor<B, 1>,
-    cond: Option<&'a Tensor<B, 3>>,
-}
-
-impl Injection<'_> {
-    fn at<const D: usize>(
-        &mut self,
-        point: &str,
-        h: Tensor<B, D>,
-        temb: &Tensor<B, 2>,
-    ) -> Result<Tensor<B, D>, dtx_plugin_api::abi::AbiError> {
-        match self.inst.as_deref_mut() {
-            Some(i) if i.points().iter().any(|p| p == point) => i
-                .inject(InjectArgs {
-                    point,
-                    h: &h,
-                    t: &self.t,
-                    temb,
-                    cond: self.cond,
-                    labels: None,
-                    training: false,
-                })
-                .map_err(|e| dtx_plugin_api::abi::AbiError::other(e.to_string())),
-            _ => Ok(h),
-        }
-    }
-}
-
-impl Hooks<B, 4> for Injection<'_> {
-    type Error = dtx_plugin_api::abi::AbiError;
-
-    fn temb(&mut self, temb: Tensor<B, 2>) -> Result<Tensor<B, 2>, Self::Error> {
-        self.at("temb", temb.clone(), &temb)
-    }
-
-    fn block(
-        &mut self,
-        point: &str,
-        h: Tensor<B, 4>,
-        temb: &Tensor<B, 2>,
-    ) -> Result<Tensor<B, 4>, Self::Error> {
-        self.at(point, h, temb)
-    }
-}
-
-/// Zero-initialised f (the default): before the first step the adapted
-/// U-Net's output is the source's, exactly (every module adds 0), for the
-/// conditional and the unconditional variant.
-#[test]
-fn zero_initialised_adapters_leave_the_source_output_unchanged() {
-    for (config, cond_shape) in [
-        (r#"{"mode":"conditional"}"#, Some((8usize, 64usize))),
-        (r#"{"mode":"unconditional"}"#, None),
-    ] {
-        let (_g, net, params, info) = diffusers_session(cond_shape);
-        let mut inst = plugin(config, &info).unwrap();
-        assert_eq!(
-            inst.points().len(),
-            8,
-            "every residual block: {:?}",
-            inst.points()
-        );
-        let mut rng = Normal(7);
-        let x = normal(&mut rng, 2 * 3 * 16 * 16);
-        let cond = cond_shape.map(|(n, d)| tensor(normal(&mut rng, 2 * n * d), [2, n, d]));
-        let source = forward(
-            &net,
-            &params,
-            None,
-            tensor(x.clone(), [2, 3, 16, 16]),
-            500,
-            None,
-        );
-        let adapted = forward(
-            &net,
-            &params,
-            Some(&mut inst),
-            tensor(x, [2, 3, 16, 16]),
-            500,
-            cond.as_ref(),
-        );
-        assert_eq!(source, adapted, "{config}");
-    }
-}
-
 /// With f's last layer random (`zero_init = false`), each point's module
 /// maps `[B, C, H, W]` to `[B, C, H, W]` and changes it, for every residual
-/// block of the diffusers and the ADM U-Net, with several condition tokens
+/// block of the ADM U-Net, with several condition tokens
 /// (real attention), one token (no W_Q, W_K) and self-attention.
 #[test]
-fn attention_shapes_fit_every_point_of_both_unet_kinds() {
+fn attention_shapes_fit_every_point_of_the_adm_unet() {
+    // the diffusers U-Net: plugins/anl/tests/in_process.rs
     type Setup = Box<dyn Fn(Option<(usize, usize)>) -> (SessionGuard, ModelInfo)>;
-    let kinds: Vec<(&str, Setup)> = vec![
-        (
-            "diffusers",
-            Box::new(|c| {
-                let (g, _, _, info) = diffusers_session(c);
-                (g, info)
-            }),
-        ),
-        ("adm", Box::new(adm_session)),
-    ];
+    let kinds: Vec<(&str, Setup)> = vec![("adm", Box::new(adm_session))];
     for (kind, setup) in &kinds {
         for (mode, cond) in [
             ("conditional", Some((5usize, 12usize))),
@@ -269,38 +137,6 @@ fn attention_shapes_fit_every_point_of_both_unet_kinds() {
             assert_eq!(registered, per_point, "{kind} {mode} {cond:?}");
         }
     }
-}
-
-#[test]
-fn config_errors_name_the_key() {
-    let (_g, _, _, info) = diffusers_session(None);
-    let e = plugin(r#"{"mode":"conditional"}"#, &info)
-        .err()
-        .expect("an error");
-    assert!(e.contains("mode") && e.contains("[condition]"), "{e}");
-    let e = plugin(r#"{"mode":"unconditional","points":["down.9.*"]}"#, &info)
-        .err()
-        .expect("an error");
-    assert!(
-        e.contains("points") && e.contains("select no residual block"),
-        "{e}"
-    );
-    let e = plugin(r#"{"mode":"unconditional","heads":3}"#, &info)
-        .err()
-        .expect("an error");
-    assert!(e.contains("heads"), "{e}");
-    for huge in [
-        r#"{"mode":"unconditional","hidden_mult":100000000}"#,
-        r#"{"mode":"unconditional","d_attn":4000000000}"#,
-        r#"{"mode":"unconditional","heads":1000000}"#,
-    ] {
-        let e = plugin(huge, &info).err().expect("an error");
-        assert!(e.contains("must be at most"), "{huge}: {e}");
-    }
-    let e = plugin(r#"{"mode":"unconditional","points":["temb"]}"#, &info)
-        .err()
-        .expect("an error");
-    assert!(e.contains("points"), "{e}");
 }
 
 /// `dtx run` of tests/manifests/ok/anl-unet.toml for `steps` steps; the
@@ -471,125 +307,4 @@ fn plugins_reach_the_condition_services() {
     assert_eq!(step["probe.cond_tokens"], 4.0, "{step}");
     assert_eq!(step["probe.cond_shape_fits"], 1.0, "{step}");
     assert_eq!(step["probe.text_refused"], 1.0, "{step}");
-}
-
-/// The module's values, `h + f(softmax(Q Kᵀ / √d_head) V)` (Eq. 8–9, two
-/// heads), at `mid.res.0` of the tiny U-Net with random weights and f's
-/// last layer random (`zero_init = false`), against the same equations
-/// written out in plain f64 loops from the registered parameters
-/// (`Linear` weights are `[d_in, d_out]`). ReLU for f's activation, so
-/// the reference needs no erf. Tolerance 1e-4 absolute (f32 forward).
-/// Three condition tokens; and one, where softmax over a single key is 1,
-/// A = W_V c, and the module has no W_Q or W_K to use.
-#[test]
-fn the_module_computes_eq_8_and_9() {
-    eq_8_and_9_with_tokens(3);
-    eq_8_and_9_with_tokens(1);
-}
-
-fn eq_8_and_9_with_tokens(tokens: usize) {
-    let (_g, _, _, info) = diffusers_session(Some((tokens, 5)));
-    let mut inst = plugin(
-        r#"{"mode":"conditional","zero_init":false,"heads":2,"d_attn":8,"activation":"relu","points":["mid.res.0"]}"#,
-        &info,
-    )
-    .unwrap();
-    let p = info.points.iter().find(|p| p.name == "mid.res.0").unwrap();
-    let (b, c, hw) = (2usize, p.channels, p.height * p.width);
-    let mut rng = Normal(9);
-    let h = normal(&mut rng, b * c * hw);
-    let cond = normal(&mut rng, b * tokens * 5);
-    let t = timesteps(10, b);
-    let temb = tensor(vec![0.0; b * info.temb_channels], [b, info.temb_channels]);
-    let out = inst
-        .inject(InjectArgs {
-            point: "mid.res.0",
-            h: &tensor(h.clone(), [b, c, p.height, p.width]),
-            t: &t,
-            temb: &temb,
-            cond: Some(&tensor(cond.clone(), [b, tokens, 5])),
-            labels: None,
-            training: false,
-        })
-        .unwrap();
-    let got = values(&out);
-    // the registered parameters by name
-    let w: HashMap<String, Vec<f64>> = inst
-        .parameters()
-        .iter()
-        .map(|pi| {
-            let v = Session::<B>::with(|s| s.params.get(pi.id).unwrap().value.clone()).unwrap();
-            let n: usize = pi.shape.iter().product();
-            let flat =
-                values(&Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(v)).reshape([n]));
-            (
-                pi.name.to_string(),
-                flat.into_iter().map(f64::from).collect(),
-            )
-        })
-        .collect();
-    let lin = |x: &[f64], name: &str, din: usize, dout: usize| -> Vec<f64> {
-        let wt = &w[&format!("mid.res.0.{name}.weight")];
-        let bias = w.get(&format!("mid.res.0.{name}.bias"));
-        (0..dout)
-            .map(|o| {
-                (0..din).map(|i| x[i] * wt[i * dout + o]).sum::<f64>()
-                    + bias.map_or(0.0, |bv| bv[o])
-            })
-            .collect()
-    };
-    let (dk, heads, dh) = (8usize, 2usize, 4usize);
-    let mut max_err = 0f64;
-    for bi in 0..b {
-        let token = |m: usize| -> Vec<f64> {
-            (0..5)
-                .map(|j| cond[(bi * tokens + m) * 5 + j] as f64)
-                .collect()
-        };
-        let vals: Vec<Vec<f64>> = (0..tokens).map(|m| lin(&token(m), "v", 5, dk)).collect();
-        // One token: no W_K (nor W_Q) is registered, and none is needed.
-        let keys: Vec<Vec<f64>> = if tokens == 1 {
-            assert!(!w.contains_key("mid.res.0.k.weight"));
-            assert!(!w.contains_key("mid.res.0.q.weight"));
-            Vec::new()
-        } else {
-            (0..tokens).map(|m| lin(&token(m), "k", 5, dk)).collect()
-        };
-        for pos in 0..hw {
-            let x: Vec<f64> = (0..c)
-                .map(|ch| h[(bi * c + ch) * hw + pos] as f64)
-                .collect();
-            let mut a = vals[0].clone();
-            if tokens > 1 {
-                let q = lin(&x, "q", c, dk);
-                for hd in 0..heads {
-                    let r = hd * dh..(hd + 1) * dh;
-                    let s: Vec<f64> = keys
-                        .iter()
-                        .map(|k| r.clone().map(|i| q[i] * k[i]).sum::<f64>() / (dh as f64).sqrt())
-                        .collect();
-                    let top = s.iter().cloned().fold(f64::MIN, f64::max);
-                    let e: Vec<f64> = s.iter().map(|v| (v - top).exp()).collect();
-                    let z: f64 = e.iter().sum();
-                    for i in r {
-                        a[i] = (0..tokens).map(|m| e[m] / z * vals[m][i]).sum();
-                    }
-                }
-            }
-            let hidden: Vec<f64> = lin(&a, "f.0", dk, c)
-                .into_iter()
-                .map(|v| v.max(0.0))
-                .collect();
-            let f = lin(&hidden, "f.1", c, c);
-            for ch in 0..c {
-                let want = x[ch] + f[ch];
-                let g = got[(bi * c + ch) * hw + pos] as f64;
-                max_err = max_err.max((g - want).abs());
-            }
-        }
-    }
-    assert!(
-        max_err < 1e-4,
-        "{tokens} token(s): max |ANL − reference| = {max_err}"
-    );
 }

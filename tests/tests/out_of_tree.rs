@@ -25,6 +25,7 @@ crate-type = ["cdylib", "rlib"]
 [dependencies]
 dtx-plugin-api = {{ path = "{}" }}
 serde = {{ version = "1", features = ["derive"] }}
+schemars = "1"
 "#,
         api.display()
     )

@@ -163,14 +163,14 @@ fn the_conv_guidance_nets_input_gradient_matches_autodiff_and_finite_differences
         time_scale: 1.0,
         classes: 3,
     };
-    let net = ScalarNet::conv(&host, "guidance", 3, 4, inputs).unwrap();
+    let net = ScalarNet::conv(&host.scope().pp("guidance"), 3, 4, inputs).unwrap();
     check_input_grad(&net, &[2, 3, 8, 8], Some(&[2, 0]));
     let plain = Inputs {
         time_dim: 0,
         time_scale: 1.0,
         classes: 0,
     };
-    let net = ScalarNet::conv(&host, "plain", 3, 4, plain).unwrap();
+    let net = ScalarNet::conv(&host.scope().pp("plain"), 3, 4, plain).unwrap();
     check_input_grad(&net, &[2, 3, 8, 8], None);
 }
 
@@ -183,6 +183,6 @@ fn the_mlp_guidance_nets_input_gradient_matches_autodiff_and_finite_differences(
         time_scale: 10.0,
         classes: 0,
     };
-    let net = ScalarNet::mlp(&host, "guidance", 2, 32, 2, inputs).unwrap();
+    let net = ScalarNet::mlp(&host.scope().pp("guidance"), 2, 32, 2, inputs).unwrap();
     check_input_grad(&net, &[2, 2], None);
 }

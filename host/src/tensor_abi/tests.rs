@@ -93,8 +93,27 @@ fn shape_ops_match_hand_values() {
     let _s = session(0);
     let m = Tensor::from_f32(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0], &[2, 3]);
     close(
-        &m.transpose(0, 1).reshape(&[-1]).to_f32_vec(),
+        &m.transpose(0, 1).flatten(0).to_f32_vec(),
         &[0.0, 3.0, 1.0, 4.0, 2.0, 5.0],
+        0.0,
+    );
+    // sizes are usize, axes count from the end when negative
+    let t = Tensor::from_f32(&(0..24).map(|v| v as f32).collect::<Vec<_>>(), &[2, 3, 4]);
+    assert_eq!(t.flatten(1).shape(), vec![2, 12]);
+    assert_eq!(t.flatten(-1).shape(), vec![2, 3, 4]);
+    assert_eq!(t.reshape(&[6, 4]).shape(), vec![6, 4]);
+    close(
+        &t.permute(&[-1, 0, 1]).to_f32_vec(),
+        &t.permute(&[2, 0, 1]).to_f32_vec(),
+        0.0,
+    );
+    assert_eq!(t.permute(&[-1, 0, 1]).shape(), vec![4, 2, 3]);
+    assert_eq!(Tensor::cat(&[&t, &t], -1).shape(), vec![2, 3, 8]);
+    assert_eq!(Tensor::stack(&[&t, &t], -1).shape(), vec![2, 3, 4, 2]);
+    let idx = Tensor::from_i64(&[3, 0], &[2]);
+    close(
+        &t.index_select(-1, &idx).to_f32_vec(),
+        &t.index_select(2, &idx).to_f32_vec(),
         0.0,
     );
     close(&m.narrow(1, 1, 2).to_f32_vec(), &[1.0, 2.0, 4.0, 5.0], 0.0);

@@ -1,8 +1,8 @@
 //! Multi-head attention, as self-attention or cross-attention with a context.
 
-use super::{Linear, LinearConfig};
+use super::{Initializer, Linear, LinearConfig};
 use crate::abi::AbiError;
-use crate::{Host, Tensor};
+use crate::{Scope, Tensor};
 
 /// Configuration of [`MultiHeadAttention`].
 #[derive(Debug, Clone)]
@@ -15,20 +15,20 @@ pub struct MultiHeadAttentionConfig {
     pub d_attn: usize,
     /// Number of heads (must divide `d_attn`).
     pub heads: usize,
-    /// Zero-initialise the output projection (default `false`).
-    pub zero_out: bool,
+    /// Whether the four projections have biases (default `true`).
+    pub bias: bool,
+    /// Law of the query, key and value projections (default
+    /// [`Initializer::KaimingUniform`]).
+    pub initializer: Initializer,
+    /// Law of the output projection (default [`Initializer::KaimingUniform`];
+    /// [`Initializer::Zeros`]: the block starts at 0).
+    pub out_initializer: Initializer,
 }
 
 impl MultiHeadAttentionConfig {
     /// Self-attention of width `d_model` with `heads` heads.
     pub fn self_attention(d_model: usize, heads: usize) -> Self {
-        MultiHeadAttentionConfig {
-            d_model,
-            d_context: d_model,
-            d_attn: d_model,
-            heads,
-            zero_out: false,
-        }
+        Self::cross_attention(d_model, d_model, d_model, heads)
     }
     /// Cross-attention from `d_model` queries to a `d_context` context.
     pub fn cross_attention(d_model: usize, d_context: usize, d_attn: usize, heads: usize) -> Self {
@@ -37,30 +37,49 @@ impl MultiHeadAttentionConfig {
             d_context,
             d_attn,
             heads,
-            zero_out: false,
+            bias: true,
+            initializer: Initializer::KaimingUniform,
+            out_initializer: Initializer::KaimingUniform,
         }
     }
-    /// Sets `zero_out`.
-    pub fn with_zero_out(mut self, z: bool) -> Self {
-        self.zero_out = z;
+    /// Sets `bias`.
+    pub fn with_bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+    /// Sets `initializer`.
+    pub fn with_initializer(mut self, initializer: Initializer) -> Self {
+        self.initializer = initializer;
+        self
+    }
+    /// Sets `out_initializer`.
+    pub fn with_out_initializer(mut self, initializer: Initializer) -> Self {
+        self.out_initializer = initializer;
         self
     }
 
-    /// Registers `<prefix>.{q,k,v,out}`.
-    pub fn init(&self, host: &Host, prefix: &str) -> Result<MultiHeadAttention, AbiError> {
+    /// Registers `q`, `k`, `v` and `out` (each a [`Linear`]) in `scope`, in
+    /// that order.
+    pub fn init(&self, scope: &Scope) -> Result<MultiHeadAttention, AbiError> {
         if self.heads == 0 || !self.d_attn.is_multiple_of(self.heads) {
             return Err(AbiError::other(format!(
-                "{prefix}: d_attn {} is not divisible by heads {}",
-                self.d_attn, self.heads
+                "{}: d_attn {} is not divisible by heads {}",
+                scope.prefix(),
+                self.d_attn,
+                self.heads
             )));
         }
+        let linear = |d_in, d_out, init, name| {
+            LinearConfig::new(d_in, d_out)
+                .with_bias(self.bias)
+                .with_initializer(init)
+                .init(&scope.pp(name))
+        };
         Ok(MultiHeadAttention {
-            q: LinearConfig::new(self.d_model, self.d_attn).init(host, &format!("{prefix}.q"))?,
-            k: LinearConfig::new(self.d_context, self.d_attn).init(host, &format!("{prefix}.k"))?,
-            v: LinearConfig::new(self.d_context, self.d_attn).init(host, &format!("{prefix}.v"))?,
-            out: LinearConfig::new(self.d_attn, self.d_model)
-                .with_zero_init(self.zero_out)
-                .init(host, &format!("{prefix}.out"))?,
+            q: linear(self.d_model, self.d_attn, self.initializer, "q")?,
+            k: linear(self.d_context, self.d_attn, self.initializer, "k")?,
+            v: linear(self.d_context, self.d_attn, self.initializer, "v")?,
+            out: linear(self.d_attn, self.d_model, self.out_initializer, "out")?,
             heads: self.heads,
         })
     }
@@ -90,21 +109,31 @@ impl MultiHeadAttention {
     /// - output: `[B, N, d_model]`
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Tensor {
         let ctx = context.unwrap_or(x);
-        let [b, n] = [x.dim(0) as i64, x.dim(1) as i64];
-        let m = ctx.dim(1) as i64;
-        let h = self.heads as i64;
-        let split = |t: Tensor, len: i64| {
-            let d = t.dim(-1) as i64;
-            // [B, L, d_attn] -> [B, heads, L, d_head]
-            t.reshape(&[b, len, h, d / h]).permute(&[0, 2, 1, 3])
-        };
-        let q = split(self.q.forward(x), n); // [B, h, N, dh]
-        let k = split(self.k.forward(ctx), m); // [B, h, M, dh]
-        let v = split(self.v.forward(ctx), m); // [B, h, M, dh]
-        let d_head = q.dim(-1) as f32;
-        let scores = q.matmul(&k.transpose(-2, -1)) * (1.0 / d_head.sqrt()); // [B, h, N, M]
-        let attn = scores.softmax(-1).matmul(&v); // [B, h, N, dh]
-        let merged = attn.permute(&[0, 2, 1, 3]).reshape(&[b, n, -1]); // [B, N, d_attn]
-        self.out.forward(&merged)
+        let (q, k, v) = (self.q.forward(x), self.k.forward(ctx), self.v.forward(ctx));
+        self.out.forward(&attention(&q, &k, &v, self.heads))
     }
+}
+
+/// Multi-head scaled dot-product attention of projected queries, keys and
+/// values: each is split into `heads` heads along its last dim, each head
+/// computes `softmax(Q Kᵀ / √d_head) V`, and the heads are concatenated
+/// back. The core of [`MultiHeadAttention`], for blocks that project
+/// differently (no output projection, no bias, their own layers).
+///
+/// # Shapes
+/// - q: `[B, N, d_attn]`, k: `[B, M, d_attn]`, v: `[B, M, d_v]`
+///   (`heads` divides `d_attn` and `d_v`)
+/// - output: `[B, N, d_v]`
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Tensor {
+    let [b, n, m] = [q.dim(0), q.dim(1), k.dim(1)];
+    // [B, L, d] -> [B, heads, L, d / heads]
+    let split = |t: &Tensor, len: usize| {
+        t.reshape(&[b, len, heads, t.dim(-1) / heads])
+            .permute(&[0, 2, 1, 3])
+    };
+    let (qh, kh, vh) = (split(q, n), split(k, m), split(v, m));
+    let d_head = qh.dim(-1) as f32;
+    let scores = qh.matmul(&kh.transpose(-2, -1)) * (1.0 / d_head.sqrt()); // [B, h, N, M]
+    let out = scores.softmax(-1).matmul(&vh); // [B, h, N, d_v / h]
+    out.permute(&[0, 2, 1, 3]).flatten(2) // [B, N, d_v]
 }

@@ -1,10 +1,21 @@
-//! Linear, convolution, normalisation, MLP and timestep-embedding blocks.
+//! Activations, the linear layer and the MLP.
 
-use crate::abi::{AbiError, CompareOp, Conv2dOptions, ParamInit};
-use crate::{Host, Param, Tensor};
+use super::Initializer;
+use crate::abi::{AbiError, CompareOp};
+use crate::{Param, Scope, Tensor};
 
 /// Activation functions for [`Mlp`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Activation {
     /// `x · sigmoid(x)` (default, as in diffusion U-Nets).
@@ -69,19 +80,20 @@ pub struct LinearConfig {
     pub d_output: usize,
     /// Whether there is a bias (default `true`).
     pub bias: bool,
-    /// Zero-initialise weight and bias (default `false`), so the layer starts as 0:
-    /// used for residual branches that must start as the identity.
-    pub zero_init: bool,
+    /// Law of the weight and the bias (default [`Initializer::KaimingUniform`],
+    /// PyTorch's `nn.Linear`); [`Initializer::Zeros`] makes a residual branch
+    /// start as the identity.
+    pub initializer: Initializer,
 }
 
 impl LinearConfig {
-    /// `d_input → d_output` with bias, Kaiming-uniform init as PyTorch's `nn.Linear`.
+    /// `d_input → d_output` with bias, initialised as PyTorch's `nn.Linear`.
     pub fn new(d_input: usize, d_output: usize) -> Self {
         LinearConfig {
             d_input,
             d_output,
             bias: true,
-            zero_init: false,
+            initializer: Initializer::KaimingUniform,
         }
     }
     /// Sets `bias`.
@@ -89,28 +101,19 @@ impl LinearConfig {
         self.bias = bias;
         self
     }
-    /// Sets `zero_init`.
-    pub fn with_zero_init(mut self, zero: bool) -> Self {
-        self.zero_init = zero;
+    /// Sets `initializer`.
+    pub fn with_initializer(mut self, initializer: Initializer) -> Self {
+        self.initializer = initializer;
         self
     }
 
-    /// Registers the parameters `<prefix>.weight` `[d_input, d_output]` and
-    /// `<prefix>.bias` `[d_output]`, uniform on ±1/sqrt(d_input) (PyTorch's law).
-    pub fn init(&self, host: &Host, prefix: &str) -> Result<Linear, AbiError> {
-        let bound = 1.0 / (self.d_input.max(1) as f32).sqrt();
-        let init = if self.zero_init {
-            ParamInit::zeros()
-        } else {
-            ParamInit::uniform(-bound, bound)
-        };
-        let weight = host.param(
-            &format!("{prefix}.weight"),
-            &[self.d_input, self.d_output],
-            init,
-        )?;
+    /// Registers `weight` `[d_input, d_output]` and `bias` `[d_output]` in
+    /// `scope`, both drawn from the initializer with fan-in `d_input`.
+    pub fn init(&self, scope: &Scope) -> Result<Linear, AbiError> {
+        let law = self.initializer.law(self.d_input);
+        let weight = scope.param("weight", &[self.d_input, self.d_output], law)?;
         let bias = if self.bias {
-            Some(host.param(&format!("{prefix}.bias"), &[self.d_output], init)?)
+            Some(scope.param("bias", &[self.d_output], law)?)
         } else {
             None
         };
@@ -140,213 +143,6 @@ impl Linear {
     }
 }
 
-/// Configuration of a [`Conv2d`] layer.
-#[derive(Debug, Clone)]
-pub struct Conv2dConfig {
-    /// Input channels.
-    pub channels_in: usize,
-    /// Output channels.
-    pub channels_out: usize,
-    /// Square kernel size.
-    pub kernel: usize,
-    /// Stride, padding, dilation, groups (default: stride 1, padding `kernel / 2`).
-    pub options: Conv2dOptions,
-    /// Whether there is a bias (default `true`).
-    pub bias: bool,
-    /// Zero-initialise weight and bias (default `false`).
-    pub zero_init: bool,
-}
-
-impl Conv2dConfig {
-    /// A `kernel × kernel` convolution with "same" padding.
-    pub fn new(channels_in: usize, channels_out: usize, kernel: usize) -> Self {
-        let options = Conv2dOptions {
-            padding: [kernel / 2, kernel / 2],
-            ..Default::default()
-        };
-        Conv2dConfig {
-            channels_in,
-            channels_out,
-            kernel,
-            options,
-            bias: true,
-            zero_init: false,
-        }
-    }
-    /// Sets `zero_init`.
-    pub fn with_zero_init(mut self, zero: bool) -> Self {
-        self.zero_init = zero;
-        self
-    }
-
-    /// Registers `<prefix>.weight` `[C_out, C_in/groups, k, k]` and `<prefix>.bias`,
-    /// uniform on ±1/sqrt(fan_in) (PyTorch's law).
-    pub fn init(&self, host: &Host, prefix: &str) -> Result<Conv2d, AbiError> {
-        let groups = self.options.groups.max(1);
-        if !self.channels_in.is_multiple_of(groups) || !self.channels_out.is_multiple_of(groups) {
-            return Err(AbiError::other(format!(
-                "{prefix}: channels {} → {} are not divisible by groups {groups}",
-                self.channels_in, self.channels_out
-            )));
-        }
-        let fan_in = self.channels_in / groups * self.kernel * self.kernel;
-        let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
-        let init = if self.zero_init {
-            ParamInit::zeros()
-        } else {
-            ParamInit::uniform(-bound, bound)
-        };
-        let shape = [
-            self.channels_out,
-            self.channels_in / groups,
-            self.kernel,
-            self.kernel,
-        ];
-        let weight = host.param(&format!("{prefix}.weight"), &shape, init)?;
-        let bias = if self.bias {
-            Some(host.param(&format!("{prefix}.bias"), &[self.channels_out], init)?)
-        } else {
-            None
-        };
-        Ok(Conv2d {
-            weight,
-            bias,
-            options: self.options,
-        })
-    }
-}
-
-/// A 2-D convolution.
-#[derive(Debug, Clone)]
-pub struct Conv2d {
-    /// `[C_out, C_in/groups, k, k]`.
-    pub weight: Param,
-    /// `[C_out]`.
-    pub bias: Option<Param>,
-    /// Stride, padding, dilation, groups.
-    pub options: Conv2dOptions,
-}
-
-impl Conv2d {
-    /// # Shapes
-    /// - x: `[B, C_in, H, W]`
-    /// - output: `[B, C_out, H', W']`
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        let b = self.bias.as_ref().map(Param::value);
-        x.conv2d(&self.weight.value(), b.as_ref(), self.options)
-    }
-
-    /// The vector-Jacobian product `gᵀ ∂y/∂x` for cotangent `g` (shaped as
-    /// the output) and an input of spatial size `input_hw`: a transposed
-    /// convolution by the same weight, with the output padding that restores
-    /// `input_hw` when the stride drops rows (the bias drops out). Ordinary
-    /// ops, so a loss of it trains the weight: the convolutional
-    /// counterpart of [`Mlp::forward_with_input_grad`].
-    ///
-    /// # Shapes
-    /// - g: `[B, C_out, H', W']`
-    /// - output: `[B, C_in, H, W]` with `[H, W] = input_hw`
-    pub fn input_grad(&self, g: &Tensor, input_hw: [usize; 2]) -> Tensor {
-        let o = self.options;
-        let k = [self.weight.shape()[2], self.weight.shape()[3]];
-        let out_hw = [g.dim(2), g.dim(3)];
-        let mut padding_out = [0usize; 2];
-        for i in 0..2 {
-            // what a transposed convolution gives without output padding
-            let natural = ((out_hw[i] - 1) * o.stride[i] + o.dilation[i] * (k[i] - 1) + 1)
-                .saturating_sub(2 * o.padding[i]);
-            padding_out[i] = input_hw[i].saturating_sub(natural);
-        }
-        let opts = Conv2dOptions { padding_out, ..o };
-        g.conv_transpose2d(&self.weight.value(), None, opts)
-    }
-}
-
-/// Group normalisation with a learned affine (γ = 1, β = 0 at init).
-#[derive(Debug, Clone)]
-pub struct GroupNorm {
-    /// Number of groups.
-    pub groups: usize,
-    /// `[C]`.
-    pub gamma: Param,
-    /// `[C]`.
-    pub beta: Param,
-    /// Added to the variance (default 1e-5 as PyTorch; diffusers U-Nets use 1e-6).
-    pub eps: f32,
-}
-
-impl GroupNorm {
-    /// Registers `<prefix>.gamma` and `<prefix>.beta` for `channels` channels.
-    pub fn init(
-        host: &Host,
-        prefix: &str,
-        groups: usize,
-        channels: usize,
-        eps: f32,
-    ) -> Result<Self, AbiError> {
-        if groups == 0 || !channels.is_multiple_of(groups) {
-            return Err(AbiError::other(format!(
-                "{prefix}: {channels} channels are not divisible into {groups} groups"
-            )));
-        }
-        Ok(GroupNorm {
-            groups,
-            gamma: host.param(
-                &format!("{prefix}.gamma"),
-                &[channels],
-                ParamInit::constant(1.0),
-            )?,
-            beta: host.param(&format!("{prefix}.beta"), &[channels], ParamInit::zeros())?,
-            eps,
-        })
-    }
-
-    /// # Shapes
-    /// - x: `[B, C, ...]`
-    /// - output: same
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.group_norm(
-            self.groups,
-            Some(&self.gamma.value()),
-            Some(&self.beta.value()),
-            self.eps,
-        )
-    }
-}
-
-/// Layer normalisation over the last dim with a learned affine.
-#[derive(Debug, Clone)]
-pub struct LayerNorm {
-    /// `[D]`.
-    pub gamma: Param,
-    /// `[D]`.
-    pub beta: Param,
-    /// Added to the variance (default 1e-5).
-    pub eps: f32,
-}
-
-impl LayerNorm {
-    /// Registers `<prefix>.gamma` and `<prefix>.beta` of size `d`.
-    pub fn init(host: &Host, prefix: &str, d: usize, eps: f32) -> Result<Self, AbiError> {
-        Ok(LayerNorm {
-            gamma: host.param(&format!("{prefix}.gamma"), &[d], ParamInit::constant(1.0))?,
-            beta: host.param(&format!("{prefix}.beta"), &[d], ParamInit::zeros())?,
-            eps,
-        })
-    }
-
-    /// # Shapes
-    /// - x: `[..., D]`
-    /// - output: same
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.layer_norm(
-            Some(&self.gamma.value()),
-            Some(&self.beta.value()),
-            self.eps,
-        )
-    }
-}
-
 /// Configuration of an [`Mlp`]: `Linear → act → Linear → … → Linear`.
 #[derive(Debug, Clone)]
 pub struct MlpConfig {
@@ -354,8 +150,13 @@ pub struct MlpConfig {
     pub sizes: Vec<usize>,
     /// Activation between layers (default SiLU).
     pub activation: Activation,
-    /// Zero-initialise the last layer (default `false`), so the MLP starts at 0.
-    pub zero_last: bool,
+    /// Whether the layers have biases (default `true`).
+    pub bias: bool,
+    /// Law of every layer's weight and bias (default [`Initializer::KaimingUniform`]).
+    pub initializer: Initializer,
+    /// Law of the last layer instead, when set ([`Initializer::Zeros`]: the
+    /// MLP starts at 0).
+    pub last_initializer: Option<Initializer>,
 }
 
 impl MlpConfig {
@@ -364,7 +165,9 @@ impl MlpConfig {
         MlpConfig {
             sizes: sizes.to_vec(),
             activation: Activation::Silu,
-            zero_last: false,
+            bias: true,
+            initializer: Initializer::KaimingUniform,
+            last_initializer: None,
         }
     }
     /// Sets the activation.
@@ -372,25 +175,41 @@ impl MlpConfig {
         self.activation = a;
         self
     }
-    /// Sets `zero_last`.
-    pub fn with_zero_last(mut self, z: bool) -> Self {
-        self.zero_last = z;
+    /// Sets `bias`.
+    pub fn with_bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+    /// Sets `initializer`.
+    pub fn with_initializer(mut self, initializer: Initializer) -> Self {
+        self.initializer = initializer;
+        self
+    }
+    /// Sets `last_initializer`.
+    pub fn with_last_initializer(mut self, initializer: Initializer) -> Self {
+        self.last_initializer = Some(initializer);
         self
     }
 
-    /// Registers `<prefix>.{i}.weight/bias` for each layer.
-    pub fn init(&self, host: &Host, prefix: &str) -> Result<Mlp, AbiError> {
+    /// Registers each layer's `weight` and `bias` under `0`, `1`, … in `scope`.
+    pub fn init(&self, scope: &Scope) -> Result<Mlp, AbiError> {
         if self.sizes.len() < 2 {
             return Err(AbiError::other(format!(
-                "{prefix}: an MLP needs at least two sizes"
+                "{}: an MLP needs at least two sizes",
+                scope.prefix()
             )));
         }
         let n = self.sizes.len() - 1;
         let layers = (0..n)
             .map(|i| {
+                let law = match self.last_initializer {
+                    Some(last) if i + 1 == n => last,
+                    _ => self.initializer,
+                };
                 LinearConfig::new(self.sizes[i], self.sizes[i + 1])
-                    .with_zero_init(self.zero_last && i + 1 == n)
-                    .init(host, &format!("{prefix}.{i}"))
+                    .with_bias(self.bias)
+                    .with_initializer(law)
+                    .init(&scope.pp(i))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Mlp {
@@ -449,50 +268,5 @@ impl Mlp {
             }
         }
         (h, g)
-    }
-}
-
-/// The sinusoidal embedding of timesteps used by DDPM U-Nets ("Attention Is All
-/// You Need", Vaswani et al. 2017, Sec. 3.5; diffusers' `get_timestep_embedding`
-/// with `flip_sin_to_cos = true`, `downscale_freq_shift = 0`):
-/// `emb[i] = cos(t · 10000^(−i/half))`, `emb[half + i] = sin(t · 10000^(−i/half))`.
-///
-/// # Shapes
-/// - t: `[B]` (float or integer timesteps)
-/// - output: `[B, dim]` (`dim` even)
-pub fn sinusoidal_embedding(t: &Tensor, dim: usize) -> Tensor {
-    let half = dim / 2;
-    let freqs: Vec<f32> = (0..half)
-        .map(|i| (-(10000f32.ln()) * i as f32 / half as f32).exp())
-        .collect();
-    let freqs = Tensor::from_f32(&freqs, &[1, half]);
-    let b = t.dim(0);
-    let t = t.cast(crate::DType::F32).reshape(&[b as i64, 1]);
-    let args = t.matmul(&freqs);
-    Tensor::cat(&[&args.cos(), &args.sin()], 1)
-}
-
-/// Sinusoidal timestep features followed by `Linear → SiLU → Linear`, as the
-/// time embedding of DDPM U-Nets.
-#[derive(Debug, Clone)]
-pub struct TimestepEmbedding {
-    /// Width of the sinusoidal features.
-    pub freq_dim: usize,
-    /// The MLP.
-    pub mlp: Mlp,
-}
-
-impl TimestepEmbedding {
-    /// Registers `<prefix>.mlp.{0,1}` mapping `freq_dim → dim → dim`.
-    pub fn init(host: &Host, prefix: &str, freq_dim: usize, dim: usize) -> Result<Self, AbiError> {
-        let mlp = MlpConfig::new(&[freq_dim, dim, dim]).init(host, &format!("{prefix}.mlp"))?;
-        Ok(TimestepEmbedding { freq_dim, mlp })
-    }
-
-    /// # Shapes
-    /// - t: `[B]`
-    /// - output: `[B, dim]`
-    pub fn forward(&self, t: &Tensor) -> Tensor {
-        self.mlp.forward(&sinusoidal_embedding(t, self.freq_dim))
     }
 }

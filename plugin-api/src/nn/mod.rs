@@ -1,13 +1,20 @@
 //! Small neural-network blocks written on the host's tensor ops, shaped like
-//! burn-nn's modules: a config with documented defaults, `init` that registers
-//! parameters with the host (named `<prefix>.<param>`), and `forward` with a
-//! `# Shapes` section. Their parameters are trained by the host.
+//! burn-nn's modules: a config with documented defaults (every one has an
+//! [`Initializer`] and, where the block has one, a bias option), `init(&scope)`
+//! that registers the parameters in a [`crate::Scope`] (named
+//! `<scope>.<param>`), and `forward` with a `# Shapes` section. Their
+//! parameters are trained by the host.
 
 mod attention;
 mod basic;
+mod conv;
+mod embedding;
+mod init;
+mod norm;
 
-pub use attention::{MultiHeadAttention, MultiHeadAttentionConfig};
-pub use basic::{
-    Activation, Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, LinearConfig, Mlp, MlpConfig,
-    TimestepEmbedding, sinusoidal_embedding,
-};
+pub use attention::{MultiHeadAttention, MultiHeadAttentionConfig, attention};
+pub use basic::{Activation, Linear, LinearConfig, Mlp, MlpConfig};
+pub use conv::{Conv2d, Conv2dConfig};
+pub use embedding::{TimestepEmbedding, TimestepEmbeddingConfig, sinusoidal_embedding};
+pub use init::Initializer;
+pub use norm::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};

@@ -2,6 +2,7 @@
 
 use dtx_plugin_api::nn::Activation;
 use dtx_plugin_api::prelude::*;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Largest `d_attn` accepted.
@@ -12,7 +13,7 @@ pub const MAX_HEADS: usize = 4096;
 pub const MAX_HIDDEN_MULT: usize = 1024;
 
 /// What the attention attends to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Cross-attention to the run's condition embedding `c` (Eq. 8): needs a
@@ -23,25 +24,23 @@ pub enum Mode {
 }
 
 /// `[plugin.config]` of `anl`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// `conditional` (default) or `unconditional`.
+    /// `conditional` (cross-attention to the [condition] embedding, Eq. 8) or `unconditional`
+    /// (self-attention, Sec. 3.3).
     pub mode: Mode,
-    /// Injection points (names or globs). Default: every residual block,
-    /// `["down.*.res.*", "mid.res.*", "up.*.res.*"]`.
+    /// Injection points, names or globs (every residual block by default).
     pub points: Vec<String>,
-    /// d_k of Eq. 8, the width of Q, K and V; 0 takes each point's channels
-    /// d_i. Default 0.
+    /// d_k of Eq. 8; 0 = the point's channels d_i.
     pub d_attn: usize,
-    /// Attention heads (Eq. 8 is one); must divide the width. Default 1.
+    /// Attention heads (Eq. 8 has one).
     pub heads: usize,
-    /// Hidden width of f (Eq. 9) as a multiple of d_i. Default 1.
+    /// Hidden width of f (Eq. 9) as a multiple of d_i.
     pub hidden_mult: usize,
-    /// f's activation: `gelu` (default), `silu`, `relu`, `tanh`.
+    /// f's activation: gelu, silu, relu, tanh.
     pub activation: Activation,
-    /// Zero-initialise f's last layer, so training starts exactly at the
-    /// source model. Default true.
+    /// Zero-initialise f's last layer so step 0 equals the source model.
     pub zero_init: bool,
 }
 
@@ -62,43 +61,6 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Every key with its type and help, for `dtx plugins inspect`.
-    pub fn keys() -> Vec<ConfigKey> {
-        vec![
-            ConfigKey::new(
-                "mode",
-                "string",
-                "`conditional` (cross-attention to the [condition] embedding, Eq. 8) or `unconditional` (self-attention, Sec. 3.3)",
-            ),
-            ConfigKey::new(
-                "points",
-                "list of strings",
-                "injection points, names or globs (every residual block by default)",
-            ),
-            ConfigKey::new(
-                "d_attn",
-                "int",
-                "d_k of Eq. 8; 0 = the point's channels d_i",
-            ),
-            ConfigKey::new("heads", "int", "attention heads (Eq. 8 has one)"),
-            ConfigKey::new(
-                "hidden_mult",
-                "int",
-                "hidden width of f (Eq. 9) as a multiple of d_i",
-            ),
-            ConfigKey::new(
-                "activation",
-                "string",
-                "f's activation: gelu, silu, relu, tanh",
-            ),
-            ConfigKey::new(
-                "zero_init",
-                "bool",
-                "zero-initialise f's last layer so step 0 equals the source model",
-            ),
-        ]
-    }
-
     /// Checks that need more than serde.
     pub fn validate(&self) -> Result<(), AbiError> {
         if self.points.is_empty() {

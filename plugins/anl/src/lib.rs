@@ -32,7 +32,7 @@ mod config;
 
 pub use config::{Config, Mode};
 
-use dtx_plugin_api::nn::{Activation, Linear, LinearConfig};
+use dtx_plugin_api::nn::{Linear, LinearConfig, Mlp, MlpConfig};
 use dtx_plugin_api::prelude::*;
 
 /// One ANL module, at one injection point.
@@ -44,14 +44,11 @@ pub struct AnlModule {
     pub k: Option<Linear>,
     /// W_V.
     pub v: Linear,
-    /// f's first layer.
-    pub f1: Linear,
-    /// f's last layer (zero at initialisation by default).
-    pub f2: Linear,
+    /// f of Eq. 9: `Linear → activation → Linear`, its last layer zero at
+    /// initialisation by default.
+    pub f: Mlp,
     /// Heads.
     pub heads: usize,
-    /// f's activation.
-    pub activation: Activation,
 }
 
 impl AnlModule {
@@ -61,23 +58,7 @@ impl AnlModule {
         let ctx = context.unwrap_or(x);
         let v = self.v.forward(ctx); // [B, M, d_k]
         let a = match (&self.q, &self.k) {
-            (Some(q), Some(k)) => {
-                let [b, l, m] = [x.dim(0) as i64, x.dim(1) as i64, ctx.dim(1) as i64];
-                let h = self.heads as i64;
-                let split = |t: Tensor, len: i64| {
-                    let d = t.dim(-1) as i64;
-                    t.reshape(&[b, len, h, d / h]).permute(&[0, 2, 1, 3])
-                };
-                let (qh, kh, vh) = (
-                    split(q.forward(x), l),
-                    split(k.forward(ctx), m),
-                    split(v, m),
-                );
-                let d_head = qh.dim(-1) as f32;
-                let scores = qh.matmul(&kh.transpose(-2, -1)) * (1.0 / d_head.sqrt());
-                let out = scores.softmax(-1).matmul(&vh); // [B, h, L, d_head]
-                out.permute(&[0, 2, 1, 3]).reshape(&[b, l, -1])
-            }
+            (Some(q), Some(k)) => nn::attention(&q.forward(x), &k.forward(ctx), &v, self.heads),
             // one key: softmax = 1, every query reads V
             _ => {
                 let l = x.dim(1);
@@ -85,20 +66,15 @@ impl AnlModule {
                 ones.matmul(&v) // [B, L, d_k]
             }
         };
-        let hidden = self.activation.apply(&self.f1.forward(&a));
-        self.f2.forward(&hidden)
+        self.f.forward(&a)
     }
 
     /// `h + ANL(h, c)` for an activation `h` `[B, C, H, W]`.
     pub fn apply(&self, h: &Tensor, cond: Option<&Tensor>) -> Tensor {
         let [b, c, hh, ww] = [h.dim(0), h.dim(1), h.dim(2), h.dim(3)];
-        let tokens = h
-            .reshape(&[b as i64, c as i64, (hh * ww) as i64])
-            .permute(&[0, 2, 1]); // [B, HW, C]
+        let tokens = h.flatten(2).permute(&[0, 2, 1]); // [B, HW, C]
         let out = self.forward(&tokens, cond);
-        let back = out
-            .permute(&[0, 2, 1])
-            .reshape(&[b as i64, c as i64, hh as i64, ww as i64]);
+        let back = out.permute(&[0, 2, 1]).reshape(&[b, c, hh, ww]);
         h + &back
     }
 }
@@ -122,16 +98,12 @@ impl Anl {
     }
 }
 
+#[hooks]
 impl Plugin for Anl {
     type Config = Config;
     const NAME: &'static str = "anl";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
     const DESCRIPTION: &'static str = "Attention-NonLinear adapters after the residual blocks of a frozen U-Net, conditioned on [condition] embeddings (or self-attention)";
-    const HOOKS: &'static [Hook] = &[Hook::Inject];
-
-    fn config_keys() -> Vec<ConfigKey> {
-        Config::keys()
-    }
 
     fn new(config: Config, host: &Host, model: &ModelInfo) -> Result<Self, AbiError> {
         config.validate()?;
@@ -179,27 +151,33 @@ impl Plugin for Anl {
                 ));
             }
             let (tokens, d_c) = cond_shape.unwrap_or((2, d_i));
+            let scope = host.scope().pp(name);
             let lin = |i: usize, o: usize, part: &str| {
                 LinearConfig::new(i, o)
                     .with_bias(false)
-                    .init(host, &format!("{name}.{part}"))
+                    .init(&scope.pp(part))
             };
             let (q, k) = if tokens > 1 {
                 (Some(lin(d_i, d_k, "q")?), Some(lin(d_c, d_k, "k")?))
             } else {
                 (None, None)
             };
-            let hidden = config.hidden_mult * d_i;
+            let v = lin(d_c, d_k, "v")?;
+            let last = if config.zero_init {
+                Initializer::Zeros
+            } else {
+                Initializer::KaimingUniform
+            };
+            let f = MlpConfig::new(&[d_k, config.hidden_mult * d_i, d_i])
+                .with_activation(config.activation)
+                .with_last_initializer(last)
+                .init(&scope.pp("f"))?;
             let module = AnlModule {
                 q,
                 k,
-                v: lin(d_c, d_k, "v")?,
-                f1: LinearConfig::new(d_k, hidden).init(host, &format!("{name}.f.0"))?,
-                f2: LinearConfig::new(hidden, d_i)
-                    .with_zero_init(config.zero_init)
-                    .init(host, &format!("{name}.f.1"))?,
+                v,
+                f,
                 heads: config.heads,
-                activation: config.activation,
             };
             modules.push((name.to_owned(), module));
         }

@@ -35,12 +35,12 @@ fn detached_conv(c: &Conv2d) -> Conv2d {
 }
 
 impl Classifier {
-    /// The classifier, parameters `classifier.conv{i}.*` and
-    /// `classifier.head.*`: for labels `layers` 3×3 convolutions and the
+    /// The classifier, parameters `conv{i}.*` and `head.*` in `scope`: for
+    /// labels `layers` 3×3 convolutions and the
     /// pooled linear head; for `masks` the per-pixel MLP, `layers` ≥ 1
     /// layers in all (output layer included).
     pub fn new(
-        host: &Host,
+        scope: &Scope,
         masks: bool,
         in_channels: usize,
         channels: usize,
@@ -48,22 +48,22 @@ impl Classifier {
         classes: usize,
     ) -> Result<Classifier, AbiError> {
         let (hidden, kernel) = if masks { (layers - 1, 1) } else { (layers, 3) };
-        let convs = Self::convs(host, in_channels, channels, hidden, kernel)?;
+        let convs = Self::convs(scope, in_channels, channels, hidden, kernel)?;
         let c_in = if convs.is_empty() {
             in_channels
         } else {
             channels
         };
         let head = if masks {
-            Head::PerPixel(Conv2dConfig::new(c_in, classes, 1).init(host, "classifier.head")?)
+            Head::PerPixel(Conv2dConfig::new(c_in, classes, 1).init(&scope.pp("head"))?)
         } else {
-            Head::Pooled(LinearConfig::new(c_in, classes).init(host, "classifier.head")?)
+            Head::Pooled(LinearConfig::new(c_in, classes).init(&scope.pp("head"))?)
         };
         Ok(Classifier { convs, head })
     }
 
     fn convs(
-        host: &Host,
+        scope: &Scope,
         in_channels: usize,
         channels: usize,
         layers: usize,
@@ -72,8 +72,8 @@ impl Classifier {
         let mut c_in = in_channels;
         (0..layers)
             .map(|i| {
-                let conv = Conv2dConfig::new(c_in, channels, kernel)
-                    .init(host, &format!("classifier.conv{i}"));
+                let conv =
+                    Conv2dConfig::new(c_in, channels, kernel).init(&scope.pp(format!("conv{i}")));
                 c_in = channels;
                 conv
             })
@@ -128,13 +128,12 @@ impl Classifier {
     /// log p(y | ·) per example `[B]`, summed over pixels for masks: `y`
     /// (i64) is `[B]` for labels, `[B, h, w]` for masks.
     pub fn log_prob(&self, features: &Tensor, y: &Tensor) -> Tensor {
-        let b = y.dim(0) as i64;
-        let mut shape = vec![b, 1];
-        shape.extend(y.shape()[1..].iter().map(|&d| d as i64));
+        let mut shape = vec![y.dim(0), 1];
+        shape.extend_from_slice(&y.shape()[1..]);
         self.forward(features)
             .log_softmax(1)
             .gather(1, &y.reshape(&shape))
-            .reshape(&[b, -1])
+            .flatten(1)
             .sum_dims(&[1], false)
     }
 

@@ -1,10 +1,11 @@
 //! `[plugin.config]` of `denoiser-guidance`: keys, defaults and their checks.
 
 use dtx_plugin_api::prelude::*;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Which defaults the classifier takes (the paper's two settings).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
     /// Sec. 5.1: bottleneck + second up block at t = 700, 3 conv layers,
@@ -20,7 +21,7 @@ pub enum Preset {
 }
 
 /// Where the classifier's labels come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Labels {
     /// The labelled target set's classes (`target.labels = true`).
@@ -32,55 +33,54 @@ pub enum Labels {
 
 /// `[plugin.config]` of `denoiser-guidance`. Keys left out take the
 /// preset's value.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// `attribute` (default), `rejection` or `mask`.
+    /// "attribute" (bottleneck + up.1 at t=700, 3 conv layers, 100 steps, guide, λ 1),
+    /// "rejection" (bottleneck at t=300,800, 4 conv layers, 300 steps, reject) or "mask"
+    /// (decoder at t=500, 3-layer per-pixel MLP, 50 steps, guide, λ 2e-4).
     pub preset: Preset,
-    /// `target` (default) or `domain`.
+    /// "target" (the labelled target's classes) or "domain" (target images against source-model
+    /// samples).
     pub labels: Labels,
-    /// Classes of the labelled set (required with `labels = "target"`).
+    /// Classes of the labelled target set (of its mask pixels for `mask`).
     pub num_classes: usize,
-    /// Feature points: `bottleneck`, `decoder` (every up block), `up.{i}` /
-    /// `down.{i}` (the block's last residual output) or an injection-point
-    /// name.
+    /// Feature points: "bottleneck", "decoder", "up.{i}", "down.{i}" or point names (default:
+    /// preset).
     pub points: Option<Vec<String>>,
-    /// Feature timesteps t_f; the features of each are concatenated.
+    /// Feature timesteps t_f, concatenated (default: preset).
     pub timesteps: Option<Vec<u32>>,
-    /// Conv layers of the classifier.
+    /// Conv layers of the classifier (default: preset).
     pub layers: Option<usize>,
-    /// Classifier width. Default 64.
+    /// Classifier width.
     pub channels: usize,
-    /// Adam steps of the classifier.
+    /// Adam steps of the classifier (default: preset).
     pub steps: Option<u64>,
-    /// Adam learning rate. Default 1e-3.
+    /// Adam learning rate of the classifier.
     pub lr: f32,
-    /// Examples per classifier step. Default 32.
+    /// Examples per classifier step.
     pub batch: usize,
-    /// Labelled draws whose features train the classifier. Default 512.
+    /// Labelled draws whose features train the classifier.
     pub pool: usize,
-    /// Held-out draws (split `validation`) for the logged accuracy. Default 256.
+    /// Held-out draws for the logged accuracy (0: none).
     pub validation: usize,
-    /// Noise the feature input with q_sample at t_f (in prepare, guidance and
-    /// rejection alike). Default false: clean inputs (the paper).
+    /// q_sample the feature input at t_f everywhere (default: clean, as the paper).
     pub feature_noise: bool,
-    /// Classifier guidance in `score` (Eq. 13).
+    /// Classifier guidance in score (default: preset).
     pub guide: Option<bool>,
-    /// λ of Eq. 10/13, on log p(y | ·) summed over the batch (and over
-    /// pixels for masks).
+    /// λ of Eq. 13, on log p(y|x̂0) summed over the batch and mask pixels (default: preset).
     pub lambda: Option<f32>,
-    /// Reject samples in `filter`.
+    /// Reject samples in filter (default: preset).
     pub reject: Option<bool>,
-    /// Keep a sample when p(y | x) >= threshold. Default 0.2.
+    /// Keep a sample when p(y|x) >= threshold.
     pub threshold: f32,
-    /// A trainable class embedding added at `temb` (Sec. 4.2). Default false.
+    /// Trainable class embedding at temb, label dropout and CFG.
     pub class_embedding: bool,
-    /// Probability of dropping a training label to the null class. Default 0.1.
+    /// Probability of the null class for a training label.
     pub label_dropout: f32,
-    /// Classifier-free guidance weight w: ε = (1 + w) ε_cond − w ε_null.
-    /// Default 0.01.
+    /// w of ε = (1 + w) ε_cond − w ε_null.
     pub cfg_weight: f32,
-    /// Log the classifier's loss every this many steps. Default 10.
+    /// Log the classifier loss every this many steps.
     pub log_every: u64,
 }
 
@@ -234,99 +234,4 @@ impl Config {
         }
         Ok(())
     }
-}
-
-/// The keys with type and help, for `dtx plugins inspect`.
-pub fn keys() -> Vec<ConfigKey> {
-    vec![
-        ConfigKey::new(
-            "preset",
-            "string",
-            "\"attribute\" (bottleneck + up.1 at t=700, 3 conv layers, 100 steps, guide, λ 1), \"rejection\" (bottleneck at t=300,800, 4 conv layers, 300 steps, reject) or \"mask\" (decoder at t=500, 3-layer per-pixel MLP, 50 steps, guide, λ 2e-4)",
-        ),
-        ConfigKey::new(
-            "labels",
-            "string",
-            "\"target\" (the labelled target's classes) or \"domain\" (target images against source-model samples)",
-        ),
-        ConfigKey::new(
-            "num_classes",
-            "int",
-            "classes of the labelled target set (of its mask pixels for `mask`)",
-        ),
-        ConfigKey::new(
-            "points",
-            "list of string",
-            "feature points: \"bottleneck\", \"decoder\", \"up.{i}\", \"down.{i}\" or point names (default: preset)",
-        ),
-        ConfigKey::new(
-            "timesteps",
-            "list of int",
-            "feature timesteps t_f, concatenated (default: preset)",
-        ),
-        ConfigKey::new(
-            "layers",
-            "int",
-            "conv layers of the classifier (default: preset)",
-        ),
-        ConfigKey::new("channels", "int", "classifier width"),
-        ConfigKey::new(
-            "steps",
-            "int",
-            "Adam steps of the classifier (default: preset)",
-        ),
-        ConfigKey::new("lr", "float", "Adam learning rate of the classifier"),
-        ConfigKey::new("batch", "int", "examples per classifier step"),
-        ConfigKey::new(
-            "pool",
-            "int",
-            "labelled draws whose features train the classifier",
-        ),
-        ConfigKey::new(
-            "validation",
-            "int",
-            "held-out draws for the logged accuracy (0: none)",
-        ),
-        ConfigKey::new(
-            "feature_noise",
-            "bool",
-            "q_sample the feature input at t_f everywhere (default: clean, as the paper)",
-        ),
-        ConfigKey::new(
-            "guide",
-            "bool",
-            "classifier guidance in score (default: preset)",
-        ),
-        ConfigKey::new(
-            "lambda",
-            "float",
-            "λ of Eq. 13, on log p(y|x̂0) summed over the batch and mask pixels (default: preset)",
-        ),
-        ConfigKey::new(
-            "reject",
-            "bool",
-            "reject samples in filter (default: preset)",
-        ),
-        ConfigKey::new(
-            "threshold",
-            "float",
-            "keep a sample when p(y|x) >= threshold",
-        ),
-        ConfigKey::new(
-            "class_embedding",
-            "bool",
-            "trainable class embedding at temb, label dropout and CFG",
-        ),
-        ConfigKey::new(
-            "label_dropout",
-            "float",
-            "probability of the null class for a training label",
-        ),
-        ConfigKey::new("cfg_weight", "float", "w of ε = (1 + w) ε_cond − w ε_null"),
-        ConfigKey::new(
-            "log_every",
-            "int",
-            "log the classifier loss every this many steps",
-        ),
-    ]
 }

@@ -125,7 +125,7 @@ impl FeatureSpec {
         for &tf in &self.timesteps {
             let t = Tensor::full(&[b], tf as f64, dtx_plugin_api::DType::F32);
             let input = if self.noise {
-                let ab = host.alpha_bar(&t)?.reshape(&[b as i64, 1, 1, 1]);
+                let ab = host.alpha_bar(&t)?.reshape(&[b, 1, 1, 1]);
                 x * ab.sqrt() + Tensor::randn(&x.shape()) * ab.rsub(1.0).sqrt()
             } else {
                 x.clone()
@@ -171,11 +171,7 @@ impl FeatureSpec {
         }
         if h >= th && w >= tw && h % th == 0 && w % tw == 0 {
             let (kh, kw) = (h / th, w / tw);
-            return f
-                .reshape(&[
-                    b as i64, c as i64, th as i64, kh as i64, tw as i64, kw as i64,
-                ])
-                .mean_dims(&[3, 5], false);
+            return f.reshape(&[b, c, th, kh, tw, kw]).mean_dims(&[3, 5], false);
         }
         f.interpolate([th, tw], dtx_plugin_api::abi::InterpolateMode::BILINEAR)
     }

@@ -52,7 +52,7 @@ pub struct DenoiserGuidance {
 
 /// `[B]` → `[B, 1, 1, 1]`.
 fn per_example(v: &Tensor) -> Tensor {
-    v.reshape(&[v.dim(0) as i64, 1, 1, 1])
+    v.reshape(&[v.dim(0), 1, 1, 1])
 }
 
 /// Labelled examples: images and their classes, `[N]` (labels) or
@@ -206,16 +206,12 @@ impl DenoiserGuidance {
     }
 }
 
+#[hooks]
 impl Plugin for DenoiserGuidance {
     type Config = Config;
     const NAME: &'static str = "denoiser-guidance";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
     const DESCRIPTION: &'static str = "Classifiers on the frozen denoiser's features: guidance through x̂0 (score), rejection (filter), class embedding + CFG (inject)";
-    const HOOKS: &'static [Hook] = &[Hook::Prepare, Hook::Score, Hook::Filter, Hook::Inject];
-
-    fn config_keys() -> Vec<ConfigKey> {
-        config::keys()
-    }
 
     fn new(config: Config, host: &Host, model: &ModelInfo) -> Result<Self, AbiError> {
         config.validate()?;
@@ -236,7 +232,7 @@ impl Plugin for DenoiserGuidance {
                 .then_some([model.resolution, model.resolution]),
         )?;
         let classifier = Classifier::new(
-            host,
+            &host.scope().pp("classifier"),
             resolved.masks,
             spec.channels,
             config.channels,
@@ -378,7 +374,7 @@ impl Plugin for DenoiserGuidance {
                     self.config.label_dropout,
                 )
                 .cast(dtx_plugin_api::DType::F32)
-                .reshape(&[b as i64, 1]);
+                .reshape(&[b, 1]);
             add = add * keep;
         }
         Ok(&*ctx.h + add)

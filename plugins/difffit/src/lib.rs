@@ -27,19 +27,20 @@
 //! group).
 
 use dtx_plugin_api::prelude::*;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// `[plugin.config]` of the DiffFit plugin.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Branch points that get a γ (names or globs; `….branch` points).
+    /// Branch points that get a γ (`….branch`; names or globs).
     pub points: Vec<String>,
-    /// Roles of base parameters that train (`bias`, `norm`, `embedding`).
+    /// Roles of base parameters that train: `bias`, `norm`, `embedding`.
     pub train_roles: Vec<String>,
-    /// γ's learning rate over the run's.
+    /// γ's learning rate over the run's (> 0).
     pub gamma_lr_scale: f32,
-    /// γ's initial value.
+    /// γ's initial value (1: the source model).
     pub gamma_init: f32,
 }
 
@@ -100,41 +101,16 @@ fn check(c: &Config) -> Result<Vec<ParamRole>, AbiError> {
         .collect()
 }
 
+#[hooks]
 impl Plugin for DiffFit {
     type Config = Config;
     const NAME: &'static str = "difffit";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
     const DESCRIPTION: &'static str =
         "DiffFit: biases, norms and a scale γ on each residual branch train (Xie et al. 2023)";
-    const HOOKS: &'static [Hook] = &[Hook::Inject];
 
     fn injection_points() -> Vec<String> {
         Config::default().points
-    }
-
-    fn config_keys() -> Vec<ConfigKey> {
-        vec![
-            ConfigKey::new(
-                "points",
-                "[string]",
-                "branch points that get a γ (`….branch`; names or globs)",
-            ),
-            ConfigKey::new(
-                "train_roles",
-                "[string]",
-                "roles of base parameters that train: `bias`, `norm`, `embedding`",
-            ),
-            ConfigKey::new(
-                "gamma_lr_scale",
-                "float",
-                "γ's learning rate over the run's (> 0)",
-            ),
-            ConfigKey::new(
-                "gamma_init",
-                "float",
-                "γ's initial value (1: the source model)",
-            ),
-        ]
     }
 
     fn new(config: Config, host: &Host, model: &ModelInfo) -> Result<Self, AbiError> {
@@ -144,8 +120,8 @@ impl Plugin for DiffFit {
             .map_err(|msg| AbiError::config("points", msg))?;
         let mut gammas = Vec::new();
         for point in selected {
-            let gamma = host.param(
-                &format!("{point}.gamma"),
+            let gamma = host.scope().pp(point).param(
+                "gamma",
                 &[1],
                 ParamInit::constant(config.gamma_init),
             )?;

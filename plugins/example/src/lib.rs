@@ -15,17 +15,19 @@
 
 use dtx_plugin_api::nn::{Conv2d, Conv2dConfig, Linear, LinearConfig};
 use dtx_plugin_api::prelude::*;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// `[plugin.config]` of the example plugin.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// `[plugin.config]` of the example plugin. Each field's doc comment is its
+/// help in `dtx plugins inspect example`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Injection points (names or globs) to adapt.
     pub points: Vec<String>,
-    /// Width of the bottleneck as a fraction of the channels at each point.
+    /// Bottleneck width as a fraction of the channels at each point, in (0, 1].
     pub bottleneck: f32,
-    /// Weight λ of the L2 penalty on the adapter's parameters.
+    /// Weight λ of the L2 penalty on the adapter's parameters (>= 0).
     pub lambda: f32,
 }
 
@@ -68,36 +70,16 @@ pub struct Example {
     lambda: f32,
 }
 
+#[hooks]
 impl Plugin for Example {
     type Config = Config;
     const NAME: &'static str = "example";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
     const DESCRIPTION: &'static str =
         "Zero-initialised residual bottleneck adapters with an L2 penalty (a template)";
-    const HOOKS: &'static [Hook] = &[Hook::Inject, Hook::Loss];
 
     fn injection_points() -> Vec<String> {
         Config::default().points
-    }
-
-    fn config_keys() -> Vec<ConfigKey> {
-        vec![
-            ConfigKey::new(
-                "points",
-                "[string]",
-                "injection points (names or globs) to adapt",
-            ),
-            ConfigKey::new(
-                "bottleneck",
-                "float",
-                "bottleneck width as a fraction of the channels (0, 1]",
-            ),
-            ConfigKey::new(
-                "lambda",
-                "float",
-                "weight of the L2 penalty on the adapter parameters (>= 0)",
-            ),
-        ]
     }
 
     fn new(config: Config, host: &Host, model: &ModelInfo) -> Result<Self, AbiError> {
@@ -126,19 +108,19 @@ impl Plugin for Example {
                 .expect("resolved");
             let c = info.channels;
             let d = ((c as f32 * config.bottleneck).round() as usize).max(1);
-            let prefix = name.replace('.', "_");
-            let (down, up) = (format!("{prefix}.down"), format!("{prefix}.up"));
+            let scope = host.scope().pp(name.replace('.', "_"));
+            let (down, up) = (scope.pp("down"), scope.pp("up"));
             let adapter = if info.height > 0 {
-                let down = Conv2dConfig::new(c, d, 1).init(host, &down)?; // [d, c, 1, 1]
+                let down = Conv2dConfig::new(c, d, 1).init(&down)?; // [d, c, 1, 1]
                 let up = Conv2dConfig::new(d, c, 1)
-                    .with_zero_init(true)
-                    .init(host, &up)?; // [c, d, 1, 1]
+                    .with_initializer(Initializer::Zeros)
+                    .init(&up)?; // [c, d, 1, 1]
                 Adapter::Conv(down, up)
             } else {
-                let down = LinearConfig::new(c, d).init(host, &down)?; // [c, d]
+                let down = LinearConfig::new(c, d).init(&down)?; // [c, d]
                 let up = LinearConfig::new(d, c)
-                    .with_zero_init(true)
-                    .init(host, &up)?; // [d, c]
+                    .with_initializer(Initializer::Zeros)
+                    .init(&up)?; // [d, c]
                 Adapter::Dense(down, up)
             };
             params.extend(adapter.params());

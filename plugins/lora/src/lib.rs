@@ -30,21 +30,22 @@
 //! `x · W`) is adapted as the same rank-`r` matrix of its shape.
 
 use dtx_plugin_api::prelude::*;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// `[plugin.config]` of the LoRA plugin.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Rank `r` of each update.
+    /// Rank r of each update (>= 1).
     pub rank: usize,
-    /// Scale `α` (the update is multiplied by `α / r`); default `r`.
+    /// Scale α; the update is (α/r)·B·A (unset: r).
     pub alpha: Option<f32>,
-    /// Base weights to adapt: checkpoint keys or globs over them.
+    /// Base weights to adapt: checkpoint keys or globs (`*.to_q.weight`).
     pub targets: Vec<String>,
-    /// Roles of base weights to adapt among those `targets` selects.
+    /// Roles adapted among the targets: `linear`, `conv`.
     pub roles: Vec<String>,
-    /// LoRA+: `B`'s learning rate over `A`'s.
+    /// LoRA+: B's learning rate over A's (> 0; 1 is plain LoRA).
     pub lr_ratio: f32,
 }
 
@@ -78,14 +79,13 @@ pub struct Lora {
 impl Lora {
     /// `(α / r) · B·A` shaped as the weight `f` adapts.
     fn delta(&self, f: &Factors) -> Tensor {
-        let r = f.a.shape()[0] as i64;
-        let out = f.shape[0] as i64;
+        let r = f.a.shape()[0];
+        let out = f.shape[0];
         let ba =
             f.b.value()
                 .reshape(&[out, r])
-                .matmul(&f.a.value().reshape(&[r, -1]));
-        let shape: Vec<i64> = f.shape.iter().map(|&d| d as i64).collect();
-        ba.reshape(&shape) * self.scale
+                .matmul(&f.a.value().flatten(1));
+        ba.reshape(&f.shape) * self.scale
     }
 }
 
@@ -124,39 +124,13 @@ fn check_config(c: &Config) -> Result<(f32, Vec<ParamRole>), AbiError> {
     Ok((alpha, roles))
 }
 
+#[hooks]
 impl Plugin for Lora {
     type Config = Config;
     const NAME: &'static str = "lora";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
     const DESCRIPTION: &'static str =
         "LoRA: low-rank updates W + (α/r)·B·A of chosen base weights (Hu et al. 2021), LoRA+ rates";
-    const HOOKS: &'static [Hook] = &[Hook::Weights];
-
-    fn config_keys() -> Vec<ConfigKey> {
-        vec![
-            ConfigKey::new("rank", "integer", "rank r of each update (>= 1)"),
-            ConfigKey::new(
-                "alpha",
-                "float",
-                "scale α; the update is (α/r)·B·A (default r)",
-            ),
-            ConfigKey::new(
-                "targets",
-                "[string]",
-                "base weights to adapt: checkpoint keys or globs (`*.to_q.weight`)",
-            ),
-            ConfigKey::new(
-                "roles",
-                "[string]",
-                "roles adapted among the targets: `linear`, `conv`",
-            ),
-            ConfigKey::new(
-                "lr_ratio",
-                "float",
-                "LoRA+: B's learning rate over A's (> 0; 1 is plain LoRA)",
-            ),
-        ]
-    }
 
     fn new(config: Config, host: &Host, _model: &ModelInfo) -> Result<Self, AbiError> {
         let (alpha, roles) = check_config(&config)?;
@@ -176,23 +150,20 @@ impl Plugin for Lora {
             let shape: Vec<usize> = p.shape.to_vec();
             let (out, rest) = (shape[0], &shape[1..]);
             let fan_in: usize = rest.iter().product();
-            let module = key.strip_suffix(".weight").unwrap_or(key);
+            let module = host.scope().pp(key.strip_suffix(".weight").unwrap_or(key));
             // PEFT's layout: A is a layer of the base kernel, B a 1×1 one
             let mut a_shape = vec![r];
             a_shape.extend_from_slice(rest);
             let mut b_shape = vec![out, r];
             b_shape.extend(std::iter::repeat_n(1, rest.len().saturating_sub(1)));
             let bound = 1.0 / (fan_in as f32).sqrt();
-            let a = host.param(
-                &format!("{module}.lora_A.weight"),
-                &a_shape,
-                ParamInit::uniform(-bound, bound),
-            )?;
-            let b = host.param(
-                &format!("{module}.lora_B.weight"),
-                &b_shape,
-                ParamInit::zeros(),
-            )?;
+            let a =
+                module
+                    .pp("lora_A")
+                    .param("weight", &a_shape, ParamInit::uniform(-bound, bound))?;
+            let b = module
+                .pp("lora_B")
+                .param("weight", &b_shape, ParamInit::zeros())?;
             factors.push(Factors {
                 key: key.to_owned(),
                 shape,

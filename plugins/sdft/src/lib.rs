@@ -32,10 +32,11 @@
 
 use dtx_plugin_api::DType;
 use dtx_plugin_api::prelude::*;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Where the auxiliary input z of Eq. 5 comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AuxNoise {
     /// The step's own noise ε at the step's timesteps (the authors' code).
@@ -46,22 +47,23 @@ pub enum AuxNoise {
 
 /// `[plugin.config]` of `sdft`. Defaults are the paper's MetFaces recipe
 /// (its Table 5; AAHQ uses `lambda_aux = 0.3`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// λ_distill of Eq. 6 (≥ 0; 0 skips the source's forward on x_t). Default 0.1.
+    /// Weight λ_distill of the distillation term (Eq. 6, >= 0; 0 skips it).
     pub lambda_distill: f32,
-    /// γ of the distillation weight w_γ (Eq. 4; ≥ 0). Default 3.
+    /// γ of the distillation weight 1/(k + SNR)^γ (Eq. 4, >= 0).
     pub gamma: f32,
-    /// λ_aux of Eq. 6 (≥ 0; 0 skips both auxiliary forwards). Default 0.1.
+    /// Weight λ_aux of the auxiliary-input term (Eq. 6, >= 0; 0 skips it).
     pub lambda_aux: f32,
-    /// γ_a of the auxiliary weight w_γa (Eq. 5; ≥ 0). Default 50.
+    /// γ_a of the auxiliary weight 1/(k + SNR)^γ_a (Eq. 5, >= 0).
     pub gamma_aux: f32,
-    /// k of Eq. 4 (> 0, so that w ≤ k^−γ stays finite). Default 1.
+    /// k of the weight 1/(k + SNR)^γ (Eq. 4, > 0).
     pub k: f32,
-    /// Whether the auxiliary term runs at all. Default true.
+    /// Whether the auxiliary-input term runs.
     pub aux: bool,
-    /// Auxiliary input z: `"step"` (default) or `"fresh"`.
+    /// Auxiliary input: "step" (the step's ε at its t, authors' code) or "fresh" (new z ~
+    /// N(0, I), t uniform).
     pub aux_noise: AuxNoise,
 }
 
@@ -136,8 +138,7 @@ impl Sdft {
 
     /// mean_i w_i · mean_elem (a_i − b_i)²: `[B, …]`, `[B, …]`, `[B]` → `[1]`.
     fn weighted_mse(a: &Tensor, b: &Tensor, w: &Tensor) -> Tensor {
-        let n = a.dim(0) as i64;
-        let per_example = (a - b).square().reshape(&[n, -1]).mean_dims(&[1], false); // [B]
+        let per_example = (a - b).square().flatten(1).mean_dims(&[1], false); // [B]
         (per_example * w).mean()
     }
 
@@ -175,44 +176,12 @@ impl Sdft {
     }
 }
 
+#[hooks]
 impl Plugin for Sdft {
     type Config = Config;
     const NAME: &'static str = "sdft";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
     const DESCRIPTION: &'static str = "Self-distillation fine-tuning: SNR-weighted distillation of the frozen source's ε on target and auxiliary inputs";
-    const HOOKS: &'static [Hook] = &[Hook::Loss];
-
-    fn config_keys() -> Vec<ConfigKey> {
-        vec![
-            ConfigKey::new(
-                "lambda_distill",
-                "float",
-                "weight λ_distill of the distillation term (Eq. 6, >= 0; 0 skips it)",
-            ),
-            ConfigKey::new(
-                "gamma",
-                "float",
-                "γ of the distillation weight 1/(k + SNR)^γ (Eq. 4, >= 0)",
-            ),
-            ConfigKey::new(
-                "lambda_aux",
-                "float",
-                "weight λ_aux of the auxiliary-input term (Eq. 6, >= 0; 0 skips it)",
-            ),
-            ConfigKey::new(
-                "gamma_aux",
-                "float",
-                "γ_a of the auxiliary weight 1/(k + SNR)^γ_a (Eq. 5, >= 0)",
-            ),
-            ConfigKey::new("k", "float", "k of the weight 1/(k + SNR)^γ (Eq. 4, > 0)"),
-            ConfigKey::new("aux", "bool", "whether the auxiliary-input term runs"),
-            ConfigKey::new(
-                "aux_noise",
-                "string",
-                "auxiliary input: \"step\" (the step's ε at its t, authors' code) or \"fresh\" (new z ~ N(0, I), t uniform)",
-            ),
-        ]
-    }
 
     fn new(config: Config, _host: &Host, _model: &ModelInfo) -> Result<Self, AbiError> {
         config.validate()?;

@@ -1,10 +1,11 @@
 //! `[plugin.config]` of `tgdp`: keys, defaults and their checks.
 
 use dtx_plugin_api::prelude::*;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Which network family the three networks use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
     /// MLP for vector models, conv net for image models.
@@ -16,7 +17,7 @@ pub enum Network {
 }
 
 /// Where the source-domain samples come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceFrom {
     /// `[source.data]` when the manifest has it, else the source model.
@@ -28,50 +29,48 @@ pub enum SourceFrom {
 }
 
 /// `[plugin.config]` of `tgdp`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Guidance scale w of the score hook. Default 1.
+    /// Guidance scale w: ε − w·sqrt(1−ᾱ)·∇log h.
     pub w: f32,
-    /// `auto` (default), `mlp` or `conv`.
+    /// "auto", "mlp" (vectors) or "conv" (images).
     pub network: Network,
-    /// MLP width. Default 256.
+    /// MLP width.
     pub hidden: usize,
-    /// MLP hidden layers. Default 3.
+    /// MLP hidden layers.
     pub depth: usize,
-    /// Conv net base channels. Default 32.
+    /// Conv net base channels.
     pub channels: usize,
-    /// Width of the sinusoidal time features. Default 32.
+    /// Sinusoidal time features (even).
     pub time_dim: usize,
-    /// Adam steps of the domain classifier c (step 1). Default 2000.
+    /// Adam steps of the domain classifier c (step 1).
     pub classifier_steps: u64,
-    /// Adam steps of the time-dependent classifier c' (step 2). Default 2000.
+    /// Adam steps of the time-dependent classifier c' (step 2).
     pub time_classifier_steps: u64,
-    /// Adam steps of the guidance network h (step 3). Default 4000.
+    /// Adam steps of the guidance network h (step 3).
     pub guidance_steps: u64,
-    /// Adam learning rate of all three. Default 3e-4.
+    /// Adam learning rate of the three networks.
     pub lr: f32,
-    /// Batch of source and of target samples per step. Default 256.
+    /// Source and target samples per step.
     pub batch: usize,
-    /// η1, weight of L_cycle. Default 0.1 (the 1.0 biased the
-    /// guidance upward in our Gaussian experiments: docs/plugins/tgdp.md).
+    /// η1, weight of the cycle term (>= 0).
     pub eta1: f32,
-    /// η2, weight of L_consistence. Default 1.0 (the 0.1 left the
-    /// guidance too strong at large t: docs/plugins/tgdp.md).
+    /// η2, weight of the consistency term (>= 0).
     pub eta2: f32,
-    /// `auto` (default), `data` or `model`.
+    /// Source samples: "auto", "data" ([source.data]) or "model".
     pub source: SourceFrom,
-    /// Source samples drawn from the model when it is the source. Default 2048.
+    /// Samples drawn from the source model when it is the source.
     pub source_samples: usize,
-    /// Class-conditional variant. Default false.
+    /// Class-conditional ratio q(x0,y)/p(x0,y) and guidance.
     pub conditional: bool,
-    /// Classes of the source model (required when conditional).
+    /// Source model classes (conditional).
     pub num_classes: usize,
-    /// Target label i is source label `label_map[i]`. Default: identity.
+    /// Target label i is source label label_map[i].
     pub label_map: Vec<usize>,
-    /// Ratio targets are clipped to [0, max_ratio]. Default 100.
+    /// Ratio targets are clipped to [0, max_ratio].
     pub max_ratio: f32,
-    /// Log the losses every this many steps. Default 10.
+    /// Log the losses every this many steps.
     pub log_every: u64,
 }
 

@@ -66,7 +66,7 @@ pub struct Tgdp {
 
 /// `[B]` → `[B, 1, …]` to broadcast over a sample of rank `rank`.
 fn per_example(v: &Tensor, rank: usize) -> Tensor {
-    let mut shape = vec![v.dim(0) as i64];
+    let mut shape = vec![v.dim(0)];
     shape.extend(std::iter::repeat_n(1, rank - 1));
     v.reshape(&shape)
 }
@@ -297,73 +297,12 @@ impl Tgdp {
     }
 }
 
+#[hooks]
 impl Plugin for Tgdp {
     type Config = Config;
     const NAME: &'static str = "tgdp";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
     const DESCRIPTION: &'static str = "Density-ratio guidance: domain classifiers and a guidance network trained in prepare, the frozen source's score plus ∇log h at sampling";
-    const HOOKS: &'static [Hook] = &[Hook::Prepare, Hook::Score];
-
-    fn config_keys() -> Vec<ConfigKey> {
-        vec![
-            ConfigKey::new("w", "float", "guidance scale w: ε − w·sqrt(1−ᾱ)·∇log h"),
-            ConfigKey::new(
-                "network",
-                "string",
-                "\"auto\", \"mlp\" (vectors) or \"conv\" (images)",
-            ),
-            ConfigKey::new("hidden", "int", "MLP width"),
-            ConfigKey::new("depth", "int", "MLP hidden layers"),
-            ConfigKey::new("channels", "int", "conv net base channels"),
-            ConfigKey::new("time_dim", "int", "sinusoidal time features (even)"),
-            ConfigKey::new(
-                "classifier_steps",
-                "int",
-                "Adam steps of the domain classifier c (step 1)",
-            ),
-            ConfigKey::new(
-                "time_classifier_steps",
-                "int",
-                "Adam steps of the time-dependent classifier c' (step 2)",
-            ),
-            ConfigKey::new(
-                "guidance_steps",
-                "int",
-                "Adam steps of the guidance network h (step 3)",
-            ),
-            ConfigKey::new("lr", "float", "Adam learning rate of the three networks"),
-            ConfigKey::new("batch", "int", "source and target samples per step"),
-            ConfigKey::new("eta1", "float", "η1, weight of the cycle term (>= 0)"),
-            ConfigKey::new("eta2", "float", "η2, weight of the consistency term (>= 0)"),
-            ConfigKey::new(
-                "source",
-                "string",
-                "source samples: \"auto\", \"data\" ([source.data]) or \"model\"",
-            ),
-            ConfigKey::new(
-                "source_samples",
-                "int",
-                "samples drawn from the source model when it is the source",
-            ),
-            ConfigKey::new(
-                "conditional",
-                "bool",
-                "class-conditional ratio q(x0,y)/p(x0,y) and guidance",
-            ),
-            ConfigKey::new("num_classes", "int", "source model classes (conditional)"),
-            ConfigKey::new(
-                "label_map",
-                "list of int",
-                "target label i is source label label_map[i]",
-            ),
-            ConfigKey::new(
-                "max_ratio",
-                "float",
-                "ratio targets are clipped to [0, max_ratio]",
-            ),
-            ConfigKey::new("log_every", "int", "log the losses every this many steps"),
-        ]
-    }
 
     fn new(config: Config, host: &Host, model: &ModelInfo) -> Result<Self, AbiError> {
         config.validate()?;
@@ -389,7 +328,8 @@ impl Plugin for Tgdp {
         } else {
             0
         };
-        let build = |prefix: &str, time_dim: usize| {
+        let build = |name: &str, time_dim: usize| {
+            let scope = host.scope().pp(name);
             let inputs = Inputs {
                 time_dim,
                 time_scale: 1.0,
@@ -397,11 +337,10 @@ impl Plugin for Tgdp {
             };
             match network {
                 Network::Conv => {
-                    ScalarNet::conv(host, prefix, model.data_channels, config.channels, inputs)
+                    ScalarNet::conv(&scope, model.data_channels, config.channels, inputs)
                 }
                 _ => ScalarNet::mlp(
-                    host,
-                    prefix,
+                    &scope,
                     model.data_channels,
                     config.hidden,
                     config.depth,

@@ -29,7 +29,7 @@ pub fn regression(h: &Tensor, target: &Tensor) -> Tensor {
 /// others are shaped as the samples.
 pub fn consistency(s1a: &Tensor, grad_log_h: &Tensor, eps_source: &Tensor, eps: &Tensor) -> Tensor {
     let b = grad_log_h.dim(0);
-    let mut shape = vec![b as i64];
+    let mut shape = vec![b];
     shape.extend(std::iter::repeat_n(1, grad_log_h.rank() - 1));
     let residual = s1a.reshape(&shape) * grad_log_h - (eps_source - eps);
     residual.square().sum() * (1.0 / b as f32)

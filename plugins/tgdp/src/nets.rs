@@ -93,10 +93,9 @@ const ACT: Activation = Activation::Silu;
 
 impl ScalarNet {
     /// An MLP `[D + time_dim + classes] → hidden × depth → 1`, parameters
-    /// `<prefix>.{i}.weight/bias`.
+    /// `{i}.weight/bias` in `scope`.
     pub fn mlp(
-        host: &Host,
-        prefix: &str,
+        scope: &Scope,
         dim: usize,
         hidden: usize,
         depth: usize,
@@ -105,16 +104,13 @@ impl ScalarNet {
         let mut sizes = vec![dim + inputs.width()];
         sizes.extend(std::iter::repeat_n(hidden, depth.max(1)));
         sizes.push(1);
-        let mlp = MlpConfig::new(&sizes)
-            .with_activation(ACT)
-            .init(host, prefix)?;
+        let mlp = MlpConfig::new(&sizes).with_activation(ACT).init(scope)?;
         Ok(ScalarNet::Mlp(MlpNet { mlp, inputs, dim }))
     }
 
     /// The conv net with `channels`, `2·channels`, `2·channels` feature maps.
     pub fn conv(
-        host: &Host,
-        prefix: &str,
+        scope: &Scope,
         in_channels: usize,
         channels: usize,
         inputs: Inputs,
@@ -124,18 +120,17 @@ impl ScalarNet {
         let mut cond = Vec::new();
         let mut c_in = in_channels;
         for (i, &c) in widths.iter().enumerate() {
-            let mut cfg = Conv2dConfig::new(c_in, c, 3);
-            cfg.options.stride = if i == 0 { [1, 1] } else { [2, 2] };
-            convs.push(cfg.init(host, &format!("{prefix}.conv{i}"))?);
+            let stride = if i == 0 { 1 } else { 2 };
+            let conv = Conv2dConfig::new(c_in, c, 3).with_stride(stride);
+            convs.push(conv.init(&scope.pp(format!("conv{i}")))?);
             if inputs.width() > 0 {
                 cond.push(
-                    LinearConfig::new(inputs.width(), c)
-                        .init(host, &format!("{prefix}.cond{i}"))?,
+                    LinearConfig::new(inputs.width(), c).init(&scope.pp(format!("cond{i}")))?,
                 );
             }
             c_in = c;
         }
-        let head = LinearConfig::new(c_in, 1).init(host, &format!("{prefix}.head"))?;
+        let head = LinearConfig::new(c_in, 1).init(&scope.pp("head"))?;
         Ok(ScalarNet::Conv(ConvNet {
             convs,
             cond,
@@ -242,9 +237,9 @@ impl ScalarNet {
                     let (y, g) = n
                         .mlp
                         .forward_with_input_grad(&input, &Tensor::ones(&[b, 1]));
-                    (y.reshape(&[b as i64]), Some(g.narrow(1, 0, n.dim)))
+                    (y.reshape(&[b]), Some(g.narrow(1, 0, n.dim)))
                 } else {
-                    (n.mlp.forward(&input).reshape(&[b as i64]), None)
+                    (n.mlp.forward(&input).reshape(&[b]), None)
                 }
             }
             ScalarNet::Conv(n) => n.run(x, t, labels, grad),
@@ -269,20 +264,20 @@ impl ConvNet {
             sides.push([h.dim(2), h.dim(3)]);
             let mut a = conv.forward(&h);
             if let Some(f) = &feats {
-                let c = a.dim(1) as i64;
-                a = a + self.cond[i].forward(f).reshape(&[b as i64, c, 1, 1]);
+                let c = a.dim(1);
+                a = a + self.cond[i].forward(f).reshape(&[b, c, 1, 1]);
             }
             h = ACT.apply(&a);
             pre.push(a);
         }
         let (c, hh, ww) = (h.dim(1), h.dim(2), h.dim(3));
         let pooled = h.mean_dims(&[2, 3], false); // [B, C]
-        let y = self.head.forward(&pooled).reshape(&[b as i64]);
+        let y = self.head.forward(&pooled).reshape(&[b]);
         if !grad {
             return (y, None);
         }
         // backward through the head and the mean: ∂y/∂h = W_head / (H W)
-        let w = self.head.weight.value().reshape(&[1, c as i64, 1, 1]);
+        let w = self.head.weight.value().reshape(&[1, c, 1, 1]);
         let mut g = (w * (1.0 / (hh * ww) as f32)).expand(&[b, c, hh, ww]);
         for (i, conv) in self.convs.iter().enumerate().rev() {
             g = g * ACT.derivative(&pre[i]);

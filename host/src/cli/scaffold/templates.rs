@@ -39,6 +39,8 @@ crate-type = ["cdylib", "rlib"]
 # at the new dtx's plugin-api and rebuild (docs/abi-policy.md)
 {api}
 serde = {{ version = "1", features = ["derive"] }}
+# the key table `dtx plugins inspect` prints is derived from Config
+schemars = "1"
 
 [dev-dependencies]
 serde_json = "1"
@@ -53,13 +55,11 @@ serde_json = "1"
 }
 
 /// One `[plugin.config]` key of a scaffold: the field, its Rust type, its
-/// default (an expression), its type as `dtx plugins inspect` shows it, and
-/// its help.
+/// default (an expression) and its help (the field's doc comment).
 struct Field {
     name: &'static str,
     ty: &'static str,
     default: &'static str,
-    key_ty: &'static str,
     help: &'static str,
 }
 
@@ -72,7 +72,6 @@ fn fields(s: &Scaffold) -> Vec<Field> {
                 name: "points",
                 ty: "Vec<String>",
                 default: "vec![\"mid.*\".into()]",
-                key_ty: "[string]",
                 help: "injection points (names or globs; `dtx plan` lists a model's)",
             },
         ),
@@ -82,7 +81,6 @@ fn fields(s: &Scaffold) -> Vec<Field> {
                 name: "targets",
                 ty: "Vec<String>",
                 default: "vec![\"*\".into()]",
-                key_ty: "[string]",
                 help: "base weights to re-parameterise: checkpoint keys or globs, among the convolution and linear weights",
             },
         ),
@@ -92,7 +90,6 @@ fn fields(s: &Scaffold) -> Vec<Field> {
                 name: "lambda",
                 ty: "f32",
                 default: "0.0",
-                key_ty: "float",
                 help: "weight λ of the loss term (>= 0)",
             },
         ),
@@ -102,7 +99,6 @@ fn fields(s: &Scaffold) -> Vec<Field> {
                 name: "guidance",
                 ty: "f32",
                 default: "0.0",
-                key_ty: "float",
                 help: "scale of the score correction ε + guidance·x_t",
             },
         ),
@@ -112,7 +108,6 @@ fn fields(s: &Scaffold) -> Vec<Field> {
                 name: "threshold",
                 ty: "f32",
                 default: "1.0",
-                key_ty: "float",
                 help: "keep a sample when its mean square is at most this",
             },
         ),
@@ -140,8 +135,9 @@ pub(super) fn lib_rs(s: &Scaffold) -> String {
         config_items(&s.name, &fields),
         state_struct(s, &fields),
         format!(
-            "impl Plugin for {ty} {{\n{}{}{}}}\n\n",
-            declarations(s, &fields),
+            "/// `#[hooks]` derives the hook list from the hook methods below.\n\
+             #[hooks]\nimpl Plugin for {ty} {{\n{}{}{}}}\n\n",
+            declarations(s),
             new_fn(s, &fields),
             hook_methods(s)
         ),
@@ -169,6 +165,7 @@ const LIB_HEADER: &str = r#"//! `{name}`: <one line on your method>.
 //! plugin, the hook and the op.
 
 use dtx_plugin_api::prelude::*;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 "#;
@@ -177,8 +174,9 @@ use serde::{Deserialize, Serialize};
 fn config_items(name: &str, fields: &[Field]) -> String {
     let mut o = format!(
         "/// `[plugin.config]` of `{name}`. Every key has a default (below); a wrong\n\
-         /// type or an unknown key is reported with its manifest line.\n\
-         #[derive(Debug, Clone, Deserialize, Serialize)]\n\
+         /// type or an unknown key is reported with its manifest line. Each\n\
+         /// field's doc comment is its help in `dtx plugins inspect`.\n\
+         #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]\n\
          #[serde(default, deny_unknown_fields)]\n"
     );
     let decls: String = fields
@@ -229,33 +227,13 @@ fn state_struct(s: &Scaffold, fields: &[Field]) -> String {
     )
 }
 
-/// The associated items: names, hooks, config keys, default points.
-fn declarations(s: &Scaffold, fields: &[Field]) -> String {
-    let hooks: Vec<String> = s
-        .hooks
-        .iter()
-        .map(|h| format!("Hook::{}", capitalised(h)))
-        .collect();
-    let keys: String = fields
-        .iter()
-        .map(|f| {
-            format!(
-                "            ConfigKey::new({:?}, {:?}, {:?}),\n",
-                f.name, f.key_ty, f.help
-            )
-        })
-        .collect();
+/// The associated items: names, the config type, default points.
+fn declarations(s: &Scaffold) -> String {
     let mut o = format!(
         "    type Config = Config;\n    const NAME: &'static str = \"{}\";\n    \
          const VERSION: &'static str = env!(\"CARGO_PKG_VERSION\");\n    \
-         const DESCRIPTION: &'static str = \"<one line on your method>\";\n    \
-         const HOOKS: &'static [Hook] = &[{}];\n\n",
-        s.name,
-        hooks.join(", ")
-    );
-    let _ = write!(
-        o,
-        "    fn config_keys() -> Vec<ConfigKey> {{\n        vec![\n{keys}        ]\n    }}\n\n"
+         const DESCRIPTION: &'static str = \"<one line on your method>\";\n\n",
+        s.name
     );
     if s.has("inject") {
         o.push_str(INJECTION_POINTS);
@@ -335,7 +313,7 @@ const INJECT_PARAMS: &str = r#"        // x ← x ⊙ (1 + s) at every selected 
             } else {
                 vec![1, info.channels]
             };
-            let s = host.param(&format!("{name}.scale"), &shape, ParamInit::zeros())?;
+            let s = host.scope().pp(&name).param("scale", &shape, ParamInit::zeros())?;
             scales.push((name.to_string(), s));
         }
 "#;
@@ -352,7 +330,7 @@ const WEIGHTS_PARAMS: &str = r#"        // W' = W · (1 + g) for every selected 
                 .any(|g| dtx_plugin_api::points::matches(g, key));
             if selected && (role == "conv" || role == "linear") {
                 let shape = vec![1; p.shape.len()]; // broadcasts over W
-                let g = host.param(&format!("{key}.gain"), &shape, ParamInit::zeros())?;
+                let g = host.scope().pp(key).param("gain", &shape, ParamInit::zeros())?;
                 gains.push((key.to_owned(), g));
             }
         }
@@ -440,11 +418,10 @@ const FILTER_METHOD: &str = r#"
     /// `filter`: one score and one decision per finished sample; the
     /// scores go to `samples/scores.csv`.
     fn filter(&mut self, ctx: &Filter<'_>) -> Result<FilterOutput, AbiError> {
-        let b = ctx.samples.dim(0) as i64;
         let scores = ctx
             .samples
             .square()
-            .reshape(&[b, -1])
+            .flatten(1) // [B, C·H·W]
             .mean_dims(&[1], false)
             .to_f32_vec();
         let keep: Vec<bool> = scores.iter().map(|&m| m <= self.threshold).collect();
@@ -458,7 +435,13 @@ const FILTER_METHOD: &str = r#"
 pub(super) fn test_rs(s: &Scaffold) -> String {
     let krate = s.package().replace('-', "_");
     let ty = s.type_name();
-    let hooks: Vec<String> = s.hooks.iter().map(|h| format!("{h:?}")).collect();
+    // in the order `#[hooks]` lists them (the order the stages run them)
+    let order = ["prepare", "weights", "inject", "loss", "score", "filter"];
+    let hooks: Vec<String> = order
+        .iter()
+        .filter(|h| s.has(h))
+        .map(|h| format!("{h:?}"))
+        .collect();
     format!(
         r##"//! What this crate can check without a host: the config's defaults and
 //! refusals, and the plugin's declarations. The hooks run in dtx: `dtx plan
@@ -479,18 +462,14 @@ fn an_empty_config_is_the_default_and_an_unknown_key_is_refused() {{
 }}
 
 #[test]
-fn the_declared_hooks_and_config_keys_are_the_implemented_ones() {{
+fn the_hooks_are_the_implemented_ones_and_every_key_has_help() {{
     let hooks: Vec<&str> = {ty}::HOOKS.iter().map(|h| h.name()).collect();
     assert_eq!(hooks, [{hooks}]);
     assert_eq!({ty}::NAME, "{name}");
-    // every field of Config is described, and nothing else
-    let fields: Vec<String> = match serde_json::to_value(Config::default()).unwrap() {{
-        serde_json::Value::Object(m) => m.keys().cloned().collect(),
-        other => panic!("{{other}}"),
-    }};
-    let mut keys: Vec<String> = {ty}::config_keys().iter().map(|k| k.key.to_string()).collect();
-    keys.sort();
-    assert_eq!(keys, fields);
+    // the table `dtx plugins inspect` prints: each key's help is its doc comment
+    for key in dtx_plugin_api::config::describe::<Config>() {{
+        assert!(!key.help.is_empty(), "`{{}}` needs a doc comment", key.key);
+    }}
 }}
 "##,
         hooks = hooks.join(", "),

@@ -3,7 +3,9 @@
 
 use super::{B, BTensor, close, session};
 use crate::tensor_abi::Session;
-use dtx_plugin_api::nn::{Activation, MlpConfig, MultiHeadAttentionConfig};
+use dtx_plugin_api::nn::{
+    Activation, GroupNormConfig, Initializer, MlpConfig, MultiHeadAttentionConfig,
+};
 use dtx_plugin_api::{Host, Tensor};
 
 #[test]
@@ -11,13 +13,25 @@ fn nn_blocks_register_named_parameters_and_run() {
     let _s = session(0);
     let host = Host::get();
     let attn = MultiHeadAttentionConfig::cross_attention(8, 4, 8, 2)
-        .init(&host, "attn")
+        .init(&host.scope().pp("attn"))
         .unwrap();
     let mlp = MlpConfig::new(&[8, 16, 8])
         .with_activation(Activation::Gelu)
-        .with_zero_last(true)
-        .init(&host, "mlp")
+        .with_last_initializer(Initializer::Zeros)
+        .init(&host.scope().pp("mlp"))
         .unwrap();
+    let bare = MultiHeadAttentionConfig::self_attention(8, 2)
+        .with_bias(false)
+        .init(&host.scope().pp("blocks").pp(3).pp("attn"))
+        .unwrap();
+    assert!(bare.q.bias.is_none() && bare.out.bias.is_none());
+    let norm = GroupNormConfig::new(2, 8)
+        .with_bias(false)
+        .with_initializer(Initializer::Constant(2.0))
+        .init(&host.scope().pp("norm"))
+        .unwrap();
+    assert!(norm.beta.is_none());
+    assert_eq!(norm.gamma.value().to_f32_vec(), vec![2.0; 8]);
     let x = Tensor::randn(&[2, 5, 8]);
     let c = Tensor::randn(&[2, 3, 4]);
     let y = attn.forward(&x, Some(&c));
@@ -40,6 +54,31 @@ fn nn_blocks_register_named_parameters_and_run() {
         names.contains(&"plugin.t.mlp.1.bias".to_string()),
         "{names:?}"
     );
+    assert!(
+        names.contains(&"plugin.t.blocks.3.attn.out.weight".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"plugin.t.blocks.3.attn.q.bias".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"plugin.t.norm.gamma".to_string()),
+        "{names:?}"
+    );
+    // the multi-head core is the block's forward less its projections
+    let (x, c) = (Tensor::randn(&[2, 5, 8]), Tensor::randn(&[2, 3, 4]));
+    let core = dtx_plugin_api::nn::attention(
+        &attn.q.forward(&x),
+        &attn.k.forward(&c),
+        &attn.v.forward(&c),
+        2,
+    );
+    close(
+        &attn.out.forward(&core).to_f32_vec(),
+        &attn.forward(&x, Some(&c)).to_f32_vec(),
+        0.0,
+    );
 }
 
 /// `Mlp::forward_with_input_grad` for every activation: its input gradient
@@ -60,7 +99,7 @@ fn mlp_input_gradient_is_in_the_forward_graph() {
         let host = Host::get();
         let mlp = MlpConfig::new(&[3, 16, 16, 1])
             .with_activation(act)
-            .init(&host, "m")
+            .init(&host.scope().pp("m"))
             .unwrap();
         let x = Tensor::randn(&[5, 3]).require_grad();
         let (y, g) = mlp.forward_with_input_grad(&x, &Tensor::ones(&[5, 1]));
@@ -144,7 +183,7 @@ fn conv_input_gradient_is_a_transposed_convolution() {
             groups,
             ..Default::default()
         };
-        let conv = cfg.init(&host, "c").unwrap();
+        let conv = cfg.init(&host.scope().pp("c")).unwrap();
         let x = Tensor::randn(&[2, 4, side, side]).require_grad();
         let y = conv.forward(&x);
         let g = Tensor::randn(&y.shape());

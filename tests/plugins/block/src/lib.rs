@@ -14,10 +14,11 @@ use dtx_plugin_api::nn::{
     Activation, Mlp, MlpConfig, MultiHeadAttention, MultiHeadAttentionConfig,
 };
 use dtx_plugin_api::prelude::*;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// `[plugin.config]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Injection points.
@@ -42,12 +43,12 @@ pub struct Block {
     mlp: Mlp,
 }
 
+#[hooks]
 impl Plugin for Block {
     type Config = Config;
     const NAME: &'static str = "block";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
     const DESCRIPTION: &'static str = "Cross-attention + MLP block (ABI benchmark)";
-    const HOOKS: &'static [Hook] = &[Hook::Inject];
 
     fn injection_points() -> Vec<String> {
         Config::default().points
@@ -69,10 +70,10 @@ impl Plugin for Block {
         Ok(Block {
             points,
             attn: MultiHeadAttentionConfig::cross_attention(c, c, c, cfg.heads)
-                .init(host, "attn")?,
+                .init(&host.scope().pp("attn"))?,
             mlp: MlpConfig::new(&[c, 4 * c, c])
                 .with_activation(Activation::Gelu)
-                .init(host, "mlp")?,
+                .init(&host.scope().pp("mlp"))?,
         })
     }
 
@@ -84,15 +85,14 @@ impl Plugin for Block {
         let h: &Tensor = &ctx.h;
         let [b, c, hh, ww] = <[usize; 4]>::try_from(h.shape())
             .map_err(|_| AbiError::other("block expects [B, C, H, W]"))?;
-        let (b, c, n) = (b as i64, c as i64, (hh * ww) as i64);
         let cond = ctx
             .cond
             .as_ref()
             .ok_or_else(|| AbiError::other("block needs a condition embedding"))?;
-        let x = h.reshape(&[b, c, n]).transpose(1, 2); // [B, HW, C]
+        let x = h.reshape(&[b, c, hh * ww]).transpose(1, 2); // [B, HW, C]
         let x = &x + self.attn.forward(&x, Some(cond)); // [B, HW, C]
         let x = &x + self.mlp.forward(&x); // [B, HW, C]
-        Ok(x.transpose(1, 2).reshape(&[b, c, hh as i64, ww as i64]))
+        Ok(x.transpose(1, 2).reshape(&[b, c, hh, ww]))
     }
 }
 

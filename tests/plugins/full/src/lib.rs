@@ -14,10 +14,11 @@
 use dtx_plugin_api::DType;
 use dtx_plugin_api::abi::{CompareOp, InterpolateMode, SliceRange};
 use dtx_plugin_api::prelude::*;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// `[plugin.config]` of the test plugin.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Injection points.
@@ -101,7 +102,7 @@ impl TestPlugin {
 /// A scalar computed with every tensor op; finite for finite `x`. Its value is
 /// `mean(x)`-dependent so gradients reach `x`.
 pub fn exercise(x: &Tensor) -> Tensor {
-    let flat = x.reshape(&[-1]);
+    let flat = x.flatten(0);
     let n = flat.dim(0);
     let m = Tensor::from_f32(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]);
     assert_eq!(m.shape(), vec![2, 3]);
@@ -229,65 +230,16 @@ pub fn exercise(x: &Tensor) -> Tensor {
     total
 }
 
+#[hooks]
 impl Plugin for TestPlugin {
     type Config = Config;
     const NAME: &'static str = "test";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
     const DESCRIPTION: &'static str =
         "Implements every hook and touches every tensor op (for the host's tests)";
-    const HOOKS: &'static [Hook] = &[
-        Hook::Prepare,
-        Hook::Weights,
-        Hook::Inject,
-        Hook::Loss,
-        Hook::Score,
-        Hook::Filter,
-    ];
 
     fn injection_points() -> Vec<String> {
         Config::default().points
-    }
-
-    fn config_keys() -> Vec<ConfigKey> {
-        vec![
-            ConfigKey::new("points", "[string]", "injection points"),
-            ConfigKey::new("panic_in", "string", "hook to panic in"),
-            ConfigKey::new("exercise_weight", "float", "weight of the exercise term"),
-            ConfigKey::new(
-                "student_weight",
-                "float",
-                "weight of the denoise(student)-in-loss term",
-            ),
-            ConfigKey::new("guidance", "float", "score guidance scale"),
-            ConfigKey::new(
-                "threshold",
-                "float",
-                "filter threshold on the per-sample mean",
-            ),
-            ConfigKey::new("prepare_steps", "integer", "optimizer steps in prepare"),
-            ConfigKey::new(
-                "nan_at_step",
-                "integer",
-                "training step whose loss is NaN (-1: never)",
-            ),
-            ConfigKey::new(
-                "probe_condition",
-                "bool",
-                "call condition_shape, encode_image and encode_text in loss",
-            ),
-            ConfigKey::new("malform", "string", "a malformed value to hand back"),
-            ConfigKey::new(
-                "feature_weight",
-                "float",
-                "weight of the student-source feature gap term",
-            ),
-            ConfigKey::new("log_sampling", "bool", "log a value in score and filter"),
-            ConfigKey::new(
-                "weights",
-                "[string]",
-                "base weights the weights hook passes through",
-            ),
-        ]
     }
 
     fn new(cfg: Config, host: &Host, _model: &ModelInfo) -> Result<Self, AbiError> {
@@ -378,10 +330,9 @@ impl Plugin for TestPlugin {
             terms.push(("feature".into(), gap * self.cfg.feature_weight));
         }
         if self.cfg.malform == "loss_vector" {
-            let b = ctx.pred.dim(0) as i64;
             terms.push((
                 "per_example".into(),
-                ctx.pred.square().reshape(&[b, -1]).mean_dims(&[1], false),
+                ctx.pred.square().flatten(1).mean_dims(&[1], false),
             ));
         }
         Ok(terms)
@@ -405,12 +356,7 @@ impl Plugin for TestPlugin {
 
     fn filter(&mut self, ctx: &Filter<'_>) -> Result<FilterOutput, AbiError> {
         self.maybe_panic("filter");
-        let b = ctx.samples.dim(0) as i64;
-        let means = ctx
-            .samples
-            .reshape(&[b, -1])
-            .mean_dims(&[1], false)
-            .to_f32_vec();
+        let means = ctx.samples.flatten(1).mean_dims(&[1], false).to_f32_vec();
         let mut keep = means
             .iter()
             .map(|&m| m > self.cfg.threshold)

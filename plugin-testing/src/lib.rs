@@ -40,11 +40,13 @@ mod array;
 mod forward;
 mod gradient;
 mod host;
+mod plan;
 mod plugin;
 mod services;
 
 pub use array::{Array, Labels};
 pub use host::TestHost;
+pub use plan::plan;
 pub use plugin::{InjectInputs, LossInputs, TestPlugin};
 pub use services::{DataFn, DenoiseFn};
 

@@ -272,10 +272,15 @@ fn plan_plugin<B: AutodiffBackend>(
     model: &ModelInfo,
 ) -> Result<PlannedPlugin, Vec<ManifestDiagnostic>> {
     let spec = &loaded.manifest.plugins[i];
-    let path = plugins::resolve_library(&spec.library, dirs, Some(&loaded.base_dir()))
-        .map_err(|e| vec![load_diagnostic(loaded, i, &e)])?;
-    let library = plugins::load_library(&path, spec.sha256.as_deref(), vtables::<B>())
-        .map_err(|e| vec![load_diagnostic(loaded, i, &e)])?;
+    let library = match plugins::registered_in_process(&spec.library) {
+        Some(linked) => linked,
+        None => {
+            let path = plugins::resolve_library(&spec.library, dirs, Some(&loaded.base_dir()))
+                .map_err(|e| vec![load_diagnostic(loaded, i, &e)])?;
+            plugins::load_library(&path, spec.sha256.as_deref(), vtables::<B>())
+                .map_err(|e| vec![load_diagnostic(loaded, i, &e)])?
+        }
+    };
     let desc = &library.description;
     let mut diags = Vec::new();
     let implemented: Vec<Hook> = desc.hooks.iter().collect();

@@ -1,10 +1,12 @@
 //! Plugins: finding their files, checking them (sha256 pin, api version,
 //! layout), describing them, building instances and calling their hooks.
 
+mod in_process;
 mod instance;
 mod load;
 
 pub use crate::tensor_abi::Labels;
+pub use in_process::{register_in_process, registered_in_process};
 pub use instance::{HookError, InjectArgs, Instance, LossArgs};
 pub use load::{
     ConfigKeyDescription, LoadError, PLUGIN_PATH_VAR, PluginDescription, PluginLibrary,

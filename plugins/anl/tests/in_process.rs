@@ -134,16 +134,18 @@ fn config_errors_name_the_key() {
 }
 
 /// Gradients of the module's output against central differences: with
-/// respect to f's last layer and W_V (parameters), and to the activation
+/// respect to f's first layer and W_V (parameters), and to the activation
 /// `h` itself (what the backward through the rest of the U-Net relies
 /// on). f32 forward, step 1e-2: 2 % of the largest gradient entry.
 #[test]
 fn gradients_match_finite_differences() {
     let host = TestHost::tiny_unet();
-    let config = "mode = \"unconditional\"\nzero_init = false\nheads = 2\npoints = [\"mid.res.0\"]";
+    // d_attn = 8 keeps W_V and f's first layer at 512 entries each
+    let config = "mode = \"unconditional\"\nzero_init = false\nheads = 2\nd_attn = 8\n\
+                  points = [\"mid.res.0\"]";
     let mut p = host.plugin::<Anl>(config).unwrap();
     let h = Array::random(&host.point_shape("mid.res.0", 1), 3);
-    for param in ["mid.res.0.f.1.weight", "mid.res.0.v.weight"] {
+    for param in ["mid.res.0.f.0.weight", "mid.res.0.v.weight"] {
         let err = p
             .check_inject_gradient("mid.res.0", &h, param, 1e-2)
             .unwrap();

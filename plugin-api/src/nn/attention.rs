@@ -25,6 +25,8 @@ pub struct MultiHeadAttentionConfig {
     pub out_initializer: Initializer,
 }
 
+setters!(MultiHeadAttentionConfig { with_bias: bias: bool, with_initializer: initializer: Initializer, with_out_initializer: out_initializer: Initializer });
+
 impl MultiHeadAttentionConfig {
     /// Self-attention of width `d_model` with `heads` heads.
     pub fn self_attention(d_model: usize, heads: usize) -> Self {
@@ -41,21 +43,6 @@ impl MultiHeadAttentionConfig {
             initializer: Initializer::KaimingUniform,
             out_initializer: Initializer::KaimingUniform,
         }
-    }
-    /// Sets `bias`.
-    pub fn with_bias(mut self, bias: bool) -> Self {
-        self.bias = bias;
-        self
-    }
-    /// Sets `initializer`.
-    pub fn with_initializer(mut self, initializer: Initializer) -> Self {
-        self.initializer = initializer;
-        self
-    }
-    /// Sets `out_initializer`.
-    pub fn with_out_initializer(mut self, initializer: Initializer) -> Self {
-        self.out_initializer = initializer;
-        self
     }
 
     /// Registers `q`, `k`, `v` and `out` (each a [`Linear`]) in `scope`, in

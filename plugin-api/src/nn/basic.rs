@@ -86,6 +86,8 @@ pub struct LinearConfig {
     pub initializer: Initializer,
 }
 
+setters!(LinearConfig { with_bias: bias: bool, with_initializer: initializer: Initializer });
+
 impl LinearConfig {
     /// `d_input → d_output` with bias, initialised as PyTorch's `nn.Linear`.
     pub fn new(d_input: usize, d_output: usize) -> Self {
@@ -95,16 +97,6 @@ impl LinearConfig {
             bias: true,
             initializer: Initializer::KaimingUniform,
         }
-    }
-    /// Sets `bias`.
-    pub fn with_bias(mut self, bias: bool) -> Self {
-        self.bias = bias;
-        self
-    }
-    /// Sets `initializer`.
-    pub fn with_initializer(mut self, initializer: Initializer) -> Self {
-        self.initializer = initializer;
-        self
     }
 
     /// Registers `weight` `[d_input, d_output]` and `bias` `[d_output]` in
@@ -159,6 +151,8 @@ pub struct MlpConfig {
     pub last_initializer: Option<Initializer>,
 }
 
+setters!(MlpConfig { with_bias: bias: bool, with_initializer: initializer: Initializer });
+
 impl MlpConfig {
     /// An MLP through `sizes`.
     pub fn new(sizes: &[usize]) -> Self {
@@ -173,16 +167,6 @@ impl MlpConfig {
     /// Sets the activation.
     pub fn with_activation(mut self, a: Activation) -> Self {
         self.activation = a;
-        self
-    }
-    /// Sets `bias`.
-    pub fn with_bias(mut self, bias: bool) -> Self {
-        self.bias = bias;
-        self
-    }
-    /// Sets `initializer`.
-    pub fn with_initializer(mut self, initializer: Initializer) -> Self {
-        self.initializer = initializer;
         self
     }
     /// Sets `last_initializer`.

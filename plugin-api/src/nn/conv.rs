@@ -22,6 +22,8 @@ pub struct Conv2dConfig {
     pub initializer: Initializer,
 }
 
+setters!(Conv2dConfig { with_bias: bias: bool, with_initializer: initializer: Initializer });
+
 impl Conv2dConfig {
     /// A `kernel × kernel` convolution with "same" padding.
     pub fn new(channels_in: usize, channels_out: usize, kernel: usize) -> Self {
@@ -46,16 +48,6 @@ impl Conv2dConfig {
     /// Sets stride, padding, dilation and groups at once.
     pub fn with_options(mut self, options: Conv2dOptions) -> Self {
         self.options = options;
-        self
-    }
-    /// Sets `bias`.
-    pub fn with_bias(mut self, bias: bool) -> Self {
-        self.bias = bias;
-        self
-    }
-    /// Sets `initializer`.
-    pub fn with_initializer(mut self, initializer: Initializer) -> Self {
-        self.initializer = initializer;
         self
     }
 

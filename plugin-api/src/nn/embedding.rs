@@ -37,6 +37,8 @@ pub struct TimestepEmbeddingConfig {
     pub initializer: Initializer,
 }
 
+setters!(TimestepEmbeddingConfig { with_initializer: initializer: Initializer });
+
 impl TimestepEmbeddingConfig {
     /// `freq_dim` sinusoidal features mapped to `dim`.
     pub fn new(freq_dim: usize, dim: usize) -> Self {
@@ -50,11 +52,6 @@ impl TimestepEmbeddingConfig {
     /// Sets the activation.
     pub fn with_activation(mut self, a: Activation) -> Self {
         self.activation = a;
-        self
-    }
-    /// Sets `initializer`.
-    pub fn with_initializer(mut self, initializer: Initializer) -> Self {
-        self.initializer = initializer;
         self
     }
 

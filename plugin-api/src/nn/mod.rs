@@ -5,6 +5,22 @@
 //! `<scope>.<param>`), and `forward` with a `# Shapes` section. Their
 //! parameters are trained by the host.
 
+/// `with_<field>(value)` setters of a config, each documented as setting
+/// its field (the field's own doc says what it means and its default).
+macro_rules! setters {
+    ($config:ty { $($setter:ident: $field:ident: $ty:ty),* $(,)? }) => {
+        impl $config {
+            $(
+                #[doc = concat!("Sets `", stringify!($field), "`.")]
+                pub fn $setter(mut self, value: $ty) -> Self {
+                    self.$field = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
 mod attention;
 mod basic;
 mod conv;

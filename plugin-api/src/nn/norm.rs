@@ -19,6 +19,8 @@ pub struct GroupNormConfig {
     pub initializer: Initializer,
 }
 
+setters!(GroupNormConfig { with_eps: eps: f32, with_bias: bias: bool, with_initializer: initializer: Initializer });
+
 impl GroupNormConfig {
     /// `groups` groups over `channels` channels, with eps 1e-5, γ = 1, β = 0.
     pub fn new(groups: usize, channels: usize) -> Self {
@@ -29,21 +31,6 @@ impl GroupNormConfig {
             bias: true,
             initializer: Initializer::Constant(1.0),
         }
-    }
-    /// Sets `eps`.
-    pub fn with_eps(mut self, eps: f32) -> Self {
-        self.eps = eps;
-        self
-    }
-    /// Sets `bias`.
-    pub fn with_bias(mut self, bias: bool) -> Self {
-        self.bias = bias;
-        self
-    }
-    /// Sets `initializer`.
-    pub fn with_initializer(mut self, initializer: Initializer) -> Self {
-        self.initializer = initializer;
-        self
     }
 
     /// Registers `gamma` and `beta` `[channels]` in `scope`.
@@ -122,6 +109,8 @@ pub struct LayerNormConfig {
     pub initializer: Initializer,
 }
 
+setters!(LayerNormConfig { with_eps: eps: f32, with_bias: bias: bool, with_initializer: initializer: Initializer });
+
 impl LayerNormConfig {
     /// Normalises a last dim of size `d`, with eps 1e-5, γ = 1, β = 0.
     pub fn new(d: usize) -> Self {
@@ -131,21 +120,6 @@ impl LayerNormConfig {
             bias: true,
             initializer: Initializer::Constant(1.0),
         }
-    }
-    /// Sets `eps`.
-    pub fn with_eps(mut self, eps: f32) -> Self {
-        self.eps = eps;
-        self
-    }
-    /// Sets `bias`.
-    pub fn with_bias(mut self, bias: bool) -> Self {
-        self.bias = bias;
-        self
-    }
-    /// Sets `initializer`.
-    pub fn with_initializer(mut self, initializer: Initializer) -> Self {
-        self.initializer = initializer;
-        self
     }
 
     /// Registers `gamma` and `beta` `[d]` in `scope`.

@@ -1,9 +1,11 @@
-//! The model's forward with a plugin in it, as a run's student computes it.
+//! The model's forward with a plugin in it, as a run's student computes it,
+//! and `score` handed the ε it gives as a run's sampler hands it.
 
 use crate::plugin::InjectInputs;
 use crate::services::timesteps;
 use crate::{Array, B, Labels, TestPlugin};
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::ops::{FloatTensor, FloatTensorOps};
+use burn::tensor::{Tensor, TensorMetadata, TensorPrimitive};
 use dtx::model::{Denoiser, Hooks};
 use dtx::plugins::{InjectArgs, Instance};
 use dtx::tensor_abi::Labels as HostLabels;
@@ -71,6 +73,49 @@ impl TestPlugin {
         t: &[f32],
         inputs: &InjectInputs<'_>,
     ) -> Result<Array, String> {
+        self.forward_prim(x.to_prim(), t, inputs)
+            .map(|p| Array::of_prim(dtx::tensor_abi::untracked::<B>(p)))
+    }
+
+    /// `score` as a run's sampler calls it: `x_t` a leaf that tracks
+    /// gradients and ε the model's output for it with this plugin in it
+    /// ([`TestPlugin::forward`] in a sampling forward, its `inject` handed
+    /// `labels`), tracked from `x_t`; so a hook that differentiates through
+    /// ε (guidance through x̂0) sees the graph a run gives it. `t` holds
+    /// each example's timestep, `(index, of)` the step's place in the run.
+    /// Returns ε and the hook's corrected ε.
+    pub fn score_sampled(
+        &mut self,
+        x_t: &Array,
+        t: &[f32],
+        labels: Option<&Labels>,
+        step: (u64, u64),
+    ) -> Result<(Array, Array), String> {
+        if x_t.shape.first() != Some(&t.len()) {
+            return Err(format!(
+                "{} timesteps for x_t of shape {:?}: one per example",
+                t.len(),
+                x_t.shape
+            ));
+        }
+        let leaf = B::float_set_require_grad(x_t.to_prim(), true);
+        let inputs = InjectInputs {
+            t,
+            labels,
+            ..Default::default()
+        };
+        let eps = self.forward_prim(leaf.clone(), t, &inputs)?;
+        let out = self.score_prim(leaf, eps.clone(), t, labels, step)?;
+        let value = |p| Array::of_prim(dtx::tensor_abi::untracked::<B>(p));
+        Ok((value(eps), value(out)))
+    }
+
+    fn forward_prim(
+        &mut self,
+        x: FloatTensor<B>,
+        t: &[f32],
+        inputs: &InjectInputs<'_>,
+    ) -> Result<FloatTensor<B>, String> {
         let net = self.net.clone();
         let mut w = net.weights.clone();
         if self.inst.implements(Hook::Weights) {
@@ -99,17 +144,16 @@ impl TestPlugin {
         let ts = timesteps(t);
         macro_rules! at_rank {
             ($d:literal) => {{
-                let x = Tensor::<B, $d>::from_primitive(TensorPrimitive::Float(x.to_prim()));
+                let x = Tensor::<B, $d>::from_primitive(TensorPrimitive::Float(x));
                 net.net
                     .forward(&w, x, ts, None, &mut hooks, None)
                     .map(|o| o.into_primitive().tensor())
             }};
         }
-        let out = match x.shape.len() {
+        match x.shape().num_dims() {
             2 => at_rank!(2),
             4 => at_rank!(4),
-            r => return Err(format!("x of rank {r}")),
-        }?;
-        Ok(Array::of_prim(dtx::tensor_abi::untracked::<B>(out)))
+            r => Err(format!("x of rank {r}")),
+        }
     }
 }

@@ -140,6 +140,27 @@ impl TestHost {
         Session::<B>::with(f).expect("the session is installed");
     }
 
+    /// Runs `f` as plugin `name`'s code outside a hook, as a test of the
+    /// plugin crate's own functions (its losses, its networks) needs: the
+    /// plugin API's tensors (`Tensor::from_f32`, `Host::get()`) reach this
+    /// host, and the parameters `f` registers (`host.scope().pp(…)`) are
+    /// the plugin's (`plugin.<name>.…`), in this host's session.
+    pub fn in_plugin<R>(&self, name: &str, f: impl FnOnce() -> R) -> R {
+        /// Puts back the session's running plugin, even when `f` panics.
+        struct Restore(Option<String>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let previous = self.0.take();
+                let _ = Session::<B>::with(|s| s.current_plugin = previous);
+            }
+        }
+        dtx_plugin_api::__private::install_host(vtables::<B>());
+        let previous = Session::<B>::with(|s| s.current_plugin.replace(name.to_owned()))
+            .expect("the session is installed");
+        let _restore = Restore(previous);
+        f()
+    }
+
     /// The scalars plugins logged since the last call (`<plugin>.<name>`).
     pub fn logs(&self) -> Vec<(String, f64)> {
         Session::<B>::with(|s| s.services.take_logs()).expect("the session is installed")

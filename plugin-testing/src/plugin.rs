@@ -277,25 +277,42 @@ impl TestPlugin {
         labels: Option<&Labels>,
         (index, of): (u64, u64),
     ) -> Result<Array, String> {
+        self.score_prim(x_t.to_prim(), eps.to_prim(), t, labels, (index, of))
+            .map(|p| Array::of_prim(dtx::tensor_abi::untracked::<B>(p)))
+    }
+
+    pub(crate) fn score_prim(
+        &mut self,
+        x_t: FloatTensor<B>,
+        eps: FloatTensor<B>,
+        t: &[f32],
+        labels: Option<&Labels>,
+        (index, of): (u64, u64),
+    ) -> Result<FloatTensor<B>, String> {
+        let shape = x_t.shape().to_vec();
+        if shape.first() != Some(&t.len()) {
+            return Err(format!(
+                "{} timesteps for x_t of shape {shape:?}: one per example",
+                t.len()
+            ));
+        }
         let ts = timesteps(t);
         let labels = labels.map(Labels::to_host).transpose()?;
         macro_rules! at_rank {
             ($d:literal) => {{
-                let f = |a: &Array| {
-                    Tensor::<B, $d>::from_primitive(TensorPrimitive::Float(a.to_prim()))
-                };
+                let f =
+                    |p: FloatTensor<B>| Tensor::<B, $d>::from_primitive(TensorPrimitive::Float(p));
                 self.inst
                     .score(&f(x_t), &ts, &f(eps), labels.as_ref(), index, of)
                     .map(|o| o.into_primitive().tensor())
             }};
         }
-        let out = match x_t.shape.len() {
+        match shape.len() {
             2 => at_rank!(2),
             4 => at_rank!(4),
             r => return Err(format!("data of rank {r}")),
         }
-        .map_err(|e| e.to_string())?;
-        Ok(Array::of_prim(dtx::tensor_abi::untracked::<B>(out)))
+        .map_err(|e| e.to_string())
     }
 
     /// `filter` on finished `samples`: each sample's score and whether it
@@ -330,7 +347,12 @@ impl TestPlugin {
     /// a temporary folder as the run folder; its optimizer steps use the
     /// host's Adam.
     pub fn prepare(&mut self, before: &str) -> Result<(), String> {
-        let dir = std::env::temp_dir().join(format!("dtx-plugin-testing-{}", std::process::id()));
+        // one folder per test thread: tests run in parallel in one process
+        let dir = std::env::temp_dir().join(format!(
+            "dtx-plugin-testing-run-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let out = self
             .inst

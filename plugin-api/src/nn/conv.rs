@@ -110,7 +110,7 @@ impl Conv2d {
     /// convolution by the same weight, with the output padding that restores
     /// `input_hw` when the stride drops rows (the bias drops out). Ordinary
     /// ops, so a loss of it trains the weight: the convolutional
-    /// counterpart of [`Mlp::forward_with_input_grad`].
+    /// counterpart of [`super::Mlp::forward_with_input_grad`].
     ///
     /// # Shapes
     /// - g: `[B, C_out, H', W']`

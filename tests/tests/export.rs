@@ -319,7 +319,7 @@ fn a_lora_run_as_a_dtx_source_loads_its_merged_weights() {
     let plan = run_in_process(&["plan", m]);
     assert_eq!(plan.code, 0, "{}", plan.stderr);
     assert!(
-        plan.stdout.contains("its plugins `lora` merged"),
+        plan.stdout.contains("its plugin `lora` merged"),
         "{}",
         plan.stdout
     );

@@ -107,8 +107,8 @@ pub(super) fn source_run<B: burn::tensor::backend::AutodiffBackend>(
     if let Some(why) = refusal(&plan) {
         return Err(vec![at(
             format!(
-                "{run}: {why}; a `dtx` source is that run's weights with its weight-level \
-                 plugins merged in, so it cannot come without them"
+                "{run}: {why}; a `dtx` source is that run's model as plain weights, and \
+                 without them it would not be the model the run samples"
             ),
             Some(format!(
                 "start from that run's own source (its manifest's [source], `{}`), or sample \

@@ -135,14 +135,18 @@ impl Plan {
         };
         let ckpt = crate::model::dtx_checkpoint(&self.manifest.resolve_path(path));
         let merged = match self.source_run.as_deref() {
-            Some(run) => format!(
-                "its plugins {} merged (`weights` hooks, EMA values where kept)",
-                super::merge::merged_plugins(run)
-                    .iter()
-                    .map(|n| format!("`{n}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            Some(run) => {
+                let names = super::merge::merged_plugins(run);
+                format!(
+                    "its plugin{} {} merged (`weights` hooks, EMA values where kept)",
+                    if names.len() == 1 { "" } else { "s" },
+                    names
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
             None => "its base parameters (EMA values where kept)".into(),
         };
         let _ = writeln!(o, "source weights: {}, {merged}", ckpt.display());

@@ -270,3 +270,152 @@ fn an_adm_run_exports_its_state_dict_and_flags() {
     assert_eq!(exported, ran);
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// A `[source] kind = "dtx"` manifest for a run `name` on the run folder
+/// `source`, with `lora-unet.toml`'s [target], [train] (its 100-step
+/// schedule is the sampler's) and [sample], and no plugin; written into
+/// `out`, its path returned.
+fn on_dtx_source(out: &Path, name: &str, source: &Path) -> std::path::PathBuf {
+    let manifest = std::fs::read_to_string(ok_manifest("lora-unet.toml")).unwrap();
+    let start = manifest.find("[[plugin]]").unwrap();
+    let end = manifest.find("[sample]").unwrap();
+    let text = format!("{}{}", &manifest[..start], &manifest[end..])
+        .replace(
+            "kind = \"diffusers\"\npath = \"../../fixtures/models/tiny-diffusers\"\ninit = \"random\"       # the folder has a config.json and no weights",
+            &format!("kind = \"dtx\"\npath = \"{}\"", source.display()),
+        )
+        .replace("name = \"lora-unet\"", &format!("name = \"{name}\""))
+        .replace("output_dir = \"runs\"", &format!("output_dir = \"{}\"", out.display()));
+    assert!(text.contains("kind = \"dtx\""), "{text}");
+    let m = out.join(format!("{name}.toml"));
+    std::fs::write(&m, text).unwrap();
+    m
+}
+
+/// A LoRA run (with an EMA) as the `kind = "dtx"` source of a run with no
+/// plugin and nothing to train: that run's weights are the LoRA run's W'
+/// (EMA averages through the `weights` hook), byte for byte what `dtx
+/// export` writes, so it samples the LoRA run's samples bit for bit. A
+/// source run whose plugin library is gone is refused naming the plugin
+/// and the run.
+#[test]
+fn a_lora_run_as_a_dtx_source_loads_its_merged_weights() {
+    let out = out_dir("export", "dtx-source");
+    let r = dtx_run("lora-unet.toml", &out, &["train.ema.decay=0.5"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let run = out.join("lora-unet");
+    let merged = out.join("merged");
+    let e = run_in_process(&[
+        "export",
+        run.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert_eq!(e.code, 0, "{}", e.stderr);
+    assert!(e.stdout.contains("EMA values"), "{}", e.stdout);
+
+    let next = on_dtx_source(&out, "next", &run);
+    let m = next.to_str().unwrap();
+    let plan = run_in_process(&["plan", m]);
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    assert!(
+        plan.stdout.contains("its plugin `lora` merged"),
+        "{}",
+        plan.stdout
+    );
+    let again = run_in_process(&["run", m, "--quiet"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    let ran = pngs(&run);
+    assert!(!ran.is_empty());
+    assert_eq!(ran, pngs(&out.join("next")));
+    // nothing trained: the checkpoint holds the weights loaded, which are
+    // the exported ones
+    let (_, loaded) = tensors(&out.join("next/checkpoints/latest.safetensors"));
+    let (_, exported) = tensors(&merged.join("diffusion_pytorch_model.safetensors"));
+    assert_eq!(
+        exported.len(),
+        loaded.keys().filter(|k| k.starts_with("param/")).count()
+    );
+    for (k, v) in &exported {
+        assert_eq!(Some(v), loaded.get(&format!("param/{k}")), "{k}");
+    }
+
+    // a source run without plugins (`next`) is read as before: nested
+    let plan = run_in_process(&[
+        "plan",
+        on_dtx_source(&out, "third", &out.join("next"))
+            .to_str()
+            .unwrap(),
+    ]);
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    assert!(
+        plan.stdout.contains("its base parameters"),
+        "{}",
+        plan.stdout
+    );
+
+    // a source run whose plugin library is gone
+    let moved = out.join("moved");
+    std::fs::create_dir_all(moved.join("checkpoints")).unwrap();
+    std::fs::copy(
+        run.join("checkpoints/latest.safetensors"),
+        moved.join("checkpoints/latest.safetensors"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(run.join("manifest.toml")).unwrap();
+    assert!(text.contains("\"dtx_plugin_lora\""), "{text}");
+    std::fs::write(
+        moved.join("manifest.toml"),
+        text.replace("\"dtx_plugin_lora\"", "\"dtx_plugin_gone\""),
+    )
+    .unwrap();
+    let gone = run_in_process(&[
+        "plan",
+        on_dtx_source(&out, "gone", &moved).to_str().unwrap(),
+    ]);
+    let msg = gone.failed();
+    assert!(
+        msg.contains(&moved.display().to_string())
+            && msg.contains("`lora`")
+            && msg.contains("dtx_plugin_gone"),
+        "{msg}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// A source run with an `inject` plugin cannot be merged: the plan and the
+/// run are refused, naming the run, the plugins and their hooks.
+#[test]
+fn a_dtx_source_with_an_unmergeable_plugin_is_refused_by_name() {
+    let out = out_dir("export", "dtx-refused");
+    let r = dtx_run(
+        "two-plugins.toml",
+        &out,
+        &["train.steps=2", "sample.count=2", "sample.steps=2"],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let run = out.join("two-plugins");
+    let next = dtx_run(
+        "gmm-mlp.toml",
+        &out,
+        &[
+            "run.name=\"next\"",
+            "source.kind=\"dtx\"",
+            &format!("source.path=\"{}\"", run.display()),
+            "source.config={}",
+            "train.steps=1",
+        ],
+        &[],
+    );
+    let msg = next.failed();
+    assert!(
+        msg.contains(&run.display().to_string())
+            && msg.contains("`adapter` (inject)")
+            && msg.contains("`probe` (inject, score, filter)")
+            && msg.contains("dtx sample"),
+        "{msg}"
+    );
+    assert!(!out.join("next").exists());
+    let _ = std::fs::remove_dir_all(&out);
+}

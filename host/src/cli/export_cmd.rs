@@ -91,16 +91,23 @@ fn merged(
              checkpoint is the model (`dtx model inspect`, `dtx model forward`)"
         );
     }
-    if let Some(why) = crate::run::export::refusal(plan) {
-        bail!("{why}");
-    }
-    std::fs::create_dir_all(dest).with_context(|| format!("creating `{}`", dest.display()))?;
+    // refuses what cannot be merged before it creates `dest`
+    let existed = dest.exists();
     let exported = crate::run::export::merged_weights::<CpuBackend>(plan, ckpt, dest);
     // the run's scaffolding in the folder is not part of the export
     for f in ["metrics.jsonl", ".lock"] {
         let _ = std::fs::remove_file(dest.join(f));
     }
-    let e = exported?;
+    let e = match exported {
+        Ok(e) => e,
+        Err(err) => {
+            if !existed {
+                // empty again: nothing of a failed export stays
+                let _ = std::fs::remove_dir(dest);
+            }
+            return Err(err.into());
+        }
+    };
     let desc = plan.model.as_ref().expect("checked above");
     let (weights, config) = if kind == "adm" {
         ("model.safetensors", "config.toml")

@@ -8,6 +8,7 @@
 //! `memory` estimates what the run needs against the machine's memory.
 
 mod memory;
+pub mod merge;
 mod preflight;
 mod render;
 
@@ -68,6 +69,10 @@ pub struct Plan {
     pub condition: Option<crate::condition::ConditionPlan>,
     /// Stages in order.
     pub stages: Vec<Stage>,
+    /// For a `kind = "dtx"` source whose run has weight-level plugins: that
+    /// run's plan. Their `weights` hooks are merged into the weights this
+    /// run loads (`merge::source_run`).
+    pub source_run: Option<Box<Plan>>,
 }
 
 /// A plugin's config table as the JSON text handed to the plugin. Every value
@@ -179,6 +184,15 @@ pub fn resolve_on<B: AutodiffBackend>(loaded: LoadedManifest) -> Result<Plan, Ma
     }
     diags.extend(preflight::check_builtin_data(&loaded));
     diags.extend(preflight::check_data_paths(&loaded));
+    // a source run's plugins load only once its model is described
+    let source_run = if model.is_some() {
+        merge::source_run::<B>(&loaded).unwrap_or_else(|mut d| {
+            diags.append(&mut d);
+            None
+        })
+    } else {
+        None
+    };
     if m.source.is_some() && model.is_none() {
         // Plugins built without the model would only add errors of their
         // own ("no denoiser") that fixing the source removes.
@@ -242,6 +256,7 @@ pub fn resolve_on<B: AutodiffBackend>(loaded: LoadedManifest) -> Result<Plan, Ma
         plugins: planned,
         condition,
         stages,
+        source_run: source_run.map(Box::new),
         manifest: loaded,
     })
 }

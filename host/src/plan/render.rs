@@ -101,6 +101,7 @@ impl Plan {
             }
             None => o.push_str("model: none ([source] not given)\n"),
         }
+        self.render_source_run(o);
         if let Some(t) = &m.target {
             let limit = t.limit.map(|l| format!(", {l}-shot")).unwrap_or_default();
             let held = if t.holdout > 0 {
@@ -119,6 +120,36 @@ impl Plan {
             };
             let _ = writeln!(o, "source data: {}{n} (dataset split `source`)", d.dataset);
         }
+    }
+
+    /// For a `kind = "dtx"` source: the checkpoint read, and the source
+    /// run's plugins merged into it.
+    fn render_source_run(&self, o: &mut String) {
+        let Some(src) = self.manifest.manifest.source.as_ref() else {
+            return;
+        };
+        let (crate::manifest::SourceKind::Dtx, Some(path), crate::manifest::Init::Pretrained) =
+            (&src.kind, &src.path, &src.init)
+        else {
+            return;
+        };
+        let ckpt = crate::model::dtx_checkpoint(&self.manifest.resolve_path(path));
+        let merged = match self.source_run.as_deref() {
+            Some(run) => {
+                let names = super::merge::merged_plugins(run);
+                format!(
+                    "its plugin{} {} merged (`weights` hooks, EMA values where kept)",
+                    if names.len() == 1 { "" } else { "s" },
+                    names
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+            None => "its base parameters (EMA values where kept)".into(),
+        };
+        let _ = writeln!(o, "source weights: {}, {merged}", ckpt.display());
     }
 
     /// The stages in order and the plugins bound to each hook.

@@ -297,6 +297,15 @@ fn base_weights<B: AutodiffBackend>(
             .as_ref()
             .map(|p| crate::model::dtx_checkpoint(&plan.manifest.resolve_path(p)))
             .ok_or_else(|| run_error!("[source]: `path` names the dtx run folder"))?;
+        if let Some(source_run) = plan.source_run.as_deref() {
+            return super::source_run::load_merged::<B>(
+                source_run,
+                &path,
+                net,
+                device,
+                is_trainable,
+            );
+        }
         let from_source = |p: &std::path::Path, s: &mut crate::tensor_abi::ParamStore<B>| {
             net.load(p, s, device, is_trainable)
                 .map_err(|e| e.to_string())

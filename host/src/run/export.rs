@@ -32,42 +32,14 @@ pub struct Exported {
 /// The plugins merged: instance name and how many weights each changed.
 type Merged = Vec<(String, usize)>;
 
-/// Hooks whose effect lives outside the base weights.
-const UNMERGEABLE: &[Hook] = &[Hook::Inject, Hook::Score, Hook::Filter];
-
-/// The plugins of `plan` that an export cannot merge, as `name (hooks)`.
-pub fn unmergeable(plan: &Plan) -> Vec<String> {
-    plan.plugins
-        .iter()
-        .filter_map(|p| {
-            let hooks: Vec<&str> = p
-                .hooks
-                .iter()
-                .filter(|h| UNMERGEABLE.contains(h))
-                .map(|h| h.name())
-                .collect();
-            (!hooks.is_empty()).then(|| format!("`{}` ({})", p.name, hooks.join(", ")))
-        })
-        .collect()
-}
-
-/// Why the run's plugins cannot be merged, naming each that cannot and its
-/// hooks; `None` when they all can.
-pub fn refusal(plan: &Plan) -> Option<String> {
-    let refused = unmergeable(plan);
-    (!refused.is_empty()).then(|| {
-        format!(
-            "cannot merge {} into the base weights: what they do happens outside them \
-             (only plugins whose model changes are `weights` hooks, such as `lora`, merge; \
-             `loss` and `prepare` hooks change nothing at export)",
-            refused.join(", ")
-        )
-    })
-}
+pub use crate::plan::merge::{refusal, unmergeable};
 
 /// The run `plan` describes, restored from `checkpoint`, as merged base
-/// weights. `scratch` is a folder the run may lock and write its (empty)
-/// metrics file into; the caller removes what it does not keep.
+/// weights: what `dtx export --format diffusers` writes and a `kind =
+/// "dtx"` source loads. `scratch` is a folder the run may create, lock and
+/// write its (empty) metrics file into; the caller removes what it does not
+/// keep. A plugin that cannot be merged ([`refusal`]) is refused before
+/// anything is read or written.
 pub fn merged_weights<B: AutodiffBackend>(
     plan: &Plan,
     checkpoint: &Path,
@@ -76,6 +48,11 @@ pub fn merged_weights<B: AutodiffBackend>(
     if let Some(why) = refusal(plan) {
         fail!("{why}");
     }
+    // what the run evaluates plays no part in its weights: its extractor
+    // and reference images are not loaded
+    let mut plan = plan.clone();
+    plan.manifest.manifest.eval = None;
+    let plan = &plan;
     let desc = plan
         .model
         .as_ref()

@@ -21,6 +21,7 @@ mod prepare;
 mod recipe;
 pub(crate) mod report;
 mod sampling;
+mod source_run;
 mod student;
 mod support;
 

@@ -1,8 +1,9 @@
-//! The TGDP sign test's setting, shared by `tests/tgdp.rs` and the
-//! `tgdp_eta2` benchmark: two Gaussians whose diffused density ratio is
-//! closed-form, the exact source ε, fresh samples of both, a tensor session
-//! serving them, the plugin built on a 2-D mock model, and a deterministic
-//! DDIM with a guidance callback.
+//! The TGDP sign test's setting, used by the `tgdp_eta2` benchmark (the
+//! test itself, plugins/tgdp/tests/in_process.rs, keeps a copy): two
+//! Gaussians whose diffused density ratio is closed-form, the exact source
+//! ε, fresh samples of both, a tensor session serving them, the plugin
+//! built on a 2-D mock model, and a deterministic DDIM with a guidance
+//! callback.
 
 use crate::mock::Normal;
 use crate::plugin_path;

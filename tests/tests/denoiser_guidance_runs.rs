@@ -1,7 +1,8 @@
 //! The `denoiser-guidance` plugin through `dtx run` end to end (guidance +
 //! rejection; class-conditional fine-tuning + CFG + rejection; mask
 //! guidance), including the filter's counts and the resample cap. The
-//! plugin's arithmetic against references is in `denoiser_guidance.rs`.
+//! plugin's arithmetic against references is in
+//! plugins/denoiser-guidance/tests/in_process.rs.
 
 use dtx_tests::runs::{self, tensors};
 

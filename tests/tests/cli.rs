@@ -161,3 +161,121 @@ fn set_overrides_reach_the_plan_and_the_plugin() {
         out.stderr
     );
 }
+
+/// A stand-in for the PyTorch side of `dtx bench engine --compare`: a
+/// shell script run as `PYTHON SCRIPT ARGS…` that records its arguments
+/// and the script's first line, then prints `report` (or fails with
+/// `error`).
+fn fake_python(dir: &std::path::Path, report: &str, fail: bool) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("python");
+    let body = if fail {
+        "echo 'ModuleNotFoundError: No module named torch' >&2\nexit 1\n".to_owned()
+    } else {
+        format!("echo 'loading'\necho '{report}'\n")
+    };
+    let log = dir.join("args.txt");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nhead -n 1 \"$1\" >> '{}'\necho \"$@\" >> '{}'\n{body}",
+            log.display(),
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// `dtx bench engine --compare PYTHON`: two rounds, each dtx's own step
+/// then the PyTorch script (the embedded `unet_bench.py`, given the same
+/// U-Net, batch, steps and thread count), the medians and the ratios
+/// dtx / PyTorch computed from them; a PyTorch side that fails, or that
+/// builds another model, is a clear error.
+#[test]
+fn bench_engine_compare_interleaves_rounds_and_prints_ratios() {
+    let dir = std::env::temp_dir().join(format!("dtx-compare-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let tiny = [
+        "bench",
+        "engine",
+        "--batch",
+        "2",
+        "--size",
+        "8",
+        "--channels",
+        "32",
+        "--layers",
+        "1",
+        "--warmup",
+        "0",
+        "--iters",
+        "1",
+    ];
+    let alone = run_dtx(&[&tiny[..], &["--json"]].concat(), &dir);
+    assert_eq!(alone.code, 0, "{}", alone.stderr);
+    let own: serde_json::Value = serde_json::from_str(alone.stdout.trim()).unwrap();
+    let (params, threads) = (
+        own["parameters"].as_u64().unwrap(),
+        own["threads"].as_u64().unwrap(),
+    );
+    let report = format!(
+        r#"{{"parameters": {params}, "train_step_s": 0.5, "ddim_step_s": 0.25, "peak_rss_mib": 100.0, "threads": {threads}, "torch": "fake"}}"#
+    );
+    let python = fake_python(&dir, &report, false);
+    let python_arg = python.display().to_string();
+    let args = [
+        &tiny[..],
+        &["--compare", &python_arg, "--rounds", "2", "--json"],
+    ]
+    .concat();
+    let out = run_dtx(&args, &dir);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let rounds = v["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2);
+    let dtx_train: Vec<f64> = rounds
+        .iter()
+        .map(|r| r["dtx"]["train_step_s"].as_f64().unwrap())
+        .collect();
+    // the median of an even count is the upper one (dtx::bench::median)
+    let want = dtx_train[0].max(dtx_train[1]) / 0.5;
+    let got = v["ratio"]["train_step"].as_f64().unwrap();
+    assert!((got - want).abs() <= 1e-9 * want, "{got} vs {want}");
+    // the embedded script ran, with the sizes and dtx's thread count
+    let log = std::fs::read_to_string(dir.join("args.txt")).unwrap();
+    assert!(log.contains("PyTorch + diffusers side"), "{log}");
+    let expected = format!(
+        "--batch 2 --size 8 --channels 32 --layers 1 --warmup 0 --iters 1 --threads {threads}"
+    );
+    assert_eq!(log.matches(&expected).count(), 2, "{log}");
+    // text output: the ratio line
+    let args = [&tiny[..], &["--compare", &python_arg, "--rounds", "1"]].concat();
+    let out = run_dtx(&args, &dir);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("training step: dtx"), "{}", out.stdout);
+    // another model on the PyTorch side
+    let other = report.replace(&format!("\"parameters\": {params}"), "\"parameters\": 7");
+    let python = fake_python(&dir, &other, false);
+    let out = run_dtx(&[&tiny[..], &["--compare", &python_arg]].concat(), &dir);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("the two U-Nets differ"),
+        "{}",
+        out.stderr
+    );
+    // no torch
+    fake_python(&dir, "", true);
+    let out = run_dtx(&[&tiny[..], &["--compare", &python_arg]].concat(), &dir);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("needs torch and diffusers")
+            && out.stderr.contains("No module named torch"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    let _ = (python, std::fs::remove_dir_all(&dir));
+}

@@ -143,6 +143,14 @@ pub enum BenchCommand {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// Also time PyTorch + diffusers on the same U-Net, batch, steps and
+        /// thread count: PYTHON is an interpreter with torch and diffusers;
+        /// rounds of dtx then PyTorch, each side's figures and the ratios.
+        #[arg(long, value_name = "PYTHON")]
+        compare: Option<PathBuf>,
+        /// Interleaved rounds with --compare (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     // The research benchmarks below live in the `dtx-bench` executable
     // (crate `bench/`): `dtx bench <command> ARGS…` runs `dtx-bench <command>
@@ -315,6 +323,8 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                     warmup,
                     iters,
                     json,
+                    compare,
+                    rounds,
                 },
         } => {
             let cfg = crate::bench::EngineBench {
@@ -325,7 +335,7 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                 warmup,
                 iters,
             };
-            bench_engine(cfg, json, out)?
+            super::bench_cmd::run(cfg, json, compare.as_deref(), rounds, out)?
         }
         Command::Eval(args) => super::eval_cmd::run(&args, out)?,
         Command::Model { command } => super::model_cmd::run(&command, out)?,
@@ -534,48 +544,6 @@ fn sample(args: SampleArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     };
     plan_and_run(loaded, job, out)?;
     writeln!(out, "samples: {}", dest.display())?;
-    Ok(())
-}
-
-/// `dtx bench engine`: times a training and a DDIM step of a U-Net of the
-/// given sizes.
-fn bench_engine(
-    cfg: crate::bench::EngineBench,
-    json: bool,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    if cfg.batch == 0
-        || cfg.size < 4
-        || cfg.channels.is_empty()
-        || cfg.layers == 0
-        || cfg.iters == 0
-    {
-        bail!(
-            "dtx bench engine: batch, layers and iters must be positive, size at least 4, channels non-empty"
-        );
-    }
-    let r = crate::bench::engine::<CpuBackend>(&cfg)?;
-    if json {
-        writeln!(out, "{}", serde_json::to_string(&r)?)?;
-    } else {
-        writeln!(
-            out,
-            "U-Net {:?} x{} layers, {} parameters, batch {} at {}x{}, {} threads\n  training step (fwd+bwd+AdamW): {:.3} s\n  DDIM step:                     {:.3} s\n  DDIM step, ε tracked from x_t: {:.3} s (memory {:+.0} MiB over {} steps)\n  peak memory:                   {:.0} MiB",
-            cfg.channels,
-            cfg.layers,
-            r.parameters,
-            cfg.batch,
-            cfg.size,
-            cfg.size,
-            r.threads,
-            r.train_step_s,
-            r.ddim_step_s,
-            r.tracked_ddim_step_s,
-            r.tracked_ddim_rss_growth_mib,
-            cfg.iters.saturating_sub(1),
-            r.peak_rss_mib
-        )?;
-    }
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! command. Commands write to the `out` they are given, so tests run them
 //! in-process and snapshot what a user would see.
 
+mod bench_cmd;
 mod commands;
 mod eval_cmd;
 mod eval_features;

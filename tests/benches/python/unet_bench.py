@@ -13,6 +13,10 @@ memory of the process (ru_maxrss). Run by hand, never in CI:
     python tests/benches/python/unet_bench.py --threads 2
     target/release/dtx bench engine        # with RAYON_NUM_THREADS=2
 
+or both at once, interleaved, with the ratios (dtx embeds this file):
+
+    target/release/dtx bench engine --compare "$(which python)" --rounds 3
+
 Needs torch and diffusers (pip install torch diffusers).
 """
 

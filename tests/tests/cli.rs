@@ -251,11 +251,24 @@ fn bench_engine_compare_interleaves_rounds_and_prints_ratios() {
         "--batch 2 --size 8 --channels 32 --layers 1 --warmup 0 --iters 1 --threads {threads}"
     );
     assert_eq!(log.matches(&expected).count(), 2, "{log}");
-    // text output: the ratio line
-    let args = [&tiny[..], &["--compare", &python_arg, "--rounds", "1"]].concat();
+    // text output: the ratio line, once per rung of a ladder
+    let mut ladder = tiny.to_vec();
+    ladder[5] = "8,16";
+    let args = [&ladder[..], &["--compare", &python_arg, "--rounds", "1"]].concat();
     let out = run_dtx(&args, &dir);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stdout.contains("training step: dtx"), "{}", out.stdout);
+    assert_eq!(
+        out.stdout.matches("training step: dtx").count(),
+        2,
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("at 16x16"), "{}", out.stdout);
+    // the ladder alone, as JSON: one report per rung
+    let out = run_dtx(&[&ladder[..], &["--json"]].concat(), &dir);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(v.as_array().map(Vec::len), Some(2), "{v}");
     // another model on the PyTorch side
     let other = report.replace(&format!("\"parameters\": {params}"), "\"parameters\": 7");
     let python = fake_python(&dir, &other, false);

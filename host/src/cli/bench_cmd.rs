@@ -38,37 +38,57 @@ struct Ratios {
     peak_memory: f64,
 }
 
-/// `dtx bench engine`, alone or `--compare`d over `rounds` rounds.
+/// `dtx bench engine` at each image side of `sizes` in turn (the ladder;
+/// `cfg.size` is ignored), alone or `--compare`d over `rounds` rounds.
+/// With one size `--json` prints one object, with several an array.
 pub(super) fn run(
     cfg: EngineBench,
+    sizes: &[usize],
     json: bool,
     compare: Option<&Path>,
     rounds: usize,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     if cfg.batch == 0
-        || cfg.size < 4
+        || sizes.is_empty()
+        || sizes.iter().any(|&s| s < 4)
         || cfg.channels.is_empty()
         || cfg.layers == 0
         || cfg.iters == 0
         || rounds == 0
     {
         bail!(
-            "dtx bench engine: batch, layers, iters and rounds must be positive, size at least 4, channels non-empty"
+            "dtx bench engine: batch, layers, iters and rounds must be positive, every size at least 4, channels non-empty"
         );
     }
-    match compare {
-        Some(python) => compare_rounds(&cfg, python, rounds, json, out),
-        None => {
-            let r = crate::bench::engine::<CpuBackend>(&cfg)?;
-            if json {
-                writeln!(out, "{}", serde_json::to_string(&r)?)?;
-            } else {
-                write_report(&cfg, &r, out)?;
-            }
-            Ok(())
+    let mut reports = Vec::with_capacity(sizes.len());
+    for (i, &size) in sizes.iter().enumerate() {
+        if i > 0 && !json {
+            writeln!(out)?;
         }
+        let cfg = EngineBench {
+            size,
+            ..cfg.clone()
+        };
+        reports.push(match compare {
+            Some(python) => compare_rounds(&cfg, python, rounds, json, out)?,
+            None => {
+                let r = crate::bench::engine::<CpuBackend>(&cfg)?;
+                if !json {
+                    write_report(&cfg, &r, out)?;
+                }
+                serde_json::to_value(&r)?
+            }
+        });
     }
+    if json {
+        let v = match <[serde_json::Value; 1]>::try_from(reports) {
+            Ok([one]) => one,
+            Err(all) => serde_json::Value::Array(all),
+        };
+        writeln!(out, "{v}")?;
+    }
+    Ok(())
 }
 
 fn write_report(cfg: &EngineBench, r: &BenchReport, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -101,7 +121,7 @@ fn compare_rounds(
     rounds: usize,
     json: bool,
     out: &mut dyn Write,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<serde_json::Value> {
     let script = std::env::temp_dir().join(format!("dtx-unet-bench-{}.py", std::process::id()));
     std::fs::write(&script, UNET_BENCH_PY)
         .with_context(|| format!("writing {}", script.display()))?;
@@ -137,18 +157,26 @@ fn compare_rounds(
     let _ = std::fs::remove_file(&script);
     result?;
     let side = |f: &dyn Fn(&Round) -> f64| median(all.iter().map(f).collect());
-    let (dtx_train, torch_train) = (side(&|r| r.dtx.train_step_s), side(&|r| r.pytorch.train_step_s));
-    let (dtx_ddim, torch_ddim) = (side(&|r| r.dtx.ddim_step_s), side(&|r| r.pytorch.ddim_step_s));
-    let (dtx_mem, torch_mem) = (side(&|r| r.dtx.peak_rss_mib), side(&|r| r.pytorch.peak_rss_mib));
+    let (dtx_train, torch_train) = (
+        side(&|r| r.dtx.train_step_s),
+        side(&|r| r.pytorch.train_step_s),
+    );
+    let (dtx_ddim, torch_ddim) = (
+        side(&|r| r.dtx.ddim_step_s),
+        side(&|r| r.pytorch.ddim_step_s),
+    );
+    let (dtx_mem, torch_mem) = (
+        side(&|r| r.dtx.peak_rss_mib),
+        side(&|r| r.pytorch.peak_rss_mib),
+    );
     let ratios = Ratios {
         train_step: dtx_train / torch_train,
         ddim_step: dtx_ddim / torch_ddim,
         peak_memory: dtx_mem / torch_mem,
     };
+    let v = serde_json::json!({ "size": cfg.size, "rounds": all, "ratio": ratios });
     if json {
-        let v = serde_json::json!({ "rounds": all, "ratio": ratios });
-        writeln!(out, "{v}")?;
-        return Ok(());
+        return Ok(v);
     }
     let first = &all[0];
     writeln!(
@@ -166,7 +194,7 @@ fn compare_rounds(
         ratios.ddim_step,
         ratios.peak_memory
     )?;
-    Ok(())
+    Ok(v)
 }
 
 /// One run of the PyTorch side with `cfg`'s sizes on `threads` threads.
@@ -207,7 +235,11 @@ fn pytorch_round(
         );
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     serde_json::from_str(line).with_context(|| {
         format!(
             "--compare {}: the PyTorch side printed no report (its last line: {line:?})",

@@ -125,9 +125,10 @@ pub enum BenchCommand {
         /// Examples per step.
         #[arg(long, default_value_t = crate::bench::EngineBench::default().batch)]
         batch: usize,
-        /// Image side.
-        #[arg(long, default_value_t = crate::bench::EngineBench::default().size)]
-        size: usize,
+        /// Image side; several, comma-separated and ascending, time a ladder
+        /// (`--size 16,32,64`), each rung in turn.
+        #[arg(long, default_value = "32", value_delimiter = ',')]
+        size: Vec<usize>,
         /// `block_out_channels`, comma-separated.
         #[arg(long, default_value = "64,128,128", value_delimiter = ',')]
         channels: Vec<usize>,
@@ -329,13 +330,13 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         } => {
             let cfg = crate::bench::EngineBench {
                 batch,
-                size,
+                size: 0,
                 channels,
                 layers,
                 warmup,
                 iters,
             };
-            super::bench_cmd::run(cfg, json, compare.as_deref(), rounds, out)?
+            super::bench_cmd::run(cfg, &size, json, compare.as_deref(), rounds, out)?
         }
         Command::Eval(args) => super::eval_cmd::run(&args, out)?,
         Command::Model { command } => super::model_cmd::run(&command, out)?,

@@ -8,7 +8,7 @@ UNet2DModel with the configuration `dtx bench engine` builds
 - a DDIM sampling step: forward under no_grad, then DDIMScheduler.step;
 
 median over --iters steps after --warmup untimed ones, and the peak resident
-memory of the process (ru_maxrss). Run by hand, never in CI:
+memory of the process (VmHWM; ru_maxrss where there is no /proc). Run by hand, never in CI:
 
     python tests/benches/python/unet_bench.py --threads 2
     target/release/dtx bench engine        # with RAYON_NUM_THREADS=2
@@ -43,6 +43,21 @@ def unet_config(channels, layers, size):
         norm_num_groups=32,
         attention_head_dim=32,
     )
+
+
+def peak_rss_mib():
+    """This process's peak resident memory, MiB: Linux's VmHWM, which starts
+    afresh at exec; ru_maxrss elsewhere. (On Linux ru_maxrss keeps the
+    parent's high-water mark across fork and exec, so a script started by a
+    6.8 GiB `dtx bench engine --compare` reported 6.8 GiB whatever it used.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def main():
@@ -94,7 +109,7 @@ def main():
         parameters=params,
         train_step_s=statistics.median(train),
         ddim_step_s=statistics.median(ddim),
-        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        peak_rss_mib=peak_rss_mib(),
         threads=a.threads,
         torch=torch.__version__,
     )))

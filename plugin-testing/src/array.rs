@@ -130,3 +130,24 @@ impl Labels {
         }
     }
 }
+
+/// A fixed normal stream (xorshift and Box–Muller): the same draws on every
+/// machine and version, for test data that must not change under a test.
+#[derive(Debug, Clone)]
+pub struct Normal(pub u64);
+
+impl Normal {
+    /// Uniform on (0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    /// Standard normal.
+    pub fn sample(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+}

@@ -44,7 +44,7 @@ mod plan;
 mod plugin;
 mod services;
 
-pub use array::{Array, Labels};
+pub use array::{Array, Labels, Normal};
 pub use host::TestHost;
 pub use plan::plan;
 pub use plugin::{InjectInputs, LossInputs, TestPlugin};

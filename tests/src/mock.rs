@@ -4,25 +4,9 @@
 use burn::tensor::{Tensor, TensorData};
 use dtx::tensor_abi::CpuBackend;
 
-/// A small deterministic normal generator (xorshift + Box–Muller), so a
-/// test's data do not depend on a rand version.
-pub struct Normal(pub u64);
-
-impl Normal {
-    /// Uniform on (0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    /// Standard normal.
-    pub fn sample(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-}
+/// The harness's fixed normal stream: the same draws as the plugin crates'
+/// in-process tests.
+pub use dtx_plugin_testing::Normal;
 
 /// Timesteps `[n]`, all `t`, as a float tensor (what the hooks take).
 pub fn timesteps(t: usize, n: usize) -> Tensor<CpuBackend, 1> {

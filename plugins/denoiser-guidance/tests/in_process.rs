@@ -7,29 +7,9 @@
 //! tests/tests/denoiser_guidance_runs.rs.
 
 use dtx_plugin_denoiser_guidance::DenoiserGuidance;
-use dtx_plugin_testing::{Array, InjectInputs, Labels, TestHost, TestPlugin};
+use dtx_plugin_testing::{Array, InjectInputs, Labels, Normal, TestHost, TestPlugin};
 
 const SIDE: usize = 16;
-
-/// A fixed normal stream (xorshift and Box–Muller): the same draws on
-/// every machine.
-struct Normal(u64);
-
-impl Normal {
-    /// Uniform on (0, 1).
-    fn uniform(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    /// Standard normal.
-    fn sample(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-}
 
 /// `n` images `[3, SIDE, SIDE]` of standard normal values.
 fn images(rng: &mut Normal, n: usize) -> Vec<f32> {

@@ -8,28 +8,8 @@
 
 use dtx_plugin_api::abi::Which;
 use dtx_plugin_api::{Host, Tensor};
-use dtx_plugin_testing::{Array, TestHost};
+use dtx_plugin_testing::{Array, Normal, TestHost};
 use dtx_plugin_tgdp::{Inputs, ScalarNet, Tgdp, losses};
-
-/// A fixed normal stream (xorshift and Box–Muller): the same draws on
-/// every machine.
-struct Normal(u64);
-
-impl Normal {
-    /// Uniform on (0, 1).
-    fn uniform(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    /// Standard normal.
-    fn sample(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-}
 
 fn draws(rng: &mut Normal, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.sample() as f32).collect()

@@ -11,6 +11,7 @@ pub(crate) mod condition;
 pub mod data;
 pub mod diffusion;
 pub mod eval;
+pub mod kernels;
 pub mod manifest;
 pub mod model;
 pub mod plan;

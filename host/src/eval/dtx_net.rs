@@ -10,8 +10,9 @@
 //! weights are made by `cargo run --release -p dtx --example
 //! train_extractor` (see that file and docs/evaluation.md).
 
+use crate::kernels::conv2d_tensor as conv2d;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::{avg_pool2d, conv2d, interpolate};
+use burn::tensor::module::{avg_pool2d, interpolate};
 use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{Tensor, TensorData, activation::relu};
 use std::collections::HashMap;

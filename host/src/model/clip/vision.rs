@@ -8,9 +8,9 @@
 use super::config::VisionConfig;
 use super::transformer::{Encoder, LayerNorm};
 use super::weights::Loader;
+use crate::kernels::conv2d_tensor as conv2d;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 
 /// `vision_model.*`.

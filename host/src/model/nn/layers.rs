@@ -15,8 +15,9 @@
 
 use super::hooks::Hooks;
 use super::{Param, Vars, Weights};
+use crate::kernels::conv2d_tensor as conv2d;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::module::{avg_pool2d, conv2d, interpolate};
+use burn::tensor::module::{avg_pool2d, interpolate};
 use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions, PadMode};
 use burn::tensor::{Int, Tensor, TensorData, activation};
 use rand::rngs::StdRng;

@@ -34,7 +34,7 @@ pub(super) extern "C" fn conv2d_<B: AutodiffBackend>(
             )));
         }
         let opts = ConvOptions::new(o.stride, o.padding, o.dilation, o.groups);
-        out::<B>(B::conv2d(t, w, b, opts))
+        out::<B>(crate::kernels::conv2d::<B>(t, w, b, opts))
     })
 }
 

@@ -1,0 +1,182 @@
+//! The kernels against a direct f64 evaluation of the convolution sum and
+//! its adjoints (loops over every output and kernel tap, no im2col, no
+//! GEMM). Tolerance: 1e-5 of the reference's largest magnitude (f32 sums of
+//! up to a few thousand terms).
+
+use super::*;
+
+/// A fixed stream in [-1, 1).
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+struct Reference {
+    y: Vec<f64>,
+    dx: Vec<f64>,
+    dw: Vec<f64>,
+    db: Vec<f64>,
+}
+
+/// Direct sums: `y = b + Σ w·x` per output, and the adjoints scattered
+/// from `dy` tap by tap.
+fn reference(g: &Geometry, x: &[f32], w: &[f32], b: &[f32], dy: &[f32]) -> Reference {
+    let [oh, ow] = g.out_hw().unwrap();
+    let [kh, kw] = g.k;
+    let mut r = Reference {
+        y: vec![0.0; g.n * g.o * oh * ow],
+        dx: vec![0.0; x.len()],
+        dw: vec![0.0; w.len()],
+        db: vec![0.0; g.o],
+    };
+    for n in 0..g.n {
+        for o in 0..g.o {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let yi = ((n * g.o + o) * oh + oy) * ow + ox;
+                    let g_out = dy[yi] as f64;
+                    let mut acc = b[o] as f64;
+                    r.db[o] += g_out;
+                    for c in 0..g.c {
+                        for ki in 0..kh {
+                            for kj in 0..kw {
+                                let iy = (oy * g.stride[0] + ki) as isize - g.padding[0] as isize;
+                                let ix = (ox * g.stride[1] + kj) as isize - g.padding[1] as isize;
+                                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                    continue;
+                                }
+                                let xi = ((n * g.c + c) * g.h + iy as usize) * g.w + ix as usize;
+                                let wi = ((o * g.c + c) * kh + ki) * kw + kj;
+                                acc += w[wi] as f64 * x[xi] as f64;
+                                r.dx[xi] += w[wi] as f64 * g_out;
+                                r.dw[wi] += x[xi] as f64 * g_out;
+                            }
+                        }
+                    }
+                    r.y[yi] = acc;
+                }
+            }
+        }
+    }
+    r
+}
+
+fn assert_close(what: &str, g: &Geometry, got: &[f32], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what} length for {g:?}");
+    let scale = want.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (*a as f64 - b).abs() <= 1e-5 * scale,
+            "{what}[{i}] = {a}, reference {b} (scale {scale}) for {g:?}"
+        );
+    }
+}
+
+fn check(g: Geometry) {
+    let [oh, ow] = g.out_hw().unwrap();
+    let x = values(g.n * g.c * g.h * g.w, 1);
+    let w = values(g.o * g.c * g.k[0] * g.k[1], 2);
+    let b = values(g.o, 3);
+    let dy = values(g.n * g.o * oh * ow, 4);
+    let r = reference(&g, &x, &w, &b, &dy);
+    assert_close("y", &g, &forward(&g, &x, &w, Some(&b)), &r.y);
+    let no_bias: Vec<f64> =
+        r.y.iter()
+            .zip(0..)
+            .map(|(y, i)| y - b[(i / (oh * ow)) % g.o] as f64)
+            .collect();
+    assert_close("y without bias", &g, &forward(&g, &x, &w, None), &no_bias);
+    let all = Wanted {
+        x: true,
+        weight: true,
+        bias: true,
+    };
+    let grads = backward(&g, &x, &w, &dy, all);
+    assert_close("dx", &g, grads.x.as_deref().unwrap(), &r.dx);
+    assert_close("dw", &g, grads.weight.as_deref().unwrap(), &r.dw);
+    assert_close("db", &g, grads.bias.as_deref().unwrap(), &r.db);
+    let only_w = backward(
+        &g,
+        &x,
+        &w,
+        &dy,
+        Wanted {
+            x: false,
+            weight: true,
+            bias: false,
+        },
+    );
+    assert!(only_w.x.is_none() && only_w.bias.is_none());
+    assert_close("dw alone", &g, only_w.weight.as_deref().unwrap(), &r.dw);
+}
+
+fn geometry(
+    n: usize,
+    c: usize,
+    hw: [usize; 2],
+    o: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+) -> Geometry {
+    Geometry {
+        n,
+        c,
+        h: hw[0],
+        w: hw[1],
+        o,
+        k: [k, k],
+        stride: [s, s],
+        padding: [p, p],
+    }
+}
+
+#[test]
+fn the_unet_shapes_match_the_direct_sums() {
+    // 3×3 stride 1 padding 1 (resnet convs), stride 2 padding 1 (ADM and
+    // diffusers downsampling), stride 2 padding 0 (diffusers' padded
+    // variant), 1×1 (shortcuts), on even and odd batches.
+    for n in [1, 2, 3, 4] {
+        check(geometry(n, 3, [8, 8], 5, 3, 1, 1));
+        check(geometry(n, 4, [8, 8], 4, 3, 2, 1));
+        check(geometry(n, 4, [9, 9], 3, 3, 2, 0));
+        check(geometry(n, 6, [5, 7], 4, 1, 1, 0));
+    }
+}
+
+#[test]
+fn odd_shapes_match_the_direct_sums() {
+    // Non-square input, a kernel wider than the padding, a 1×1 kernel with
+    // a stride, a kernel as large as the padded image, padding beyond the
+    // kernel's reach.
+    check(geometry(2, 2, [5, 11], 3, 3, 1, 1));
+    check(geometry(2, 3, [7, 6], 2, 5, 1, 2));
+    check(geometry(2, 3, [7, 7], 2, 1, 2, 0));
+    check(geometry(2, 2, [3, 3], 2, 5, 1, 1));
+    check(geometry(1, 2, [4, 4], 2, 3, 3, 3));
+    check(Geometry {
+        n: 2,
+        c: 2,
+        h: 6,
+        w: 9,
+        o: 3,
+        k: [3, 1],
+        stride: [2, 1],
+        padding: [1, 0],
+    });
+}
+
+#[test]
+fn the_output_size_follows_the_conv_formula() {
+    let g = geometry(1, 1, [32, 32], 1, 3, 2, 1);
+    assert_eq!(g.out_hw(), Some([16, 16]));
+    assert_eq!(geometry(1, 1, [2, 2], 1, 5, 1, 1).out_hw(), None);
+    assert_eq!(geometry(1, 1, [2, 2], 1, 3, 0, 1).out_hw(), None);
+}

@@ -5,8 +5,8 @@
 
 use crate::tensor_abi::ParamStore;
 use burn::tensor::Scalar;
-use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::{FloatTensor, FloatTensorOps};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ops::FloatTensor;
 use std::collections::BTreeMap;
 
 /// The averaged values, by parameter name.
@@ -35,10 +35,10 @@ impl<B: AutodiffBackend> Ema<B> {
         for e in store.entries().iter().filter(|e| e.trainable) {
             let theta = B::inner(e.value.clone());
             let next = match self.shadow.remove(&e.name) {
-                Some(avg) => I::<B>::float_add(
-                    I::<B>::float_mul_scalar(avg, Scalar::from(self.decay)),
-                    I::<B>::float_mul_scalar(theta, Scalar::from(1.0 - self.decay)),
-                ),
+                // One pass per parameter on the CPU backend, bit for bit
+                // what `step_ops` computes.
+                Some(avg) => crate::kernels::adam::ema_tensors::<I<B>>(self.decay, avg, &theta)
+                    .unwrap_or_else(|avg| step_ops::<I<B>>(self.decay, avg, theta)),
                 None => theta,
             };
             self.shadow.insert(e.name.clone(), next);
@@ -60,6 +60,14 @@ impl<B: AutodiffBackend> Ema<B> {
             })
             .collect()
     }
+}
+
+/// `avg·d + θ·(1 − d)` op by op, on any backend.
+fn step_ops<I: Backend>(decay: f32, avg: FloatTensor<I>, theta: FloatTensor<I>) -> FloatTensor<I> {
+    I::float_add(
+        I::float_mul_scalar(avg, Scalar::from(decay)),
+        I::float_mul_scalar(theta, Scalar::from(1.0 - decay)),
+    )
 }
 
 #[cfg(test)]
@@ -105,5 +113,36 @@ mod tests {
             (v[0] - 1.2).abs() < 1e-6 && (v[1] - 2.2).abs() < 1e-6,
             "{v:?}"
         );
+    }
+
+    #[test]
+    fn the_one_pass_update_is_bit_for_bit_the_op_by_op_one() {
+        type I = <B as AutodiffBackend>::InnerBackend;
+        let dev = Default::default();
+        let random = |seed: u64| {
+            <I as Backend>::seed(&dev, seed);
+            Tensor::<I, 1>::random([70_000], burn::tensor::Distribution::Normal(0.0, 3.0), &dev)
+                .into_primitive()
+                .tensor()
+        };
+        for decay in [0.9999f32, 0.99, 0.5] {
+            let (mut fused, mut ops) = (random(1), random(1));
+            for step in 0..3 {
+                let theta = random(10 + step);
+                fused = crate::kernels::adam::ema_tensors::<I>(decay, fused, &theta)
+                    .unwrap_or_else(|_| panic!("the flex backend has the kernel"));
+                ops = step_ops::<I>(decay, ops, theta);
+            }
+            let bits = |t: FloatTensor<I>| -> Vec<u32> {
+                Tensor::<I, 1>::from_primitive(TensorPrimitive::Float(t))
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            };
+            assert!(bits(fused) == bits(ops), "decay {decay}");
+        }
     }
 }

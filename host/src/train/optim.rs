@@ -21,6 +21,7 @@
 //! The update runs on the inner (non-autodiff) backend, so it is not recorded
 //! in any graph; the new value becomes a fresh leaf that requires gradients.
 
+use crate::kernels::adam as kernels;
 use crate::tensor_abi::{ParamEntry, ParamStepper, ParamStore};
 use burn::tensor::Scalar;
 use burn::tensor::backend::AutodiffBackend;
@@ -88,6 +89,9 @@ pub struct Optimizer<B: AutodiffBackend> {
     states: Vec<Option<AdamState<B>>>,
     /// Per parameter id, the group settings a plugin's recipe gave it.
     groups: Vec<Option<GroupSetting>>,
+    /// Whether to use the one-pass kernels where the backend has them
+    /// (`false`: op by op everywhere, which the tests compare against).
+    kernels: bool,
 }
 
 /// How a parameter group trains beside the run's settings (a plugin's
@@ -105,6 +109,7 @@ impl<B: AutodiffBackend> Default for Optimizer<B> {
         Optimizer {
             states: Vec::new(),
             groups: Vec::new(),
+            kernels: true,
         }
     }
 }
@@ -177,6 +182,17 @@ impl<B: AutodiffBackend> Optimizer<B> {
         type I<B> = <B as AutodiffBackend>::InnerBackend;
         let c = *config;
         let theta = B::inner(p.value.clone());
+        if self.kernels {
+            if c.rule == Rule::Sgd {
+                let fused = kernels::sgd_tensors::<I<B>>(c.lr, c.weight_decay, scale, &theta, &g);
+                if let Some(theta) = fused {
+                    p.value = B::float_set_require_grad(B::from_inner(theta), true);
+                    return;
+                }
+            } else if self.fused_step(&c, id, p, &theta, &g, scale) {
+                return;
+            }
+        }
         let mut g = if scale != 1.0 {
             I::<B>::float_mul_scalar(g, Scalar::from(scale))
         } else {
@@ -226,6 +242,46 @@ impl<B: AutodiffBackend> Optimizer<B> {
         let theta = I::<B>::float_sub(theta, I::<B>::float_mul_scalar(update, Scalar::from(c.lr)));
         p.value = B::float_set_require_grad(B::from_inner(theta), true);
         self.set_state(id, Some(AdamState { m, v, k }));
+    }
+
+    /// The Adam/AdamW update of [`Optimizer::step_param`] in one pass per
+    /// parameter (`kernels::adam`, the same f32 operations in the same
+    /// order); `false` when the backend or dtype has no fused kernel.
+    fn fused_step(
+        &mut self,
+        c: &AdamConfig,
+        id: ParamId,
+        p: &mut ParamEntry<B>,
+        theta: &FloatTensor<B::InnerBackend>,
+        g: &FloatTensor<B::InnerBackend>,
+        scale: f32,
+    ) -> bool {
+        let slot = self.states.get_mut(id.0 as usize).and_then(Option::take);
+        let k = slot.as_ref().map_or(1, |s| s.k + 1);
+        let mut moments = slot.map(|s| (s.m, s.v));
+        let step = kernels::AdamStep {
+            decoupled: c.rule == Rule::AdamW,
+            lr: c.lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+            scale,
+            bias_correction: [1.0 - c.beta1.powi(k), 1.0 - c.beta2.powi(k)],
+        };
+        match kernels::adam_tensors::<B::InnerBackend>(&step, theta, g, &mut moments) {
+            Some((theta, m, v)) => {
+                p.value = B::float_set_require_grad(B::from_inner(theta), true);
+                self.set_state(id, Some(AdamState { m, v, k }));
+                true
+            }
+            None => {
+                // Nothing was consumed: the moments go back for the op-by-op path.
+                let state = moments.map(|(m, v)| AdamState { m, v, k: k - 1 });
+                self.set_state(id, state);
+                false
+            }
+        }
     }
 
     /// Steps every parameter of `store` from `grads` (a model trained
@@ -401,5 +457,102 @@ mod tests {
         .unwrap();
         assert!((norm - 10.0).abs() < 1e-5, "{norm}");
         close(&p.value().to_f32_vec(), &[2.4, 3.2], 1e-5);
+    }
+
+    /// The one-pass kernels against the op-by-op update, bit for bit: three
+    /// steps of every rule, with and without decay, clipping and a group's
+    /// rate, on a parameter large enough to be split across threads.
+    #[test]
+    fn the_one_pass_update_is_bit_for_bit_the_op_by_op_one() {
+        use burn::tensor::{Distribution, TensorPrimitive};
+        type I = <B as AutodiffBackend>::InnerBackend;
+        let dev = Default::default();
+        let random = |seed: u64, len: usize| {
+            <I as burn::tensor::backend::Backend>::seed(&dev, seed);
+            BTensor::<I, 1>::random([len], Distribution::Normal(0.0, 1.0), &dev)
+        };
+        let bits = |t: BTensor<I, 1>| -> Vec<u32> {
+            t.into_data()
+                .to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        for rule in [Rule::AdamW, Rule::Adam, Rule::Sgd] {
+            for (weight_decay, max_norm, lr_scale) in
+                [(0.0, None, None), (0.01, Some(1.0), Some(4.0))]
+            {
+                let config = AdamConfig {
+                    rule,
+                    lr: 1e-3,
+                    weight_decay,
+                    ..Default::default()
+                };
+                let mut runs = Vec::new();
+                for kernels in [true, false] {
+                    let mut store = ParamStore::<B>::default();
+                    let ids = [("w", 70_000), ("b", 5)].map(|(name, len)| {
+                        let value = BTensor::<B, 1>::from_inner(random(1 + len as u64, len));
+                        store
+                            .register_base(name, value.into_primitive().tensor(), true)
+                            .unwrap()
+                    });
+                    let mut opt = Optimizer::<B>::new();
+                    opt.kernels = kernels;
+                    if let Some(lr_scale) = lr_scale {
+                        opt.set_group(
+                            ids[1],
+                            GroupSetting {
+                                lr_scale,
+                                weight_decay: Some(0.1),
+                            },
+                        );
+                    }
+                    for step in 0..3 {
+                        // loss = Σ c·w + Σ w² / 2: the gradient c + w changes each step.
+                        let mut loss = BTensor::<B, 1>::zeros([1], &dev);
+                        for (i, &id) in ids.iter().enumerate() {
+                            let w = BTensor::<B, 1>::from_primitive(TensorPrimitive::Float(
+                                store.get(id).unwrap().value.clone(),
+                            ));
+                            let c = BTensor::<B, 1>::from_inner(random(
+                                100 + step * 7 + i as u64,
+                                w.dims()[0],
+                            ));
+                            loss = loss + (w.clone() * c).sum() + (w.clone() * w).sum() / 2.0;
+                        }
+                        let loss = loss.into_primitive().tensor();
+                        opt.step_clipped(&mut store, loss, &ids, config, max_norm)
+                            .unwrap();
+                    }
+                    let values: Vec<Vec<u32>> = ids
+                        .iter()
+                        .flat_map(|&id| {
+                            let v = B::inner(store.get(id).unwrap().value.clone());
+                            let mut out =
+                                vec![bits(BTensor::from_primitive(TensorPrimitive::Float(v)))];
+                            if let Some(s) = opt.state(id) {
+                                out.push(bits(BTensor::from_primitive(TensorPrimitive::Float(
+                                    s.m.clone(),
+                                ))));
+                                out.push(bits(BTensor::from_primitive(TensorPrimitive::Float(
+                                    s.v.clone(),
+                                ))));
+                                out.push(vec![s.k as u32]);
+                            }
+                            out
+                        })
+                        .collect();
+                    runs.push(values);
+                }
+                assert!(
+                    runs[0] == runs[1],
+                    "{rule:?}, decay {weight_decay}, clipping {max_norm:?}: the kernels differ"
+                );
+                // The parameters moved.
+                assert_eq!(runs[0].len(), if rule == Rule::Sgd { 2 } else { 8 });
+            }
+        }
     }
 }

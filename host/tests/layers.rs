@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 /// The layers from the bottom up, each a list of top-level modules of
 /// `host/src`. Keep in step with docs/architecture.md.
 const LAYERS: &[&[&str]] = &[
-    &["util", "registry"],
+    // `kernels`: dtx's own CPU kernels behind burn's op signatures.
+    &["util", "registry", "kernels"],
     &["tensor_abi"],
     &["plugins"],
     &["model"],

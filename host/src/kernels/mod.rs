@@ -14,6 +14,11 @@
 
 pub mod adam;
 pub mod conv;
+pub mod norm;
+mod norm_ops;
+
+pub use adam::{adam_tensors, ema_tensors, sgd_tensors};
+pub use norm_ops::{group_norm, silu};
 
 use burn::backend::Flex;
 use burn::tensor::Shape;

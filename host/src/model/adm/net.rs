@@ -50,7 +50,7 @@ use crate::model::nn::layers::{
 };
 use crate::model::nn::{Catalogue, Vars, Weights};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Int, Tensor, activation};
+use burn::tensor::{Int, Tensor};
 use std::cell::RefCell;
 
 /// guided-diffusion's `ResBlock` layer names: `in_layers` is (norm, SiLU,
@@ -349,7 +349,7 @@ impl AdmNet {
         }
 
         // 5. out: norm, SiLU, conv
-        let h = activation::silu(self.out_norm.forward(w, h));
+        let h = self.out_norm.forward_silu(w, h);
         Ok(self.out_conv.forward(w, h))
     }
 }

@@ -38,7 +38,7 @@ use crate::model::nn::layers::{
 };
 use crate::model::nn::{Catalogue, Vars, Weights};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Int, Tensor, activation};
+use burn::tensor::{Int, Tensor};
 use std::cell::RefCell;
 
 /// One resnet of a down or up block, with the attention that follows it in
@@ -314,7 +314,7 @@ impl UNet2D {
         }
 
         // 6. post-process
-        let h = activation::silu(self.conv_norm_out.forward(w, h));
+        let h = self.conv_norm_out.forward_silu(w, h);
         Ok(self.conv_out.forward(w, h))
     }
 }

@@ -125,6 +125,41 @@ impl GroupNorm {
         w: &Weights<B>,
         x: Tensor<B, 4>,
     ) -> Tensor<B, 4> {
+        self.apply(w, x, false)
+    }
+
+    /// `silu(self.forward(w, x))`, fused on the CPU backend.
+    pub(crate) fn forward_silu<B: AutodiffBackend>(
+        &self,
+        w: &Weights<B>,
+        x: Tensor<B, 4>,
+    ) -> Tensor<B, 4> {
+        self.apply(w, x, true)
+    }
+
+    /// The norm (and SiLU): one kernel with its own backward on the CPU
+    /// backend (`kernels::group_norm`), op by op elsewhere.
+    fn apply<B: AutodiffBackend>(
+        &self,
+        w: &Weights<B>,
+        x: Tensor<B, 4>,
+        act: bool,
+    ) -> Tensor<B, 4> {
+        let (gamma, beta) = (w.get(self.weight), w.get(self.bias));
+        if let Some(y) = crate::kernels::group_norm(&x, &gamma, &beta, self.groups, self.eps, act) {
+            return y;
+        }
+        let y = self.ops(x, gamma, beta);
+        if act { silu(y) } else { y }
+    }
+
+    /// The norm op by op.
+    fn ops<B: AutodiffBackend>(
+        &self,
+        x: Tensor<B, 4>,
+        gamma: Tensor<B, 1>,
+        beta: Tensor<B, 1>,
+    ) -> Tensor<B, 4> {
         let [n, c, h, wd] = x.dims();
         let g = x.reshape([n, self.groups, (c / self.groups) * h * wd]);
         let mean = g.clone().mean_dim(2);
@@ -135,9 +170,16 @@ impl GroupNorm {
         // runs `[N, C, H, W] ∘ [N, C, 1, 1]` on its SIMD per-row path, while a
         // `[1, C, 1, 1]` operand falls back to a scalar strided loop.
         let per_sample = |v: Tensor<B, 1>| v.reshape([1, c]).repeat_dim(0, n).reshape([n, c, 1, 1]);
-        let gamma = per_sample(w.get(self.weight));
-        let beta = per_sample(w.get(self.bias));
-        y * gamma + beta
+        y * per_sample(gamma) + per_sample(beta)
+    }
+}
+
+/// `x·sigmoid(x)`: one kernel with its own backward on the CPU backend
+/// (`kernels::silu`), burn's op elsewhere.
+pub(crate) fn silu<B: AutodiffBackend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    match crate::kernels::silu(&x) {
+        Some(y) => y,
+        None => activation::silu(x),
     }
 }
 
@@ -160,9 +202,7 @@ impl TimeEmbedding {
         e: Tensor<B, 2>,
         labels: Option<Tensor<B, 1, Int>>,
     ) -> Tensor<B, 2> {
-        let temb = self
-            .lin2
-            .forward(w, activation::silu(self.lin1.forward(w, e))); // [B, T]
+        let temb = self.lin2.forward(w, silu(self.lin1.forward(w, e))); // [B, T]
         match (self.classes, labels) {
             (Some(table), Some(y)) => temb + w.get(table).select(0, y),
             _ => temb,
@@ -177,7 +217,7 @@ pub(crate) fn temb_point<B: AutodiffBackend, H: Hooks<B, D>, const D: usize>(
     hooks: &mut H,
 ) -> Result<(Tensor<B, 2>, Tensor<B, 2>), H::Error> {
     let temb = hooks.temb(temb)?;
-    let act = activation::silu(temb.clone());
+    let act = silu(temb.clone());
     Ok((temb, act))
 }
 
@@ -405,7 +445,7 @@ impl ResBlock {
         rng: Option<&DropoutRng>,
         branch: impl FnOnce(Tensor<B, 4>) -> Result<Tensor<B, 4>, E>,
     ) -> Result<Tensor<B, 4>, E> {
-        let u = activation::silu(self.norm1.forward(w, x.clone()));
+        let u = self.norm1.forward_silu(w, x.clone());
         let (u, x) = (self.resample.apply(u), self.resample.apply(x));
         let h = self.conv1.forward(w, u); // [B, C, H, W]
         let [b, c, _, _] = h.dims();
@@ -413,11 +453,10 @@ impl ResBlock {
         let h = if self.scale_shift {
             let scale = p.clone().slice([0..b, 0..c]).reshape([b, c, 1, 1]);
             let shift = p.slice([0..b, c..2 * c]).reshape([b, c, 1, 1]);
-            self.norm2.forward(w, h) * (scale + 1.0) + shift
+            silu(self.norm2.forward(w, h) * (scale + 1.0) + shift)
         } else {
-            self.norm2.forward(w, h + p.reshape([b, c, 1, 1]))
+            self.norm2.forward_silu(w, h + p.reshape([b, c, 1, 1]))
         };
-        let h = activation::silu(h);
         let h = match rng {
             Some(rng) if self.dropout > 0.0 => dropout(h, self.dropout, rng),
             _ => h,

@@ -1,0 +1,166 @@
+//! [`norm`]'s kernels as autodiff ops of the CPU backend: group norm (+
+//! SiLU) and SiLU, each with its own backward step. Both return `None`
+//! for any other backend, dtype or shape, and the caller runs its op-by-op
+//! code instead (the operands are borrowed, so nothing is lost).
+
+use super::norm::{self, NormGeometry};
+use super::{AdTensor, back, cast, flex, values};
+use burn::backend::Flex;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorMetadata, TensorPrimitive};
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::NoCheckpointing;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_flex::FlexTensor;
+
+/// The CPU backend's tensor behind `t`, when `B` is the CPU backend and `t`
+/// is f32.
+fn cpu<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<AdTensor> {
+    let prim = t.clone().into_primitive().tensor();
+    cast::<_, AdTensor>(prim)
+        .ok()
+        .filter(|t| t.primitive.dtype() == DType::F32)
+}
+
+fn ranked<B: Backend, const D: usize>(t: AdTensor) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(back(t)))
+}
+
+/// `silu(group_norm(x)·γ + β)` (or without SiLU) on the CPU backend, or
+/// `None` (see the module docs).
+///
+/// # Shapes
+/// - x: `[N, C, H, W]`; gamma, beta: `[C]`; output: `[N, C, H, W]`
+pub fn group_norm<B: Backend>(
+    x: &Tensor<B, 4>,
+    gamma: &Tensor<B, 1>,
+    beta: &Tensor<B, 1>,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Option<Tensor<B, 4>> {
+    let [n, c, h, w] = x.dims();
+    let g = NormGeometry {
+        n,
+        c,
+        hw: h * w,
+        groups,
+        eps,
+    };
+    if !g.valid() || gamma.dims() != [c] || beta.dims() != [c] {
+        return None;
+    }
+    let (x, gamma, beta) = (cpu(x)?, cpu(gamma)?, cpu(beta)?);
+    let (out, mean, rstd) = norm::forward(
+        &g,
+        &values(&x.primitive)?,
+        &values(&gamma.primitive)?,
+        &values(&beta.primitive)?,
+        silu,
+    );
+    let out = flex(out, vec![n, c, h, w]);
+    let nodes = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
+    let y = match GroupNormBackward
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let saved = NormSaved {
+                x: x.primitive,
+                gamma: gamma.primitive,
+                beta: beta.primitive,
+                mean,
+                rstd,
+                g,
+                silu,
+            };
+            prep.finish(saved, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Some(ranked(y))
+}
+
+#[derive(Debug)]
+struct GroupNormBackward;
+
+#[derive(Debug, Clone)]
+struct NormSaved {
+    x: FlexTensor,
+    gamma: FlexTensor,
+    beta: FlexTensor,
+    mean: Vec<f32>,
+    rstd: Vec<f32>,
+    g: NormGeometry,
+    silu: bool,
+}
+
+impl Backward<Flex, 3> for GroupNormBackward {
+    type State = NormSaved;
+
+    fn backward(self, ops: Ops<NormSaved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let dout = grads.consume::<Flex>(&ops.node);
+        let s = ops.state;
+        let operands = (
+            values(&s.x),
+            values(&s.gamma),
+            values(&s.beta),
+            values(&dout),
+        );
+        let (Some(x), Some(gamma), Some(beta), Some(dout)) = operands else {
+            unreachable!("the forward checked every operand is f32")
+        };
+        let (dx, dgamma, dbeta) =
+            norm::backward(&s.g, &x, &gamma, &beta, &s.mean, &s.rstd, &dout, s.silu);
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, flex(dx, s.x.shape().to_vec()));
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<Flex>(node.id, flex(dgamma, vec![s.g.c]));
+        }
+        if let Some(node) = node_beta {
+            grads.register::<Flex>(node.id, flex(dbeta, vec![s.g.c]));
+        }
+    }
+}
+
+/// `x·sigmoid(x)` on the CPU backend, or `None` (see the module docs).
+pub fn silu<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<Tensor<B, D>> {
+    let x = cpu(x)?;
+    let shape = x.primitive.shape().to_vec();
+    let out = flex(norm::silu(&values(&x.primitive)?), shape);
+    let y = match SiluBackward
+        .prepare::<NoCheckpointing>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(x.primitive, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Some(ranked(y))
+}
+
+#[derive(Debug)]
+struct SiluBackward;
+
+impl Backward<Flex, 1> for SiluBackward {
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let dout = grads.consume::<Flex>(&ops.node);
+        let x = ops.state;
+        let (Some(xv), Some(dv)) = (values(&x), values(&dout)) else {
+            unreachable!("the forward checked the operand is f32")
+        };
+        if let Some(node) = node_x {
+            grads.register::<Flex>(
+                node.id,
+                flex(norm::silu_backward(&xv, &dv), x.shape().to_vec()),
+            );
+        }
+    }
+}

@@ -72,7 +72,9 @@ pub struct BenchReport {
     pub tracked_ddim_rss_growth_mib: f64,
     /// Peak resident set size of the process, MiB (Linux `VmHWM`; 0 elsewhere).
     pub peak_rss_mib: f64,
-    /// Compute threads the backend may use (`RAYON_NUM_THREADS` or all cores).
+    /// Compute threads of the CPU backend: rayon's pool, which dtx's
+    /// kernels and burn's flex backend share (`RAYON_NUM_THREADS`, else
+    /// the cores the process may run on).
     pub threads: usize,
 }
 
@@ -245,9 +247,6 @@ pub fn engine<B: AutodiffBackend>(b: &EngineBench) -> Result<BenchReport> {
         tracked_ddim_step_s: median(tracked),
         tracked_ddim_rss_growth_mib: tracked_growth,
         peak_rss_mib: peak_rss_mib(),
-        threads: std::env::var("RAYON_NUM_THREADS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        threads: rayon::current_num_threads(),
     })
 }

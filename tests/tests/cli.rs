@@ -188,6 +188,32 @@ fn fake_python(dir: &std::path::Path, report: &str, fail: bool) -> std::path::Pa
     path
 }
 
+/// `--backend cuda` where CUDA cannot run (this build has no `cuda`
+/// feature, or no driver or device: CI has neither) is a clear error and a
+/// non-zero exit, not burn's panic inside its device channel.
+#[test]
+fn bench_engine_on_cuda_without_it_says_why() {
+    let dir = std::env::temp_dir().join(format!("dtx-cuda-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = run_dtx(
+        &["bench", "engine", "--backend", "cuda", "--iters", "1"],
+        &dir,
+    );
+    if dtx::tensor_abi::HAS_CUDA && dtx::util::cuda::devices().is_ok() {
+        return; // a machine with a GPU: nothing to refuse
+    }
+    assert_ne!(out.code, 0);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    let why = [
+        "built without the CUDA backend",
+        "no CUDA driver",
+        "found no device",
+        "CUDA error",
+    ];
+    assert!(why.iter().any(|w| out.stderr.contains(w)), "{}", out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `dtx bench engine --compare PYTHON`: two rounds, each dtx's own step
 /// then the PyTorch script (the embedded `unet_bench.py`, given the same
 /// U-Net, batch, steps and thread count), the medians and the ratios

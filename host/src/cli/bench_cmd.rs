@@ -38,6 +38,43 @@ struct Ratios {
     peak_memory: f64,
 }
 
+/// The backend `dtx bench engine` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineBackend {
+    /// burn's flex CPU backend with dtx's kernels.
+    Cpu,
+    /// burn's CUDA backend (a build with the `cuda` feature).
+    Cuda,
+}
+
+/// Whether `backend` can run here: a clear error for CUDA without the
+/// feature, the driver or a device.
+fn check_backend(backend: EngineBackend) -> anyhow::Result<()> {
+    if backend == EngineBackend::Cpu {
+        return Ok(());
+    }
+    if !crate::tensor_abi::HAS_CUDA {
+        bail!(
+            "dtx bench engine --backend cuda: this dtx was built without the CUDA backend; \
+             rebuild with `cargo build --release -p dtx --features cuda`"
+        );
+    }
+    crate::util::cuda::devices()
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("dtx bench engine --backend cuda: {e}"))
+}
+
+/// One timing of dtx on `backend` (checked by [`check_backend`]).
+fn engine(cfg: &EngineBench, backend: EngineBackend) -> anyhow::Result<BenchReport> {
+    match backend {
+        EngineBackend::Cpu => crate::bench::engine::<CpuBackend>(cfg),
+        #[cfg(feature = "cuda")]
+        EngineBackend::Cuda => crate::bench::engine::<crate::tensor_abi::CudaBackend>(cfg),
+        #[cfg(not(feature = "cuda"))]
+        EngineBackend::Cuda => bail!("this dtx was built without the CUDA backend"),
+    }
+}
+
 /// `dtx bench engine` at each image side of `sizes` in turn (the ladder;
 /// `cfg.size` is ignored), alone or `--compare`d over `rounds` rounds.
 /// With one size `--json` prints one object, with several an array.
@@ -47,8 +84,10 @@ pub(super) fn run(
     json: bool,
     compare: Option<&Path>,
     rounds: usize,
+    backend: EngineBackend,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
+    check_backend(backend)?;
     if cfg.batch == 0
         || sizes.is_empty()
         || sizes.iter().any(|&s| s < 4)
@@ -71,9 +110,9 @@ pub(super) fn run(
             ..cfg.clone()
         };
         reports.push(match compare {
-            Some(python) => compare_rounds(&cfg, python, rounds, json, out)?,
+            Some(python) => compare_rounds(&cfg, python, rounds, json, backend, out)?,
             None => {
-                let r = crate::bench::engine::<CpuBackend>(&cfg)?;
+                let r = engine(&cfg, backend)?;
                 if !json {
                     write_report(&cfg, &r, out)?;
                 }
@@ -120,6 +159,7 @@ fn compare_rounds(
     python: &Path,
     rounds: usize,
     json: bool,
+    backend: EngineBackend,
     out: &mut dyn Write,
 ) -> anyhow::Result<serde_json::Value> {
     let script = std::env::temp_dir().join(format!("dtx-unet-bench-{}.py", std::process::id()));
@@ -128,8 +168,8 @@ fn compare_rounds(
     let mut all = Vec::with_capacity(rounds);
     let result = (|| -> anyhow::Result<()> {
         for i in 0..rounds {
-            let dtx = crate::bench::engine::<CpuBackend>(cfg)?;
-            let pytorch = pytorch_round(cfg, python, &script, dtx.threads)?;
+            let dtx = engine(cfg, backend)?;
+            let pytorch = pytorch_round(cfg, python, &script, dtx.threads, backend)?;
             if pytorch.parameters != dtx.parameters {
                 bail!(
                     "the two U-Nets differ: dtx's has {} parameters, PyTorch's {} (diffusers {}): \
@@ -203,8 +243,13 @@ fn pytorch_round(
     python: &Path,
     script: &Path,
     threads: usize,
+    backend: EngineBackend,
 ) -> anyhow::Result<TorchReport> {
     let channels: Vec<String> = cfg.channels.iter().map(|c| c.to_string()).collect();
+    let device = match backend {
+        EngineBackend::Cpu => "cpu",
+        EngineBackend::Cuda => "cuda",
+    };
     let output = Command::new(python)
         .arg(script)
         .args(["--batch", &cfg.batch.to_string()])
@@ -214,6 +259,7 @@ fn pytorch_round(
         .args(["--warmup", &cfg.warmup.to_string()])
         .args(["--iters", &cfg.iters.to_string()])
         .args(["--threads", &threads.to_string()])
+        .args(["--device", device])
         .env("OMP_NUM_THREADS", threads.to_string())
         .output()
         .with_context(|| {

@@ -152,6 +152,11 @@ pub enum BenchCommand {
         /// Interleaved rounds with --compare (medians are reported).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// The backend dtx times: `cuda` needs a build with the `cuda`
+        /// feature and a CUDA device (with --compare, PyTorch runs on
+        /// `--device cuda` too).
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: super::bench_cmd::EngineBackend,
     },
     // The research benchmarks below live in the `dtx-bench` executable
     // (crate `bench/`): `dtx bench <command> ARGS…` runs `dtx-bench <command>
@@ -326,6 +331,7 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                     json,
                     compare,
                     rounds,
+                    backend,
                 },
         } => {
             let cfg = crate::bench::EngineBench {
@@ -336,7 +342,8 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                 warmup,
                 iters,
             };
-            super::bench_cmd::run(cfg, &size, json, compare.as_deref(), rounds, out)?
+            let compare = compare.as_deref();
+            super::bench_cmd::run(cfg, &size, json, compare, rounds, backend, out)?
         }
         Command::Eval(args) => super::eval_cmd::run(&args, out)?,
         Command::Model { command } => super::model_cmd::run(&command, out)?,
@@ -587,6 +594,10 @@ pub fn plan_and_run(
     #[cfg(feature = "cuda")]
     if loaded.manifest.run.backend.as_str() == "cuda" {
         use crate::tensor_abi::CudaBackend;
+        // burn's CUDA runtime panics without a driver or a device: ask first.
+        crate::util::cuda::devices().map_err(|e| {
+            anyhow::anyhow!("{}: run.backend = \"cuda\": {e}", loaded.file.display())
+        })?;
         let plan = plan::resolve_on::<CudaBackend>(loaded)?;
         return job.on::<CudaBackend>(&plan, out);
     }

@@ -1,5 +1,6 @@
 //! Small helpers shared by the host's error messages.
 
+pub mod cuda;
 pub(crate) mod fs;
 pub(crate) mod limits;
 pub(crate) mod resize;

@@ -1,6 +1,7 @@
 """PyTorch + diffusers side of `dtx bench engine` (docs/performance.md).
 
-Times, on the CPU with the same thread count as dtx, a diffusers
+Times, on the CPU with the same thread count as dtx (or on a GPU with
+--device cuda), a diffusers
 UNet2DModel with the configuration `dtx bench engine` builds
 (host/src/bench.rs, `unet_config`):
 
@@ -69,39 +70,51 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (peak memory is then the GPU's)")
     a = p.parse_args()
+    dev = torch.device(a.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device")
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     channels = [int(c) for c in a.channels.split(",")]
-    model = UNet2DModel(**unet_config(channels, a.layers, a.size))
+    model = UNet2DModel(**unet_config(channels, a.layers, a.size)).to(dev)
     params = sum(t.numel() for t in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     shape = (a.batch, 3, a.size, a.size)
-    t = torch.full((a.batch,), 500, dtype=torch.long)
+    t = torch.full((a.batch,), 500, dtype=torch.long, device=dev)
 
     model.train()
     train = []
     for i in range(a.warmup + a.iters):
-        x, eps = torch.randn(shape), torch.randn(shape)
+        x, eps = torch.randn(shape, device=dev), torch.randn(shape, device=dev)
+        sync()
         start = time.perf_counter()
         out = model(x, t).sample
         loss = ((out - eps) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sync()
         if i >= a.warmup:
             train.append(time.perf_counter() - start)
 
     model.eval()
+    sync()
     sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     sched.set_timesteps(50)
-    x = torch.randn(shape)
+    x = torch.randn(shape, device=dev)
     ddim = []
     with torch.no_grad():
         for i in range(a.warmup + a.iters):
             start = time.perf_counter()
             eps = model(x, t).sample
             x = sched.step(eps, 500, x, eta=0.0).prev_sample
+            sync()
             if i >= a.warmup:
                 ddim.append(time.perf_counter() - start)
 
@@ -109,7 +122,7 @@ def main():
         parameters=params,
         train_step_s=statistics.median(train),
         ddim_step_s=statistics.median(ddim),
-        peak_rss_mib=peak_rss_mib(),
+        peak_rss_mib=peak_rss_mib() if dev.type == "cpu" else torch.cuda.max_memory_allocated() / 2**20,
         threads=a.threads,
         torch=torch.__version__,
     )))

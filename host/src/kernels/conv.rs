@@ -90,16 +90,6 @@ impl<'a> View<'a> {
         }
     }
 
-    fn t(self) -> Self {
-        View {
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-            ..self
-        }
-    }
-
     /// Whether every element lies inside `data`.
     fn fits(&self) -> bool {
         self.rows == 0
@@ -171,14 +161,16 @@ fn valid(out: usize, len: usize, s: usize, kk: usize, p: usize) -> (usize, usize
     (lo.min(hi), hi)
 }
 
-/// One sample's column matrix `[C·KH·KW, OH·OW]` into `col`.
-fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
+/// One sample's column matrix `[C·KH·KW, OH·OW]` into `col`, row `r` at
+/// `col[r·ld + off ..][.. OH·OW]` (several samples side by side share rows
+/// of length `ld`).
+fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, off: usize) {
     let [oh, ow] = g.oh_ow();
     let [kh, kw] = g.k;
     let [sh, sw] = g.stride;
     let [ph, pw] = g.padding;
-    let rows = col.chunks_exact_mut(oh * ow);
-    for (r, row) in rows.enumerate().take(g.ckk()) {
+    for r in 0..g.ckk() {
+        let row = &mut col[r * ld + off..][..oh * ow];
         let (c, ki, kj) = (r / (kh * kw), (r / kw) % kh, r % kw);
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         let (ylo, yhi) = valid(oh, g.h, sh, ki, ph);
@@ -203,15 +195,17 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
     }
 }
 
-/// Adds one sample's column matrix back onto its input positions:
-/// `dx[c, iy, ix] += col[(c, ki, kj), (oy, ox)]` (the adjoint of [`im2col`]).
-fn col2im(g: &Geometry, col: &[f32], dx: &mut [f32]) {
+/// Adds one sample's column matrix (laid out as in [`im2col`]) back onto
+/// its input positions, `dx[c, iy, ix] = Σ col[(c, ki, kj), (oy, ox)]`
+/// (the adjoint of [`im2col`]; `dx` is overwritten).
+fn col2im(g: &Geometry, col: &[f32], ld: usize, off: usize, dx: &mut [f32]) {
     let [oh, ow] = g.oh_ow();
     let [kh, kw] = g.k;
     let [sh, sw] = g.stride;
     let [ph, pw] = g.padding;
     dx.fill(0.0);
-    for (r, row) in col.chunks_exact(oh * ow).enumerate().take(g.ckk()) {
+    for r in 0..g.ckk() {
+        let row = &col[r * ld + off..][..oh * ow];
         let (c, ki, kj) = (r / (kh * kw), (r / kw) % kh, r % kw);
         let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
         let (ylo, yhi) = valid(oh, g.h, sh, ki, ph);
@@ -236,11 +230,54 @@ fn col2im(g: &Geometry, col: &[f32], dx: &mut [f32]) {
     }
 }
 
-/// How to spread `n` samples over `threads`: across samples (each GEMM on
-/// one thread) when that balances, else one sample at a time with the
-/// GEMM threaded.
-fn across_samples(n: usize, threads: usize) -> bool {
-    threads > 1 && (n % threads == 0 || n >= 4 * threads)
+/// Columns a GEMM should have at least for its packing to pay off: a
+/// layer with small images puts several samples side by side.
+const MIN_COLUMNS: usize = 512;
+
+/// How the samples are split: `(per, tasks, gemm_threads)`, tasks of `per`
+/// consecutive samples each (the last may be shorter), run in parallel
+/// when there are at least as many as threads (each GEMM then on one
+/// thread), else one after the other with the GEMM threaded.
+fn split(g: &Geometry, threads: usize) -> (usize, usize, usize) {
+    let (n, ohw) = (g.n, g.ohw());
+    // A pointwise convolution's GEMM reads the input in place, one sample
+    // at a time, unless its images are small enough to need the copy.
+    let min = if g.pointwise() {
+        MIN_COLUMNS / 4
+    } else {
+        MIN_COLUMNS
+    };
+    let want = min.div_ceil(ohw.max(1)).max(1);
+    let per = if threads > 1 && n >= threads {
+        want.min(n / threads).max(1)
+    } else {
+        want.min(n).max(1)
+    };
+    let tasks = n.div_ceil(per);
+    let gemm_threads = if threads > 1 && tasks >= threads {
+        1
+    } else {
+        threads
+    };
+    (per, tasks, gemm_threads)
+}
+
+/// The column matrix of samples `first..first + count` side by side,
+/// `[C·KH·KW, count·OH·OW]`, into `col` (resized).
+fn columns(g: &Geometry, x: &[f32], first: usize, count: usize, col: &mut Vec<f32>) {
+    let (ohw, ckk, chw) = (g.ohw(), g.ckk(), g.chw());
+    let ld = count * ohw;
+    col.resize(ckk * ld, 0.0);
+    for j in 0..count {
+        let x_n = &x[(first + j) * chw..(first + j + 1) * chw];
+        if g.pointwise() {
+            for (r, src) in x_n.chunks_exact(ohw).enumerate() {
+                col[r * ld + j * ohw..][..ohw].copy_from_slice(src);
+            }
+        } else {
+            im2col(g, x_n, col, ld, j * ohw);
+        }
+    }
 }
 
 /// Forward: `[N, O, OH, OW]` from `x` `[N, C, H, W]`, `weight` `[O, C, KH, KW]`
@@ -255,33 +292,50 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
     if ohw == 0 || g.o == 0 {
         return out;
     }
-    let threads = rayon::current_num_threads();
+    let (per, _, gemm_threads) = split(g, rayon::current_num_threads());
     let wv = View::row_major(weight, g.o, ckk);
-    let one = |n: usize, out_n: &mut [f32], col: &mut Vec<f32>, gemm_threads: usize| {
-        let x_n = &x[n * g.chw()..(n + 1) * g.chw()];
-        let rhs = if g.pointwise() {
-            View::row_major(x_n, ckk, ohw)
+    let task = |(t, out_t): (usize, &mut [f32]), col: &mut Vec<f32>, tmp: &mut Vec<f32>| {
+        let count = out_t.len() / (g.o * ohw);
+        let ld = count * ohw;
+        let rhs = if g.pointwise() && count == 1 {
+            View::row_major(&x[t * per * g.chw()..][..g.chw()], ckk, ohw)
         } else {
-            col.resize(ckk * ohw, 0.0);
-            im2col(g, x_n, col);
-            View::row_major(col, ckk, ohw)
+            columns(g, x, t * per, count, col);
+            View::row_major(col, ckk, ld)
         };
-        if let Some(b) = bias {
-            for (row, &v) in out_n.chunks_exact_mut(ohw).zip(b) {
-                row.fill(v);
+        if count == 1 {
+            if let Some(b) = bias {
+                for (row, &v) in out_t.chunks_exact_mut(ohw).zip(b) {
+                    row.fill(v);
+                }
+            }
+            gemm(out_t, wv, rhs, bias.is_some(), gemm_threads);
+            return;
+        }
+        // Several samples: [O, count·OH·OW], then each sample's rows to
+        // their place with the bias.
+        tmp.resize(g.o * ld, 0.0);
+        gemm(tmp, wv, rhs, false, gemm_threads);
+        for (j, out_n) in out_t.chunks_exact_mut(g.o * ohw).enumerate() {
+            for (o, row) in out_n.chunks_exact_mut(ohw).enumerate() {
+                let src = &tmp[o * ld + j * ohw..][..ohw];
+                let b = bias.map_or(0.0, |b| b[o]);
+                for (d, s) in row.iter_mut().zip(src) {
+                    *d = s + b;
+                }
             }
         }
-        gemm(out_n, wv, rhs, bias.is_some(), gemm_threads);
     };
-    if across_samples(g.n, threads) {
-        out.par_chunks_exact_mut(g.o * ohw)
-            .enumerate()
-            .for_each_init(Vec::new, |col, (n, out_n)| one(n, out_n, col, 1));
+    let chunks = out.chunks_mut(per * g.o * ohw).enumerate();
+    if gemm_threads == 1 {
+        let chunks: Vec<_> = chunks.collect();
+        chunks.into_par_iter().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(col, tmp), c| task(c, col, tmp),
+        );
     } else {
-        let mut col = Vec::new();
-        for (n, out_n) in out.chunks_exact_mut(g.o * ohw).enumerate() {
-            one(n, out_n, &mut col, threads);
-        }
+        let (mut col, mut tmp) = (Vec::new(), Vec::new());
+        chunks.for_each(|c| task(c, &mut col, &mut tmp));
     }
     out
 }
@@ -315,63 +369,100 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
         x.len() == g.n * chw && weight.len() == g.o * ckk && dy.len() == g.n * g.o * ohw,
         "conv2d backward operands"
     );
-    let threads = rayon::current_num_threads();
-    let wt = View::row_major(weight, g.o, ckk).t();
+    let (per, tasks, gemm_threads) = split(g, rayon::current_num_threads());
+    // Every GEMM below reads both operands along rows (the `gemm` crate's
+    // fast layout): Wᵀ is copied once, and the weight gradient is computed
+    // transposed, `dWᵀ = col · dYᵀ`, from a transposed copy of dY.
+    let w_t: Vec<f32> = (0..ckk * g.o)
+        .map(|i| weight[(i % g.o) * ckk + i / g.o])
+        .collect();
+    let wt = View::row_major(&w_t, ckk, g.o);
     let mut dx = want.x.then(|| vec![0.0f32; g.n * chw]);
-    // One task per chunk of samples: its own column buffer and its own
-    // weight-gradient partial, summed afterwards in chunk order.
-    let chunks = if across_samples(g.n, threads) {
-        threads.min(g.n)
-    } else {
-        1
-    };
-    let gemm_threads = if chunks == 1 { threads } else { 1 };
-    let per = g.n.div_ceil(chunks.max(1)).max(1);
     let dx_parts: Vec<Option<&mut [f32]>> = match dx.as_mut() {
         Some(d) => d.chunks_mut(per * chw).map(Some).collect(),
-        None => (0..g.n.div_ceil(per)).map(|_| None).collect(),
+        None => (0..tasks).map(|_| None).collect(),
     };
-    let task = |(ci, mut dx_part): (usize, Option<&mut [f32]>)| -> Option<Vec<f32>> {
-        let mut dw = want.weight.then(|| vec![0.0f32; g.o * ckk]);
-        let mut col = Vec::new();
-        let first = ci * per;
-        for n in first..(first + per).min(g.n) {
-            let x_n = &x[n * chw..(n + 1) * chw];
-            let dy_n = View::row_major(&dy[n * g.o * ohw..(n + 1) * g.o * ohw], g.o, ohw);
-            if let Some(dw) = dw.as_mut() {
-                let cols = if g.pointwise() {
-                    View::row_major(x_n, ckk, ohw)
-                } else {
-                    col.resize(ckk * ohw, 0.0);
-                    im2col(g, x_n, &mut col);
-                    View::row_major(&col, ckk, ohw)
-                };
-                gemm(dw, dy_n, cols.t(), true, gemm_threads);
+    // One task per chunk of samples: its own buffers and its own
+    // weight-gradient partial, summed afterwards in chunk order.
+    let task = |(t, dx_part): (usize, Option<&mut [f32]>)| -> Option<Vec<f32>> {
+        let first = t * per;
+        let count = per.min(g.n - first);
+        let ld = count * ohw;
+        // The output gradient of the chunk as [O, count·OH·OW].
+        let gathered;
+        let dyc = if count == 1 {
+            View::row_major(&dy[first * g.o * ohw..][..g.o * ohw], g.o, ohw)
+        } else {
+            let mut buf = vec![0.0f32; g.o * ld];
+            for j in 0..count {
+                let dy_n = &dy[(first + j) * g.o * ohw..][..g.o * ohw];
+                for (o, src) in dy_n.chunks_exact(ohw).enumerate() {
+                    buf[o * ld + j * ohw..][..ohw].copy_from_slice(src);
+                }
             }
-            if let Some(dx_part) = dx_part.as_deref_mut() {
-                let dx_n = &mut dx_part[(n - first) * chw..(n - first + 1) * chw];
-                if g.pointwise() {
-                    gemm(dx_n, wt, dy_n, false, gemm_threads);
-                } else {
-                    col.resize(ckk * ohw, 0.0);
-                    gemm(&mut col, wt, dy_n, false, gemm_threads);
-                    col2im(g, &col, dx_n);
+            gathered = buf;
+            View::row_major(&gathered, g.o, ld)
+        };
+        let mut col = Vec::new();
+        let dw_t = want.weight.then(|| {
+            let mut dy_t = vec![0.0f32; ld * g.o];
+            for j in 0..count {
+                let dy_n = &dy[(first + j) * g.o * ohw..][..g.o * ohw];
+                for (o, row) in dy_n.chunks_exact(ohw).enumerate() {
+                    for (p, &v) in row.iter().enumerate() {
+                        dy_t[(j * ohw + p) * g.o + o] = v;
+                    }
+                }
+            }
+            let mut dw_t = vec![0.0f32; ckk * g.o];
+            let cols = if g.pointwise() && count == 1 {
+                View::row_major(&x[first * chw..][..chw], ckk, ohw)
+            } else {
+                columns(g, x, first, count, &mut col);
+                View::row_major(&col, ckk, ld)
+            };
+            gemm(
+                &mut dw_t,
+                cols,
+                View::row_major(&dy_t, ld, g.o),
+                false,
+                gemm_threads,
+            );
+            dw_t
+        });
+        if let Some(dx_part) = dx_part {
+            if g.pointwise() && count == 1 {
+                gemm(dx_part, wt, dyc, false, gemm_threads);
+            } else {
+                col.resize(ckk * ld, 0.0);
+                gemm(&mut col, wt, dyc, false, gemm_threads);
+                for (j, dx_n) in dx_part.chunks_exact_mut(chw).enumerate() {
+                    if g.pointwise() {
+                        for (r, dst) in dx_n.chunks_exact_mut(ohw).enumerate() {
+                            dst.copy_from_slice(&col[r * ld + j * ohw..][..ohw]);
+                        }
+                    } else {
+                        col2im(g, &col, ld, j * ohw, dx_n);
+                    }
                 }
             }
         }
-        dw
+        dw_t
     };
-    let parts: Vec<Option<Vec<f32>>> = if chunks > 1 {
+    let parts: Vec<Option<Vec<f32>>> = if gemm_threads == 1 {
         dx_parts.into_par_iter().enumerate().map(task).collect()
     } else {
         dx_parts.into_iter().enumerate().map(task).collect()
     };
     let dweight = want.weight.then(|| {
-        let mut sum = vec![0.0f32; g.o * ckk];
-        for part in parts.into_iter().flatten() {
-            sum.iter_mut().zip(&part).for_each(|(s, p)| *s += p);
+        let mut parts = parts.into_iter().flatten();
+        let mut sum_t = parts.next().unwrap_or_else(|| vec![0.0f32; g.o * ckk]);
+        for part in parts {
+            sum_t.iter_mut().zip(&part).for_each(|(s, p)| *s += p);
         }
-        sum
+        (0..g.o * ckk)
+            .map(|i| sum_t[(i % ckk) * g.o + i / ckk])
+            .collect()
     });
     let dbias = want.bias.then(|| {
         let mut sum = vec![0.0f32; g.o];

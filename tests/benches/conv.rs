@@ -1,0 +1,136 @@
+//! dtx's conv2d kernels (`dtx::kernels::conv`) against burn-flex's conv2d
+//! on the convolutions of the `dtx bench engine` U-Net (batch 16, 32×32):
+//! forward, and forward + backward (input, weight and bias gradients)
+//! through burn's autodiff, each side the same op on the same tensors.
+//! Medians over `ITERS` runs after one untimed run, interleaved. Run with
+//! `RAYON_NUM_THREADS=2 cargo bench -p dtx-tests --bench conv`; figures go
+//! in docs/performance.md.
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Distribution, Tensor};
+use dtx::bench::median;
+use dtx::kernels::conv2d_tensor;
+use std::time::Instant;
+
+type B = Autodiff<Flex>;
+const ITERS: usize = 7;
+
+struct Case {
+    name: &'static str,
+    x: [usize; 4],
+    w: [usize; 4],
+    stride: usize,
+    padding: usize,
+}
+
+fn time(f: &mut dyn FnMut()) -> f64 {
+    let start = Instant::now();
+    f();
+    start.elapsed().as_secs_f64() * 1e3
+}
+
+fn main() {
+    let cases = [
+        Case {
+            name: "3x3 64->64 at 32x32",
+            x: [16, 64, 32, 32],
+            w: [64, 64, 3, 3],
+            stride: 1,
+            padding: 1,
+        },
+        Case {
+            name: "3x3 128->128 at 16x16",
+            x: [16, 128, 16, 16],
+            w: [128, 128, 3, 3],
+            stride: 1,
+            padding: 1,
+        },
+        Case {
+            name: "3x3 256->128 at 16x16",
+            x: [16, 256, 16, 16],
+            w: [128, 256, 3, 3],
+            stride: 1,
+            padding: 1,
+        },
+        Case {
+            name: "3x3 128->128 at 8x8",
+            x: [16, 128, 8, 8],
+            w: [128, 128, 3, 3],
+            stride: 1,
+            padding: 1,
+        },
+        Case {
+            name: "3x3 s2 64->64 at 32x32",
+            x: [16, 64, 32, 32],
+            w: [64, 64, 3, 3],
+            stride: 2,
+            padding: 1,
+        },
+        Case {
+            name: "1x1 256->128 at 16x16",
+            x: [16, 256, 16, 16],
+            w: [128, 256, 1, 1],
+            stride: 1,
+            padding: 0,
+        },
+        Case {
+            name: "3x3 3->64 at 32x32",
+            x: [16, 3, 32, 32],
+            w: [64, 3, 3, 3],
+            stride: 1,
+            padding: 1,
+        },
+    ];
+    let dev = Default::default();
+    println!(
+        "{:<24} {:>10} {:>10} {:>7} {:>12} {:>12} {:>7}",
+        "case", "fwd dtx", "fwd burn", "ratio", "f+b dtx", "f+b burn", "ratio"
+    );
+    for c in cases {
+        let x = Tensor::<B, 4>::random(c.x, Distribution::Normal(0.0, 1.0), &dev);
+        let w = Tensor::<B, 4>::random(c.w, Distribution::Normal(0.0, 0.1), &dev);
+        let b = Tensor::<B, 1>::random([c.w[0]], Distribution::Normal(0.0, 0.1), &dev);
+        let o = ConvOptions::new([c.stride; 2], [c.padding; 2], [1, 1], 1);
+        type Op =
+            fn(Tensor<B, 4>, Tensor<B, 4>, Option<Tensor<B, 1>>, ConvOptions<2>) -> Tensor<B, 4>;
+        let ops: [Op; 2] = [conv2d_tensor::<B>, conv2d::<B>];
+        let mut fwd = [Vec::new(), Vec::new()];
+        let mut both = [Vec::new(), Vec::new()];
+        for i in 0..=ITERS {
+            for (side, op) in ops.iter().enumerate() {
+                let f = time(&mut || {
+                    let y = op(x.clone(), w.clone(), Some(b.clone()), o.clone());
+                    let _ = y.inner().into_data();
+                });
+                let (xg, wg, bg) = (
+                    x.clone().require_grad(),
+                    w.clone().require_grad(),
+                    b.clone().require_grad(),
+                );
+                let fb = time(&mut || {
+                    let y = op(xg.clone(), wg.clone(), Some(bg.clone()), o.clone());
+                    let grads = y.sum().backward();
+                    let _ = xg.grad(&grads).map(|g| g.into_data());
+                });
+                if i > 0 {
+                    fwd[side].push(f);
+                    both[side].push(fb);
+                }
+            }
+        }
+        let [fd, fb_] = fwd.map(median);
+        let [bd, bb] = both.map(median);
+        println!(
+            "{:<24} {:>8.1}ms {:>8.1}ms {:>6.2}x {:>10.1}ms {:>10.1}ms {:>6.2}x",
+            c.name,
+            fd,
+            fb_,
+            fd / fb_,
+            bd,
+            bb,
+            bd / bb
+        );
+    }
+}

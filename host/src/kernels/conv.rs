@@ -11,6 +11,7 @@
 //! the input gradient `col2im(Wᵀ · dY_n)`. A 1×1 convolution with stride 1
 //! and no padding skips the column matrix: `x_n` is already `[C, H·W]`.
 
+use super::gemm::{View, gemm};
 use rayon::prelude::*;
 
 /// The shape of one convolution.
@@ -66,84 +67,6 @@ impl Geometry {
     /// A 1×1 kernel, stride 1, no padding: the input is its own column matrix.
     fn pointwise(&self) -> bool {
         self.k == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
-    }
-}
-
-/// A matrix view for [`gemm`]: element `(i, j)` at `data[i·rs + j·cs]`.
-#[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a> View<'a> {
-    fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        View {
-            data,
-            rows,
-            cols,
-            rs: cols,
-            cs: 1,
-        }
-    }
-
-    /// Whether every element lies inside `data`.
-    fn fits(&self) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
-    }
-}
-
-/// `dst[m, n] (+)= a[m, k] · b[k, n]` with `dst` row-major; `accumulate`
-/// adds to what `dst` holds.
-fn gemm(dst: &mut [f32], a: View, b: View, accumulate: bool, threads: usize) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert!(
-        b.rows == k && a.fits() && b.fits() && dst.len() >= m * n,
-        "gemm operands"
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst[..m * n].fill(0.0);
-        }
-        return;
-    }
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the asserts above keep every index of the three views inside
-    // their slices; `dst` is exclusively borrowed and does not alias a or b.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
     }
 }
 

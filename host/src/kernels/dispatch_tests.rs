@@ -162,3 +162,51 @@ fn the_cast_recognises_only_its_own_type() {
     assert_eq!(cast::<u32, u32>(7), Ok(7));
     assert_eq!(cast::<u32, i32>(7), Err(7));
 }
+
+/// Attention through burn's ops: the head split, `softmax(q kᵀ/sqrt(d)) v`,
+/// the merge.
+fn attention_by_ops(
+    q: Tensor<Ad, 3>,
+    k: Tensor<Ad, 3>,
+    v: Tensor<Ad, 3>,
+    heads: usize,
+) -> Tensor<Ad, 3> {
+    let [b, n, w] = q.dims();
+    let d = w / heads;
+    let split = |t: Tensor<Ad, 3>| t.reshape([b, n, heads, d]).swap_dims(1, 2);
+    let s = split(q)
+        .matmul(split(k).swap_dims(2, 3))
+        .mul_scalar(1.0 / (d as f64).sqrt());
+    burn::tensor::activation::softmax(s, 3)
+        .matmul(split(v))
+        .swap_dims(1, 2)
+        .reshape([b, n, w])
+}
+
+#[test]
+fn attention_matches_burns_ops_and_gradients() {
+    let dev = Default::default();
+    for (b, n, heads, d) in [(3, 7, 2, 4), (2, 64, 4, 8), (1, 5, 1, 3)] {
+        let make = |scale: f64| {
+            Tensor::<Flex, 3>::random(
+                [b, n, heads * d],
+                Distribution::Uniform(-scale, scale),
+                &dev,
+            )
+        };
+        let (q, k, v) = (make(2.0), make(2.0), make(1.0));
+        let weights = Tensor::<Ad, 3>::from_inner(make(1.0));
+        let leaves = || [&q, &k, &v].map(|t| Tensor::<Ad, 3>::from_inner(t.clone()).require_grad());
+        let [q1, k1, v1] = leaves();
+        let [q2, k2, v2] = leaves();
+        let y1 = crate::kernels::attention(&q1, &k1, &v1, heads)
+            .expect("the CPU backend has the kernel");
+        let y2 = attention_by_ops(q2.clone(), k2.clone(), v2.clone(), heads);
+        close("attention y", y1.clone().inner(), y2.clone().inner());
+        let g1 = (y1 * weights.clone()).sum().backward();
+        let g2 = (y2 * weights).sum().backward();
+        close("dq", q1.grad(&g1).unwrap(), q2.grad(&g2).unwrap());
+        close("dk", k1.grad(&g1).unwrap(), k2.grad(&g2).unwrap());
+        close("dv", v1.grad(&g1).unwrap(), v2.grad(&g2).unwrap());
+    }
+}

@@ -13,12 +13,14 @@
 //! generic model code needs no extra bound.
 
 pub mod adam;
+pub mod attention;
 pub mod conv;
+mod gemm;
 pub mod norm;
-mod norm_ops;
+mod ops;
 
 pub use adam::{adam_tensors, ema_tensors, sgd_tensors};
-pub use norm_ops::{group_norm, silu};
+pub use ops::{attention, group_norm, silu};
 
 use burn::backend::Flex;
 use burn::tensor::Shape;

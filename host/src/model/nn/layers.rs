@@ -561,13 +561,25 @@ impl Attention {
             None => x.clone(),
         };
         let u = u.reshape([b, c, n]).swap_dims(1, 2).reshape([b * n, c]); // [B·HW, C]
-        let split = |lin: &Linear| {
-            lin.forward(w, u.clone())
-                .reshape([b, n, heads, head_dim])
-                .swap_dims(1, 2) // [B, heads, HW, d]
+        let inner = heads * head_dim;
+        let project = |lin: &Linear| lin.forward(w, u.clone()).reshape([b, n, inner]);
+        let (q, k, v) = (
+            project(&self.to_q),
+            project(&self.to_k),
+            project(&self.to_v),
+        );
+        // One kernel on the CPU backend, on the projections' own layout
+        // (no head split or merge); op by op elsewhere.
+        let a = match crate::kernels::attention(&q, &k, &v, heads) {
+            Some(a) => a,
+            None => {
+                let split = |t: Tensor<B, 3>| t.reshape([b, n, heads, head_dim]).swap_dims(1, 2);
+                attend(split(q), split(k), split(v))
+                    .swap_dims(1, 2)
+                    .reshape([b, n, inner])
+            }
         };
-        let a = attend(split(&self.to_q), split(&self.to_k), split(&self.to_v)); // [B, heads, HW, d]
-        let a = a.swap_dims(1, 2).reshape([b * n, heads * head_dim]);
+        let a = a.reshape([b * n, inner]);
         let o = self
             .to_out
             .forward(w, a) // [B·HW, C]

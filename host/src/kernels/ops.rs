@@ -1,8 +1,9 @@
-//! [`norm`]'s kernels as autodiff ops of the CPU backend: group norm (+
-//! SiLU) and SiLU, each with its own backward step. Both return `None`
+//! The kernels as autodiff ops of the CPU backend: group norm (+ SiLU),
+//! SiLU and multi-head attention, each with its own backward step. Both return `None`
 //! for any other backend, dtype or shape, and the caller runs its op-by-op
 //! code instead (the operands are borrowed, so nothing is lost).
 
+use super::attention::{self, Heads};
 use super::norm::{self, NormGeometry};
 use super::{AdTensor, back, cast, flex, values};
 use burn::backend::Flex;
@@ -161,6 +162,90 @@ impl Backward<Flex, 1> for SiluBackward {
                 node.id,
                 flex(norm::silu_backward(&xv, &dv), x.shape().to_vec()),
             );
+        }
+    }
+}
+
+/// Multi-head attention on the projections' layout (see
+/// [`super::attention`]) on the CPU backend, or `None` (see the module
+/// docs).
+///
+/// # Shapes
+/// - q, k, v: `[B, N, heads·d]`; output: `[B, N, heads·d]`
+pub fn attention<B: Backend>(
+    q: &Tensor<B, 3>,
+    k: &Tensor<B, 3>,
+    v: &Tensor<B, 3>,
+    heads: usize,
+) -> Option<Tensor<B, 3>> {
+    let [b, n, width] = q.dims();
+    if heads == 0 || !width.is_multiple_of(heads) || k.dims() != q.dims() || v.dims() != q.dims() {
+        return None;
+    }
+    let g = Heads {
+        b,
+        n,
+        heads,
+        d: width / heads,
+    };
+    let (q, k, v) = (cpu(q)?, cpu(k)?, cpu(v)?);
+    let (qv, kv, vv) = (
+        values(&q.primitive)?,
+        values(&k.primitive)?,
+        values(&v.primitive)?,
+    );
+    let (out, lse) = attention::forward(&g, &qv, &kv, &vv);
+    let out = flex(out, vec![b, n, width]);
+    let nodes = [q.node.clone(), k.node.clone(), v.node.clone()];
+    let y = match AttentionBackward
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let saved = AttentionSaved {
+                q: q.primitive,
+                k: k.primitive,
+                v: v.primitive,
+                lse,
+                g,
+            };
+            prep.finish(saved, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Some(ranked(y))
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+#[derive(Debug, Clone)]
+struct AttentionSaved {
+    q: FlexTensor,
+    k: FlexTensor,
+    v: FlexTensor,
+    lse: Vec<f32>,
+    g: Heads,
+}
+
+impl Backward<Flex, 3> for AttentionBackward {
+    type State = AttentionSaved;
+
+    fn backward(self, ops: Ops<AttentionSaved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let nodes = ops.parents;
+        let dout = grads.consume::<Flex>(&ops.node);
+        let s = ops.state;
+        let operands = (values(&s.q), values(&s.k), values(&s.v), values(&dout));
+        let (Some(q), Some(k), Some(v), Some(dout)) = operands else {
+            unreachable!("the forward checked every operand is f32")
+        };
+        let (dq, dk, dv) = attention::backward(&s.g, &q, &k, &v, &s.lse, &dout);
+        let shape = s.q.shape().to_vec();
+        for (node, grad) in nodes.into_iter().zip([dq, dk, dv]) {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, flex(grad, shape.clone()));
+            }
         }
     }
 }

@@ -1,0 +1,204 @@
+//! Multi-head scaled dot-product attention (Vaswani et al. 2017, eq. 1),
+//! `softmax(q kᵀ / sqrt(d)) v` per sample and head, on the projections'
+//! own layout `[B, N, H·d]` (head `h` is columns `h·d .. (h+1)·d`), so no
+//! head split or merge is copied. The samples go over rayon's threads.
+//!
+//! Forward keeps, per row, only `lse = log Σ_j e^{s_ij}` of the scaled
+//! scores `s = q kᵀ / sqrt(d)`; backward recomputes `P = e^{s − lse}` from
+//! q and k (as FlashAttention does) instead of holding B·H·N² weights:
+//!
+//! ```text
+//! dV = Pᵀ dO     dP = dO Vᵀ     dS = P ∘ (dP − rowsum(dP ∘ P)) / sqrt(d)
+//! dQ = dS K      dK = dSᵀ Q
+//! ```
+
+use super::gemm::{View, gemm, gemm_rows};
+use super::norm::exp;
+use rayon::prelude::*;
+
+/// The shape: `b` samples of `n` tokens, `heads` heads of `d` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heads {
+    /// Batch.
+    pub b: usize,
+    /// Tokens.
+    pub n: usize,
+    /// Heads.
+    pub heads: usize,
+    /// Values per head.
+    pub d: usize,
+}
+
+impl Heads {
+    fn width(&self) -> usize {
+        self.heads * self.d
+    }
+
+    fn sample(&self) -> usize {
+        self.n * self.width()
+    }
+
+    /// Head `h` of one sample's `[N, H·d]` block as an `[N, d]` view.
+    fn view<'a>(&self, block: &'a [f32], h: usize) -> View<'a> {
+        View {
+            data: &block[h * self.d..],
+            rows: self.n,
+            cols: self.d,
+            rs: self.width(),
+            cs: 1,
+        }
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.d as f32).sqrt()
+    }
+}
+
+/// `out[c·rows + r] = src[r·cols + c]` for a view's `rows × cols` values.
+fn transpose(src: View, out: &mut Vec<f32>) {
+    out.resize(src.rows * src.cols, 0.0);
+    const T: usize = 32;
+    for r0 in (0..src.rows).step_by(T) {
+        for c0 in (0..src.cols).step_by(T) {
+            for r in r0..(r0 + T).min(src.rows) {
+                for c in c0..(c0 + T).min(src.cols) {
+                    out[c * src.rows + r] = src.data[r * src.rs + c * src.cs];
+                }
+            }
+        }
+    }
+}
+
+/// The scaled scores of one head into `s` `[N, N]`: `q kᵀ / sqrt(d)`.
+fn scores(g: &Heads, q: View, k: View, s: &mut Vec<f32>, k_t: &mut Vec<f32>) {
+    transpose(k, k_t);
+    s.resize(g.n * g.n, 0.0);
+    gemm(s, q, View::row_major(k_t, g.d, g.n), false, 1);
+    let scale = g.scale();
+    s.iter_mut().for_each(|v| *v *= scale);
+}
+
+/// Forward: `(out, lse)`, `out` `[B, N, H·d]`, `lse` `[B, H, N]`.
+pub fn forward(g: &Heads, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let len = g.b * g.sample();
+    assert!(
+        q.len() == len && k.len() == len && v.len() == len,
+        "attention operands"
+    );
+    let mut out = vec![0.0f32; len];
+    let mut lse = vec![0.0f32; g.b * g.heads * g.n];
+    if len == 0 {
+        return (out, lse);
+    }
+    out.par_chunks_mut(g.sample())
+        .zip(lse.par_chunks_mut(g.heads * g.n))
+        .enumerate()
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(s, k_t), (i, (out, lse))| {
+                let r = i * g.sample()..(i + 1) * g.sample();
+                let (qb, kb, vb) = (&q[r.clone()], &k[r.clone()], &v[r]);
+                for h in 0..g.heads {
+                    scores(g, g.view(qb, h), g.view(kb, h), s, k_t);
+                    for (row, l) in s
+                        .chunks_exact_mut(g.n)
+                        .zip(&mut lse[h * g.n..(h + 1) * g.n])
+                    {
+                        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                        let mut sum = 0.0f32;
+                        for x in row.iter_mut() {
+                            *x = exp(*x - max);
+                            sum += *x;
+                        }
+                        let inv = 1.0 / sum;
+                        row.iter_mut().for_each(|x| *x *= inv);
+                        *l = max + sum.ln();
+                    }
+                    let p = View::row_major(s, g.n, g.n);
+                    gemm_rows(&mut out[h * g.d..], g.width(), p, g.view(vb, h), false, 1);
+                }
+            },
+        );
+    (out, lse)
+}
+
+/// The gradients `(dq, dk, dv)` from the output gradient `dout` `[B, N, H·d]`.
+pub fn backward(
+    g: &Heads,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    lse: &[f32],
+    dout: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let len = g.b * g.sample();
+    assert!(
+        [q.len(), k.len(), v.len(), dout.len()]
+            .iter()
+            .all(|&l| l == len)
+            && lse.len() == g.b * g.heads * g.n,
+        "attention backward operands"
+    );
+    let (mut dq, mut dk, mut dv) = (vec![0.0f32; len], vec![0.0f32; len], vec![0.0f32; len]);
+    if len == 0 {
+        return (dq, dk, dv);
+    }
+    let scale = g.scale();
+    dq.par_chunks_mut(g.sample())
+        .zip(
+            dk.par_chunks_mut(g.sample())
+                .zip(dv.par_chunks_mut(g.sample())),
+        )
+        .enumerate()
+        .for_each_init(
+            || [(); 4].map(|_| Vec::new()),
+            |[s, dp, t1, t2], (i, (dq, (dk, dv)))| {
+                let r = i * g.sample()..(i + 1) * g.sample();
+                let (qb, kb, vb, dob) = (&q[r.clone()], &k[r.clone()], &v[r.clone()], &dout[r]);
+                for h in 0..g.heads {
+                    // P from the kept log-sum-exp.
+                    scores(g, g.view(qb, h), g.view(kb, h), s, t1);
+                    let lse = &lse[(i * g.heads + h) * g.n..][..g.n];
+                    for (row, &l) in s.chunks_exact_mut(g.n).zip(lse) {
+                        row.iter_mut().for_each(|x| *x = exp(*x - l));
+                    }
+                    let p = View::row_major(s, g.n, g.n);
+                    let d_out = g.view(dob, h);
+                    // dV = Pᵀ dO
+                    transpose(p, t1);
+                    gemm_rows(
+                        &mut dv[h * g.d..],
+                        g.width(),
+                        View::row_major(t1, g.n, g.n),
+                        d_out,
+                        false,
+                        1,
+                    );
+                    // dP = dO Vᵀ
+                    transpose(g.view(vb, h), t2);
+                    dp.resize(g.n * g.n, 0.0);
+                    gemm(dp, d_out, View::row_major(t2, g.d, g.n), false, 1);
+                    // dS = P ∘ (dP − rowsum(dP ∘ P)) · scale, into dp
+                    for (dp_row, p_row) in dp.chunks_exact_mut(g.n).zip(s.chunks_exact(g.n)) {
+                        let dot: f32 = dp_row.iter().zip(p_row).map(|(a, b)| a * b).sum();
+                        for (x, &pv) in dp_row.iter_mut().zip(p_row) {
+                            *x = pv * (*x - dot) * scale;
+                        }
+                    }
+                    let ds = View::row_major(dp, g.n, g.n);
+                    // dQ = dS K; dK = dSᵀ Q
+                    gemm_rows(&mut dq[h * g.d..], g.width(), ds, g.view(kb, h), false, 1);
+                    transpose(ds, t1);
+                    gemm_rows(
+                        &mut dk[h * g.d..],
+                        g.width(),
+                        View::row_major(t1, g.n, g.n),
+                        g.view(qb, h),
+                        false,
+                        1,
+                    );
+                }
+            },
+        );
+    (dq, dk, dv)
+}

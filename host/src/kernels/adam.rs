@@ -58,41 +58,38 @@ pub fn adam(
     let mut out = vec![0.0f32; theta.len()];
     let (one_b1, one_b2) = (1.0 - s.beta1, 1.0 - s.beta2);
     let [bc1, bc2] = s.bias_correction;
-    let run = |(((out, theta), g), (m, v)): (
-        ((&mut [f32], &[f32]), &[f32]),
-        (&mut [f32], &mut [f32]),
-    )| {
-        for i in 0..out.len() {
-            let t = theta[i];
-            let mut gi = g[i];
-            if s.scale != 1.0 {
-                gi *= s.scale;
-            }
-            if !s.decoupled && s.weight_decay != 0.0 {
-                gi += t * s.weight_decay;
-            }
-            let (m0, v0) = if first {
-                (gi * 0.0, gi * 0.0)
-            } else {
-                (m[i], v[i])
-            };
-            let m1 = m0 * s.beta1 + gi * one_b1;
-            let v1 = v0 * s.beta2 + (gi * gi) * one_b2;
-            let denom = (v1 / bc2).sqrt() + s.eps;
-            let mut update = (m1 / bc1) / denom;
-            if s.decoupled && s.weight_decay != 0.0 {
-                update += t * s.weight_decay;
-            }
-            out[i] = t - update * s.lr;
-            m[i] = m1;
-            v[i] = v1;
-        }
-    };
     out.par_chunks_mut(CHUNK)
-        .zip(theta.par_chunks(CHUNK))
-        .zip(g.par_chunks(CHUNK))
         .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-        .for_each(run);
+        .enumerate()
+        .for_each(|(ci, (out, (m, v)))| {
+            let range = ci * CHUNK..ci * CHUNK + out.len();
+            let (theta, g) = (&theta[range.clone()], &g[range]);
+            for i in 0..out.len() {
+                let t = theta[i];
+                let mut gi = g[i];
+                if s.scale != 1.0 {
+                    gi *= s.scale;
+                }
+                if !s.decoupled && s.weight_decay != 0.0 {
+                    gi += t * s.weight_decay;
+                }
+                let (m0, v0) = if first {
+                    (gi * 0.0, gi * 0.0)
+                } else {
+                    (m[i], v[i])
+                };
+                let m1 = m0 * s.beta1 + gi * one_b1;
+                let v1 = v0 * s.beta2 + (gi * gi) * one_b2;
+                let denom = (v1 / bc2).sqrt() + s.eps;
+                let mut update = (m1 / bc1) / denom;
+                if s.decoupled && s.weight_decay != 0.0 {
+                    update += t * s.weight_decay;
+                }
+                out[i] = t - update * s.lr;
+                m[i] = m1;
+                v[i] = v1;
+            }
+        });
     out
 }
 

@@ -3,19 +3,12 @@
 //! GEMM). Tolerance: 1e-5 of the reference's largest magnitude (f32 sums of
 //! up to a few thousand terms).
 
+#![allow(clippy::needless_range_loop)] // index loops mirror the sums
+
 use super::*;
 
-/// A fixed stream in [-1, 1).
 fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    crate::kernels::test_values(len, seed, 1.0)
 }
 
 struct Reference {

@@ -4,18 +4,7 @@
 //! gradient, which covers the f32 kernels' rounding). `exp` against f64's.
 
 use super::*;
-
-fn values(len: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
+use crate::kernels::test_values as values;
 
 /// The forward in f64.
 fn reference(g: &NormGeometry, x: &[f64], gamma: &[f64], beta: &[f64], silu: bool) -> Vec<f64> {

@@ -14,6 +14,7 @@
 
 use super::gemm::{View, gemm, gemm_rows};
 use super::norm::exp;
+use super::simd::{dot_f32, max_f32, sum_f32, wide};
 use rayon::prelude::*;
 
 /// The shape: `b` samples of `n` tokens, `heads` heads of `d` values.
@@ -55,6 +56,7 @@ impl Heads {
 }
 
 /// `out[c·rows + r] = src[r·cols + c]` for a view's `rows × cols` values.
+#[inline(always)]
 fn transpose(src: View, out: &mut Vec<f32>) {
     out.resize(src.rows * src.cols, 0.0);
     const T: usize = 32;
@@ -70,12 +72,41 @@ fn transpose(src: View, out: &mut Vec<f32>) {
 }
 
 /// The scaled scores of one head into `s` `[N, N]`: `q kᵀ / sqrt(d)`.
+#[inline(always)]
 fn scores(g: &Heads, q: View, k: View, s: &mut Vec<f32>, k_t: &mut Vec<f32>) {
     transpose(k, k_t);
     s.resize(g.n * g.n, 0.0);
     gemm(s, q, View::row_major(k_t, g.d, g.n), false, 1);
     let scale = g.scale();
     s.iter_mut().for_each(|v| *v *= scale);
+}
+
+/// One sample's heads forward, into its `out` `[N, H·d]` and `lse` `[H, N]`.
+#[inline(always)]
+fn forward_sample(
+    g: &Heads,
+    [qb, kb, vb]: [&[f32]; 3],
+    out: &mut [f32],
+    lse: &mut [f32],
+    s: &mut Vec<f32>,
+    k_t: &mut Vec<f32>,
+) {
+    for h in 0..g.heads {
+        scores(g, g.view(qb, h), g.view(kb, h), s, k_t);
+        for (row, l) in s
+            .chunks_exact_mut(g.n)
+            .zip(&mut lse[h * g.n..(h + 1) * g.n])
+        {
+            let max = max_f32(row);
+            row.iter_mut().for_each(|x| *x = exp(*x - max));
+            let sum = sum_f32(row);
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|x| *x *= inv);
+            *l = max + sum.ln();
+        }
+        let p = View::row_major(s, g.n, g.n);
+        gemm_rows(&mut out[h * g.d..], g.width(), p, g.view(vb, h), false, 1);
+    }
 }
 
 /// Forward: `(out, lse)`, `out` `[B, N, H·d]`, `lse` `[B, H, N]`.
@@ -98,28 +129,65 @@ pub fn forward(g: &Heads, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32
             |(s, k_t), (i, (out, lse))| {
                 let r = i * g.sample()..(i + 1) * g.sample();
                 let (qb, kb, vb) = (&q[r.clone()], &k[r.clone()], &v[r]);
-                for h in 0..g.heads {
-                    scores(g, g.view(qb, h), g.view(kb, h), s, k_t);
-                    for (row, l) in s
-                        .chunks_exact_mut(g.n)
-                        .zip(&mut lse[h * g.n..(h + 1) * g.n])
-                    {
-                        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                        let mut sum = 0.0f32;
-                        for x in row.iter_mut() {
-                            *x = exp(*x - max);
-                            sum += *x;
-                        }
-                        let inv = 1.0 / sum;
-                        row.iter_mut().for_each(|x| *x *= inv);
-                        *l = max + sum.ln();
-                    }
-                    let p = View::row_major(s, g.n, g.n);
-                    gemm_rows(&mut out[h * g.d..], g.width(), p, g.view(vb, h), false, 1);
-                }
+                wide(|| forward_sample(g, [qb, kb, vb], out, lse, s, k_t));
             },
         );
     (out, lse)
+}
+
+/// One sample's heads backward, into its `dq`, `dk`, `dv` `[N, H·d]`.
+#[inline(always)]
+fn backward_sample(
+    g: &Heads,
+    [qb, kb, vb, dob]: [&[f32]; 4],
+    lse: &[f32],
+    [dq, dk, dv]: [&mut [f32]; 3],
+    [s, dp, t1, t2]: &mut [Vec<f32>; 4],
+) {
+    let scale = g.scale();
+    for h in 0..g.heads {
+        // P from the kept log-sum-exp.
+        scores(g, g.view(qb, h), g.view(kb, h), s, t1);
+        let lse = &lse[h * g.n..][..g.n];
+        for (row, &l) in s.chunks_exact_mut(g.n).zip(lse) {
+            row.iter_mut().for_each(|x| *x = exp(*x - l));
+        }
+        let p = View::row_major(s, g.n, g.n);
+        let d_out = g.view(dob, h);
+        // dV = Pᵀ dO
+        transpose(p, t1);
+        gemm_rows(
+            &mut dv[h * g.d..],
+            g.width(),
+            View::row_major(t1, g.n, g.n),
+            d_out,
+            false,
+            1,
+        );
+        // dP = dO Vᵀ
+        transpose(g.view(vb, h), t2);
+        dp.resize(g.n * g.n, 0.0);
+        gemm(dp, d_out, View::row_major(t2, g.d, g.n), false, 1);
+        // dS = P ∘ (dP − rowsum(dP ∘ P)) · scale, into dp
+        for (dp_row, p_row) in dp.chunks_exact_mut(g.n).zip(s.chunks_exact(g.n)) {
+            let dot = dot_f32(dp_row, p_row);
+            for (x, &pv) in dp_row.iter_mut().zip(p_row) {
+                *x = pv * (*x - dot) * scale;
+            }
+        }
+        let ds = View::row_major(dp, g.n, g.n);
+        // dQ = dS K; dK = dSᵀ Q
+        gemm_rows(&mut dq[h * g.d..], g.width(), ds, g.view(kb, h), false, 1);
+        transpose(ds, t1);
+        gemm_rows(
+            &mut dk[h * g.d..],
+            g.width(),
+            View::row_major(t1, g.n, g.n),
+            g.view(qb, h),
+            false,
+            1,
+        );
+    }
 }
 
 /// The gradients `(dq, dk, dv)` from the output gradient `dout` `[B, N, H·d]`.
@@ -143,7 +211,6 @@ pub fn backward(
     if len == 0 {
         return (dq, dk, dv);
     }
-    let scale = g.scale();
     dq.par_chunks_mut(g.sample())
         .zip(
             dk.par_chunks_mut(g.sample())
@@ -152,52 +219,11 @@ pub fn backward(
         .enumerate()
         .for_each_init(
             || [(); 4].map(|_| Vec::new()),
-            |[s, dp, t1, t2], (i, (dq, (dk, dv)))| {
+            |scratch, (i, (dq, (dk, dv)))| {
                 let r = i * g.sample()..(i + 1) * g.sample();
                 let (qb, kb, vb, dob) = (&q[r.clone()], &k[r.clone()], &v[r.clone()], &dout[r]);
-                for h in 0..g.heads {
-                    // P from the kept log-sum-exp.
-                    scores(g, g.view(qb, h), g.view(kb, h), s, t1);
-                    let lse = &lse[(i * g.heads + h) * g.n..][..g.n];
-                    for (row, &l) in s.chunks_exact_mut(g.n).zip(lse) {
-                        row.iter_mut().for_each(|x| *x = exp(*x - l));
-                    }
-                    let p = View::row_major(s, g.n, g.n);
-                    let d_out = g.view(dob, h);
-                    // dV = Pᵀ dO
-                    transpose(p, t1);
-                    gemm_rows(
-                        &mut dv[h * g.d..],
-                        g.width(),
-                        View::row_major(t1, g.n, g.n),
-                        d_out,
-                        false,
-                        1,
-                    );
-                    // dP = dO Vᵀ
-                    transpose(g.view(vb, h), t2);
-                    dp.resize(g.n * g.n, 0.0);
-                    gemm(dp, d_out, View::row_major(t2, g.d, g.n), false, 1);
-                    // dS = P ∘ (dP − rowsum(dP ∘ P)) · scale, into dp
-                    for (dp_row, p_row) in dp.chunks_exact_mut(g.n).zip(s.chunks_exact(g.n)) {
-                        let dot: f32 = dp_row.iter().zip(p_row).map(|(a, b)| a * b).sum();
-                        for (x, &pv) in dp_row.iter_mut().zip(p_row) {
-                            *x = pv * (*x - dot) * scale;
-                        }
-                    }
-                    let ds = View::row_major(dp, g.n, g.n);
-                    // dQ = dS K; dK = dSᵀ Q
-                    gemm_rows(&mut dq[h * g.d..], g.width(), ds, g.view(kb, h), false, 1);
-                    transpose(ds, t1);
-                    gemm_rows(
-                        &mut dk[h * g.d..],
-                        g.width(),
-                        View::row_major(t1, g.n, g.n),
-                        g.view(qb, h),
-                        false,
-                        1,
-                    );
-                }
+                let lse = &lse[i * g.heads * g.n..][..g.heads * g.n];
+                wide(|| backward_sample(g, [qb, kb, vb, dob], lse, [dq, dk, dv], scratch));
             },
         );
     (dq, dk, dv)

@@ -15,6 +15,7 @@
 //! samples and positions; and within a block
 //! `dx = r·(γ_c·dy − mean(γ·dy) − x̂·mean(γ·dy·x̂))`.
 
+use super::simd::{LANES, sum_f64, wide};
 use rayon::prelude::*;
 
 /// The shape of one group norm: `[N, C, HW]` in `groups` groups of
@@ -62,9 +63,12 @@ pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     // k = round(x / ln 2) by the 1.5·2²³ trick: adding it leaves no
     // fraction bits, so the sum rounds to the nearest integer (plain adds,
-    // which vectorise; `round`/`floor` are libm calls without SSE4.1).
+    // which vectorise; `round`/`floor` are libm calls without SSE4.1), and
+    // k itself is then the low bits of the sum's representation (no
+    // float-to-int conversion, whose saturation does not vectorise).
     const SHIFT: f32 = 12_582_912.0;
-    let k = (x * std::f32::consts::LOG2_E + SHIFT) - SHIFT;
+    let shifted = x * std::f32::consts::LOG2_E + SHIFT;
+    let k = shifted - SHIFT;
     let r = x - k * 0.693_359_4 - k * -2.121_944_4e-4;
     let r2 = r * r;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
@@ -72,7 +76,9 @@ pub fn exp(x: f32) -> f32 {
         * r
         + 0.5;
     let e = p * r2 + r + 1.0;
-    e * f32::from_bits(((k as i32 + 127) as u32) << 23)
+    // 2^k: k + 127 in the exponent field (k is in [−126, 127]).
+    let k_bits = shifted.to_bits().wrapping_sub(SHIFT.to_bits());
+    e * f32::from_bits(k_bits.wrapping_add(127) << 23)
 }
 
 /// `sigmoid(y)` from [`exp`].
@@ -81,12 +87,44 @@ fn sigmoid(y: f32) -> f32 {
     1.0 / (1.0 + exp(-y))
 }
 
-/// Per (sample, group): `(μ, r)` as f32.
+/// Per (sample, group): `(μ, r)` as f32 (the sums in f64, over lanes).
+#[inline(always)]
 fn stats(x: &[f32], eps: f64) -> (f32, f32) {
     let m = x.len() as f64;
-    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / m;
-    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / m;
+    let mean = sum_f64(x, |v| v as f64) / m;
+    let var = sum_f64(x, |v| (v as f64 - mean).powi(2)) / m;
     (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
+}
+
+/// One (sample, group) block forward: its statistics, and `out`.
+#[inline(always)]
+fn forward_block(
+    out: &mut [f32],
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    hw: usize,
+    eps: f64,
+    silu: bool,
+) -> (f32, f32) {
+    let (mean, r) = stats(x, eps);
+    for ((out, x), (&ga, &be)) in out
+        .chunks_mut(hw)
+        .zip(x.chunks(hw))
+        .zip(gamma.iter().zip(beta))
+    {
+        if silu {
+            for (o, &v) in out.iter_mut().zip(x) {
+                let y = (v - mean) * r * ga + be;
+                *o = y * sigmoid(y);
+            }
+        } else {
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = (v - mean) * r * ga + be;
+            }
+        }
+    }
+    (mean, r)
 }
 
 /// Forward: `(out, μ, r)` with `μ` and `r` per (sample, group), `[N·G]`.
@@ -108,20 +146,104 @@ pub fn forward(
         .zip(x.par_chunks(block))
         .enumerate()
         .map(|(b, (out, x))| {
-            let (mean, r) = stats(x, g.eps);
             let c0 = (b % g.groups) * per_group;
-            for (ci, (out, x)) in out.chunks_mut(g.hw).zip(x.chunks(g.hw)).enumerate() {
-                let (ga, be) = (gamma[c0 + ci], beta[c0 + ci]);
-                for (o, &v) in out.iter_mut().zip(x) {
-                    let y = (v - mean) * r * ga + be;
-                    *o = if silu { y * sigmoid(y) } else { y };
-                }
-            }
-            (mean, r)
+            let (gamma, beta) = (&gamma[c0..][..per_group], &beta[c0..][..per_group]);
+            wide(|| forward_block(out, x, gamma, beta, g.hw, g.eps, silu))
         })
         .collect();
     let (mean, rstd) = stats.into_iter().unzip();
     (out, mean, rstd)
+}
+
+/// `dy` (the gradient before SiLU, or `dout` itself) of one channel into
+/// `d`, with its `(Σ dy, Σ dy·x̂)` in f64 over lanes.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn channel_dy<const SILU: bool>(
+    d: &mut [f32],
+    x: &[f32],
+    dout: &[f32],
+    (mu, r): (f32, f32),
+    ga: f32,
+    be: f32,
+) -> (f64, f64) {
+    let dy_xh = |v: f32, go: f32| {
+        let xh = (v - mu) * r;
+        let dy = if SILU {
+            let y = xh * ga + be;
+            let s = sigmoid(y);
+            go * (s + y * s * (1.0 - s))
+        } else {
+            go
+        };
+        (dy, xh)
+    };
+    let (mut s_dy, mut s_dyx) = ([0f64; LANES], [0f64; LANES]);
+    let mut cd = d.chunks_exact_mut(LANES);
+    let (mut cx, mut co) = (x.chunks_exact(LANES), dout.chunks_exact(LANES));
+    for ((d, x), go) in (&mut cd).zip(&mut cx).zip(&mut co) {
+        for ((((d, &v), &go), s1), s2) in d.iter_mut().zip(x).zip(go).zip(&mut s_dy).zip(&mut s_dyx)
+        {
+            let (dy, xh) = dy_xh(v, go);
+            *d = dy;
+            *s1 += dy as f64;
+            *s2 += (dy * xh) as f64;
+        }
+    }
+    let (mut t1, mut t2) = (0f64, 0f64);
+    for ((d, &v), &go) in cd
+        .into_remainder()
+        .iter_mut()
+        .zip(cx.remainder())
+        .zip(co.remainder())
+    {
+        let (dy, xh) = dy_xh(v, go);
+        *d = dy;
+        t1 += dy as f64;
+        t2 += (dy * xh) as f64;
+    }
+    (
+        s_dy.iter().sum::<f64>() + t1,
+        s_dyx.iter().sum::<f64>() + t2,
+    )
+}
+
+/// One (sample, group) block backward: `dx` from `dout`, and each
+/// channel's `(Σ dy, Σ dy·x̂)`.
+#[inline(always)]
+fn backward_block<const SILU: bool>(
+    dx: &mut [f32],
+    x: &[f32],
+    dout: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    (mu, r): (f32, f32),
+    hw: usize,
+) -> Vec<(f64, f64)> {
+    // Pass 1: dy into dx (scratch), the channel sums and the block's.
+    let mut channel = Vec::with_capacity(gamma.len());
+    let (mut a, mut bsum) = (0f64, 0f64);
+    for (((d, x), go), (&ga, &be)) in dx
+        .chunks_mut(hw)
+        .zip(x.chunks(hw))
+        .zip(dout.chunks(hw))
+        .zip(gamma.iter().zip(beta))
+    {
+        let (s_dy, s_dyx) = channel_dy::<SILU>(d, x, go, (mu, r), ga, be);
+        a += ga as f64 * s_dy;
+        bsum += ga as f64 * s_dyx;
+        channel.push((s_dy, s_dyx));
+    }
+    // Pass 2: dx = r·(γ·dy − A/M − x̂·B/M).
+    let m = dx.len() as f64;
+    let (am, bm) = ((a / m) as f32, (bsum / m) as f32);
+    for ((d, x), &ga) in dx.chunks_mut(hw).zip(x.chunks(hw)).zip(gamma) {
+        for (d, &v) in d.iter_mut().zip(x) {
+            let xh = (v - mu) * r;
+            *d = r * (ga * *d - am - xh * bm);
+        }
+    }
+    channel
 }
 
 /// The gradients of [`forward`]: `(dx, dγ, dβ)`.
@@ -154,48 +276,16 @@ pub fn backward(
         .zip(x.par_chunks(block).zip(dout.par_chunks(block)))
         .enumerate()
         .map(|(b, (dx, (x, dout)))| {
-            let (mu, r) = (mean[b], rstd[b]);
             let c0 = (b % g.groups) * per_group;
-            // Pass 1: dy into dx (scratch), the channel sums and the block's.
-            let mut channel = Vec::with_capacity(per_group);
-            let (mut a, mut bsum) = (0f64, 0f64);
-            for ci in 0..per_group {
-                let (ga, be) = (gamma[c0 + ci], beta[c0 + ci]);
-                let range = ci * hw..(ci + 1) * hw;
-                let (mut s_dy, mut s_dyx) = (0f64, 0f64);
-                for ((d, &v), &go) in dx[range.clone()]
-                    .iter_mut()
-                    .zip(&x[range.clone()])
-                    .zip(&dout[range])
-                {
-                    let xh = (v - mu) * r;
-                    let dy = if silu {
-                        let y = xh * ga + be;
-                        let s = sigmoid(y);
-                        go * (s + y * s * (1.0 - s))
-                    } else {
-                        go
-                    };
-                    *d = dy;
-                    s_dy += dy as f64;
-                    s_dyx += (dy * xh) as f64;
+            let (gamma, beta) = (&gamma[c0..][..per_group], &beta[c0..][..per_group]);
+            let stats = (mean[b], rstd[b]);
+            wide(|| {
+                if silu {
+                    backward_block::<true>(dx, x, dout, gamma, beta, stats, hw)
+                } else {
+                    backward_block::<false>(dx, x, dout, gamma, beta, stats, hw)
                 }
-                a += ga as f64 * s_dy;
-                bsum += ga as f64 * s_dyx;
-                channel.push((s_dy, s_dyx));
-            }
-            // Pass 2: dx = r·(γ·dy − A/M − x̂·B/M).
-            let m = block as f64;
-            let (am, bm) = ((a / m) as f32, (bsum / m) as f32);
-            for ci in 0..per_group {
-                let ga = gamma[c0 + ci];
-                let range = ci * hw..(ci + 1) * hw;
-                for (d, &v) in dx[range.clone()].iter_mut().zip(&x[range]) {
-                    let xh = (v - mu) * r;
-                    *d = r * (ga * *d - am - xh * bm);
-                }
-            }
-            channel
+            })
         })
         .collect();
     let (mut dgamma, mut dbeta) = (vec![0f64; g.c], vec![0f64; g.c]);
@@ -219,9 +309,11 @@ pub fn silu(x: &[f32]) -> Vec<f32> {
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(o, x)| {
-            for (o, &v) in o.iter_mut().zip(x) {
-                *o = v * sigmoid(v);
-            }
+            wide(|| {
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = v * sigmoid(v);
+                }
+            })
         });
     out
 }
@@ -233,10 +325,12 @@ pub fn silu_backward(x: &[f32], dout: &[f32]) -> Vec<f32> {
     dx.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK)))
         .for_each(|(d, (x, go))| {
-            for ((d, &v), &go) in d.iter_mut().zip(x).zip(go) {
-                let s = sigmoid(v);
-                *d = go * (s + v * s * (1.0 - s));
-            }
+            wide(|| {
+                for ((d, &v), &go) in d.iter_mut().zip(x).zip(go) {
+                    let s = sigmoid(v);
+                    *d = go * (s + v * s * (1.0 - s));
+                }
+            })
         });
     dx
 }

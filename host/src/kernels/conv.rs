@@ -12,6 +12,8 @@
 //! and no padding skips the column matrix: `x_n` is already `[C, H·W]`.
 
 use super::gemm::{View, gemm};
+use super::scratch::Scratch;
+use super::simd::wide;
 use rayon::prelude::*;
 
 /// The shape of one convolution.
@@ -121,6 +123,7 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, off: usize) {
 /// Adds one sample's column matrix (laid out as in [`im2col`]) back onto
 /// its input positions, `dx[c, iy, ix] = Σ col[(c, ki, kj), (oy, ox)]`
 /// (the adjoint of [`im2col`]; `dx` is overwritten).
+#[inline(always)]
 fn col2im(g: &Geometry, col: &[f32], ld: usize, off: usize, dx: &mut [f32]) {
     let [oh, ow] = g.oh_ow();
     let [kh, kw] = g.k;
@@ -186,11 +189,11 @@ fn split(g: &Geometry, threads: usize) -> (usize, usize, usize) {
 }
 
 /// The column matrix of samples `first..first + count` side by side,
-/// `[C·KH·KW, count·OH·OW]`, into `col` (resized).
-fn columns(g: &Geometry, x: &[f32], first: usize, count: usize, col: &mut Vec<f32>) {
+/// `[C·KH·KW, count·OH·OW]`, into `col` (every value written).
+fn columns(g: &Geometry, x: &[f32], first: usize, count: usize, col: &mut [f32]) {
     let (ohw, ckk, chw) = (g.ohw(), g.ckk(), g.chw());
     let ld = count * ohw;
-    col.resize(ckk * ld, 0.0);
+    assert_eq!(col.len(), ckk * ld, "column matrix size");
     for j in 0..count {
         let x_n = &x[(first + j) * chw..(first + j + 1) * chw];
         if g.pointwise() {
@@ -217,12 +220,14 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
     }
     let (per, _, gemm_threads) = split(g, rayon::current_num_threads());
     let wv = View::row_major(weight, g.o, ckk);
-    let task = |(t, out_t): (usize, &mut [f32]), col: &mut Vec<f32>, tmp: &mut Vec<f32>| {
+    let task = |(t, out_t): (usize, &mut [f32])| {
         let count = out_t.len() / (g.o * ohw);
         let ld = count * ohw;
+        let mut col = None;
         let rhs = if g.pointwise() && count == 1 {
             View::row_major(&x[t * per * g.chw()..][..g.chw()], ckk, ohw)
         } else {
+            let col = col.insert(Scratch::take(ckk * ld));
             columns(g, x, t * per, count, col);
             View::row_major(col, ckk, ld)
         };
@@ -237,28 +242,26 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
         }
         // Several samples: [O, count·OH·OW], then each sample's rows to
         // their place with the bias.
-        tmp.resize(g.o * ld, 0.0);
-        gemm(tmp, wv, rhs, false, gemm_threads);
-        for (j, out_n) in out_t.chunks_exact_mut(g.o * ohw).enumerate() {
-            for (o, row) in out_n.chunks_exact_mut(ohw).enumerate() {
-                let src = &tmp[o * ld + j * ohw..][..ohw];
-                let b = bias.map_or(0.0, |b| b[o]);
-                for (d, s) in row.iter_mut().zip(src) {
-                    *d = s + b;
+        let mut tmp = Scratch::take(g.o * ld);
+        gemm(&mut tmp, wv, rhs, false, gemm_threads);
+        wide(|| {
+            for (j, out_n) in out_t.chunks_exact_mut(g.o * ohw).enumerate() {
+                for (o, row) in out_n.chunks_exact_mut(ohw).enumerate() {
+                    let src = &tmp[o * ld + j * ohw..][..ohw];
+                    let b = bias.map_or(0.0, |b| b[o]);
+                    for (d, s) in row.iter_mut().zip(src) {
+                        *d = s + b;
+                    }
                 }
             }
-        }
+        });
     };
     let chunks = out.chunks_mut(per * g.o * ohw).enumerate();
     if gemm_threads == 1 {
         let chunks: Vec<_> = chunks.collect();
-        chunks.into_par_iter().for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(col, tmp), c| task(c, col, tmp),
-        );
+        chunks.into_par_iter().for_each(task);
     } else {
-        let (mut col, mut tmp) = (Vec::new(), Vec::new());
-        chunks.for_each(|c| task(c, &mut col, &mut tmp));
+        chunks.for_each(task);
     }
     out
 }
@@ -283,6 +286,27 @@ pub struct Wanted {
     pub weight: bool,
     /// The bias gradient.
     pub bias: bool,
+}
+
+/// `dy` of consecutive samples `[count, O, OH·OW]` transposed into `out`
+/// `[count·OH·OW, O]`, tile by tile.
+#[inline(always)]
+fn transpose_samples(g: &Geometry, dy: &[f32], out: &mut [f32]) {
+    let (o_n, ohw) = (g.o, g.ohw());
+    const T: usize = 16;
+    for (j, dy_n) in dy.chunks_exact(o_n * ohw).enumerate() {
+        let out_n = &mut out[j * ohw * o_n..][..ohw * o_n];
+        for o0 in (0..o_n).step_by(T) {
+            for p0 in (0..ohw).step_by(T) {
+                for o in o0..(o0 + T).min(o_n) {
+                    let row = &dy_n[o * ohw..][p0..(p0 + T).min(ohw)];
+                    for (dp, &v) in row.iter().enumerate() {
+                        out_n[(p0 + dp) * o_n + o] = v;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Backward of [`forward`].
@@ -312,31 +336,23 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
         let count = per.min(g.n - first);
         let ld = count * ohw;
         // The output gradient of the chunk as [O, count·OH·OW].
-        let gathered;
+        let mut gathered = None;
         let dyc = if count == 1 {
             View::row_major(&dy[first * g.o * ohw..][..g.o * ohw], g.o, ohw)
         } else {
-            let mut buf = vec![0.0f32; g.o * ld];
+            let buf = gathered.insert(Scratch::take(g.o * ld));
             for j in 0..count {
                 let dy_n = &dy[(first + j) * g.o * ohw..][..g.o * ohw];
                 for (o, src) in dy_n.chunks_exact(ohw).enumerate() {
                     buf[o * ld + j * ohw..][..ohw].copy_from_slice(src);
                 }
             }
-            gathered = buf;
-            View::row_major(&gathered, g.o, ld)
+            View::row_major(buf, g.o, ld)
         };
-        let mut col = Vec::new();
+        let mut col = Scratch::take(ckk * ld);
         let dw_t = want.weight.then(|| {
-            let mut dy_t = vec![0.0f32; ld * g.o];
-            for j in 0..count {
-                let dy_n = &dy[(first + j) * g.o * ohw..][..g.o * ohw];
-                for (o, row) in dy_n.chunks_exact(ohw).enumerate() {
-                    for (p, &v) in row.iter().enumerate() {
-                        dy_t[(j * ohw + p) * g.o + o] = v;
-                    }
-                }
-            }
+            let mut dy_t = Scratch::take(ld * g.o);
+            wide(|| transpose_samples(g, &dy[first * g.o * ohw..][..count * g.o * ohw], &mut dy_t));
             let mut dw_t = vec![0.0f32; ckk * g.o];
             let cols = if g.pointwise() && count == 1 {
                 View::row_major(&x[first * chw..][..chw], ckk, ohw)
@@ -357,17 +373,18 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
             if g.pointwise() && count == 1 {
                 gemm(dx_part, wt, dyc, false, gemm_threads);
             } else {
-                col.resize(ckk * ld, 0.0);
                 gemm(&mut col, wt, dyc, false, gemm_threads);
-                for (j, dx_n) in dx_part.chunks_exact_mut(chw).enumerate() {
-                    if g.pointwise() {
-                        for (r, dst) in dx_n.chunks_exact_mut(ohw).enumerate() {
-                            dst.copy_from_slice(&col[r * ld + j * ohw..][..ohw]);
+                wide(|| {
+                    for (j, dx_n) in dx_part.chunks_exact_mut(chw).enumerate() {
+                        if g.pointwise() {
+                            for (r, dst) in dx_n.chunks_exact_mut(ohw).enumerate() {
+                                dst.copy_from_slice(&col[r * ld + j * ohw..][..ohw]);
+                            }
+                        } else {
+                            col2im(g, &col, ld, j * ohw, dx_n);
                         }
-                    } else {
-                        col2im(g, &col, ld, j * ohw, dx_n);
                     }
-                }
+                });
             }
         }
         dw_t

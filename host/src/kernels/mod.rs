@@ -18,6 +18,7 @@ pub mod conv;
 mod gemm;
 pub mod norm;
 mod ops;
+mod scratch;
 mod simd;
 
 pub use adam::{adam_tensors, ema_tensors, sgd_tensors};

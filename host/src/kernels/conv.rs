@@ -89,17 +89,39 @@ fn valid(out: usize, len: usize, s: usize, kk: usize, p: usize) -> (usize, usize
 /// One sample's column matrix `[C·KH·KW, OH·OW]` into `col`, row `r` at
 /// `col[r·ld + off ..][.. OH·OW]` (several samples side by side share rows
 /// of length `ld`).
+#[inline(always)]
 fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, off: usize) {
     let [oh, ow] = g.oh_ow();
     let [kh, kw] = g.k;
     let [sh, sw] = g.stride;
     let [ph, pw] = g.padding;
+    // Stride 1 with outputs as wide as the input ("same" padding): a row
+    // of the column matrix is the input plane shifted by
+    // (ki − ph)·W + (kj − pw), so it is one copy, and then the values that
+    // wrapped around a line end, and the lines outside the image, are zeroed.
+    let shifted = sh == 1 && sw == 1 && ow == g.w;
     for r in 0..g.ckk() {
         let row = &mut col[r * ld + off..][..oh * ow];
         let (c, ki, kj) = (r / (kh * kw), (r / kw) % kh, r % kw);
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         let (ylo, yhi) = valid(oh, g.h, sh, ki, ph);
         let (xlo, xhi) = valid(ow, g.w, sw, kj, pw);
+        if shifted {
+            if ylo >= yhi || xlo >= xhi {
+                row.fill(0.0);
+                continue;
+            }
+            let (start, end) = (ylo * ow + xlo, (yhi - 1) * ow + xhi);
+            let src = (ylo + ki - ph) * g.w + xlo + kj - pw;
+            row[start..end].copy_from_slice(&plane[src..src + (end - start)]);
+            row[..start].fill(0.0);
+            row[end..].fill(0.0);
+            for line in row[ylo * ow..yhi * ow].chunks_exact_mut(ow) {
+                line[..xlo].fill(0.0);
+                line[xhi..].fill(0.0);
+            }
+            continue;
+        }
         for (oy, line) in row.chunks_exact_mut(ow).enumerate() {
             if oy < ylo || oy >= yhi || xlo >= xhi {
                 line.fill(0.0);
@@ -122,21 +144,41 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, off: usize) {
 
 /// Adds one sample's column matrix (laid out as in [`im2col`]) back onto
 /// its input positions, `dx[c, iy, ix] = Σ col[(c, ki, kj), (oy, ox)]`
-/// (the adjoint of [`im2col`]; `dx` is overwritten).
+/// (the adjoint of [`im2col`]; `dx` is overwritten, and values of `col`
+/// that no input position receives may be zeroed).
 #[inline(always)]
-fn col2im(g: &Geometry, col: &[f32], ld: usize, off: usize, dx: &mut [f32]) {
+fn col2im(g: &Geometry, col: &mut [f32], ld: usize, off: usize, dx: &mut [f32]) {
     let [oh, ow] = g.oh_ow();
     let [kh, kw] = g.k;
     let [sh, sw] = g.stride;
     let [ph, pw] = g.padding;
+    // As in `im2col`: with stride 1 and "same" width, a row adds onto the
+    // plane shifted, in one pass, once the values of positions that wrap
+    // around a line end (which no input receives) are zeroed in `col`.
+    let shifted = sh == 1 && sw == 1 && ow == g.w;
     dx.fill(0.0);
     for r in 0..g.ckk() {
-        let row = &col[r * ld + off..][..oh * ow];
+        let row = &mut col[r * ld + off..][..oh * ow];
         let (c, ki, kj) = (r / (kh * kw), (r / kw) % kh, r % kw);
         let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
         let (ylo, yhi) = valid(oh, g.h, sh, ki, ph);
         let (xlo, xhi) = valid(ow, g.w, sw, kj, pw);
-        if xlo >= xhi {
+        if xlo >= xhi || ylo >= yhi {
+            continue;
+        }
+        if shifted {
+            for line in row[ylo * ow..yhi * ow].chunks_exact_mut(ow) {
+                line[..xlo].fill(0.0);
+                line[xhi..].fill(0.0);
+            }
+            let (start, end) = (ylo * ow + xlo, (yhi - 1) * ow + xhi);
+            let dst = (ylo + ki - ph) * g.w + xlo + kj - pw;
+            for (d, v) in plane[dst..dst + (end - start)]
+                .iter_mut()
+                .zip(&row[start..end])
+            {
+                *d += v;
+            }
             continue;
         }
         for oy in ylo..yhi {
@@ -190,6 +232,7 @@ fn split(g: &Geometry, threads: usize) -> (usize, usize, usize) {
 
 /// The column matrix of samples `first..first + count` side by side,
 /// `[C·KH·KW, count·OH·OW]`, into `col` (every value written).
+#[inline(always)]
 fn columns(g: &Geometry, x: &[f32], first: usize, count: usize, col: &mut [f32]) {
     let (ohw, ckk, chw) = (g.ohw(), g.ckk(), g.chw());
     let ld = count * ohw;
@@ -228,7 +271,7 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
             View::row_major(&x[t * per * g.chw()..][..g.chw()], ckk, ohw)
         } else {
             let col = col.insert(Scratch::take(ckk * ld));
-            columns(g, x, t * per, count, col);
+            wide(|| columns(g, x, t * per, count, col));
             View::row_major(col, ckk, ld)
         };
         if count == 1 {
@@ -357,7 +400,7 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
             let cols = if g.pointwise() && count == 1 {
                 View::row_major(&x[first * chw..][..chw], ckk, ohw)
             } else {
-                columns(g, x, first, count, &mut col);
+                wide(|| columns(g, x, first, count, &mut col));
                 View::row_major(&col, ckk, ld)
             };
             gemm(
@@ -381,7 +424,7 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
                                 dst.copy_from_slice(&col[r * ld + j * ohw..][..ohw]);
                             }
                         } else {
-                            col2im(g, &col, ld, j * ohw, dx_n);
+                            col2im(g, &mut col, ld, j * ohw, dx_n);
                         }
                     }
                 });

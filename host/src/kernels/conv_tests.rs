@@ -164,6 +164,21 @@ fn odd_shapes_match_the_direct_sums() {
         stride: [2, 1],
         padding: [1, 0],
     });
+    // Stride 1 with outputs as wide as the input (the column matrix as a
+    // shifted copy): fewer output lines than input lines, and more (output
+    // lines wholly in the padding).
+    for (k, padding) in [([3, 1], [0, 0]), ([1, 3], [1, 1]), ([5, 3], [1, 1])] {
+        check(Geometry {
+            n: 2,
+            c: 2,
+            h: 5,
+            w: 4,
+            o: 3,
+            k,
+            stride: [1, 1],
+            padding,
+        });
+    }
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! `train::optim`'s and `train::ema`'s tests compare the two paths.
 
 use super::back;
+use super::simd::wide;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, TensorMetadata};
@@ -64,33 +65,53 @@ pub fn adam(
         .for_each(|(ci, (out, (m, v)))| {
             let range = ci * CHUNK..ci * CHUNK + out.len();
             let (theta, g) = (&theta[range.clone()], &g[range]);
-            for i in 0..out.len() {
-                let t = theta[i];
-                let mut gi = g[i];
-                if s.scale != 1.0 {
-                    gi *= s.scale;
-                }
-                if !s.decoupled && s.weight_decay != 0.0 {
-                    gi += t * s.weight_decay;
-                }
-                let (m0, v0) = if first {
-                    (gi * 0.0, gi * 0.0)
-                } else {
-                    (m[i], v[i])
-                };
-                let m1 = m0 * s.beta1 + gi * one_b1;
-                let v1 = v0 * s.beta2 + (gi * gi) * one_b2;
-                let denom = (v1 / bc2).sqrt() + s.eps;
-                let mut update = (m1 / bc1) / denom;
-                if s.decoupled && s.weight_decay != 0.0 {
-                    update += t * s.weight_decay;
-                }
-                out[i] = t - update * s.lr;
-                m[i] = m1;
-                v[i] = v1;
-            }
+            wide(|| {
+                adam_chunk(
+                    s,
+                    [one_b1, one_b2, bc1, bc2],
+                    [theta, g],
+                    [out, m, v],
+                    first,
+                )
+            });
         });
     out
+}
+
+/// [`adam`] on one chunk of the parameter.
+#[inline(always)]
+fn adam_chunk(
+    s: &AdamStep,
+    [one_b1, one_b2, bc1, bc2]: [f32; 4],
+    [theta, g]: [&[f32]; 2],
+    [out, m, v]: [&mut [f32]; 3],
+    first: bool,
+) {
+    for i in 0..out.len() {
+        let t = theta[i];
+        let mut gi = g[i];
+        if s.scale != 1.0 {
+            gi *= s.scale;
+        }
+        if !s.decoupled && s.weight_decay != 0.0 {
+            gi += t * s.weight_decay;
+        }
+        let (m0, v0) = if first {
+            (gi * 0.0, gi * 0.0)
+        } else {
+            (m[i], v[i])
+        };
+        let m1 = m0 * s.beta1 + gi * one_b1;
+        let v1 = v0 * s.beta2 + (gi * gi) * one_b2;
+        let denom = (v1 / bc2).sqrt() + s.eps;
+        let mut update = (m1 / bc1) / denom;
+        if s.decoupled && s.weight_decay != 0.0 {
+            update += t * s.weight_decay;
+        }
+        out[i] = t - update * s.lr;
+        m[i] = m1;
+        v[i] = v1;
+    }
 }
 
 /// One SGD step: θ − lr (s·g + λθ) with the clipping factor `scale` and
@@ -117,9 +138,11 @@ pub fn ema(decay: f32, avg: &mut [f32], theta: &[f32]) {
     avg.par_chunks_mut(CHUNK)
         .zip(theta.par_chunks(CHUNK))
         .for_each(|(a, t)| {
-            for (a, &t) in a.iter_mut().zip(t) {
-                *a = *a * decay + t * one_d;
-            }
+            wide(|| {
+                for (a, &t) in a.iter_mut().zip(t) {
+                    *a = *a * decay + t * one_d;
+                }
+            })
         });
 }
 

@@ -12,7 +12,7 @@
 //! dQ = dS K      dK = dSᵀ Q
 //! ```
 
-use super::gemm::{View, gemm, gemm_rows};
+use super::gemm::{View, gemm, gemm_rows, transpose_into};
 use super::norm::exp;
 use super::simd::{dot_f32, max_f32, sum_f32, wide};
 use rayon::prelude::*;
@@ -55,20 +55,11 @@ impl Heads {
     }
 }
 
-/// `out[c·rows + r] = src[r·cols + c]` for a view's `rows × cols` values.
+/// [`transpose_into`] into `out`, resized to the view's size.
 #[inline(always)]
 fn transpose(src: View, out: &mut Vec<f32>) {
     out.resize(src.rows * src.cols, 0.0);
-    const T: usize = 32;
-    for r0 in (0..src.rows).step_by(T) {
-        for c0 in (0..src.cols).step_by(T) {
-            for r in r0..(r0 + T).min(src.rows) {
-                for c in c0..(c0 + T).min(src.cols) {
-                    out[c * src.rows + r] = src.data[r * src.rs + c * src.cs];
-                }
-            }
-        }
-    }
+    transpose_into(src, out);
 }
 
 /// The scaled scores of one head into `s` `[N, N]`: `q kᵀ / sqrt(d)`.

@@ -11,7 +11,7 @@
 //! the input gradient `col2im(Wᵀ · dY_n)`. A 1×1 convolution with stride 1
 //! and no padding skips the column matrix: `x_n` is already `[C, H·W]`.
 
-use super::gemm::{View, gemm};
+use super::gemm::{View, gemm, transpose_into};
 use super::scratch::Scratch;
 use super::simd::wide;
 use rayon::prelude::*;
@@ -332,23 +332,12 @@ pub struct Wanted {
 }
 
 /// `dy` of consecutive samples `[count, O, OH·OW]` transposed into `out`
-/// `[count·OH·OW, O]`, tile by tile.
+/// `[count·OH·OW, O]`, sample by sample.
 #[inline(always)]
 fn transpose_samples(g: &Geometry, dy: &[f32], out: &mut [f32]) {
-    let (o_n, ohw) = (g.o, g.ohw());
-    const T: usize = 16;
-    for (j, dy_n) in dy.chunks_exact(o_n * ohw).enumerate() {
-        let out_n = &mut out[j * ohw * o_n..][..ohw * o_n];
-        for o0 in (0..o_n).step_by(T) {
-            for p0 in (0..ohw).step_by(T) {
-                for o in o0..(o0 + T).min(o_n) {
-                    let row = &dy_n[o * ohw..][p0..(p0 + T).min(ohw)];
-                    for (dp, &v) in row.iter().enumerate() {
-                        out_n[(p0 + dp) * o_n + o] = v;
-                    }
-                }
-            }
-        }
+    let (o, ohw) = (g.o, g.ohw());
+    for (dy_n, out_n) in dy.chunks_exact(o * ohw).zip(out.chunks_exact_mut(ohw * o)) {
+        transpose_into(View::row_major(dy_n, o, ohw), out_n);
     }
 }
 
@@ -363,9 +352,8 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
     // Every GEMM below reads both operands along rows (the `gemm` crate's
     // fast layout): Wᵀ is copied once, and the weight gradient is computed
     // transposed, `dWᵀ = col · dYᵀ`, from a transposed copy of dY.
-    let w_t: Vec<f32> = (0..ckk * g.o)
-        .map(|i| weight[(i % g.o) * ckk + i / g.o])
-        .collect();
+    let mut w_t = vec![0.0f32; ckk * g.o];
+    transpose_into(View::row_major(weight, g.o, ckk), &mut w_t);
     let wt = View::row_major(&w_t, ckk, g.o);
     let mut dx = want.x.then(|| vec![0.0f32; g.n * chw]);
     let dx_parts: Vec<Option<&mut [f32]>> = match dx.as_mut() {
@@ -443,9 +431,9 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
         for part in parts {
             sum_t.iter_mut().zip(&part).for_each(|(s, p)| *s += p);
         }
-        (0..g.o * ckk)
-            .map(|i| sum_t[(i % ckk) * g.o + i / ckk])
-            .collect()
+        let mut dw = vec![0.0f32; g.o * ckk];
+        transpose_into(View::row_major(&sum_t, ckk, g.o), &mut dw);
+        dw
     });
     let dbias = want.bias.then(|| {
         let mut sum = vec![0.0f32; g.o];

@@ -96,3 +96,23 @@ pub(super) fn gemm_rows(
         )
     }
 }
+
+/// `out[c·rows + r] = src[r·cols + c]` for a view's `rows × cols` values,
+/// in 32 × 32 tiles (`out` holds exactly `rows·cols` values).
+#[inline(always)]
+pub(super) fn transpose_into(src: View, out: &mut [f32]) {
+    assert!(
+        src.fits() && out.len() == src.rows * src.cols,
+        "transpose operands"
+    );
+    const T: usize = 32;
+    for r0 in (0..src.rows).step_by(T) {
+        for c0 in (0..src.cols).step_by(T) {
+            for r in r0..(r0 + T).min(src.rows) {
+                for c in c0..(c0 + T).min(src.cols) {
+                    out[c * src.rows + r] = src.data[r * src.rs + c * src.cs];
+                }
+            }
+        }
+    }
+}

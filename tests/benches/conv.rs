@@ -17,13 +17,17 @@ use std::time::Instant;
 type B = Autodiff<Flex>;
 const ITERS: usize = 7;
 
-struct Case {
-    name: &'static str,
-    x: [usize; 4],
-    w: [usize; 4],
-    stride: usize,
-    padding: usize,
-}
+/// (name, in channels, out channels, image side, kernel, stride) at batch
+/// 16, padding `kernel / 2`; the same cases as `python/conv_bench.py`.
+const CASES: [(&str, usize, usize, usize, usize, usize); 7] = [
+    ("3x3 64->64 at 32x32", 64, 64, 32, 3, 1),
+    ("3x3 128->128 at 16x16", 128, 128, 16, 3, 1),
+    ("3x3 256->128 at 16x16", 256, 128, 16, 3, 1),
+    ("3x3 128->128 at 8x8", 128, 128, 8, 3, 1),
+    ("3x3 s2 64->64 at 32x32", 64, 64, 32, 3, 2),
+    ("1x1 256->128 at 16x16", 256, 128, 16, 1, 1),
+    ("3x3 3->64 at 32x32", 3, 64, 32, 3, 1),
+];
 
 fn time(f: &mut dyn FnMut()) -> f64 {
     let start = Instant::now();
@@ -32,67 +36,16 @@ fn time(f: &mut dyn FnMut()) -> f64 {
 }
 
 fn main() {
-    let cases = [
-        Case {
-            name: "3x3 64->64 at 32x32",
-            x: [16, 64, 32, 32],
-            w: [64, 64, 3, 3],
-            stride: 1,
-            padding: 1,
-        },
-        Case {
-            name: "3x3 128->128 at 16x16",
-            x: [16, 128, 16, 16],
-            w: [128, 128, 3, 3],
-            stride: 1,
-            padding: 1,
-        },
-        Case {
-            name: "3x3 256->128 at 16x16",
-            x: [16, 256, 16, 16],
-            w: [128, 256, 3, 3],
-            stride: 1,
-            padding: 1,
-        },
-        Case {
-            name: "3x3 128->128 at 8x8",
-            x: [16, 128, 8, 8],
-            w: [128, 128, 3, 3],
-            stride: 1,
-            padding: 1,
-        },
-        Case {
-            name: "3x3 s2 64->64 at 32x32",
-            x: [16, 64, 32, 32],
-            w: [64, 64, 3, 3],
-            stride: 2,
-            padding: 1,
-        },
-        Case {
-            name: "1x1 256->128 at 16x16",
-            x: [16, 256, 16, 16],
-            w: [128, 256, 1, 1],
-            stride: 1,
-            padding: 0,
-        },
-        Case {
-            name: "3x3 3->64 at 32x32",
-            x: [16, 3, 32, 32],
-            w: [64, 3, 3, 3],
-            stride: 1,
-            padding: 1,
-        },
-    ];
     let dev = Default::default();
     println!(
         "{:<24} {:>10} {:>10} {:>7} {:>12} {:>12} {:>7}",
         "case", "fwd dtx", "fwd burn", "ratio", "f+b dtx", "f+b burn", "ratio"
     );
-    for c in cases {
-        let x = Tensor::<B, 4>::random(c.x, Distribution::Normal(0.0, 1.0), &dev);
-        let w = Tensor::<B, 4>::random(c.w, Distribution::Normal(0.0, 0.1), &dev);
-        let b = Tensor::<B, 1>::random([c.w[0]], Distribution::Normal(0.0, 0.1), &dev);
-        let o = ConvOptions::new([c.stride; 2], [c.padding; 2], [1, 1], 1);
+    for (name, ci, co, side, k, stride) in CASES {
+        let x = Tensor::<B, 4>::random([16, ci, side, side], Distribution::Normal(0.0, 1.0), &dev);
+        let w = Tensor::<B, 4>::random([co, ci, k, k], Distribution::Normal(0.0, 0.1), &dev);
+        let b = Tensor::<B, 1>::random([co], Distribution::Normal(0.0, 0.1), &dev);
+        let o = ConvOptions::new([stride; 2], [k / 2; 2], [1, 1], 1);
         type Op =
             fn(Tensor<B, 4>, Tensor<B, 4>, Option<Tensor<B, 1>>, ConvOptions<2>) -> Tensor<B, 4>;
         let ops: [Op; 2] = [conv2d_tensor::<B>, conv2d::<B>];
@@ -124,7 +77,7 @@ fn main() {
         let [bd, bb] = both.map(median);
         println!(
             "{:<24} {:>8.1}ms {:>8.1}ms {:>6.2}x {:>10.1}ms {:>10.1}ms {:>6.2}x",
-            c.name,
+            name,
             fd,
             fb_,
             fd / fb_,

@@ -13,7 +13,7 @@
 
 use super::gemm::{View, gemm, transpose_into};
 use super::scratch::Scratch;
-use super::simd::wide;
+use super::simd::{sum_f32, wide};
 use rayon::prelude::*;
 
 /// The shape of one convolution.
@@ -435,14 +435,12 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
         transpose_into(View::row_major(&sum_t, ckk, g.o), &mut dw);
         dw
     });
+    // Each channel's sum over the samples in order, each sample's row in
+    // 16 lanes; the channels spread over the threads.
     let dbias = want.bias.then(|| {
-        let mut sum = vec![0.0f32; g.o];
-        for dy_n in dy.chunks_exact(g.o * ohw.max(1)) {
-            for (s, row) in sum.iter_mut().zip(dy_n.chunks_exact(ohw.max(1))) {
-                *s += row.iter().sum::<f32>();
-            }
-        }
-        sum
+        let row = |n: usize, o: usize| &dy[(n * g.o + o) * ohw..][..ohw];
+        let sum = |o: usize| wide(|| (0..g.n).fold(0.0f32, |s, n| s + sum_f32(row(n, o))));
+        (0..g.o).into_par_iter().map(sum).collect()
     });
     Grads {
         x: dx,

@@ -22,7 +22,7 @@ mod scratch;
 mod simd;
 
 pub use adam::{adam_tensors, ema_tensors, sgd_tensors};
-pub use ops::{attention, group_norm, silu};
+pub use ops::{attention, cat_channels, group_norm, silu, swap_rows_cols};
 
 use burn::backend::Flex;
 use burn::tensor::Shape;

@@ -4,6 +4,7 @@
 //! code instead (the operands are borrowed, so nothing is lost).
 
 use super::attention::{self, Heads};
+use super::gemm::{View, transpose_into};
 use super::norm::{self, NormGeometry};
 use super::{AdTensor, back, cast, flex, values};
 use burn::backend::Flex;
@@ -14,6 +15,7 @@ use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::FlexTensor;
+use rayon::prelude::*;
 
 /// The CPU backend's tensor behind `t`, when `B` is the CPU backend and `t`
 /// is f32.
@@ -249,3 +251,147 @@ impl Backward<Flex, 3> for AttentionBackward {
         }
     }
 }
+
+/// `t.swap_dims(1, 2)` as a contiguous tensor on the CPU backend: one tiled
+/// transpose per sample, the samples spread over rayon's threads (burn's
+/// swapped view would be copied element by element, on one thread, by the
+/// next reshape). A pure copy, so the values are exactly burn's. `None`
+/// elsewhere (see the module docs).
+///
+/// # Shapes
+/// - t: `[B, R, C]`; output: `[B, C, R]`
+pub fn swap_rows_cols<B: Backend>(t: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+    let [b, r, c] = t.dims();
+    let t = cpu(t)?;
+    let out = flex(transposed(&values(&t.primitive)?, r, c), vec![b, c, r]);
+    let y = match TransposeBackward
+        .prepare::<NoCheckpointing>([t.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish([b, r, c], out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Some(ranked(y))
+}
+
+/// Each `rows × cols` matrix of `src` transposed, in parallel.
+fn transposed(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; src.len()];
+    let size = (rows * cols).max(1);
+    out.par_chunks_mut(size)
+        .zip(src.par_chunks(size))
+        .for_each(|(o, s)| transpose_into(View::row_major(s, rows, cols), o));
+    out
+}
+
+#[derive(Debug)]
+struct TransposeBackward;
+
+impl Backward<Flex, 1> for TransposeBackward {
+    type State = [usize; 3];
+
+    fn backward(self, ops: Ops<[usize; 3], 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let dout = grads.consume::<Flex>(&ops.node);
+        let [b, r, c] = ops.state;
+        let Some(dv) = values(&dout) else {
+            unreachable!("the forward checked the operand is f32")
+        };
+        if let Some(node) = node {
+            grads.register::<Flex>(node.id, flex(transposed(&dv, c, r), vec![b, r, c]));
+        }
+    }
+}
+
+/// `Tensor::cat([a, b], 1)` on the CPU backend, contiguous, the samples
+/// spread over rayon's threads; its backward gives each part a contiguous
+/// gradient (burn's gives slices of the output's, which every later
+/// element-wise op then walks index by index on one thread). A pure copy,
+/// so the values are exactly burn's. `None` elsewhere, or when the dims
+/// other than 1 differ.
+///
+/// # Shapes
+/// - a: `[N, Ca, …]`; b: `[N, Cb, …]`; output: `[N, Ca + Cb, …]`
+pub fn cat_channels<B: Backend, const D: usize>(
+    a: &Tensor<B, D>,
+    b: &Tensor<B, D>,
+) -> Option<Tensor<B, D>> {
+    let (da, db) = (a.dims(), b.dims());
+    let same = (0..D).all(|i| i == 1 || da[i] == db[i]);
+    if D < 2 || !same || da[0] == 0 {
+        return None;
+    }
+    let (a, b) = (cpu(a)?, cpu(b)?);
+    let (av, bv) = (values(&a.primitive)?, values(&b.primitive)?);
+    let n = da[0];
+    let split = Split {
+        a: av.len() / n,
+        b: bv.len() / n,
+    };
+    let mut out = vec![0.0f32; av.len() + bv.len()];
+    out.par_chunks_mut(split.a + split.b)
+        .zip(
+            av.par_chunks(split.a.max(1))
+                .zip(bv.par_chunks(split.b.max(1))),
+        )
+        .for_each(|(o, (x, y))| {
+            o[..split.a].copy_from_slice(x);
+            o[split.a..].copy_from_slice(y);
+        });
+    let mut shape = da.to_vec();
+    shape[1] += db[1];
+    let out = flex(out, shape);
+    let y = match CatBackward
+        .prepare::<NoCheckpointing>([a.node.clone(), b.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let shapes = [a.primitive.shape().to_vec(), b.primitive.shape().to_vec()];
+            prep.finish((split, shapes), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Some(ranked(y))
+}
+
+/// The values per sample of each part of [`cat_channels`].
+#[derive(Debug, Clone, Copy)]
+struct Split {
+    a: usize,
+    b: usize,
+}
+
+#[derive(Debug)]
+struct CatBackward;
+
+impl Backward<Flex, 2> for CatBackward {
+    type State = (Split, [Vec<usize>; 2]);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_a, node_b] = ops.parents;
+        let dout = grads.consume::<Flex>(&ops.node);
+        let (split, [shape_a, shape_b]) = ops.state;
+        let Some(dv) = values(&dout) else {
+            unreachable!("the forward checked the operands are f32")
+        };
+        let part = |offset: usize, len: usize| -> Vec<f32> {
+            let mut out = vec![0.0f32; dv.len() / (split.a + split.b) * len];
+            out.par_chunks_mut(len.max(1))
+                .zip(dv.par_chunks(split.a + split.b))
+                .for_each(|(o, d)| o.copy_from_slice(&d[offset..][..len]));
+            out
+        };
+        if let Some(node) = node_a {
+            grads.register::<Flex>(node.id, flex(part(0, split.a), shape_a));
+        }
+        if let Some(node) = node_b {
+            grads.register::<Flex>(node.id, flex(part(split.a, split.b), shape_b));
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "ops_tests.rs"]
+mod tests;

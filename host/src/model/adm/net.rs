@@ -341,7 +341,9 @@ impl AdmNet {
                 let skip = skips
                     .pop()
                     .expect("one skip per output block (guided-diffusion's layout)");
-                h = layer(&mut at, l, Tensor::cat(vec![h, skip], 1))?;
+                let hs = crate::kernels::cat_channels(&h, &skip)
+                    .unwrap_or_else(|| Tensor::cat(vec![h, skip], 1));
+                h = layer(&mut at, l, hs)?;
             }
             if let Some(r) = &level.resample {
                 h = resample(r, h);

@@ -305,7 +305,8 @@ impl UNet2D {
                 let skip = skips
                     .pop()
                     .expect("one skip per up resnet (diffusers' layout)");
-                h = Tensor::cat(vec![h, skip], 1);
+                h = crate::kernels::cat_channels(&h, &skip)
+                    .unwrap_or_else(|| Tensor::cat(vec![h, skip], 1));
                 h = layer(&mut at, l, h)?;
             }
             if let Some(u) = &block.upsampler {

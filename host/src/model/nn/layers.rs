@@ -560,7 +560,7 @@ impl Attention {
             Some(norm) => norm.forward(w, x.clone()),
             None => x.clone(),
         };
-        let u = u.reshape([b, c, n]).swap_dims(1, 2).reshape([b * n, c]); // [B·HW, C]
+        let u = swap12(u.reshape([b, c, n])).reshape([b * n, c]); // [B·HW, C]
         let inner = heads * head_dim;
         let project = |lin: &Linear| lin.forward(w, u.clone()).reshape([b, n, inner]);
         let (q, k, v) = (
@@ -580,12 +580,7 @@ impl Attention {
             }
         };
         let a = a.reshape([b * n, inner]);
-        let o = self
-            .to_out
-            .forward(w, a) // [B·HW, C]
-            .reshape([b, n, c])
-            .swap_dims(1, 2)
-            .reshape([b, c, h, wd]);
+        let o = swap12(self.to_out.forward(w, a).reshape([b, n, c])).reshape([b, c, h, wd]);
         let out = branch(o)? + x;
         Ok(if self.rescale == 1.0 {
             out
@@ -593,6 +588,11 @@ impl Attention {
             out.div_scalar(self.rescale)
         })
     }
+}
+
+/// `t.swap_dims(1, 2)`, contiguous: the CPU kernel where it applies.
+fn swap12<B: AutodiffBackend>(t: Tensor<B, 3>) -> Tensor<B, 3> {
+    crate::kernels::swap_rows_cols(&t).unwrap_or_else(|| t.swap_dims(1, 2))
 }
 
 /// `Downsample2D` with `use_conv`: a 3×3 convolution of stride 2 with

@@ -11,10 +11,15 @@
 //! dV = Pᵀ dO     dP = dO Vᵀ     dS = P ∘ (dP − rowsum(dP ∘ P)) / sqrt(d)
 //! dQ = dS K      dK = dSᵀ Q
 //! ```
+//!
+//! Both go [`ROWS`] query rows at a time, so a block of scores (and of
+//! their gradients) stays in cache; backward sums dV and dK over the
+//! blocks, and reads Pᵀ and dSᵀ through transposed views (the GEMM packs
+//! them) instead of copying them.
 
 use super::gemm::{View, gemm, gemm_rows, transpose_into};
 use super::norm::exp;
-use super::simd::{dot_f32, max_f32, sum_f32, wide};
+use super::simd::{LANES, dot_f32, max_f32, wide};
 use rayon::prelude::*;
 
 /// The shape: `b` samples of `n` tokens, `heads` heads of `d` values.
@@ -55,6 +60,34 @@ impl Heads {
     }
 }
 
+/// Rows of scores held at once: a `[ROWS, N]` block of scores (and, in
+/// backward, of their gradients) stays in the core's L2 cache up to a few
+/// thousand tokens, where whole `[N, N]` matrices went out to memory once
+/// per pass.
+const ROWS: usize = 128;
+
+impl<'a> View<'a> {
+    /// The transposed view (no copy).
+    fn t(self) -> View<'a> {
+        View {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    /// Rows `first..first + count` of the view.
+    fn rows_at(self, first: usize, count: usize) -> View<'a> {
+        View {
+            data: &self.data[first * self.rs..],
+            rows: count,
+            ..self
+        }
+    }
+}
+
 /// [`transpose_into`] into `out`, resized to the view's size.
 #[inline(always)]
 fn transpose(src: View, out: &mut Vec<f32>) {
@@ -62,14 +95,44 @@ fn transpose(src: View, out: &mut Vec<f32>) {
     transpose_into(src, out);
 }
 
-/// The scaled scores of one head into `s` `[N, N]`: `q kᵀ / sqrt(d)`.
+/// The row blocks of `n` tokens: `(first, count)`.
+fn blocks(n: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..n).step_by(ROWS).map(move |r| (r, ROWS.min(n - r)))
+}
+
+/// The unscaled scores of a block of query rows into `s` `[rows, N]`:
+/// `q kᵀ`, with `k_t` holding kᵀ `[d, N]`.
 #[inline(always)]
-fn scores(g: &Heads, q: View, k: View, s: &mut Vec<f32>, k_t: &mut Vec<f32>) {
-    transpose(k, k_t);
-    s.resize(g.n * g.n, 0.0);
-    gemm(s, q, View::row_major(k_t, g.d, g.n), false, 1);
-    let scale = g.scale();
-    s.iter_mut().for_each(|v| *v *= scale);
+fn scores(q: View, k_t: &[f32], n: usize, s: &mut Vec<f32>) {
+    s.resize(q.rows * n, 0.0);
+    gemm(s, q, View::row_major(k_t, q.cols, n), false, 1);
+}
+
+/// A row of unscaled scores into softmax weights `e^{s − max} / Σ`, with
+/// `s` the scaled scores; returns the row's `lse = max + ln Σ`. The same
+/// operations, in the same order, as scaling the row, then
+/// [`max_f32`], then `e^{s − max}` summed by [`sum_f32`].
+#[inline(always)]
+fn softmax_row(row: &mut [f32], scale: f32) -> f32 {
+    row.iter_mut().for_each(|x| *x *= scale);
+    let max = max_f32(row);
+    let mut acc = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *x = exp(*x - max);
+            *a += *x;
+        }
+    }
+    let mut tail = 0.0f32;
+    for x in chunks.into_remainder() {
+        *x = exp(*x - max);
+        tail += *x;
+    }
+    let sum = acc.iter().sum::<f32>() + tail;
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|x| *x *= inv);
+    max + sum.ln()
 }
 
 /// One sample's heads forward, into its `out` `[N, H·d]` and `lse` `[H, N]`.
@@ -79,24 +142,20 @@ fn forward_sample(
     [qb, kb, vb]: [&[f32]; 3],
     out: &mut [f32],
     lse: &mut [f32],
-    s: &mut Vec<f32>,
-    k_t: &mut Vec<f32>,
+    [s, k_t]: &mut [Vec<f32>; 2],
 ) {
     for h in 0..g.heads {
-        scores(g, g.view(qb, h), g.view(kb, h), s, k_t);
-        for (row, l) in s
-            .chunks_exact_mut(g.n)
-            .zip(&mut lse[h * g.n..(h + 1) * g.n])
-        {
-            let max = max_f32(row);
-            row.iter_mut().for_each(|x| *x = exp(*x - max));
-            let sum = sum_f32(row);
-            let inv = 1.0 / sum;
-            row.iter_mut().for_each(|x| *x *= inv);
-            *l = max + sum.ln();
+        transpose(g.view(kb, h), k_t);
+        for (first, rows) in blocks(g.n) {
+            scores(g.view(qb, h).rows_at(first, rows), k_t, g.n, s);
+            let lse = &mut lse[h * g.n + first..][..rows];
+            for (row, l) in s.chunks_exact_mut(g.n).zip(lse) {
+                *l = softmax_row(row, g.scale());
+            }
+            let p = View::row_major(s, rows, g.n);
+            let out = &mut out[first * g.width() + h * g.d..];
+            gemm_rows(out, g.width(), p, g.view(vb, h), false, 1);
         }
-        let p = View::row_major(s, g.n, g.n);
-        gemm_rows(&mut out[h * g.d..], g.width(), p, g.view(vb, h), false, 1);
     }
 }
 
@@ -116,68 +175,59 @@ pub fn forward(g: &Heads, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32
         .zip(lse.par_chunks_mut(g.heads * g.n))
         .enumerate()
         .for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(s, k_t), (i, (out, lse))| {
+            || [Vec::new(), Vec::new()],
+            |scratch, (i, (out, lse))| {
                 let r = i * g.sample()..(i + 1) * g.sample();
                 let (qb, kb, vb) = (&q[r.clone()], &k[r.clone()], &v[r]);
-                wide(|| forward_sample(g, [qb, kb, vb], out, lse, s, k_t));
+                wide(|| forward_sample(g, [qb, kb, vb], out, lse, scratch));
             },
         );
     (out, lse)
 }
 
-/// One sample's heads backward, into its `dq`, `dk`, `dv` `[N, H·d]`.
+/// One sample's heads backward, into its `dq`, `dk`, `dv` `[N, H·d]`, a
+/// block of query rows at a time: dV and dK sum the blocks' terms.
 #[inline(always)]
 fn backward_sample(
     g: &Heads,
     [qb, kb, vb, dob]: [&[f32]; 4],
     lse: &[f32],
     [dq, dk, dv]: [&mut [f32]; 3],
-    [s, dp, t1, t2]: &mut [Vec<f32>; 4],
+    [s, dp, k_t, v_t]: &mut [Vec<f32>; 4],
 ) {
-    let scale = g.scale();
+    let (scale, width) = (g.scale(), g.width());
     for h in 0..g.heads {
-        // P from the kept log-sum-exp.
-        scores(g, g.view(qb, h), g.view(kb, h), s, t1);
-        let lse = &lse[h * g.n..][..g.n];
-        for (row, &l) in s.chunks_exact_mut(g.n).zip(lse) {
-            row.iter_mut().for_each(|x| *x = exp(*x - l));
-        }
-        let p = View::row_major(s, g.n, g.n);
-        let d_out = g.view(dob, h);
-        // dV = Pᵀ dO
-        transpose(p, t1);
-        gemm_rows(
-            &mut dv[h * g.d..],
-            g.width(),
-            View::row_major(t1, g.n, g.n),
-            d_out,
-            false,
-            1,
-        );
-        // dP = dO Vᵀ
-        transpose(g.view(vb, h), t2);
-        dp.resize(g.n * g.n, 0.0);
-        gemm(dp, d_out, View::row_major(t2, g.d, g.n), false, 1);
-        // dS = P ∘ (dP − rowsum(dP ∘ P)) · scale, into dp
-        for (dp_row, p_row) in dp.chunks_exact_mut(g.n).zip(s.chunks_exact(g.n)) {
-            let dot = dot_f32(dp_row, p_row);
-            for (x, &pv) in dp_row.iter_mut().zip(p_row) {
-                *x = pv * (*x - dot) * scale;
+        transpose(g.view(kb, h), k_t);
+        transpose(g.view(vb, h), v_t);
+        for (first, rows) in blocks(g.n) {
+            let q = g.view(qb, h).rows_at(first, rows);
+            let d_out = g.view(dob, h).rows_at(first, rows);
+            let add = first > 0;
+            // P from the kept log-sum-exp.
+            scores(q, k_t, g.n, s);
+            let lse = &lse[h * g.n + first..][..rows];
+            for (row, &l) in s.chunks_exact_mut(g.n).zip(lse) {
+                row.iter_mut().for_each(|x| *x = exp(*x * scale - l));
             }
+            let p = View::row_major(s, rows, g.n);
+            // dV += Pᵀ dO
+            gemm_rows(&mut dv[h * g.d..], width, p.t(), d_out, add, 1);
+            // dP = dO Vᵀ
+            dp.resize(rows * g.n, 0.0);
+            gemm(dp, d_out, View::row_major(v_t, g.d, g.n), false, 1);
+            // dS = P ∘ (dP − rowsum(dP ∘ P)) · scale, into dp
+            for (dp_row, p_row) in dp.chunks_exact_mut(g.n).zip(s.chunks_exact(g.n)) {
+                let dot = dot_f32(dp_row, p_row);
+                for (x, &pv) in dp_row.iter_mut().zip(p_row) {
+                    *x = pv * (*x - dot) * scale;
+                }
+            }
+            let ds = View::row_major(dp, rows, g.n);
+            // dQ = dS K (this block's rows); dK += dSᵀ Q
+            let dq = &mut dq[first * width + h * g.d..];
+            gemm_rows(dq, width, ds, g.view(kb, h), false, 1);
+            gemm_rows(&mut dk[h * g.d..], width, ds.t(), q, add, 1);
         }
-        let ds = View::row_major(dp, g.n, g.n);
-        // dQ = dS K; dK = dSᵀ Q
-        gemm_rows(&mut dq[h * g.d..], g.width(), ds, g.view(kb, h), false, 1);
-        transpose(ds, t1);
-        gemm_rows(
-            &mut dk[h * g.d..],
-            g.width(),
-            View::row_major(t1, g.n, g.n),
-            g.view(qb, h),
-            false,
-            1,
-        );
     }
 }
 

@@ -186,7 +186,8 @@ fn attention_by_ops(
 #[test]
 fn attention_matches_burns_ops_and_gradients() {
     let dev = Default::default();
-    for (b, n, heads, d) in [(3, 7, 2, 4), (2, 64, 4, 8), (1, 5, 1, 3)] {
+    // 300 tokens: two full blocks of query rows and a partial one.
+    for (b, n, heads, d) in [(3, 7, 2, 4), (2, 64, 4, 8), (1, 5, 1, 3), (2, 300, 2, 8)] {
         let make = |scale: f64| {
             Tensor::<Flex, 3>::random(
                 [b, n, heads * d],

@@ -19,6 +19,7 @@
 
 use super::gemm::{View, gemm, gemm_rows, transpose_into};
 use super::norm::exp;
+use super::scratch::zeroed;
 use super::simd::{LANES, dot_f32, max_f32, wide};
 use rayon::prelude::*;
 
@@ -67,17 +68,6 @@ impl Heads {
 const ROWS: usize = 128;
 
 impl<'a> View<'a> {
-    /// The transposed view (no copy).
-    fn t(self) -> View<'a> {
-        View {
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-            ..self
-        }
-    }
-
     /// Rows `first..first + count` of the view.
     fn rows_at(self, first: usize, count: usize) -> View<'a> {
         View {
@@ -166,7 +156,7 @@ pub fn forward(g: &Heads, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32
         q.len() == len && k.len() == len && v.len() == len,
         "attention operands"
     );
-    let mut out = vec![0.0f32; len];
+    let mut out = zeroed(len);
     let mut lse = vec![0.0f32; g.b * g.heads * g.n];
     if len == 0 {
         return (out, lse);
@@ -248,7 +238,7 @@ pub fn backward(
             && lse.len() == g.b * g.heads * g.n,
         "attention backward operands"
     );
-    let (mut dq, mut dk, mut dv) = (vec![0.0f32; len], vec![0.0f32; len], vec![0.0f32; len]);
+    let (mut dq, mut dk, mut dv) = (zeroed(len), zeroed(len), zeroed(len));
     if len == 0 {
         return (dq, dk, dv);
     }

@@ -13,6 +13,7 @@
 
 use super::gemm::{View, gemm, transpose_into};
 use super::scratch::Scratch;
+use super::scratch::zeroed;
 use super::simd::{sum_f32, wide};
 use rayon::prelude::*;
 
@@ -257,7 +258,7 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
         x.len() == g.n * g.chw() && weight.len() == g.o * ckk,
         "conv2d forward operands"
     );
-    let mut out = vec![0.0f32; g.n * g.o * ohw];
+    let mut out = zeroed(g.n * g.o * ohw);
     if ohw == 0 || g.o == 0 {
         return out;
     }
@@ -331,16 +332,6 @@ pub struct Wanted {
     pub bias: bool,
 }
 
-/// `dy` of consecutive samples `[count, O, OH·OW]` transposed into `out`
-/// `[count·OH·OW, O]`, sample by sample.
-#[inline(always)]
-fn transpose_samples(g: &Geometry, dy: &[f32], out: &mut [f32]) {
-    let (o, ohw) = (g.o, g.ohw());
-    for (dy_n, out_n) in dy.chunks_exact(o * ohw).zip(out.chunks_exact_mut(ohw * o)) {
-        transpose_into(View::row_major(dy_n, o, ohw), out_n);
-    }
-}
-
 /// Backward of [`forward`].
 pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wanted) -> Grads {
     let (ohw, ckk, chw) = (g.ohw(), g.ckk(), g.chw());
@@ -355,7 +346,7 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
     let mut w_t = vec![0.0f32; ckk * g.o];
     transpose_into(View::row_major(weight, g.o, ckk), &mut w_t);
     let wt = View::row_major(&w_t, ckk, g.o);
-    let mut dx = want.x.then(|| vec![0.0f32; g.n * chw]);
+    let mut dx = want.x.then(|| zeroed(g.n * chw));
     let dx_parts: Vec<Option<&mut [f32]>> = match dx.as_mut() {
         Some(d) => d.chunks_mut(per * chw).map(Some).collect(),
         None => (0..tasks).map(|_| None).collect(),
@@ -382,8 +373,6 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
         };
         let mut col = Scratch::take(ckk * ld);
         let dw_t = want.weight.then(|| {
-            let mut dy_t = Scratch::take(ld * g.o);
-            wide(|| transpose_samples(g, &dy[first * g.o * ohw..][..count * g.o * ohw], &mut dy_t));
             let mut dw_t = vec![0.0f32; ckk * g.o];
             let cols = if g.pointwise() && count == 1 {
                 View::row_major(&x[first * chw..][..chw], ckk, ohw)
@@ -391,13 +380,7 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
                 wide(|| columns(g, x, first, count, &mut col));
                 View::row_major(&col, ckk, ld)
             };
-            gemm(
-                &mut dw_t,
-                cols,
-                View::row_major(&dy_t, ld, g.o),
-                false,
-                gemm_threads,
-            );
+            gemm(&mut dw_t, cols, dyc.t(), false, gemm_threads);
             dw_t
         });
         if let Some(dx_part) = dx_part {

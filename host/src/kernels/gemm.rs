@@ -22,6 +22,17 @@ impl<'a> View<'a> {
         }
     }
 
+    /// The transposed view (no copy: the GEMM packs it).
+    pub(super) fn t(self) -> View<'a> {
+        View {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
     /// Whether every element lies inside `data`.
     fn fits(&self) -> bool {
         self.rows == 0

@@ -6,6 +6,7 @@
 use super::attention::{self, Heads};
 use super::gemm::{View, transpose_into};
 use super::norm::{self, NormGeometry};
+use super::scratch::zeroed;
 use super::{AdTensor, back, cast, flex, values};
 use burn::backend::Flex;
 use burn::tensor::backend::Backend;
@@ -277,7 +278,7 @@ pub fn swap_rows_cols<B: Backend>(t: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
 
 /// Each `rows × cols` matrix of `src` transposed, in parallel.
 fn transposed(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; src.len()];
+    let mut out = zeroed(src.len());
     let size = (rows * cols).max(1);
     out.par_chunks_mut(size)
         .zip(src.par_chunks(size))
@@ -329,7 +330,7 @@ pub fn cat_channels<B: Backend, const D: usize>(
         a: av.len() / n,
         b: bv.len() / n,
     };
-    let mut out = vec![0.0f32; av.len() + bv.len()];
+    let mut out = zeroed(av.len() + bv.len());
     out.par_chunks_mut(split.a + split.b)
         .zip(
             av.par_chunks(split.a.max(1))
@@ -377,7 +378,7 @@ impl Backward<Flex, 2> for CatBackward {
             unreachable!("the forward checked the operands are f32")
         };
         let part = |offset: usize, len: usize| -> Vec<f32> {
-            let mut out = vec![0.0f32; dv.len() / (split.a + split.b) * len];
+            let mut out = zeroed(dv.len() / (split.a + split.b) * len);
             out.par_chunks_mut(len.max(1))
                 .zip(dv.par_chunks(split.a + split.b))
                 .for_each(|(o, d)| o.copy_from_slice(&d[offset..][..len]));

@@ -16,12 +16,14 @@ pub mod adam;
 pub mod attention;
 pub mod conv;
 mod gemm;
+pub mod linear;
 pub mod norm;
 mod ops;
 mod scratch;
 mod simd;
 
 pub use adam::{adam_tensors, ema_tensors, sgd_tensors};
+pub use linear::linear;
 pub use ops::{attention, cat_channels, group_norm, silu, swap_rows_cols};
 
 use burn::backend::Flex;

@@ -20,14 +20,14 @@ use rayon::prelude::*;
 
 /// The CPU backend's tensor behind `t`, when `B` is the CPU backend and `t`
 /// is f32.
-fn cpu<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<AdTensor> {
+pub(super) fn cpu<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<AdTensor> {
     let prim = t.clone().into_primitive().tensor();
     cast::<_, AdTensor>(prim)
         .ok()
         .filter(|t| t.primitive.dtype() == DType::F32)
 }
 
-fn ranked<B: Backend, const D: usize>(t: AdTensor) -> Tensor<B, D> {
+pub(super) fn ranked<B: Backend, const D: usize>(t: AdTensor) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(back(t)))
 }
 

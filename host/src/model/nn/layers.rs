@@ -92,7 +92,9 @@ impl Linear {
         w: &Weights<B>,
         x: Tensor<B, 2>,
     ) -> Tensor<B, 2> {
-        x.matmul(w.get(self.weight).transpose()) + w.get(self.bias).unsqueeze()
+        let (weight, bias) = (w.get(self.weight), w.get(self.bias));
+        crate::kernels::linear(&x, &weight, &bias)
+            .unwrap_or_else(|| x.matmul(weight.transpose()) + bias.unsqueeze())
     }
 }
 

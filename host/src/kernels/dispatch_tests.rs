@@ -5,23 +5,11 @@
 //! order).
 
 use super::*;
+use crate::kernels::close_to_burn as close;
 use burn::tensor::module;
 use burn::tensor::{Distribution, Tensor};
 
 type Ad = Autodiff<Flex>;
-
-fn close<const D: usize>(what: &str, a: Tensor<Flex, D>, b: Tensor<Flex, D>) {
-    assert_eq!(a.dims(), b.dims(), "{what} shape");
-    let a = a.into_data().to_vec::<f32>().unwrap();
-    let b = b.into_data().to_vec::<f32>().unwrap();
-    let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert!(
-            (x - y).abs() <= 1e-5 * scale,
-            "{what}[{i}]: {x} vs burn's {y}"
-        );
-    }
-}
 
 fn ours(
     x: Tensor<Ad, 4>,

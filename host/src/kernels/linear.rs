@@ -167,27 +167,11 @@ impl Backward<Flex, 3> for LinearBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::close_to_burn as close;
     use burn::tensor::Distribution;
     use burn_autodiff::Autodiff;
 
     type Ad = Autodiff<Flex>;
-
-    /// Within 1e-5 of the largest magnitude: both sides sum the same f32
-    /// products, maybe in another order.
-    fn close<const D: usize>(what: &str, a: Tensor<Flex, D>, b: Tensor<Flex, D>) {
-        assert_eq!(a.dims(), b.dims(), "{what} shape");
-        let (a, b) = (
-            a.into_data().to_vec::<f32>().unwrap(),
-            b.into_data().to_vec::<f32>().unwrap(),
-        );
-        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-            assert!(
-                (x - y).abs() <= 1e-5 * scale,
-                "{what}[{i}]: {x} vs burn's {y}"
-            );
-        }
-    }
 
     #[test]
     fn linear_matches_burns_ops_and_gradients() {

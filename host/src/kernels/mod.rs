@@ -300,6 +300,27 @@ fn tracked_conv2d(
 #[path = "dispatch_tests.rs"]
 mod dispatch_tests;
 
+/// Asserts `ours` is within 1e-5 of the largest magnitude of burn's
+/// `theirs`, element by element (both sides sum the same f32 products,
+/// maybe in another order): the kernels' tests against burn's ops.
+#[cfg(test)]
+pub(crate) fn close_to_burn<const D: usize>(
+    what: &str,
+    ours: Tensor<Flex, D>,
+    theirs: Tensor<Flex, D>,
+) {
+    assert_eq!(ours.dims(), theirs.dims(), "{what} shape");
+    let a = ours.into_data().to_vec::<f32>().unwrap();
+    let b = theirs.into_data().to_vec::<f32>().unwrap();
+    let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            (x - y).abs() <= 1e-5 * scale,
+            "{what}[{i}]: {x} vs burn's {y}"
+        );
+    }
+}
+
 /// A fixed stream in `[-scale, scale)` for the kernels' tests (xorshift).
 #[cfg(test)]
 pub(crate) fn test_values(len: usize, seed: u64, scale: f32) -> Vec<f32> {

@@ -14,25 +14,19 @@ milliseconds. Run by hand, never in CI, with the thread count dtx gets:
 Needs torch (pip install torch).
 """
 
-import argparse
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from bench_args import torch_args
 
 # (tokens, heads, values per head) at batch 16, as in attention.rs.
 CASES = [(64, 4, 32), (256, 4, 32), (1024, 4, 32), (1024, 1, 128)]
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=7)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    args = torch_args(__doc__)
     print(f"{'case':<26} {'forward':>10} {'backward':>10}")
     for n, heads, d in CASES:
         q, k, v = (torch.randn(16, heads, n, d, requires_grad=True) for _ in range(3))

@@ -12,11 +12,11 @@ by hand, never in CI, with the thread count dtx gets:
 Needs torch (pip install torch).
 """
 
-import argparse
 import statistics
 import time
 
 import torch
+from bench_args import torch_args
 
 # (name, in channels, out channels, side, kernel, stride), as in conv.rs.
 CASES = [
@@ -42,13 +42,7 @@ def median_ms(f, iters):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=7)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    args = torch_args(__doc__)
     print(f"{'case':<26}{'fwd':>10}{'f+b':>12}")
     for name, c, o, side, k, stride in CASES:
         x = torch.randn(16, c, side, side, requires_grad=True)

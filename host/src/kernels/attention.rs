@@ -67,17 +67,6 @@ impl Heads {
 /// per pass.
 const ROWS: usize = 128;
 
-impl<'a> View<'a> {
-    /// Rows `first..first + count` of the view.
-    fn rows_at(self, first: usize, count: usize) -> View<'a> {
-        View {
-            data: &self.data[first * self.rs..],
-            rows: count,
-            ..self
-        }
-    }
-}
-
 /// [`transpose_into`] into `out`, resized to the view's size.
 #[inline(always)]
 fn transpose(src: View, out: &mut Vec<f32>) {
@@ -101,7 +90,7 @@ fn scores(q: View, k_t: &[f32], n: usize, s: &mut Vec<f32>) {
 /// A row of unscaled scores into softmax weights `e^{s − max} / Σ`, with
 /// `s` the scaled scores; returns the row's `lse = max + ln Σ`. The same
 /// operations, in the same order, as scaling the row, then
-/// [`max_f32`], then `e^{s − max}` summed by [`sum_f32`].
+/// [`max_f32`], then `e^{s − max}` summed by [`super::simd::sum_f32`].
 #[inline(always)]
 fn softmax_row(row: &mut [f32], scale: f32) -> f32 {
     row.iter_mut().for_each(|x| *x *= scale);

@@ -33,6 +33,15 @@ impl<'a> View<'a> {
         }
     }
 
+    /// Rows `first..first + count` of the view.
+    pub(super) fn rows_at(self, first: usize, count: usize) -> View<'a> {
+        View {
+            data: &self.data[first * self.rs..],
+            rows: count,
+            ..self
+        }
+    }
+
     /// Whether every element lies inside `data`.
     fn fits(&self) -> bool {
         self.rows == 0

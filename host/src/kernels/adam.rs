@@ -9,7 +9,7 @@
 //! `train::optim`'s and `train::ema`'s tests compare the two paths.
 
 use super::back;
-use super::scratch::zeroed;
+use super::scratch::Output;
 use super::simd::wide;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
@@ -57,7 +57,7 @@ pub fn adam(
         theta.len() == g.len() && m.len() == g.len() && v.len() == g.len(),
         "adam operands"
     );
-    let mut out = zeroed(theta.len());
+    let mut out = Output::new(theta.len());
     let (one_b1, one_b2) = (1.0 - s.beta1, 1.0 - s.beta2);
     let [bc1, bc2] = s.bias_correction;
     out.par_chunks_mut(CHUNK)
@@ -76,7 +76,7 @@ pub fn adam(
                 )
             });
         });
-    out
+    out.into_vec()
 }
 
 /// [`adam`] on one chunk of the parameter.

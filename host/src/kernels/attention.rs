@@ -19,7 +19,7 @@
 
 use super::gemm::{View, gemm, gemm_rows, transpose_into};
 use super::norm::exp;
-use super::scratch::zeroed;
+use super::scratch::Output;
 use super::simd::{LANES, dot_f32, max_f32, wide};
 use rayon::prelude::*;
 
@@ -145,10 +145,10 @@ pub fn forward(g: &Heads, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32
         q.len() == len && k.len() == len && v.len() == len,
         "attention operands"
     );
-    let mut out = zeroed(len);
+    let mut out = Output::new(len);
     let mut lse = vec![0.0f32; g.b * g.heads * g.n];
     if len == 0 {
-        return (out, lse);
+        return (out.into_vec(), lse);
     }
     out.par_chunks_mut(g.sample())
         .zip(lse.par_chunks_mut(g.heads * g.n))
@@ -161,7 +161,7 @@ pub fn forward(g: &Heads, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32
                 wide(|| forward_sample(g, [qb, kb, vb], out, lse, scratch));
             },
         );
-    (out, lse)
+    (out.into_vec(), lse)
 }
 
 /// One sample's heads backward, into its `dq`, `dk`, `dv` `[N, H·d]`, a
@@ -227,9 +227,9 @@ pub fn backward(
             && lse.len() == g.b * g.heads * g.n,
         "attention backward operands"
     );
-    let (mut dq, mut dk, mut dv) = (zeroed(len), zeroed(len), zeroed(len));
+    let [mut dq, mut dk, mut dv] = [(); 3].map(|_| Output::new(len));
     if len == 0 {
-        return (dq, dk, dv);
+        return (dq.into_vec(), dk.into_vec(), dv.into_vec());
     }
     dq.par_chunks_mut(g.sample())
         .zip(
@@ -246,5 +246,5 @@ pub fn backward(
                 wide(|| backward_sample(g, [qb, kb, vb, dob], lse, [dq, dk, dv], scratch));
             },
         );
-    (dq, dk, dv)
+    (dq.into_vec(), dk.into_vec(), dv.into_vec())
 }

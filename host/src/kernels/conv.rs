@@ -8,13 +8,16 @@
 //! `[C·KH·KW, OH·OW]`, its row `(c, ki, kj)` holding
 //! `x[c, oy·sh + ki − ph, ox·sw + kj − pw]` (zero outside the image), so
 //! that forward is `W · col`, the weight gradient `Σ_n dY_n · col_nᵀ` and
-//! the input gradient `col2im(Wᵀ · dY_n)`. A 1×1 convolution with stride 1
-//! and no padding skips the column matrix: `x_n` is already `[C, H·W]`.
+//! the input gradient `col2im(Wᵀ · dY_n)`. The column matrix is built and
+//! used a slice of rows at a time (the GEMMs split along its depth), so
+//! that it stays in cache. A 1×1 convolution with stride 1 and no padding
+//! skips the column matrix: `x_n` is already `[C, H·W]`.
 
 use super::gemm::{View, gemm, transpose_into};
-use super::scratch::{Scratch, zeroed};
+use super::scratch::{Output, Pending, Scratch};
 use super::simd::{sum_f32, wide};
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// The shape of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,11 +89,11 @@ fn valid(out: usize, len: usize, s: usize, kk: usize, p: usize) -> (usize, usize
     (lo.min(hi), hi)
 }
 
-/// One sample's column matrix `[C·KH·KW, OH·OW]` into `col`, row `r` at
-/// `col[r·ld + off ..][.. OH·OW]` (several samples side by side share rows
-/// of length `ld`).
+/// Rows `rows` of one sample's column matrix `[C·KH·KW, OH·OW]` into
+/// `col`, row `r` at `col[(r − rows.start)·ld + off ..][.. OH·OW]` (several
+/// samples side by side share rows of length `ld`).
 #[inline(always)]
-fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, off: usize) {
+fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, off: usize, rows: Range<usize>) {
     let [oh, ow] = g.oh_ow();
     let [kh, kw] = g.k;
     let [sh, sw] = g.stride;
@@ -100,8 +103,8 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, off: usize) {
     // (ki − ph)·W + (kj − pw), so it is one copy, and then the values that
     // wrapped around a line end, and the lines outside the image, are zeroed.
     let shifted = sh == 1 && sw == 1 && ow == g.w;
-    for r in 0..g.ckk() {
-        let row = &mut col[r * ld + off..][..oh * ow];
+    for r in rows.clone() {
+        let row = &mut col[(r - rows.start) * ld + off..][..oh * ow];
         let (c, ki, kj) = (r / (kh * kw), (r / kw) % kh, r % kw);
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         let (ylo, yhi) = valid(oh, g.h, sh, ki, ph);
@@ -142,12 +145,20 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, off: usize) {
     }
 }
 
-/// Adds one sample's column matrix (laid out as in [`im2col`]) back onto
-/// its input positions, `dx[c, iy, ix] = Σ col[(c, ki, kj), (oy, ox)]`
-/// (the adjoint of [`im2col`]; `dx` is overwritten, and values of `col`
-/// that no input position receives may be zeroed).
+/// Adds rows `rows` of one sample's column matrix (laid out as in
+/// [`im2col`]) onto their input positions,
+/// `dx[c, iy, ix] += Σ col[(c, ki, kj), (oy, ox)]` (the adjoint of
+/// [`im2col`]; values of `col` that no input position receives may be
+/// zeroed).
 #[inline(always)]
-fn col2im(g: &Geometry, col: &mut [f32], ld: usize, off: usize, dx: &mut [f32]) {
+fn col2im(
+    g: &Geometry,
+    col: &mut [f32],
+    ld: usize,
+    off: usize,
+    rows: Range<usize>,
+    dx: &mut [f32],
+) {
     let [oh, ow] = g.oh_ow();
     let [kh, kw] = g.k;
     let [sh, sw] = g.stride;
@@ -156,9 +167,8 @@ fn col2im(g: &Geometry, col: &mut [f32], ld: usize, off: usize, dx: &mut [f32]) 
     // plane shifted, in one pass, once the values of positions that wrap
     // around a line end (which no input receives) are zeroed in `col`.
     let shifted = sh == 1 && sw == 1 && ow == g.w;
-    dx.fill(0.0);
-    for r in 0..g.ckk() {
-        let row = &mut col[r * ld + off..][..oh * ow];
+    for r in rows.clone() {
+        let row = &mut col[(r - rows.start) * ld + off..][..oh * ow];
         let (c, ki, kj) = (r / (kh * kw), (r / kw) % kh, r % kw);
         let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
         let (ylo, yhi) = valid(oh, g.h, sh, ki, ph);
@@ -230,23 +240,49 @@ fn split(g: &Geometry, threads: usize) -> (usize, usize, usize) {
     (per, tasks, gemm_threads)
 }
 
-/// The column matrix of samples `first..first + count` side by side,
-/// `[C·KH·KW, count·OH·OW]`, into `col` (every value written).
+/// Rows `rows` of the column matrix of samples `first..first + count`
+/// side by side, `[rows.len(), count·OH·OW]`, into `col` (every value
+/// written).
 #[inline(always)]
-fn columns(g: &Geometry, x: &[f32], first: usize, count: usize, col: &mut [f32]) {
-    let (ohw, ckk, chw) = (g.ohw(), g.ckk(), g.chw());
+fn columns(
+    g: &Geometry,
+    x: &[f32],
+    first: usize,
+    count: usize,
+    rows: Range<usize>,
+    col: &mut [f32],
+) {
+    let (ohw, chw) = (g.ohw(), g.chw());
     let ld = count * ohw;
-    assert_eq!(col.len(), ckk * ld, "column matrix size");
+    assert_eq!(col.len(), rows.len() * ld, "column matrix size");
     for j in 0..count {
         let x_n = &x[(first + j) * chw..(first + j + 1) * chw];
         if g.pointwise() {
-            for (r, src) in x_n.chunks_exact(ohw).enumerate() {
-                col[r * ld + j * ohw..][..ohw].copy_from_slice(src);
+            for (r, src) in x_n
+                .chunks_exact(ohw)
+                .enumerate()
+                .take(rows.end)
+                .skip(rows.start)
+            {
+                col[(r - rows.start) * ld + j * ohw..][..ohw].copy_from_slice(src);
             }
         } else {
-            im2col(g, x_n, col, ld, j * ohw);
+            im2col(g, x_n, col, ld, j * ohw, rows.clone());
         }
     }
+}
+
+/// Values of the column matrix per slice: 512 KiB, which stays in a
+/// core's L2 cache between the im2col that writes a slice and the GEMM
+/// that packs it (the whole matrix, several MiB at 32², went out to
+/// memory and back; the DDIM step measured 15 % faster with slices).
+/// Tests use small slices, so that every case runs several.
+const SLICE: usize = if cfg!(test) { 1 << 8 } else { 1 << 17 };
+
+/// Rows of the column matrix per slice (at least 16, so that each GEMM
+/// keeps a reasonable depth).
+fn slice_rows(ckk: usize, ld: usize) -> usize {
+    (SLICE / ld.max(1)).clamp(16, ckk.max(16))
 }
 
 /// Forward: `[N, O, OH, OW]` from `x` `[N, C, H, W]`, `weight` `[O, C, KH, KW]`
@@ -257,22 +293,39 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
         x.len() == g.n * g.chw() && weight.len() == g.o * ckk,
         "conv2d forward operands"
     );
-    let mut out = zeroed(g.n * g.o * ohw);
     if ohw == 0 || g.o == 0 {
-        return out;
+        return Vec::new();
     }
+    let mut out = Output::new(g.n * g.o * ohw);
     let (per, _, gemm_threads) = split(g, rayon::current_num_threads());
     let wv = View::row_major(weight, g.o, ckk);
-    let task = |(t, out_t): (usize, &mut [f32])| {
+    // Each task zero-fills its own part of the output (in its cache).
+    let task = |(t, out_t): (usize, Pending)| {
+        let out_t = out_t.zeroed();
         let count = out_t.len() / (g.o * ohw);
         let ld = count * ohw;
-        let mut col = None;
-        let rhs = if g.pointwise() && count == 1 {
-            View::row_major(&x[t * per * g.chw()..][..g.chw()], ckk, ohw)
-        } else {
-            let col = col.insert(Scratch::take(ckk * ld));
-            wide(|| columns(g, x, t * per, count, col));
-            View::row_major(col, ckk, ld)
+        // dst = W · col, one slice of col's rows (W's columns) at a time.
+        let product = |dst: &mut [f32], accumulate: bool| {
+            if g.pointwise() && count == 1 {
+                let rhs = View::row_major(&x[t * per * g.chw()..][..g.chw()], ckk, ohw);
+                gemm(dst, wv, rhs, accumulate, gemm_threads);
+                return;
+            }
+            let step = slice_rows(ckk, ld);
+            let mut col = Scratch::take(step.min(ckk) * ld);
+            for r0 in (0..ckk).step_by(step) {
+                let rows = r0..(r0 + step).min(ckk);
+                let col = &mut col[..rows.len() * ld];
+                wide(|| columns(g, x, t * per, count, rows.clone(), col));
+                let rhs = View::row_major(col, rows.len(), ld);
+                gemm(
+                    dst,
+                    wv.cols_at(r0, rows.len()),
+                    rhs,
+                    accumulate || r0 > 0,
+                    gemm_threads,
+                );
+            }
         };
         if count == 1 {
             if let Some(b) = bias {
@@ -280,13 +333,13 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
                     row.fill(v);
                 }
             }
-            gemm(out_t, wv, rhs, bias.is_some(), gemm_threads);
+            product(out_t, bias.is_some());
             return;
         }
         // Several samples: [O, count·OH·OW], then each sample's rows to
         // their place with the bias.
         let mut tmp = Scratch::take(g.o * ld);
-        gemm(&mut tmp, wv, rhs, false, gemm_threads);
+        product(&mut tmp, false);
         wide(|| {
             for (j, out_n) in out_t.chunks_exact_mut(g.o * ohw).enumerate() {
                 for (o, row) in out_n.chunks_exact_mut(ohw).enumerate() {
@@ -299,14 +352,14 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
             }
         });
     };
-    let chunks = out.chunks_mut(per * g.o * ohw).enumerate();
+    let chunks = out.chunks(per * g.o * ohw).into_iter().enumerate();
     if gemm_threads == 1 {
         let chunks: Vec<_> = chunks.collect();
         chunks.into_par_iter().for_each(task);
     } else {
         chunks.for_each(task);
     }
-    out
+    out.into_vec()
 }
 
 /// The gradients of [`forward`] from the output gradient `dy`
@@ -347,14 +400,16 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
     let mut w_t = vec![0.0f32; ckk * g.o];
     transpose_into(View::row_major(weight, g.o, ckk), &mut w_t);
     let wt = View::row_major(&w_t, ckk, g.o);
-    let mut dx = want.x.then(|| zeroed(g.n * chw));
-    let dx_parts: Vec<Option<&mut [f32]>> = match dx.as_mut() {
-        Some(d) => d.chunks_mut(per * chw).map(Some).collect(),
+    let mut dx = want.x.then(|| Output::new(g.n * chw));
+    let dx_parts: Vec<Option<Pending>> = match dx.as_mut() {
+        Some(d) => d.chunks(per * chw).into_iter().map(Some).collect(),
         None => (0..tasks).map(|_| None).collect(),
     };
     // One task per chunk of samples: its own buffers and its own
     // weight-gradient partial, summed afterwards in chunk order.
-    let task = |(t, dx_part): (usize, Option<&mut [f32]>)| -> Option<Vec<f32>> {
+    let task = |(t, dx_part): (usize, Option<Pending>)| -> Option<Vec<f32>> {
+        // The task's part of dx, zero-filled here (in its cache).
+        let dx_part = dx_part.map(Pending::zeroed);
         let first = t * per;
         let count = per.min(g.n - first);
         let ld = count * ohw;
@@ -372,31 +427,50 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
             }
             View::row_major(buf, g.o, ld)
         };
-        let mut col = Scratch::take(ckk * ld);
-        let dw_t = want.weight.then(|| {
-            let mut dw_t = vec![0.0f32; ckk * g.o];
-            let cols = if g.pointwise() && count == 1 {
-                View::row_major(&x[first * chw..][..chw], ckk, ohw)
-            } else {
-                wide(|| columns(g, x, first, count, &mut col));
-                View::row_major(&col, ckk, ld)
-            };
-            gemm(&mut dw_t, cols, dyc.t(), false, gemm_threads);
-            dw_t
-        });
-        if let Some(dx_part) = dx_part {
-            if g.pointwise() && count == 1 {
+        if g.pointwise() && count == 1 {
+            // The sample is its own column matrix: two GEMMs in place.
+            let cols = View::row_major(&x[first * chw..][..chw], ckk, ohw);
+            let dw_t = want.weight.then(|| {
+                let mut dw_t = vec![0.0f32; ckk * g.o];
+                gemm(&mut dw_t, cols, dyc.t(), false, gemm_threads);
+                dw_t
+            });
+            if let Some(dx_part) = dx_part {
                 gemm(dx_part, wt, dyc, false, gemm_threads);
-            } else {
-                gemm(&mut col, wt, dyc, false, gemm_threads);
+            }
+            return dw_t;
+        }
+        // One slice of the column matrix's rows at a time: its rows of
+        // dWᵀ = col · dYᵀ, then its rows of Wᵀ · dY added back onto dx
+        // (zero-filled above).
+        let mut dw_t = want.weight.then(|| vec![0.0f32; ckk * g.o]);
+        let mut dx_part = dx_part;
+        let step = slice_rows(ckk, ld);
+        let mut col = Scratch::take(step.min(ckk) * ld);
+        for r0 in (0..ckk).step_by(step) {
+            let rows = r0..(r0 + step).min(ckk);
+            let col = &mut col[..rows.len() * ld];
+            if let Some(dw_t) = dw_t.as_mut() {
+                wide(|| columns(g, x, first, count, rows.clone(), col));
+                let cols = View::row_major(col, rows.len(), ld);
+                let dst = &mut dw_t[r0 * g.o..rows.end * g.o];
+                gemm(dst, cols, dyc.t(), false, gemm_threads);
+            }
+            if let Some(dx_part) = dx_part.as_deref_mut() {
+                gemm(col, wt.rows_at(r0, rows.len()), dyc, false, gemm_threads);
                 wide(|| {
                     for (j, dx_n) in dx_part.chunks_exact_mut(chw).enumerate() {
                         if g.pointwise() {
-                            for (r, dst) in dx_n.chunks_exact_mut(ohw).enumerate() {
-                                dst.copy_from_slice(&col[r * ld + j * ohw..][..ohw]);
+                            for (r, dst) in dx_n
+                                .chunks_exact_mut(ohw)
+                                .enumerate()
+                                .take(rows.end)
+                                .skip(r0)
+                            {
+                                dst.copy_from_slice(&col[(r - r0) * ld + j * ohw..][..ohw]);
                             }
                         } else {
-                            col2im(g, &mut col, ld, j * ohw, dx_n);
+                            col2im(g, col, ld, j * ohw, rows.clone(), dx_n);
                         }
                     }
                 });
@@ -427,7 +501,7 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
         (0..g.o).into_par_iter().map(sum).collect()
     });
     Grads {
-        x: dx,
+        x: dx.map(Output::into_vec),
         weight: dweight,
         bias: dbias,
     }

@@ -42,6 +42,15 @@ impl<'a> View<'a> {
         }
     }
 
+    /// Columns `first..first + count` of the view.
+    pub(super) fn cols_at(self, first: usize, count: usize) -> View<'a> {
+        View {
+            data: &self.data[first * self.cs..],
+            cols: count,
+            ..self
+        }
+    }
+
     /// Whether every element lies inside `data`.
     fn fits(&self) -> bool {
         self.rows == 0

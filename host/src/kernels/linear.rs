@@ -14,7 +14,7 @@
 
 use super::gemm::{View, gemm};
 use super::ops::{cpu, ranked};
-use super::scratch::zeroed;
+use super::scratch::{Output, zeroed};
 use super::{flex, values};
 use burn::backend::Flex;
 use burn::tensor::backend::Backend;
@@ -46,9 +46,9 @@ pub fn forward(d: Dims, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
         x.len() == d.m * d.k && weight.len() == d.n * d.k && bias.len() == d.n,
         "linear operands"
     );
-    let mut out = zeroed(d.m * d.n);
+    let mut out = Output::new(d.m * d.n);
     if d.n == 0 {
-        return out;
+        return out.into_vec();
     }
     let w_t = View::row_major(weight, d.n, d.k).t();
     out.par_chunks_mut(ROWS * d.n)
@@ -61,7 +61,7 @@ pub fn forward(d: Dims, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
             let x = View::row_major(&x[i * ROWS * d.k..][..rows * d.k], rows, d.k);
             gemm(out, x, w_t, true, 1);
         });
-    out
+    out.into_vec()
 }
 
 /// The gradients `(dx, dweight, dbias)` from `dy` `[m, n]`.
@@ -70,7 +70,7 @@ pub fn backward(d: Dims, x: &[f32], weight: &[f32], dy: &[f32]) -> (Vec<f32>, Ve
         x.len() == d.m * d.k && weight.len() == d.n * d.k && dy.len() == d.m * d.n,
         "linear backward operands"
     );
-    let mut dx = zeroed(d.m * d.k);
+    let mut dx = Output::new(d.m * d.k);
     let w = View::row_major(weight, d.n, d.k);
     if d.k > 0 {
         dx.par_chunks_mut(ROWS * d.k)
@@ -100,7 +100,7 @@ pub fn backward(d: Dims, x: &[f32], weight: &[f32], dy: &[f32]) -> (Vec<f32>, Ve
             db.iter_mut().zip(row).for_each(|(s, v)| *s += v);
         }
     });
-    (dx, dw, db)
+    (dx.into_vec(), dw, db)
 }
 
 /// `x.matmul(weight.transpose()) + bias` on the CPU backend, or `None`

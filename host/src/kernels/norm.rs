@@ -15,7 +15,7 @@
 //! samples and positions; and within a block
 //! `dx = r·(γ_c·dy − mean(γ·dy) − x̂·mean(γ·dy·x̂))`.
 
-use super::scratch::zeroed;
+use super::scratch::Output;
 use super::simd::{LANES, sum_f64, wide};
 use rayon::prelude::*;
 
@@ -141,7 +141,7 @@ pub fn forward(
         "group norm operands"
     );
     let (block, per_group) = (g.block(), g.per_group());
-    let mut out = zeroed(x.len());
+    let mut out = Output::new(x.len());
     let stats: Vec<(f32, f32)> = out
         .par_chunks_mut(block)
         .zip(x.par_chunks(block))
@@ -153,7 +153,7 @@ pub fn forward(
         })
         .collect();
     let (mean, rstd) = stats.into_iter().unzip();
-    (out, mean, rstd)
+    (out.into_vec(), mean, rstd)
 }
 
 /// `dy` (the gradient before SiLU, or `dout` itself) of one channel into
@@ -270,7 +270,7 @@ pub fn backward(
         "group norm backward operands"
     );
     let (block, per_group, hw) = (g.block(), g.per_group(), g.hw);
-    let mut dx = zeroed(x.len());
+    let mut dx = Output::new(x.len());
     // Per block: each channel's Σ dy and Σ dy·x̂ (for dβ and dγ).
     let sums: Vec<Vec<(f64, f64)>> = dx
         .par_chunks_mut(block)
@@ -298,7 +298,7 @@ pub fn backward(
         }
     }
     let f = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
-    (dx, f(dgamma), f(dbeta))
+    (dx.into_vec(), f(dgamma), f(dbeta))
 }
 
 /// Elements per parallel task for [`silu`] and [`silu_backward`].
@@ -306,7 +306,7 @@ const CHUNK: usize = 1 << 14;
 
 /// `x·sigmoid(x)` element-wise.
 pub fn silu(x: &[f32]) -> Vec<f32> {
-    let mut out = zeroed(x.len());
+    let mut out = Output::new(x.len());
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(o, x)| {
@@ -316,13 +316,13 @@ pub fn silu(x: &[f32]) -> Vec<f32> {
                 }
             })
         });
-    out
+    out.into_vec()
 }
 
 /// The gradient of [`silu`]: `dout·(s + x·s·(1 − s))`.
 pub fn silu_backward(x: &[f32], dout: &[f32]) -> Vec<f32> {
     assert!(x.len() == dout.len(), "silu backward operands");
-    let mut dx = zeroed(x.len());
+    let mut dx = Output::new(x.len());
     dx.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK)))
         .for_each(|(d, (x, go))| {
@@ -333,7 +333,7 @@ pub fn silu_backward(x: &[f32], dout: &[f32]) -> Vec<f32> {
                 }
             })
         });
-    dx
+    dx.into_vec()
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use super::attention::{self, Heads};
 use super::gemm::{View, transpose_into};
 use super::norm::{self, NormGeometry};
-use super::scratch::zeroed;
+use super::scratch::Output;
 use super::{AdTensor, back, cast, flex, values};
 use burn::backend::Flex;
 use burn::tensor::backend::Backend;
@@ -278,12 +278,12 @@ pub fn swap_rows_cols<B: Backend>(t: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
 
 /// Each `rows × cols` matrix of `src` transposed, in parallel.
 fn transposed(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = zeroed(src.len());
+    let mut out = Output::new(src.len());
     let size = (rows * cols).max(1);
     out.par_chunks_mut(size)
         .zip(src.par_chunks(size))
         .for_each(|(o, s)| transpose_into(View::row_major(s, rows, cols), o));
-    out
+    out.into_vec()
 }
 
 #[derive(Debug)]
@@ -330,7 +330,7 @@ pub fn cat_channels<B: Backend, const D: usize>(
         a: av.len() / n,
         b: bv.len() / n,
     };
-    let mut out = zeroed(av.len() + bv.len());
+    let mut out = Output::new(av.len() + bv.len());
     out.par_chunks_mut(split.a + split.b)
         .zip(
             av.par_chunks(split.a.max(1))
@@ -342,7 +342,7 @@ pub fn cat_channels<B: Backend, const D: usize>(
         });
     let mut shape = da.to_vec();
     shape[1] += db[1];
-    let out = flex(out, shape);
+    let out = flex(out.into_vec(), shape);
     let y = match CatBackward
         .prepare::<NoCheckpointing>([a.node.clone(), b.node.clone()])
         .compute_bound()
@@ -378,11 +378,11 @@ impl Backward<Flex, 2> for CatBackward {
             unreachable!("the forward checked the operands are f32")
         };
         let part = |offset: usize, len: usize| -> Vec<f32> {
-            let mut out = zeroed(dv.len() / (split.a + split.b) * len);
+            let mut out = Output::new(dv.len() / (split.a + split.b) * len);
             out.par_chunks_mut(len.max(1))
                 .zip(dv.par_chunks(split.a + split.b))
                 .for_each(|(o, d)| o.copy_from_slice(&d[offset..][..len]));
-            out
+            out.into_vec()
         };
         if let Some(node) = node_a {
             grads.register::<Flex>(node.id, flex(part(0, split.a), shape_a));

@@ -405,9 +405,9 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
         Some(d) => d.chunks(per * chw).into_iter().map(Some).collect(),
         None => (0..tasks).map(|_| None).collect(),
     };
-    // One task per chunk of samples: its own buffers and its own
-    // weight-gradient partial, summed afterwards in chunk order.
-    let task = |(t, dx_part): (usize, Option<Pending>)| -> Option<Vec<f32>> {
+    // One task per chunk of samples, with its own buffers; it adds its
+    // chunk's dWᵀ onto `dw_t` (or writes it there, for the first chunk).
+    let task = |t: usize, dx_part: Option<Pending>, dw_t: Option<&mut [f32]>, accumulate: bool| {
         // The task's part of dx, zero-filled here (in its cache).
         let dx_part = dx_part.map(Pending::zeroed);
         let first = t * per;
@@ -430,21 +430,18 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
         if g.pointwise() && count == 1 {
             // The sample is its own column matrix: two GEMMs in place.
             let cols = View::row_major(&x[first * chw..][..chw], ckk, ohw);
-            let dw_t = want.weight.then(|| {
-                let mut dw_t = vec![0.0f32; ckk * g.o];
-                gemm(&mut dw_t, cols, dyc.t(), false, gemm_threads);
-                dw_t
-            });
+            if let Some(dw_t) = dw_t {
+                gemm(dw_t, cols, dyc.t(), accumulate, gemm_threads);
+            }
             if let Some(dx_part) = dx_part {
                 gemm(dx_part, wt, dyc, false, gemm_threads);
             }
-            return dw_t;
+            return;
         }
         // One slice of the column matrix's rows at a time: its rows of
         // dWᵀ = col · dYᵀ, then its rows of Wᵀ · dY added back onto dx
         // (zero-filled above).
-        let mut dw_t = want.weight.then(|| vec![0.0f32; ckk * g.o]);
-        let mut dx_part = dx_part;
+        let (mut dw_t, mut dx_part) = (dw_t, dx_part);
         let step = slice_rows(ckk, ld);
         let mut col = Scratch::take(step.min(ckk) * ld);
         for r0 in (0..ckk).step_by(step) {
@@ -454,7 +451,7 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
                 wide(|| columns(g, x, first, count, rows.clone(), col));
                 let cols = View::row_major(col, rows.len(), ld);
                 let dst = &mut dw_t[r0 * g.o..rows.end * g.o];
-                gemm(dst, cols, dyc.t(), false, gemm_threads);
+                gemm(dst, cols, dyc.t(), accumulate, gemm_threads);
             }
             if let Some(dx_part) = dx_part.as_deref_mut() {
                 gemm(col, wt.rows_at(r0, rows.len()), dyc, false, gemm_threads);
@@ -476,22 +473,54 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
                 });
             }
         }
+    };
+    // The chunks in one group per thread, consecutive chunks together:
+    // each group sums its chunks' dWᵀ in one buffer, and the groups'
+    // buffers are added in group order (the same order on every run with
+    // the same thread count, whatever thread runs what).
+    let groups = if gemm_threads == 1 {
+        rayon::current_num_threads().clamp(1, tasks.max(1))
+    } else {
+        1
+    };
+    let mut grouped: Vec<Vec<(usize, Option<Pending>)>> = (0..groups).map(|_| Vec::new()).collect();
+    for (t, part) in dx_parts.into_iter().enumerate() {
+        grouped[t * groups / tasks].push((t, part));
+    }
+    let run_group = |group: Vec<(usize, Option<Pending>)>| -> Option<Vec<f32>> {
+        let mut dw_t = want.weight.then(|| vec![0.0f32; ckk * g.o]);
+        for (i, (t, dx_part)) in group.into_iter().enumerate() {
+            task(t, dx_part, dw_t.as_deref_mut(), i > 0);
+        }
         dw_t
     };
-    let parts: Vec<Option<Vec<f32>>> = if gemm_threads == 1 {
-        dx_parts.into_par_iter().enumerate().map(task).collect()
+    let parts: Vec<Vec<f32>> = if groups > 1 {
+        grouped.into_par_iter().map(run_group).collect::<Vec<_>>()
     } else {
-        dx_parts.into_iter().enumerate().map(task).collect()
-    };
+        grouped.into_iter().map(run_group).collect::<Vec<_>>()
+    }
+    .into_iter()
+    .flatten()
+    .collect();
+    // dW = (Σ_groups dWᵀ)ᵀ, a block of dW's rows per thread task.
     let dweight = want.weight.then(|| {
-        let mut parts = parts.into_iter().flatten();
-        let mut sum_t = parts.next().unwrap_or_else(|| vec![0.0f32; g.o * ckk]);
-        for part in parts {
-            sum_t.iter_mut().zip(&part).for_each(|(s, p)| *s += p);
-        }
-        let mut dw = vec![0.0f32; g.o * ckk];
-        transpose_into(View::row_major(&sum_t, ckk, g.o), &mut dw);
-        dw
+        const ROWS: usize = 8;
+        let mut dw = Output::new(g.o * ckk);
+        dw.par_chunks_mut(ROWS * ckk)
+            .enumerate()
+            .for_each(|(i, dw)| {
+                let o0 = i * ROWS;
+                for (oo, row) in dw.chunks_exact_mut(ckk).enumerate() {
+                    for (r, d) in row.iter_mut().enumerate() {
+                        let at = r * g.o + o0 + oo;
+                        *d = match parts.split_first() {
+                            Some((p0, rest)) => rest.iter().fold(p0[at], |s, p| s + p[at]),
+                            None => 0.0,
+                        };
+                    }
+                }
+            });
+        dw.into_vec()
     });
     // Each channel's sum over the samples in order, each sample's row in
     // 16 lanes; the channels spread over the threads.

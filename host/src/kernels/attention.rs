@@ -89,23 +89,25 @@ fn scores(q: View, k_t: &[f32], n: usize, s: &mut Vec<f32>) {
 
 /// A row of unscaled scores into softmax weights `e^{s − max} / Σ`, with
 /// `s` the scaled scores; returns the row's `lse = max + ln Σ`. The same
-/// operations, in the same order, as scaling the row, then
-/// [`max_f32`], then `e^{s − max}` summed by [`super::simd::sum_f32`].
+/// values as scaling the row, then [`max_f32`], then `e^{s − max}` summed
+/// by [`super::simd::sum_f32`]: the scale is positive, so the largest
+/// scaled score is the largest score scaled, and each score is scaled
+/// inside the exponential's pass rather than in a pass of its own.
 #[inline(always)]
 fn softmax_row(row: &mut [f32], scale: f32) -> f32 {
-    row.iter_mut().for_each(|x| *x *= scale);
-    let max = max_f32(row);
+    debug_assert!(scale > 0.0);
+    let max = max_f32(row) * scale;
     let mut acc = [0f32; LANES];
     let mut chunks = row.chunks_exact_mut(LANES);
     for c in &mut chunks {
         for (a, x) in acc.iter_mut().zip(c) {
-            *x = exp(*x - max);
+            *x = exp(*x * scale - max);
             *a += *x;
         }
     }
     let mut tail = 0.0f32;
     for x in chunks.into_remainder() {
-        *x = exp(*x - max);
+        *x = exp(*x * scale - max);
         tail += *x;
     }
     let sum = acc.iter().sum::<f32>() + tail;
@@ -247,4 +249,32 @@ pub fn backward(
             },
         );
     (dq.into_vec(), dk.into_vec(), dv.into_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::simd::sum_f32;
+
+    #[test]
+    fn softmax_row_is_bit_for_bit_the_scaled_row_softmax() {
+        // Scaling inside the exponential's pass gives the bits of scaling
+        // the row first: the reference below is the separate passes.
+        let scale = 1.0 / 32f32.sqrt();
+        for n in [1, 15, 16, 33, 300] {
+            let row: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919 % 97) as f32 - 48.0) * 0.37)
+                .collect();
+            let mut want: Vec<f32> = row.iter().map(|x| x * scale).collect();
+            let max = max_f32(&want);
+            want.iter_mut().for_each(|x| *x = exp(*x - max));
+            let sum = sum_f32(&want);
+            want.iter_mut().for_each(|x| *x *= 1.0 / sum);
+            let mut got = row.clone();
+            let lse = softmax_row(&mut got, scale);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{n} scores");
+            assert_eq!(lse.to_bits(), (max + sum.ln()).to_bits());
+        }
+    }
 }

@@ -509,38 +509,46 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
     .into_iter()
     .flatten()
     .collect();
-    // dW = (Σ_groups dWᵀ)ᵀ, a block of dW's rows per thread task.
-    let dweight = want.weight.then(|| {
-        const ROWS: usize = 8;
-        let mut dw = Output::new(g.o * ckk);
-        dw.par_chunks_mut(ROWS * ckk)
-            .enumerate()
-            .for_each(|(i, dw)| {
-                let o0 = i * ROWS;
-                for (oo, row) in dw.chunks_exact_mut(ckk).enumerate() {
-                    for (r, d) in row.iter_mut().enumerate() {
-                        let at = r * g.o + o0 + oo;
-                        *d = match parts.split_first() {
-                            Some((p0, rest)) => rest.iter().fold(p0[at], |s, p| s + p[at]),
-                            None => 0.0,
-                        };
-                    }
-                }
-            });
-        dw.into_vec()
-    });
-    // Each channel's sum over the samples in order, each sample's row in
-    // 16 lanes; the channels spread over the threads.
-    let dbias = want.bias.then(|| {
-        let row = |n: usize, o: usize| &dy[(n * g.o + o) * ohw..][..ohw];
-        let sum = |o: usize| wide(|| (0..g.n).fold(0.0f32, |s, n| s + sum_f32(row(n, o))));
-        (0..g.o).into_par_iter().map(sum).collect()
-    });
+    let dweight = want.weight.then(|| summed_transpose(&parts, ckk, g.o));
+    let dbias = want.bias.then(|| bias_grad(g, dy));
     Grads {
         x: dx.map(Output::into_vec),
         weight: dweight,
         bias: dbias,
     }
+}
+
+/// `(Σ_p parts[p])ᵀ` as `[cols, rows]`, for `parts` of `[rows, cols]`
+/// each, summed in their order (zeros when there are none); a block of
+/// output rows per thread task.
+fn summed_transpose(parts: &[Vec<f32>], rows: usize, cols: usize) -> Vec<f32> {
+    const BLOCK: usize = 8;
+    let Some((first, rest)) = parts.split_first() else {
+        return vec![0.0; rows * cols];
+    };
+    let mut out = Output::new(rows * cols);
+    out.par_chunks_mut(BLOCK * rows)
+        .enumerate()
+        .for_each(|(i, block)| {
+            for (j, line) in block.chunks_exact_mut(rows).enumerate() {
+                let c = i * BLOCK + j;
+                for (r, d) in line.iter_mut().enumerate() {
+                    let at = r * cols + c;
+                    *d = rest.iter().fold(first[at], |s, p| s + p[at]);
+                }
+            }
+        });
+    out.into_vec()
+}
+
+/// The bias gradient from `dy` `[N, O, OH, OW]`: each channel's sum over
+/// the samples in order, each sample's row in 16 lanes; the channels
+/// spread over the threads.
+fn bias_grad(g: &Geometry, dy: &[f32]) -> Vec<f32> {
+    let ohw = g.ohw();
+    let row = |n: usize, o: usize| &dy[(n * g.o + o) * ohw..][..ohw];
+    let sum = |o: usize| wide(|| (0..g.n).fold(0.0f32, |s, n| s + sum_f32(row(n, o))));
+    (0..g.o).into_par_iter().map(sum).collect()
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ pub fn adam(
         .for_each(|(ci, (out, (m, v)))| {
             let range = ci * CHUNK..ci * CHUNK + out.len();
             let (theta, g) = (&theta[range.clone()], &g[range]);
-            wide(|| {
+            wide!({
                 adam_chunk(
                     s,
                     [one_b1, one_b2, bc1, bc2],
@@ -139,7 +139,7 @@ pub fn ema(decay: f32, avg: &mut [f32], theta: &[f32]) {
     avg.par_chunks_mut(CHUNK)
         .zip(theta.par_chunks(CHUNK))
         .for_each(|(a, t)| {
-            wide(|| {
+            wide!({
                 for (a, &t) in a.iter_mut().zip(t) {
                     *a = *a * decay + t * one_d;
                 }

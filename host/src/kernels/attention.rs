@@ -160,7 +160,7 @@ pub fn forward(g: &Heads, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32
             |scratch, (i, (out, lse))| {
                 let r = i * g.sample()..(i + 1) * g.sample();
                 let (qb, kb, vb) = (&q[r.clone()], &k[r.clone()], &v[r]);
-                wide(|| forward_sample(g, [qb, kb, vb], out, lse, scratch));
+                wide!(forward_sample(g, [qb, kb, vb], out, lse, scratch));
             },
         );
     (out.into_vec(), lse)
@@ -245,7 +245,13 @@ pub fn backward(
                 let r = i * g.sample()..(i + 1) * g.sample();
                 let (qb, kb, vb, dob) = (&q[r.clone()], &k[r.clone()], &v[r.clone()], &dout[r]);
                 let lse = &lse[i * g.heads * g.n..][..g.heads * g.n];
-                wide(|| backward_sample(g, [qb, kb, vb, dob], lse, [dq, dk, dv], scratch));
+                wide!(backward_sample(
+                    g,
+                    [qb, kb, vb, dob],
+                    lse,
+                    [dq, dk, dv],
+                    scratch
+                ));
             },
         );
     (dq.into_vec(), dk.into_vec(), dv.into_vec())

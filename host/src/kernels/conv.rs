@@ -317,7 +317,7 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
             for r0 in (0..ckk).step_by(step) {
                 let rows = r0..(r0 + step).min(ckk);
                 let col = &mut col[..rows.len() * ld];
-                wide(|| columns(g, x, t * per, count, rows.clone(), col));
+                wide!(columns(g, x, t * per, count, rows.clone(), col));
                 let rhs = View::row_major(col, rows.len(), ld);
                 gemm(
                     dst,
@@ -341,7 +341,7 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
         // their place with the bias.
         let mut tmp = Scratch::take(g.o * ld);
         product(&mut tmp, false);
-        wide(|| {
+        wide!({
             for (j, out_n) in out_t.chunks_exact_mut(g.o * ohw).enumerate() {
                 for (o, row) in out_n.chunks_exact_mut(ohw).enumerate() {
                     let src = &tmp[o * ld + j * ohw..][..ohw];
@@ -448,21 +448,21 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
         // strided view, each GEMM packed it again: 8 % of the 64² step).
         let mut dy_t = Scratch::take(if dw_t.is_some() { ld * g.o } else { 0 });
         if dw_t.is_some() {
-            wide(|| transpose_into(dyc, &mut dy_t));
+            wide!(transpose_into(dyc, &mut dy_t));
         }
         let dy_t = View::row_major(&dy_t, ld, g.o);
         for r0 in (0..ckk).step_by(step) {
             let rows = r0..(r0 + step).min(ckk);
             let col = &mut col[..rows.len() * ld];
             if let Some(dw_t) = dw_t.as_mut() {
-                wide(|| columns(g, x, first, count, rows.clone(), col));
+                wide!(columns(g, x, first, count, rows.clone(), col));
                 let cols = View::row_major(col, rows.len(), ld);
                 let dst = &mut dw_t[r0 * g.o..rows.end * g.o];
                 gemm(dst, cols, dy_t, accumulate, gemm_threads);
             }
             if let Some(dx_part) = dx_part.as_deref_mut() {
                 gemm(col, wt.rows_at(r0, rows.len()), dyc, false, gemm_threads);
-                wide(|| {
+                wide!({
                     for (j, dx_n) in dx_part.chunks_exact_mut(chw).enumerate() {
                         if g.pointwise() {
                             for (r, dst) in dx_n
@@ -547,7 +547,7 @@ fn summed_transpose(parts: &[Vec<f32>], rows: usize, cols: usize) -> Vec<f32> {
 fn bias_grad(g: &Geometry, dy: &[f32]) -> Vec<f32> {
     let ohw = g.ohw();
     let row = |n: usize, o: usize| &dy[(n * g.o + o) * ohw..][..ohw];
-    let sum = |o: usize| wide(|| (0..g.n).fold(0.0f32, |s, n| s + sum_f32(row(n, o))));
+    let sum = |o: usize| wide!((0..g.n).fold(0.0f32, |s, n| s + sum_f32(row(n, o))));
     (0..g.o).into_par_iter().map(sum).collect()
 }
 

@@ -149,7 +149,7 @@ pub fn forward(
         .map(|(b, (out, x))| {
             let c0 = (b % g.groups) * per_group;
             let (gamma, beta) = (&gamma[c0..][..per_group], &beta[c0..][..per_group]);
-            wide(|| forward_block(out, x, gamma, beta, g.hw, g.eps, silu))
+            wide!(forward_block(out, x, gamma, beta, g.hw, g.eps, silu))
         })
         .collect();
     let (mean, rstd) = stats.into_iter().unzip();
@@ -280,7 +280,7 @@ pub fn backward(
             let c0 = (b % g.groups) * per_group;
             let (gamma, beta) = (&gamma[c0..][..per_group], &beta[c0..][..per_group]);
             let stats = (mean[b], rstd[b]);
-            wide(|| {
+            wide!({
                 if silu {
                     backward_block::<true>(dx, x, dout, gamma, beta, stats, hw)
                 } else {
@@ -310,7 +310,7 @@ pub fn silu(x: &[f32]) -> Vec<f32> {
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(o, x)| {
-            wide(|| {
+            wide!({
                 for (o, &v) in o.iter_mut().zip(x) {
                     *o = v * sigmoid(v);
                 }
@@ -326,7 +326,7 @@ pub fn silu_backward(x: &[f32], dout: &[f32]) -> Vec<f32> {
     dx.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK)))
         .for_each(|(d, (x, go))| {
-            wide(|| {
+            wide!({
                 for ((d, &v), &go) in d.iter_mut().zip(x).zip(go) {
                     let s = sigmoid(v);
                     *d = go * (s + v * s * (1.0 - s));

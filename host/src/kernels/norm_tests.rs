@@ -158,6 +158,6 @@ fn exp_is_within_two_ulp_of_f64() {
     let xs: Vec<f32> = (0..13_000).map(|i| -90.0 + i as f32 * 0.0137).collect();
     let scalar: Vec<u32> = xs.iter().map(|&x| exp(x).to_bits()).collect();
     let vector: Vec<u32> =
-        crate::kernels::simd::wide(|| xs.iter().map(|&x| exp(x).to_bits()).collect());
+        crate::kernels::simd::wide!(xs.iter().map(|&x| exp(x).to_bits()).collect());
     assert_eq!(scalar, vector);
 }

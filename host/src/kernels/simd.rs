@@ -3,18 +3,31 @@
 
 /// Runs `f` inside a function compiled with AVX-512 (x86-64-v4) or AVX2 +
 /// FMA (v3) enabled when the CPU has them (detected at run time, cached by
-/// std), else as it is: `f`'s loops, and the `#[inline(always)]` helpers
-/// they call, are vectorised that wide. No arithmetic changes with it:
-/// Rust never fuses a multiply and an add by itself, so every result is
-/// bit for bit the baseline build's.
-///
-/// `f` should be a small closure that calls the kernel, so that it is
-/// inlined into the feature-enabled function (a rayon task dispatches
-/// inside its own closure: features do not cross threads).
+/// std), else as it is. No arithmetic changes with it: Rust never fuses a
+/// multiply and an add by itself, so every result is bit for bit the
+/// baseline build's. Call it through [`wide!`], never directly.
 #[inline(always)]
-pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn dispatch<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)
 }
+
+/// `wide!(expr)`: evaluates `expr` with the CPU's widest vectors, through
+/// [`dispatch`]. The closure it builds is `#[inline(always)]`: the target
+/// features reach only code inlined into pulp's feature-enabled function,
+/// and LLVM declines to inline a large closure by itself, which compiled
+/// the attention's and group norm's loops for SSE2 (4 lanes) while the
+/// kernels looked dispatched. `expr`'s loops, and the `#[inline(always)]`
+/// helpers they call, are then vectorised that wide. A rayon task
+/// dispatches inside its own closure: features do not cross threads.
+macro_rules! wide {
+    ($body:expr) => {
+        $crate::kernels::simd::dispatch(
+            #[inline(always)]
+            || $body,
+        )
+    };
+}
+pub(crate) use wide;
 
 /// Lanes of the vectorised reductions: independent partial sums, so the
 /// additions neither wait on each other nor need reassociating.
@@ -93,7 +106,7 @@ mod tests {
 
     /// Each reduction against the sequential f64 sum (or max), for lengths
     /// around the lane count (tails of every size), inside and outside
-    /// [`wide`]: within 1e-6 relative for f32 sums, 1e-12 for f64.
+    /// [`wide!`]: within 1e-6 relative for f32 sums, 1e-12 for f64.
     #[test]
     fn reductions_match_sequential_ones() {
         for len in [0, 1, 5, 15, 16, 17, 31, 33, 100, 1000] {
@@ -111,7 +124,7 @@ mod tests {
                     dot_f32(&x, &y),
                     max_f32(&x),
                 ),
-                wide(|| {
+                wide!({
                     (
                         sum_f32(&x),
                         sum_f64(&x, |v| (v as f64).powi(2)),

@@ -4,7 +4,8 @@
 //! through burn's autodiff, each side the same op on the same tensors.
 //! Medians over `ITERS` runs after one untimed run, interleaved. Run with
 //! `RAYON_NUM_THREADS=2 cargo bench -p dtx-tests --bench conv`; figures go
-//! in docs/performance.md.
+//! in docs/performance.md. `-- --size 64` times the U-Net's convolutions
+//! at 64×64 instead (dtx only: burn takes minutes on them).
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::module::conv2d;
@@ -17,9 +18,12 @@ use std::time::Instant;
 type B = Autodiff<Flex>;
 const ITERS: usize = 7;
 
-/// (name, in channels, out channels, image side, kernel, stride) at batch
-/// 16, padding `kernel / 2`; the same cases as `python/conv_bench.py`.
-const CASES: [(&str, usize, usize, usize, usize, usize); 7] = [
+/// A case: (name, in channels, out channels, image side, kernel, stride)
+/// at batch 16, padding `kernel / 2`.
+type Case = (&'static str, usize, usize, usize, usize, usize);
+
+/// The 32×32 U-Net's convolutions; the same cases as `python/conv_bench.py`.
+const CASES: [Case; 7] = [
     ("3x3 64->64 at 32x32", 64, 64, 32, 3, 1),
     ("3x3 128->128 at 16x16", 128, 128, 16, 3, 1),
     ("3x3 256->128 at 16x16", 256, 128, 16, 3, 1),
@@ -27,6 +31,19 @@ const CASES: [(&str, usize, usize, usize, usize, usize); 7] = [
     ("3x3 s2 64->64 at 32x32", 64, 64, 32, 3, 2),
     ("1x1 256->128 at 16x16", 256, 128, 16, 1, 1),
     ("3x3 3->64 at 32x32", 3, 64, 32, 3, 1),
+];
+
+/// The 64×64 U-Net's convolutions that take most of its time (with how
+/// many of each one forward has); `python/conv_bench.py --size 64`.
+const CASES_64: [Case; 8] = [
+    ("3x3 64->64 at 64x64 (7)", 64, 64, 64, 3, 1),
+    ("3x3 128->128 at 32x32 (7)", 128, 128, 32, 3, 1),
+    ("3x3 128->128 at 16x16 (11)", 128, 128, 16, 3, 1),
+    ("3x3 256->128 at 32x32 (2)", 256, 128, 32, 3, 1),
+    ("3x3 128->64 at 64x64 (2)", 128, 64, 64, 3, 1),
+    ("3x3 s2 64->64 at 64x64 (1)", 64, 64, 64, 3, 2),
+    ("1x1 128->64 at 64x64 (2)", 128, 64, 64, 1, 1),
+    ("3x3 3->64 at 64x64 (1)", 3, 64, 64, 3, 1),
 ];
 
 fn time(f: &mut dyn FnMut()) -> f64 {
@@ -37,11 +54,16 @@ fn time(f: &mut dyn FnMut()) -> f64 {
 
 fn main() {
     let dev = Default::default();
+    let at_64 = std::env::args()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .any(|a| a[0] == "--size" && a[1] == "64");
+    let (cases, sides): (&[Case], usize) = if at_64 { (&CASES_64, 1) } else { (&CASES, 2) };
     println!(
-        "{:<24} {:>10} {:>10} {:>7} {:>12} {:>12} {:>7}",
+        "{:<28} {:>10} {:>10} {:>7} {:>12} {:>12} {:>7}",
         "case", "fwd dtx", "fwd burn", "ratio", "f+b dtx", "f+b burn", "ratio"
     );
-    for (name, ci, co, side, k, stride) in CASES {
+    for &(name, ci, co, side, k, stride) in cases {
         let x = Tensor::<B, 4>::random([16, ci, side, side], Distribution::Normal(0.0, 1.0), &dev);
         let w = Tensor::<B, 4>::random([co, ci, k, k], Distribution::Normal(0.0, 0.1), &dev);
         let b = Tensor::<B, 1>::random([co], Distribution::Normal(0.0, 0.1), &dev);
@@ -52,7 +74,7 @@ fn main() {
         let mut fwd = [Vec::new(), Vec::new()];
         let mut both = [Vec::new(), Vec::new()];
         for i in 0..=ITERS {
-            for (side, op) in ops.iter().enumerate() {
+            for (side, op) in ops.iter().enumerate().take(sides) {
                 let f = time(&mut || {
                     let y = op(x.clone(), w.clone(), Some(b.clone()), o.clone());
                     let _ = y.inner().into_data();
@@ -76,7 +98,7 @@ fn main() {
         let [fd, fb_] = fwd.map(median);
         let [bd, bb] = both.map(median);
         println!(
-            "{:<24} {:>8.1}ms {:>8.1}ms {:>6.2}x {:>10.1}ms {:>10.1}ms {:>6.2}x",
+            "{:<28} {:>8.1}ms {:>8.1}ms {:>6.2}x {:>10.1}ms {:>10.1}ms {:>6.2}x",
             name,
             fd,
             fb_,

@@ -9,6 +9,9 @@ by hand, never in CI, with the thread count dtx gets:
     python tests/benches/python/conv_bench.py --threads 2
     RAYON_NUM_THREADS=2 cargo bench -p dtx-tests --bench conv
 
+and with --size 64 (and `-- --size 64` after the cargo command) the 64x64
+U-Net's convolutions.
+
 Needs torch (pip install torch).
 """
 
@@ -29,6 +32,19 @@ CASES = [
     ("3x3 3->64 at 32x32", 3, 64, 32, 3, 1),
 ]
 
+# The 64x64 U-Net's costliest convolutions (how many one forward has), as
+# CASES_64 in conv.rs.
+CASES_64 = [
+    ("3x3 64->64 at 64x64 (7)", 64, 64, 64, 3, 1),
+    ("3x3 128->128 at 32x32 (7)", 128, 128, 32, 3, 1),
+    ("3x3 128->128 at 16x16 (11)", 128, 128, 16, 3, 1),
+    ("3x3 256->128 at 32x32 (2)", 256, 128, 32, 3, 1),
+    ("3x3 128->64 at 64x64 (2)", 128, 64, 64, 3, 1),
+    ("3x3 s2 64->64 at 64x64 (1)", 64, 64, 64, 3, 2),
+    ("1x1 128->64 at 64x64 (2)", 128, 64, 64, 1, 1),
+    ("3x3 3->64 at 64x64 (1)", 3, 64, 64, 3, 1),
+]
+
 
 def median_ms(f, iters):
     for _ in range(3):
@@ -42,9 +58,9 @@ def median_ms(f, iters):
 
 
 def main():
-    args = torch_args(__doc__)
-    print(f"{'case':<26}{'fwd':>10}{'f+b':>12}")
-    for name, c, o, side, k, stride in CASES:
+    args = torch_args(__doc__, size=True)
+    print(f"{'case':<30}{'fwd':>10}{'f+b':>12}")
+    for name, c, o, side, k, stride in CASES_64 if args.size == 64 else CASES:
         x = torch.randn(16, c, side, side, requires_grad=True)
         conv = torch.nn.Conv2d(c, o, k, stride, padding=k // 2)
 
@@ -57,7 +73,7 @@ def main():
 
         fwd = median_ms(forward, args.iters)
         both = median_ms(forward_backward, args.iters)
-        print(f"{name:<26}{fwd:>8.1f}ms{both:>10.1f}ms")
+        print(f"{name:<30}{fwd:>8.1f}ms{both:>10.1f}ms")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@
 //! that it stays in cache. A 1×1 convolution with stride 1 and no padding
 //! skips the column matrix: `x_n` is already `[C, H·W]`.
 
-use super::gemm::{View, gemm, transpose_into};
+use super::gemm::{View, gemm, gemm_rows, transpose_into};
 use super::scratch::{Output, Pending, Scratch};
 use super::simd::{sum_f32, wide};
 use rayon::prelude::*;
@@ -89,44 +89,54 @@ fn valid(out: usize, len: usize, s: usize, kk: usize, p: usize) -> (usize, usize
     (lo.min(hi), hi)
 }
 
-/// Rows `rows` of one sample's column matrix `[C·KH·KW, OH·OW]` into
-/// `col`, row `r` at `col[(r − rows.start)·ld + off ..][.. OH·OW]` (several
-/// samples side by side share rows of length `ld`).
+/// Rows `rows` of one sample's column matrix `[C·KH·KW, OH·OW]`, output
+/// lines `lines` of them, into `col`: row `r` at
+/// `col[(r − rows.start)·ld + off ..][.. lines.len()·OW]` (several samples
+/// side by side, or a block of lines, share rows of length `ld`).
 #[inline(always)]
-fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, off: usize, rows: Range<usize>) {
+fn im2col(
+    g: &Geometry,
+    x: &[f32],
+    [ld, off]: [usize; 2],
+    rows: Range<usize>,
+    lines: Range<usize>,
+    col: &mut [f32],
+) {
     let [oh, ow] = g.oh_ow();
     let [kh, kw] = g.k;
     let [sh, sw] = g.stride;
     let [ph, pw] = g.padding;
+    let y0 = lines.start;
     // Stride 1 with outputs as wide as the input ("same" padding): a row
     // of the column matrix is the input plane shifted by
     // (ki − ph)·W + (kj − pw), so it is one copy, and then the values that
     // wrapped around a line end, and the lines outside the image, are zeroed.
     let shifted = sh == 1 && sw == 1 && ow == g.w;
     for r in rows.clone() {
-        let row = &mut col[(r - rows.start) * ld + off..][..oh * ow];
+        let seg = &mut col[(r - rows.start) * ld + off..][..lines.len() * ow];
         let (c, ki, kj) = (r / (kh * kw), (r / kw) % kh, r % kw);
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         let (ylo, yhi) = valid(oh, g.h, sh, ki, ph);
+        let (ylo, yhi) = (ylo.max(y0), yhi.min(lines.end));
         let (xlo, xhi) = valid(ow, g.w, sw, kj, pw);
+        if ylo >= yhi || xlo >= xhi {
+            seg.fill(0.0);
+            continue;
+        }
         if shifted {
-            if ylo >= yhi || xlo >= xhi {
-                row.fill(0.0);
-                continue;
-            }
-            let (start, end) = (ylo * ow + xlo, (yhi - 1) * ow + xhi);
+            let (start, end) = ((ylo - y0) * ow + xlo, (yhi - 1 - y0) * ow + xhi);
             let src = (ylo + ki - ph) * g.w + xlo + kj - pw;
-            row[start..end].copy_from_slice(&plane[src..src + (end - start)]);
-            row[..start].fill(0.0);
-            row[end..].fill(0.0);
-            for line in row[ylo * ow..yhi * ow].chunks_exact_mut(ow) {
+            seg[start..end].copy_from_slice(&plane[src..src + (end - start)]);
+            seg[..start].fill(0.0);
+            seg[end..].fill(0.0);
+            for line in seg[(ylo - y0) * ow..(yhi - y0) * ow].chunks_exact_mut(ow) {
                 line[..xlo].fill(0.0);
                 line[xhi..].fill(0.0);
             }
             continue;
         }
-        for (oy, line) in row.chunks_exact_mut(ow).enumerate() {
-            if oy < ylo || oy >= yhi || xlo >= xhi {
+        for (oy, line) in lines.clone().zip(seg.chunks_exact_mut(ow)) {
+            if oy < ylo || oy >= yhi {
                 line.fill(0.0);
                 continue;
             }
@@ -145,8 +155,8 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, off: usize, rows:
     }
 }
 
-/// Adds rows `rows` of one sample's column matrix (laid out as in
-/// [`im2col`]) onto their input positions,
+/// Adds rows `rows`, lines `lines`, of one sample's column matrix (laid
+/// out as in [`im2col`]) onto their input positions,
 /// `dx[c, iy, ix] += Σ col[(c, ki, kj), (oy, ox)]` (the adjoint of
 /// [`im2col`]; values of `col` that no input position receives may be
 /// zeroed).
@@ -154,45 +164,47 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, off: usize, rows:
 fn col2im(
     g: &Geometry,
     col: &mut [f32],
-    ld: usize,
-    off: usize,
+    [ld, off]: [usize; 2],
     rows: Range<usize>,
+    lines: Range<usize>,
     dx: &mut [f32],
 ) {
     let [oh, ow] = g.oh_ow();
     let [kh, kw] = g.k;
     let [sh, sw] = g.stride;
     let [ph, pw] = g.padding;
+    let y0 = lines.start;
     // As in `im2col`: with stride 1 and "same" width, a row adds onto the
     // plane shifted, in one pass, once the values of positions that wrap
     // around a line end (which no input receives) are zeroed in `col`.
     let shifted = sh == 1 && sw == 1 && ow == g.w;
     for r in rows.clone() {
-        let row = &mut col[(r - rows.start) * ld + off..][..oh * ow];
+        let seg = &mut col[(r - rows.start) * ld + off..][..lines.len() * ow];
         let (c, ki, kj) = (r / (kh * kw), (r / kw) % kh, r % kw);
         let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
         let (ylo, yhi) = valid(oh, g.h, sh, ki, ph);
+        let (ylo, yhi) = (ylo.max(y0), yhi.min(lines.end));
         let (xlo, xhi) = valid(ow, g.w, sw, kj, pw);
         if xlo >= xhi || ylo >= yhi {
             continue;
         }
         if shifted {
-            for line in row[ylo * ow..yhi * ow].chunks_exact_mut(ow) {
+            for line in seg[(ylo - y0) * ow..(yhi - y0) * ow].chunks_exact_mut(ow) {
                 line[..xlo].fill(0.0);
                 line[xhi..].fill(0.0);
             }
-            let (start, end) = (ylo * ow + xlo, (yhi - 1) * ow + xhi);
+            let (start, end) = ((ylo - y0) * ow + xlo, (yhi - 1 - y0) * ow + xhi);
             let dst = (ylo + ki - ph) * g.w + xlo + kj - pw;
             for (d, v) in plane[dst..dst + (end - start)]
                 .iter_mut()
-                .zip(&row[start..end])
+                .zip(&seg[start..end])
             {
                 *d += v;
             }
             continue;
         }
         for oy in ylo..yhi {
-            let line = &row[oy * ow..][xlo..xhi];
+            let line = &seg[(oy - y0) * ow..][xlo..xhi];
             let dst = &mut plane[(oy * sh + ki - ph) * g.w..][..g.w];
             let ix0 = xlo * sw + kj - pw;
             if sw == 1 {
@@ -240,20 +252,81 @@ fn split(g: &Geometry, threads: usize) -> (usize, usize, usize) {
     (per, tasks, gemm_threads)
 }
 
-/// Rows `rows` of the column matrix of samples `first..first + count`
-/// side by side, `[rows.len(), count·OH·OW]`, into `col` (every value
+/// A piece of a task's column matrix: rows `rows`, output lines `lines`
+/// of each of the task's samples.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Piece {
+    rows: Range<usize>,
+    lines: Range<usize>,
+}
+
+impl Piece {
+    /// Columns of the piece for `count` samples side by side.
+    fn width(&self, g: &Geometry, count: usize) -> usize {
+        count * self.lines.len() * g.oh_ow()[1]
+    }
+}
+
+/// Values of the column matrix per piece: 512 KiB, which stays in a
+/// core's L2 cache between the im2col that writes a piece and the GEMM
+/// that packs it (the whole matrix, several MiB at 32², went out to
+/// memory and back; alternating runs put the 32² DDIM step at 0.319–0.329
+/// s with slices against 0.342–0.365 s without).
+/// Tests use small pieces, so that every case runs several.
+const SLICE: usize = if cfg!(test) { 1 << 8 } else { 1 << 17 };
+
+/// Rows of a piece at most when a task has one sample.
+const DEPTH: usize = if cfg!(test) { 16 } else { 256 };
+
+/// `len` cut into about even parts of at most `most` (at least 1 each).
+fn even(len: usize, most: usize) -> usize {
+    len.div_ceil(len.div_ceil(most.max(1)).max(1)).max(1)
+}
+
+/// The pieces of a task of `count` samples, line blocks outside, row
+/// slices inside, each about [`SLICE`] values at most; with the values
+/// the largest holds. Several samples (small images) are cut in row
+/// slices only (at least 16 rows). One sample is cut in row slices of at
+/// most [`DEPTH`] rows and blocks of lines that fill [`SLICE`] with them:
+/// row slices alone were 32 rows deep at 64×64, and each GEMM that
+/// shallow rewrote the whole output (3×3 128→64 at 64×64, forward +
+/// backward: 149–160 ms in pieces against 180 ms in slices).
+fn pieces(g: &Geometry, count: usize) -> (usize, Vec<Piece>) {
+    let ([oh, ow], ckk) = (g.oh_ow(), g.ckk());
+    let (rows, lines) = if count > 1 {
+        (
+            (SLICE / (count * oh * ow).max(1)).clamp(16, ckk.max(16)),
+            oh,
+        )
+    } else {
+        let rows = even(ckk, DEPTH);
+        (rows, even(oh, SLICE / (rows * ow).max(1)))
+    };
+    let mut out = Vec::new();
+    for y in (0..oh).step_by(lines.max(1)) {
+        for r in (0..ckk).step_by(rows.max(1)) {
+            out.push(Piece {
+                rows: r..(r + rows).min(ckk),
+                lines: y..(y + lines).min(oh),
+            });
+        }
+    }
+    let most = out
+        .iter()
+        .map(|p| p.rows.len() * p.width(g, count))
+        .max()
+        .unwrap_or(0);
+    (most, out)
+}
+
+/// A piece of the column matrix of samples `first..first + count` side
+/// by side, `[rows.len(), count·lines.len()·OW]`, into `col` (every value
 /// written).
 #[inline(always)]
-fn columns(
-    g: &Geometry,
-    x: &[f32],
-    first: usize,
-    count: usize,
-    rows: Range<usize>,
-    col: &mut [f32],
-) {
-    let (ohw, chw) = (g.ohw(), g.chw());
-    let ld = count * ohw;
+fn columns(g: &Geometry, x: &[f32], first: usize, count: usize, piece: &Piece, col: &mut [f32]) {
+    let (ohw, chw, ow) = (g.ohw(), g.chw(), g.oh_ow()[1]);
+    let (rows, lines) = (piece.rows.clone(), piece.lines.clone());
+    let (ld, seg) = (piece.width(g, count), lines.len() * ow);
     assert_eq!(col.len(), rows.len() * ld, "column matrix size");
     for j in 0..count {
         let x_n = &x[(first + j) * chw..(first + j + 1) * chw];
@@ -264,26 +337,13 @@ fn columns(
                 .take(rows.end)
                 .skip(rows.start)
             {
-                col[(r - rows.start) * ld + j * ohw..][..ohw].copy_from_slice(src);
+                col[(r - rows.start) * ld + j * seg..][..seg]
+                    .copy_from_slice(&src[lines.start * ow..lines.end * ow]);
             }
         } else {
-            im2col(g, x_n, col, ld, j * ohw, rows.clone());
+            im2col(g, x_n, [ld, j * seg], rows.clone(), lines.clone(), col);
         }
     }
-}
-
-/// Values of the column matrix per slice: 512 KiB, which stays in a
-/// core's L2 cache between the im2col that writes a slice and the GEMM
-/// that packs it (the whole matrix, several MiB at 32², went out to
-/// memory and back; alternating runs put the 32² DDIM step at 0.319–0.329
-/// s with slices against 0.342–0.365 s without).
-/// Tests use small slices, so that every case runs several.
-const SLICE: usize = if cfg!(test) { 1 << 8 } else { 1 << 17 };
-
-/// Rows of the column matrix per slice (at least 16, so that each GEMM
-/// keeps a reasonable depth).
-fn slice_rows(ckk: usize, ld: usize) -> usize {
-    (SLICE / ld.max(1)).clamp(16, ckk.max(16))
 }
 
 /// Forward: `[N, O, OH, OW]` from `x` `[N, C, H, W]`, `weight` `[O, C, KH, KW]`
@@ -305,25 +365,26 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
         let out_t = out_t.zeroed();
         let count = out_t.len() / (g.o * ohw);
         let ld = count * ohw;
-        // dst = W · col, one slice of col's rows (W's columns) at a time.
+        // dst = W · col, a piece of col at a time: its rows (W's columns)
+        // into its lines' columns of dst (rows `ld` apart).
         let product = |dst: &mut [f32], accumulate: bool| {
             if g.pointwise() && count == 1 {
                 let rhs = View::row_major(&x[t * per * g.chw()..][..g.chw()], ckk, ohw);
                 gemm(dst, wv, rhs, accumulate, gemm_threads);
                 return;
             }
-            let step = slice_rows(ckk, ld);
-            let mut col = Scratch::take(step.min(ckk) * ld);
-            for r0 in (0..ckk).step_by(step) {
-                let rows = r0..(r0 + step).min(ckk);
-                let col = &mut col[..rows.len() * ld];
-                wide!(columns(g, x, t * per, count, rows.clone(), col));
-                let rhs = View::row_major(col, rows.len(), ld);
-                gemm(
-                    dst,
-                    wv.cols_at(r0, rows.len()),
-                    rhs,
-                    accumulate || r0 > 0,
+            let (most, pieces) = pieces(g, count);
+            let mut col = Scratch::take(most);
+            for piece in &pieces {
+                let (rows, width) = (piece.rows.clone(), piece.width(g, count));
+                let col = &mut col[..rows.len() * width];
+                wide!(columns(g, x, t * per, count, piece, col));
+                gemm_rows(
+                    &mut dst[piece.lines.start * g.oh_ow()[1]..],
+                    ld,
+                    wv.cols_at(rows.start, rows.len()),
+                    View::row_major(col, rows.len(), width),
+                    accumulate || rows.start > 0,
                     gemm_threads,
                 );
             }
@@ -438,30 +499,40 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
             }
             return;
         }
-        // One slice of the column matrix's rows at a time: its rows of
-        // dWᵀ = col · dYᵀ, then its rows of Wᵀ · dY added back onto dx
-        // (zero-filled above).
+        // A piece of the column matrix at a time: its rows of
+        // dWᵀ = col · dYᵀ (from its lines), then Wᵀ · dY over its rows and
+        // lines added back onto dx (zero-filled above).
         let (mut dw_t, mut dx_part) = (dw_t, dx_part);
-        let step = slice_rows(ckk, ld);
-        let mut col = Scratch::take(step.min(ckk) * ld);
-        // dYᵀ copied once for all the slices' weight-gradient GEMMs (as a
+        let (most, pieces) = pieces(g, count);
+        let mut col = Scratch::take(most);
+        // dYᵀ copied once for all the pieces' weight-gradient GEMMs (as a
         // strided view, each GEMM packed it again: 8 % of the 64² step).
         let mut dy_t = Scratch::take(if dw_t.is_some() { ld * g.o } else { 0 });
         if dw_t.is_some() {
             wide!(transpose_into(dyc, &mut dy_t));
         }
         let dy_t = View::row_major(&dy_t, ld, g.o);
-        for r0 in (0..ckk).step_by(step) {
-            let rows = r0..(r0 + step).min(ckk);
-            let col = &mut col[..rows.len() * ld];
+        let ow = g.oh_ow()[1];
+        for piece in &pieces {
+            let (rows, lines) = (piece.rows.clone(), piece.lines.clone());
+            let (width, seg) = (piece.width(g, count), lines.len() * ow);
+            let col = &mut col[..rows.len() * width];
             if let Some(dw_t) = dw_t.as_mut() {
-                wide!(columns(g, x, first, count, rows.clone(), col));
-                let cols = View::row_major(col, rows.len(), ld);
-                let dst = &mut dw_t[r0 * g.o..rows.end * g.o];
-                gemm(dst, cols, dy_t, accumulate, gemm_threads);
+                wide!(columns(g, x, first, count, piece, col));
+                let cols = View::row_major(col, rows.len(), width);
+                let dst = &mut dw_t[rows.start * g.o..rows.end * g.o];
+                let dy_t = dy_t.rows_at(lines.start * ow, width);
+                gemm(dst, cols, dy_t, accumulate || lines.start > 0, gemm_threads);
             }
             if let Some(dx_part) = dx_part.as_deref_mut() {
-                gemm(col, wt.rows_at(r0, rows.len()), dyc, false, gemm_threads);
+                let dy = dyc.cols_at(lines.start * ow, width);
+                gemm(
+                    col,
+                    wt.rows_at(rows.start, rows.len()),
+                    dy,
+                    false,
+                    gemm_threads,
+                );
                 wide!({
                     for (j, dx_n) in dx_part.chunks_exact_mut(chw).enumerate() {
                         if g.pointwise() {
@@ -469,12 +540,15 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
                                 .chunks_exact_mut(ohw)
                                 .enumerate()
                                 .take(rows.end)
-                                .skip(r0)
+                                .skip(rows.start)
                             {
-                                dst.copy_from_slice(&col[(r - r0) * ld + j * ohw..][..ohw]);
+                                dst[lines.start * ow..lines.end * ow].copy_from_slice(
+                                    &col[(r - rows.start) * width + j * seg..][..seg],
+                                );
                             }
                         } else {
-                            col2im(g, col, ld, j * ohw, rows.clone(), dx_n);
+                            let at = [width, j * seg];
+                            col2im(g, col, at, rows.clone(), lines.clone(), dx_n);
                         }
                     }
                 });

@@ -188,3 +188,45 @@ fn the_output_size_follows_the_conv_formula() {
     assert_eq!(geometry(1, 1, [2, 2], 1, 5, 1, 1).out_hw(), None);
     assert_eq!(geometry(1, 1, [2, 2], 1, 3, 0, 1).out_hw(), None);
 }
+
+#[test]
+fn pieces_cover_the_column_matrix_once() {
+    // Every (row, output line) of a task's column matrix lies in exactly
+    // one piece, and no piece holds more than the largest reported: one
+    // sample (line blocks × row slices) and several (row slices only),
+    // with and without a stride.
+    for (c, side, k, stride, count) in [
+        (3, 9, 3, 1, 1),
+        (64, 16, 3, 1, 1),
+        (64, 16, 3, 2, 1),
+        (40, 7, 1, 1, 3),
+        (64, 8, 3, 1, 2),
+    ] {
+        let g = Geometry {
+            n: count,
+            c,
+            h: side,
+            w: side,
+            o: 4,
+            k: [k; 2],
+            stride: [stride; 2],
+            padding: [k / 2; 2],
+        };
+        let (most, pieces) = pieces(&g, count);
+        let oh = g.oh_ow()[0];
+        let mut seen = vec![0u32; g.ckk() * oh];
+        for p in &pieces {
+            assert!(p.rows.len() * p.width(&g, count) <= most, "{g:?}");
+            if count > 1 {
+                assert_eq!(p.lines, 0..oh, "{g:?}: several samples keep whole images");
+            }
+            for r in p.rows.clone() {
+                for y in p.lines.clone() {
+                    seen[r * oh + y] += 1;
+                }
+            }
+        }
+        assert!(seen.iter().all(|&s| s == 1), "{g:?}");
+        assert!(pieces.len() > 1, "{g:?}: the test sizes cut every case");
+    }
+}

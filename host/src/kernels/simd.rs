@@ -4,8 +4,10 @@
 /// Runs `f` inside a function compiled with AVX-512 (x86-64-v4) or AVX2 +
 /// FMA (v3) enabled when the CPU has them (detected at run time, cached by
 /// std), else as it is. No arithmetic changes with it: Rust never fuses a
-/// multiply and an add by itself, so every result is bit for bit the
-/// baseline build's. Call it through [`wide!`], never directly.
+/// multiply and an add by itself, and an explicit `mul_add` is one
+/// instruction here and libm's `fmaf` (the same rounding) in the baseline
+/// build, so every result is bit for bit the baseline build's. Call it
+/// through [`wide!`], never directly.
 #[inline(always)]
 pub(crate) fn dispatch<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)

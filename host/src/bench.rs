@@ -114,10 +114,17 @@ pub fn unet_config(b: &EngineBench) -> serde_json::Value {
     })
 }
 
-/// The median of `v` (the upper one of an even count).
+/// The median of `v`: the middle value, or the mean of the two middle
+/// ones for an even count (NaN for none). The upper one of the two, as
+/// before, made a two-round `--compare` print the slower round.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// A `/proc/self/status` memory field in MiB, 0 when unknown (not Linux).
@@ -249,4 +256,18 @@ pub fn engine<B: AutodiffBackend>(b: &EngineBench) -> Result<BenchReport> {
         peak_rss_mib: peak_rss_mib(),
         threads: rayon::current_num_threads(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_is_the_middle_value_or_the_middle_pair_s_mean() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0]), 2.5);
+        assert_eq!(median(vec![1.0, 9.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(vec![7.0]), 7.0);
+        assert!(median(Vec::new()).is_nan());
+    }
 }

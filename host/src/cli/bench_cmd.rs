@@ -30,7 +30,7 @@ struct Round {
     pytorch: TorchReport,
 }
 
-/// The medians over the rounds of each side and dtx's over PyTorch's.
+/// dtx / PyTorch: the median over the rounds of each round's own ratio.
 #[derive(Debug, serde::Serialize)]
 struct Ratios {
     train_step: f64,
@@ -209,10 +209,16 @@ fn compare_rounds(
         side(&|r| r.dtx.peak_rss_mib),
         side(&|r| r.pytorch.peak_rss_mib),
     );
+    // Each round's ratio, then their median: the two sides of a round ran
+    // back to back, so a ratio is paired against the machine's drift,
+    // where a ratio of the medians could pair one side's fast round with
+    // the other's slow one.
+    let ratio =
+        |f: &dyn Fn(&Round) -> (f64, f64)| median(all.iter().map(f).map(|(a, b)| a / b).collect());
     let ratios = Ratios {
-        train_step: dtx_train / torch_train,
-        ddim_step: dtx_ddim / torch_ddim,
-        peak_memory: dtx_mem / torch_mem,
+        train_step: ratio(&|r| (r.dtx.train_step_s, r.pytorch.train_step_s)),
+        ddim_step: ratio(&|r| (r.dtx.ddim_step_s, r.pytorch.ddim_step_s)),
+        peak_memory: ratio(&|r| (r.dtx.peak_rss_mib, r.pytorch.peak_rss_mib)),
     };
     let v = serde_json::json!({ "size": cfg.size, "rounds": all, "ratio": ratios });
     if json {
@@ -221,7 +227,7 @@ fn compare_rounds(
     let first = &all[0];
     writeln!(
         out,
-        "U-Net {:?} x{} layers, {} parameters, batch {} at {}x{}, {} threads each; torch {}; median of {rounds} round(s)\n  training step: dtx {dtx_train:.3} s, PyTorch {torch_train:.3} s: {:.2}x\n  DDIM step:     dtx {dtx_ddim:.3} s, PyTorch {torch_ddim:.3} s: {:.2}x\n  peak memory:   dtx {dtx_mem:.0} MiB, PyTorch {torch_mem:.0} MiB: {:.2}x",
+        "U-Net {:?} x{} layers, {} parameters, batch {} at {}x{}, {} threads each; torch {}; medians of {rounds} round(s), ratios the median of the rounds' own\n  training step: dtx {dtx_train:.3} s, PyTorch {torch_train:.3} s: {:.2}x\n  DDIM step:     dtx {dtx_ddim:.3} s, PyTorch {torch_ddim:.3} s: {:.2}x\n  peak memory:   dtx {dtx_mem:.0} MiB, PyTorch {torch_mem:.0} MiB: {:.2}x",
         cfg.channels,
         cfg.layers,
         first.dtx.parameters,

@@ -114,23 +114,6 @@ pub fn unet_config(b: &EngineBench) -> serde_json::Value {
     })
 }
 
-/// glibc gives every freed block above its mmap threshold (which it moves
-/// up to at most 32 MiB) back to the kernel, so the activations of a 64²
-/// U-Net step are mapped, faulted in and zeroed again on every step. Above
-/// the threshold set here (1 GiB) they stay in the heap and are reused,
-/// as is the memory freed at its top (docs/performance.md). Other
-/// platforms keep their allocator's defaults. `dtx`'s `main` calls it
-/// first, and so do the kernel benchmarks, to time what `dtx` runs.
-pub fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets the allocator's parameters; callers run it
-    // first in `main`, before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
-}
-
 /// The median of `v`: the middle value, or the mean of the two middle
 /// ones for an even count (NaN for none). The upper one of the two, as
 /// before, made a two-round `--compare` print the slower round.

@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    dtx::bench::keep_freed_memory();
+    dtx::util::keep_freed_memory();
     dtx::cli::init_tracing();
     let code = dtx::cli::main_with(
         std::env::args_os(),

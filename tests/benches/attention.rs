@@ -37,7 +37,7 @@ fn time(f: &mut dyn FnMut()) -> f64 {
 
 fn main() {
     // The allocator as `dtx` sets it: fresh pages on every call otherwise.
-    dtx::bench::keep_freed_memory();
+    dtx::util::keep_freed_memory();
     println!(
         "{:<26} {:>10} {:>10} {:>12}",
         "case", "forward", "backward", "GFLOP/s f+b"

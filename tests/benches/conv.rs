@@ -54,7 +54,7 @@ fn time(f: &mut dyn FnMut()) -> f64 {
 
 fn main() {
     // The allocator as `dtx` sets it: fresh pages on every call otherwise.
-    dtx::bench::keep_freed_memory();
+    dtx::util::keep_freed_memory();
     let dev = Default::default();
     let at_64 = std::env::args()
         .collect::<Vec<_>>()

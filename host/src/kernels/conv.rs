@@ -9,9 +9,10 @@
 //! `x[c, oy·sh + ki − ph, ox·sw + kj − pw]` (zero outside the image), so
 //! that forward is `W · col`, the weight gradient `Σ_n dY_n · col_nᵀ` and
 //! the input gradient `col2im(Wᵀ · dY_n)`. The column matrix is built and
-//! used a slice of rows at a time (the GEMMs split along its depth), so
-//! that it stays in cache. A 1×1 convolution with stride 1 and no padding
-//! skips the column matrix: `x_n` is already `[C, H·W]`.
+//! used a piece at a time (a slice of its rows, and for large images a
+//! block of output lines: `pieces`), so that it stays in cache. A 1×1
+//! convolution with stride 1 and no padding skips the column matrix:
+//! `x_n` is already `[C, H·W]`.
 
 use super::gemm::{View, gemm, gemm_rows, transpose_into};
 use super::scratch::{Output, Pending, Scratch};
@@ -290,7 +291,7 @@ fn even(len: usize, most: usize) -> usize {
 /// most [`DEPTH`] rows and blocks of lines that fill [`SLICE`] with them:
 /// row slices alone were 32 rows deep at 64×64, and each GEMM that
 /// shallow rewrote the whole output (3×3 128→64 at 64×64, forward +
-/// backward: 149–160 ms in pieces against 180 ms in slices).
+/// backward: 160 ms in pieces against 180 ms in slices).
 fn pieces(g: &Geometry, count: usize) -> (usize, Vec<Piece>) {
     let ([oh, ow], ckk) = (g.oh_ow(), g.ckk());
     let (rows, lines) = if count > 1 {

@@ -1,4 +1,5 @@
-//! Small helpers shared by the host's error messages.
+//! Small helpers shared across the host: error messages, files, limits,
+//! and the allocator's settings.
 
 pub mod cuda;
 pub(crate) mod fs;
@@ -16,6 +17,23 @@ pub fn exe_dir() -> Option<std::path::PathBuf> {
             Some(profile.to_path_buf())
         }
         _ => Some(dir.to_path_buf()),
+    }
+}
+
+/// glibc gives every freed block above its mmap threshold (which it moves
+/// up to at most 32 MiB) back to the kernel, so the activations of a 64²
+/// U-Net step are mapped, faulted in and zeroed again on every step. Above
+/// the threshold set here (1 GiB) they stay in the heap and are reused,
+/// as is the memory freed at its top (docs/performance.md). Other
+/// platforms keep their allocator's defaults. `dtx`'s `main` calls it
+/// first, and so do the kernel benchmarks, to time what `dtx` runs.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets the allocator's parameters; callers run it
+    // first in `main`, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }
 

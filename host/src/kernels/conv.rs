@@ -14,6 +14,7 @@
 //! convolution with stride 1 and no padding skips the column matrix:
 //! `x_n` is already `[C, H·W]`.
 
+use super::direct;
 use super::gemm::{View, gemm, gemm_rows, transpose_into};
 use super::scratch::{Output, Pending, Scratch};
 use super::simd::{sum_f32, wide};
@@ -348,8 +349,17 @@ fn columns(g: &Geometry, x: &[f32], first: usize, count: usize, piece: &Piece, c
 }
 
 /// Forward: `[N, O, OH, OW]` from `x` `[N, C, H, W]`, `weight` `[O, C, KH, KW]`
-/// and an optional `bias` `[O]`.
+/// and an optional `bias` `[O]`: the direct kernel where it applies
+/// (stride 1 on AVX-512, [`direct`]), else the column matrix.
 pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    if direct::applies(g) {
+        return direct::forward(g, x, weight, bias);
+    }
+    forward_columns(g, x, weight, bias)
+}
+
+/// [`forward`] through the column matrix.
+fn forward_columns(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let (ohw, ckk) = (g.ohw(), g.ckk());
     assert!(
         x.len() == g.n * g.chw() && weight.len() == g.o * ckk,
@@ -447,8 +457,23 @@ pub struct Wanted {
     pub bias: bool,
 }
 
-/// Backward of [`forward`].
+/// Backward of [`forward`]: the input gradient by the direct kernel where
+/// it applies to the transposed convolution ([`direct::input_grad`]), the
+/// rest through the column matrix.
 pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wanted) -> Grads {
+    if want.x && direct::transposed(g).is_some_and(|t| direct::applies(&t)) {
+        let dx = direct::input_grad(g, weight, dy);
+        let rest = backward_columns(g, x, weight, dy, Wanted { x: false, ..want });
+        return Grads {
+            x: Some(dx),
+            ..rest
+        };
+    }
+    backward_columns(g, x, weight, dy, want)
+}
+
+/// [`backward`] through the column matrix.
+fn backward_columns(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wanted) -> Grads {
     let (ohw, ckk, chw) = (g.ohw(), g.ckk(), g.chw());
     assert!(
         x.len() == g.n * chw && weight.len() == g.o * ckk && dy.len() == g.n * g.o * ohw,

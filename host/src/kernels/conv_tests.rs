@@ -230,3 +230,51 @@ fn pieces_cover_the_column_matrix_once() {
         assert!(pieces.len() > 1, "{g:?}: the test sizes cut every case");
     }
 }
+
+#[test]
+fn the_direct_kernel_and_the_column_matrix_match_the_direct_sums() {
+    // Stride-1 shapes of the direct kernel: lines 16 and 32 wide, 8 and 16
+    // output channels, square and oblong kernels, padding from 0 to k − 1.
+    // Under `cfg(test)` its passes take 7 values of k (cutting channels)
+    // and its line blocks one line. Each shape is also run through the
+    // column matrix.
+    let oblong = |h, w, k, padding| Geometry {
+        n: 2,
+        c: 8,
+        h,
+        w,
+        o: 16,
+        k,
+        stride: [1, 1],
+        padding,
+    };
+    let cases = [
+        (geometry(2, 8, [5, 16], 8, 3, 1, 1), true),
+        (geometry(3, 16, [4, 32], 16, 3, 1, 1), true),
+        (geometry(2, 3, [6, 16], 8, 3, 1, 1), false),
+        (oblong(7, 18, [5, 3], [1, 0]), false),
+        (oblong(6, 16, [3, 5], [0, 2]), true),
+    ];
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    for (g, input_grad) in cases {
+        assert_eq!(direct::applies(&g), avx512, "{g:?}");
+        let t = direct::transposed(&g).unwrap();
+        assert_eq!(direct::applies(&t), avx512 && input_grad, "{g:?}");
+        check(g);
+        let [oh, ow] = g.out_hw().unwrap();
+        let x = values(g.n * g.c * g.h * g.w, 1);
+        let w = values(g.o * g.c * g.k[0] * g.k[1], 2);
+        let b = values(g.o, 3);
+        let dy = values(g.n * g.o * oh * ow, 4);
+        let r = reference(&g, &x, &w, &b, &dy);
+        let y = forward_columns(&g, &x, &w, Some(&b));
+        assert_close("y by columns", &g, &y, &r.y);
+        let all = Wanted {
+            x: true,
+            weight: true,
+            bias: true,
+        };
+        let grads = backward_columns(&g, &x, &w, &dy, all);
+        assert_close("dx by columns", &g, grads.x.as_deref().unwrap(), &r.dx);
+    }
+}

@@ -15,6 +15,7 @@
 pub mod adam;
 pub mod attention;
 pub mod conv;
+mod direct;
 mod gemm;
 pub mod linear;
 pub mod norm;

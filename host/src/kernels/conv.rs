@@ -457,19 +457,30 @@ pub struct Wanted {
     pub bias: bool,
 }
 
-/// Backward of [`forward`]: the input gradient by the direct kernel where
-/// it applies to the transposed convolution ([`direct::input_grad`]), the
-/// rest through the column matrix.
+/// Backward of [`forward`]: the input and weight gradients by the direct
+/// kernels where they apply ([`direct::input_grad`], the input gradient
+/// being a convolution too, and [`direct::weight_grad`]), the rest
+/// through the column matrix.
 pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wanted) -> Grads {
-    if want.x && direct::transposed(g).is_some_and(|t| direct::applies(&t)) {
-        let dx = direct::input_grad(g, weight, dy);
-        let rest = backward_columns(g, x, weight, dy, Wanted { x: false, ..want });
-        return Grads {
-            x: Some(dx),
-            ..rest
-        };
+    let dx = (want.x && direct::transposed(g).is_some_and(|t| direct::applies(&t)))
+        .then(|| direct::input_grad(g, weight, dy));
+    let dw = (want.weight && direct::weight_grad_applies(g))
+        .then(|| summed_transpose(&direct::weight_grad(g, x, dy), g.ckk(), g.o));
+    if dx.is_none() && dw.is_none() {
+        return backward_columns(g, x, weight, dy, want);
     }
-    backward_columns(g, x, weight, dy, want)
+    let rest = Wanted {
+        x: want.x && dx.is_none(),
+        weight: want.weight && dw.is_none(),
+        bias: false,
+    };
+    let cols = (rest.x || rest.weight).then(|| backward_columns(g, x, weight, dy, rest));
+    let (cx, cw) = cols.map_or((None, None), |c| (c.x, c.weight));
+    Grads {
+        x: dx.or(cx),
+        weight: dw.or(cw),
+        bias: want.bias.then(|| bias_grad(g, dy)),
+    }
 }
 
 /// [`backward`] through the column matrix.

@@ -233,11 +233,11 @@ fn pieces_cover_the_column_matrix_once() {
 
 #[test]
 fn the_direct_kernel_and_the_column_matrix_match_the_direct_sums() {
-    // Stride-1 shapes of the direct kernel: lines 16 and 32 wide, 8 and 16
+    // Stride-1 shapes of the direct kernel: lines 4 to 32 wide, 8 and 16
     // output channels, square and oblong kernels, padding from 0 to k − 1.
     // Under `cfg(test)` its passes take 7 values of k (cutting channels)
-    // and its line blocks one line. Each shape is also run through the
-    // column matrix.
+    // and its blocks hold about 1,024 outputs: several small samples, or a
+    // few lines of one. Each shape is also run through the column matrix.
     let oblong = |h, w, k, padding| Geometry {
         n: 2,
         c: 8,
@@ -249,9 +249,15 @@ fn the_direct_kernel_and_the_column_matrix_match_the_direct_sums() {
         padding,
     };
     let cases = [
-        (geometry(2, 8, [5, 16], 8, 3, 1, 1), true),
-        (geometry(3, 16, [4, 32], 16, 3, 1, 1), true),
-        (geometry(2, 3, [6, 16], 8, 3, 1, 1), false),
+        (geometry(5, 8, [4, 4], 8, 3, 1, 1), true),
+        (geometry(5, 8, [4, 4], 32, 3, 1, 1), true),
+        (geometry(2, 8, [8, 8], 32, 3, 1, 1), true),
+        (geometry(3, 8, [6, 8], 32, 3, 1, 1), true),
+        (geometry(2, 8, [8, 8], 8, 5, 1, 2), true),
+        (geometry(2, 8, [5, 16], 16, 3, 1, 1), true),
+        (geometry(3, 16, [4, 32], 32, 3, 1, 1), true),
+        (geometry(3, 8, [1, 16], 32, 3, 1, 1), true),
+        (geometry(2, 3, [6, 16], 32, 3, 1, 1), false),
         (oblong(7, 18, [5, 3], [1, 0]), false),
         (oblong(6, 16, [3, 5], [0, 2]), true),
     ];
@@ -260,6 +266,9 @@ fn the_direct_kernel_and_the_column_matrix_match_the_direct_sums() {
         assert_eq!(direct::applies(&g), avx512, "{g:?}");
         let t = direct::transposed(&g).unwrap();
         assert_eq!(direct::applies(&t), avx512 && input_grad, "{g:?}");
+        let wide = g.out_hw().unwrap()[1] % 16 == 0;
+        let weight_grad = avx512 && g.k == [3, 3] && g.o % 32 == 0 && wide;
+        assert_eq!(direct::weight_grad_applies(&g), weight_grad, "{g:?}");
         check(g);
         let [oh, ow] = g.out_hw().unwrap();
         let x = values(g.n * g.c * g.h * g.w, 1);
@@ -276,5 +285,6 @@ fn the_direct_kernel_and_the_column_matrix_match_the_direct_sums() {
         };
         let grads = backward_columns(&g, &x, &w, &dy, all);
         assert_close("dx by columns", &g, grads.x.as_deref().unwrap(), &r.dx);
+        assert_close("dw by columns", &g, grads.weight.as_deref().unwrap(), &r.dw);
     }
 }

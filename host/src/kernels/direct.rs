@@ -5,33 +5,41 @@
 //! `x + kj − pw ..` of them: in an input zero-padded by `(ph, pw)`, a
 //! vector of 16 consecutive output pixels of one line is, for each
 //! `(c, ki, kj)`, 16 consecutive padded input values at a fixed offset
-//! from the vector's base. So `out[o, pixels] = Σ_k W[o, k] · A[k, pixels]`
-//! is a GEMM whose left operand is read in place from the padded input
-//! (one load per `k` and vector), with no im2col written and no packing
-//! of it again by the GEMM; only the weights are packed, once per call,
-//! as `[O/NR][K][NR]` panels whose values the tile broadcasts.
+//! from the vector's base ([`padded`]). So `out[o, pixels] = Σ_k W[o, k] ·
+//! A[k, pixels]` is a GEMM whose right operand is read in place from the
+//! padded input (one load per `k` and vector), with no im2col written and
+//! no packing of it again by the GEMM; only the weights are packed, once
+//! per call, as `[O/NR][K][NR]` panels whose values the tile broadcasts.
+//! Lines narrower than 16 (8×8 and 4×4 images) take the input as `KW`
+//! copies shifted by each `kj` instead ([`shifted`]), in which 16
+//! consecutive outputs in raster order, across lines, read 16 consecutive
+//! values.
 //!
-//! The tile holds [`MV`] vectors (16 output pixels of one line each, from
-//! any lines of the block) by [`NR`] output channels in 24 registers, over
-//! a block of [`KC`] values of `k`; the bias, or zero, starts the sums.
-//! Every output is summed over `k = (c, ki, kj)` in order, one product at
-//! a time, the same on every run and thread count. A sample is cut into
-//! blocks of output lines (about [`BLOCK`] outputs each) whose padded input
-//! lines are copied together, so that the block stays in cache; blocks of
-//! all samples are spread over rayon's threads.
+//! The tile holds [`MV`] vectors by [`NR`] output channels in 24
+//! registers, over a pass of [`KC`] values of `k`; the bias, or zero,
+//! starts the sums. Every output is summed over `k = (c, ki, kj)` in
+//! order, one product at a time, the same on every run and thread count.
+//! The output is cut into blocks of about [`BLOCK`] values ([`blocks`]):
+//! lines of one sample, or several small samples, whose input is laid out
+//! together so that it stays in cache; the blocks are spread over rayon's
+//! threads.
 //!
 //! It applies where the CPU has AVX-512F, the stride is 1, the kernel is
-//! not 1×1, output lines are a multiple of 16 wide, the output channels a
-//! multiple of [`NR`] and the padding smaller than the kernel
+//! not 1×1, the output holds a multiple of 16 pixels, the output channels
+//! a multiple of [`NR`] and the padding is smaller than the kernel
 //! ([`applies`]); [`super::conv`] uses its column-matrix path elsewhere.
 //! The input gradient of such a convolution is one too: a stride-1
 //! convolution of the output gradient with the weights flipped and
-//! transposed, padded by `k − 1 − p` ([`input_grad`]).
+//! transposed, padded by `k − 1 − p` ([`input_grad`]). The weight gradient
+//! of a 3×3 one reads the same layout ([`weight`]).
 
 use super::conv::Geometry;
 use super::scratch::Scratch;
 use rayon::prelude::*;
 use std::ops::Range;
+
+mod weight;
+pub(super) use weight::{applies as weight_grad_applies, weight_grad};
 
 /// Output channels of a tile (the weight values it broadcasts per `k`).
 const NR: usize = 8;
@@ -41,7 +49,7 @@ const MV: usize = 3;
 /// stored and taken up again between passes, exactly).
 const KC: usize = if cfg!(test) { 7 } else { 576 };
 /// Outputs of a line block, about (all its channels).
-const BLOCK: usize = if cfg!(test) { 64 } else { 1 << 15 };
+const BLOCK: usize = if cfg!(test) { 1 << 10 } else { 1 << 15 };
 /// Pixels of a vector.
 const LANES: usize = 16;
 
@@ -54,9 +62,8 @@ pub(super) fn applies(g: &Geometry) -> bool {
         && g.k != [1, 1]
         && g.padding[0] < g.k[0]
         && g.padding[1] < g.k[1]
-        && ow > 0
-        && oh > 0
-        && ow.is_multiple_of(LANES)
+        && oh * ow > 0
+        && (oh * ow).is_multiple_of(LANES)
         && g.o.is_multiple_of(NR)
         && g.n * g.c > 0
         && available()
@@ -152,38 +159,196 @@ impl Shared {
     }
 }
 
+/// A unit of work: output lines `lines` of samples `samples`, every
+/// channel.
+struct Block {
+    samples: Range<usize>,
+    lines: Range<usize>,
+}
+
+/// The blocks of `g`'s output: whole samples, several to a block, where a
+/// sample's output is small (at most one block per thread's share of the
+/// batch, so that every thread has work), else blocks of lines of one
+/// sample; each about [`BLOCK`] outputs, and a whole number of vectors.
+fn blocks(g: &Geometry, threads: usize) -> Vec<Block> {
+    let [oh, ow] = g.out_hw().expect("checked by applies");
+    let per_sample = g.o * oh * ow;
+    if per_sample <= BLOCK {
+        let per = (BLOCK / per_sample).clamp(1, g.n.div_ceil(threads.max(1)));
+        return (0..g.n)
+            .step_by(per)
+            .map(|s| Block {
+                samples: s..(s + per).min(g.n),
+                lines: 0..oh,
+            })
+            .collect();
+    }
+    // Lines in a whole number of vectors: a multiple of 16 / gcd(OW, 16).
+    let unit = LANES / gcd(ow, LANES);
+    let lines = (BLOCK / (ow * g.o)).max(1).next_multiple_of(unit).min(oh);
+    (0..g.n)
+        .flat_map(|s| {
+            (0..oh).step_by(lines).map(move |y| Block {
+                samples: s..s + 1,
+                lines: y..(y + lines).min(oh),
+            })
+        })
+        .collect()
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
 /// The convolution `g` of `x` by the packed weights, bias added.
 fn run(g: &Geometry, x: &[f32], packed: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let [oh, ow] = g.out_hw().expect("checked by applies");
     let len = g.n * g.o * oh * ow;
-    let lines = (BLOCK / (ow * g.o)).clamp(1, oh);
-    let blocks: Vec<(usize, Range<usize>)> = (0..g.n)
-        .flat_map(|s| {
-            (0..oh)
-                .step_by(lines)
-                .map(move |y| (s, y..(y + lines).min(oh)))
-        })
-        .collect();
     if let Some(b) = bias {
         assert_eq!(b.len(), g.o, "conv2d bias length");
     }
     let mut out: Vec<f32> = Vec::with_capacity(len);
     let dst = Shared(out.as_mut_ptr());
-    blocks.into_par_iter().for_each(|(s, lines)| {
-        // SAFETY: `out` has room for `len` values; this block writes
-        // exactly outputs `[s, 0..O, lines, 0..OW]` (below), which no
-        // other block writes.
-        unsafe { block(g, x, packed, bias, s, lines, dst.get()) }
-    });
+    blocks(g, rayon::current_num_threads())
+        .into_par_iter()
+        .for_each(|b| {
+            // SAFETY: `out` has room for `len` values; this block writes
+            // exactly outputs `[samples, 0..O, lines, 0..OW]` (below),
+            // which no other block writes.
+            unsafe { block(g, x, packed, bias, &b, dst.get()) }
+        });
     // SAFETY: the blocks cover every `(s, y)`, and each writes every
-    // output of its lines: all `O/NR` panels by all vectors of 16 pixels
-    // of each line (`OW` is a multiple of 16, `O` of `NR`).
+    // output of its lines: all `O/NR` panels by all vectors of 16
+    // consecutive outputs of its lines (their count a multiple of 16, `O`
+    // one of `NR`).
     unsafe { out.set_len(len) };
     out
 }
 
-/// Output lines `lines` of sample `s`, all channels, into `out`
-/// (`[N, O, OH, OW]`).
+/// A block's input laid out for the tiles: the values, the offset of each
+/// `k = (c, ki, kj)` from a vector's base, and each vector's base with the
+/// index of its first output in `out`.
+struct Layout {
+    values: Scratch,
+    offsets: Vec<isize>,
+    vectors: Vec<(usize, usize)>,
+}
+
+/// Block `b`'s input zero-padded, `[samples][C][rows][W + 2·pw]`, padded
+/// line `r` being input line `lines.start + r − ph`. Output pixel
+/// `(y, x)` reads padded line `y − lines.start + ki`, column `x + kj`, so
+/// 16 consecutive outputs of one line read 16 consecutive padded values
+/// (output lines a multiple of 16 wide).
+fn padded(g: &Geometry, x: &[f32], b: &Block) -> Layout {
+    let [oh, ow] = g.out_hw().expect("checked by applies");
+    let kh = g.k[0];
+    let [ph, pw] = g.padding;
+    let (samples, lines) = (b.samples.clone(), b.lines.clone());
+    let wp = g.w + 2 * pw;
+    let plane = (lines.len() + kh - 1) * wp;
+    let sample = g.c * plane;
+    let mut values = Scratch::take(samples.len() * sample);
+    let hw = g.h * g.w;
+    for (j, dst) in values.chunks_exact_mut(sample).enumerate() {
+        let x_s = &x[(samples.start + j) * g.c * hw..][..g.c * hw];
+        for (c, dst) in dst.chunks_exact_mut(plane).enumerate() {
+            for (r, line) in dst.chunks_exact_mut(wp).enumerate() {
+                let iy = (lines.start + r).wrapping_sub(ph);
+                if iy < g.h {
+                    line[..pw].fill(0.0);
+                    line[pw..pw + g.w].copy_from_slice(&x_s[c * hw + iy * g.w..][..g.w]);
+                    line[pw + g.w..].fill(0.0);
+                } else {
+                    line.fill(0.0);
+                }
+            }
+        }
+    }
+    let offsets = taps(g, |c, ki, kj| c * plane + ki * wp + kj);
+    let ohw = oh * ow;
+    let vectors = samples
+        .enumerate()
+        .flat_map(|(j, s)| {
+            lines.clone().flat_map(move |y| {
+                (0..ow).step_by(LANES).map(move |x0| {
+                    let at = j * sample + (y - lines.start) * wp + x0;
+                    (at, s * g.o * ohw + y * ow + x0)
+                })
+            })
+        })
+        .collect();
+    Layout {
+        values,
+        offsets,
+        vectors,
+    }
+}
+
+/// Block `b`'s input as `KW` shifted copies, `[KW][samples][C][rows][OW]`:
+/// copy `kj`, line `r` (input line `lines.start + r − ph`), column `x`
+/// holds input column `x + kj − pw` (zeros outside the image). Output
+/// pixel `(y, x)` reads copy `kj`, line `y − lines.start + ki`, column
+/// `x`, so 16 consecutive outputs of the block in raster order, across
+/// lines however narrow, read 16 consecutive values of each copy.
+fn shifted(g: &Geometry, x: &[f32], b: &Block) -> Layout {
+    let [oh, ow] = g.out_hw().expect("checked by applies");
+    let [kh, kw] = g.k;
+    let [ph, pw] = g.padding;
+    let (samples, lines) = (b.samples.clone(), b.lines.clone());
+    let plane = (lines.len() + kh - 1) * ow;
+    let sample = g.c * plane;
+    let copy = samples.len() * sample;
+    let mut values = Scratch::take(kw * copy);
+    let hw = g.h * g.w;
+    for (kj, dst) in values.chunks_exact_mut(copy).enumerate() {
+        // Output columns whose input column `x + kj − pw` is inside.
+        let xlo = pw.saturating_sub(kj).min(ow);
+        let xhi = (g.w + pw).saturating_sub(kj).clamp(xlo, ow);
+        for (j, dst) in dst.chunks_exact_mut(sample).enumerate() {
+            let x_s = &x[(samples.start + j) * g.c * hw..][..g.c * hw];
+            for (c, dst) in dst.chunks_exact_mut(plane).enumerate() {
+                for (r, line) in dst.chunks_exact_mut(ow).enumerate() {
+                    let iy = (lines.start + r).wrapping_sub(ph);
+                    if iy >= g.h || xlo == xhi {
+                        line.fill(0.0);
+                        continue;
+                    }
+                    let src = &x_s[c * hw + iy * g.w..][..g.w];
+                    line[..xlo].fill(0.0);
+                    line[xlo..xhi].copy_from_slice(&src[xlo + kj - pw..xhi + kj - pw]);
+                    line[xhi..].fill(0.0);
+                }
+            }
+        }
+    }
+    let offsets = taps(g, |c, ki, kj| kj * copy + c * plane + ki * ow);
+    let (ohw, span) = (oh * ow, lines.len() * ow);
+    let vectors = samples
+        .enumerate()
+        .flat_map(|(j, s)| {
+            (0..span)
+                .step_by(LANES)
+                .map(move |q| (j * sample + q, s * g.o * ohw + lines.start * ow + q))
+        })
+        .collect();
+    Layout {
+        values,
+        offsets,
+        vectors,
+    }
+}
+
+/// `offset(c, ki, kj)` for every `k = (c, ki, kj)` in order.
+fn taps(g: &Geometry, offset: impl Fn(usize, usize, usize) -> usize) -> Vec<isize> {
+    let [kh, kw] = g.k;
+    (0..g.c * kh * kw)
+        .map(|k| offset(k / (kh * kw), (k / kw) % kh, k % kw) as isize)
+        .collect()
+}
+
+/// Block `b`'s outputs into `out` (`[N, O, OH, OW]`): its input
+/// [`padded`] where output lines are a multiple of 16 wide (the smaller
+/// copy), else [`shifted`].
 ///
 /// # Safety
 /// `out` has room for `g`'s whole output, and nothing else accesses
@@ -193,53 +358,28 @@ unsafe fn block(
     x: &[f32],
     packed: &[f32],
     bias: Option<&[f32]>,
-    s: usize,
-    lines: Range<usize>,
+    b: &Block,
     out: *mut f32,
 ) {
     let [oh, ow] = g.out_hw().expect("checked by applies");
-    let [kh, kw] = g.k;
-    let [ph, pw] = g.padding;
-    let wp = g.w + 2 * pw;
-    let rows = lines.len() + kh - 1;
-    let plane = rows * wp;
-    // The padded input lines of the block, every channel: padded line `r`
-    // is input line `lines.start + r − ph` (zeros outside the image).
-    let mut pad = Scratch::take(g.c * plane);
-    let x_s = &x[s * g.c * g.h * g.w..][..g.c * g.h * g.w];
-    for (c, dst) in pad.chunks_exact_mut(plane).enumerate() {
-        for (r, line) in dst.chunks_exact_mut(wp).enumerate() {
-            let iy = (lines.start + r).wrapping_sub(ph);
-            if iy < g.h {
-                line[..pw].fill(0.0);
-                line[pw..pw + g.w].copy_from_slice(&x_s[(c * g.h + iy) * g.w..][..g.w]);
-                line[pw + g.w..].fill(0.0);
-            } else {
-                line.fill(0.0);
-            }
-        }
-    }
-    let ckk = g.c * kh * kw;
-    let offsets: Vec<isize> = (0..ckk)
-        .map(|k| {
-            let (c, ki, kj) = (k / (kh * kw), (k / kw) % kh, k % kw);
-            (c * plane + ki * wp + kj) as isize
-        })
-        .collect();
-    // Each vector: its base in `pad`, its first output's index in `out`.
-    let vectors: Vec<(usize, usize)> = lines
-        .clone()
-        .flat_map(|y| {
-            (0..ow).step_by(LANES).map(move |x0| {
-                let at = (y - lines.start) * wp + x0;
-                (at, (s * g.o * oh + y) * ow + x0)
-            })
-        })
-        .collect();
-    // The farthest value a vector reads, inside `pad`.
-    let last = vectors.last().map_or(0, |v| v.0) + offsets.last().map_or(0, |&o| o as usize);
-    assert!(last + LANES <= pad.len(), "padded input bounds");
+    let Layout {
+        values,
+        offsets,
+        vectors,
+    } = if ow.is_multiple_of(LANES) {
+        padded(g, x, b)
+    } else {
+        shifted(g, x, b)
+    };
     let ohw = oh * ow;
+    let ckk = offsets.len();
+    assert!(
+        (b.lines.len() * ow).is_multiple_of(LANES),
+        "a whole number of vectors"
+    );
+    // The farthest value a vector reads, inside `shifted`.
+    let last = vectors.last().map_or(0, |v| v.0) + offsets.last().map_or(0, |&o| o as usize);
+    assert!(last + LANES <= values.len(), "block input bounds");
     let panels = g.o / NR;
     for k0 in (0..ckk).step_by(KC) {
         let ks = k0..(k0 + KC).min(ckk);
@@ -251,11 +391,11 @@ unsafe fn block(
                     (0, None) => Start::Zero,
                     _ => Start::Load,
                 };
-                // SAFETY: the vectors' reads stay inside `pad` (asserted
-                // above); their outputs, `NR` rows `ohw` apart from
-                // channel `p·NR`, lie inside `out` and in this block.
+                // SAFETY: the vectors' reads stay inside `values`
+                // (asserted above); their outputs, `NR` rows `ohw` apart
+                // from channel `p·NR`, lie inside `out` and in this block.
                 unsafe {
-                    let a = |i: usize| pad.as_ptr().add(group[i].0);
+                    let a = |i: usize| values.as_ptr().add(group[i].0);
                     let o = |i: usize| out.add(group[i].1 + p * NR * ohw);
                     let offs = &offsets[ks.clone()];
                     match group.len() {

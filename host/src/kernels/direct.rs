@@ -102,7 +102,9 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
         applies(g) && x.len() == g.n * g.c * g.h * g.w && weight.len() == g.o * ckk,
         "direct conv2d forward operands"
     );
-    let packed = pack(g.o, ckk, |o, k| weight[o * ckk + k]);
+    let packed = pack(g.o, ckk, |o, row| {
+        row.copy_from_slice(&weight[o * ckk..][..ckk]);
+    });
     run(g, x, &packed, bias)
 }
 
@@ -121,22 +123,29 @@ pub(super) fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
         "direct conv2d input-gradient operands"
     );
     // W' row `c`, column `(o, ki, kj)`.
-    let packed = pack(g.c, g.o * kk, |c, k| {
-        let (o, ki, kj) = (k / kk, (k / kw) % kh, k % kw);
-        weight[((o * g.c + c) * kh + kh - 1 - ki) * kw + kw - 1 - kj]
+    let packed = pack(g.c, g.o * kk, |c, row| {
+        for (o, taps) in row.chunks_exact_mut(kk).enumerate() {
+            let w = &weight[(o * g.c + c) * kk..][..kk];
+            for (t, v) in taps.iter_mut().zip(w.iter().rev()) {
+                *t = *v;
+            }
+        }
     });
     run(&t, dy, &packed, None)
 }
 
-/// `[rows/NR][cols][NR]`: panel `p`, row `k`, lane `j` holds `at(p·NR + j, k)`.
-fn pack(rows: usize, cols: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> Vec<f32> {
+/// `[rows/NR][cols][NR]`: panel `p`, row `k`, lane `j` holds value `k` of
+/// row `p·NR + j`, which `row(r, values)` writes.
+fn pack(rows: usize, cols: usize, row: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     let mut out = vec![0.0f32; rows * cols];
     out.par_chunks_mut(cols * NR)
         .enumerate()
         .for_each(|(p, panel)| {
-            for (k, lanes) in panel.chunks_exact_mut(NR).enumerate() {
-                for (j, v) in lanes.iter_mut().enumerate() {
-                    *v = at(p * NR + j, k);
+            let mut values = vec![0.0f32; cols];
+            for j in 0..NR {
+                row(p * NR + j, &mut values);
+                for (lanes, &v) in panel.chunks_exact_mut(NR).zip(&values) {
+                    lanes[j] = v;
                 }
             }
         });

@@ -246,9 +246,10 @@ struct Layout {
 /// Block `b`'s input zero-padded, `[samples][C][rows][W + 2·pw]`, padded
 /// line `r` being input line `lines.start + r − ph`. Output pixel
 /// `(y, x)` reads padded line `y − lines.start + ki`, column `x + kj`, so
-/// 16 consecutive outputs of one line read 16 consecutive padded values
-/// (output lines a multiple of 16 wide).
-fn padded(g: &Geometry, x: &[f32], b: &Block) -> Layout {
+/// consecutive outputs of one line read consecutive padded values. The
+/// vectors are runs of `run` outputs of a line (`run` divides `OW`): 16
+/// for the forward's tiles, a whole narrow line for the weight gradient's.
+fn padded(g: &Geometry, x: &[f32], b: &Block, run: usize) -> Layout {
     let [oh, ow] = g.out_hw().expect("checked by applies");
     let kh = g.k[0];
     let [ph, pw] = g.padding;
@@ -279,7 +280,7 @@ fn padded(g: &Geometry, x: &[f32], b: &Block) -> Layout {
         .enumerate()
         .flat_map(|(j, s)| {
             lines.clone().flat_map(move |y| {
-                (0..ow).step_by(LANES).map(move |x0| {
+                (0..ow).step_by(run).map(move |x0| {
                     let at = j * sample + (y - lines.start) * wp + x0;
                     (at, s * g.o * ohw + y * ow + x0)
                 })
@@ -376,7 +377,7 @@ unsafe fn block(
         offsets,
         vectors,
     } = if ow.is_multiple_of(LANES) {
-        padded(g, x, b)
+        padded(g, x, b, LANES)
     } else {
         shifted(g, x, b)
     };

@@ -25,15 +25,22 @@ const TAPS: usize = 9;
 
 /// Whether [`weight_grad`] computes this convolution's weight gradient:
 /// 3×3, output channels a multiple of 32, and output lines a multiple of
-/// 16 wide (the padded layout). With narrower lines (8×8 and 4×4 images,
-/// the shifted copies) the column matrix's GEMM was faster: one thread,
-/// 3×3 128→128 at 8×8, batch 16, backward 4.8–5.1 ms against 5.4–5.5.
+/// 16 wide, or 8 or 4 wide (runs of a whole line).
 pub(in crate::kernels) fn applies(g: &Geometry) -> bool {
     super::applies(g)
         && g.k == [3, 3]
         && g.o.is_multiple_of(OT)
-        && g.out_hw().is_some_and(|[_, ow]| ow.is_multiple_of(LANES))
+        && g.out_hw().is_some_and(|[_, ow]| run(ow).is_some())
         && available()
+}
+
+/// The pixels of a run for lines `ow` wide.
+fn run(ow: usize) -> Option<usize> {
+    match ow {
+        4 | 8 => Some(ow),
+        _ if ow.is_multiple_of(LANES) => Some(LANES),
+        _ => None,
+    }
 }
 
 /// `dWᵀ` `[C·9, O]` of a convolution [`applies`] holds for, in one part
@@ -63,54 +70,62 @@ pub(in crate::kernels) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Ve
 fn block(g: &Geometry, x: &[f32], dy: &[f32], b: &Block, dw_t: &mut [f32]) {
     let [oh, ow] = g.out_hw().expect("checked by applies");
     let ohw = oh * ow;
+    let run = run(ow).expect("checked by applies");
     let Layout {
         values,
         offsets,
         vectors,
-    } = padded(g, x, b);
-    let pixels = vectors.len() * LANES;
+    } = padded(g, x, b, run);
+    let pixels = vectors.len() * run;
     // dy of the block's pixels, `[O/32][pixels][32]`.
     let mut dyp = Scratch::take(g.o * pixels);
     for (t, panel) in dyp.chunks_exact_mut(pixels * OT).enumerate() {
         for (v, &(_, at)) in vectors.iter().enumerate() {
             for oo in 0..OT {
-                let src = &dy[at + (t * OT + oo) * ohw..][..LANES];
+                let src = &dy[at + (t * OT + oo) * ohw..][..run];
                 for (l, &d) in src.iter().enumerate() {
-                    panel[(v * LANES + l) * OT + oo] = d;
+                    panel[(v * run + l) * OT + oo] = d;
                 }
             }
         }
     }
     let last = vectors.last().map_or(0, |v| v.0) + offsets.last().map_or(0, |&o| o as usize);
-    assert!(last + LANES <= values.len(), "block input bounds");
+    assert!(last + run <= values.len(), "block input bounds");
     let bases: Vec<usize> = vectors.iter().map(|v| v.0).collect();
     // A panel of dy (in L1) against every channel's taps in turn.
     for (t, panel) in dyp.chunks_exact(pixels * OT).enumerate() {
         for (c, taps) in offsets.chunks_exact(TAPS).enumerate() {
             let taps: &[isize; TAPS] = taps.try_into().expect("3×3 taps");
             let dst = &mut dw_t[c * TAPS * g.o + t * OT..];
+            let at = values.as_ptr();
             // SAFETY: every `base + lane + tap` lies inside `values`
-            // (asserted above: the last vector's base and the last tap
-            // are the largest), `panel` holds `pixels·32` values, and
-            // `dst` rows `O` apart hold `32` values from its start for
-            // each of the 9 taps (`dw_t` is `[C·9, O]`).
-            unsafe { tile(values.as_ptr(), &bases, taps, panel, dst, g.o) }
+            // (asserted above: the last run's base and the last tap are
+            // the largest), `panel` holds `pixels·32` values, and `dst`
+            // rows `O` apart hold `32` values from its start for each of
+            // the 9 taps (`dw_t` is `[C·9, O]`).
+            unsafe {
+                match run {
+                    4 => tile::<4>(at, &bases, taps, panel, dst, g.o),
+                    8 => tile::<8>(at, &bases, taps, panel, dst, g.o),
+                    _ => tile::<LANES>(at, &bases, taps, panel, dst, g.o),
+                }
+            }
         }
     }
 }
 
 /// `dst[i·stride ..][..32] += Σ_p values[p + taps[i]] · dy[p][..32]` over
-/// the pixels `p = base + lane` of every base, 16 lanes each, `dy` holding
-/// their rows of 32 in order.
+/// the pixels `p = base + lane` of every base, `RUN` lanes each, `dy`
+/// holding their rows of 32 in order.
 ///
 /// # Safety
 /// Every `values + base + lane + tap` is readable, `dy` holds
-/// `bases.len()·16·32` values, `dst` holds `8·stride + 32`, and the CPU
+/// `bases.len()·RUN·32` values, `dst` holds `8·stride + 32`, and the CPU
 /// has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::needless_range_loop)] // constant bounds: unrolled, sums in registers
-unsafe fn tile(
+unsafe fn tile<const RUN: usize>(
     values: *const f32,
     bases: &[usize],
     taps: &[isize; TAPS],
@@ -120,7 +135,7 @@ unsafe fn tile(
 ) {
     use std::arch::x86_64::*;
     assert!(
-        dy.len() >= bases.len() * LANES * OT && dst.len() >= (TAPS - 1) * stride + OT,
+        dy.len() >= bases.len() * RUN * OT && dst.len() >= (TAPS - 1) * stride + OT,
         "weight-gradient tile operands"
     );
     // SAFETY: the caller's contract and the assert cover every access.
@@ -130,7 +145,7 @@ unsafe fn tile(
         for &base in bases {
             let at: [*const f32; TAPS] =
                 std::array::from_fn(|i| values.offset(base as isize + taps[i]));
-            for l in 0..LANES {
+            for l in 0..RUN {
                 let d = [_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16))];
                 for i in 0..TAPS {
                     let a = _mm512_set1_ps(*at[i].add(l));
@@ -152,6 +167,13 @@ unsafe fn tile(
 
 /// Never called: [`applies`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile(_: *const f32, _: &[usize], _: &[isize; TAPS], _: &[f32], _: &mut [f32], _: usize) {
+unsafe fn tile<const RUN: usize>(
+    _: *const f32,
+    _: &[usize],
+    _: &[isize; TAPS],
+    _: &[f32],
+    _: &mut [f32],
+    _: usize,
+) {
     unreachable!("the direct convolution needs AVX-512F")
 }

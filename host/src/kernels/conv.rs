@@ -13,6 +13,12 @@
 //! block of output lines: `pieces`), so that it stays in cache. A 1×1
 //! convolution with stride 1 and no padding skips the column matrix:
 //! `x_n` is already `[C, H·W]`.
+//!
+//! On CPUs with AVX-512, stride-1 convolutions (other than 1×1) go to
+//! the `direct` module instead, which reads the padded input in place with
+//! no column matrix: the forward, the input gradient (itself a stride-1
+//! convolution) and, for 3×3 kernels, the weight gradient. The functions
+//! here choose per gradient; the tests run both paths.
 
 use super::direct;
 use super::gemm::{View, gemm, gemm_rows, transpose_into};
@@ -350,7 +356,7 @@ fn columns(g: &Geometry, x: &[f32], first: usize, count: usize, piece: &Piece, c
 
 /// Forward: `[N, O, OH, OW]` from `x` `[N, C, H, W]`, `weight` `[O, C, KH, KW]`
 /// and an optional `bias` `[O]`: the direct kernel where it applies
-/// (stride 1 on AVX-512, [`direct`]), else the column matrix.
+/// (stride 1 on AVX-512, the `direct` module), else the column matrix.
 pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     if direct::applies(g) {
         return direct::forward(g, x, weight, bias);
@@ -458,8 +464,8 @@ pub struct Wanted {
 }
 
 /// Backward of [`forward`]: the input and weight gradients by the direct
-/// kernels where they apply ([`direct::input_grad`], the input gradient
-/// being a convolution too, and [`direct::weight_grad`]), the rest
+/// kernels where they apply (`direct::input_grad`, the input gradient
+/// being a convolution too, and `direct::weight_grad`), the rest
 /// through the column matrix.
 pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wanted) -> Grads {
     let dx = (want.x && direct::transposed(g).is_some_and(|t| direct::applies(&t)))

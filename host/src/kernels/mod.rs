@@ -5,7 +5,8 @@
 //! [`conv2d`] takes burn's rank-free primitives of any backend `B`. When `B`
 //! is the CPU backend (`Autodiff<Flex>`, or `Flex` itself for untracked
 //! work), the operands are f32, groups and dilation are 1 and every size is
-//! non-zero, it runs [`conv`]'s im2col + GEMM kernels and, under autodiff,
+//! non-zero, it runs [`conv`]'s kernels (an implicit GEMM for stride-1
+//! convolutions on AVX-512 CPUs, im2col + GEMM elsewhere) and, under autodiff,
 //! registers its own backward step (burn's backend-extension pattern: a
 //! [`Backward`] implementation prepared on the operands' graph nodes).
 //! Anything else — CUDA, f16, grouped or dilated convolutions — goes to

@@ -72,7 +72,16 @@ fn assert_close(what: &str, g: &Geometry, got: &[f32], want: &[f64]) {
     }
 }
 
+type Forward = fn(&Geometry, &[f32], &[f32], Option<&[f32]>) -> Vec<f32>;
+type Backward = fn(&Geometry, &[f32], &[f32], &[f32], Wanted) -> Grads;
+
+/// The public functions (the direct kernels where they apply).
 fn check(g: Geometry) {
+    check_with(g, forward, backward);
+}
+
+/// `forward` and `backward` against the f64 sums on `g`.
+fn check_with(g: Geometry, forward: Forward, backward: Backward) {
     let [oh, ow] = g.out_hw().unwrap();
     let x = values(g.n * g.c * g.h * g.w, 1);
     let w = values(g.o * g.c * g.k[0] * g.k[1], 2);
@@ -271,21 +280,6 @@ fn the_direct_kernel_and_the_column_matrix_match_the_direct_sums() {
         let weight_grad = avx512 && g.k == [3, 3] && g.o % 32 == 0 && runs;
         assert_eq!(direct::weight_grad_applies(&g), weight_grad, "{g:?}");
         check(g);
-        let [oh, ow] = g.out_hw().unwrap();
-        let x = values(g.n * g.c * g.h * g.w, 1);
-        let w = values(g.o * g.c * g.k[0] * g.k[1], 2);
-        let b = values(g.o, 3);
-        let dy = values(g.n * g.o * oh * ow, 4);
-        let r = reference(&g, &x, &w, &b, &dy);
-        let y = forward_columns(&g, &x, &w, Some(&b));
-        assert_close("y by columns", &g, &y, &r.y);
-        let all = Wanted {
-            x: true,
-            weight: true,
-            bias: true,
-        };
-        let grads = backward_columns(&g, &x, &w, &dy, all);
-        assert_close("dx by columns", &g, grads.x.as_deref().unwrap(), &r.dx);
-        assert_close("dw by columns", &g, grads.weight.as_deref().unwrap(), &r.dw);
+        check_with(g, forward_columns, backward_columns);
     }
 }

@@ -472,9 +472,6 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
         .then(|| direct::input_grad(g, weight, dy));
     let dw = (want.weight && direct::weight_grad_applies(g))
         .then(|| summed_transpose(&direct::weight_grad(g, x, dy), g.ckk(), g.o));
-    if dx.is_none() && dw.is_none() {
-        return backward_columns(g, x, weight, dy, want);
-    }
     let rest = Wanted {
         x: want.x && dx.is_none(),
         weight: want.weight && dw.is_none(),

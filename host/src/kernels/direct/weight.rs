@@ -13,7 +13,7 @@
 //! `summed_transpose`), so the result is the same on every run with the
 //! same thread count.
 
-use super::{Block, LANES, Layout, available, blocks, padded};
+use super::{Block, LANES, Layout, blocks, padded};
 use crate::kernels::conv::Geometry;
 use crate::kernels::scratch::Scratch;
 use rayon::prelude::*;
@@ -31,7 +31,6 @@ pub(in crate::kernels) fn applies(g: &Geometry) -> bool {
         && g.k == [3, 3]
         && g.o.is_multiple_of(OT)
         && g.out_hw().is_some_and(|[_, ow]| run(ow).is_some())
-        && available()
 }
 
 /// The pixels of a run for lines `ow` wide.

@@ -10,10 +10,13 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     dtx::util::keep_freed_memory();
     dtx::cli::init_tracing();
-    let code = dtx::cli::main_with(
-        std::env::args_os(),
-        &mut std::io::stdout(),
-        &mut std::io::stderr(),
-    );
+    // The whole command runs on a thread of the kernels' pool (see there).
+    let code = dtx::util::in_thread_pool(|| {
+        dtx::cli::main_with(
+            std::env::args_os(),
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        )
+    });
     ExitCode::from(code as u8)
 }

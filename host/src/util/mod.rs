@@ -212,6 +212,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_command_runs_on_a_pool_thread_and_returns_its_value() {
+        // Outside the pool here (the test harness's thread), inside `f`.
+        assert_eq!(rayon::current_thread_index(), None);
+        let (inside, value) = in_thread_pool(|| (rayon::current_thread_index(), 42));
+        assert!(inside.is_some());
+        assert_eq!(value, 42);
+        // A second call finds the pool built and uses it.
+        assert!(in_thread_pool(rayon::current_thread_index).is_some());
+    }
+
+    #[test]
     fn distances_match_hand_counts() {
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(edit_distance("stpes", "steps"), 1, "a swap is one edit");

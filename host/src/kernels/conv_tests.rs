@@ -279,7 +279,44 @@ fn the_direct_kernel_and_the_column_matrix_match_the_direct_sums() {
         let runs = ow % 16 == 0 || ow == 8 || ow == 4;
         let weight_grad = avx512 && g.k == [3, 3] && g.o % 32 == 0 && runs;
         assert_eq!(direct::weight_grad_applies(&g), weight_grad, "{g:?}");
-        check(g);
+        // Without Winograd's algorithm, which some of these shapes take.
+        check_with(
+            g,
+            |g, x, w, b| {
+                if direct::applies(g) {
+                    direct::forward(g, x, w, b)
+                } else {
+                    forward_columns(g, x, w, b)
+                }
+            },
+            |g, x, w, dy, want| backward_with(g, x, w, dy, want, false),
+        );
         check_with(g, forward_columns, backward_columns);
+    }
+}
+
+#[test]
+fn winograd_matches_the_direct_sums() {
+    // 3×3, stride 1, padding 1: lines of 8 patches (two lines of patches
+    // to a vector) and of 16 and 32; input gradients with fewer and more
+    // channels than the output; one shape too small for it and one with
+    // output channels not in eights. Under `cfg(test)` a chunk is one
+    // sample, so every batch is several chunks.
+    let cases = [
+        (geometry(3, 16, [16, 16], 24, 3, 1, 1), true, true),
+        (geometry(2, 24, [4, 16], 16, 3, 1, 1), true, true),
+        (geometry(2, 16, [2, 32], 32, 3, 1, 1), true, true),
+        (geometry(1, 16, [6, 64], 16, 3, 1, 1), true, true),
+        (geometry(2, 20, [16, 16], 16, 3, 1, 1), true, false),
+        (geometry(2, 16, [16, 16], 20, 3, 1, 1), false, true),
+        (geometry(2, 16, [8, 8], 16, 3, 1, 1), false, false),
+        (geometry(2, 16, [6, 16], 16, 3, 1, 1), false, false),
+    ];
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    for (g, forward, input_grad) in cases {
+        assert_eq!(winograd::applies(&g), avx512 && forward, "{g:?}");
+        let t = winograd::transposed(&g);
+        assert_eq!(winograd::applies(&t), avx512 && input_grad, "{g:?}");
+        check(g);
     }
 }

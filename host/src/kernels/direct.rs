@@ -70,12 +70,12 @@ pub(super) fn applies(g: &Geometry) -> bool {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn available() -> bool {
+pub(super) fn available() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn available() -> bool {
+pub(super) fn available() -> bool {
     false
 }
 
@@ -136,7 +136,7 @@ pub(super) fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
 
 /// `[rows/NR][cols][NR]`: panel `p`, row `k`, lane `j` holds value `k` of
 /// row `p·NR + j`, which `row(r, values)` writes.
-fn pack(rows: usize, cols: usize, row: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+pub(super) fn pack(rows: usize, cols: usize, row: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     let mut out = vec![0.0f32; rows * cols];
     out.par_chunks_mut(cols * NR)
         .enumerate()
@@ -412,6 +412,59 @@ unsafe fn block(
                         3 => tile::<3>([a(0), a(1), a(2)], offs, b, [o(0), o(1), o(2)], ohw, start),
                         2 => tile::<2>([a(0), a(1)], offs, b, [o(0), o(1)], ohw, start),
                         _ => tile::<1>([a(0)], offs, b, [o(0)], ohw, start),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `out[o, i] = Σ_k W[o, k] · a[k, i]` for `i < q`, an `O × K` matrix `W`
+/// packed by [`pack`] and a `K × q` matrix `a` read in place (rows `rs`
+/// apart), into the `O × q` matrix `out` (rows `rs` apart too), on the
+/// calling thread: the tile of the convolutions as a plain GEMM (a 1×1
+/// convolution of a `K`-channel image of `q` pixels). `q` is a multiple of
+/// 16, `O` of [`NR`], `rs ≥ q`; AVX-512F. A row stride that is not a
+/// multiple of 256 values keeps the rows the tile reads together from
+/// sharing cache sets.
+pub(super) fn panel_gemm(
+    packed: &[f32],
+    [o, k]: [usize; 2],
+    a: &[f32],
+    [q, rs]: [usize; 2],
+    out: &mut [f32],
+) {
+    assert!(
+        available()
+            && q.is_multiple_of(LANES)
+            && o.is_multiple_of(NR)
+            && rs >= q
+            && packed.len() == o * k
+            && (k == 0 || a.len() >= (k - 1) * rs + q)
+            && (o == 0 || out.len() >= (o - 1) * rs + q),
+        "panel GEMM operands"
+    );
+    let offsets: Vec<isize> = (0..k).map(|c| (c * rs) as isize).collect();
+    let vectors: Vec<usize> = (0..q).step_by(LANES).collect();
+    let out = out.as_mut_ptr();
+    for k0 in (0..k).step_by(KC) {
+        let ks = k0..(k0 + KC).min(k);
+        let start = if k0 == 0 { Start::Zero } else { Start::Load };
+        for group in vectors.chunks(MV) {
+            for p in 0..o / NR {
+                let b = &packed[(p * k + ks.start) * NR..][..ks.len() * NR];
+                // SAFETY: vector `v` reads `a[k·rs + v .. + 16]` for the
+                // pass's `k`, inside `a` (`v + 16 ≤ q`, `k < K`); it writes
+                // `out[(p·NR + j)·rs + v .. + 16]`, inside `out`, which
+                // this call borrows exclusively.
+                unsafe {
+                    let a = |i: usize| a.as_ptr().add(group[i] + ks.start * rs);
+                    let o = |i: usize| out.add(p * NR * rs + group[i]);
+                    let offs = &offsets[..ks.len()];
+                    match group.len() {
+                        3 => tile::<3>([a(0), a(1), a(2)], offs, b, [o(0), o(1), o(2)], rs, start),
+                        2 => tile::<2>([a(0), a(1)], offs, b, [o(0), o(1)], rs, start),
+                        _ => tile::<1>([a(0)], offs, b, [o(0)], rs, start),
                     }
                 }
             }

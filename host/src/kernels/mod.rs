@@ -5,8 +5,10 @@
 //! [`conv2d`] takes burn's rank-free primitives of any backend `B`. When `B`
 //! is the CPU backend (`Autodiff<Flex>`, or `Flex` itself for untracked
 //! work), the operands are f32, groups and dilation are 1 and every size is
-//! non-zero, it runs [`conv`]'s kernels (an implicit GEMM for stride-1
-//! convolutions on AVX-512 CPUs, im2col + GEMM elsewhere) and, under autodiff,
+//! non-zero, it runs [`conv`]'s kernels (Winograd's F(2×2, 3×3) for 3×3
+//! padding-1 convolutions of images 16 pixels wide and more, an implicit
+//! GEMM for other stride-1 convolutions, both on AVX-512 CPUs, im2col +
+//! GEMM elsewhere) and, under autodiff,
 //! registers its own backward step (burn's backend-extension pattern: a
 //! [`Backward`] implementation prepared on the operands' graph nodes).
 //! Anything else — CUDA, f16, grouped or dilated convolutions — goes to
@@ -23,6 +25,7 @@ pub mod norm;
 mod ops;
 mod scratch;
 mod simd;
+mod winograd;
 
 pub use adam::{adam_tensors, ema_tensors, sgd_tensors};
 pub use linear::linear;

@@ -297,11 +297,12 @@ fn the_direct_kernel_and_the_column_matrix_match_the_direct_sums() {
 
 #[test]
 fn winograd_matches_the_direct_sums() {
-    // 3×3, stride 1, padding 1: lines of 8 patches (two lines of patches
-    // to a vector) and of 16 and 32; input gradients with fewer and more
-    // channels than the output; one shape too small for it and one with
-    // output channels not in eights. Under `cfg(test)` a chunk is one
-    // sample, so every batch is several chunks.
+    // 3×3, stride 1, padding 1: lines of 4 patches (four lines of them to
+    // a vector), of 8 (two lines to a vector) and of 16 and 32; input
+    // gradients with fewer and more channels than the output; shapes too
+    // small for it or whose lines of patches do not fill vectors, and one
+    // with output channels not in eights. Under `cfg(test)` a chunk is
+    // one sample, so every batch is several chunks.
     let cases = [
         (geometry(3, 16, [16, 16], 24, 3, 1, 1), true, true),
         (geometry(2, 24, [4, 16], 16, 3, 1, 1), true, true),
@@ -309,7 +310,10 @@ fn winograd_matches_the_direct_sums() {
         (geometry(1, 16, [6, 64], 16, 3, 1, 1), true, true),
         (geometry(2, 20, [16, 16], 16, 3, 1, 1), true, false),
         (geometry(2, 16, [16, 16], 20, 3, 1, 1), false, true),
-        (geometry(2, 16, [8, 8], 16, 3, 1, 1), false, false),
+        (geometry(3, 16, [8, 8], 16, 3, 1, 1), true, true),
+        (geometry(2, 24, [16, 8], 32, 3, 1, 1), true, true),
+        (geometry(2, 16, [4, 4], 16, 3, 1, 1), false, false),
+        (geometry(2, 16, [12, 8], 16, 3, 1, 1), false, false),
         (geometry(2, 16, [6, 16], 16, 3, 1, 1), false, false),
     ];
     let avx512 = std::arch::is_x86_feature_detected!("avx512f");

@@ -39,12 +39,10 @@
 //! path ([`input_grad`]).
 //!
 //! It applies to 3×3 kernels with stride 1 and padding 1 on images whose
-//! lines hold 8 patches (16 pixels) or a multiple of 16 patches, with at
+//! lines hold 4 patches (8 pixels), 8 or a multiple of 16, with at
 //! least [`MIN_CHANNELS`] channels in and out and output channels in
-//! eights, where the CPU has AVX-512F ([`applies`]). Smaller images (the
-//! 8×8 and 4×4 levels of a 32×32 U-Net) keep the direct kernel: their
-//! lines of 4 and 2 patches would fill a quarter and an eighth of a
-//! vector.
+//! eights, where the CPU has AVX-512F ([`applies`]). 4×4 images keep the
+//! direct kernel: a sample's 4 patches would fill a quarter of a vector.
 
 use super::conv::Geometry;
 use super::direct;
@@ -60,8 +58,9 @@ const PATCHES: usize = if cfg!(test) { 12 } else { 128 };
 const MIN_CHANNELS: usize = 16;
 
 /// Whether [`forward`] computes this convolution: a 3×3 kernel, stride
-/// 1, padding 1, lines of 8 patches (two lines of them to a vector, so an
-/// even number) or of a multiple of 16, at least [`MIN_CHANNELS`] input
+/// 1, padding 1, lines of 4 patches (four lines of them to a vector, so
+/// a multiple of 4), of 8 (two to a vector, so an even number) or of a
+/// multiple of 16, at least [`MIN_CHANNELS`] input
 /// and output channels, output channels in eights ([`direct::panel_gemm`]),
 /// and AVX-512F.
 pub(super) fn applies(g: &Geometry) -> bool {
@@ -72,7 +71,9 @@ pub(super) fn applies(g: &Geometry) -> bool {
         && g.h.is_multiple_of(2)
         && g.w.is_multiple_of(2)
         && th > 0
-        && (tw == 8 && th.is_multiple_of(2) || tw > 0 && tw.is_multiple_of(16))
+        && (tw == 4 && th.is_multiple_of(4)
+            || tw == 8 && th.is_multiple_of(2)
+            || tw > 0 && tw.is_multiple_of(16))
         && g.c >= MIN_CHANNELS
         && g.o >= MIN_CHANNELS
         && g.o.is_multiple_of(8)
@@ -225,11 +226,14 @@ fn transform_input(g: &Geometry, x: &[f32], first: usize, count: usize, rs: usiz
     let (th, tw) = (h / 2, w / 2);
     let pw = w + 2;
     assert!(
-        (tw == 8 && th % 2 == 0 || tw.is_multiple_of(16))
+        (tw == 4 && th % 4 == 0 || tw == 8 && th % 2 == 0 || tw.is_multiple_of(16))
             && x.len() >= (first + count) * g.c * h * w
             && v.len() >= (15 * g.c + g.c - 1) * rs + count * th * tw,
         "winograd input transform operands"
     );
+    if tw == 4 {
+        return transform_narrow(g, x, first, count, rs, v);
+    }
     // The plane zero-padded by one on every side.
     let mut padded = vec![0.0f32; (h + 2) * pw];
     for c in 0..g.c {
@@ -275,6 +279,57 @@ fn transform_input(g: &Geometry, x: &[f32], first: usize, count: usize, rs: usiz
     }
 }
 
+/// [`transform_input`] on 8-wide images (4 patches a line): each plane's
+/// padded values split by the parity of their line and column into four
+/// 5-wide planes, in which value `(i, j)` of 4 lines of 4 patches is a
+/// 4 × 4 window, taken into a vector by one permute.
+fn transform_narrow(g: &Geometry, x: &[f32], first: usize, count: usize, rs: usize, v: &mut [f32]) {
+    let (h, w) = (g.h, g.w);
+    let th = h / 2;
+    // Each parity plane: TH + 1 rows of 5, and room for a window's loads.
+    let plane = (th + 1) * 5 + 16;
+    let mut quads = vec![0.0f32; 4 * plane];
+    for c in 0..g.c {
+        for s in 0..count {
+            let src = &x[((first + s) * g.c + c) * h * w..][..h * w];
+            // Padded value (y, x) is input value (y − 1, x − 1).
+            for (q, quad) in quads.chunks_exact_mut(plane).enumerate() {
+                let (pr, pc) = (q / 2, q % 2);
+                for row in 0..=th {
+                    for col in 0..5 {
+                        let (y, x) = (
+                            (2 * row + pr).wrapping_sub(1),
+                            (2 * col + pc).wrapping_sub(1),
+                        );
+                        quad[row * 5 + col] = if y < h && x < w { src[y * w + x] } else { 0.0 };
+                    }
+                }
+            }
+            for ly in (0..th).step_by(4) {
+                let at = (s * th + ly) * 4;
+                assert!(
+                    ly + 4 <= th && (ly + 1) * 5 + 1 + 32 <= plane,
+                    "window reads"
+                );
+                // SAFETY: a window reads `quads[plane·q + (ly + i/2)·5 +
+                // j/2 .. + 32]`, inside its plane (asserted above, with
+                // `ly + 4 ≤ TH`); the stores write `v[(ξ·C + c)·rs + at
+                // .. + 16]`, inside `v` (asserted by the caller); the CPU
+                // has AVX-512F (`applies`).
+                unsafe {
+                    group_of_four_lines(
+                        quads.as_ptr(),
+                        plane,
+                        ly,
+                        v.as_mut_ptr().add(c * rs + at),
+                        g.c * rs,
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// One group of 16 patches of [`transform_input`]: line `i` of the
 /// patches is `src + i·pw`, its values `0..16` then `next..next + 16`;
 /// value `ξ` of the patches goes to `dst + ξ·step`.
@@ -300,6 +355,54 @@ unsafe fn group(src: *const f32, pw: usize, next: usize, dst: *mut f32, step: us
             d[2] = _mm512_permutex2var_ps(a2, even, b2);
             d[3] = _mm512_permutex2var_ps(a2, odd, b2);
         }
+        finish(d, dst, step);
+    }
+}
+
+/// One group of 16 patches of an 8-wide image (4 lines of 4 patches) for
+/// [`transform_input`]: `quads` holds the padded plane's values split by
+/// the parity of their line and column, `[2][2][TH + 1][5]` with planes
+/// `plane` apart, and the group's first line of patches is `ly`.
+///
+/// # Safety
+/// Every `quads + plane·(2·(i % 2) + j % 2) + (ly + i/2)·5 + j/2 .. + 32`
+/// is readable; `dst + ξ·step .. + 16` writable; AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn group_of_four_lines(
+    quads: *const f32,
+    plane: usize,
+    ly: usize,
+    dst: *mut f32,
+    step: usize,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract covers every pointer used here.
+    unsafe {
+        // Lane (r, tx) ← row r, column tx of a plane with rows 5 apart.
+        let window = _mm512_setr_epi32(0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13, 15, 16, 17, 18);
+        let d: [[__m512; 4]; 4] = std::array::from_fn(|i| {
+            std::array::from_fn(|j| {
+                let at = quads.add(plane * (2 * (i % 2) + j % 2) + (ly + i / 2) * 5 + j / 2);
+                _mm512_permutex2var_ps(_mm512_loadu_ps(at), window, _mm512_loadu_ps(at.add(16)))
+            })
+        });
+        finish(d, dst, step);
+    }
+}
+
+/// `V = Bᵀ d B` of 16 patches, `d[i][j]` holding value `(i, j)` of each,
+/// stored as 16 vectors `step` apart.
+///
+/// # Safety
+/// `dst + ξ·step .. + 16` is writable for every ξ < 16; AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn finish(d: [[std::arch::x86_64::__m512; 4]; 4], dst: *mut f32, step: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract covers every pointer used here.
+    unsafe {
         // Bᵀ d: rows d0 − d2, d1 + d2, d2 − d1, d1 − d3.
         let t: [[__m512; 4]; 4] = std::array::from_fn(|i| {
             std::array::from_fn(|j| match i {
@@ -327,6 +430,12 @@ unsafe fn group(src: *const f32, pw: usize, next: usize, dst: *mut f32, step: us
 /// Never called: [`applies`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn group(_: *const f32, _: usize, _: usize, _: *mut f32, _: usize) {
+    unreachable!("the Winograd transform needs AVX-512F")
+}
+
+/// Never called: [`applies`] is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn group_of_four_lines(_: *const f32, _: usize, _: usize, _: *mut f32, _: usize) {
     unreachable!("the Winograd transform needs AVX-512F")
 }
 

@@ -456,32 +456,16 @@ fn transform_output(g: &Geometry, m: &[f32], count: usize, bias: Option<&[f32]>,
         let r = |xi: usize| &m[(xi * g.o + o) * rs..][..patches];
         for (j, pair) in rows.chunks_exact_mut(2 * patches).enumerate() {
             let (s0, s1) = pair.split_at_mut(patches);
-            let (m0, m1, m2, m3) = (r(j), r(4 + j), r(8 + j), r(12 + j));
-            for ((((a, b), m0), m1), (m2, m3)) in s0
-                .iter_mut()
-                .zip(s1.iter_mut())
-                .zip(m0)
-                .zip(m1)
-                .zip(m2.iter().zip(m3))
-            {
-                *a = m0 + m1 + m2;
-                *b = m1 - m2 - m3;
-            }
+            a_rows([s0, s1], [r(j), r(4 + j), r(8 + j), r(12 + j)], 0.0);
         }
         let run = |j: usize, k: usize| &rows[(2 * j + k) * patches..][..patches];
         for (k, out) in q.chunks_exact_mut(2 * patches).enumerate() {
             let (left, right) = out.split_at_mut(patches);
-            let (c0, c1, c2, c3) = (run(0, k), run(1, k), run(2, k), run(3, k));
-            for ((((l, r), c0), c1), (c2, c3)) in left
-                .iter_mut()
-                .zip(right.iter_mut())
-                .zip(c0)
-                .zip(c1)
-                .zip(c2.iter().zip(c3))
-            {
-                *l = c0 + c1 + c2 + b;
-                *r = c1 - c2 - c3 + b;
-            }
+            a_rows(
+                [left, right],
+                [run(0, k), run(1, k), run(2, k), run(3, k)],
+                b,
+            );
         }
         for s in 0..count {
             let plane = &mut y[(s * g.o + o) * h * w..][..h * w];
@@ -498,5 +482,21 @@ fn transform_output(g: &Geometry, m: &[f32], count: usize, bias: Option<&[f32]>,
                 }
             }
         }
+    }
+}
+
+/// Aᵀ's two rows over four runs, plus `b`: `x0 + x1 + x2 + b` into
+/// `first` and `x1 − x2 − x3 + b` into `second`.
+#[inline(always)]
+fn a_rows([first, second]: [&mut [f32]; 2], [x0, x1, x2, x3]: [&[f32]; 4], b: f32) {
+    for ((((f, s), x0), x1), (x2, x3)) in first
+        .iter_mut()
+        .zip(second.iter_mut())
+        .zip(x0)
+        .zip(x1)
+        .zip(x2.iter().zip(x3))
+    {
+        *f = x0 + x1 + x2 + b;
+        *s = x1 - x2 - x3 + b;
     }
 }

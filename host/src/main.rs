@@ -10,7 +10,8 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     dtx::util::keep_freed_memory();
     dtx::cli::init_tracing();
-    // The whole command runs on a thread of the kernels' pool (see there).
+    // The whole command runs on a thread of the kernels' pool
+    // (`util::in_thread_pool` says why).
     let code = dtx::util::in_thread_pool(|| {
         dtx::cli::main_with(
             std::env::args_os(),

@@ -18,7 +18,7 @@
 //! the `direct` module instead, which reads the padded input in place with
 //! no column matrix: the forward, the input gradient (itself a stride-1
 //! convolution) and, for 3×3 kernels, the weight gradient. 3×3 ones with
-//! padding 1 on images 16 pixels wide or a multiple of 32 go to the
+//! padding 1 on images 8 or 16 pixels wide or a multiple of 32 go to the
 //! `winograd` module for the forward and the input gradient: F(2×2, 3×3),
 //! 4 multiply-adds per output and channel pair instead of 9, on the same
 //! tile. The functions here choose per gradient; the tests run every

@@ -42,7 +42,7 @@ mod weight;
 pub(super) use weight::{applies as weight_grad_applies, weight_grad};
 
 /// Output channels of a tile (the weight values it broadcasts per `k`).
-const NR: usize = 8;
+pub(super) const NR: usize = 8;
 /// Vectors of 16 output pixels in a tile.
 const MV: usize = 3;
 /// Values of `k` per pass over a block's tiles (the tile's sums are
@@ -136,7 +136,7 @@ pub(super) fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
 
 /// `[rows/NR][cols][NR]`: panel `p`, row `k`, lane `j` holds value `k` of
 /// row `p·NR + j`, which `row(r, values)` writes.
-pub(super) fn pack(rows: usize, cols: usize, row: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+fn pack(rows: usize, cols: usize, row: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     let mut out = vec![0.0f32; rows * cols];
     out.par_chunks_mut(cols * NR)
         .enumerate()
@@ -405,14 +405,15 @@ unsafe fn block(
                 // (asserted above); their outputs, `NR` rows `ohw` apart
                 // from channel `p·NR`, lie inside `out` and in this block.
                 unsafe {
-                    let a = |i: usize| values.as_ptr().add(group[i].0);
-                    let o = |i: usize| out.add(group[i].1 + p * NR * ohw);
-                    let offs = &offsets[ks.clone()];
-                    match group.len() {
-                        3 => tile::<3>([a(0), a(1), a(2)], offs, b, [o(0), o(1), o(2)], ohw, start),
-                        2 => tile::<2>([a(0), a(1)], offs, b, [o(0), o(1)], ohw, start),
-                        _ => tile::<1>([a(0)], offs, b, [o(0)], ohw, start),
-                    }
+                    tiles(
+                        group.len(),
+                        |i| values.as_ptr().add(group[i].0),
+                        &offsets[ks.clone()],
+                        b,
+                        |i| out.add(group[i].1 + p * NR * ohw),
+                        ohw,
+                        start,
+                    )
                 }
             }
         }
@@ -458,16 +459,48 @@ pub(super) fn panel_gemm(
                 // `out[(p·NR + j)·rs + v .. + 16]`, inside `out`, which
                 // this call borrows exclusively.
                 unsafe {
-                    let a = |i: usize| a.as_ptr().add(group[i] + ks.start * rs);
-                    let o = |i: usize| out.add(p * NR * rs + group[i]);
-                    let offs = &offsets[..ks.len()];
-                    match group.len() {
-                        3 => tile::<3>([a(0), a(1), a(2)], offs, b, [o(0), o(1), o(2)], rs, start),
-                        2 => tile::<2>([a(0), a(1)], offs, b, [o(0), o(1)], rs, start),
-                        _ => tile::<1>([a(0)], offs, b, [o(0)], rs, start),
-                    }
+                    tiles(
+                        group.len(),
+                        |i| a.as_ptr().add(group[i] + ks.start * rs),
+                        &offsets[..ks.len()],
+                        b,
+                        |i| out.add(p * NR * rs + group[i]),
+                        rs,
+                        start,
+                    )
                 }
             }
+        }
+    }
+}
+
+/// [`tile`] on a group of 1 to [`MV`] vectors: vector `i` reads from
+/// `a(i)` and writes to `out(i)`.
+///
+/// # Safety
+/// [`tile`]'s, for every vector of the group.
+unsafe fn tiles(
+    vectors: usize,
+    a: impl Fn(usize) -> *const f32,
+    offs: &[isize],
+    b: &[f32],
+    out: impl Fn(usize) -> *mut f32,
+    stride: usize,
+    start: Start,
+) {
+    // SAFETY: the caller's contract, vector by vector.
+    unsafe {
+        match vectors {
+            3 => tile::<3>(
+                [a(0), a(1), a(2)],
+                offs,
+                b,
+                [out(0), out(1), out(2)],
+                stride,
+                start,
+            ),
+            2 => tile::<2>([a(0), a(1)], offs, b, [out(0), out(1)], stride, start),
+            _ => tile::<1>([a(0)], offs, b, [out(0)], stride, start),
         }
     }
 }

@@ -71,13 +71,19 @@ pub(super) fn applies(g: &Geometry) -> bool {
         && g.h.is_multiple_of(2)
         && g.w.is_multiple_of(2)
         && th > 0
-        && (tw == 4 && th.is_multiple_of(4)
-            || tw == 8 && th.is_multiple_of(2)
-            || tw > 0 && tw.is_multiple_of(16))
+        && fills_vectors(th, tw)
         && g.c >= MIN_CHANNELS
         && g.o >= MIN_CHANNELS
-        && g.o.is_multiple_of(8)
+        && g.o.is_multiple_of(direct::NR)
         && direct::available()
+}
+
+/// Whether `th` lines of `tw` patches make whole vectors of 16: lines of
+/// 4 in fours, lines of 8 in twos, or lines of a multiple of 16.
+fn fills_vectors(th: usize, tw: usize) -> bool {
+    tw == 4 && th.is_multiple_of(4)
+        || tw == 8 && th.is_multiple_of(2)
+        || tw > 0 && tw.is_multiple_of(16)
 }
 
 /// The convolution whose forward is `g`'s input gradient: channels
@@ -125,9 +131,10 @@ pub(super) fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
 
 /// `U = G g Gᵀ` of every filter `g[ki][kj] = taps(o, c)[3·ki + kj]`, as
 /// 16 `O × C` matrices `U[ξ]` in the panels of the direct kernel's tile
-/// (`[O/8][C][8]`, as `direct::pack` lays them out), one after another.
+/// (`[O/NR][C][NR]`, as the direct kernel packs its weights), one after
+/// another.
 fn filters(o: usize, c: usize, taps: impl Fn(usize, usize) -> [f32; 9] + Sync) -> Vec<f32> {
-    const NR: usize = 8;
+    use direct::NR;
     let per = o * c;
     let mut u = vec![0.0f32; 16 * per];
     // Panel `p` of every `U[ξ]`: 16 runs of `C·NR` values, `O·C` apart.
@@ -141,8 +148,8 @@ fn filters(o: usize, c: usize, taps: impl Fn(usize, usize) -> [f32; 9] + Sync) -
         wide!({
             for ci in 0..c {
                 // The panel's NR filters side by side: g[tap][j].
-                let filters: [[f32; 9]; NR] = std::array::from_fn(|j| taps(p * NR + j, ci));
-                let g: [[f32; NR]; 9] = std::array::from_fn(|k| filters.map(|f| f[k]));
+                let filters: [[f32; 9]; NR] = from_fn(|j| taps(p * NR + j, ci));
+                let g: [[f32; NR]; 9] = from_fn(|k| filters.map(|f| f[k]));
                 // G g: 4 × 3, each entry NR lanes.
                 let mut t = [[[0.0f32; NR]; 3]; 4];
                 for kj in 0..3 {
@@ -174,9 +181,7 @@ fn filters(o: usize, c: usize, taps: impl Fn(usize, usize) -> [f32; 9] + Sync) -
 /// chunks as threads where there are samples enough.
 fn per_chunk(g: &Geometry, threads: usize) -> usize {
     let patches = (g.h / 2) * (g.w / 2);
-    (PATCHES / patches.max(1))
-        .clamp(1, g.n.div_ceil(threads.max(1)))
-        .max(1)
+    (PATCHES / patches.max(1)).clamp(1, g.n.div_ceil(threads.max(1)).max(1))
 }
 
 /// The row stride of `V` and `M` for `patches` patches: 16 values more,
@@ -226,7 +231,7 @@ fn transform_input(g: &Geometry, x: &[f32], first: usize, count: usize, rs: usiz
     let (th, tw) = (h / 2, w / 2);
     let pw = w + 2;
     assert!(
-        (tw == 4 && th % 4 == 0 || tw == 8 && th % 2 == 0 || tw.is_multiple_of(16))
+        fills_vectors(th, tw)
             && x.len() >= (first + count) * g.c * h * w
             && v.len() >= (15 * g.c + g.c - 1) * rs + count * th * tw,
         "winograd input transform operands"

@@ -42,12 +42,12 @@ pub fn keep_freed_memory() {
 ///
 /// The kernels split their work with rayon. Called from a thread outside
 /// the pool, every parallel kernel hands its jobs over and puts the caller
-/// to sleep until they are done, then wakes it: a few microseconds each, a
-/// thousand times in a 16×16 U-Net step. Called from a pool thread, the
-/// caller takes part in the work and no hand-over is needed: a 16×16
-/// training step takes ~8 % less time, a 32×32 one ~2 % less
-/// (docs/performance.md). Results do not change: the kernels split their
-/// work by the pool's thread count, which is the same either way.
+/// to sleep until they are done, then wakes it, once per kernel call.
+/// Called from a pool thread, the caller takes part in the work and no
+/// hand-over is needed: a 16×16 training step takes ~4 % less time, a
+/// 32×32 one no measurably less (docs/performance.md). Results do not
+/// change: the kernels split their work by the pool's thread count, which
+/// is the same either way.
 ///
 /// The stacks are 64 MiB because everything `main` runs now runs on one of
 /// them (rayon's default is 2 MiB, a main thread's 8 MiB). When a caller

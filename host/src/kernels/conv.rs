@@ -27,10 +27,13 @@
 use super::direct;
 use super::gemm::{View, gemm, gemm_rows, transpose_into};
 use super::scratch::{Output, Pending, Scratch};
-use super::simd::{sum_f32, wide};
+use super::simd::wide;
 use super::winograd;
 use rayon::prelude::*;
 use std::ops::Range;
+
+mod sums;
+use sums::{bias_grad, summed_transpose};
 
 /// The shape of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -500,8 +503,14 @@ fn backward_with(
             .is_some_and(|t| direct::applies(&t))
             .then(|| direct::input_grad(g, weight, dy))
     };
-    let dw = (want.weight && direct::weight_grad_applies(g))
-        .then(|| summed_transpose(&direct::weight_grad(g, x, dy), g.ckk(), g.o));
+    let dw = if !want.weight {
+        None
+    } else if fast && winograd::weight_grad_applies(g) {
+        Some(winograd::weight_grad(g, x, dy))
+    } else {
+        direct::weight_grad_applies(g).then(|| direct::weight_grad(g, x, dy))
+    };
+    let dw = dw.map(|parts| summed_transpose(&parts, g.ckk(), g.o));
     let rest = Wanted {
         x: want.x && dx.is_none(),
         weight: want.weight && dw.is_none(),
@@ -660,39 +669,6 @@ fn backward_columns(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: W
         weight: dweight,
         bias: dbias,
     }
-}
-
-/// `(Σ_p parts[p])ᵀ` as `[cols, rows]`, for `parts` of `[rows, cols]`
-/// each, summed in their order (zeros when there are none); a block of
-/// output rows per thread task.
-fn summed_transpose(parts: &[Vec<f32>], rows: usize, cols: usize) -> Vec<f32> {
-    const BLOCK: usize = 8;
-    let Some((first, rest)) = parts.split_first() else {
-        return vec![0.0; rows * cols];
-    };
-    let mut out = Output::new(rows * cols);
-    out.par_chunks_mut(BLOCK * rows)
-        .enumerate()
-        .for_each(|(i, block)| {
-            for (j, line) in block.chunks_exact_mut(rows).enumerate() {
-                let c = i * BLOCK + j;
-                for (r, d) in line.iter_mut().enumerate() {
-                    let at = r * cols + c;
-                    *d = rest.iter().fold(first[at], |s, p| s + p[at]);
-                }
-            }
-        });
-    out.into_vec()
-}
-
-/// The bias gradient from `dy` `[N, O, OH, OW]`: each channel's sum over
-/// the samples in order, each sample's row in 16 lanes; the channels
-/// spread over the threads.
-fn bias_grad(g: &Geometry, dy: &[f32]) -> Vec<f32> {
-    let ohw = g.ohw();
-    let row = |n: usize, o: usize| &dy[(n * g.o + o) * ohw..][..ohw];
-    let sum = |o: usize| wide!((0..g.n).fold(0.0f32, |s, n| s + sum_f32(row(n, o))));
-    (0..g.o).into_par_iter().map(sum).collect()
 }
 
 #[cfg(test)]

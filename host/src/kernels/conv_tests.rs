@@ -301,8 +301,10 @@ fn winograd_matches_the_direct_sums() {
     // a vector), of 8 (two lines to a vector) and of 16 and 32; input
     // gradients with fewer and more channels than the output; shapes too
     // small for it or whose lines of patches do not fill vectors, and one
-    // with output channels not in eights. Under `cfg(test)` a chunk is
-    // one sample, so every batch is several chunks.
+    // with output channels not in eights. Its weight gradient takes output
+    // channels in 32s, and input channels in tiles of 12, 8, 4 and 1 (21 =
+    // 12 + 8 + 1, 28 = 12 + 12 + 4). Under `cfg(test)` a chunk is one
+    // sample, so every batch is several chunks.
     let cases = [
         (geometry(3, 16, [16, 16], 24, 3, 1, 1), true, true),
         (geometry(2, 24, [4, 16], 16, 3, 1, 1), true, true),
@@ -315,12 +317,17 @@ fn winograd_matches_the_direct_sums() {
         (geometry(2, 16, [4, 4], 16, 3, 1, 1), false, false),
         (geometry(2, 16, [12, 8], 16, 3, 1, 1), false, false),
         (geometry(2, 16, [6, 16], 16, 3, 1, 1), false, false),
+        (geometry(3, 21, [8, 8], 32, 3, 1, 1), true, false),
+        (geometry(2, 28, [4, 32], 64, 3, 1, 1), true, false),
+        (geometry(4, 16, [16, 16], 32, 3, 1, 1), true, true),
     ];
     let avx512 = std::arch::is_x86_feature_detected!("avx512f");
     for (g, forward, input_grad) in cases {
         assert_eq!(winograd::applies(&g), avx512 && forward, "{g:?}");
         let t = winograd::transposed(&g);
         assert_eq!(winograd::applies(&t), avx512 && input_grad, "{g:?}");
+        let weight_grad = avx512 && forward && g.o % 32 == 0;
+        assert_eq!(winograd::weight_grad_applies(&g), weight_grad, "{g:?}");
         check(g);
     }
 }

@@ -51,6 +51,9 @@ use super::simd::wide;
 use rayon::prelude::*;
 use std::array::from_fn;
 
+mod weight;
+pub(super) use weight::{applies as weight_grad_applies, weight_grad};
+
 /// Patches of a chunk's GEMMs, about: whole samples, at least one.
 const PATCHES: usize = if cfg!(test) { 12 } else { 128 };
 /// Fewest input and output channels: below, the transforms cost more

@@ -1,12 +1,25 @@
-//! The convolution kernels alone, without burn's tensors: `forward` and
-//! `backward` (all gradients) of `dtx::kernels::conv` on the U-Net's 3×3
-//! stride-1 shapes at batch 16, best of 6, with dtx's allocator settings.
-//! `RAYON_NUM_THREADS=1 cargo bench -p dtx-tests --bench conv_direct`
-//! gives the one-thread figures docs/performance.md compares with
-//! PyTorch's `conv2d`.
+//! The convolution kernels alone, without burn's tensors: `forward`,
+//! `backward` (all gradients) and the weight gradient alone of
+//! `dtx::kernels::conv` on the U-Net's 3×3 stride-1 shapes at batch 16,
+//! best of 6, with dtx's allocator settings; each also without Winograd's
+//! algorithm (`forward_with` and `backward_with`, `fast` off: the direct
+//! kernel). `RAYON_NUM_THREADS=1 cargo bench -p dtx-tests --bench
+//! conv_direct` gives the one-thread figures docs/performance.md compares
+//! with PyTorch's `conv2d`.
 
-use dtx::kernels::conv::{Geometry, Wanted, backward, forward};
+use dtx::kernels::conv::{Geometry, Wanted, backward_with, forward_with};
 use std::time::Instant;
+
+/// The best of 6 runs of `f`, in ms.
+fn best<T>(mut f: impl FnMut() -> T) -> f64 {
+    (0..6)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(f());
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .fold(f64::MAX, f64::min)
+}
 
 fn main() {
     dtx::util::keep_freed_memory();
@@ -45,21 +58,22 @@ fn main() {
             weight: true,
             bias: true,
         };
-        let (mut fwd, mut bwd) = (f64::MAX, f64::MAX);
-        for _ in 0..6 {
-            let t = Instant::now();
-            std::hint::black_box(forward(&g, &x, &w, Some(&b)));
-            fwd = fwd.min(t.elapsed().as_secs_f64());
-            let t = Instant::now();
-            std::hint::black_box(backward(&g, &x, &w, &dy, all).x);
-            bwd = bwd.min(t.elapsed().as_secs_f64());
-        }
+        let weight = Wanted {
+            x: false,
+            weight: true,
+            bias: false,
+        };
+        let [fwd, fwd_d] =
+            [true, false].map(|fast| best(|| forward_with(&g, &x, &w, Some(&b), fast)));
+        let [bwd, bwd_d] =
+            [true, false].map(|fast| best(|| backward_with(&g, &x, &w, &dy, all, fast)));
+        let [dw, dw_d] =
+            [true, false].map(|fast| best(|| backward_with(&g, &x, &w, &dy, weight, fast)));
         let gflop = 2.0 * (n * o * c * 9 * h * h) as f64 / 1e9;
         println!(
-            "3x3 {c}->{o} at {h}x{h}: forward {:.2} ms ({:.0} GFLOP/s), backward {:.2} ms",
-            fwd * 1e3,
-            gflop / fwd,
-            bwd * 1e3
+            "3x3 {c}->{o} at {h}x{h}: forward {fwd:.2} ms ({:.0} GFLOP/s; direct {fwd_d:.2}), \
+             backward {bwd:.2} ms (direct {bwd_d:.2}), weight gradient {dw:.2} ms (direct {dw_d:.2})",
+            gflop / fwd * 1e3,
         );
     }
 }

@@ -368,7 +368,20 @@ fn columns(g: &Geometry, x: &[f32], first: usize, count: usize, piece: &Piece, c
 /// direct kernel (stride 1 on AVX-512, the `direct` module), else the
 /// column matrix.
 pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    if winograd::applies(g) {
+    forward_with(g, x, weight, bias, true)
+}
+
+/// [`forward`], with Winograd's algorithm where it applies (`fast`) or
+/// without it (the direct kernel, else the column matrix): the benchmark
+/// `conv_direct` times both, the tests check both.
+pub fn forward_with(
+    g: &Geometry,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    fast: bool,
+) -> Vec<f32> {
+    if fast && winograd::applies(g) {
         return winograd::forward(g, x, weight, bias);
     }
     if direct::applies(g) {
@@ -485,8 +498,9 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], want: Wante
     backward_with(g, x, weight, dy, want, true)
 }
 
-/// [`backward`], with Winograd's algorithm (`fast`) or without.
-fn backward_with(
+/// [`backward`], with Winograd's algorithm where it applies (`fast`) or
+/// without it, as [`forward_with`].
+pub fn backward_with(
     g: &Geometry,
     x: &[f32],
     weight: &[f32],

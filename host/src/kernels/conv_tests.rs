@@ -282,13 +282,7 @@ fn the_direct_kernel_and_the_column_matrix_match_the_direct_sums() {
         // Without Winograd's algorithm, which some of these shapes take.
         check_with(
             g,
-            |g, x, w, b| {
-                if direct::applies(g) {
-                    direct::forward(g, x, w, b)
-                } else {
-                    forward_columns(g, x, w, b)
-                }
-            },
+            |g, x, w, b| forward_with(g, x, w, b, false),
             |g, x, w, dy, want| backward_with(g, x, w, dy, want, false),
         );
         check_with(g, forward_columns, backward_columns);

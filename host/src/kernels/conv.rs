@@ -19,10 +19,11 @@
 //! no column matrix: the forward, the input gradient (itself a stride-1
 //! convolution) and, for 3×3 kernels, the weight gradient. 3×3 ones with
 //! padding 1 on images 8 or 16 pixels wide or a multiple of 32 go to the
-//! `winograd` module for the forward and the input gradient: F(2×2, 3×3),
-//! 4 multiply-adds per output and channel pair instead of 9, on the same
-//! tile. The functions here choose per gradient; the tests run every
-//! path.
+//! `winograd` module for the forward, the input gradient and (with output
+//! channels in 32s) the weight gradient: F(2×2, 3×3), 4 multiply-adds per
+//! output and channel pair instead of 9. The functions here choose per
+//! gradient ([`forward_with`] and [`backward_with`] can leave Winograd's
+//! algorithm out); the tests run every path.
 
 use super::direct;
 use super::gemm::{View, gemm, gemm_rows, transpose_into};

@@ -6,7 +6,7 @@
 //! is the CPU backend (`Autodiff<Flex>`, or `Flex` itself for untracked
 //! work), the operands are f32, groups and dilation are 1 and every size is
 //! non-zero, it runs [`conv`]'s kernels (Winograd's F(2×2, 3×3) for 3×3
-//! padding-1 convolutions of images 16 pixels wide and more, an implicit
+//! padding-1 convolutions of images 8 pixels wide and more, an implicit
 //! GEMM for other stride-1 convolutions, both on AVX-512 CPUs, im2col +
 //! GEMM elsewhere) and, under autodiff,
 //! registers its own backward step (burn's backend-extension pattern: a

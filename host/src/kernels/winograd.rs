@@ -36,7 +36,8 @@
 //! its working matrices in that thread's cache; the chunks are spread
 //! over rayon's threads. The input gradient of such a convolution is one
 //! too (the flipped, transposed filters, padding 1), so it takes the same
-//! path ([`input_grad`]).
+//! path ([`input_grad`]). The weight gradient reduces over the patches
+//! instead, `Gᵀ [Σ_p (A dY Aᵀ) ⊙ V] G` ([`weight`], [`weight_grad`]).
 //!
 //! It applies to 3×3 kernels with stride 1 and padding 1 on images whose
 //! lines hold 4 patches (8 pixels), 8 or a multiple of 16, with at

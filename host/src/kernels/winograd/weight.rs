@@ -1,6 +1,6 @@
 //! The weight gradient of a convolution [`super::forward`] computes, by
-//! the same F(2×2, 3×3) (Lavin and Gray, CVPR 2016, section 4; the
-//! gradient of its equation for `Y` with respect to `g`). With
+//! the same F(2×2, 3×3) (Lavin and Gray, CVPR 2016): the gradient of its
+//! equation for `Y` with respect to the filter `g`. With
 //! `Y = Aᵀ [U ⊙ V] A` per patch and `U = G g Gᵀ`, the gradient of the
 //! filter `g[o, c]` is
 //!

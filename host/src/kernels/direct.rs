@@ -39,6 +39,8 @@ use rayon::prelude::*;
 use std::ops::Range;
 
 mod weight;
+#[cfg(target_arch = "x86_64")]
+pub(super) use weight::add_rows;
 pub(super) use weight::{applies as weight_grad_applies, weight_grad};
 
 /// Output channels of a tile (the weight values it broadcasts per `k`).

@@ -154,10 +154,30 @@ unsafe fn tile<const RUN: usize>(
                 row = row.add(OT);
             }
         }
-        for i in 0..TAPS {
-            let out = dst.as_mut_ptr().add(i * stride);
-            for h in 0..2 {
-                let sum = _mm512_add_ps(_mm512_loadu_ps(out.add(16 * h)), acc[i][h]);
+        add_rows(&acc, dst.as_mut_ptr(), stride);
+    }
+}
+
+/// `dst[i·stride ..][..32] += acc[i]` (two vectors each) for the `N` rows
+/// of a weight-gradient tile's sums (this one's and Winograd's).
+///
+/// # Safety
+/// `dst + i·stride .. + 32` is readable and writable for `i < N`; AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(in crate::kernels) unsafe fn add_rows<const N: usize>(
+    acc: &[[std::arch::x86_64::__m512; 2]; N],
+    dst: *mut f32,
+    stride: usize,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract covers every pointer used here.
+    unsafe {
+        for (i, pair) in acc.iter().enumerate() {
+            let out = dst.add(i * stride);
+            for (h, &a) in pair.iter().enumerate() {
+                let sum = _mm512_add_ps(_mm512_loadu_ps(out.add(16 * h)), a);
                 _mm512_storeu_ps(out.add(16 * h), sum);
             }
         }

@@ -246,13 +246,7 @@ unsafe fn tile<const CB: usize>(
             }
             row = row.add(OT);
         }
-        for i in 0..CB {
-            let out = dst.as_mut_ptr().add(i * stride);
-            for h in 0..2 {
-                let sum = _mm512_add_ps(_mm512_loadu_ps(out.add(16 * h)), acc[i][h]);
-                _mm512_storeu_ps(out.add(16 * h), sum);
-            }
-        }
+        crate::kernels::direct::add_rows(&acc, dst.as_mut_ptr(), stride);
     }
 }
 

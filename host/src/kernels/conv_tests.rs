@@ -325,3 +325,31 @@ fn winograd_matches_the_direct_sums() {
         check(g);
     }
 }
+
+#[test]
+fn summed_transpose_adds_the_parts_in_order_and_transposes() {
+    // Output rows in blocks of 8 and a partial block (37 columns), and
+    // none, one or three parts; the sum in the parts' order, bit for bit.
+    let (rows, cols) = (5, 37);
+    for count in [0, 1, 3] {
+        let parts: Vec<Vec<f32>> = (0..count)
+            .map(|p| values(rows * cols, 10 + p as u64))
+            .collect();
+        let got = sums::summed_transpose(&parts, rows, cols);
+        assert_eq!(got.len(), rows * cols);
+        for c in 0..cols {
+            for r in 0..rows {
+                let want = parts
+                    .iter()
+                    .map(|p| p[r * cols + c])
+                    .reduce(|s, v| s + v)
+                    .unwrap_or(0.0);
+                assert_eq!(
+                    got[c * rows + r].to_bits(),
+                    want.to_bits(),
+                    "{count} parts, ({c}, {r})"
+                );
+            }
+        }
+    }
+}

@@ -136,6 +136,22 @@ pub(super) fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
     run(&t, dy, &packed, None)
 }
 
+/// `f` on up to `threads` shares of `items`, each a run of consecutive
+/// items, in order: the per-thread parts the weight gradients (this
+/// kernel's and Winograd's) sum in order, so that a result depends on the
+/// thread count alone. No shares for no items.
+pub(super) fn in_shares<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&[T]) -> R + Sync + Send,
+) -> Vec<R> {
+    let shares = threads.min(items.len()).max(1);
+    items
+        .par_chunks(items.len().div_ceil(shares).max(1))
+        .map(f)
+        .collect()
+}
+
 /// `[rows/NR][cols][NR]`: panel `p`, row `k`, lane `j` holds value `k` of
 /// row `p·NR + j`, which `row(r, values)` writes.
 fn pack(rows: usize, cols: usize, row: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {

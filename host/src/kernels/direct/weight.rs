@@ -13,10 +13,9 @@
 //! `summed_transpose`), so the result is the same on every run with the
 //! same thread count.
 
-use super::{Block, LANES, Layout, blocks, padded};
+use super::{Block, LANES, Layout, blocks, in_shares, padded};
 use crate::kernels::conv::Geometry;
 use crate::kernels::scratch::Scratch;
-use rayon::prelude::*;
 
 /// Output channels of a tile.
 const OT: usize = 32;
@@ -51,18 +50,13 @@ pub(in crate::kernels) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Ve
         "direct conv2d weight-gradient operands"
     );
     let threads = rayon::current_num_threads().max(1);
-    let all = blocks(g, threads);
-    let shares = threads.min(all.len()).max(1);
-    let per = all.len().div_ceil(shares);
-    all.par_chunks(per)
-        .map(|share| {
-            let mut dw_t = vec![0.0f32; g.c * TAPS * g.o];
-            for b in share {
-                block(g, x, dy, b, &mut dw_t);
-            }
-            dw_t
-        })
-        .collect()
+    in_shares(&blocks(g, threads), threads, |share| {
+        let mut dw_t = vec![0.0f32; g.c * TAPS * g.o];
+        for b in share {
+            block(g, x, dy, b, &mut dw_t);
+        }
+        dw_t
+    })
 }
 
 /// Block `b`'s terms added onto `dw_t` (`[C·9, O]`).

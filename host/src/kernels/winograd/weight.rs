@@ -32,6 +32,7 @@
 //! it by 1e-5 of the largest magnitude).
 
 use super::{Geometry, per_chunk, stride, transform_input};
+use crate::kernels::direct;
 use crate::kernels::scratch::{Output, Scratch};
 use crate::kernels::simd::wide;
 use rayon::prelude::*;
@@ -59,18 +60,14 @@ pub(in crate::kernels) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Ve
     let threads = rayon::current_num_threads().max(1);
     let per = per_chunk(g, threads);
     let chunks: Vec<usize> = (0..g.n.div_ceil(per)).collect();
-    let shares = threads.min(chunks.len()).max(1);
-    chunks
-        .par_chunks(chunks.len().div_ceil(shares))
-        .map(|share| {
-            let mut du_t = vec![0.0f32; 16 * g.c * g.o];
-            for &i in share {
-                let first = i * per;
-                chunk(g, x, dy, first, per.min(g.n - first), &mut du_t);
-            }
-            filter_grads(g, &du_t)
-        })
-        .collect()
+    direct::in_shares(&chunks, threads, |share| {
+        let mut du_t = vec![0.0f32; 16 * g.c * g.o];
+        for &i in share {
+            let first = i * per;
+            chunk(g, x, dy, first, per.min(g.n - first), &mut du_t);
+        }
+        filter_grads(g, &du_t)
+    })
 }
 
 /// Samples `first..first + count`'s terms added onto `du_t` (`[16][C][O]`).
@@ -246,7 +243,7 @@ unsafe fn tile<const CB: usize>(
             }
             row = row.add(OT);
         }
-        crate::kernels::direct::add_rows(&acc, dst.as_mut_ptr(), stride);
+        direct::add_rows(&acc, dst.as_mut_ptr(), stride);
     }
 }
 
